@@ -1,0 +1,311 @@
+/*
+ * kvds.h — the public API of libkvds, the kvds client library.
+ *
+ * This is the only public header. The CLI, the benchmarks, the Python
+ * extension and the proxy use nothing else.
+ *
+ * Conventions
+ *  - Every function returning int returns 0 on success, a negative errno
+ *    (-ECONNREFUSED, ...) for system errors, or a KVDS_E_* code below.
+ *    kvds_strerror() describes either kind.
+ *  - Out-parameters are written only on success.
+ *  - Keys are binary-safe byte strings of 1..KVDS_KEY_MAX bytes.
+ *  - Every call that talks to the worker is bounded by the client's I/O
+ *    timeout (kvds_client_set_timeout(), default 5000 ms); calls that may
+ *    wait for a key additionally take wait_ms. No call blocks forever.
+ *  - A kvds_client is NOT thread-safe: use one client per thread, or guard
+ *    it with a lock. Distinct clients are independent.
+ *  - The library never prints; kvds_client_errmsg() gives detail about the
+ *    last failure on a client.
+ */
+#ifndef KVDS_KVDS_H
+#define KVDS_KVDS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define KVDS_VERSION_STRING "0.1.0"
+
+/* Longest key, in bytes. */
+#define KVDS_KEY_MAX 1024
+/* Most items in one batch call (larger batches are split by the library). */
+#define KVDS_BATCH_MAX 4096
+
+/* Library error codes: a reserved negative range, far from -errno values.
+ * X(NAME, value, message). */
+#define KVDS_ERRNO_MAP(X)                                                      \
+  X(NOTFOUND, -30001, "key not found")                                         \
+  X(EXISTS, -30002, "key already exists")                                      \
+  X(NOSPACE, -30003, "no space left in the pool (after eviction)")             \
+  X(TIMEOUT, -30004, "deadline exceeded")                                      \
+  X(PROTO, -30005, "protocol error (malformed frame)")                         \
+  X(INVAL, -30006, "invalid argument")                                         \
+  X(KEYLEN, -30007, "key length out of range (1..1024 bytes)")                 \
+  X(TOOBIG, -30008, "value too large")                                         \
+  X(STATE, -30009, "object is not in the required state")                      \
+  X(PERM, -30010, "operation not permitted on this object")                    \
+  X(CHECKSUM, -30011, "checksum mismatch")                                     \
+  X(CLOSED, -30012, "connection closed by peer")                               \
+  X(VERSION, -30013, "protocol version mismatch")                              \
+  X(NOSHM, -30014, "operation needs a local shared-memory connection")         \
+  X(RANGE, -30015, "byte range outside the object")                            \
+  X(BADOP, -30016, "unknown operation")                                        \
+  X(SHUTDOWN, -30017, "worker is shutting down")                               \
+  X(LIMIT, -30018, "request exceeds a protocol limit")                         \
+  X(HANDLE, -30019, "invalid or stale handle")                                 \
+  X(ADDR, -30020, "invalid address")
+
+enum kvds_errno {
+#define KVDS__ERR_ENUM(name, val, msg) KVDS_E_##name = val,
+  KVDS_ERRNO_MAP(KVDS__ERR_ENUM)
+#undef KVDS__ERR_ENUM
+};
+
+/* Human-readable message for a KVDS_E_* code or a negative errno. Never NULL;
+ * the string is static. Thread-safe. */
+const char *kvds_strerror(int err);
+/* Symbolic name ("KVDS_E_NOTFOUND", "ECONNREFUSED"); static, never NULL. */
+const char *kvds_err_name(int err);
+
+/* A byte range (h2o style). */
+struct kvds_iov {
+  void *base;
+  size_t len;
+};
+
+typedef struct kvds_client kvds_client;
+
+/* ---- Connection ---------------------------------------------------------- */
+
+/*
+ * Connects to a worker. `address` is one of
+ *   "unix:/path/to.sock" or any string containing '/'  -> Unix socket
+ *   "host:port", "tcp://host:port", "[v6]:port"          -> TCP
+ * Over a Unix socket the worker passes its pool fd once and data moves
+ * through shared memory; over TCP values travel inline.
+ * `timeout_ms` bounds the connect and becomes the client's I/O timeout
+ * (<= 0 means the default, 5000 ms).
+ * On success *out owns a new client; free it with kvds_client_close().
+ * Errors: KVDS_E_ADDR, -ECONNREFUSED, -ENOENT, KVDS_E_TIMEOUT,
+ * KVDS_E_VERSION, -ENOMEM.
+ */
+int kvds_client_connect(const char *address, int timeout_ms,
+                        kvds_client **out);
+
+/* Closes the connection and frees the client. Pins and objects still being
+ * written are released by the worker. Pointers obtained from the client
+ * become invalid. NULL is a no-op. */
+void kvds_client_close(kvds_client *c);
+
+/* Sets the I/O timeout applied to every later call (ms, > 0). */
+void kvds_client_set_timeout(kvds_client *c, int timeout_ms);
+
+/* 1 when the client maps the worker's pool (Unix socket), else 0. */
+int kvds_client_is_local(const kvds_client *c);
+
+/* Detail about the last failed call on `c` (empty string if none). The
+ * string is owned by the client and valid until the next call. */
+const char *kvds_client_errmsg(const kvds_client *c);
+
+/* Round trip with the worker. */
+int kvds_ping(kvds_client *c);
+
+/* ---- Copying put / get --------------------------------------------------- */
+
+/*
+ * Stores `val` under `key` (create + write + seal in one call). The value is
+ * copied; the caller keeps ownership of both buffers.
+ * Errors: KVDS_E_EXISTS (a sealed or in-progress object has this key),
+ * KVDS_E_NOSPACE, KVDS_E_KEYLEN, KVDS_E_TOOBIG, I/O errors.
+ */
+int kvds_put(kvds_client *c, const void *key, size_t klen, const void *val,
+             size_t vlen);
+
+/*
+ * Batch put of n pairs. results[i] (optional, may be NULL) receives each
+ * item's status. Returns 0 if every item succeeded, else the first failing
+ * item's error, or an I/O error for the whole batch (then results[] is not
+ * written).
+ */
+int kvds_mput(kvds_client *c, size_t n, const struct kvds_iov *keys,
+              const struct kvds_iov *vals, int *results);
+
+/*
+ * Copies the value of `key` into buf[0..cap). Waits up to wait_ms (0 = do
+ * not wait) for a key that is absent or still being written. On success
+ * *len is the value size. Errors: KVDS_E_NOTFOUND (absent, no wait),
+ * KVDS_E_TIMEOUT (still absent after wait_ms), KVDS_E_TOOBIG (cap too small;
+ * nothing written), KVDS_E_CHECKSUM (bytes received over TCP do not match).
+ */
+int kvds_get(kvds_client *c, const void *key, size_t klen, void *buf,
+             size_t cap, size_t *len, int wait_ms);
+
+/* ---- Zero-copy views ----------------------------------------------------- */
+
+/* A pinned, sealed object. */
+struct kvds_value {
+  const void *data;  /* valid until kvds_release() or kvds_client_close() */
+  size_t len;        /* value size */
+  uint64_t checksum; /* xxh3-64 of the value, fixed at seal */
+  uint64_t handle;   /* library/worker handle; do not interpret */
+};
+
+/*
+ * Gets n keys. For each found key vals[i] describes the value and the object
+ * is pinned (never evicted or freed) until released. On a local client
+ * data points straight into the mapped pool (zero copies); over TCP it points
+ * into a buffer owned by the client. Items that are absent after wait_ms get
+ * results[i] = KVDS_E_NOTFOUND (wait_ms == 0) or KVDS_E_TIMEOUT and their
+ * vals[i] is zeroed. results must have n entries.
+ * Returns 0 when the request was answered (check results[]), or an error
+ * for the whole batch.
+ * Every found vals[i] must be released with kvds_release().
+ */
+int kvds_mget(kvds_client *c, size_t n, const struct kvds_iov *keys,
+              int wait_ms, struct kvds_value *vals, int *results);
+
+/* Releases pins taken by kvds_mget. Entries with handle 0 are skipped and
+ * each released entry is zeroed. Never blocks on the worker's reply. */
+int kvds_release(kvds_client *c, size_t n, struct kvds_value *vals);
+
+/* ---- Two-phase writes ---------------------------------------------------- */
+
+/* An object being written (state WRITING). */
+struct kvds_wbuf {
+  void *data;      /* writable region of len bytes; see kvds_create */
+  size_t len;      /* object size */
+  uint64_t handle; /* do not interpret */
+};
+
+/*
+ * Creates n objects in state WRITING. Only this client may write them; they
+ * are invisible to readers until sealed. On a local client bufs[i].data points
+ * into shared memory (write there directly, in any order and ranges); over
+ * TCP it is a client-owned staging buffer sent at seal.
+ * results[i] gets each item's status; failed items have bufs[i] zeroed.
+ * Returns 0 when answered, or a whole-batch error.
+ */
+int kvds_mcreate(kvds_client *c, size_t n, const struct kvds_iov *keys,
+                 const size_t *sizes, struct kvds_wbuf *bufs, int *results);
+
+/* Single-object convenience for kvds_mcreate; returns the item's status. */
+int kvds_create(kvds_client *c, const void *key, size_t klen, size_t size,
+                struct kvds_wbuf *buf);
+
+/* Copies len bytes at `off` into the object (bounds-checked; KVDS_E_RANGE).
+ * Equivalent to writing through buf->data. */
+int kvds_write(kvds_client *c, const struct kvds_wbuf *buf, size_t off,
+               const void *src, size_t len);
+
+/*
+ * Seals n objects: computes each checksum, makes the objects visible and
+ * wakes readers waiting for them. Sealed entries are zeroed (their data
+ * pointers must not be used any more). results[i] gets each status.
+ */
+int kvds_mseal(kvds_client *c, size_t n, struct kvds_wbuf *bufs,
+               int *results);
+int kvds_seal(kvds_client *c, struct kvds_wbuf *buf);
+
+/* Abandons objects still being written; their memory is freed. */
+int kvds_mabort(kvds_client *c, size_t n, struct kvds_wbuf *bufs);
+int kvds_abort(kvds_client *c, struct kvds_wbuf *buf);
+
+/* ---- Index operations ---------------------------------------------------- */
+
+/* Deletes keys. A pinned object disappears from the index at once and its
+ * memory is freed when the last pin is released. results optional. */
+int kvds_mdelete(kvds_client *c, size_t n, const struct kvds_iov *keys,
+                 int *results);
+int kvds_delete(kvds_client *c, const void *key, size_t klen);
+
+/* present[i] = 1 if keys[i] is sealed, else 0. */
+int kvds_exists(kvds_client *c, size_t n, const struct kvds_iov *keys,
+                uint8_t *present);
+
+/* *count = number of leading keys of the chain keys[0..n) that are sealed. */
+int kvds_lookup_prefix(kvds_client *c, size_t n, const struct kvds_iov *keys,
+                       size_t *count);
+
+enum kvds_state { KVDS_STATE_WRITING = 1, KVDS_STATE_SEALED = 2 };
+
+struct kvds_object_info {
+  size_t size;
+  uint64_t checksum; /* 0 while writing */
+  int state;         /* enum kvds_state */
+  uint32_t pins;
+  uint64_t ctime_us; /* creation, CLOCK_REALTIME microseconds */
+  uint64_t atime_us; /* last access */
+};
+
+/* Metadata of one key. */
+int kvds_stat(kvds_client *c, const void *key, size_t klen,
+              struct kvds_object_info *info);
+
+struct kvds_list_entry {
+  const void *key; /* owned by the list */
+  size_t klen;
+  struct kvds_object_info info;
+};
+
+struct kvds_list {
+  size_t n;
+  struct kvds_list_entry *entries; /* sorted by key */
+  int more;                        /* 1 if truncated at `limit` */
+};
+
+/*
+ * Lists up to `limit` keys (0 = 1000) that start with prefix (plen may be 0)
+ * and sort strictly after `after` (NULL/0 = from the start), in byte order.
+ * Page with after = last key returned while (*out)->more. Free the result
+ * with kvds_list_free().
+ */
+int kvds_list(kvds_client *c, const void *prefix, size_t plen,
+              const void *after, size_t alen, size_t limit,
+              struct kvds_list **out);
+void kvds_list_free(struct kvds_list *l);
+
+/* ---- Worker ---------------------------------------------------------------*/
+
+struct kvds_stats {
+  uint64_t pool_capacity;      /* bytes usable for objects */
+  uint64_t pool_used;          /* bytes allocated */
+  uint64_t pool_free;          /* capacity - used */
+  uint64_t pool_largest_free;  /* largest contiguous free extent */
+  uint64_t objects;            /* sealed + writing */
+  uint64_t objects_writing;
+  uint64_t pinned_objects;
+  uint64_t evictions;          /* objects evicted since start */
+  uint64_t evicted_bytes;
+  uint64_t hits;               /* get items found */
+  uint64_t misses;             /* get items not found (after waiting) */
+  uint64_t puts;               /* objects sealed */
+  uint64_t nospace;            /* creates refused for lack of space */
+  uint64_t connections;        /* open client connections */
+  uint64_t protocol_errors;    /* malformed frames received */
+  uint64_t uptime_s;
+  uint64_t pid;
+  uint64_t high_watermark_ppm; /* eviction high watermark, parts per million */
+  uint64_t eviction_ratio_ppm;
+};
+
+int kvds_stats(kvds_client *c, struct kvds_stats *out);
+
+/* Asks the worker to exit cleanly. */
+int kvds_shutdown(kvds_client *c);
+
+/* ---- Utilities ----------------------------------------------------------- */
+
+/* xxh3-64 of a buffer: the checksum kvds uses. */
+uint64_t kvds_checksum(const void *data, size_t len);
+
+/* Parses "4GiB", "512MiB", "64KiB", "1G", "100" (bytes) into *out. */
+int kvds_parse_size(const char *s, uint64_t *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

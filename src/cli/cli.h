@@ -1,0 +1,111 @@
+/*
+ * cli.h — private to the kvds command-line front end (src/cli/).
+ *
+ * Every command is `int cmd_x(int argc, char **argv)` where argv[0] is the
+ * command name; it returns the process exit status: 0 ok, 1 failure,
+ * 2 usage error. Commands print results on stdout and exactly one line per
+ * error on stderr, "kvds <cmd>: <what went wrong>".
+ */
+#ifndef KVDS_CLI_H
+#define KVDS_CLI_H
+
+#include <getopt.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "kvds/kvds.h"
+
+enum { CLI_OK = 0, CLI_FAIL = 1, CLI_USAGE = 2 };
+
+/* Connect and I/O timeout for the short commands (ms). */
+#define CLI_TIMEOUT_MS 5000
+
+/* ---- Commands (cmd_*.c, bench.c) ---------------------------------------- */
+
+int cmd_worker(int argc, char **argv);
+int cmd_stop(int argc, char **argv);
+int cmd_status(int argc, char **argv);
+int cmd_put(int argc, char **argv);
+int cmd_get(int argc, char **argv);
+int cmd_ls(int argc, char **argv);
+int cmd_stat(int argc, char **argv);
+int cmd_rm(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
+/* The `dscli` front (argv[0] is "dscli"). */
+int dscli_main(int argc, char **argv);
+
+/* ---- Helpers (cli_util.c) ----------------------------------------------- */
+
+/* Prints "kvds <cmd>: <message>\n" on stderr. */
+void cli_err(const char *cmd, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/*
+ * getopt_long() with our error reporting: unknown options and missing
+ * arguments print one line and return '?'. Resets getopt's state when
+ * *first is set (and clears it).
+ */
+int cli_getopt(const char *cmd, int argc, char **argv, const char *shortopts,
+               const struct option *longopts, int *first);
+
+/* The worker address: `flag` if non-NULL, else $DS_WORKER_ADDR, else
+ * 127.0.0.1:31501. */
+const char *cli_worker_addr(const char *flag);
+
+/*
+ * Connects to the worker at `addr`. For a loopback TCP address the worker's
+ * Unix socket (derived from the port) is tried first so that values move
+ * through shared memory; TCP is the fallback. On failure prints one line
+ * naming the address and returns CLI_FAIL. `via` (optional, vcap bytes)
+ * receives the address actually used.
+ */
+int cli_connect(const char *cmd, const char *addr, kvds_client **out, char *via,
+                size_t vcap);
+
+/* Same without printing; returns 0 or the error of the last attempt. */
+int cli_try_connect(const char *addr, int timeout_ms, kvds_client **out,
+                    char *via, size_t vcap);
+
+/*
+ * Asks the worker at addr to shut down and waits (up to timeout_ms) until it
+ * no longer answers and, for a loopback address, its process is gone.
+ * *pid (optional) gets the worker's pid. Returns 0, -ECONNREFUSED (or
+ * another connect error) when nothing answers there, KVDS_E_TIMEOUT when it
+ * is still up at the deadline, or the shutdown request's error.
+ */
+int cli_stop_worker(const char *addr, int timeout_ms, uint64_t *pid);
+
+/* Writes key bytes with non-printable bytes (and '\') escaped as \xNN. */
+void cli_print_key(FILE *f, const void *key, size_t klen);
+/* The same into buf (truncated with "..." past cap). Returns buf. */
+char *cli_fmt_key(const void *key, size_t klen, char *buf, size_t cap);
+
+/* Formats CLOCK_REALTIME microseconds as ISO 8601 UTC
+ * ("2024-05-01T12:00:00.123Z"). Returns buf. */
+char *cli_fmt_time_us(uint64_t us, char *buf, size_t cap);
+
+/* Reads all of fd into a malloc'd buffer (*buf, *len; caller frees).
+ * Returns 0 or -errno. */
+int cli_read_all(int fd, uint8_t **buf, size_t *len);
+/* Writes all of buf to fd, retrying short writes. Returns 0 or -errno. */
+int cli_write_all(int fd, const void *buf, size_t len);
+
+/* Parses a size ("4KiB") or prints "kvds <cmd>: bad size for --opt: 'x'
+ * (use e.g. 4096, 64KiB, 1MiB, 4GiB)" and returns CLI_USAGE. */
+int cli_parse_size_opt(const char *cmd, const char *opt, const char *s,
+                       uint64_t *out);
+/* Parses a non-negative integer option, else prints and returns CLI_USAGE. */
+int cli_parse_u64_opt(const char *cmd, const char *opt, const char *s,
+                      uint64_t *out);
+/* Parses a non-negative decimal (seconds, ratios). */
+int cli_parse_double_opt(const char *cmd, const char *opt, const char *s,
+                         double *out);
+
+/* 1 if the host of a "host:port" address is a loopback address. */
+int cli_addr_is_loopback(const char *addr);
+
+/* Sleeps ms milliseconds (for polling a process that is not ours). */
+void cli_sleep_ms(int ms);
+
+#endif

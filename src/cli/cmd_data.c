@@ -1,0 +1,612 @@
+/* cmd_data.c — the client commands: put, get, ls, stat, rm, status, stop. */
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli/cli.h"
+#include "common/util.h"
+
+#define WORKER_OPT_HELP                                                        \
+  "  -w, --worker ADDR   worker address (default $DS_WORKER_ADDR, then "       \
+  "127.0.0.1:31501)\n"
+
+/* Reports a per-key failure as "kvds <cmd>: key 'k' <what>". */
+static void key_err(const char *cmd, const void *key, size_t klen, int err) {
+  char k[256];
+  cli_fmt_key(key, klen, k, sizeof k);
+  if (err == KVDS_E_NOTFOUND)
+    cli_err(cmd, "key '%s' not found", k);
+  else if (err == KVDS_E_TIMEOUT)
+    cli_err(cmd, "key '%s' not found (waited, timed out)", k);
+  else
+    cli_err(cmd, "key '%s': %s", k, kvds_strerror(err));
+}
+
+static int check_key(const char *cmd, const char *key) {
+  size_t n = strlen(key);
+  if (n >= 1 && n <= KVDS_KEY_MAX)
+    return CLI_OK;
+  cli_err(cmd, "a key must be 1..%d bytes (got %zu)", KVDS_KEY_MAX, n);
+  return CLI_USAGE;
+}
+
+/* Checks positional argument counts: min..max. */
+static int want_args(const char *cmd, int have, int min, int max) {
+  if (have >= min && have <= max)
+    return CLI_OK;
+  cli_err(cmd, "%s (see kvds help %s)",
+          have < min ? "missing argument" : "too many arguments", cmd);
+  return CLI_USAGE;
+}
+
+/* ---- put ---------------------------------------------------------------- */
+
+static const char PUT_HELP[] =
+    "usage: kvds put KEY FILE|- [options]\n"
+    "\n"
+    "Stores the bytes of FILE (or stdin for '-') under KEY. The key is taken\n"
+    "as the argument's bytes. Keys are write-once: putting an existing key\n"
+    "fails unless --force is given.\n"
+    "\n" WORKER_OPT_HELP
+    "  -f, --force         replace an existing key (delete, then put)\n"
+    "  -h, --help          this text\n";
+
+int cmd_put(int argc, char **argv) {
+  static const struct option lo[] = {{"worker", required_argument, NULL, 'w'},
+                                     {"force", no_argument, NULL, 'f'},
+                                     {"help", no_argument, NULL, 'h'},
+                                     {NULL, 0, NULL, 0}};
+  const char *addr = NULL;
+  int c, first = 1, force = 0;
+  while ((c = cli_getopt("put", argc, argv, "w:fh", lo, &first)) != -1) {
+    switch (c) {
+    case 'w':
+      addr = optarg;
+      break;
+    case 'f':
+      force = 1;
+      break;
+    case 'h':
+      fputs(PUT_HELP, stdout);
+      return CLI_OK;
+    default:
+      return CLI_USAGE;
+    }
+  }
+  if (want_args("put", argc - optind, 2, 2) || check_key("put", argv[optind]))
+    return CLI_USAGE;
+  const char *key = argv[optind], *file = argv[optind + 1];
+  size_t klen = strlen(key);
+
+  int fd =
+      strcmp(file, "-") == 0 ? STDIN_FILENO : open(file, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    cli_err("put", "cannot open %s: %s", file, strerror(errno));
+    return CLI_FAIL;
+  }
+  uint8_t *val;
+  size_t vlen;
+  int rc = cli_read_all(fd, &val, &vlen);
+  if (fd != STDIN_FILENO)
+    close(fd);
+  if (rc) {
+    cli_err("put", "cannot read %s: %s", file, kvds_strerror(rc));
+    return CLI_FAIL;
+  }
+  kvds_client *cl;
+  int ret = cli_connect("put", cli_worker_addr(addr), &cl, NULL, 0);
+  if (ret)
+    goto out;
+  rc = kvds_put(cl, key, klen, val, vlen);
+  if (rc == KVDS_E_EXISTS && force) {
+    rc = kvds_delete(cl, key, klen);
+    if (rc == 0 || rc == KVDS_E_NOTFOUND)
+      rc = kvds_put(cl, key, klen, val, vlen);
+  }
+  if (rc == KVDS_E_EXISTS) {
+    char k[256];
+    cli_err("put", "key '%s' already exists (use --force to replace it)",
+            cli_fmt_key(key, klen, k, sizeof k));
+    ret = CLI_FAIL;
+  } else if (rc) {
+    key_err("put", key, klen, rc);
+    ret = CLI_FAIL;
+  }
+  kvds_client_close(cl);
+out:
+  free(val);
+  return ret;
+}
+
+/* ---- get ---------------------------------------------------------------- */
+
+static const char GET_HELP[] =
+    "usage: kvds get KEY [options]\n"
+    "\n"
+    "Writes the value of KEY to stdout (or FILE), after checking it against\n"
+    "the checksum stored at seal. Fails if the key is absent.\n"
+    "\n" WORKER_OPT_HELP
+    "  -o, --output FILE   write the value to FILE instead of stdout\n"
+    "      --wait MS       wait up to MS ms for a key that is absent or still\n"
+    "                      being written (default 0: do not wait)\n"
+    "  -h, --help          this text\n";
+
+static int write_value(const char *out, const struct kvds_value *v) {
+  int fd = out ? open(out, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)
+               : STDOUT_FILENO;
+  if (fd < 0) {
+    cli_err("get", "cannot open %s: %s", out, strerror(errno));
+    return CLI_FAIL;
+  }
+  int rc = cli_write_all(fd, v->data, v->len);
+  if (out && close(fd) < 0 && rc == 0)
+    rc = -errno;
+  if (rc == -EPIPE && !out)
+    return CLI_FAIL; /* the reader went away: nothing useful to say */
+  if (rc) {
+    cli_err("get", "cannot write %s: %s", out ? out : "stdout",
+            kvds_strerror(rc));
+    if (out)
+      unlink(out);
+    return CLI_FAIL;
+  }
+  return CLI_OK;
+}
+
+int cmd_get(int argc, char **argv) {
+  static const struct option lo[] = {{"worker", required_argument, NULL, 'w'},
+                                     {"output", required_argument, NULL, 'o'},
+                                     {"wait", required_argument, NULL, 'W'},
+                                     {"help", no_argument, NULL, 'h'},
+                                     {NULL, 0, NULL, 0}};
+  const char *addr = NULL, *out = NULL;
+  uint64_t wait_ms = 0;
+  int c, first = 1;
+  while ((c = cli_getopt("get", argc, argv, "w:o:h", lo, &first)) != -1) {
+    switch (c) {
+    case 'w':
+      addr = optarg;
+      break;
+    case 'o':
+      out = optarg;
+      break;
+    case 'W':
+      if (cli_parse_u64_opt("get", "--wait", optarg, &wait_ms))
+        return CLI_USAGE;
+      if (wait_ms > 86400000u) {
+        cli_err("get", "--wait %s is more than a day", optarg);
+        return CLI_USAGE;
+      }
+      break;
+    case 'h':
+      fputs(GET_HELP, stdout);
+      return CLI_OK;
+    default:
+      return CLI_USAGE;
+    }
+  }
+  if (want_args("get", argc - optind, 1, 1) || check_key("get", argv[optind]))
+    return CLI_USAGE;
+  const char *key = argv[optind];
+  size_t klen = strlen(key);
+
+  kvds_client *cl;
+  if (cli_connect("get", cli_worker_addr(addr), &cl, NULL, 0))
+    return CLI_FAIL;
+  /* The waiting call must outlive its wait. */
+  kvds_client_set_timeout(cl, CLI_TIMEOUT_MS + (int)wait_ms);
+  struct kvds_iov k = {(void *)key, klen};
+  struct kvds_value v = {0};
+  int res = 0, ret = CLI_FAIL;
+  int rc = kvds_mget(cl, 1, &k, (int)wait_ms, &v, &res);
+  if (rc == 0)
+    rc = res;
+  if (rc) {
+    key_err("get", key, klen, rc);
+    goto out;
+  }
+  uint64_t sum = kvds_checksum(v.data, v.len);
+  if (sum != v.checksum) {
+    char kb[256];
+    cli_err("get",
+            "key '%s': checksum mismatch (stored %016llx, data %016llx); "
+            "value not written",
+            cli_fmt_key(key, klen, kb, sizeof kb),
+            (unsigned long long)v.checksum, (unsigned long long)sum);
+  } else {
+    ret = write_value(out, &v);
+  }
+  kvds_release(cl, 1, &v);
+out:
+  kvds_client_close(cl);
+  return ret;
+}
+
+/* ---- ls ----------------------------------------------------------------- */
+
+static const char LS_HELP[] =
+    "usage: kvds ls [PREFIX] [options]\n"
+    "\n"
+    "Lists keys in byte order, one per line: size in bytes, state (sealed or\n"
+    "writing), key (non-printable bytes shown as \\xNN).\n"
+    "\n" WORKER_OPT_HELP
+    "  -n, --limit N       list at most N keys (default 1000; 0 = all)\n"
+    "  -h, --help          this text\n";
+
+static const char *state_name(int state) {
+  return state == KVDS_STATE_SEALED    ? "sealed"
+         : state == KVDS_STATE_WRITING ? "writing"
+                                       : "?";
+}
+
+int cmd_ls(int argc, char **argv) {
+  static const struct option lo[] = {{"worker", required_argument, NULL, 'w'},
+                                     {"limit", required_argument, NULL, 'n'},
+                                     {"help", no_argument, NULL, 'h'},
+                                     {NULL, 0, NULL, 0}};
+  const char *addr = NULL;
+  uint64_t limit = 1000;
+  int c, first = 1;
+  while ((c = cli_getopt("ls", argc, argv, "w:n:h", lo, &first)) != -1) {
+    switch (c) {
+    case 'w':
+      addr = optarg;
+      break;
+    case 'n':
+      if (cli_parse_u64_opt("ls", "--limit", optarg, &limit))
+        return CLI_USAGE;
+      break;
+    case 'h':
+      fputs(LS_HELP, stdout);
+      return CLI_OK;
+    default:
+      return CLI_USAGE;
+    }
+  }
+  if (want_args("ls", argc - optind, 0, 1))
+    return CLI_USAGE;
+  const char *prefix = optind < argc ? argv[optind] : "";
+  size_t plen = strlen(prefix);
+  if (plen > KVDS_KEY_MAX) {
+    cli_err("ls", "prefix longer than %d bytes", KVDS_KEY_MAX);
+    return CLI_USAGE;
+  }
+
+  kvds_client *cl;
+  if (cli_connect("ls", cli_worker_addr(addr), &cl, NULL, 0))
+    return CLI_FAIL;
+  uint8_t after[KVDS_KEY_MAX];
+  size_t alen = 0;
+  uint64_t shown = 0;
+  int ret = CLI_OK, more = 1;
+  while (more && (limit == 0 || shown < limit)) {
+    uint64_t page = limit == 0 || limit - shown > 1000 ? 1000 : limit - shown;
+    struct kvds_list *l;
+    int rc = kvds_list(cl, prefix, plen, alen ? after : NULL, alen,
+                       (size_t)page, &l);
+    if (rc) {
+      cli_err("ls", "list failed: %s", kvds_strerror(rc));
+      ret = CLI_FAIL;
+      break;
+    }
+    for (size_t i = 0; i < l->n; i++) {
+      const struct kvds_list_entry *e = &l->entries[i];
+      printf("%12zu  %-7s  ", e->info.size, state_name(e->info.state));
+      cli_print_key(stdout, e->key, e->klen);
+      putchar('\n');
+    }
+    shown += l->n;
+    more = l->more && l->n > 0;
+    if (l->n > 0) {
+      const struct kvds_list_entry *e = &l->entries[l->n - 1];
+      alen = e->klen <= sizeof after ? e->klen : sizeof after;
+      memcpy(after, e->key, alen);
+    }
+    kvds_list_free(l);
+  }
+  if (ret == CLI_OK && more && limit && shown >= limit)
+    fprintf(stderr,
+            "kvds ls: stopped after %llu keys; more match (use --limit 0 for "
+            "all)\n",
+            (unsigned long long)shown);
+  kvds_client_close(cl);
+  if (fflush(stdout) != 0 && ret == CLI_OK)
+    ret = CLI_FAIL;
+  return ret;
+}
+
+/* ---- stat --------------------------------------------------------------- */
+
+static const char STAT_HELP[] =
+    "usage: kvds stat KEY [options]\n"
+    "\n"
+    "Shows one key's size, state, checksum (xxh3-64), pins, and creation and\n"
+    "last-access times (UTC).\n"
+    "\n" WORKER_OPT_HELP "  -h, --help          this text\n";
+
+int cmd_stat(int argc, char **argv) {
+  static const struct option lo[] = {{"worker", required_argument, NULL, 'w'},
+                                     {"help", no_argument, NULL, 'h'},
+                                     {NULL, 0, NULL, 0}};
+  const char *addr = NULL;
+  int c, first = 1;
+  while ((c = cli_getopt("stat", argc, argv, "w:h", lo, &first)) != -1) {
+    if (c == 'w') {
+      addr = optarg;
+    } else if (c == 'h') {
+      fputs(STAT_HELP, stdout);
+      return CLI_OK;
+    } else {
+      return CLI_USAGE;
+    }
+  }
+  if (want_args("stat", argc - optind, 1, 1) || check_key("stat", argv[optind]))
+    return CLI_USAGE;
+  const char *key = argv[optind];
+  size_t klen = strlen(key);
+  kvds_client *cl;
+  if (cli_connect("stat", cli_worker_addr(addr), &cl, NULL, 0))
+    return CLI_FAIL;
+  struct kvds_object_info info;
+  int rc = kvds_stat(cl, key, klen, &info);
+  kvds_client_close(cl);
+  if (rc) {
+    key_err("stat", key, klen, rc);
+    return CLI_FAIL;
+  }
+  char hb[32], ct[40], at[40];
+  printf("key       ");
+  cli_print_key(stdout, key, klen);
+  printf("\nsize      %zu (%s)\n", info.size,
+         kvds_fmt_bytes(info.size, hb, sizeof hb));
+  printf("state     %s\n", state_name(info.state));
+  if (info.state == KVDS_STATE_SEALED)
+    printf("checksum  %016llx (xxh3-64)\n", (unsigned long long)info.checksum);
+  else
+    printf("checksum  - (not sealed yet)\n");
+  printf("pins      %u\n", info.pins);
+  printf("created   %s\n", cli_fmt_time_us(info.ctime_us, ct, sizeof ct));
+  printf("accessed  %s\n", cli_fmt_time_us(info.atime_us, at, sizeof at));
+  return CLI_OK;
+}
+
+/* ---- rm ----------------------------------------------------------------- */
+
+static const char RM_HELP[] =
+    "usage: kvds rm KEY... [options]\n"
+    "\n"
+    "Deletes keys. A pinned object leaves the index at once; its memory is\n"
+    "freed when the last reader releases it. Fails if any key is absent.\n"
+    "\n" WORKER_OPT_HELP "  -h, --help          this text\n";
+
+int cmd_rm(int argc, char **argv) {
+  static const struct option lo[] = {{"worker", required_argument, NULL, 'w'},
+                                     {"help", no_argument, NULL, 'h'},
+                                     {NULL, 0, NULL, 0}};
+  const char *addr = NULL;
+  int c, first = 1;
+  while ((c = cli_getopt("rm", argc, argv, "w:h", lo, &first)) != -1) {
+    if (c == 'w') {
+      addr = optarg;
+    } else if (c == 'h') {
+      fputs(RM_HELP, stdout);
+      return CLI_OK;
+    } else {
+      return CLI_USAGE;
+    }
+  }
+  if (want_args("rm", argc - optind, 1, INT32_MAX))
+    return CLI_USAGE;
+  for (int i = optind; i < argc; i++)
+    if (check_key("rm", argv[i]))
+      return CLI_USAGE;
+  kvds_client *cl;
+  if (cli_connect("rm", cli_worker_addr(addr), &cl, NULL, 0))
+    return CLI_FAIL;
+  int ret = CLI_OK;
+  for (int i = optind; i < argc; i++) {
+    int rc = kvds_delete(cl, argv[i], strlen(argv[i]));
+    if (rc) {
+      key_err("rm", argv[i], strlen(argv[i]), rc);
+      ret = CLI_FAIL;
+      if (rc != KVDS_E_NOTFOUND)
+        break; /* a connection-level error: the rest would fail too */
+    }
+  }
+  kvds_client_close(cl);
+  return ret;
+}
+
+/* ---- status ------------------------------------------------------------- */
+
+static const char STATUS_HELP[] =
+    "usage: kvds status [options]\n"
+    "\n"
+    "Shows the worker's pool use, objects, hit/miss and eviction counters,\n"
+    "connections, uptime, pid and eviction watermarks.\n"
+    "\n" WORKER_OPT_HELP
+    "      --json          print one JSON object (raw numbers, bytes)\n"
+    "  -h, --help          this text\n";
+
+static void fmt_uptime(uint64_t s, char *buf, size_t cap) {
+  if (s >= 86400)
+    snprintf(buf, cap, "%llud %lluh %llum", (unsigned long long)(s / 86400),
+             (unsigned long long)(s % 86400 / 3600),
+             (unsigned long long)(s % 3600 / 60));
+  else if (s >= 3600)
+    snprintf(buf, cap, "%lluh %llum %llus", (unsigned long long)(s / 3600),
+             (unsigned long long)(s % 3600 / 60), (unsigned long long)(s % 60));
+  else
+    snprintf(buf, cap, "%llum %llus", (unsigned long long)(s / 60),
+             (unsigned long long)(s % 60));
+}
+
+static double pct(uint64_t a, uint64_t b) {
+  return b ? 100.0 * (double)a / (double)b : 0.0;
+}
+
+static void print_status(const char *addr, const char *via,
+                         const struct kvds_stats *s) {
+  char cap[32], used[32], fr[32], big[32], ev[32], up[48];
+  double high = (double)s->high_watermark_ppm / 1e6;
+  double ratio = (double)s->eviction_ratio_ppm / 1e6;
+  fmt_uptime(s->uptime_s, up, sizeof up);
+  printf("worker       %s (pid %llu, up %s, via %s)\n", addr,
+         (unsigned long long)s->pid, up, via);
+  printf("pool         %s capacity, %s used (%.1f%%), %s free, largest free "
+         "extent %s\n",
+         kvds_fmt_bytes(s->pool_capacity, cap, sizeof cap),
+         kvds_fmt_bytes(s->pool_used, used, sizeof used),
+         pct(s->pool_used, s->pool_capacity),
+         kvds_fmt_bytes(s->pool_free, fr, sizeof fr),
+         kvds_fmt_bytes(s->pool_largest_free, big, sizeof big));
+  printf("objects      %llu (%llu writing, %llu pinned)\n",
+         (unsigned long long)s->objects, (unsigned long long)s->objects_writing,
+         (unsigned long long)s->pinned_objects);
+  printf("gets         %llu hits, %llu misses (%.1f%% hit rate)\n",
+         (unsigned long long)s->hits, (unsigned long long)s->misses,
+         pct(s->hits, s->hits + s->misses));
+  printf("puts         %llu sealed, %llu refused for space\n",
+         (unsigned long long)s->puts, (unsigned long long)s->nospace);
+  printf("evictions    %llu objects, %s\n", (unsigned long long)s->evictions,
+         kvds_fmt_bytes(s->evicted_bytes, ev, sizeof ev));
+  printf("connections  %llu open, %llu protocol errors\n",
+         (unsigned long long)s->connections,
+         (unsigned long long)s->protocol_errors);
+  printf("watermarks   evict above %.3f of capacity, down to %.3f "
+         "(ratio %.3f)\n",
+         high, high - ratio, ratio);
+}
+
+static int print_status_json(const char *addr, const char *via,
+                             const struct kvds_stats *s) {
+  json_t *o = json_object();
+#define U(name, v) json_object_set_new(o, name, json_integer((json_int_t)(v)))
+  json_object_set_new(o, "address", json_string(addr));
+  json_object_set_new(o, "via", json_string(via));
+  U("pid", s->pid);
+  U("uptime_s", s->uptime_s);
+  U("pool_capacity", s->pool_capacity);
+  U("pool_used", s->pool_used);
+  U("pool_free", s->pool_free);
+  U("pool_largest_free", s->pool_largest_free);
+  U("objects", s->objects);
+  U("objects_writing", s->objects_writing);
+  U("pinned_objects", s->pinned_objects);
+  U("hits", s->hits);
+  U("misses", s->misses);
+  U("puts", s->puts);
+  U("nospace", s->nospace);
+  U("evictions", s->evictions);
+  U("evicted_bytes", s->evicted_bytes);
+  U("connections", s->connections);
+  U("protocol_errors", s->protocol_errors);
+#undef U
+  json_object_set_new(o, "high_watermark",
+                      json_real((double)s->high_watermark_ppm / 1e6));
+  json_object_set_new(o, "eviction_ratio",
+                      json_real((double)s->eviction_ratio_ppm / 1e6));
+  int rc = json_dumpf(o, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+  putchar('\n');
+  json_decref(o);
+  return rc ? CLI_FAIL : CLI_OK;
+}
+
+int cmd_status(int argc, char **argv) {
+  static const struct option lo[] = {{"worker", required_argument, NULL, 'w'},
+                                     {"json", no_argument, NULL, 'j'},
+                                     {"help", no_argument, NULL, 'h'},
+                                     {NULL, 0, NULL, 0}};
+  const char *addr = NULL;
+  int c, first = 1, json = 0;
+  while ((c = cli_getopt("status", argc, argv, "w:h", lo, &first)) != -1) {
+    if (c == 'w') {
+      addr = optarg;
+    } else if (c == 'j') {
+      json = 1;
+    } else if (c == 'h') {
+      fputs(STATUS_HELP, stdout);
+      return CLI_OK;
+    } else {
+      return CLI_USAGE;
+    }
+  }
+  if (want_args("status", argc - optind, 0, 0))
+    return CLI_USAGE;
+  addr = cli_worker_addr(addr);
+  kvds_client *cl;
+  char via[300];
+  if (cli_connect("status", addr, &cl, via, sizeof via))
+    return CLI_FAIL;
+  struct kvds_stats s;
+  int rc = kvds_stats(cl, &s);
+  kvds_client_close(cl);
+  if (rc) {
+    cli_err("status", "stats request to %s failed: %s", addr,
+            kvds_strerror(rc));
+    return CLI_FAIL;
+  }
+  if (json)
+    return print_status_json(addr, via, &s);
+  print_status(addr, via, &s);
+  return CLI_OK;
+}
+
+/* ---- stop --------------------------------------------------------------- */
+
+static const char STOP_HELP[] =
+    "usage: kvds stop [options]\n"
+    "\n"
+    "Asks the worker to shut down cleanly and waits until it no longer\n"
+    "answers (and, on this host, until its process has exited).\n"
+    "\n" WORKER_OPT_HELP
+    "      --timeout S     give up waiting after S seconds (default 30)\n"
+    "  -h, --help          this text\n";
+
+int cmd_stop(int argc, char **argv) {
+  static const struct option lo[] = {{"worker", required_argument, NULL, 'w'},
+                                     {"timeout", required_argument, NULL, 'T'},
+                                     {"help", no_argument, NULL, 'h'},
+                                     {NULL, 0, NULL, 0}};
+  const char *addr = NULL;
+  double timeout_s = 30;
+  int c, first = 1;
+  while ((c = cli_getopt("stop", argc, argv, "w:h", lo, &first)) != -1) {
+    if (c == 'w') {
+      addr = optarg;
+    } else if (c == 'T') {
+      if (cli_parse_double_opt("stop", "--timeout", optarg, &timeout_s))
+        return CLI_USAGE;
+    } else if (c == 'h') {
+      fputs(STOP_HELP, stdout);
+      return CLI_OK;
+    } else {
+      return CLI_USAGE;
+    }
+  }
+  if (want_args("stop", argc - optind, 0, 0))
+    return CLI_USAGE;
+  addr = cli_worker_addr(addr);
+  if (timeout_s > 86400)
+    timeout_s = 86400;
+  uint64_t pid = 0;
+  int rc = cli_stop_worker(addr, (int)(timeout_s * 1000), &pid);
+  if (rc == -ECONNREFUSED || rc == -ENOENT) {
+    cli_err("stop", "no worker at %s (%s)", addr, kvds_strerror(rc));
+    return CLI_FAIL;
+  }
+  if (rc == KVDS_E_TIMEOUT) {
+    cli_err("stop", "worker at %s (pid %llu) still running after %.0f s", addr,
+            (unsigned long long)pid, timeout_s);
+    return CLI_FAIL;
+  }
+  if (rc) {
+    cli_err("stop", "cannot stop worker at %s: %s", addr, kvds_strerror(rc));
+    return CLI_FAIL;
+  }
+  printf("stopped worker at %s (pid %llu)\n", addr, (unsigned long long)pid);
+  return CLI_OK;
+}

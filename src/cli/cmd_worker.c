@@ -1,0 +1,454 @@
+/* cmd_worker.c — `kvds worker`: flags -> struct kvds_worker_config, then
+ * kvds_worker_run(), in the foreground or as a daemon. */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "cli/cli.h"
+#include "common/util.h"
+#include "worker/worker.h"
+
+static const char *const CMD = "worker";
+
+static const char HELP[] =
+    "usage: kvds worker [options]\n"
+    "\n"
+    "Runs the worker: creates the shared-memory pool, listens on TCP and on a\n"
+    "Unix socket (clients on the same host map the pool through it), and\n"
+    "serves until SIGINT/SIGTERM or 'kvds stop'.\n"
+    "\n"
+    "  -l, --listen HOST:PORT   TCP listener (default 127.0.0.1:31501;\n"
+    "                           --worker_address is the same)\n"
+    "      --socket PATH        Unix socket (default $KVDS_RUN_DIR or /tmp,\n"
+    "                           + /kvds-<port>.sock)\n"
+    "  -m, --memory SIZE        pool size for objects, e.g. 256MiB, 4GiB\n"
+    "                           (default 4GiB; --shared_memory_size_mb N\n"
+    "                           gives it in MiB)\n"
+    "  -t, --threads N          I/O threads (default 1)\n"
+    "      --http-port P        serve /metrics, /health, /status on P\n"
+    "                           (default 0: off)\n"
+    "      --eviction_high_watermark_ratio R, --high-watermark R\n"
+    "                           evict when used > R x capacity (default "
+    "0.95)\n"
+    "      --eviction_ratio R, --eviction-ratio R\n"
+    "                           ... down to (high - R) x capacity (default "
+    "0.05)\n"
+    "      --huge-pages off|try|on  back the pool with huge pages "
+    "(default off)\n"
+    "      --busy-poll-us N     spin N us for more requests before sleeping\n"
+    "                           (default 50)\n"
+    "      --max-object SIZE    largest value accepted (default: pool size)\n"
+    "      --log-level L        error, warn, info or debug (default info)\n"
+    "  -d, --daemon             detach; returns 0 once the worker serves\n"
+    "                           (waits up to 30 s + 0.5 s per GiB of pool),\n"
+    "                           else prints why and returns 1\n"
+    "      --pidfile FILE       write the worker's pid here; removed on exit\n"
+    "      --log-file FILE      append the worker's output here (default\n"
+    "                           with --daemon: the socket path with .log for\n"
+    "                           .sock, e.g. /tmp/kvds-31501.log)\n"
+    "  -h, --help               this text\n"
+    "\n"
+    "--etcd_address is not supported yet: the worker runs single-node.\n";
+
+enum {
+  OPT_SOCKET = 256,
+  OPT_MB,
+  OPT_HTTP,
+  OPT_HIGH,
+  OPT_RATIO,
+  OPT_HUGE,
+  OPT_BUSY,
+  OPT_MAXOBJ,
+  OPT_LOGLEVEL,
+  OPT_PIDFILE,
+  OPT_LOGFILE,
+  OPT_ETCD,
+};
+
+static const struct option LONGOPTS[] = {
+    {"listen", required_argument, NULL, 'l'},
+    {"worker_address", required_argument, NULL, 'l'},
+    {"socket", required_argument, NULL, OPT_SOCKET},
+    {"memory", required_argument, NULL, 'm'},
+    {"shared_memory_size_mb", required_argument, NULL, OPT_MB},
+    {"threads", required_argument, NULL, 't'},
+    {"http-port", required_argument, NULL, OPT_HTTP},
+    {"eviction_high_watermark_ratio", required_argument, NULL, OPT_HIGH},
+    {"high-watermark", required_argument, NULL, OPT_HIGH},
+    {"eviction_ratio", required_argument, NULL, OPT_RATIO},
+    {"eviction-ratio", required_argument, NULL, OPT_RATIO},
+    {"huge-pages", required_argument, NULL, OPT_HUGE},
+    {"busy-poll-us", required_argument, NULL, OPT_BUSY},
+    {"max-object", required_argument, NULL, OPT_MAXOBJ},
+    {"log-level", required_argument, NULL, OPT_LOGLEVEL},
+    {"daemon", no_argument, NULL, 'd'},
+    {"pidfile", required_argument, NULL, OPT_PIDFILE},
+    {"log-file", required_argument, NULL, OPT_LOGFILE},
+    {"etcd_address", required_argument, NULL, OPT_ETCD},
+    {"etcd", required_argument, NULL, OPT_ETCD},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
+};
+
+struct worker_opts {
+  struct kvds_worker_config cfg;
+  int daemon;
+  const char *pidfile;
+  const char *log_file;
+};
+
+static int copy_str(const char *opt, const char *v, char *dst, size_t cap) {
+  if (strlen(v) >= cap) {
+    cli_err(CMD, "%s is too long (at most %zu bytes)", opt, cap - 1);
+    return CLI_USAGE;
+  }
+  memcpy(dst, v, strlen(v) + 1);
+  return CLI_OK;
+}
+
+static int parse_int(const char *opt, const char *v, int *out) {
+  uint64_t n;
+  int rc = cli_parse_u64_opt(CMD, opt, v, &n);
+  if (rc)
+    return rc;
+  if (n > INT_MAX) {
+    cli_err(CMD, "%s %s is out of range", opt, v);
+    return CLI_USAGE;
+  }
+  *out = (int)n;
+  return CLI_OK;
+}
+
+static int parse_ratio(const char *opt, const char *v, double *out) {
+  if (kvds_parse_ratio(v, out) == 0)
+    return CLI_OK;
+  cli_err(CMD, "bad ratio for %s: '%s' (want a number in [0, 1])", opt, v);
+  return CLI_USAGE;
+}
+
+static int parse_choice(const char *opt, const char *v,
+                        const char *const *names, int n, int *out) {
+  for (int i = 0; i < n; i++)
+    if (strcmp(v, names[i]) == 0) {
+      *out = i;
+      return CLI_OK;
+    }
+  cli_err(CMD, "bad value for %s: '%s'", opt, v);
+  return CLI_USAGE;
+}
+
+static int parse_opt(struct worker_opts *o, int c, const char *v) {
+  /* Index order matches enum kvds_pool_huge and the worker's log levels. */
+  static const char *const huge[] = {"off", "try", "on"};
+  static const char *const levels[] = {"error", "warn", "info", "debug"};
+  struct kvds_worker_config *cfg = &o->cfg;
+  uint64_t n;
+  int rc = CLI_OK;
+  switch (c) {
+  case 'l':
+    return copy_str("--listen", v, cfg->listen, sizeof cfg->listen);
+  case OPT_SOCKET:
+    return copy_str("--socket", v, cfg->socket_path, sizeof cfg->socket_path);
+  case 'm':
+    return cli_parse_size_opt(CMD, "--memory", v, &cfg->memory);
+  case OPT_MB:
+    if ((rc = cli_parse_u64_opt(CMD, "--shared_memory_size_mb", v, &n)))
+      return rc;
+    if (n > (UINT64_MAX >> 20)) {
+      cli_err(CMD, "--shared_memory_size_mb %s is out of range", v);
+      return CLI_USAGE;
+    }
+    cfg->memory = n << 20;
+    return CLI_OK;
+  case 't':
+    return parse_int("--threads", v, &cfg->threads);
+  case OPT_HTTP:
+    return parse_int("--http-port", v, &cfg->http_port);
+  case OPT_HIGH:
+    return parse_ratio("--eviction_high_watermark_ratio", v,
+                       &cfg->high_watermark);
+  case OPT_RATIO:
+    return parse_ratio("--eviction_ratio", v, &cfg->eviction_ratio);
+  case OPT_HUGE:
+    return parse_choice("--huge-pages (off, try or on)", v, huge, 3,
+                        &cfg->huge_pages);
+  case OPT_BUSY:
+    return parse_int("--busy-poll-us", v, &cfg->busy_poll_us);
+  case OPT_MAXOBJ:
+    return cli_parse_size_opt(CMD, "--max-object", v, &cfg->max_object);
+  case OPT_LOGLEVEL:
+    return parse_choice("--log-level (error, warn, info or debug)", v, levels,
+                        4, &cfg->log_level);
+  case 'd':
+    o->daemon = 1;
+    return CLI_OK;
+  case OPT_PIDFILE:
+    o->pidfile = v;
+    return CLI_OK;
+  case OPT_LOGFILE:
+    o->log_file = v;
+    return CLI_OK;
+  case OPT_ETCD:
+    cli_err(CMD, "--etcd_address is not supported yet (cluster mode lands "
+                 "with the cluster issue); run without it for the "
+                 "single-node embedded mode");
+    return CLI_USAGE;
+  default:
+    return CLI_USAGE;
+  }
+}
+
+/* ---- pidfile ------------------------------------------------------------ */
+
+static long read_pidfile(const char *path) {
+  char buf[32] = {0};
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return 0;
+  ssize_t r = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (r <= 0)
+    return 0;
+  buf[strcspn(buf, "\n")] = 0;
+  uint64_t pid;
+  return kvds_parse_u64(buf, &pid) == 0 && pid <= INT_MAX ? (long)pid : 0;
+}
+
+static int write_pidfile(const char *path) {
+  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0)
+    return -errno;
+  char buf[32];
+  int n = snprintf(buf, sizeof buf, "%ld\n", (long)getpid());
+  int rc = cli_write_all(fd, buf, (size_t)n);
+  close(fd);
+  return rc;
+}
+
+static void remove_pidfile(const char *path) {
+  if (path && read_pidfile(path) == (long)getpid())
+    unlink(path);
+}
+
+/* Refuses to start over a pidfile that names a live process. */
+static int check_pidfile(const char *path) {
+  long pid = path ? read_pidfile(path) : 0;
+  if (pid > 0 && (kill((pid_t)pid, 0) == 0 || errno == EPERM)) {
+    cli_err(CMD, "pidfile %s names a running process (pid %ld)", path, pid);
+    return CLI_FAIL;
+  }
+  return CLI_OK;
+}
+
+/* ---- running ------------------------------------------------------------ */
+
+static int serve(struct worker_opts *o) {
+  if (o->pidfile) {
+    int rc = write_pidfile(o->pidfile);
+    if (rc) {
+      cli_err(CMD, "cannot write pidfile %s: %s", o->pidfile,
+              kvds_strerror(rc));
+      return CLI_FAIL;
+    }
+  }
+  int rc = kvds_worker_run(&o->cfg);
+  remove_pidfile(o->pidfile);
+  return rc ? CLI_FAIL : CLI_OK;
+}
+
+static int open_log(const char *path) {
+  int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  if (fd < 0)
+    cli_err(CMD, "cannot open log file %s: %s", path, strerror(errno));
+  return fd;
+}
+
+/* The default daemon log: the socket path with ".log" for ".sock". */
+static int default_log_path(const struct kvds_worker_config *cfg, char *out,
+                            size_t cap) {
+  char sock[256];
+  if (cfg->socket_path[0])
+    snprintf(sock, sizeof sock, "%s", cfg->socket_path);
+  else if (kvds_worker_socket_path(cfg->listen, sock, sizeof sock))
+    return KVDS_E_ADDR;
+  size_t n = strlen(sock);
+  if (n > 5 && strcmp(sock + n - 5, ".sock") == 0)
+    sock[n - 5] = 0;
+  snprintf(out, cap, "%s.log", sock);
+  return 0;
+}
+
+/* Last non-empty line written to the log after offset `from`. */
+static void log_tail(const char *path, off_t from, char *out, size_t cap) {
+  out[0] = 0;
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return;
+  char buf[4096];
+  struct stat st;
+  off_t start = fstat(fd, &st) == 0 && st.st_size - from > (off_t)sizeof buf
+                    ? st.st_size - (off_t)(sizeof buf - 1)
+                    : from;
+  ssize_t r = pread(fd, buf, sizeof buf - 1, start);
+  close(fd);
+  if (r <= 0)
+    return;
+  buf[r] = 0;
+  while (r > 0 && (buf[r - 1] == '\n' || buf[r - 1] == '\r'))
+    buf[--r] = 0;
+  char *line = strrchr(buf, '\n');
+  line = line ? line + 1 : buf;
+  /* "kvds worker [ERROR] msg" -> "msg": our own prefix says who. */
+  char *tag =
+      strncmp(line, "kvds worker [", 13) == 0 ? strstr(line, "] ") : NULL;
+  if (tag)
+    line = tag + 2;
+  snprintf(out, cap, "%.*s", (int)cap - 1, line);
+}
+
+/* Parent side of --daemon: waits for the child's "1" on the ready pipe. */
+static int await_ready(pid_t pid, int rfd, const char *log, off_t log_from,
+                       int timeout_s) {
+  uint64_t deadline = kvds_now_us() + (uint64_t)timeout_s * 1000000u;
+  char c = 0;
+  for (;;) {
+    uint64_t now = kvds_now_us();
+    if (now >= deadline) {
+      kill(pid, SIGTERM);
+      cli_err(CMD,
+              "worker (pid %d) did not become ready within %d s; stopped it "
+              "(log: %s)",
+              (int)pid, timeout_s, log);
+      return CLI_FAIL;
+    }
+    struct pollfd p = {.fd = rfd, .events = POLLIN};
+    int n = poll(&p, 1, (int)((deadline - now) / 1000u) + 1);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n == 0)
+      continue;
+    ssize_t r = read(rfd, &c, 1);
+    if (r < 0 && errno == EINTR)
+      continue;
+    break;
+  }
+  if (c == '1')
+    return CLI_OK;
+
+  /* The pipe closed without "1": the child is exiting; collect its status. */
+  int status = 0, reaped = 0;
+  for (int i = 0; i < 100 && !reaped; i++) {
+    reaped = waitpid(pid, &status, WNOHANG) == pid;
+    if (!reaped)
+      cli_sleep_ms(20);
+  }
+  char why[64], line[512];
+  if (!reaped)
+    snprintf(why, sizeof why, "closed its ready pipe");
+  else if (WIFSIGNALED(status))
+    snprintf(why, sizeof why, "killed by signal %d", WTERMSIG(status));
+  else
+    snprintf(why, sizeof why, "exit status %d", WEXITSTATUS(status));
+  log_tail(log, log_from, line, sizeof line);
+  if (line[0])
+    cli_err(CMD, "worker failed to start: %s (%s; log: %s)", line, why, log);
+  else
+    cli_err(CMD, "worker failed to start (%s; log: %s)", why, log);
+  return CLI_FAIL;
+}
+
+static int daemonize(struct worker_opts *o) {
+  char logbuf[300];
+  const char *log = o->log_file;
+  if (!log) {
+    if (default_log_path(&o->cfg, logbuf, sizeof logbuf)) {
+      cli_err(CMD, "cannot derive a log path; give --log-file");
+      return CLI_USAGE;
+    }
+    log = logbuf;
+  }
+  int logfd = open_log(log);
+  if (logfd < 0)
+    return CLI_FAIL;
+  struct stat st;
+  off_t log_from = fstat(logfd, &st) == 0 ? st.st_size : 0;
+  int pfd[2];
+  if (pipe2(pfd, O_CLOEXEC) < 0) {
+    cli_err(CMD, "pipe: %s", strerror(errno));
+    close(logfd);
+    return CLI_FAIL;
+  }
+  pid_t pid = fork();
+  if (pid < 0) {
+    cli_err(CMD, "fork: %s", strerror(errno));
+    close(logfd);
+    close(pfd[0]);
+    close(pfd[1]);
+    return CLI_FAIL;
+  }
+  if (pid == 0) {
+    close(pfd[0]);
+    setsid();
+    int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (devnull >= 0)
+      dup2(devnull, STDIN_FILENO);
+    dup2(logfd, STDOUT_FILENO);
+    dup2(logfd, STDERR_FILENO);
+    o->cfg.ready_fd = pfd[1];
+    exit(serve(o));
+  }
+  close(pfd[1]);
+  close(logfd);
+  int timeout_s = 30 + (int)((o->cfg.memory >> 30) / 2);
+  int rc = await_ready(pid, pfd[0], log, log_from, timeout_s);
+  close(pfd[0]);
+  return rc;
+}
+
+int cmd_worker(int argc, char **argv) {
+  struct worker_opts o = {.daemon = 0};
+  kvds_worker_config_default(&o.cfg);
+  int c, first = 1;
+  while ((c = cli_getopt(CMD, argc, argv, "l:m:t:dh", LONGOPTS, &first)) !=
+         -1) {
+    if (c == 'h') {
+      fputs(HELP, stdout);
+      return CLI_OK;
+    }
+    if (c == '?')
+      return CLI_USAGE;
+    int rc = parse_opt(&o, c, optarg);
+    if (rc)
+      return rc;
+  }
+  if (optind < argc) {
+    cli_err(CMD, "unexpected argument '%s' (see kvds help worker)",
+            argv[optind]);
+    return CLI_USAGE;
+  }
+  char err[256] = "";
+  if (kvds_worker_config_check(&o.cfg, err, sizeof err)) {
+    cli_err(CMD, "%s", err[0] ? err : "invalid configuration");
+    return CLI_USAGE;
+  }
+  if (check_pidfile(o.pidfile))
+    return CLI_FAIL;
+  if (o.daemon)
+    return daemonize(&o);
+  if (o.log_file) {
+    int fd = open_log(o.log_file);
+    if (fd < 0)
+      return CLI_FAIL;
+    dup2(fd, STDOUT_FILENO);
+    dup2(fd, STDERR_FILENO);
+    close(fd);
+  }
+  return serve(&o);
+}

@@ -1,0 +1,1252 @@
+/*
+ * client.c — libkvds: the client side of the kvds protocol.
+ *
+ * One connection per client, one request in flight at a time (plus
+ * fire-and-forget RELEASE frames, which have no reply). Over a Unix socket the
+ * worker's pool is mapped once and values move through shared memory only;
+ * over TCP they travel inline. A "host:port" address that turns out to name a
+ * worker on this machine (its socket exists and answers with the same
+ * instance nonce) is upgraded to the Unix socket automatically.
+ *
+ * Any I/O error, protocol error or deadline overrun leaves the byte stream in
+ * an unknown state, so the client disconnects itself: later calls fail with
+ * KVDS_E_CLOSED, and the worker releases everything this client held.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+#define XXH_STATIC_LINKING_ONLY
+#include <xxhash.h>
+
+#include "common/util.h"
+#include "kvds/kvds.h"
+#include "pool/pool.h"
+#include "proto/proto.h"
+
+#define DEFAULT_TIMEOUT_MS 5000
+/* Spin on the socket this long before sleeping in poll(): a sleeping vCPU
+ * takes ~50 us to wake, the worker usually answers in a few. */
+#define SPIN_US 60
+/* Handles of values copied over TCP (not worker handles). */
+#define TCP_VALUE_HANDLE (1ull << 63)
+#define SEAL_F_CHECKSUM 1u
+#define HASH_CHUNK (256u << 10)
+
+struct kvds_client {
+  int fd;
+  int local;
+  int timeout_ms;
+  struct kvds_pool pool;
+  uint64_t next_req;
+  uint64_t nonce;
+  char sock_path[256];
+  char errmsg[256];
+  /* request meta being built (header space first) */
+  uint8_t *wb;
+  size_t wlen, wcap;
+  uint32_t wcount;
+  /* reply: header + meta in rb, decoded items */
+  uint8_t *rb;
+  size_t rcap, rlen, rpos;
+  struct kvds_proto_hdr rh;
+  struct kvds_proto_item *rit;
+  const uint8_t **rkey;
+  uint32_t ritcap;
+  uint64_t rdata_left; /* reply data not read yet */
+  int recv_fd;         /* fd received with SCM_RIGHTS, -1 if none */
+};
+
+static int fail(kvds_client *c, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int fail(kvds_client *c, int rc, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(c->errmsg, sizeof c->errmsg, fmt, ap);
+  va_end(ap);
+  return rc;
+}
+
+/* The stream is out of sync: drop the connection. */
+static int broken(kvds_client *c, int rc, const char *what) {
+  if (c->fd >= 0) {
+    close(c->fd);
+    c->fd = -1;
+  }
+  return fail(c, rc, "%s: %s (disconnected)", what, kvds_strerror(rc));
+}
+
+static uint64_t deadline_after(int ms) { return kvds_now_us() + (uint64_t)ms * 1000u; }
+
+/* Waits for fd readiness until the deadline. 0, KVDS_E_TIMEOUT or -errno. */
+static int wait_fd(int fd, short ev, uint64_t deadline) {
+  for (;;) {
+    uint64_t now = kvds_now_us();
+    if (now >= deadline)
+      return KVDS_E_TIMEOUT;
+    uint64_t left_ms = (deadline - now + 999) / 1000;
+    struct pollfd p = {.fd = fd, .events = ev};
+    int n = poll(&p, 1, left_ms > 3600000 ? 3600000 : (int)left_ms);
+    if (n > 0)
+      return 0;
+    if (n < 0 && errno != EINTR)
+      return -errno;
+  }
+}
+
+/* ---- sending ------------------------------------------------------------ */
+
+static int wb_reserve(kvds_client *c, size_t more) {
+  if (c->wlen + more <= c->wcap)
+    return 0;
+  size_t nc = c->wcap ? c->wcap : 4096;
+  while (nc < c->wlen + more)
+    nc *= 2;
+  uint8_t *nb = realloc(c->wb, nc);
+  if (!nb)
+    return -ENOMEM;
+  c->wb = nb;
+  c->wcap = nc;
+  return 0;
+}
+
+static void req_begin(kvds_client *c) {
+  c->wlen = KVDS_PROTO_HDR_LEN;
+  c->wcount = 0;
+}
+
+static int req_item(kvds_client *c, uint64_t a, uint64_t b, uint64_t cc,
+                    uint64_t d, const void *key, size_t klen) {
+  if (klen > KVDS_KEY_MAX)
+    return KVDS_E_KEYLEN;
+  if (wb_reserve(c, kvds_proto_item_size(klen)))
+    return -ENOMEM;
+  struct kvds_proto_item it = {
+      .klen = (uint32_t)klen, .a = a, .b = b, .c = cc, .d = d};
+  c->wlen += kvds_proto_item_encode(&it, key, c->wb + c->wlen);
+  c->wcount++;
+  return 0;
+}
+
+static int send_all(kvds_client *c, struct iovec *iov, int n,
+                    uint64_t deadline) {
+  while (n > 0) {
+    struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)(n > 64 ? 64 : n)};
+    ssize_t w = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
+    if (w < 0) {
+      if (errno == EINTR)
+        continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        int rc = wait_fd(c->fd, POLLOUT, deadline);
+        if (rc)
+          return rc;
+        continue;
+      }
+      return -errno;
+    }
+    size_t left = (size_t)w;
+    while (n > 0 && left >= iov->iov_len) {
+      left -= iov->iov_len;
+      iov++;
+      n--;
+    }
+    if (n > 0) {
+      iov->iov_base = (uint8_t *)iov->iov_base + left;
+      iov->iov_len -= left;
+    }
+  }
+  return 0;
+}
+
+/* Sends the request built in wb plus `ndata` data iovecs (may be 0). Returns
+ * the request id (> 0) or an error; on error the client is disconnected. */
+static int64_t req_send(kvds_client *c, uint8_t op, uint16_t flags,
+                        uint32_t arg, const struct iovec *data, int ndata,
+                        uint64_t deadline) {
+  if (c->fd < 0)
+    return fail(c, KVDS_E_CLOSED, "not connected (an earlier error closed it)");
+  uint64_t data_len = 0;
+  for (int i = 0; i < ndata; i++)
+    data_len += data[i].iov_len;
+  uint64_t id = ++c->next_req;
+  struct kvds_proto_hdr h = {.magic = KVDS_PROTO_MAGIC,
+                             .version = KVDS_PROTO_VERSION,
+                             .opcode = op,
+                             .flags = flags,
+                             .req_id = id,
+                             .count = c->wcount,
+                             .meta_len = (uint32_t)(c->wlen - KVDS_PROTO_HDR_LEN),
+                             .arg = arg,
+                             .data_len = data_len};
+  if (c->wlen - KVDS_PROTO_HDR_LEN > KVDS_PROTO_META_MAX)
+    return fail(c, KVDS_E_LIMIT, "request too large");
+  kvds_proto_hdr_encode(&h, c->wb);
+  kvds_proto_seal_frame(c->wb, c->wb + KVDS_PROTO_HDR_LEN, h.meta_len);
+  struct iovec stack[65], *iov = stack;
+  if (ndata + 1 > 65 && !(iov = malloc((size_t)(ndata + 1) * sizeof *iov)))
+    return fail(c, -ENOMEM, "out of memory");
+  iov[0].iov_base = c->wb;
+  iov[0].iov_len = c->wlen;
+  for (int i = 0; i < ndata; i++)
+    iov[i + 1] = data[i];
+  int rc = send_all(c, iov, ndata + 1, deadline);
+  if (iov != stack)
+    free(iov);
+  if (rc)
+    return broken(c, rc, "send");
+  return (int64_t)id;
+}
+
+/* ---- receiving ---------------------------------------------------------- */
+
+static void take_fds(kvds_client *c, struct msghdr *mh) {
+  for (struct cmsghdr *cm = CMSG_FIRSTHDR(mh); cm; cm = CMSG_NXTHDR(mh, cm)) {
+    if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+      continue;
+    size_t nfd = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (size_t i = 0; i < nfd; i++) {
+      int fd;
+      memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof fd);
+      if (c->recv_fd < 0)
+        c->recv_fd = fd;
+      else
+        close(fd);
+    }
+  }
+}
+
+/* One read into iov (spinning briefly, then polling). Returns bytes (> 0) or
+ * an error. */
+static ssize_t read_some(kvds_client *c, struct iovec *iov, int n,
+                         uint64_t deadline) {
+  uint64_t spin_until = 0;
+  for (;;) {
+    union {
+      char buf[CMSG_SPACE(4 * sizeof(int))];
+      struct cmsghdr align;
+    } u;
+    struct msghdr mh = {.msg_iov = iov,
+                        .msg_iovlen = (size_t)n,
+                        .msg_control = u.buf,
+                        .msg_controllen = sizeof u.buf};
+    ssize_t r = recvmsg(c->fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    if (r > 0) {
+      if (mh.msg_controllen)
+        take_fds(c, &mh);
+      return r;
+    }
+    if (r == 0)
+      return KVDS_E_CLOSED;
+    if (errno == EINTR)
+      continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK)
+      return -errno;
+    uint64_t now = kvds_now_us();
+    if (!spin_until)
+      spin_until = now + SPIN_US;
+    if (now < spin_until)
+      continue;
+    int rc = wait_fd(c->fd, POLLIN, deadline);
+    if (rc)
+      return rc;
+  }
+}
+
+/* Ensures `need` bytes are buffered at rb[rpos..). */
+static int rb_fill(kvds_client *c, size_t need, uint64_t deadline) {
+  if (c->rlen - c->rpos >= need)
+    return 0;
+  if (c->rpos && c->rcap - c->rpos < need) {
+    memmove(c->rb, c->rb + c->rpos, c->rlen - c->rpos);
+    c->rlen -= c->rpos;
+    c->rpos = 0;
+  }
+  if (c->rcap - c->rpos < need) {
+    size_t nc = c->rcap ? c->rcap : 65536;
+    while (nc < c->rpos + need)
+      nc *= 2;
+    uint8_t *nb = realloc(c->rb, nc);
+    if (!nb)
+      return -ENOMEM;
+    c->rb = nb;
+    c->rcap = nc;
+  }
+  while (c->rlen - c->rpos < need) {
+    struct iovec iov = {c->rb + c->rlen, c->rcap - c->rlen};
+    ssize_t r = read_some(c, &iov, 1, deadline);
+    if (r < 0)
+      return (int)r;
+    c->rlen += (size_t)r;
+  }
+  return 0;
+}
+
+/*
+ * Reads the reply to request `id`: header and meta, decoded into rh, rit[]
+ * and rkey[] (valid until the next call). Data (rh.data_len bytes) is left
+ * for recv_data/skip_data. Returns the reply's status, or an error after
+ * which the client is disconnected.
+ */
+static int recv_reply(kvds_client *c, int64_t id, uint8_t op,
+                      uint64_t deadline) {
+  if (id < 0)
+    return (int)id;
+  int rc;
+  if (c->rpos == c->rlen)
+    c->rpos = c->rlen = 0;
+  if ((rc = rb_fill(c, KVDS_PROTO_HDR_LEN, deadline)))
+    return broken(c, rc, "receive");
+  const uint8_t *hraw = c->rb + c->rpos;
+  if ((rc = kvds_proto_hdr_decode(hraw, KVDS_PROTO_HDR_LEN, &c->rh)))
+    return broken(c, rc, "reply header");
+  if (!(c->rh.flags & KVDS_PF_REPLY) || c->rh.req_id != (uint64_t)id ||
+      (c->rh.opcode != op && c->rh.status == 0))
+    return broken(c, KVDS_E_PROTO, "unexpected reply");
+  if ((rc = rb_fill(c, KVDS_PROTO_HDR_LEN + c->rh.meta_len, deadline)))
+    return broken(c, rc, "receive");
+  hraw = c->rb + c->rpos;
+  const uint8_t *meta = hraw + KVDS_PROTO_HDR_LEN;
+  if ((rc = kvds_proto_verify(hraw, meta, c->rh.meta_len)) ||
+      (rc = kvds_proto_meta_validate(meta, c->rh.meta_len, c->rh.count)))
+    return broken(c, rc, "reply meta");
+  if (c->rh.count > c->ritcap) {
+    uint32_t nc = c->rh.count;
+    void *a = realloc(c->rit, nc * sizeof *c->rit);
+    if (a)
+      c->rit = a;
+    void *b = a ? realloc(c->rkey, nc * sizeof *c->rkey) : NULL;
+    if (b)
+      c->rkey = b;
+    if (!a || !b)
+      return broken(c, -ENOMEM, "reply");
+    c->ritcap = nc;
+  }
+  size_t pos = 0;
+  for (uint32_t i = 0; i < c->rh.count; i++)
+    kvds_proto_item_decode(meta, c->rh.meta_len, &pos, &c->rit[i],
+                           &c->rkey[i]);
+  c->rpos += KVDS_PROTO_HDR_LEN + c->rh.meta_len;
+  c->rdata_left = c->rh.data_len;
+  if (c->rh.status)
+    fail(c, c->rh.status, "worker: %s", kvds_strerror(c->rh.status));
+  return c->rh.status;
+}
+
+/* Reads `len` reply data bytes into dst (NULL = discard). */
+static int recv_data(kvds_client *c, uint8_t *dst, uint64_t len,
+                     uint64_t deadline) {
+  if (len > c->rdata_left)
+    return broken(c, KVDS_E_PROTO, "reply data");
+  c->rdata_left -= len;
+  /* First whatever is already buffered. */
+  size_t have = c->rlen - c->rpos;
+  if (have > len)
+    have = (size_t)len;
+  if (dst)
+    memcpy(dst, c->rb + c->rpos, have);
+  c->rpos += have;
+  len -= have;
+  if (dst)
+    dst += have;
+  uint8_t scratch[16384];
+  while (len) {
+    struct iovec iov = {dst ? (void *)dst : (void *)scratch,
+                        dst ? len : (len < sizeof scratch ? len : sizeof scratch)};
+    ssize_t r = read_some(c, &iov, 1, deadline);
+    if (r < 0)
+      return broken(c, (int)r, "receive");
+    len -= (uint64_t)r;
+    if (dst)
+      dst += r;
+  }
+  return 0;
+}
+
+/* Sends a request with no data and reads its reply header + meta. */
+static int rpc(kvds_client *c, uint8_t op, uint16_t flags, uint32_t arg,
+               uint64_t deadline) {
+  int64_t id = req_send(c, op, flags, arg, NULL, 0, deadline);
+  int rc = recv_reply(c, id, op, deadline);
+  if (c->fd >= 0 && c->rdata_left) {
+    int r2 = recv_data(c, NULL, c->rdata_left, deadline);
+    if (r2)
+      return r2;
+  }
+  return rc;
+}
+
+static uint64_t io_deadline(kvds_client *c) {
+  return deadline_after(c->timeout_ms);
+}
+
+/* ---- connection --------------------------------------------------------- */
+
+static int connect_unix(const char *path, int *out, uint64_t deadline) {
+  struct sockaddr_un sa = {.sun_family = AF_UNIX};
+  size_t pl = strlen(path);
+  if (pl == 0 || pl >= sizeof sa.sun_path)
+    return KVDS_E_ADDR;
+  memcpy(sa.sun_path, path, pl + 1);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0)
+    return -errno;
+  if (connect(fd, (struct sockaddr *)&sa, sizeof sa)) {
+    int e = -errno;
+    if (e == -EAGAIN || e == -EINPROGRESS) {
+      e = wait_fd(fd, POLLOUT, deadline);
+      if (!e) {
+        socklen_t l = sizeof e;
+        getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &l);
+        e = -e;
+      }
+    }
+    if (e) {
+      close(fd);
+      return e;
+    }
+  }
+  *out = fd;
+  return 0;
+}
+
+static int connect_tcp(const char *addr, int *out, uint64_t deadline) {
+  char host[256], port_s[8];
+  uint16_t port;
+  if (kvds_split_hostport(addr, host, sizeof host, &port))
+    return KVDS_E_ADDR;
+  snprintf(port_s, sizeof port_s, "%u", (unsigned)port);
+  struct addrinfo hints = {.ai_socktype = SOCK_STREAM,
+                           .ai_flags = AI_NUMERICSERV};
+  struct addrinfo *ai, *p;
+  if (getaddrinfo(host, port_s, &hints, &ai))
+    return KVDS_E_ADDR;
+  int rc = -ECONNREFUSED;
+  for (p = ai; p; p = p->ai_next) {
+    int fd = socket(p->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK,
+                    0);
+    if (fd < 0) {
+      rc = -errno;
+      continue;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (connect(fd, p->ai_addr, p->ai_addrlen) == 0) {
+      rc = 0;
+    } else if (errno == EINPROGRESS) {
+      rc = wait_fd(fd, POLLOUT, deadline);
+      if (!rc) {
+        int e = 0;
+        socklen_t l = sizeof e;
+        getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &l);
+        rc = -e;
+      }
+    } else {
+      rc = -errno;
+    }
+    if (!rc) {
+      *out = fd;
+      break;
+    }
+    close(fd);
+  }
+  freeaddrinfo(ai);
+  return rc;
+}
+
+/* HELLO: learns the worker's identity; over a Unix socket maps the pool. */
+static int hello(kvds_client *c, int want_shm, uint64_t deadline) {
+  req_begin(c);
+  req_item(c, want_shm ? 1 : 0, KVDS_PROTO_VERSION, 0, 0, NULL, 0);
+  c->recv_fd = -1;
+  int rc = rpc(c, KVDS_OP_HELLO, 0, 0, deadline);
+  int fd = c->recv_fd;
+  c->recv_fd = -1;
+  if (rc)
+    goto out;
+  if (c->rh.count < 1) {
+    rc = broken(c, KVDS_E_PROTO, "hello");
+    goto out;
+  }
+  const struct kvds_proto_item *it = &c->rit[0];
+  c->nonce = it->d;
+  size_t pl = it->klen < sizeof c->sock_path ? it->klen : 0;
+  memcpy(c->sock_path, c->rkey[0], pl);
+  c->sock_path[pl] = 0;
+  if (want_shm) {
+    if (fd < 0 || !(c->rh.flags & KVDS_PF_SHM)) {
+      rc = fail(c, KVDS_E_PROTO, "worker did not pass its pool");
+      goto out;
+    }
+    if ((rc = kvds_pool_attach(&c->pool, fd))) {
+      fail(c, rc, "cannot map the worker's pool: %s", kvds_strerror(rc));
+      goto out;
+    }
+    fd = -1;
+    c->local = 1;
+  }
+out:
+  if (fd >= 0)
+    close(fd);
+  return rc;
+}
+
+static kvds_client *client_new(int timeout_ms) {
+  kvds_client *c = calloc(1, sizeof *c);
+  if (!c)
+    return NULL;
+  c->fd = -1;
+  c->recv_fd = -1;
+  c->pool.fd = -1;
+  c->timeout_ms = timeout_ms > 0 ? timeout_ms : DEFAULT_TIMEOUT_MS;
+  return c;
+}
+
+static int open_unix(kvds_client *c, const char *path, uint64_t deadline) {
+  int rc = connect_unix(path, &c->fd, deadline);
+  if (rc)
+    return rc;
+  return hello(c, 1, deadline);
+}
+
+int kvds_client_connect(const char *address, int timeout_ms,
+                        kvds_client **out) {
+  if (!address || !*address || !out)
+    return KVDS_E_INVAL;
+  kvds_client *c = client_new(timeout_ms);
+  if (!c)
+    return -ENOMEM;
+  uint64_t deadline = io_deadline(c);
+  int rc;
+  if (strncmp(address, "unix:", 5) == 0) {
+    rc = open_unix(c, address + 5, deadline);
+  } else if (strchr(address, '/') && strncmp(address, "tcp://", 6) != 0) {
+    rc = open_unix(c, address, deadline);
+  } else {
+    int force_tcp = strncmp(address, "tcp://", 6) == 0;
+    rc = connect_tcp(address, &c->fd, deadline);
+    if (!rc)
+      rc = hello(c, 0, deadline);
+    if (!rc && !force_tcp && c->sock_path[0]) {
+      /* Same machine? Then the worker's socket is here and answers with the
+       * same nonce: switch to shared memory. */
+      kvds_client *u = client_new(c->timeout_ms);
+      if (u && open_unix(u, c->sock_path, deadline) == 0 &&
+          u->nonce == c->nonce) {
+        kvds_client_close(c);
+        c = u;
+      } else {
+        kvds_client_close(u);
+      }
+    }
+  }
+  if (rc) {
+    kvds_client_close(c);
+    return rc;
+  }
+  *out = c;
+  return 0;
+}
+
+void kvds_client_close(kvds_client *c) {
+  if (!c)
+    return;
+  if (c->fd >= 0)
+    close(c->fd);
+  if (c->recv_fd >= 0)
+    close(c->recv_fd);
+  if (c->pool.base)
+    kvds_pool_destroy(&c->pool);
+  else if (c->pool.fd >= 0)
+    close(c->pool.fd);
+  free(c->wb);
+  free(c->rb);
+  free(c->rit);
+  free(c->rkey);
+  free(c);
+}
+
+void kvds_client_set_timeout(kvds_client *c, int timeout_ms) {
+  if (timeout_ms > 0)
+    c->timeout_ms = timeout_ms;
+}
+
+int kvds_client_is_local(const kvds_client *c) { return c->local; }
+
+const char *kvds_client_errmsg(const kvds_client *c) { return c->errmsg; }
+
+int kvds_ping(kvds_client *c) {
+  req_begin(c);
+  return rpc(c, KVDS_OP_PING, 0, 0, io_deadline(c));
+}
+
+/* ---- helpers for batches ------------------------------------------------ */
+
+static int check_key(kvds_client *c, const struct kvds_iov *k) {
+  if (!k->base || k->len == 0 || k->len > KVDS_KEY_MAX)
+    return fail(c, KVDS_E_KEYLEN, "key length %zu out of range (1..%d)",
+                k->len, KVDS_KEY_MAX);
+  return 0;
+}
+
+static int check_keys(kvds_client *c, size_t n, const struct kvds_iov *keys) {
+  for (size_t i = 0; i < n; i++) {
+    int rc = check_key(c, &keys[i]);
+    if (rc)
+      return rc;
+  }
+  return 0;
+}
+
+static size_t chunk_of(size_t left) {
+  return left < KVDS_BATCH_MAX ? left : KVDS_BATCH_MAX;
+}
+
+/* ---- create / seal / abort ---------------------------------------------- */
+
+static int mcreate_chunk(kvds_client *c, size_t n, const struct kvds_iov *keys,
+                         const size_t *sizes, struct kvds_wbuf *bufs,
+                         int *results) {
+  uint64_t deadline = io_deadline(c);
+  req_begin(c);
+  for (size_t i = 0; i < n; i++) {
+    int rc = req_item(c, sizes[i], 0, 0, 0, keys[i].base, keys[i].len);
+    if (rc)
+      return fail(c, rc, "out of memory");
+  }
+  int64_t id = req_send(c, KVDS_OP_CREATE, 0, 0, NULL, 0, deadline);
+  int rc = recv_reply(c, id, KVDS_OP_CREATE, deadline);
+  if (rc)
+    return rc;
+  if (c->rh.count != n)
+    return broken(c, KVDS_E_PROTO, "create reply");
+  for (size_t i = 0; i < n; i++) {
+    const struct kvds_proto_item *it = &c->rit[i];
+    memset(&bufs[i], 0, sizeof bufs[i]);
+    results[i] = it->status;
+    if (it->status)
+      continue;
+    if (it->c != sizes[i] || it->a == 0 ||
+        (c->local && !kvds_pool_contains(&c->pool, it->b, it->c))) {
+      results[i] = KVDS_E_PROTO;
+      continue;
+    }
+    bufs[i].len = sizes[i];
+    bufs[i].handle = it->a;
+    if (c->local) {
+      bufs[i].data = kvds_pool_ptr(&c->pool, it->b);
+    } else if (!(bufs[i].data = malloc(sizes[i]))) {
+      results[i] = -ENOMEM; /* the worker aborts it when we disconnect */
+      bufs[i].handle = 0;
+    }
+  }
+  return 0;
+}
+
+int kvds_mcreate(kvds_client *c, size_t n, const struct kvds_iov *keys,
+                 const size_t *sizes, struct kvds_wbuf *bufs, int *results) {
+  int rc = check_keys(c, n, keys);
+  if (rc)
+    return rc;
+  for (size_t i = 0; i < n; i++)
+    if (sizes[i] == 0)
+      return fail(c, KVDS_E_INVAL, "object size 0");
+  for (size_t off = 0; off < n; off += chunk_of(n - off))
+    if ((rc = mcreate_chunk(c, chunk_of(n - off), keys + off, sizes + off,
+                            bufs + off, results + off)))
+      return rc;
+  return 0;
+}
+
+int kvds_create(kvds_client *c, const void *key, size_t klen, size_t size,
+                struct kvds_wbuf *buf) {
+  struct kvds_iov k = {(void *)key, klen};
+  struct kvds_wbuf b;
+  int res;
+  int rc = kvds_mcreate(c, 1, &k, &size, &b, &res);
+  if (rc)
+    return rc;
+  if (res)
+    return fail(c, res, "create: %s", kvds_strerror(res));
+  *buf = b;
+  return 0;
+}
+
+int kvds_write(kvds_client *c, const struct kvds_wbuf *buf, size_t off,
+               const void *src, size_t len) {
+  if (!buf->data || off > buf->len || len > buf->len - off)
+    return fail(c, KVDS_E_RANGE, "write of %zu bytes at %zu outside %zu",
+                len, off, buf->len);
+  memcpy((uint8_t *)buf->data + off, src, len);
+  return 0;
+}
+
+static int mseal_chunk(kvds_client *c, size_t n, struct kvds_wbuf *bufs,
+                       int *results) {
+  uint64_t deadline = io_deadline(c);
+  int rc;
+  if (!c->local) {
+    /* Send the staged bytes first; WRITE and SEAL are pipelined. */
+    req_begin(c);
+    struct iovec *iov = malloc((n ? n : 1) * sizeof *iov);
+    if (!iov)
+      return fail(c, -ENOMEM, "out of memory");
+    int k = 0;
+    for (size_t i = 0; i < n; i++) {
+      if (!bufs[i].handle)
+        continue;
+      req_item(c, bufs[i].handle, 0, bufs[i].len, 0, NULL, 0);
+      iov[k].iov_base = bufs[i].data;
+      iov[k].iov_len = bufs[i].len;
+      k++;
+    }
+    int64_t wid = req_send(c, KVDS_OP_WRITE, 0, 0, iov, k, deadline);
+    free(iov);
+    if (wid < 0)
+      return (int)wid;
+    req_begin(c);
+    for (size_t i = 0; i < n; i++)
+      if (bufs[i].handle)
+        req_item(c, bufs[i].handle,
+                 kvds_checksum(bufs[i].data, bufs[i].len), SEAL_F_CHECKSUM, 0,
+                 NULL, 0);
+    int64_t sid = req_send(c, KVDS_OP_SEAL, 0, 0, NULL, 0, deadline);
+    if ((rc = recv_reply(c, wid, KVDS_OP_WRITE, deadline)))
+      return rc;
+    if ((rc = recv_reply(c, sid, KVDS_OP_SEAL, deadline)))
+      return rc;
+  } else {
+    req_begin(c);
+    for (size_t i = 0; i < n; i++)
+      if (bufs[i].handle)
+        req_item(c, bufs[i].handle,
+                 kvds_checksum(bufs[i].data, bufs[i].len), SEAL_F_CHECKSUM, 0,
+                 NULL, 0);
+    if ((rc = rpc(c, KVDS_OP_SEAL, 0, 0, deadline)))
+      return rc;
+  }
+  uint32_t k = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (!bufs[i].handle) {
+      if (results)
+        results[i] = KVDS_E_HANDLE;
+      continue;
+    }
+    int st = k < c->rh.count ? c->rit[k].status : KVDS_E_PROTO;
+    k++;
+    if (results)
+      results[i] = st;
+    if (!st) {
+      if (!c->local)
+        free(bufs[i].data);
+      memset(&bufs[i], 0, sizeof bufs[i]);
+    }
+  }
+  return 0;
+}
+
+int kvds_mseal(kvds_client *c, size_t n, struct kvds_wbuf *bufs,
+               int *results) {
+  int rc;
+  for (size_t off = 0; off < n; off += chunk_of(n - off))
+    if ((rc = mseal_chunk(c, chunk_of(n - off), bufs + off,
+                          results ? results + off : NULL)))
+      return rc;
+  if (results)
+    for (size_t i = 0; i < n; i++)
+      if (results[i])
+        return results[i];
+  return 0;
+}
+
+int kvds_seal(kvds_client *c, struct kvds_wbuf *buf) {
+  int res = 0;
+  int rc = kvds_mseal(c, 1, buf, &res);
+  return rc ? rc : res;
+}
+
+int kvds_mabort(kvds_client *c, size_t n, struct kvds_wbuf *bufs) {
+  int first = 0;
+  for (size_t off = 0; off < n; off += chunk_of(n - off)) {
+    size_t m = chunk_of(n - off);
+    req_begin(c);
+    for (size_t i = off; i < off + m; i++)
+      if (bufs[i].handle)
+        req_item(c, bufs[i].handle, 0, 0, 0, NULL, 0);
+    int rc = rpc(c, KVDS_OP_ABORT, 0, 0, io_deadline(c));
+    for (size_t i = off; i < off + m; i++) {
+      if (!c->local)
+        free(bufs[i].data);
+      memset(&bufs[i], 0, sizeof bufs[i]);
+    }
+    if (rc && !first)
+      first = rc;
+    for (uint32_t k = 0; !rc && k < c->rh.count; k++)
+      if (c->rit[k].status && !first)
+        first = c->rit[k].status;
+  }
+  return first;
+}
+
+int kvds_abort(kvds_client *c, struct kvds_wbuf *buf) {
+  return kvds_mabort(c, 1, buf);
+}
+
+/* ---- put ---------------------------------------------------------------- */
+
+/* Copies src into dst and hashes it in cache-sized chunks, so the hash reads
+ * bytes that the copy just brought into cache. */
+static uint64_t copy_and_hash(void *dst, const void *src, size_t len) {
+  if (len <= HASH_CHUNK) {
+    memcpy(dst, src, len);
+    return XXH3_64bits(src, len);
+  }
+  XXH3_state_t st;
+  XXH3_64bits_reset(&st);
+  for (size_t off = 0; off < len; off += HASH_CHUNK) {
+    size_t k = len - off < HASH_CHUNK ? len - off : HASH_CHUNK;
+    memcpy((uint8_t *)dst + off, (const uint8_t *)src + off, k);
+    XXH3_64bits_update(&st, (const uint8_t *)src + off, k);
+  }
+  return XXH3_64bits_digest(&st);
+}
+
+static int mput_local(kvds_client *c, size_t n, const struct kvds_iov *keys,
+                      const struct kvds_iov *vals, int *results) {
+  size_t *sizes = malloc(n * sizeof *sizes);
+  struct kvds_wbuf *bufs = malloc(n * sizeof *bufs);
+  int rc = -ENOMEM;
+  if (!sizes || !bufs)
+    goto out;
+  for (size_t i = 0; i < n; i++)
+    sizes[i] = vals[i].len;
+  if ((rc = mcreate_chunk(c, n, keys, sizes, bufs, results)))
+    goto out;
+  uint64_t deadline = io_deadline(c);
+  req_begin(c);
+  for (size_t i = 0; i < n; i++) {
+    if (results[i])
+      continue;
+    uint64_t sum = copy_and_hash(bufs[i].data, vals[i].base, vals[i].len);
+    req_item(c, bufs[i].handle, sum, SEAL_F_CHECKSUM, 0, NULL, 0);
+  }
+  if (c->wcount == 0)
+    goto out;
+  if ((rc = rpc(c, KVDS_OP_SEAL, 0, 0, deadline)))
+    goto out;
+  uint32_t k = 0;
+  for (size_t i = 0; i < n; i++)
+    if (!results[i])
+      results[i] = k < c->rh.count ? c->rit[k++].status : KVDS_E_PROTO;
+out:
+  free(sizes);
+  free(bufs);
+  return rc;
+}
+
+static int mput_tcp(kvds_client *c, size_t n, const struct kvds_iov *keys,
+                    const struct kvds_iov *vals, int *results) {
+  uint64_t deadline = io_deadline(c);
+  struct iovec *iov = malloc(n * sizeof *iov);
+  if (!iov)
+    return fail(c, -ENOMEM, "out of memory");
+  req_begin(c);
+  for (size_t i = 0; i < n; i++) {
+    req_item(c, vals[i].len, 0, 0, 0, keys[i].base, keys[i].len);
+    iov[i].iov_base = vals[i].base;
+    iov[i].iov_len = vals[i].len;
+  }
+  int64_t id = req_send(c, KVDS_OP_PUT, 0, 0, iov, (int)n, deadline);
+  free(iov);
+  int rc = recv_reply(c, id, KVDS_OP_PUT, deadline);
+  if (rc)
+    return rc;
+  if (c->rh.count != n)
+    return broken(c, KVDS_E_PROTO, "put reply");
+  for (size_t i = 0; i < n; i++)
+    results[i] = c->rit[i].status;
+  return 0;
+}
+
+int kvds_mput(kvds_client *c, size_t n, const struct kvds_iov *keys,
+              const struct kvds_iov *vals, int *results) {
+  int rc = check_keys(c, n, keys);
+  if (rc)
+    return rc;
+  for (size_t i = 0; i < n; i++)
+    if (vals[i].len == 0 || !vals[i].base)
+      return fail(c, KVDS_E_INVAL, "empty value");
+  int *res = results ? results : malloc((n ? n : 1) * sizeof *res);
+  if (!res)
+    return fail(c, -ENOMEM, "out of memory");
+  for (size_t off = 0; off < n && !rc; off += chunk_of(n - off)) {
+    size_t m = chunk_of(n - off);
+    rc = c->local ? mput_local(c, m, keys + off, vals + off, res + off)
+                  : mput_tcp(c, m, keys + off, vals + off, res + off);
+  }
+  for (size_t i = 0; i < n && !rc; i++)
+    if (res[i])
+      rc = fail(c, res[i], "put: %s", kvds_strerror(res[i]));
+  if (res != results)
+    free(res);
+  return rc;
+}
+
+int kvds_put(kvds_client *c, const void *key, size_t klen, const void *val,
+             size_t vlen) {
+  struct kvds_iov k = {(void *)key, klen}, v = {(void *)val, vlen};
+  int res;
+  return kvds_mput(c, 1, &k, &v, &res);
+}
+
+/* ---- get / release ------------------------------------------------------ */
+
+static void release_send(kvds_client *c, const uint64_t *handles, size_t n) {
+  for (size_t off = 0; off < n && c->fd >= 0; off += chunk_of(n - off)) {
+    req_begin(c);
+    for (size_t i = off; i < off + chunk_of(n - off); i++)
+      req_item(c, handles[i], 0, 0, 0, NULL, 0);
+    req_send(c, KVDS_OP_RELEASE, KVDS_PF_NOREPLY, 0, NULL, 0,
+             io_deadline(c));
+  }
+}
+
+static int mget_chunk(kvds_client *c, size_t n, const struct kvds_iov *keys,
+                      int wait_ms, struct kvds_value *vals, int *results) {
+  uint64_t deadline =
+      deadline_after(c->timeout_ms + (wait_ms > 0 ? wait_ms : 0));
+  req_begin(c);
+  for (size_t i = 0; i < n; i++)
+    req_item(c, 0, 0, 0, 0, keys[i].base, keys[i].len);
+  int64_t id = req_send(c, KVDS_OP_GET, c->local ? 0 : KVDS_PF_INLINE,
+                        wait_ms > 0 ? (uint32_t)wait_ms : 0, NULL, 0,
+                        deadline);
+  int rc = recv_reply(c, id, KVDS_OP_GET, deadline);
+  if (rc)
+    return rc;
+  if (c->rh.count != n)
+    return broken(c, KVDS_E_PROTO, "get reply");
+  /* Copy the item descriptions: reading data may move the reply buffer. */
+  struct kvds_proto_item *it = malloc(n * sizeof *it);
+  if (!it)
+    return broken(c, -ENOMEM, "get");
+  memcpy(it, c->rit, n * sizeof *it);
+  uint64_t total = 0;
+  for (size_t i = 0; i < n; i++) {
+    memset(&vals[i], 0, sizeof vals[i]);
+    results[i] = it[i].status;
+    if (it[i].status)
+      continue;
+    if (c->local) {
+      if (!kvds_pool_contains(&c->pool, it[i].b, it[i].a) || !it[i].d) {
+        free(it);
+        return broken(c, KVDS_E_PROTO, "get reply range");
+      }
+      vals[i] = (struct kvds_value){kvds_pool_ptr(&c->pool, it[i].b),
+                                    it[i].a, it[i].c, it[i].d};
+    } else {
+      total += it[i].a;
+    }
+  }
+  if (!c->local && total != c->rh.data_len) {
+    free(it);
+    return broken(c, KVDS_E_PROTO, "get reply length");
+  }
+  for (size_t i = 0; !c->local && i < n; i++) {
+    if (it[i].status)
+      continue;
+    uint8_t *buf = malloc(it[i].a);
+    if ((rc = recv_data(c, buf, it[i].a, deadline))) {
+      free(buf);
+      break;
+    }
+    if (!buf) {
+      results[i] = -ENOMEM;
+    } else if (XXH3_64bits(buf, it[i].a) != it[i].c) {
+      results[i] = KVDS_E_CHECKSUM;
+      free(buf);
+    } else {
+      vals[i] = (struct kvds_value){buf, it[i].a, it[i].c, TCP_VALUE_HANDLE};
+    }
+  }
+  free(it);
+  if (rc) {
+    for (size_t i = 0; i < n; i++)
+      if (vals[i].handle == TCP_VALUE_HANDLE)
+        free((void *)vals[i].data);
+    memset(vals, 0, n * sizeof *vals);
+  }
+  return rc;
+}
+
+int kvds_mget(kvds_client *c, size_t n, const struct kvds_iov *keys,
+              int wait_ms, struct kvds_value *vals, int *results) {
+  int rc = check_keys(c, n, keys);
+  if (rc)
+    return rc;
+  for (size_t off = 0; off < n; off += chunk_of(n - off)) {
+    if ((rc = mget_chunk(c, chunk_of(n - off), keys + off, wait_ms,
+                         vals + off, results + off))) {
+      kvds_release(c, off, vals);
+      return rc;
+    }
+  }
+  return 0;
+}
+
+int kvds_release(kvds_client *c, size_t n, struct kvds_value *vals) {
+  uint64_t stack[64], *h = stack;
+  if (n > 64 && !(h = malloc(n * sizeof *h)))
+    return fail(c, -ENOMEM, "out of memory");
+  size_t k = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (!vals[i].handle)
+      continue;
+    if (vals[i].handle == TCP_VALUE_HANDLE)
+      free((void *)vals[i].data);
+    else
+      h[k++] = vals[i].handle;
+    memset(&vals[i], 0, sizeof vals[i]);
+  }
+  if (k)
+    release_send(c, h, k);
+  if (h != stack)
+    free(h);
+  return 0;
+}
+
+int kvds_get(kvds_client *c, const void *key, size_t klen, void *buf,
+             size_t cap, size_t *len, int wait_ms) {
+  struct kvds_iov k = {(void *)key, klen};
+  struct kvds_value v;
+  int res;
+  int rc = check_key(c, &k);
+  if (rc)
+    return rc;
+  if (c->local) {
+    if ((rc = mget_chunk(c, 1, &k, wait_ms, &v, &res)))
+      return rc;
+    if (res)
+      return fail(c, res, "get: %s", kvds_strerror(res));
+    if (v.len > cap)
+      rc = fail(c, KVDS_E_TOOBIG, "value of %zu bytes, buffer of %zu", v.len,
+                cap);
+    else
+      memcpy(buf, v.data, v.len);
+    size_t l = v.len;
+    kvds_release(c, 1, &v);
+    if (!rc)
+      *len = l;
+    return rc;
+  }
+  /* TCP: receive straight into the caller's buffer when it fits. */
+  uint64_t deadline =
+      deadline_after(c->timeout_ms + (wait_ms > 0 ? wait_ms : 0));
+  req_begin(c);
+  req_item(c, 0, 0, 0, 0, key, klen);
+  int64_t id = req_send(c, KVDS_OP_GET, KVDS_PF_INLINE,
+                        wait_ms > 0 ? (uint32_t)wait_ms : 0, NULL, 0,
+                        deadline);
+  if ((rc = recv_reply(c, id, KVDS_OP_GET, deadline)))
+    return rc;
+  if (c->rh.count != 1)
+    return broken(c, KVDS_E_PROTO, "get reply");
+  struct kvds_proto_item it = c->rit[0];
+  if (it.status)
+    return fail(c, it.status, "get: %s", kvds_strerror(it.status));
+  if (it.a != c->rh.data_len)
+    return broken(c, KVDS_E_PROTO, "get reply length");
+  int fits = it.a <= cap;
+  if ((rc = recv_data(c, fits ? buf : NULL, it.a, deadline)))
+    return rc;
+  if (!fits)
+    return fail(c, KVDS_E_TOOBIG, "value of %llu bytes, buffer of %zu",
+                (unsigned long long)it.a, cap);
+  if (XXH3_64bits(buf, it.a) != it.c)
+    return fail(c, KVDS_E_CHECKSUM, "value bytes do not match checksum");
+  *len = it.a;
+  return 0;
+}
+
+/* ---- index operations --------------------------------------------------- */
+
+static int keys_rpc(kvds_client *c, uint8_t op, size_t n,
+                    const struct kvds_iov *keys) {
+  req_begin(c);
+  for (size_t i = 0; i < n; i++)
+    req_item(c, 0, 0, 0, 0, keys[i].base, keys[i].len);
+  int rc = rpc(c, op, 0, 0, io_deadline(c));
+  if (!rc && c->rh.count != n && op != KVDS_OP_LOOKUP_PREFIX)
+    return broken(c, KVDS_E_PROTO, "reply count");
+  return rc;
+}
+
+int kvds_mdelete(kvds_client *c, size_t n, const struct kvds_iov *keys,
+                 int *results) {
+  int rc = check_keys(c, n, keys), first = 0;
+  if (rc)
+    return rc;
+  for (size_t off = 0; off < n; off += chunk_of(n - off)) {
+    size_t m = chunk_of(n - off);
+    if ((rc = keys_rpc(c, KVDS_OP_DELETE, m, keys + off)))
+      return rc;
+    for (size_t i = 0; i < m; i++) {
+      if (results)
+        results[off + i] = c->rit[i].status;
+      if (c->rit[i].status && !first)
+        first = c->rit[i].status;
+    }
+  }
+  return first ? fail(c, first, "delete: %s", kvds_strerror(first)) : 0;
+}
+
+int kvds_delete(kvds_client *c, const void *key, size_t klen) {
+  struct kvds_iov k = {(void *)key, klen};
+  return kvds_mdelete(c, 1, &k, NULL);
+}
+
+int kvds_exists(kvds_client *c, size_t n, const struct kvds_iov *keys,
+                uint8_t *present) {
+  int rc = check_keys(c, n, keys);
+  if (rc)
+    return rc;
+  for (size_t off = 0; off < n; off += chunk_of(n - off)) {
+    size_t m = chunk_of(n - off);
+    if ((rc = keys_rpc(c, KVDS_OP_EXISTS, m, keys + off)))
+      return rc;
+    for (size_t i = 0; i < m; i++)
+      present[off + i] = c->rit[i].status == 0;
+  }
+  return 0;
+}
+
+int kvds_lookup_prefix(kvds_client *c, size_t n, const struct kvds_iov *keys,
+                       size_t *count) {
+  int rc = check_keys(c, n, keys);
+  if (rc)
+    return rc;
+  size_t total = 0;
+  for (size_t off = 0; off < n; off += chunk_of(n - off)) {
+    size_t m = chunk_of(n - off);
+    if ((rc = keys_rpc(c, KVDS_OP_LOOKUP_PREFIX, m, keys + off)))
+      return rc;
+    if (c->rh.count != 1 || c->rit[0].a > m)
+      return broken(c, KVDS_E_PROTO, "lookup reply");
+    total += c->rit[0].a;
+    if (c->rit[0].a < m)
+      break;
+  }
+  *count = total;
+  return 0;
+}
+
+int kvds_stat(kvds_client *c, const void *key, size_t klen,
+              struct kvds_object_info *info) {
+  struct kvds_iov k = {(void *)key, klen};
+  int rc = check_key(c, &k);
+  if (rc)
+    return rc;
+  req_begin(c);
+  req_item(c, 0, 0, 0, 0, key, klen);
+  if ((rc = rpc(c, KVDS_OP_STAT, 0, 0, io_deadline(c))))
+    return rc;
+  if (c->rh.count != 2)
+    return broken(c, KVDS_E_PROTO, "stat reply");
+  const struct kvds_proto_item *a = &c->rit[0], *b = &c->rit[1];
+  *info = (struct kvds_object_info){.size = a->a,
+                                    .checksum = a->b,
+                                    .state = (int)(a->c & 0xff),
+                                    .pins = (uint32_t)(a->c >> 32),
+                                    .ctime_us = a->d,
+                                    .atime_us = b->a};
+  return 0;
+}
+
+int kvds_list(kvds_client *c, const void *prefix, size_t plen,
+              const void *after, size_t alen, size_t limit,
+              struct kvds_list **out) {
+  if (plen > KVDS_KEY_MAX || alen > KVDS_KEY_MAX)
+    return fail(c, KVDS_E_KEYLEN, "prefix too long");
+  req_begin(c);
+  req_item(c, 0, 0, 0, 0, prefix, plen);
+  if (alen)
+    req_item(c, 0, 0, 0, 0, after, alen);
+  int rc = rpc(c, KVDS_OP_LIST, 0, limit > UINT32_MAX ? UINT32_MAX : (uint32_t)limit,
+               io_deadline(c));
+  if (rc)
+    return rc;
+  size_t n = c->rh.count, keybytes = 0;
+  for (size_t i = 0; i < n; i++)
+    keybytes += c->rit[i].klen;
+  struct kvds_list *l =
+      malloc(sizeof *l + n * sizeof(struct kvds_list_entry) + keybytes + 1);
+  if (!l)
+    return fail(c, -ENOMEM, "out of memory");
+  l->n = n;
+  l->more = (c->rh.flags & KVDS_PF_MORE) != 0;
+  l->entries = (struct kvds_list_entry *)(l + 1);
+  uint8_t *kp = (uint8_t *)(l->entries + n);
+  for (size_t i = 0; i < n; i++) {
+    const struct kvds_proto_item *it = &c->rit[i];
+    memcpy(kp, c->rkey[i], it->klen);
+    l->entries[i] = (struct kvds_list_entry){
+        .key = kp,
+        .klen = it->klen,
+        .info = {.size = it->a,
+                 .state = (int)it->b,
+                 .checksum = it->c,
+                 .pins = (uint32_t)it->d}};
+    kp += it->klen;
+  }
+  *out = l;
+  return 0;
+}
+
+void kvds_list_free(struct kvds_list *l) { free(l); }
+
+int kvds_stats(kvds_client *c, struct kvds_stats *out) {
+  req_begin(c);
+  int rc = rpc(c, KVDS_OP_STATS, 0, 0, io_deadline(c));
+  if (rc)
+    return rc;
+  struct kvds_stats s;
+  memset(&s, 0, sizeof s);
+  static const struct {
+    const char *name;
+    size_t off;
+  } map[] = {
+#define F(x) {#x, offsetof(struct kvds_stats, x)}
+      F(pool_capacity), F(pool_used),       F(pool_free),
+      F(pool_largest_free), F(objects),     F(objects_writing),
+      F(pinned_objects), F(evictions),      F(evicted_bytes),
+      F(hits),          F(misses),          F(puts),
+      F(nospace),       F(connections),     F(protocol_errors),
+      F(uptime_s),      F(pid),             F(high_watermark_ppm),
+      F(eviction_ratio_ppm),
+#undef F
+  };
+  for (uint32_t i = 0; i < c->rh.count; i++) {
+    for (size_t k = 0; k < sizeof map / sizeof map[0]; k++) {
+      if (strlen(map[k].name) == c->rit[i].klen &&
+          memcmp(map[k].name, c->rkey[i], c->rit[i].klen) == 0) {
+        memcpy((uint8_t *)&s + map[k].off, &c->rit[i].a, sizeof(uint64_t));
+        break;
+      }
+    }
+  }
+  *out = s;
+  return 0;
+}
+
+int kvds_shutdown(kvds_client *c) {
+  req_begin(c);
+  return rpc(c, KVDS_OP_SHUTDOWN, 0, 0, io_deadline(c));
+}

@@ -1,0 +1,61 @@
+/* util.h — small helpers shared by every module (leaf). */
+#ifndef KVDS_UTIL_H
+#define KVDS_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+
+/* Monotonic clock in microseconds / nanoseconds. */
+static inline uint64_t kvds_now_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+static inline uint64_t kvds_now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+/* Wall clock in microseconds (for timestamps shown to users). */
+static inline uint64_t kvds_wall_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+/* Little-endian loads and stores (the wire and pool formats). */
+static inline void kvds_put_u16(uint8_t *p, uint16_t v) { memcpy(p, &v, 2); }
+static inline void kvds_put_u32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
+static inline void kvds_put_u64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
+static inline uint16_t kvds_get_u16(const uint8_t *p) {
+  uint16_t v;
+  memcpy(&v, p, 2);
+  return v;
+}
+static inline uint32_t kvds_get_u32(const uint8_t *p) {
+  uint32_t v;
+  memcpy(&v, p, 4);
+  return v;
+}
+static inline uint64_t kvds_get_u64(const uint8_t *p) {
+  uint64_t v;
+  memcpy(&v, p, 8);
+  return v;
+}
+
+/* Parses a decimal unsigned integer that must fill the whole string.
+ * Returns 0 or KVDS_E_INVAL. */
+int kvds_parse_u64(const char *s, uint64_t *out);
+/* Parses a ratio in [0, 1]. Returns 0 or KVDS_E_INVAL. */
+int kvds_parse_ratio(const char *s, double *out);
+/* Formats a byte count as "1.5 GiB" into buf. Returns buf. */
+char *kvds_fmt_bytes(uint64_t n, char *buf, size_t cap);
+
+/* Splits "host:port" / "[v6]:port" / "tcp://host:port". host gets at most
+ * hcap-1 bytes. Returns 0 or KVDS_E_ADDR. */
+int kvds_split_hostport(const char *addr, char *host, size_t hcap,
+                        uint16_t *port);
+
+#endif

@@ -1,0 +1,151 @@
+/*
+ * proto.h — the kvds wire format (leaf module: depends only on libc and
+ * xxhash). Pure functions over byte buffers; nothing here trusts a length.
+ *
+ * A frame is
+ *
+ *   header (48 bytes, little-endian)
+ *     0  u32 magic     KVDS_PROTO_MAGIC
+ *     4  u8  version   KVDS_PROTO_VERSION
+ *     5  u8  opcode    enum kvds_op
+ *     6  u16 flags     KVDS_PF_*
+ *     8  u64 req_id    echoed in the reply
+ *    16  i32 status    reply: 0 or an error code for the whole request
+ *    20  u32 count     number of items in meta
+ *    24  u32 meta_len  bytes of meta (<= KVDS_PROTO_META_MAX)
+ *    28  u32 arg       op-specific (GET: wait ms; LIST: limit)
+ *    32  u64 data_len  bytes of bulk data after meta
+ *    40  u32 checksum  low 32 bits of XXH3-64 over header (checksum field
+ *                      zeroed) followed by meta
+ *    44  u32 reserved  must be 0
+ *   meta: `count` items, each a 40-byte item header followed by klen key bytes
+ *     0 i32 status, 4 u32 klen, 8 u64 a, 16 u64 b, 24 u64 c, 32 u64 d
+ *   data: data_len bytes (values, in item order; covered by the objects'
+ *         own checksums, not by the frame checksum)
+ *
+ * The meaning of a/b/c/d per opcode is documented in docs/protocol.md.
+ */
+#ifndef KVDS_PROTO_H
+#define KVDS_PROTO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define KVDS_PROTO_MAGIC 0x5344564bu /* "KVDS" read as little-endian u32 */
+#define KVDS_PROTO_VERSION 1
+#define KVDS_PROTO_HDR_LEN 48
+#define KVDS_PROTO_ITEM_LEN 40
+#define KVDS_PROTO_META_MAX (64u << 20)
+#define KVDS_PROTO_COUNT_MAX 65536u
+#define KVDS_PROTO_KEY_MAX 1024u
+/* Upper bound on data_len accepted by any decoder (servers apply the pool
+ * size on top). */
+#define KVDS_PROTO_DATA_MAX (1ull << 40)
+
+enum kvds_op {
+  KVDS_OP_HELLO = 1,
+  KVDS_OP_PING = 2,
+  KVDS_OP_CREATE = 3,
+  KVDS_OP_WRITE = 4,
+  KVDS_OP_SEAL = 5,
+  KVDS_OP_ABORT = 6,
+  KVDS_OP_PUT = 7,
+  KVDS_OP_GET = 8,
+  KVDS_OP_RELEASE = 9,
+  KVDS_OP_DELETE = 10,
+  KVDS_OP_EXISTS = 11,
+  KVDS_OP_LOOKUP_PREFIX = 12,
+  KVDS_OP_LIST = 13,
+  KVDS_OP_STAT = 14,
+  KVDS_OP_STATS = 15,
+  KVDS_OP_SHUTDOWN = 16,
+  KVDS_OP__MAX = 16
+};
+
+/* Header flags. */
+#define KVDS_PF_REPLY 0x0001u   /* frame is a reply */
+#define KVDS_PF_NOREPLY 0x0002u /* request: do not answer (RELEASE) */
+#define KVDS_PF_INLINE 0x0004u  /* GET: send values in data, pin nothing */
+#define KVDS_PF_MORE 0x0008u    /* LIST reply: truncated at limit */
+#define KVDS_PF_SHM 0x0010u     /* HELLO reply: pool fd attached */
+#define KVDS_PF_ALL 0x001fu
+
+struct kvds_proto_hdr {
+  uint32_t magic;
+  uint8_t version;
+  uint8_t opcode;
+  uint16_t flags;
+  uint64_t req_id;
+  int32_t status;
+  uint32_t count;
+  uint32_t meta_len;
+  uint32_t arg;
+  uint64_t data_len;
+  uint32_t checksum;
+};
+
+struct kvds_proto_item {
+  int32_t status;
+  uint32_t klen;
+  uint64_t a, b, c, d;
+};
+
+/* Name of an opcode ("GET"), or "?" for unknown values. */
+const char *kvds_proto_op_name(unsigned op);
+
+/* Serialises h into out[KVDS_PROTO_HDR_LEN]; the checksum field is written
+ * as given (use kvds_proto_seal_frame to fill it). */
+void kvds_proto_hdr_encode(const struct kvds_proto_hdr *h, uint8_t *out);
+
+/*
+ * Parses and validates a header from buf[0..len).
+ * Returns 0 and fills *h; KVDS_E_PROTO if len < KVDS_PROTO_HDR_LEN, on a bad
+ * magic, unknown flags, non-zero reserved field, meta_len > META_MAX,
+ * count > COUNT_MAX, count * ITEM_LEN > meta_len, or data_len > DATA_MAX;
+ * KVDS_E_VERSION on a version mismatch; KVDS_E_BADOP for an opcode outside
+ * 1..KVDS_OP__MAX (the header is still filled in so the caller can answer
+ * with the request id).
+ */
+int kvds_proto_hdr_decode(const uint8_t *buf, size_t len,
+                          struct kvds_proto_hdr *h);
+
+/* Checksum over an encoded header (its checksum field treated as 0) and the
+ * meta bytes. */
+uint32_t kvds_proto_checksum(const uint8_t *hdr, const uint8_t *meta,
+                             size_t meta_len);
+
+/* Computes the checksum of hdr+meta and stores it into the encoded header. */
+void kvds_proto_seal_frame(uint8_t *hdr, const uint8_t *meta, size_t meta_len);
+
+/* 0 if the checksum stored in the encoded header matches, else
+ * KVDS_E_CHECKSUM. */
+int kvds_proto_verify(const uint8_t *hdr, const uint8_t *meta,
+                      size_t meta_len);
+
+/* Bytes an item with a klen-byte key takes in meta. */
+static inline size_t kvds_proto_item_size(size_t klen) {
+  return KVDS_PROTO_ITEM_LEN + klen;
+}
+
+/* Writes an item (header + key) at out; returns bytes written
+ * (kvds_proto_item_size(it->klen)). key may be NULL when klen is 0. */
+size_t kvds_proto_item_encode(const struct kvds_proto_item *it,
+                              const void *key, uint8_t *out);
+
+/*
+ * Decodes the item at meta[*pos]. On success fills *it, points *key into
+ * meta (NULL if klen is 0), advances *pos and returns 0. Returns KVDS_E_PROTO
+ * if the item header or its key would run past meta_len, or klen >
+ * KVDS_PROTO_KEY_MAX. Nothing is written on failure.
+ */
+int kvds_proto_item_decode(const uint8_t *meta, size_t meta_len, size_t *pos,
+                           struct kvds_proto_item *it, const uint8_t **key);
+
+/*
+ * Validates a whole meta block: exactly `count` well-formed items that use
+ * all meta_len bytes. Returns 0 or KVDS_E_PROTO.
+ */
+int kvds_proto_meta_validate(const uint8_t *meta, size_t meta_len,
+                             uint32_t count);
+
+#endif

@@ -1,0 +1,241 @@
+/* store.c — object lifecycle, pins, eviction and waiters. */
+#include "store/store.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/util.h"
+#include "kvds/kvds.h"
+
+int kvds_store_init(struct kvds_store *st, struct kvds_pool *pool,
+                    const struct kvds_evict_policy *policy,
+                    uint64_t max_object, kvds_store_wake_fn wake,
+                    void *wake_ud) {
+  int rc;
+  memset(st, 0, sizeof *st);
+  if ((rc = kvds_evict_policy_check(policy)))
+    return rc;
+  st->policy = *policy;
+  st->pool = pool;
+  st->wake = wake;
+  st->wake_ud = wake_ud;
+  if ((rc = kvds_alloc_init(&st->alloc, pool->data_offset, pool->data_size)))
+    return rc;
+  st->max_object = max_object && max_object < st->alloc.capacity
+                       ? max_object
+                       : st->alloc.capacity;
+  if ((rc = kvds_index_init(&st->index, 12))) {
+    kvds_alloc_fini(&st->alloc);
+    return rc;
+  }
+  kvds_lru_init(&st->lru);
+  pthread_mutex_init(&st->lock, NULL);
+  return 0;
+}
+
+static int free_node(struct kvds_index_node *n, void *arg) {
+  (void)arg;
+  free(kvds_store_obj(n));
+  return 0;
+}
+
+void kvds_store_fini(struct kvds_store *st) {
+  if (st->index.buckets)
+    kvds_index_foreach(&st->index, free_node, NULL);
+  kvds_index_fini(&st->index);
+  kvds_alloc_fini(&st->alloc);
+  pthread_mutex_destroy(&st->lock);
+}
+
+static void obj_free(struct kvds_store *st, struct kvds_object *o) {
+  kvds_alloc_free(&st->alloc, o->ahandle);
+  free(o);
+}
+
+/* Unlinks an object from the index and the LRU; frees it unless pinned. */
+static void obj_unlink(struct kvds_store *st, struct kvds_object *o) {
+  if (o->indexed) {
+    kvds_index_remove(&st->index, &o->inode);
+    o->indexed = 0;
+  }
+  kvds_lru_remove(&st->lru, &o->lru);
+  if (o->pins == 0)
+    obj_free(st, o);
+}
+
+static int evict_one(struct kvds_store *st) {
+  struct kvds_lru_node *n = kvds_lru_oldest(&st->lru);
+  if (!n)
+    return 0;
+  struct kvds_object *o =
+      (struct kvds_object *)((char *)n - offsetof(struct kvds_object, lru));
+  st->ctr.evictions++;
+  st->ctr.evicted_bytes += o->size;
+  obj_unlink(st, o);
+  return 1;
+}
+
+static int reserve(struct kvds_store *st, uint64_t size, uint64_t *off,
+                   uint32_t *h) {
+  uint64_t want = kvds_alloc_rounded(size);
+  uint64_t need = kvds_evict_bytes_needed(&st->policy, st->alloc.capacity,
+                                          st->alloc.used, want);
+  if (need) {
+    uint64_t target = st->alloc.used > need ? st->alloc.used - need : 0;
+    while (st->alloc.used > target && evict_one(st))
+      ;
+  }
+  for (;;) {
+    int rc = kvds_alloc_alloc(&st->alloc, size, off, h);
+    if (rc != KVDS_E_NOSPACE)
+      return rc;
+    /* Fragmented or full: keep evicting until it fits or nothing is left. */
+    if (!evict_one(st))
+      return KVDS_E_NOSPACE;
+  }
+}
+
+int kvds_store_create(struct kvds_store *st, const void *key, size_t klen,
+                      uint64_t size, struct kvds_object **out) {
+  if (klen == 0 || klen > KVDS_KEY_MAX)
+    return KVDS_E_KEYLEN;
+  if (size == 0)
+    return KVDS_E_INVAL;
+  if (size > st->max_object)
+    return KVDS_E_TOOBIG;
+  uint64_t hash = kvds_index_hash(key, klen);
+  if (kvds_index_find(&st->index, key, klen, hash))
+    return KVDS_E_EXISTS;
+  struct kvds_object *o = malloc(sizeof *o + klen);
+  if (!o)
+    return -ENOMEM;
+  int rc = reserve(st, size, &o->off, &o->ahandle);
+  if (rc) {
+    if (rc == KVDS_E_NOSPACE)
+      st->ctr.nospace++;
+    free(o);
+    return rc;
+  }
+  memcpy(o->key, key, klen);
+  o->inode = (struct kvds_index_node){
+      .next = NULL, .hash = hash, .key = o->key, .klen = (uint32_t)klen};
+  o->lru.prev = o->lru.next = NULL;
+  o->size = size;
+  o->checksum = 0;
+  o->ctime_us = o->atime_us = kvds_wall_us();
+  o->pins = 0;
+  o->state = KVDS_STATE_WRITING;
+  o->indexed = 1;
+  kvds_index_insert(&st->index, &o->inode);
+  st->ctr.writing_objects++;
+  *out = o;
+  return 0;
+}
+
+static int key_eq(const struct kvds_waiter *w, const struct kvds_object *o) {
+  return w->hash == o->inode.hash && w->klen == o->inode.klen &&
+         memcmp(w->key, o->key, w->klen) == 0;
+}
+
+void kvds_store_seal(struct kvds_store *st, struct kvds_object *o,
+                     uint64_t checksum) {
+  o->checksum = checksum;
+  o->state = KVDS_STATE_SEALED;
+  st->ctr.writing_objects--;
+  st->ctr.puts++;
+  if (o->pins == 0)
+    kvds_lru_push(&st->lru, &o->lru);
+  if (!st->n_waiters)
+    return;
+  struct kvds_waiter **b = &st->waits[o->inode.hash % KVDS_STORE_WAIT_BUCKETS];
+  struct kvds_waiter *w = *b, *next;
+  for (; w; w = next) {
+    next = w->next;
+    if (!key_eq(w, o))
+      continue;
+    kvds_store_wait_remove(st, w);
+    kvds_store_pin(st, o);
+    st->ctr.hits++;
+    st->wake(w, o, st->wake_ud);
+  }
+}
+
+void kvds_store_abort(struct kvds_store *st, struct kvds_object *o) {
+  st->ctr.writing_objects--;
+  obj_unlink(st, o);
+}
+
+struct kvds_object *kvds_store_find(struct kvds_store *st, const void *key,
+                                    size_t klen) {
+  if (klen == 0 || klen > KVDS_KEY_MAX)
+    return NULL;
+  struct kvds_index_node *n =
+      kvds_index_find(&st->index, key, klen, kvds_index_hash(key, klen));
+  return n ? kvds_store_obj(n) : NULL;
+}
+
+struct kvds_object *kvds_store_get(struct kvds_store *st, const void *key,
+                                   size_t klen) {
+  struct kvds_object *o = kvds_store_find(st, key, klen);
+  if (!o || o->state != KVDS_STATE_SEALED)
+    return NULL;
+  o->atime_us = kvds_wall_us();
+  kvds_store_pin(st, o);
+  st->ctr.hits++;
+  return o;
+}
+
+void kvds_store_pin(struct kvds_store *st, struct kvds_object *o) {
+  if (o->pins++ == 0) {
+    kvds_lru_remove(&st->lru, &o->lru);
+    st->ctr.pinned_objects++;
+  }
+}
+
+void kvds_store_unpin(struct kvds_store *st, struct kvds_object *o) {
+  if (--o->pins > 0)
+    return;
+  st->ctr.pinned_objects--;
+  if (!o->indexed)
+    obj_free(st, o);
+  else if (o->state == KVDS_STATE_SEALED)
+    kvds_lru_push(&st->lru, &o->lru);
+}
+
+int kvds_store_delete(struct kvds_store *st, const void *key, size_t klen) {
+  if (klen == 0 || klen > KVDS_KEY_MAX)
+    return KVDS_E_KEYLEN;
+  struct kvds_object *o = kvds_store_find(st, key, klen);
+  if (!o)
+    return KVDS_E_NOTFOUND;
+  if (o->state != KVDS_STATE_SEALED)
+    return KVDS_E_STATE;
+  obj_unlink(st, o);
+  return 0;
+}
+
+void kvds_store_wait_add(struct kvds_store *st, struct kvds_waiter *w) {
+  struct kvds_waiter **b = &st->waits[w->hash % KVDS_STORE_WAIT_BUCKETS];
+  w->prev = NULL;
+  w->next = *b;
+  if (*b)
+    (*b)->prev = w;
+  *b = w;
+  w->armed = 1;
+  st->n_waiters++;
+}
+
+void kvds_store_wait_remove(struct kvds_store *st, struct kvds_waiter *w) {
+  if (!w->armed)
+    return;
+  if (w->prev)
+    w->prev->next = w->next;
+  else
+    st->waits[w->hash % KVDS_STORE_WAIT_BUCKETS] = w->next;
+  if (w->next)
+    w->next->prev = w->prev;
+  w->prev = w->next = NULL;
+  w->armed = 0;
+  st->n_waiters--;
+}

@@ -1,0 +1,498 @@
+/*
+ * conn.c — one client connection of the worker: reads frames (header, meta,
+ * then bulk data straight into pool memory), queues replies (owned buffers
+ * and pinned pool ranges, sent with writev), and keeps the connection's
+ * handle table of pins and objects being written.
+ */
+#include <errno.h>
+#include <event2/event.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "common/util.h"
+#include "kvds/kvds.h"
+#include "worker/server.h"
+
+enum { RX_HDR, RX_META, RX_DATA };
+
+#define IBUF_SIZE (256u << 10)
+/* Stop reading while this much reply data waits in memory. */
+#define OQ_PAUSE_BYTES (32ull << 20)
+/* Bulk data at least this large is read straight into its destination. */
+#define DIRECT_RX_MIN (32u << 10)
+#define MAX_IOV 64
+
+static uint8_t discard_buf[64 << 10];
+
+static void on_read(evutil_socket_t fd, short what, void *arg);
+static void on_write(evutil_socket_t fd, short what, void *arg);
+
+static void set_reading(struct conn *c, int on) {
+  if (on && !c->reading)
+    event_add(c->rev, NULL);
+  else if (!on && c->reading)
+    event_del(c->rev);
+  c->reading = (uint8_t)on;
+}
+
+struct conn *kvds__conn_new(struct io_thread *th, int fd, int is_unix) {
+  struct conn *c = calloc(1, sizeof *c);
+  if (!c)
+    return NULL;
+  c->th = th;
+  c->fd = fd;
+  c->is_unix = (uint8_t)is_unix;
+  c->ib = malloc(IBUF_SIZE);
+  c->icap = IBUF_SIZE;
+  c->rev = event_new(th->base, fd, EV_READ | EV_PERSIST, on_read, c);
+  c->wev = event_new(th->base, fd, EV_WRITE | EV_PERSIST, on_write, c);
+  c->free_ref = UINT32_MAX;
+  if (!c->ib || !c->rev || !c->wev) {
+    free(c->ib);
+    if (c->rev)
+      event_free(c->rev);
+    if (c->wev)
+      event_free(c->wev);
+    free(c);
+    return NULL;
+  }
+  c->next = th->conns;
+  if (th->conns)
+    th->conns->prev = c;
+  th->conns = c;
+  atomic_fetch_add(&th->srv->connections, 1);
+  atomic_fetch_add(&th->srv->connections_total, 1);
+  set_reading(c, 1);
+  return c;
+}
+
+/* ---- handle table ------------------------------------------------------- */
+
+uint64_t kvds__ref_add(struct conn *c, struct kvds_object *o, int kind) {
+  uint32_t i;
+  if (c->free_ref != UINT32_MAX) {
+    i = c->free_ref;
+    c->free_ref = c->refs[i].next_free;
+  } else {
+    if (c->nrefs == c->caprefs) {
+      uint32_t nc = c->caprefs ? c->caprefs * 2 : 64;
+      struct ref *nr = realloc(c->refs, nc * sizeof *nr);
+      if (!nr)
+        return 0;
+      c->refs = nr;
+      c->caprefs = nc;
+    }
+    i = c->nrefs++;
+    c->refs[i].gen = 0;
+  }
+  struct ref *r = &c->refs[i];
+  r->obj = o;
+  r->kind = (uint8_t)kind;
+  r->gen++;
+  if (r->gen == 0)
+    r->gen = 1;
+  return ((uint64_t)r->gen << 32) | (uint64_t)(i + 1);
+}
+
+struct ref *kvds__ref_get(struct conn *c, uint64_t handle, int kind) {
+  uint64_t i = (handle & 0xffffffffu);
+  if (i == 0 || i > c->nrefs)
+    return NULL;
+  struct ref *r = &c->refs[i - 1];
+  if (r->kind != kind || r->gen != (uint32_t)(handle >> 32))
+    return NULL;
+  return r;
+}
+
+void kvds__ref_drop(struct conn *c, struct ref *r) {
+  r->obj = NULL;
+  r->kind = REF_NONE;
+  r->next_free = c->free_ref;
+  c->free_ref = (uint32_t)(r - c->refs);
+}
+
+/* ---- output ------------------------------------------------------------- */
+
+int kvds__conn_queue(struct conn *c, const uint8_t *p, size_t len,
+                     uint8_t *own, struct kvds_object *pin, int send_fd) {
+  struct ochunk *k = malloc(sizeof *k);
+  if (!k) {
+    free(own);
+    return -ENOMEM;
+  }
+  *k = (struct ochunk){.p = p, .len = len, .own = own, .pin = pin,
+                       .send_fd = send_fd};
+  if (c->oq_tail)
+    c->oq_tail->next = k;
+  else
+    c->oq_head = k;
+  c->oq_tail = k;
+  if (own)
+    c->oq_bytes += len;
+  return 0;
+}
+
+/* Frees sent chunks; pins are released under one lock acquisition. */
+static void chunks_free(struct conn *c, struct ochunk *k, struct ochunk *end) {
+  struct kvds_store *st = &c->th->srv->store;
+  int locked = 0;
+  while (k != end) {
+    struct ochunk *next = k->next;
+    if (k->own) {
+      c->oq_bytes -= k->len;
+      free(k->own);
+    }
+    if (k->pin) {
+      if (!locked) {
+        pthread_mutex_lock(&st->lock);
+        locked = 1;
+      }
+      kvds_store_unpin(st, k->pin);
+    }
+    free(k);
+    k = next;
+  }
+  if (locked)
+    pthread_mutex_unlock(&st->lock);
+}
+
+static ssize_t send_with_fd(struct conn *c, struct ochunk *k) {
+  struct iovec iov = {(void *)(k->p + k->off), k->len - k->off};
+  union {
+    char buf[CMSG_SPACE(sizeof(int))];
+    struct cmsghdr align;
+  } u;
+  struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+  memset(&u, 0, sizeof u);
+  mh.msg_control = u.buf;
+  mh.msg_controllen = sizeof u.buf;
+  struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+  cm->cmsg_level = SOL_SOCKET;
+  cm->cmsg_type = SCM_RIGHTS;
+  cm->cmsg_len = CMSG_LEN(sizeof(int));
+  memcpy(CMSG_DATA(cm), &k->send_fd, sizeof(int));
+  ssize_t n = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
+  if (n > 0)
+    k->send_fd = -1; /* the fd rides on the first byte only */
+  return n;
+}
+
+void kvds__conn_flush(struct conn *c) {
+  struct kvds_server *s = c->th->srv;
+  while (c->oq_head) {
+    struct iovec iov[MAX_IOV];
+    int n = 0;
+    ssize_t w;
+    if (c->oq_head->send_fd >= 0) {
+      w = send_with_fd(c, c->oq_head);
+    } else {
+      for (struct ochunk *k = c->oq_head; k && n < MAX_IOV; k = k->next) {
+        if (k->send_fd >= 0)
+          break;
+        iov[n].iov_base = (void *)(k->p + k->off);
+        iov[n].iov_len = k->len - k->off;
+        n++;
+      }
+      struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)n};
+      w = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
+    }
+    if (w < 0) {
+      if (errno == EINTR)
+        continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        if (!c->writing) {
+          event_add(c->wev, NULL);
+          c->writing = 1;
+        }
+        if (c->oq_bytes > OQ_PAUSE_BYTES)
+          set_reading(c, 0);
+        return;
+      }
+      kvds__conn_close(c);
+      return;
+    }
+    atomic_fetch_add(&s->bytes_out, (uint64_t)w);
+    size_t left = (size_t)w;
+    struct ochunk *k = c->oq_head;
+    while (k && left >= k->len - k->off) {
+      left -= k->len - k->off;
+      k->off = k->len;
+      k = k->next;
+    }
+    if (k)
+      k->off += left;
+    struct ochunk *done = c->oq_head;
+    c->oq_head = k;
+    if (!k)
+      c->oq_tail = NULL;
+    chunks_free(c, done, k);
+  }
+  if (c->writing) {
+    event_del(c->wev);
+    c->writing = 0;
+  }
+  if (c->closing) {
+    kvds__conn_close(c);
+    return;
+  }
+  if (!c->reading && c->oq_bytes <= OQ_PAUSE_BYTES)
+    set_reading(c, 1);
+}
+
+/* ---- input -------------------------------------------------------------- */
+
+/* Makes room for `need` contiguous bytes at ib[ipos..). Returns 0 or
+ * -ENOMEM. */
+static int ib_reserve(struct conn *c, size_t need) {
+  if (c->ipos > 0 && c->icap - c->ipos < need) {
+    memmove(c->ib, c->ib + c->ipos, c->ilen - c->ipos);
+    c->ilen -= c->ipos;
+    c->ipos = 0;
+  }
+  if (c->icap < need) {
+    uint8_t *nb = realloc(c->ib, need);
+    if (!nb)
+      return -ENOMEM;
+    c->ib = nb;
+    c->icap = need;
+  }
+  return 0;
+}
+
+/* Reads more bytes into ib. Returns bytes read, 0 on EAGAIN, -1 when the
+ * connection is gone. */
+static ssize_t ib_fill(struct conn *c) {
+  if (c->ipos == c->ilen)
+    c->ipos = c->ilen = 0;
+  if (c->ilen == c->icap) {
+    if (ib_reserve(c, c->icap - c->ipos + 1) || c->ilen == c->icap)
+      return -1;
+  }
+  for (;;) {
+    ssize_t n = recv(c->fd, c->ib + c->ilen, c->icap - c->ilen, 0);
+    if (n > 0) {
+      c->ilen += (size_t)n;
+      atomic_fetch_add(&c->th->srv->bytes_in, (uint64_t)n);
+      return n;
+    }
+    if (n == 0)
+      return -1;
+    if (errno == EINTR)
+      continue;
+    return (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -1;
+  }
+}
+
+/* Copies buffered bytes into the current data segments. */
+static void data_from_ib(struct conn *c) {
+  while (c->data_left && c->ipos < c->ilen) {
+    struct rx_seg *sg = &c->segs[c->seg];
+    uint64_t want = sg->len - c->seg_off;
+    size_t take = c->ilen - c->ipos;
+    if (take > want)
+      take = (size_t)want;
+    if (sg->p)
+      memcpy(sg->p + c->seg_off, c->ib + c->ipos, take);
+    c->ipos += take;
+    c->seg_off += take;
+    c->data_left -= take;
+    if (c->seg_off == sg->len) {
+      c->seg++;
+      c->seg_off = 0;
+    }
+  }
+}
+
+/* Reads bulk data straight into the segments. Returns as ib_fill. */
+static ssize_t data_direct(struct conn *c) {
+  struct iovec iov[MAX_IOV];
+  int n = 0;
+  for (uint32_t i = c->seg; i < c->nsegs && n < MAX_IOV; i++) {
+    uint64_t off = i == c->seg ? c->seg_off : 0;
+    uint64_t len = c->segs[i].len - off;
+    iov[n].iov_base = c->segs[i].p ? c->segs[i].p + off : discard_buf;
+    if (!c->segs[i].p && len > sizeof discard_buf)
+      len = sizeof discard_buf;
+    iov[n].iov_len = (size_t)len;
+    n++;
+    if (!c->segs[i].p)
+      break; /* discard_buf can back one iovec only */
+  }
+  for (;;) {
+    ssize_t r = readv(c->fd, iov, n);
+    if (r > 0) {
+      atomic_fetch_add(&c->th->srv->bytes_in, (uint64_t)r);
+      uint64_t left = (uint64_t)r;
+      while (left) {
+        struct rx_seg *sg = &c->segs[c->seg];
+        uint64_t step = sg->len - c->seg_off;
+        if (step > left)
+          step = left;
+        c->seg_off += step;
+        c->data_left -= step;
+        left -= step;
+        if (c->seg_off == sg->len) {
+          c->seg++;
+          c->seg_off = 0;
+        }
+      }
+      return r;
+    }
+    if (r == 0)
+      return -1;
+    if (errno == EINTR)
+      continue;
+    return (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -1;
+  }
+}
+
+static void protocol_error(struct conn *c, int err) {
+  atomic_fetch_add(&c->th->srv->protocol_errors, 1);
+  kvds__reply_status(c, c->h.opcode, c->h.req_id, err);
+  c->closing = 1;
+  set_reading(c, 0);
+}
+
+/* Parses and runs as many complete frames as are buffered. Returns 0 to keep
+ * going, 1 when the connection is closing (flush, then it closes), -1 when it
+ * was closed and freed. */
+static int process(struct conn *c) {
+  for (;;) {
+    if (c->closing)
+      return 1;
+    if (c->rx == RX_HDR) {
+      if (c->ilen - c->ipos < KVDS_PROTO_HDR_LEN)
+        return 0;
+      memcpy(c->hraw, c->ib + c->ipos, KVDS_PROTO_HDR_LEN);
+      int rc = kvds_proto_hdr_decode(c->hraw, KVDS_PROTO_HDR_LEN, &c->h);
+      if (rc) {
+        if (c->h.magic != KVDS_PROTO_MAGIC)
+          c->h.req_id = 0;
+        protocol_error(c, rc);
+        return 1;
+      }
+      if (c->h.flags & KVDS_PF_REPLY) {
+        protocol_error(c, KVDS_E_PROTO);
+        return 1;
+      }
+      c->ipos += KVDS_PROTO_HDR_LEN;
+      c->rx = RX_META;
+    }
+    if (c->rx == RX_META) {
+      size_t ml = c->h.meta_len;
+      if (c->ilen - c->ipos < ml) {
+        if (c->icap - c->ipos < ml && ib_reserve(c, ml)) {
+          protocol_error(c, -ENOMEM);
+          return 1;
+        }
+        return 0;
+      }
+      const uint8_t *meta = c->ib + c->ipos;
+      int rc = kvds_proto_verify(c->hraw, meta, ml);
+      if (!rc)
+        rc = kvds_proto_meta_validate(meta, ml, c->h.count);
+      if (rc) {
+        protocol_error(c, rc);
+        return 1;
+      }
+      c->ipos += ml;
+      atomic_fetch_add(&c->th->srv->requests, 1);
+      rc = kvds__server_request(c, meta);
+      if (rc < 0) {
+        protocol_error(c, rc);
+        return 1;
+      }
+      if (rc == 0) {
+        c->rx = RX_HDR;
+        continue;
+      }
+      c->rx = RX_DATA;
+    }
+    /* RX_DATA */
+    data_from_ib(c);
+    while (c->data_left) {
+      ssize_t r;
+      if (c->data_left >= DIRECT_RX_MIN)
+        r = data_direct(c);
+      else if ((r = ib_fill(c)) > 0)
+        data_from_ib(c);
+      if (r < 0) {
+        kvds__conn_close(c);
+        return -1;
+      }
+      if (r == 0)
+        return 0;
+    }
+    c->rx = RX_HDR;
+    kvds__server_data_done(c);
+  }
+}
+
+static void on_read(evutil_socket_t fd, short what, void *arg) {
+  struct conn *c = arg;
+  (void)fd;
+  (void)what;
+  c->th->last_activity_us = kvds_now_us();
+  int r = 0;
+  if (c->rx == RX_DATA)
+    r = process(c);
+  /* Bounded: a client that streams forever still lets others run. */
+  for (int rounds = 0; r == 0 && rounds < 16; rounds++) {
+    ssize_t n = ib_fill(c);
+    if (n < 0) {
+      kvds__conn_close(c);
+      return;
+    }
+    r = process(c);
+    if (n == 0 || !c->reading)
+      break;
+  }
+  if (r >= 0)
+    kvds__conn_flush(c);
+}
+
+static void on_write(evutil_socket_t fd, short what, void *arg) {
+  struct conn *c = arg;
+  (void)fd;
+  (void)what;
+  c->th->last_activity_us = kvds_now_us();
+  kvds__conn_flush(c);
+}
+
+void kvds__conn_close(struct conn *c) {
+  struct io_thread *th = c->th;
+  struct kvds_store *st = &th->srv->store;
+  event_free(c->rev);
+  event_free(c->wev);
+  close(c->fd);
+  pthread_mutex_lock(&st->lock);
+  kvds__server_cancel_waits_locked(c);
+  for (uint32_t i = 0; i < c->nrefs; i++) {
+    struct ref *r = &c->refs[i];
+    if (r->kind == REF_PIN)
+      kvds_store_unpin(st, r->obj);
+    else if (r->kind == REF_WRITER)
+      kvds_store_abort(st, r->obj);
+  }
+  for (uint32_t i = 0; i < c->npending; i++)
+    if (c->pending[i])
+      kvds_store_abort(st, c->pending[i]);
+  pthread_mutex_unlock(&st->lock);
+  chunks_free(c, c->oq_head, NULL);
+  if (c->prev)
+    c->prev->next = c->next;
+  else
+    th->conns = c->next;
+  if (c->next)
+    c->next->prev = c->prev;
+  atomic_fetch_sub(&th->srv->connections, 1);
+  free(c->refs);
+  free(c->segs);
+  free(c->pending);
+  free(c->pstatus);
+  free(c->meta);
+  free(c->ib);
+  free(c);
+}

@@ -1,0 +1,921 @@
+/*
+ * server.c — request dispatch of the worker: one function per opcode over
+ * the object store, waits for keys that are not sealed yet, and the reply
+ * builder. Framing and sockets are in conn.c; threads and start-up in
+ * worker.c.
+ */
+#include <errno.h>
+#include <event2/event.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "common/util.h"
+#include "kvds/kvds.h"
+#include "worker/server.h"
+
+/* ---- replies ------------------------------------------------------------ */
+
+void kvds__reply_init(struct reply *r) {
+  memset(r, 0, sizeof *r);
+  r->len = KVDS_PROTO_HDR_LEN;
+}
+
+static int reply_grow(struct reply *r, size_t more) {
+  if (r->oom)
+    return -1;
+  if (r->len + more <= r->cap)
+    return 0;
+  size_t nc = r->cap ? r->cap * 2 : 512;
+  while (nc < r->len + more)
+    nc *= 2;
+  uint8_t *nb = realloc(r->buf, nc);
+  if (!nb) {
+    r->oom = 1;
+    return -1;
+  }
+  r->buf = nb;
+  r->cap = nc;
+  return 0;
+}
+
+void kvds__reply_item(struct reply *r, int32_t status, uint64_t a, uint64_t b,
+                      uint64_t c, uint64_t d, const void *key, uint32_t klen) {
+  if (reply_grow(r, kvds_proto_item_size(klen)))
+    return;
+  struct kvds_proto_item it = {
+      .status = status, .klen = klen, .a = a, .b = b, .c = c, .d = d};
+  r->len += kvds_proto_item_encode(&it, key, r->buf + r->len);
+  r->count++;
+}
+
+int kvds__reply_send(struct conn *c, struct reply *r, uint8_t op,
+                     uint64_t req_id, uint16_t flags, int32_t status,
+                     uint64_t data_len, int send_fd) {
+  if (reply_grow(r, 0) || r->oom) {
+    free(r->buf);
+    r->buf = NULL;
+    kvds__reply_status(c, op, req_id, -ENOMEM);
+    return -ENOMEM;
+  }
+  struct kvds_proto_hdr h = {.magic = KVDS_PROTO_MAGIC,
+                             .version = KVDS_PROTO_VERSION,
+                             .opcode = op,
+                             .flags = (uint16_t)(flags | KVDS_PF_REPLY),
+                             .req_id = req_id,
+                             .status = status,
+                             .count = r->count,
+                             .meta_len =
+                                 (uint32_t)(r->len - KVDS_PROTO_HDR_LEN),
+                             .data_len = data_len};
+  kvds_proto_hdr_encode(&h, r->buf);
+  kvds_proto_seal_frame(r->buf, r->buf + KVDS_PROTO_HDR_LEN, h.meta_len);
+  int rc = kvds__conn_queue(c, r->buf, r->len, r->buf, NULL, send_fd);
+  r->buf = NULL;
+  return rc;
+}
+
+void kvds__reply_status(struct conn *c, uint8_t op, uint64_t req_id,
+                        int32_t status) {
+  struct reply r;
+  kvds__reply_init(&r);
+  if (reply_grow(&r, 0))
+    return;
+  kvds__reply_send(c, &r, op, req_id, 0, status, 0, -1);
+}
+
+/* ---- helpers ------------------------------------------------------------ */
+
+struct req_items {
+  uint32_t n;
+  struct kvds_proto_item *it;
+  const uint8_t **key;
+};
+
+/* Decodes all items of a validated meta block. */
+static int items_decode(const struct kvds_proto_hdr *h, const uint8_t *meta,
+                        struct req_items *ri) {
+  ri->n = h->count;
+  ri->it = malloc((h->count ? h->count : 1) * sizeof *ri->it);
+  ri->key = malloc((h->count ? h->count : 1) * sizeof *ri->key);
+  if (!ri->it || !ri->key) {
+    free(ri->it);
+    free(ri->key);
+    return -ENOMEM;
+  }
+  size_t pos = 0;
+  for (uint32_t i = 0; i < h->count; i++) {
+    if (kvds_proto_item_decode(meta, h->meta_len, &pos, &ri->it[i],
+                               &ri->key[i])) {
+      free(ri->it);
+      free(ri->key);
+      return KVDS_E_PROTO;
+    }
+  }
+  return 0;
+}
+
+static void items_free(struct req_items *ri) {
+  free(ri->it);
+  free(ri->key);
+}
+
+#define LOCK(s) pthread_mutex_lock(&(s)->store.lock)
+#define UNLOCK(s) pthread_mutex_unlock(&(s)->store.lock)
+
+/* ---- waits -------------------------------------------------------------- */
+
+struct wait_req {
+  struct conn *c;
+  struct wait_req *prev, *next;   /* conn's list */
+  struct wait_req *inbox_next;    /* owner thread's inbox */
+  uint8_t in_inbox;
+  uint64_t req_id;
+  uint16_t flags;
+  uint32_t n, remaining;
+  struct event *timer;
+  uint8_t *meta; /* owned copy: waiters point at its keys */
+  struct kvds_object **objs;
+  int32_t *status;
+  struct kvds_waiter *w;
+};
+
+static void wait_free(struct wait_req *wr) {
+  if (wr->timer)
+    event_free(wr->timer);
+  free(wr->meta);
+  free(wr->objs);
+  free(wr->status);
+  free(wr->w);
+  free(wr);
+}
+
+static void wait_unlink(struct wait_req *wr) {
+  struct conn *c = wr->c;
+  if (wr->prev)
+    wr->prev->next = wr->next;
+  else
+    c->waits = wr->next;
+  if (wr->next)
+    wr->next->prev = wr->prev;
+}
+
+static void inbox_remove_locked(struct io_thread *th, struct wait_req *wr) {
+  if (!wr->in_inbox)
+    return;
+  struct wait_req **p = &th->inbox;
+  while (*p && *p != wr)
+    p = &(*p)->inbox_next;
+  if (*p)
+    *p = wr->inbox_next;
+  wr->in_inbox = 0;
+}
+
+/* Store callback, any thread, store lock held: a waited key was sealed. */
+static void on_wake(struct kvds_waiter *w, struct kvds_object *obj,
+                    void *ud) {
+  (void)ud;
+  struct wait_req *wr = w->req;
+  wr->objs[w->idx] = obj; /* the pin taken by the store is ours now */
+  wr->status[w->idx] = 0;
+  if (--wr->remaining == 0 && !wr->in_inbox) {
+    struct io_thread *th = wr->c->th;
+    wr->inbox_next = th->inbox;
+    th->inbox = wr;
+    wr->in_inbox = 1;
+    event_active(th->inbox_ev, EV_READ, 0);
+  }
+}
+
+void kvds__server_cancel_waits_locked(struct conn *c) {
+  struct kvds_store *st = &c->th->srv->store;
+  struct wait_req *wr = c->waits, *next;
+  for (; wr; wr = next) {
+    next = wr->next;
+    for (uint32_t i = 0; i < wr->n; i++) {
+      kvds_store_wait_remove(st, &wr->w[i]);
+      if (wr->objs[i])
+        kvds_store_unpin(st, wr->objs[i]);
+    }
+    inbox_remove_locked(c->th, wr);
+    wait_free(wr);
+  }
+  c->waits = NULL;
+}
+
+/* Queues the reply of a GET whose objects are pinned in objs[] (NULL where
+ * status[] says why not). Pins move to the handle table (local) or to the
+ * data chunks (inline). */
+static void get_reply(struct conn *c, uint64_t req_id, uint16_t flags,
+                      uint32_t n, struct kvds_object **objs,
+                      const int32_t *status) {
+  struct kvds_server *s = c->th->srv;
+  struct reply r;
+  kvds__reply_init(&r);
+  int inl = (flags & KVDS_PF_INLINE) != 0;
+  uint64_t data_len = 0;
+  uint32_t misses = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    struct kvds_object *o = objs[i];
+    if (!o) {
+      misses++;
+      kvds__reply_item(&r, status[i], 0, 0, 0, 0, NULL, 0);
+      continue;
+    }
+    uint64_t h = 0;
+    if (!inl) {
+      h = kvds__ref_add(c, o, REF_PIN);
+      if (!h) {
+        LOCK(s);
+        kvds_store_unpin(&s->store, o);
+        UNLOCK(s);
+        objs[i] = NULL;
+        kvds__reply_item(&r, -ENOMEM, 0, 0, 0, 0, NULL, 0);
+        continue;
+      }
+    } else {
+      data_len += o->size;
+    }
+    kvds__reply_item(&r, 0, o->size, inl ? 0 : o->off, o->checksum, h, NULL,
+                     0);
+  }
+  if (misses) {
+    LOCK(s);
+    s->store.ctr.misses += misses;
+    UNLOCK(s);
+  }
+  if (r.oom) {
+    /* Could not describe the values: drop the connection, whose close gives
+     * every pin back. Inline pins are not queued yet, so return them. */
+    if (inl) {
+      LOCK(s);
+      for (uint32_t i = 0; i < n; i++)
+        if (objs[i])
+          kvds_store_unpin(&s->store, objs[i]);
+      UNLOCK(s);
+    }
+    free(r.buf);
+    c->closing = 1;
+    return;
+  }
+  kvds__reply_send(c, &r, KVDS_OP_GET, req_id, flags & KVDS_PF_INLINE, 0,
+                   data_len, -1);
+  if (inl) {
+    for (uint32_t i = 0; i < n; i++)
+      if (objs[i])
+        kvds__conn_queue(c, kvds_store_data(&s->store, objs[i]),
+                         objs[i]->size, NULL, objs[i], -1);
+  }
+}
+
+static void wait_complete(struct wait_req *wr) {
+  struct conn *c = wr->c;
+  for (uint32_t i = 0; i < wr->n; i++)
+    if (!wr->objs[i] && wr->status[i] == KVDS_E_NOTFOUND)
+      wr->status[i] = KVDS_E_TIMEOUT;
+  get_reply(c, wr->req_id, wr->flags, wr->n, wr->objs, wr->status);
+  wait_unlink(wr);
+  wait_free(wr);
+}
+
+static void on_wait_timeout(evutil_socket_t fd, short what, void *arg) {
+  struct wait_req *wr = arg;
+  struct conn *c = wr->c;
+  struct kvds_server *s = c->th->srv;
+  (void)fd;
+  (void)what;
+  LOCK(s);
+  for (uint32_t i = 0; i < wr->n; i++)
+    kvds_store_wait_remove(&s->store, &wr->w[i]);
+  inbox_remove_locked(c->th, wr);
+  UNLOCK(s);
+  wait_complete(wr);
+  kvds__conn_flush(c);
+}
+
+/* Inbox event of a thread: GETs completed by seals (maybe elsewhere). */
+static void on_inbox(evutil_socket_t fd, short what, void *arg) {
+  struct io_thread *th = arg;
+  struct kvds_server *s = th->srv;
+  (void)fd;
+  (void)what;
+  LOCK(s);
+  struct wait_req *list = th->inbox;
+  th->inbox = NULL;
+  for (struct wait_req *wr = list; wr; wr = wr->inbox_next)
+    wr->in_inbox = 0;
+  UNLOCK(s);
+  while (list) {
+    struct wait_req *wr = list;
+    list = wr->inbox_next;
+    struct conn *c = wr->c;
+    wait_complete(wr);
+    kvds__conn_flush(c); /* may close c; wr is already freed */
+  }
+}
+
+/* ---- ops without bulk data ---------------------------------------------- */
+
+static int op_hello(struct conn *c, const struct req_items *ri) {
+  struct kvds_server *s = c->th->srv;
+  int want_shm = ri->n > 0 && (ri->it[0].a & 1);
+  int fd = (want_shm && c->is_unix) ? s->pool.fd : -1;
+  struct reply r;
+  kvds__reply_init(&r);
+  kvds__reply_item(&r, 0, s->pool.total_size, s->pool.data_offset,
+                   (uint64_t)getpid(), s->nonce, s->socket_path,
+                   (uint32_t)strlen(s->socket_path));
+  kvds__reply_send(c, &r, KVDS_OP_HELLO, c->h.req_id,
+                   fd >= 0 ? KVDS_PF_SHM : 0, 0, 0, fd);
+  return 0;
+}
+
+static int op_create(struct conn *c, const struct req_items *ri) {
+  struct kvds_server *s = c->th->srv;
+  struct reply r;
+  kvds__reply_init(&r);
+  LOCK(s);
+  for (uint32_t i = 0; i < ri->n; i++) {
+    struct kvds_object *o;
+    int rc = kvds_store_create(&s->store, ri->key[i], ri->it[i].klen,
+                               ri->it[i].a, &o);
+    uint64_t h = 0;
+    if (!rc && !(h = kvds__ref_add(c, o, REF_WRITER))) {
+      kvds_store_abort(&s->store, o);
+      rc = -ENOMEM;
+    }
+    if (rc)
+      kvds__reply_item(&r, rc, 0, 0, 0, 0, NULL, 0);
+    else
+      kvds__reply_item(&r, 0, h, o->off, o->size, 0, NULL, 0);
+  }
+  UNLOCK(s);
+  kvds__reply_send(c, &r, KVDS_OP_CREATE, c->h.req_id, 0, 0, 0, -1);
+  return 0;
+}
+
+#define SEAL_F_CHECKSUM 1u
+
+static int op_seal(struct conn *c, const struct req_items *ri) {
+  struct kvds_server *s = c->th->srv;
+  struct reply r;
+  kvds__reply_init(&r);
+  for (uint32_t i = 0; i < ri->n; i++) {
+    const struct kvds_proto_item *it = &ri->it[i];
+    struct ref *rf = kvds__ref_get(c, it->a, REF_WRITER);
+    if (!rf) {
+      kvds__reply_item(&r, KVDS_E_HANDLE, 0, 0, 0, 0, NULL, 0);
+      continue;
+    }
+    struct kvds_object *o = rf->obj;
+    uint64_t sum;
+    /* A local client hashed the bytes it wrote; over TCP the worker hashes
+     * what arrived and checks it against the sender's sum, if given. */
+    if (c->is_unix && (it->c & SEAL_F_CHECKSUM)) {
+      sum = it->b;
+    } else {
+      sum = XXH3_64bits(kvds_store_data(&s->store, o), o->size);
+      if ((it->c & SEAL_F_CHECKSUM) && sum != it->b) {
+        kvds__reply_item(&r, KVDS_E_CHECKSUM, 0, 0, 0, 0, NULL, 0);
+        continue;
+      }
+    }
+    LOCK(s);
+    kvds_store_seal(&s->store, o, sum);
+    UNLOCK(s);
+    kvds__ref_drop(c, rf);
+    kvds__reply_item(&r, 0, sum, 0, 0, 0, NULL, 0);
+  }
+  kvds__reply_send(c, &r, KVDS_OP_SEAL, c->h.req_id, 0, 0, 0, -1);
+  return 0;
+}
+
+static int op_abort(struct conn *c, const struct req_items *ri) {
+  struct kvds_server *s = c->th->srv;
+  struct reply r;
+  kvds__reply_init(&r);
+  LOCK(s);
+  for (uint32_t i = 0; i < ri->n; i++) {
+    struct ref *rf = kvds__ref_get(c, ri->it[i].a, REF_WRITER);
+    if (!rf) {
+      kvds__reply_item(&r, KVDS_E_HANDLE, 0, 0, 0, 0, NULL, 0);
+      continue;
+    }
+    kvds_store_abort(&s->store, rf->obj);
+    kvds__ref_drop(c, rf);
+    kvds__reply_item(&r, 0, 0, 0, 0, 0, NULL, 0);
+  }
+  UNLOCK(s);
+  kvds__reply_send(c, &r, KVDS_OP_ABORT, c->h.req_id, 0, 0, 0, -1);
+  return 0;
+}
+
+static int op_get(struct conn *c, const struct req_items *ri,
+                  const uint8_t *meta) {
+  struct kvds_server *s = c->th->srv;
+  uint16_t flags = c->h.flags & KVDS_PF_INLINE;
+  if (!c->is_unix)
+    flags |= KVDS_PF_INLINE; /* TCP clients cannot map the pool */
+  uint32_t n = ri->n;
+  struct kvds_object **objs = calloc(n ? n : 1, sizeof *objs);
+  int32_t *status = calloc(n ? n : 1, sizeof *status);
+  if (!objs || !status) {
+    free(objs);
+    free(status);
+    return -ENOMEM;
+  }
+  uint32_t missing = 0;
+  LOCK(s);
+  for (uint32_t i = 0; i < n; i++) {
+    uint32_t kl = ri->it[i].klen;
+    if (kl == 0 || kl > KVDS_KEY_MAX) {
+      status[i] = KVDS_E_KEYLEN;
+      continue;
+    }
+    objs[i] = kvds_store_get(&s->store, ri->key[i], kl);
+    if (!objs[i]) {
+      status[i] = KVDS_E_NOTFOUND;
+      missing++;
+    }
+  }
+  if (missing && c->h.arg > 0) {
+    struct wait_req *wr = calloc(1, sizeof *wr);
+    if (wr) {
+      wr->meta = malloc(c->h.meta_len ? c->h.meta_len : 1);
+      wr->w = calloc(n, sizeof *wr->w);
+      wr->timer = evtimer_new(c->th->base, on_wait_timeout, wr);
+    }
+    if (!wr || !wr->meta || !wr->w || !wr->timer) {
+      if (wr)
+        wait_free(wr);
+      for (uint32_t i = 0; i < n; i++)
+        if (objs[i])
+          kvds_store_unpin(&s->store, objs[i]);
+      UNLOCK(s);
+      free(objs);
+      free(status);
+      return -ENOMEM;
+    }
+    memcpy(wr->meta, meta, c->h.meta_len);
+    wr->c = c;
+    wr->req_id = c->h.req_id;
+    wr->flags = flags;
+    wr->n = n;
+    wr->remaining = missing;
+    wr->objs = objs;
+    wr->status = status;
+    for (uint32_t i = 0; i < n; i++) {
+      if (objs[i] || status[i] != KVDS_E_NOTFOUND)
+        continue;
+      struct kvds_waiter *w = &wr->w[i];
+      w->key = wr->meta + (ri->key[i] - meta);
+      w->klen = ri->it[i].klen;
+      w->hash = kvds_index_hash(w->key, w->klen);
+      w->req = wr;
+      w->idx = i;
+      kvds_store_wait_add(&s->store, w);
+    }
+    UNLOCK(s);
+    wr->next = c->waits;
+    if (c->waits)
+      c->waits->prev = wr;
+    c->waits = wr;
+    uint32_t ms = c->h.arg;
+    struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+    evtimer_add(wr->timer, &tv);
+    return 0;
+  }
+  UNLOCK(s);
+  get_reply(c, c->h.req_id, flags, n, objs, status);
+  free(objs);
+  free(status);
+  return 0;
+}
+
+static int op_release(struct conn *c, const struct req_items *ri) {
+  struct kvds_server *s = c->th->srv;
+  struct reply r;
+  int noreply = (c->h.flags & KVDS_PF_NOREPLY) != 0;
+  kvds__reply_init(&r);
+  LOCK(s);
+  for (uint32_t i = 0; i < ri->n; i++) {
+    struct ref *rf = kvds__ref_get(c, ri->it[i].a, REF_PIN);
+    int rc = 0;
+    if (rf) {
+      kvds_store_unpin(&s->store, rf->obj);
+      kvds__ref_drop(c, rf);
+    } else {
+      rc = KVDS_E_HANDLE;
+    }
+    if (!noreply)
+      kvds__reply_item(&r, rc, 0, 0, 0, 0, NULL, 0);
+  }
+  UNLOCK(s);
+  if (noreply)
+    free(r.buf);
+  else
+    kvds__reply_send(c, &r, KVDS_OP_RELEASE, c->h.req_id, 0, 0, 0, -1);
+  return 0;
+}
+
+static int op_delete(struct conn *c, const struct req_items *ri) {
+  struct kvds_server *s = c->th->srv;
+  struct reply r;
+  kvds__reply_init(&r);
+  LOCK(s);
+  for (uint32_t i = 0; i < ri->n; i++)
+    kvds__reply_item(
+        &r, kvds_store_delete(&s->store, ri->key[i], ri->it[i].klen), 0, 0, 0,
+        0, NULL, 0);
+  UNLOCK(s);
+  kvds__reply_send(c, &r, KVDS_OP_DELETE, c->h.req_id, 0, 0, 0, -1);
+  return 0;
+}
+
+static int sealed(struct kvds_store *st, const uint8_t *key, uint32_t kl) {
+  struct kvds_object *o = kvds_store_find(st, key, kl);
+  return o && o->state == KVDS_STATE_SEALED;
+}
+
+static int op_exists(struct conn *c, const struct req_items *ri) {
+  struct kvds_server *s = c->th->srv;
+  struct reply r;
+  kvds__reply_init(&r);
+  LOCK(s);
+  for (uint32_t i = 0; i < ri->n; i++)
+    kvds__reply_item(&r,
+                     sealed(&s->store, ri->key[i], ri->it[i].klen)
+                         ? 0
+                         : KVDS_E_NOTFOUND,
+                     0, 0, 0, 0, NULL, 0);
+  UNLOCK(s);
+  kvds__reply_send(c, &r, KVDS_OP_EXISTS, c->h.req_id, 0, 0, 0, -1);
+  return 0;
+}
+
+static int op_lookup_prefix(struct conn *c, const struct req_items *ri) {
+  struct kvds_server *s = c->th->srv;
+  uint32_t n = 0;
+  LOCK(s);
+  while (n < ri->n && sealed(&s->store, ri->key[n], ri->it[n].klen))
+    n++;
+  UNLOCK(s);
+  struct reply r;
+  kvds__reply_init(&r);
+  kvds__reply_item(&r, 0, n, 0, 0, 0, NULL, 0);
+  kvds__reply_send(c, &r, KVDS_OP_LOOKUP_PREFIX, c->h.req_id, 0, 0, 0, -1);
+  return 0;
+}
+
+/* LIST: collects matching objects, sorts by key, returns one page. */
+struct list_ctx {
+  const uint8_t *prefix, *after;
+  uint32_t plen, alen;
+  struct kvds_object **v;
+  size_t n, cap;
+  int oom;
+};
+
+static int keycmp(const uint8_t *a, uint32_t al, const uint8_t *b,
+                  uint32_t bl) {
+  int r = memcmp(a, b, al < bl ? al : bl);
+  if (r)
+    return r;
+  return al < bl ? -1 : al > bl;
+}
+
+static int list_collect(struct kvds_index_node *n, void *arg) {
+  struct list_ctx *lc = arg;
+  if (n->klen < lc->plen || memcmp(n->key, lc->prefix, lc->plen) != 0)
+    return 0;
+  if (lc->alen && keycmp(n->key, n->klen, lc->after, lc->alen) <= 0)
+    return 0;
+  if (lc->n == lc->cap) {
+    size_t nc = lc->cap ? lc->cap * 2 : 256;
+    struct kvds_object **nv = realloc(lc->v, nc * sizeof *nv);
+    if (!nv) {
+      lc->oom = 1;
+      return 1;
+    }
+    lc->v = nv;
+    lc->cap = nc;
+  }
+  lc->v[lc->n++] = kvds_store_obj(n);
+  return 0;
+}
+
+static int obj_keycmp(const void *a, const void *b) {
+  const struct kvds_object *x = *(struct kvds_object *const *)a;
+  const struct kvds_object *y = *(struct kvds_object *const *)b;
+  return keycmp(x->key, x->inode.klen, y->key, y->inode.klen);
+}
+
+#define LIST_DEFAULT 1000u
+#define LIST_MAX 10000u
+
+static int op_list(struct conn *c, const struct req_items *ri) {
+  struct kvds_server *s = c->th->srv;
+  struct list_ctx lc = {0};
+  if (ri->n > 0) {
+    lc.prefix = ri->key[0];
+    lc.plen = ri->it[0].klen;
+  }
+  if (ri->n > 1) {
+    lc.after = ri->key[1];
+    lc.alen = ri->it[1].klen;
+  }
+  uint32_t limit = c->h.arg ? c->h.arg : LIST_DEFAULT;
+  if (limit > LIST_MAX)
+    limit = LIST_MAX;
+  struct reply r;
+  kvds__reply_init(&r);
+  LOCK(s);
+  kvds_index_foreach(&s->store.index, list_collect, &lc);
+  if (lc.oom) {
+    UNLOCK(s);
+    free(lc.v);
+    return -ENOMEM;
+  }
+  qsort(lc.v, lc.n, sizeof *lc.v, obj_keycmp);
+  size_t k = lc.n < limit ? lc.n : limit;
+  for (size_t i = 0; i < k; i++) {
+    struct kvds_object *o = lc.v[i];
+    kvds__reply_item(&r, 0, o->size, o->state, o->checksum, o->pins, o->key,
+                     o->inode.klen);
+  }
+  UNLOCK(s);
+  free(lc.v);
+  kvds__reply_send(c, &r, KVDS_OP_LIST, c->h.req_id,
+                   lc.n > limit ? KVDS_PF_MORE : 0, 0, 0, -1);
+  return 0;
+}
+
+static int op_stat(struct conn *c, const struct req_items *ri) {
+  struct kvds_server *s = c->th->srv;
+  if (ri->n != 1)
+    return KVDS_E_PROTO;
+  struct reply r;
+  kvds__reply_init(&r);
+  LOCK(s);
+  struct kvds_object *o = kvds_store_find(&s->store, ri->key[0], ri->it[0].klen);
+  if (o) {
+    kvds__reply_item(&r, 0, o->size, o->checksum,
+                     o->state | ((uint64_t)o->pins << 32), o->ctime_us, NULL,
+                     0);
+    kvds__reply_item(&r, 0, o->atime_us, 0, 0, 0, NULL, 0);
+  }
+  UNLOCK(s);
+  kvds__reply_send(c, &r, KVDS_OP_STAT, c->h.req_id, 0,
+                   o ? 0 : KVDS_E_NOTFOUND, 0, -1);
+  return 0;
+}
+
+static int op_stats(struct conn *c) {
+  struct kvds_server *s = c->th->srv;
+  struct kvds_alloc_stats as;
+  struct kvds_store_counters ct;
+  uint64_t objects;
+  LOCK(s);
+  kvds_alloc_stats(&s->store.alloc, &as);
+  ct = s->store.ctr;
+  objects = s->store.index.count;
+  UNLOCK(s);
+  struct reply r;
+  kvds__reply_init(&r);
+#define STAT(name, v)                                                          \
+  kvds__reply_item(&r, 0, (uint64_t)(v), 0, 0, 0, name, sizeof(name) - 1)
+  STAT("pool_capacity", as.capacity);
+  STAT("pool_used", as.used);
+  STAT("pool_free", as.free);
+  STAT("pool_largest_free", as.largest_free);
+  STAT("objects", objects);
+  STAT("objects_writing", ct.writing_objects);
+  STAT("pinned_objects", ct.pinned_objects);
+  STAT("evictions", ct.evictions);
+  STAT("evicted_bytes", ct.evicted_bytes);
+  STAT("hits", ct.hits);
+  STAT("misses", ct.misses);
+  STAT("puts", ct.puts);
+  STAT("nospace", ct.nospace);
+  STAT("connections", atomic_load(&s->connections));
+  STAT("protocol_errors", atomic_load(&s->protocol_errors));
+  STAT("uptime_s", (kvds_now_us() - s->start_us) / 1000000u);
+  STAT("pid", getpid());
+  STAT("high_watermark_ppm", s->cfg.high_watermark * 1e6 + 0.5);
+  STAT("eviction_ratio_ppm", s->cfg.eviction_ratio * 1e6 + 0.5);
+#undef STAT
+  kvds__reply_send(c, &r, KVDS_OP_STATS, c->h.req_id, 0, 0, 0, -1);
+  return 0;
+}
+
+/* ---- ops with bulk data -------------------------------------------------- */
+
+static int segs_alloc(struct conn *c, uint32_t n) {
+  free(c->segs);
+  c->segs = calloc(n ? n : 1, sizeof *c->segs);
+  if (!c->segs)
+    return -ENOMEM;
+  c->nsegs = n;
+  c->seg = 0;
+  c->seg_off = 0;
+  c->data_left = c->h.data_len;
+  return 0;
+}
+
+static int op_put(struct conn *c, const struct req_items *ri) {
+  struct kvds_server *s = c->th->srv;
+  uint64_t total = 0;
+  for (uint32_t i = 0; i < ri->n; i++) {
+    if (ri->it[i].a > c->h.data_len - total)
+      return KVDS_E_PROTO;
+    total += ri->it[i].a;
+  }
+  if (total != c->h.data_len)
+    return KVDS_E_PROTO;
+  if (segs_alloc(c, ri->n))
+    return -ENOMEM;
+  free(c->pending);
+  free(c->pstatus);
+  c->pending = calloc(ri->n ? ri->n : 1, sizeof *c->pending);
+  c->pstatus = calloc(ri->n ? ri->n : 1, sizeof *c->pstatus);
+  c->npending = ri->n;
+  if (!c->pending || !c->pstatus) {
+    c->npending = 0;
+    return -ENOMEM;
+  }
+  LOCK(s);
+  for (uint32_t i = 0; i < ri->n; i++) {
+    struct kvds_object *o = NULL;
+    int rc = kvds_store_create(&s->store, ri->key[i], ri->it[i].klen,
+                               ri->it[i].a, &o);
+    c->pstatus[i] = rc;
+    c->pending[i] = rc ? NULL : o;
+    c->segs[i].len = ri->it[i].a;
+    c->segs[i].p = rc ? NULL : kvds_store_data(&s->store, o);
+  }
+  UNLOCK(s);
+  return c->h.data_len ? 1 : (kvds__server_data_done(c), 0);
+}
+
+static int op_write(struct conn *c, const struct req_items *ri) {
+  struct kvds_server *s = c->th->srv;
+  uint64_t total = 0;
+  for (uint32_t i = 0; i < ri->n; i++) {
+    if (ri->it[i].c > c->h.data_len - total)
+      return KVDS_E_PROTO;
+    total += ri->it[i].c;
+  }
+  if (total != c->h.data_len)
+    return KVDS_E_PROTO;
+  if (segs_alloc(c, ri->n))
+    return -ENOMEM;
+  free(c->pstatus);
+  c->pstatus = calloc(ri->n ? ri->n : 1, sizeof *c->pstatus);
+  if (!c->pstatus)
+    return -ENOMEM;
+  free(c->pending);
+  c->pending = NULL;
+  c->npending = 0;
+  for (uint32_t i = 0; i < ri->n; i++) {
+    const struct kvds_proto_item *it = &ri->it[i];
+    struct ref *rf = kvds__ref_get(c, it->a, REF_WRITER);
+    c->segs[i].len = it->c;
+    c->segs[i].p = NULL;
+    if (!rf) {
+      c->pstatus[i] = KVDS_E_HANDLE;
+    } else if (it->b > rf->obj->size || it->c > rf->obj->size - it->b) {
+      c->pstatus[i] = KVDS_E_RANGE;
+    } else {
+      c->pstatus[i] = 0;
+      c->segs[i].p = kvds_store_data(&s->store, rf->obj) + it->b;
+    }
+  }
+  return c->h.data_len ? 1 : (kvds__server_data_done(c), 0);
+}
+
+void kvds__server_data_done(struct conn *c) {
+  struct kvds_server *s = c->th->srv;
+  struct reply r;
+  kvds__reply_init(&r);
+  if (c->h.opcode == KVDS_OP_PUT) {
+    uint64_t *sums = malloc((c->npending ? c->npending : 1) * sizeof *sums);
+    for (uint32_t i = 0; i < c->npending; i++) {
+      struct kvds_object *o = c->pending[i];
+      if (o && sums)
+        sums[i] = XXH3_64bits(kvds_store_data(&s->store, o), o->size);
+    }
+    LOCK(s);
+    for (uint32_t i = 0; i < c->npending; i++) {
+      struct kvds_object *o = c->pending[i];
+      if (!o)
+        continue;
+      if (sums) {
+        kvds_store_seal(&s->store, o, sums[i]);
+      } else {
+        kvds_store_abort(&s->store, o);
+        c->pstatus[i] = -ENOMEM;
+      }
+      c->pending[i] = NULL;
+    }
+    UNLOCK(s);
+    for (uint32_t i = 0; i < c->npending; i++)
+      kvds__reply_item(&r, c->pstatus[i], c->pstatus[i] ? 0 : sums[i], 0, 0,
+                       0, NULL, 0);
+    free(sums);
+    c->npending = 0;
+  } else {
+    for (uint32_t i = 0; i < c->nsegs; i++)
+      kvds__reply_item(&r, c->pstatus[i], 0, 0, 0, 0, NULL, 0);
+  }
+  kvds__reply_send(c, &r, c->h.opcode, c->h.req_id, 0, 0, 0, -1);
+}
+
+/* ---- dispatch ------------------------------------------------------------ */
+
+int kvds__server_request(struct conn *c, const uint8_t *meta) {
+  const struct kvds_proto_hdr *h = &c->h;
+  int has_data = h->opcode == KVDS_OP_PUT || h->opcode == KVDS_OP_WRITE;
+  if (!has_data && h->data_len)
+    return KVDS_E_PROTO;
+  struct req_items ri;
+  int rc = items_decode(h, meta, &ri);
+  if (rc)
+    return rc;
+  switch (h->opcode) {
+  case KVDS_OP_HELLO:
+    rc = op_hello(c, &ri);
+    break;
+  case KVDS_OP_PING:
+    kvds__reply_status(c, KVDS_OP_PING, h->req_id, 0);
+    break;
+  case KVDS_OP_CREATE:
+    rc = op_create(c, &ri);
+    break;
+  case KVDS_OP_WRITE:
+    rc = op_write(c, &ri);
+    break;
+  case KVDS_OP_SEAL:
+    rc = op_seal(c, &ri);
+    break;
+  case KVDS_OP_ABORT:
+    rc = op_abort(c, &ri);
+    break;
+  case KVDS_OP_PUT:
+    rc = op_put(c, &ri);
+    break;
+  case KVDS_OP_GET:
+    rc = op_get(c, &ri, meta);
+    break;
+  case KVDS_OP_RELEASE:
+    rc = op_release(c, &ri);
+    break;
+  case KVDS_OP_DELETE:
+    rc = op_delete(c, &ri);
+    break;
+  case KVDS_OP_EXISTS:
+    rc = op_exists(c, &ri);
+    break;
+  case KVDS_OP_LOOKUP_PREFIX:
+    rc = op_lookup_prefix(c, &ri);
+    break;
+  case KVDS_OP_LIST:
+    rc = op_list(c, &ri);
+    break;
+  case KVDS_OP_STAT:
+    rc = op_stat(c, &ri);
+    break;
+  case KVDS_OP_STATS:
+    rc = op_stats(c);
+    break;
+  case KVDS_OP_SHUTDOWN:
+    kvds__reply_status(c, KVDS_OP_SHUTDOWN, h->req_id, 0);
+    kvds__server_stop(c->th->srv);
+    break;
+  default:
+    rc = KVDS_E_BADOP;
+    break;
+  }
+  items_free(&ri);
+  return rc;
+}
+
+void kvds__server_stop(struct kvds_server *s) {
+  atomic_store(&s->stopping, 1);
+  for (int i = 0; i < s->nthreads; i++)
+    if (s->threads[i].base)
+      event_base_loopbreak(s->threads[i].base);
+}
+
+/* Exposed to worker.c through the store's wake hook. */
+void kvds__server_on_wake(struct kvds_waiter *w, struct kvds_object *obj,
+                          void *ud);
+void kvds__server_on_wake(struct kvds_waiter *w, struct kvds_object *obj,
+                          void *ud) {
+  on_wake(w, obj, ud);
+}
+
+void kvds__server_on_inbox(evutil_socket_t fd, short what, void *arg);
+void kvds__server_on_inbox(evutil_socket_t fd, short what, void *arg) {
+  on_inbox(fd, what, arg);
+}

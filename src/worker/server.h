@@ -1,0 +1,176 @@
+/*
+ * server.h — internals of the worker daemon shared by its files:
+ * server.c (threads, listeners, request dispatch, waits), conn.c (one client
+ * connection: framing, buffers, output queue, handle table) and http.c.
+ *
+ * Threading: `threads` I/O threads, each with its own event_base, accept from
+ * the shared listening sockets and own the connections they accepted. The
+ * object store is shared and guarded by store.lock; a connection is touched
+ * only by its own thread, except that a seal on another thread may complete
+ * one of its waiting GETs by queueing it on the owner thread's inbox (under
+ * store.lock) and activating the inbox event.
+ */
+#ifndef KVDS_SERVER_H
+#define KVDS_SERVER_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#include "pool/pool.h"
+#include "proto/proto.h"
+#include "store/store.h"
+#include "worker/worker.h"
+
+struct event_base;
+struct event;
+struct conn;
+struct wait_req;
+
+struct io_thread {
+  struct kvds_server *srv;
+  int idx;
+  pthread_t tid;
+  struct event_base *base;
+  struct event *listen_ev[2];
+  struct event *inbox_ev;
+  struct wait_req *inbox; /* guarded by store.lock */
+  struct conn *conns;     /* this thread's connections */
+  uint64_t last_activity_us;
+};
+
+struct kvds_server {
+  struct kvds_worker_config cfg;
+  struct kvds_pool pool;
+  struct kvds_store store;
+  int tcp_fd, unix_fd;
+  char socket_path[256];
+  struct io_thread *threads;
+  int nthreads;
+  atomic_int stopping;
+  uint64_t nonce;
+  uint64_t start_us;
+  atomic_uint_fast64_t connections, connections_total, protocol_errors;
+  atomic_uint_fast64_t bytes_in, bytes_out, requests;
+  struct kvds_http *http;
+};
+
+/* ---- conn.c --------------------------------------------------------------*/
+
+/* Output chunk: bytes to send, owned (freed when sent) and/or pinned. */
+struct ochunk {
+  struct ochunk *next;
+  const uint8_t *p;
+  size_t len, off;
+  uint8_t *own;             /* freed once sent, may be NULL */
+  struct kvds_object *pin;  /* unpinned once sent, may be NULL */
+  int send_fd;              /* -1, or an fd to pass with the first byte */
+};
+
+enum { REF_NONE = 0, REF_PIN = 1, REF_WRITER = 2 };
+
+struct ref {
+  struct kvds_object *obj;
+  uint32_t gen;
+  uint8_t kind;
+  uint32_t next_free;
+};
+
+/* Where incoming bulk bytes go: a pool range, or nowhere (p == NULL). */
+struct rx_seg {
+  uint8_t *p;
+  uint64_t len;
+};
+
+struct conn {
+  struct io_thread *th;
+  struct conn *prev, *next;
+  int fd;
+  uint8_t is_unix;
+  uint8_t closing; /* flush what is queued, then close */
+  uint8_t reading; /* read event armed */
+  uint8_t writing; /* write event armed */
+  struct event *rev, *wev;
+  /* input buffer: bytes [ipos, ilen) not consumed yet */
+  uint8_t *ib;
+  size_t icap, ilen, ipos;
+  int rx; /* RX_* in conn.c */
+  struct kvds_proto_hdr h;
+  uint8_t hraw[KVDS_PROTO_HDR_LEN];
+  uint8_t *meta; /* owned copy of meta for data ops */
+  /* bulk data being received for the current frame */
+  struct rx_seg *segs;
+  uint32_t nsegs, seg;
+  uint64_t seg_off, data_left;
+  struct kvds_object **pending; /* objects created by a PUT in flight */
+  int32_t *pstatus;
+  uint32_t npending;
+  /* output */
+  struct ochunk *oq_head, *oq_tail;
+  uint64_t oq_bytes;
+  /* handle table */
+  struct ref *refs;
+  uint32_t nrefs, caprefs, free_ref;
+  /* waiting GETs */
+  struct wait_req *waits;
+};
+
+struct conn *kvds__conn_new(struct io_thread *th, int fd, int is_unix);
+/* Closes now: aborts its writes, releases its pins, cancels its waits. */
+void kvds__conn_close(struct conn *c);
+
+/* Queues bytes (take ownership of `own` if non-NULL). -ENOMEM on failure. */
+int kvds__conn_queue(struct conn *c, const uint8_t *p, size_t len,
+                     uint8_t *own, struct kvds_object *pin, int send_fd);
+/* Writes as much as the socket takes; arms the write event if needed. */
+void kvds__conn_flush(struct conn *c);
+
+/* Handle table. */
+uint64_t kvds__ref_add(struct conn *c, struct kvds_object *o, int kind);
+struct ref *kvds__ref_get(struct conn *c, uint64_t handle, int kind);
+void kvds__ref_drop(struct conn *c, struct ref *r);
+
+/* ---- server.c ------------------------------------------------------------*/
+
+/* Reply builder: header + meta in one owned buffer. */
+struct reply {
+  uint8_t *buf;
+  size_t len, cap;
+  uint32_t count;
+  int oom;
+};
+void kvds__reply_init(struct reply *r);
+void kvds__reply_item(struct reply *r, int32_t status, uint64_t a, uint64_t b,
+                      uint64_t c, uint64_t d, const void *key, uint32_t klen);
+/* Finishes the header and queues it on c, followed by nothing else; the
+ * caller queues data chunks after it when data_len > 0. */
+int kvds__reply_send(struct conn *c, struct reply *r, uint8_t op,
+                     uint64_t req_id, uint16_t flags, int32_t status,
+                     uint64_t data_len, int send_fd);
+/* Queues a reply with no items. */
+void kvds__reply_status(struct conn *c, uint8_t op, uint64_t req_id,
+                        int32_t status);
+
+/*
+ * Called by conn.c when a frame's header and meta are in: returns 0 when the
+ * request is done, 1 when it expects data_len bulk bytes (conn.c fills the
+ * segs set up by this call and then calls kvds__server_data_done), or a
+ * negative error after which the connection is closed.
+ */
+int kvds__server_request(struct conn *c, const uint8_t *meta);
+void kvds__server_data_done(struct conn *c);
+/* Frees conn-owned wait requests (with store.lock held). */
+void kvds__server_cancel_waits_locked(struct conn *c);
+void kvds__server_stop(struct kvds_server *s);
+
+/* ---- http.c --------------------------------------------------------------*/
+struct kvds_http;
+int kvds__http_start(struct kvds_server *s, const char *host, int port,
+                     struct kvds_http **out);
+void kvds__http_stop(struct kvds_http *h);
+/* JSON / Prometheus snapshots, malloc'd strings (NULL on -ENOMEM). */
+char *kvds__server_status_json(struct kvds_server *s);
+char *kvds__server_metrics_text(struct kvds_server *s);
+
+#endif

@@ -1,0 +1,401 @@
+/*
+ * worker.c — start-up and main loop of the worker: configuration, the pool,
+ * the listening sockets, the I/O threads (with their short busy-poll before
+ * sleeping), signals and the HTTP endpoint.
+ */
+#include "worker/worker.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <event2/event.h>
+#include <event2/thread.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "common/util.h"
+#include "kvds/kvds.h"
+#include "worker/server.h"
+
+void kvds__server_on_wake(struct kvds_waiter *w, struct kvds_object *obj,
+                          void *ud);
+void kvds__server_on_inbox(evutil_socket_t fd, short what, void *arg);
+
+static int g_log_level = 2;
+
+static void logf_(int level, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void logf_(int level, const char *fmt, ...) {
+  static const char *names[] = {"ERROR", "WARN", "INFO", "DEBUG"};
+  if (level > g_log_level)
+    return;
+  char msg[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  fprintf(stderr, "kvds worker [%s] %s\n", names[level], msg);
+}
+
+void kvds_worker_config_default(struct kvds_worker_config *cfg) {
+  memset(cfg, 0, sizeof *cfg);
+  snprintf(cfg->listen, sizeof cfg->listen, "%s", KVDS_DEFAULT_ADDR);
+  cfg->memory = 4ull << 30;
+  cfg->threads = 1;
+  cfg->high_watermark = 0.95;
+  cfg->eviction_ratio = 0.05;
+  cfg->huge_pages = KVDS_POOL_HUGE_OFF;
+  cfg->busy_poll_us = 50;
+  cfg->ready_fd = -1;
+  cfg->log_level = 2;
+}
+
+int kvds_worker_socket_path(const char *listen, char *out, size_t cap) {
+  char host[256];
+  uint16_t port;
+  int rc = kvds_split_hostport(listen, host, sizeof host, &port);
+  if (rc)
+    return rc;
+  const char *dir = getenv("KVDS_RUN_DIR");
+  if (!dir || !*dir)
+    dir = "/tmp";
+  int n = snprintf(out, cap, "%s/kvds-%u.sock", dir, (unsigned)port);
+  return n < 0 || (size_t)n >= cap ? KVDS_E_ADDR : 0;
+}
+
+int kvds_worker_config_check(const struct kvds_worker_config *cfg, char *err,
+                             size_t errcap) {
+  char host[256];
+  uint16_t port;
+  struct kvds_evict_policy p = {cfg->high_watermark, cfg->eviction_ratio};
+  if (cfg->listen[0] &&
+      kvds_split_hostport(cfg->listen, host, sizeof host, &port)) {
+    snprintf(err, errcap, "--listen '%s' is not host:port", cfg->listen);
+    return KVDS_E_INVAL;
+  }
+  if (!cfg->listen[0] && !cfg->socket_path[0]) {
+    snprintf(err, errcap, "need --listen or --socket");
+    return KVDS_E_INVAL;
+  }
+  if (cfg->memory < (1u << 20)) {
+    snprintf(err, errcap, "--memory must be at least 1MiB");
+    return KVDS_E_INVAL;
+  }
+  if (cfg->threads < 1 || cfg->threads > 64) {
+    snprintf(err, errcap, "--threads must be 1..64");
+    return KVDS_E_INVAL;
+  }
+  if (cfg->http_port < 0 || cfg->http_port > 65535) {
+    snprintf(err, errcap, "--http-port must be 0..65535");
+    return KVDS_E_INVAL;
+  }
+  if (kvds_evict_policy_check(&p)) {
+    snprintf(err, errcap,
+             "need 0 < eviction_high_watermark_ratio <= 1 and 0 <= "
+             "eviction_ratio < eviction_high_watermark_ratio (got %g, %g)",
+             cfg->high_watermark, cfg->eviction_ratio);
+    return KVDS_E_INVAL;
+  }
+  if (cfg->busy_poll_us < 0 || cfg->busy_poll_us > 100000) {
+    snprintf(err, errcap, "--busy-poll-us must be 0..100000");
+    return KVDS_E_INVAL;
+  }
+  if (strlen(cfg->socket_path) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
+    snprintf(err, errcap, "--socket path is too long");
+    return KVDS_E_INVAL;
+  }
+  return 0;
+}
+
+static int listen_tcp(const char *addr, int *out) {
+  char host[256], portstr[8];
+  uint16_t port;
+  int rc = kvds_split_hostport(addr, host, sizeof host, &port);
+  if (rc)
+    return rc;
+  snprintf(portstr, sizeof portstr, "%u", (unsigned)port);
+  struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                           .ai_socktype = SOCK_STREAM,
+                           .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
+  struct addrinfo *ai;
+  if ((rc = getaddrinfo(host, portstr, &hints, &ai)))
+    return KVDS_E_ADDR;
+  int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                  0);
+  if (fd < 0) {
+    rc = -errno;
+    goto out;
+  }
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (bind(fd, ai->ai_addr, ai->ai_addrlen) || listen(fd, 1024)) {
+    rc = -errno;
+    close(fd);
+    goto out;
+  }
+  *out = fd;
+  rc = 0;
+out:
+  freeaddrinfo(ai);
+  return rc;
+}
+
+/* Binds the Unix socket. A stale socket file (nobody answers) is replaced;
+ * a live one means another worker owns the path. */
+static int listen_unix(const char *path, int *out) {
+  struct sockaddr_un sa = {.sun_family = AF_UNIX};
+  size_t pl = strlen(path);
+  if (pl >= sizeof sa.sun_path)
+    return -ENAMETOOLONG;
+  memcpy(sa.sun_path, path, pl + 1);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0)
+    return -errno;
+  if (bind(fd, (struct sockaddr *)&sa, sizeof sa)) {
+    int e = -errno;
+    if (e != -EADDRINUSE) {
+      close(fd);
+      return e;
+    }
+    int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int live = probe >= 0 &&
+               connect(probe, (struct sockaddr *)&sa, sizeof sa) == 0;
+    if (probe >= 0)
+      close(probe);
+    if (live || unlink(path) ||
+        bind(fd, (struct sockaddr *)&sa, sizeof sa)) {
+      close(fd);
+      return live ? -EADDRINUSE : e;
+    }
+  }
+  if (listen(fd, 1024)) {
+    int e = -errno;
+    close(fd);
+    return e;
+  }
+  *out = fd;
+  return 0;
+}
+
+static void on_accept(evutil_socket_t lfd, short what, void *arg) {
+  struct io_thread *th = arg;
+  struct kvds_server *s = th->srv;
+  (void)what;
+  int is_unix = lfd == s->unix_fd;
+  for (int i = 0; i < 64; i++) {
+    int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+        logf_(1, "accept: %s", strerror(errno));
+      return;
+    }
+    if (!is_unix) {
+      int one = 1;
+      setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    }
+    if (!kvds__conn_new(th, fd, is_unix)) {
+      logf_(1, "out of memory for a new connection");
+      close(fd);
+    }
+  }
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg) {
+  (void)what;
+  logf_(2, "signal %d: stopping", (int)sig);
+  kvds__server_stop(arg);
+}
+
+static int thread_setup(struct kvds_server *s, struct io_thread *th) {
+  th->srv = s;
+  th->base = event_base_new();
+  if (!th->base)
+    return -ENOMEM;
+  int fds[2] = {s->tcp_fd, s->unix_fd};
+  for (int i = 0; i < 2; i++) {
+    if (fds[i] < 0)
+      continue;
+    th->listen_ev[i] =
+        event_new(th->base, fds[i], EV_READ | EV_PERSIST, on_accept, th);
+    if (!th->listen_ev[i] || event_add(th->listen_ev[i], NULL))
+      return -ENOMEM;
+  }
+  th->inbox_ev = event_new(th->base, -1, 0, kvds__server_on_inbox, th);
+  return th->inbox_ev ? 0 : -ENOMEM;
+}
+
+/* Runs a thread's loop. After any activity it keeps polling without
+ * sleeping for busy_poll_us: a sleeping vCPU takes ~50 us to wake, a request
+ * arriving while we spin is answered in a few. */
+static void thread_loop(struct io_thread *th) {
+  struct kvds_server *s = th->srv;
+  uint64_t spin = (uint64_t)s->cfg.busy_poll_us;
+  while (!atomic_load(&s->stopping)) {
+    if (spin && kvds_now_us() - th->last_activity_us < spin)
+      event_base_loop(th->base, EVLOOP_NONBLOCK);
+    else
+      event_base_loop(th->base, EVLOOP_ONCE);
+  }
+}
+
+static void *thread_main(void *arg) {
+  thread_loop(arg);
+  return NULL;
+}
+
+static void thread_teardown(struct io_thread *th) {
+  while (th->conns)
+    kvds__conn_close(th->conns);
+  for (int i = 0; i < 2; i++)
+    if (th->listen_ev[i])
+      event_free(th->listen_ev[i]);
+  if (th->inbox_ev)
+    event_free(th->inbox_ev);
+  if (th->base)
+    event_base_free(th->base);
+}
+
+int kvds_worker_run(const struct kvds_worker_config *cfg) {
+  struct kvds_server *s = calloc(1, sizeof *s);
+  struct event *sigs[2] = {0};
+  char err[256];
+  int rc;
+  if (!s)
+    return -ENOMEM;
+  s->cfg = *cfg;
+  s->tcp_fd = s->unix_fd = -1;
+  g_log_level = cfg->log_level;
+  if ((rc = kvds_worker_config_check(cfg, err, sizeof err))) {
+    logf_(0, "%s", err);
+    goto out;
+  }
+  signal(SIGPIPE, SIG_IGN);
+  evthread_use_pthreads();
+  s->start_us = kvds_now_us();
+  if (getrandom(&s->nonce, sizeof s->nonce, 0) != sizeof s->nonce)
+    s->nonce = kvds_now_ns() ^ (uint64_t)getpid();
+
+  if (cfg->socket_path[0])
+    snprintf(s->socket_path, sizeof s->socket_path, "%s", cfg->socket_path);
+  else if ((rc = kvds_worker_socket_path(cfg->listen, s->socket_path,
+                                         sizeof s->socket_path))) {
+    logf_(0, "cannot derive a socket path from --listen %s", cfg->listen);
+    goto out;
+  }
+  if (cfg->listen[0] && (rc = listen_tcp(cfg->listen, &s->tcp_fd))) {
+    logf_(0, "cannot listen on %s: %s", cfg->listen, kvds_strerror(rc));
+    goto out;
+  }
+  if ((rc = listen_unix(s->socket_path, &s->unix_fd))) {
+    logf_(0, "cannot listen on %s: %s%s", s->socket_path, kvds_strerror(rc),
+          rc == -EADDRINUSE ? " (another worker is running there)" : "");
+    goto out;
+  }
+
+  uint64_t t0 = kvds_now_us();
+  if ((rc = kvds_pool_create(&s->pool, "kvds-pool", cfg->memory,
+                             (enum kvds_pool_huge)cfg->huge_pages))) {
+    logf_(0, "cannot create a %llu-byte pool: %s",
+          (unsigned long long)cfg->memory, kvds_strerror(rc));
+    goto out;
+  }
+  struct kvds_evict_policy pol = {cfg->high_watermark, cfg->eviction_ratio};
+  if ((rc = kvds_store_init(&s->store, &s->pool, &pol, cfg->max_object,
+                            kvds__server_on_wake, s))) {
+    logf_(0, "cannot set up the store: %s", kvds_strerror(rc));
+    goto out;
+  }
+  char sz[32];
+  logf_(2, "pool of %s ready in %llu ms%s",
+        kvds_fmt_bytes(s->pool.data_size, sz, sizeof sz),
+        (unsigned long long)(kvds_now_us() - t0) / 1000,
+        s->pool.huge ? " (huge pages)" : "");
+
+  s->nthreads = cfg->threads;
+  s->threads = calloc((size_t)s->nthreads, sizeof *s->threads);
+  if (!s->threads) {
+    rc = -ENOMEM;
+    goto out;
+  }
+  for (int i = 0; i < s->nthreads; i++) {
+    s->threads[i].idx = i;
+    if ((rc = thread_setup(s, &s->threads[i]))) {
+      logf_(0, "cannot set up I/O thread %d", i);
+      goto out;
+    }
+  }
+  sigs[0] = evsignal_new(s->threads[0].base, SIGINT, on_signal, s);
+  sigs[1] = evsignal_new(s->threads[0].base, SIGTERM, on_signal, s);
+  if (!sigs[0] || !sigs[1] || evsignal_add(sigs[0], NULL) ||
+      evsignal_add(sigs[1], NULL)) {
+    rc = -ENOMEM;
+    goto out;
+  }
+  if (cfg->http_port) {
+    char host[256] = "127.0.0.1";
+    uint16_t port;
+    if (cfg->listen[0])
+      kvds_split_hostport(cfg->listen, host, sizeof host, &port);
+    if ((rc = kvds__http_start(s, host, cfg->http_port, &s->http))) {
+      logf_(0, "cannot serve HTTP on %s:%d: %s", host, cfg->http_port,
+            kvds_strerror(rc));
+      goto out;
+    }
+  }
+  for (int i = 1; i < s->nthreads; i++) {
+    if ((rc = -pthread_create(&s->threads[i].tid, NULL, thread_main,
+                              &s->threads[i]))) {
+      logf_(0, "cannot start I/O thread %d", i);
+      kvds__server_stop(s);
+      for (int k = 1; k < i; k++)
+        pthread_join(s->threads[k].tid, NULL);
+      s->nthreads = 1;
+      goto out;
+    }
+  }
+  logf_(2, "serving on %s%s%s (pid %d, %d thread%s)",
+        cfg->listen[0] ? cfg->listen : "", cfg->listen[0] ? " and " : "",
+        s->socket_path, (int)getpid(), s->nthreads,
+        s->nthreads > 1 ? "s" : "");
+  if (cfg->ready_fd >= 0) {
+    ssize_t w = write(cfg->ready_fd, "1", 1);
+    (void)w;
+    close(cfg->ready_fd);
+  }
+  thread_loop(&s->threads[0]);
+  for (int i = 1; i < s->nthreads; i++)
+    pthread_join(s->threads[i].tid, NULL);
+  logf_(2, "stopped");
+  rc = 0;
+out:
+  if (s->http)
+    kvds__http_stop(s->http);
+  for (int i = 0; i < 2; i++)
+    if (sigs[i])
+      event_free(sigs[i]);
+  if (s->threads)
+    for (int i = 0; i < s->nthreads; i++)
+      thread_teardown(&s->threads[i]);
+  free(s->threads);
+  if (s->unix_fd >= 0) {
+    close(s->unix_fd);
+    unlink(s->socket_path);
+  }
+  if (s->tcp_fd >= 0)
+    close(s->tcp_fd);
+  if (s->store.index.buckets)
+    kvds_store_fini(&s->store);
+  kvds_pool_destroy(&s->pool);
+  free(s);
+  return rc;
+}

@@ -1,0 +1,49 @@
+/*
+ * worker.h — the kvds worker daemon (top of the dependency graph).
+ *
+ * kvds_worker_run() owns the process while it runs: it creates the pool,
+ * binds the Unix socket, the TCP listener and the HTTP endpoint, serves until
+ * SIGINT/SIGTERM or a SHUTDOWN request, then removes its socket and exits the
+ * loop. Daemonizing and pidfiles are the caller's business (see the CLI).
+ */
+#ifndef KVDS_WORKER_H
+#define KVDS_WORKER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define KVDS_DEFAULT_ADDR "127.0.0.1:31501"
+
+struct kvds_worker_config {
+  char listen[256];      /* TCP "host:port"; "" = no TCP listener */
+  char socket_path[256]; /* Unix socket; "" = derived from listen port */
+  uint64_t memory;       /* pool bytes for objects */
+  int threads;           /* I/O threads (>= 1) */
+  int http_port;         /* 0 = no HTTP endpoint */
+  double high_watermark; /* evict when used > high * capacity */
+  double eviction_ratio; /* ... down to (high - ratio) * capacity */
+  int huge_pages;        /* enum kvds_pool_huge */
+  int busy_poll_us;      /* spin this long for more requests before sleeping */
+  uint64_t max_object;   /* largest value accepted (0 = pool size) */
+  int ready_fd;          /* >= 0: write "1" here once serving, then close */
+  int log_level;         /* 0 error, 1 warn, 2 info, 3 debug */
+};
+
+/* Fills the defaults: listen 127.0.0.1:31501, 4 GiB, 1 thread, no HTTP,
+ * watermark 0.95, ratio 0.05, huge pages off, busy poll 50 us. */
+void kvds_worker_config_default(struct kvds_worker_config *cfg);
+
+/* Default socket path for a TCP listen address: $KVDS_RUN_DIR (or /tmp) +
+ * "/kvds-<port>.sock". Writes into out[cap]. Returns 0 or KVDS_E_ADDR. */
+int kvds_worker_socket_path(const char *listen, char *out, size_t cap);
+
+/* Validates cfg (ranges, addresses). Returns 0 or KVDS_E_INVAL, with a
+ * one-line reason in err[errcap]. */
+int kvds_worker_config_check(const struct kvds_worker_config *cfg, char *err,
+                             size_t errcap);
+
+/* Runs the worker until it is told to stop. Returns 0 on a clean stop, or a
+ * negative error if start-up failed (the reason is logged to stderr). */
+int kvds_worker_run(const struct kvds_worker_config *cfg);
+
+#endif
