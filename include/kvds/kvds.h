@@ -93,8 +93,7 @@ typedef struct kvds_client kvds_client;
  * Errors: KVDS_E_ADDR, -ECONNREFUSED, -ENOENT, KVDS_E_TIMEOUT,
  * KVDS_E_VERSION, -ENOMEM.
  */
-int kvds_client_connect(const char *address, int timeout_ms,
-                        kvds_client **out);
+int kvds_client_connect(const char *address, int timeout_ms, kvds_client **out);
 
 /* Closes the connection and frees the client. Pins and objects still being
  * written are released by the worker. Pointers obtained from the client
@@ -206,8 +205,7 @@ int kvds_write(kvds_client *c, const struct kvds_wbuf *buf, size_t off,
  * wakes readers waiting for them. Sealed entries are zeroed (their data
  * pointers must not be used any more). results[i] gets each status.
  */
-int kvds_mseal(kvds_client *c, size_t n, struct kvds_wbuf *bufs,
-               int *results);
+int kvds_mseal(kvds_client *c, size_t n, struct kvds_wbuf *bufs, int *results);
 int kvds_seal(kvds_client *c, struct kvds_wbuf *buf);
 
 /* Abandons objects still being written; their memory is freed. */
@@ -271,21 +269,21 @@ void kvds_list_free(struct kvds_list *l);
 /* ---- Worker ---------------------------------------------------------------*/
 
 struct kvds_stats {
-  uint64_t pool_capacity;      /* bytes usable for objects */
-  uint64_t pool_used;          /* bytes allocated */
-  uint64_t pool_free;          /* capacity - used */
-  uint64_t pool_largest_free;  /* largest contiguous free extent */
-  uint64_t objects;            /* sealed + writing */
+  uint64_t pool_capacity;     /* bytes usable for objects */
+  uint64_t pool_used;         /* bytes allocated */
+  uint64_t pool_free;         /* capacity - used */
+  uint64_t pool_largest_free; /* largest contiguous free extent */
+  uint64_t objects;           /* sealed + writing */
   uint64_t objects_writing;
   uint64_t pinned_objects;
-  uint64_t evictions;          /* objects evicted since start */
+  uint64_t evictions; /* objects evicted since start */
   uint64_t evicted_bytes;
-  uint64_t hits;               /* get items found */
-  uint64_t misses;             /* get items not found (after waiting) */
-  uint64_t puts;               /* objects sealed */
-  uint64_t nospace;            /* creates refused for lack of space */
-  uint64_t connections;        /* open client connections */
-  uint64_t protocol_errors;    /* malformed frames received */
+  uint64_t hits;            /* get items found */
+  uint64_t misses;          /* get items not found (after waiting) */
+  uint64_t puts;            /* objects sealed */
+  uint64_t nospace;         /* creates refused for lack of space */
+  uint64_t connections;     /* open client connections */
+  uint64_t protocol_errors; /* malformed frames received */
   uint64_t uptime_s;
   uint64_t pid;
   uint64_t high_watermark_ppm; /* eviction high watermark, parts per million */

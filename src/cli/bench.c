@@ -370,6 +370,12 @@ static int get_batch(struct bench *b, struct batch_bufs *bb, size_t first,
   return first_error(0, bb->res, n);
 }
 
+/* About three significant digits: 0.123, 1.23, 12.3, 123, 1234. */
+static char *fmt3(double v, char *buf, size_t cap) {
+  snprintf(buf, cap, v < 10 ? "%.2f" : v < 100 ? "%.1f" : "%.0f", v);
+  return buf;
+}
+
 static void add_row(struct bench *b, uint64_t size, uint64_t batch,
                     const char *op, struct samples *s) {
   struct row *r = &b->rows[b->nrows++];
@@ -386,12 +392,13 @@ static void add_row(struct bench *b, uint64_t size, uint64_t batch,
                     .p99_us = samples_pct_us(s, 0.99),
                     .calls = s->n};
   if (!b->o->json) {
-    char sz[32];
-    printf("%9s %6llu  %-10s %11.0f %8.2f %9.2f %6.2f %9.1f %9.1f\n",
+    char sz[32], g[16], m[16], q[16], p50[16], p99[16];
+    printf("%9s %6llu  %-10s %11.0f %8s %11s %6s %9s %9s\n",
            kvds_fmt_bytes(size, sz, sizeof sz), (unsigned long long)batch, op,
-           r->ops_s, r->gbps, r->memcpy_gbps,
-           r->memcpy_gbps > 0 ? r->gbps / r->memcpy_gbps : 0, r->p50_us,
-           r->p99_us);
+           r->ops_s, fmt3(r->gbps, g, sizeof g),
+           fmt3(r->memcpy_gbps, m, sizeof m),
+           fmt3(r->memcpy_gbps > 0 ? r->gbps / r->memcpy_gbps : 0, q, sizeof q),
+           fmt3(r->p50_us, p50, sizeof p50), fmt3(r->p99_us, p99, sizeof p99));
     fflush(stdout);
   }
 }
@@ -615,9 +622,12 @@ static void print_footer(const struct bench *b) {
          "rate at which\nvalues become readable, not bytes moved.\n\n");
   printf("exists (batches of %d):  %.2f M keys/s\n", EXISTS_BATCH,
          b->exists_keys_s / 1e6);
-  printf("small get (4 KiB, batch 1, zero-copy):  p50 %.1f us, p99 %.1f us "
-         "(ping p50 %.1f us)\n",
-         b->small_p50_us, b->small_p99_us, b->ping_p50_us);
+  char p50[16], p99[16], ping[16];
+  printf("small get (4 KiB, batch 1, zero-copy):  p50 %s us, p99 %s us "
+         "(ping p50 %s us)\n",
+         fmt3(b->small_p50_us, p50, sizeof p50),
+         fmt3(b->small_p99_us, p99, sizeof p99),
+         fmt3(b->ping_p50_us, ping, sizeof ping));
 }
 
 static int print_json(const struct bench *b) {
@@ -667,7 +677,9 @@ static int print_json(const struct bench *b) {
                                 "batch", 1, "p50_us", b->small_p50_us, "p99_us",
                                 b->small_p99_us, "ping_p50_us",
                                 b->ping_p50_us));
-  int rc = json_dumpf(root, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+  int rc =
+      json_dumpf(root, stdout,
+                 JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
   putchar('\n');
   json_decref(root);
   return rc ? CLI_FAIL : CLI_OK;

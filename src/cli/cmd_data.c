@@ -10,8 +10,9 @@
 #include "common/util.h"
 
 #define WORKER_OPT_HELP                                                        \
-  "  -w, --worker ADDR   worker address (default $DS_WORKER_ADDR, then "       \
-  "127.0.0.1:31501)\n"
+  "  -w, --worker ADDR   worker address (default $DS_WORKER_ADDR, then\n"      \
+  "                      127.0.0.1:31501); unix:/path or tcp://host:port\n"    \
+  "                      force a transport\n"
 
 /* Reports a per-key failure as "kvds <cmd>: key 'k' <what>". */
 static void key_err(const char *cmd, const void *key, size_t klen, int err) {
@@ -19,8 +20,6 @@ static void key_err(const char *cmd, const void *key, size_t klen, int err) {
   cli_fmt_key(key, klen, k, sizeof k);
   if (err == KVDS_E_NOTFOUND)
     cli_err(cmd, "key '%s' not found", k);
-  else if (err == KVDS_E_TIMEOUT)
-    cli_err(cmd, "key '%s' not found (waited, timed out)", k);
   else
     cli_err(cmd, "key '%s': %s", k, kvds_strerror(err));
 }
@@ -33,12 +32,13 @@ static int check_key(const char *cmd, const char *key) {
   return CLI_USAGE;
 }
 
-/* Checks positional argument counts: min..max. */
-static int want_args(const char *cmd, int have, int min, int max) {
+/* Checks the positional argument count (min..max); `want` names them. */
+static int want_args(const char *cmd, int have, int min, int max,
+                     const char *want) {
   if (have >= min && have <= max)
     return CLI_OK;
-  cli_err(cmd, "%s (see kvds help %s)",
-          have < min ? "missing argument" : "too many arguments", cmd);
+  cli_err(cmd, "%s: expected %s (see kvds help %s)",
+          have < min ? "missing argument" : "too many arguments", want, cmd);
   return CLI_USAGE;
 }
 
@@ -76,7 +76,8 @@ int cmd_put(int argc, char **argv) {
       return CLI_USAGE;
     }
   }
-  if (want_args("put", argc - optind, 2, 2) || check_key("put", argv[optind]))
+  if (want_args("put", argc - optind, 2, 2, "KEY FILE|-") ||
+      check_key("put", argv[optind]))
     return CLI_USAGE;
   const char *key = argv[optind], *file = argv[optind + 1];
   size_t klen = strlen(key);
@@ -110,6 +111,9 @@ int cmd_put(int argc, char **argv) {
     char k[256];
     cli_err("put", "key '%s' already exists (use --force to replace it)",
             cli_fmt_key(key, klen, k, sizeof k));
+    ret = CLI_FAIL;
+  } else if (rc == KVDS_E_INVAL && vlen == 0) {
+    cli_err("put", "%s is empty; empty values are not supported", file);
     ret = CLI_FAIL;
   } else if (rc) {
     key_err("put", key, klen, rc);
@@ -188,7 +192,8 @@ int cmd_get(int argc, char **argv) {
       return CLI_USAGE;
     }
   }
-  if (want_args("get", argc - optind, 1, 1) || check_key("get", argv[optind]))
+  if (want_args("get", argc - optind, 1, 1, "KEY") ||
+      check_key("get", argv[optind]))
     return CLI_USAGE;
   const char *key = argv[optind];
   size_t klen = strlen(key);
@@ -204,6 +209,12 @@ int cmd_get(int argc, char **argv) {
   int rc = kvds_mget(cl, 1, &k, (int)wait_ms, &v, &res);
   if (rc == 0)
     rc = res;
+  if (rc == KVDS_E_TIMEOUT) {
+    char kb[256];
+    cli_err("get", "key '%s' not found after waiting %llu ms",
+            cli_fmt_key(key, klen, kb, sizeof kb), (unsigned long long)wait_ms);
+    goto out;
+  }
   if (rc) {
     key_err("get", key, klen, rc);
     goto out;
@@ -266,7 +277,7 @@ int cmd_ls(int argc, char **argv) {
       return CLI_USAGE;
     }
   }
-  if (want_args("ls", argc - optind, 0, 1))
+  if (want_args("ls", argc - optind, 0, 1, "[PREFIX]"))
     return CLI_USAGE;
   const char *prefix = optind < argc ? argv[optind] : "";
   size_t plen = strlen(prefix);
@@ -343,7 +354,8 @@ int cmd_stat(int argc, char **argv) {
       return CLI_USAGE;
     }
   }
-  if (want_args("stat", argc - optind, 1, 1) || check_key("stat", argv[optind]))
+  if (want_args("stat", argc - optind, 1, 1, "KEY") ||
+      check_key("stat", argv[optind]))
     return CLI_USAGE;
   const char *key = argv[optind];
   size_t klen = strlen(key);
@@ -398,7 +410,7 @@ int cmd_rm(int argc, char **argv) {
       return CLI_USAGE;
     }
   }
-  if (want_args("rm", argc - optind, 1, INT32_MAX))
+  if (want_args("rm", argc - optind, 1, INT32_MAX, "KEY..."))
     return CLI_USAGE;
   for (int i = optind; i < argc; i++)
     if (check_key("rm", argv[i]))
@@ -509,7 +521,8 @@ static int print_status_json(const char *addr, const char *via,
                       json_real((double)s->high_watermark_ppm / 1e6));
   json_object_set_new(o, "eviction_ratio",
                       json_real((double)s->eviction_ratio_ppm / 1e6));
-  int rc = json_dumpf(o, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+  int rc = json_dumpf(
+      o, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
   putchar('\n');
   json_decref(o);
   return rc ? CLI_FAIL : CLI_OK;
@@ -534,7 +547,7 @@ int cmd_status(int argc, char **argv) {
       return CLI_USAGE;
     }
   }
-  if (want_args("status", argc - optind, 0, 0))
+  if (want_args("status", argc - optind, 0, 0, "no arguments"))
     return CLI_USAGE;
   addr = cli_worker_addr(addr);
   kvds_client *cl;
@@ -587,7 +600,7 @@ int cmd_stop(int argc, char **argv) {
       return CLI_USAGE;
     }
   }
-  if (want_args("stop", argc - optind, 0, 0))
+  if (want_args("stop", argc - optind, 0, 0, "no arguments"))
     return CLI_USAGE;
   addr = cli_worker_addr(addr);
   if (timeout_s > 86400)

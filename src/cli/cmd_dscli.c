@@ -151,6 +151,8 @@ static int run_captured(char **argv, char *last, size_t cap) {
   line = line ? line + 1 : buf;
   if (strncmp(line, "kvds worker: ", 13) == 0)
     line += 13;
+  if (strncmp(line, "worker failed to start: ", 24) == 0)
+    line += 24;
   snprintf(last, cap, "%.*s", (int)cap - 1, line);
   return status;
 }

@@ -28,6 +28,7 @@
 #define XXH_STATIC_LINKING_ONLY
 #include <xxhash.h>
 
+#include "common/copy.h"
 #include "common/util.h"
 #include "kvds/kvds.h"
 #include "pool/pool.h"
@@ -40,7 +41,6 @@
 /* Handles of values copied over TCP (not worker handles). */
 #define TCP_VALUE_HANDLE (1ull << 63)
 #define SEAL_F_CHECKSUM 1u
-#define HASH_CHUNK (256u << 10)
 
 struct kvds_client {
   int fd;
@@ -85,7 +85,9 @@ static int broken(kvds_client *c, int rc, const char *what) {
   return fail(c, rc, "%s: %s (disconnected)", what, kvds_strerror(rc));
 }
 
-static uint64_t deadline_after(int ms) { return kvds_now_us() + (uint64_t)ms * 1000u; }
+static uint64_t deadline_after(int ms) {
+  return kvds_now_us() + (uint64_t)ms * 1000u;
+}
 
 /* Waits for fd readiness until the deadline. 0, KVDS_E_TIMEOUT or -errno. */
 static int wait_fd(int fd, short ev, uint64_t deadline) {
@@ -140,7 +142,8 @@ static int req_item(kvds_client *c, uint64_t a, uint64_t b, uint64_t cc,
 static int send_all(kvds_client *c, struct iovec *iov, int n,
                     uint64_t deadline) {
   while (n > 0) {
-    struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)(n > 64 ? 64 : n)};
+    struct msghdr mh = {.msg_iov = iov,
+                        .msg_iovlen = (size_t)(n > 64 ? 64 : n)};
     ssize_t w = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
     if (w < 0) {
       if (errno == EINTR)
@@ -184,7 +187,8 @@ static int64_t req_send(kvds_client *c, uint8_t op, uint16_t flags,
                              .flags = flags,
                              .req_id = id,
                              .count = c->wcount,
-                             .meta_len = (uint32_t)(c->wlen - KVDS_PROTO_HDR_LEN),
+                             .meta_len =
+                                 (uint32_t)(c->wlen - KVDS_PROTO_HDR_LEN),
                              .arg = arg,
                              .data_len = data_len};
   if (c->wlen - KVDS_PROTO_HDR_LEN > KVDS_PROTO_META_MAX)
@@ -332,8 +336,7 @@ static int recv_reply(kvds_client *c, int64_t id, uint8_t op,
   }
   size_t pos = 0;
   for (uint32_t i = 0; i < c->rh.count; i++)
-    kvds_proto_item_decode(meta, c->rh.meta_len, &pos, &c->rit[i],
-                           &c->rkey[i]);
+    kvds_proto_item_decode(meta, c->rh.meta_len, &pos, &c->rit[i], &c->rkey[i]);
   c->rpos += KVDS_PROTO_HDR_LEN + c->rh.meta_len;
   c->rdata_left = c->rh.data_len;
   if (c->rh.status)
@@ -360,7 +363,8 @@ static int recv_data(kvds_client *c, uint8_t *dst, uint64_t len,
   uint8_t scratch[16384];
   while (len) {
     struct iovec iov = {dst ? (void *)dst : (void *)scratch,
-                        dst ? len : (len < sizeof scratch ? len : sizeof scratch)};
+                        dst ? len
+                            : (len < sizeof scratch ? len : sizeof scratch)};
     ssize_t r = read_some(c, &iov, 1, deadline);
     if (r < 0)
       return broken(c, (int)r, "receive");
@@ -431,8 +435,8 @@ static int connect_tcp(const char *addr, int *out, uint64_t deadline) {
     return KVDS_E_ADDR;
   int rc = -ECONNREFUSED;
   for (p = ai; p; p = p->ai_next) {
-    int fd = socket(p->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK,
-                    0);
+    int fd =
+        socket(p->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0) {
       rc = -errno;
       continue;
@@ -579,9 +583,13 @@ void kvds_client_set_timeout(kvds_client *c, int timeout_ms) {
     c->timeout_ms = timeout_ms;
 }
 
-int kvds_client_is_local(const kvds_client *c) { return c->local; }
+int kvds_client_is_local(const kvds_client *c) {
+  return c->local;
+}
 
-const char *kvds_client_errmsg(const kvds_client *c) { return c->errmsg; }
+const char *kvds_client_errmsg(const kvds_client *c) {
+  return c->errmsg;
+}
 
 int kvds_ping(kvds_client *c) {
   req_begin(c);
@@ -592,8 +600,8 @@ int kvds_ping(kvds_client *c) {
 
 static int check_key(kvds_client *c, const struct kvds_iov *k) {
   if (!k->base || k->len == 0 || k->len > KVDS_KEY_MAX)
-    return fail(c, KVDS_E_KEYLEN, "key length %zu out of range (1..%d)",
-                k->len, KVDS_KEY_MAX);
+    return fail(c, KVDS_E_KEYLEN, "key length %zu out of range (1..%d)", k->len,
+                KVDS_KEY_MAX);
   return 0;
 }
 
@@ -683,8 +691,8 @@ int kvds_create(kvds_client *c, const void *key, size_t klen, size_t size,
 int kvds_write(kvds_client *c, const struct kvds_wbuf *buf, size_t off,
                const void *src, size_t len) {
   if (!buf->data || off > buf->len || len > buf->len - off)
-    return fail(c, KVDS_E_RANGE, "write of %zu bytes at %zu outside %zu",
-                len, off, buf->len);
+    return fail(c, KVDS_E_RANGE, "write of %zu bytes at %zu outside %zu", len,
+                off, buf->len);
   memcpy((uint8_t *)buf->data + off, src, len);
   return 0;
 }
@@ -715,9 +723,8 @@ static int mseal_chunk(kvds_client *c, size_t n, struct kvds_wbuf *bufs,
     req_begin(c);
     for (size_t i = 0; i < n; i++)
       if (bufs[i].handle)
-        req_item(c, bufs[i].handle,
-                 kvds_checksum(bufs[i].data, bufs[i].len), SEAL_F_CHECKSUM, 0,
-                 NULL, 0);
+        req_item(c, bufs[i].handle, kvds_checksum(bufs[i].data, bufs[i].len),
+                 SEAL_F_CHECKSUM, 0, NULL, 0);
     int64_t sid = req_send(c, KVDS_OP_SEAL, 0, 0, NULL, 0, deadline);
     if ((rc = recv_reply(c, wid, KVDS_OP_WRITE, deadline)))
       return rc;
@@ -727,9 +734,8 @@ static int mseal_chunk(kvds_client *c, size_t n, struct kvds_wbuf *bufs,
     req_begin(c);
     for (size_t i = 0; i < n; i++)
       if (bufs[i].handle)
-        req_item(c, bufs[i].handle,
-                 kvds_checksum(bufs[i].data, bufs[i].len), SEAL_F_CHECKSUM, 0,
-                 NULL, 0);
+        req_item(c, bufs[i].handle, kvds_checksum(bufs[i].data, bufs[i].len),
+                 SEAL_F_CHECKSUM, 0, NULL, 0);
     if ((rc = rpc(c, KVDS_OP_SEAL, 0, 0, deadline)))
       return rc;
   }
@@ -753,8 +759,7 @@ static int mseal_chunk(kvds_client *c, size_t n, struct kvds_wbuf *bufs,
   return 0;
 }
 
-int kvds_mseal(kvds_client *c, size_t n, struct kvds_wbuf *bufs,
-               int *results) {
+int kvds_mseal(kvds_client *c, size_t n, struct kvds_wbuf *bufs, int *results) {
   int rc;
   for (size_t off = 0; off < n; off += chunk_of(n - off))
     if ((rc = mseal_chunk(c, chunk_of(n - off), bufs + off,
@@ -802,23 +807,6 @@ int kvds_abort(kvds_client *c, struct kvds_wbuf *buf) {
 
 /* ---- put ---------------------------------------------------------------- */
 
-/* Copies src into dst and hashes it in cache-sized chunks, so the hash reads
- * bytes that the copy just brought into cache. */
-static uint64_t copy_and_hash(void *dst, const void *src, size_t len) {
-  if (len <= HASH_CHUNK) {
-    memcpy(dst, src, len);
-    return XXH3_64bits(src, len);
-  }
-  XXH3_state_t st;
-  XXH3_64bits_reset(&st);
-  for (size_t off = 0; off < len; off += HASH_CHUNK) {
-    size_t k = len - off < HASH_CHUNK ? len - off : HASH_CHUNK;
-    memcpy((uint8_t *)dst + off, (const uint8_t *)src + off, k);
-    XXH3_64bits_update(&st, (const uint8_t *)src + off, k);
-  }
-  return XXH3_64bits_digest(&st);
-}
-
 static int mput_local(kvds_client *c, size_t n, const struct kvds_iov *keys,
                       const struct kvds_iov *vals, int *results) {
   size_t *sizes = malloc(n * sizeof *sizes);
@@ -835,7 +823,7 @@ static int mput_local(kvds_client *c, size_t n, const struct kvds_iov *keys,
   for (size_t i = 0; i < n; i++) {
     if (results[i])
       continue;
-    uint64_t sum = copy_and_hash(bufs[i].data, vals[i].base, vals[i].len);
+    uint64_t sum = kvds_copy_hash(bufs[i].data, vals[i].base, vals[i].len);
     req_item(c, bufs[i].handle, sum, SEAL_F_CHECKSUM, 0, NULL, 0);
   }
   if (c->wcount == 0)
@@ -914,8 +902,7 @@ static void release_send(kvds_client *c, const uint64_t *handles, size_t n) {
     req_begin(c);
     for (size_t i = off; i < off + chunk_of(n - off); i++)
       req_item(c, handles[i], 0, 0, 0, NULL, 0);
-    req_send(c, KVDS_OP_RELEASE, KVDS_PF_NOREPLY, 0, NULL, 0,
-             io_deadline(c));
+    req_send(c, KVDS_OP_RELEASE, KVDS_PF_NOREPLY, 0, NULL, 0, io_deadline(c));
   }
 }
 
@@ -927,8 +914,7 @@ static int mget_chunk(kvds_client *c, size_t n, const struct kvds_iov *keys,
   for (size_t i = 0; i < n; i++)
     req_item(c, 0, 0, 0, 0, keys[i].base, keys[i].len);
   int64_t id = req_send(c, KVDS_OP_GET, c->local ? 0 : KVDS_PF_INLINE,
-                        wait_ms > 0 ? (uint32_t)wait_ms : 0, NULL, 0,
-                        deadline);
+                        wait_ms > 0 ? (uint32_t)wait_ms : 0, NULL, 0, deadline);
   int rc = recv_reply(c, id, KVDS_OP_GET, deadline);
   if (rc)
     return rc;
@@ -950,8 +936,8 @@ static int mget_chunk(kvds_client *c, size_t n, const struct kvds_iov *keys,
         free(it);
         return broken(c, KVDS_E_PROTO, "get reply range");
       }
-      vals[i] = (struct kvds_value){kvds_pool_ptr(&c->pool, it[i].b),
-                                    it[i].a, it[i].c, it[i].d};
+      vals[i] = (struct kvds_value){kvds_pool_ptr(&c->pool, it[i].b), it[i].a,
+                                    it[i].c, it[i].d};
     } else {
       total += it[i].a;
     }
@@ -993,8 +979,8 @@ int kvds_mget(kvds_client *c, size_t n, const struct kvds_iov *keys,
   if (rc)
     return rc;
   for (size_t off = 0; off < n; off += chunk_of(n - off)) {
-    if ((rc = mget_chunk(c, chunk_of(n - off), keys + off, wait_ms,
-                         vals + off, results + off))) {
+    if ((rc = mget_chunk(c, chunk_of(n - off), keys + off, wait_ms, vals + off,
+                         results + off))) {
       kvds_release(c, off, vals);
       return rc;
     }
@@ -1053,8 +1039,7 @@ int kvds_get(kvds_client *c, const void *key, size_t klen, void *buf,
   req_begin(c);
   req_item(c, 0, 0, 0, 0, key, klen);
   int64_t id = req_send(c, KVDS_OP_GET, KVDS_PF_INLINE,
-                        wait_ms > 0 ? (uint32_t)wait_ms : 0, NULL, 0,
-                        deadline);
+                        wait_ms > 0 ? (uint32_t)wait_ms : 0, NULL, 0, deadline);
   if ((rc = recv_reply(c, id, KVDS_OP_GET, deadline)))
     return rc;
   if (c->rh.count != 1)
@@ -1179,8 +1164,9 @@ int kvds_list(kvds_client *c, const void *prefix, size_t plen,
   req_item(c, 0, 0, 0, 0, prefix, plen);
   if (alen)
     req_item(c, 0, 0, 0, 0, after, alen);
-  int rc = rpc(c, KVDS_OP_LIST, 0, limit > UINT32_MAX ? UINT32_MAX : (uint32_t)limit,
-               io_deadline(c));
+  int rc =
+      rpc(c, KVDS_OP_LIST, 0, limit > UINT32_MAX ? UINT32_MAX : (uint32_t)limit,
+          io_deadline(c));
   if (rc)
     return rc;
   size_t n = c->rh.count, keybytes = 0;
@@ -1197,20 +1183,21 @@ int kvds_list(kvds_client *c, const void *prefix, size_t plen,
   for (size_t i = 0; i < n; i++) {
     const struct kvds_proto_item *it = &c->rit[i];
     memcpy(kp, c->rkey[i], it->klen);
-    l->entries[i] = (struct kvds_list_entry){
-        .key = kp,
-        .klen = it->klen,
-        .info = {.size = it->a,
-                 .state = (int)it->b,
-                 .checksum = it->c,
-                 .pins = (uint32_t)it->d}};
+    l->entries[i] = (struct kvds_list_entry){.key = kp,
+                                             .klen = it->klen,
+                                             .info = {.size = it->a,
+                                                      .state = (int)it->b,
+                                                      .checksum = it->c,
+                                                      .pins = (uint32_t)it->d}};
     kp += it->klen;
   }
   *out = l;
   return 0;
 }
 
-void kvds_list_free(struct kvds_list *l) { free(l); }
+void kvds_list_free(struct kvds_list *l) {
+  free(l);
+}
 
 int kvds_stats(kvds_client *c, struct kvds_stats *out) {
   req_begin(c);
@@ -1224,12 +1211,24 @@ int kvds_stats(kvds_client *c, struct kvds_stats *out) {
     size_t off;
   } map[] = {
 #define F(x) {#x, offsetof(struct kvds_stats, x)}
-      F(pool_capacity), F(pool_used),       F(pool_free),
-      F(pool_largest_free), F(objects),     F(objects_writing),
-      F(pinned_objects), F(evictions),      F(evicted_bytes),
-      F(hits),          F(misses),          F(puts),
-      F(nospace),       F(connections),     F(protocol_errors),
-      F(uptime_s),      F(pid),             F(high_watermark_ppm),
+      F(pool_capacity),
+      F(pool_used),
+      F(pool_free),
+      F(pool_largest_free),
+      F(objects),
+      F(objects_writing),
+      F(pinned_objects),
+      F(evictions),
+      F(evicted_bytes),
+      F(hits),
+      F(misses),
+      F(puts),
+      F(nospace),
+      F(connections),
+      F(protocol_errors),
+      F(uptime_s),
+      F(pid),
+      F(high_watermark_ppm),
       F(eviction_ratio_ppm),
 #undef F
   };

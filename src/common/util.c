@@ -49,11 +49,20 @@ int kvds_parse_size(const char *s, uint64_t *out) {
     const char *suffix;
     uint64_t mult;
   } units[] = {
-      {"", 1},          {"B", 1},          {"K", 1ull << 10},
-      {"KB", 1000},     {"KiB", 1ull << 10}, {"M", 1ull << 20},
-      {"MB", 1000000},  {"MiB", 1ull << 20}, {"G", 1ull << 30},
-      {"GB", 1000000000}, {"GiB", 1ull << 30}, {"T", 1ull << 40},
-      {"TB", 1000000000000ull}, {"TiB", 1ull << 40},
+      {"", 1},
+      {"B", 1},
+      {"K", 1ull << 10},
+      {"KB", 1000},
+      {"KiB", 1ull << 10},
+      {"M", 1ull << 20},
+      {"MB", 1000000},
+      {"MiB", 1ull << 20},
+      {"G", 1ull << 30},
+      {"GB", 1000000000},
+      {"GiB", 1ull << 30},
+      {"T", 1ull << 40},
+      {"TB", 1000000000000ull},
+      {"TiB", 1ull << 40},
   };
   for (size_t i = 0; i < sizeof units / sizeof units[0]; i++) {
     if (strcasecmp(end, units[i].suffix) == 0 &&

@@ -26,9 +26,15 @@ static inline uint64_t kvds_wall_us(void) {
 }
 
 /* Little-endian loads and stores (the wire and pool formats). */
-static inline void kvds_put_u16(uint8_t *p, uint16_t v) { memcpy(p, &v, 2); }
-static inline void kvds_put_u32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
-static inline void kvds_put_u64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
+static inline void kvds_put_u16(uint8_t *p, uint16_t v) {
+  memcpy(p, &v, 2);
+}
+static inline void kvds_put_u32(uint8_t *p, uint32_t v) {
+  memcpy(p, &v, 4);
+}
+static inline void kvds_put_u64(uint8_t *p, uint64_t v) {
+  memcpy(p, &v, 8);
+}
 static inline uint16_t kvds_get_u16(const uint8_t *p) {
   uint16_t v;
   memcpy(&v, p, 2);

@@ -33,8 +33,8 @@ struct kvds_alloc {
   uint64_t used;     /* bytes in allocated extents */
   uint64_t n_alloc;  /* live allocations */
   uint64_t n_free_extents;
-  uint64_t fl_bitmap;                          /* level has a non-empty bin */
-  uint32_t sl_bitmap[KVDS_ALLOC_LEVELS];       /* bins of a level non-empty */
+  uint64_t fl_bitmap;                    /* level has a non-empty bin */
+  uint32_t sl_bitmap[KVDS_ALLOC_LEVELS]; /* bins of a level non-empty */
   uint32_t bins[KVDS_ALLOC_LEVELS][KVDS_ALLOC_SUBBINS]; /* free list heads */
   struct kvds_alloc_node *nodes; /* node storage, grows */
   uint32_t n_nodes, cap_nodes;

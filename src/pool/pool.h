@@ -31,12 +31,12 @@ struct kvds_pool_hdr {
 #define KVDS_POOL_F_HUGE 0x1u
 
 struct kvds_pool {
-  int fd;               /* memfd; owned */
-  uint8_t *base;        /* mapping of the whole segment */
+  int fd;        /* memfd; owned */
+  uint8_t *base; /* mapping of the whole segment */
   uint64_t total_size;
   uint64_t data_offset;
   uint64_t data_size;
-  int huge;             /* 1 if backed by huge pages */
+  int huge; /* 1 if backed by huge pages */
 };
 
 enum kvds_pool_huge {
@@ -72,8 +72,8 @@ static inline void *kvds_pool_ptr(const struct kvds_pool *pool, uint64_t off) {
 }
 
 /* 1 if [off, off+len) lies within the data area. */
-static inline int kvds_pool_contains(const struct kvds_pool *pool,
-                                     uint64_t off, uint64_t len) {
+static inline int kvds_pool_contains(const struct kvds_pool *pool, uint64_t off,
+                                     uint64_t len) {
   return off >= pool->data_offset && len <= pool->total_size &&
          off <= pool->total_size - len;
 }

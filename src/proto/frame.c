@@ -57,7 +57,9 @@ static const char *const op_names[KVDS_OP__MAX + 1] = {
 };
 
 /* Signed fields travel as their two's-complement bit pattern. */
-static void put_i32(uint8_t *p, int32_t v) { kvds_put_u32(p, (uint32_t)v); }
+static void put_i32(uint8_t *p, int32_t v) {
+  kvds_put_u32(p, (uint32_t)v);
+}
 
 static int32_t get_i32(const uint8_t *p) {
   int32_t v;

@@ -119,8 +119,7 @@ void kvds_proto_seal_frame(uint8_t *hdr, const uint8_t *meta, size_t meta_len);
 
 /* 0 if the checksum stored in the encoded header matches, else
  * KVDS_E_CHECKSUM. */
-int kvds_proto_verify(const uint8_t *hdr, const uint8_t *meta,
-                      size_t meta_len);
+int kvds_proto_verify(const uint8_t *hdr, const uint8_t *meta, size_t meta_len);
 
 /* Bytes an item with a klen-byte key takes in meta. */
 static inline size_t kvds_proto_item_size(size_t klen) {
@@ -129,8 +128,8 @@ static inline size_t kvds_proto_item_size(size_t klen) {
 
 /* Writes an item (header + key) at out; returns bytes written
  * (kvds_proto_item_size(it->klen)). key may be NULL when klen is 0. */
-size_t kvds_proto_item_encode(const struct kvds_proto_item *it,
-                              const void *key, uint8_t *out);
+size_t kvds_proto_item_encode(const struct kvds_proto_item *it, const void *key,
+                              uint8_t *out);
 
 /*
  * Decodes the item at meta[*pos]. On success fills *it, points *key into

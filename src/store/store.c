@@ -9,9 +9,8 @@
 #include "kvds/kvds.h"
 
 int kvds_store_init(struct kvds_store *st, struct kvds_pool *pool,
-                    const struct kvds_evict_policy *policy,
-                    uint64_t max_object, kvds_store_wake_fn wake,
-                    void *wake_ud) {
+                    const struct kvds_evict_policy *policy, uint64_t max_object,
+                    kvds_store_wake_fn wake, void *wake_ud) {
   int rc;
   memset(st, 0, sizeof *st);
   if ((rc = kvds_evict_policy_check(policy)))

@@ -79,9 +79,8 @@ struct kvds_store {
 /* Sets up a store over the data area of `pool` (borrowed; must outlive the
  * store). Returns 0, KVDS_E_INVAL (policy) or -ENOMEM. */
 int kvds_store_init(struct kvds_store *st, struct kvds_pool *pool,
-                    const struct kvds_evict_policy *policy,
-                    uint64_t max_object, kvds_store_wake_fn wake,
-                    void *wake_ud);
+                    const struct kvds_evict_policy *policy, uint64_t max_object,
+                    kvds_store_wake_fn wake, void *wake_ud);
 /* Frees every object and the metadata. */
 void kvds_store_fini(struct kvds_store *st);
 

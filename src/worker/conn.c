@@ -115,15 +115,15 @@ void kvds__ref_drop(struct conn *c, struct ref *r) {
 
 /* ---- output ------------------------------------------------------------- */
 
-int kvds__conn_queue(struct conn *c, const uint8_t *p, size_t len,
-                     uint8_t *own, struct kvds_object *pin, int send_fd) {
+int kvds__conn_queue(struct conn *c, const uint8_t *p, size_t len, uint8_t *own,
+                     struct kvds_object *pin, int send_fd) {
   struct ochunk *k = malloc(sizeof *k);
   if (!k) {
     free(own);
     return -ENOMEM;
   }
-  *k = (struct ochunk){.p = p, .len = len, .own = own, .pin = pin,
-                       .send_fd = send_fd};
+  *k = (struct ochunk){
+      .p = p, .len = len, .own = own, .pin = pin, .send_fd = send_fd};
   if (c->oq_tail)
     c->oq_tail->next = k;
   else

@@ -67,8 +67,8 @@ char *kvds__server_status_json(struct kvds_server *s) {
   json_t *net = json_pack(
       "{s:I,s:I,s:I,s:I,s:I,s:I}", "connections", (json_int_t)sn.connections,
       "connections_total", (json_int_t)sn.connections_total, "requests",
-      (json_int_t)sn.requests, "bytes_in", (json_int_t)sn.bytes_in,
-      "bytes_out", (json_int_t)sn.bytes_out, "protocol_errors",
+      (json_int_t)sn.requests, "bytes_in", (json_int_t)sn.bytes_in, "bytes_out",
+      (json_int_t)sn.bytes_out, "protocol_errors",
       (json_int_t)sn.protocol_errors);
   json_t *root = json_pack(
       "{s:s,s:s,s:s,s:I,s:I,s:I,s:f,s:f,s:o,s:o,s:o}", "version",
@@ -93,12 +93,14 @@ char *kvds__server_metrics_text(struct kvds_server *s) {
   if (!f)
     return NULL;
 #define G(name, help, v)                                                       \
-  fprintf(f, "# HELP kvds_" name " " help "\n# TYPE kvds_" name                \
-             " gauge\nkvds_" name " %llu\n",                                   \
+  fprintf(f,                                                                   \
+          "# HELP kvds_" name " " help "\n# TYPE kvds_" name                   \
+          " gauge\nkvds_" name " %llu\n",                                      \
           (unsigned long long)(v))
 #define C(name, help, v)                                                       \
-  fprintf(f, "# HELP kvds_" name " " help "\n# TYPE kvds_" name                \
-             " counter\nkvds_" name " %llu\n",                                 \
+  fprintf(f,                                                                   \
+          "# HELP kvds_" name " " help "\n# TYPE kvds_" name                   \
+          " counter\nkvds_" name " %llu\n",                                    \
           (unsigned long long)(v))
   G("pool_capacity_bytes", "Bytes of the pool usable for objects.",
     sn.as.capacity);
@@ -118,13 +120,11 @@ char *kvds__server_metrics_text(struct kvds_server *s) {
   C("evicted_bytes_total", "Bytes evicted.", sn.ct.evicted_bytes);
   C("nospace_total", "Creates refused for lack of space.", sn.ct.nospace);
   G("connections", "Open client connections.", sn.connections);
-  C("connections_total", "Client connections accepted.",
-    sn.connections_total);
+  C("connections_total", "Client connections accepted.", sn.connections_total);
   C("requests_total", "Request frames received.", sn.requests);
   C("received_bytes_total", "Bytes received on client sockets.", sn.bytes_in);
   C("sent_bytes_total", "Bytes sent on client sockets.", sn.bytes_out);
-  C("protocol_errors_total", "Malformed frames received.",
-    sn.protocol_errors);
+  C("protocol_errors_total", "Malformed frames received.", sn.protocol_errors);
   G("uptime_seconds", "Seconds since start.", sn.uptime_s);
 #undef G
 #undef C
@@ -159,9 +159,9 @@ static void on_request(struct evhttp_request *req, void *arg) {
     path = "/";
   if (strcmp(path, "/health") == 0) {
     int ok = !atomic_load(&h->srv->stopping);
-    send_text(req, ok ? 200 : 503, "application/json",
-              strdup(ok ? "{\"status\":\"ok\"}\n"
-                        : "{\"status\":\"stopping\"}\n"));
+    send_text(
+        req, ok ? 200 : 503, "application/json",
+        strdup(ok ? "{\"status\":\"ok\"}\n" : "{\"status\":\"stopping\"}\n"));
   } else if (strcmp(path, "/status") == 0) {
     send_text(req, 200, "application/json", kvds__server_status_json(h->srv));
   } else if (strcmp(path, "/metrics") == 0) {

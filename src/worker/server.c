@@ -128,8 +128,8 @@ static void items_free(struct req_items *ri) {
 
 struct wait_req {
   struct conn *c;
-  struct wait_req *prev, *next;   /* conn's list */
-  struct wait_req *inbox_next;    /* owner thread's inbox */
+  struct wait_req *prev, *next; /* conn's list */
+  struct wait_req *inbox_next;  /* owner thread's inbox */
   uint8_t in_inbox;
   uint64_t req_id;
   uint16_t flags;
@@ -173,8 +173,7 @@ static void inbox_remove_locked(struct io_thread *th, struct wait_req *wr) {
 }
 
 /* Store callback, any thread, store lock held: a waited key was sealed. */
-static void on_wake(struct kvds_waiter *w, struct kvds_object *obj,
-                    void *ud) {
+static void on_wake(struct kvds_waiter *w, struct kvds_object *obj, void *ud) {
   (void)ud;
   struct wait_req *wr = w->req;
   wr->objs[w->idx] = obj; /* the pin taken by the store is ours now */
@@ -237,8 +236,7 @@ static void get_reply(struct conn *c, uint64_t req_id, uint16_t flags,
     } else {
       data_len += o->size;
     }
-    kvds__reply_item(&r, 0, o->size, inl ? 0 : o->off, o->checksum, h, NULL,
-                     0);
+    kvds__reply_item(&r, 0, o->size, inl ? 0 : o->off, o->checksum, h, NULL, 0);
   }
   if (misses) {
     LOCK(s);
@@ -264,8 +262,8 @@ static void get_reply(struct conn *c, uint64_t req_id, uint16_t flags,
   if (inl) {
     for (uint32_t i = 0; i < n; i++)
       if (objs[i])
-        kvds__conn_queue(c, kvds_store_data(&s->store, objs[i]),
-                         objs[i]->size, NULL, objs[i], -1);
+        kvds__conn_queue(c, kvds_store_data(&s->store, objs[i]), objs[i]->size,
+                         NULL, objs[i], -1);
   }
 }
 
@@ -326,8 +324,8 @@ static int op_hello(struct conn *c, const struct req_items *ri) {
   kvds__reply_item(&r, 0, s->pool.total_size, s->pool.data_offset,
                    (uint64_t)getpid(), s->nonce, s->socket_path,
                    (uint32_t)strlen(s->socket_path));
-  kvds__reply_send(c, &r, KVDS_OP_HELLO, c->h.req_id,
-                   fd >= 0 ? KVDS_PF_SHM : 0, 0, 0, fd);
+  kvds__reply_send(c, &r, KVDS_OP_HELLO, c->h.req_id, fd >= 0 ? KVDS_PF_SHM : 0,
+                   0, 0, fd);
   return 0;
 }
 
@@ -525,9 +523,9 @@ static int op_delete(struct conn *c, const struct req_items *ri) {
   kvds__reply_init(&r);
   LOCK(s);
   for (uint32_t i = 0; i < ri->n; i++)
-    kvds__reply_item(
-        &r, kvds_store_delete(&s->store, ri->key[i], ri->it[i].klen), 0, 0, 0,
-        0, NULL, 0);
+    kvds__reply_item(&r,
+                     kvds_store_delete(&s->store, ri->key[i], ri->it[i].klen),
+                     0, 0, 0, 0, NULL, 0);
   UNLOCK(s);
   kvds__reply_send(c, &r, KVDS_OP_DELETE, c->h.req_id, 0, 0, 0, -1);
   return 0;
@@ -544,11 +542,9 @@ static int op_exists(struct conn *c, const struct req_items *ri) {
   kvds__reply_init(&r);
   LOCK(s);
   for (uint32_t i = 0; i < ri->n; i++)
-    kvds__reply_item(&r,
-                     sealed(&s->store, ri->key[i], ri->it[i].klen)
-                         ? 0
-                         : KVDS_E_NOTFOUND,
-                     0, 0, 0, 0, NULL, 0);
+    kvds__reply_item(
+        &r, sealed(&s->store, ri->key[i], ri->it[i].klen) ? 0 : KVDS_E_NOTFOUND,
+        0, 0, 0, 0, NULL, 0);
   UNLOCK(s);
   kvds__reply_send(c, &r, KVDS_OP_EXISTS, c->h.req_id, 0, 0, 0, -1);
   return 0;
@@ -658,7 +654,8 @@ static int op_stat(struct conn *c, const struct req_items *ri) {
   struct reply r;
   kvds__reply_init(&r);
   LOCK(s);
-  struct kvds_object *o = kvds_store_find(&s->store, ri->key[0], ri->it[0].klen);
+  struct kvds_object *o =
+      kvds_store_find(&s->store, ri->key[0], ri->it[0].klen);
   if (o) {
     kvds__reply_item(&r, 0, o->size, o->checksum,
                      o->state | ((uint64_t)o->pins << 32), o->ctime_us, NULL,
@@ -666,8 +663,8 @@ static int op_stat(struct conn *c, const struct req_items *ri) {
     kvds__reply_item(&r, 0, o->atime_us, 0, 0, 0, NULL, 0);
   }
   UNLOCK(s);
-  kvds__reply_send(c, &r, KVDS_OP_STAT, c->h.req_id, 0,
-                   o ? 0 : KVDS_E_NOTFOUND, 0, -1);
+  kvds__reply_send(c, &r, KVDS_OP_STAT, c->h.req_id, 0, o ? 0 : KVDS_E_NOTFOUND,
+                   0, -1);
   return 0;
 }
 
@@ -820,8 +817,8 @@ void kvds__server_data_done(struct conn *c) {
     }
     UNLOCK(s);
     for (uint32_t i = 0; i < c->npending; i++)
-      kvds__reply_item(&r, c->pstatus[i], c->pstatus[i] ? 0 : sums[i], 0, 0,
-                       0, NULL, 0);
+      kvds__reply_item(&r, c->pstatus[i], c->pstatus[i] ? 0 : sums[i], 0, 0, 0,
+                       NULL, 0);
     free(sums);
     c->npending = 0;
   } else {

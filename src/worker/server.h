@@ -63,9 +63,9 @@ struct ochunk {
   struct ochunk *next;
   const uint8_t *p;
   size_t len, off;
-  uint8_t *own;             /* freed once sent, may be NULL */
-  struct kvds_object *pin;  /* unpinned once sent, may be NULL */
-  int send_fd;              /* -1, or an fd to pass with the first byte */
+  uint8_t *own;            /* freed once sent, may be NULL */
+  struct kvds_object *pin; /* unpinned once sent, may be NULL */
+  int send_fd;             /* -1, or an fd to pass with the first byte */
 };
 
 enum { REF_NONE = 0, REF_PIN = 1, REF_WRITER = 2 };
@@ -121,8 +121,8 @@ struct conn *kvds__conn_new(struct io_thread *th, int fd, int is_unix);
 void kvds__conn_close(struct conn *c);
 
 /* Queues bytes (take ownership of `own` if non-NULL). -ENOMEM on failure. */
-int kvds__conn_queue(struct conn *c, const uint8_t *p, size_t len,
-                     uint8_t *own, struct kvds_object *pin, int send_fd);
+int kvds__conn_queue(struct conn *c, const uint8_t *p, size_t len, uint8_t *own,
+                     struct kvds_object *pin, int send_fd);
 /* Writes as much as the socket takes; arms the write event if needed. */
 void kvds__conn_flush(struct conn *c);
 

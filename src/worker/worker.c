@@ -130,8 +130,7 @@ static int listen_tcp(const char *addr, int *out) {
   struct addrinfo *ai;
   if ((rc = getaddrinfo(host, portstr, &hints, &ai)))
     return KVDS_E_ADDR;
-  int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
-                  0);
+  int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     rc = -errno;
     goto out;
@@ -168,12 +167,11 @@ static int listen_unix(const char *path, int *out) {
       return e;
     }
     int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    int live = probe >= 0 &&
-               connect(probe, (struct sockaddr *)&sa, sizeof sa) == 0;
+    int live =
+        probe >= 0 && connect(probe, (struct sockaddr *)&sa, sizeof sa) == 0;
     if (probe >= 0)
       close(probe);
-    if (live || unlink(path) ||
-        bind(fd, (struct sockaddr *)&sa, sizeof sa)) {
+    if (live || unlink(path) || bind(fd, (struct sockaddr *)&sa, sizeof sa)) {
       close(fd);
       return live ? -EADDRINUSE : e;
     }
@@ -365,8 +363,7 @@ int kvds_worker_run(const struct kvds_worker_config *cfg) {
   }
   logf_(2, "serving on %s%s%s (pid %d, %d thread%s)",
         cfg->listen[0] ? cfg->listen : "", cfg->listen[0] ? " and " : "",
-        s->socket_path, (int)getpid(), s->nthreads,
-        s->nthreads > 1 ? "s" : "");
+        s->socket_path, (int)getpid(), s->nthreads, s->nthreads > 1 ? "s" : "");
   if (cfg->ready_fd >= 0) {
     ssize_t w = write(cfg->ready_fd, "1", 1);
     (void)w;

@@ -1,0 +1,79 @@
+# kvds — the commands users type. Everything below installs what it needs
+# (scripts/install-deps.sh, idempotent) and builds with CMake.
+#
+#   make demo     build, start a worker, store/read objects, status, short bench
+#   make test     unit + integration tests, also under ASan+UBSan, fuzz smoke
+#   make bench    full `kvds bench local` against a fresh worker
+#   make fuzz     longer libFuzzer campaign (FUZZ_SECONDS, default 600)
+
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+BUILD ?= build/release
+ASAN_BUILD ?= build/asan
+FUZZ_BUILD ?= build/fuzz
+FUZZ_SMOKE_SECONDS ?= 30
+FUZZ_SECONDS ?= 600
+CMAKE_FLAGS ?=
+
+.PHONY: all deps build build-asan build-fuzz test test-release test-asan \
+        fuzz-smoke fuzz demo bench format format-check clean
+
+all: build
+
+deps:
+	@bash scripts/install-deps.sh
+
+$(BUILD)/Makefile: | deps
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS)
+
+build: deps $(BUILD)/Makefile
+	cmake --build $(BUILD) -j $(JOBS)
+
+$(ASAN_BUILD)/Makefile: | deps
+	cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DKVDS_SANITIZE=ON $(CMAKE_FLAGS)
+
+build-asan: deps $(ASAN_BUILD)/Makefile
+	cmake --build $(ASAN_BUILD) -j $(JOBS)
+
+$(FUZZ_BUILD)/Makefile: | deps
+	CC=clang cmake -S . -B $(FUZZ_BUILD) -DKVDS_FUZZ=ON -DKVDS_TESTS=OFF
+
+build-fuzz: deps $(FUZZ_BUILD)/Makefile
+	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzz_frame
+
+test-release: build
+	cd $(BUILD) && ctest --output-on-failure -j 1
+
+test-asan: build-asan
+	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure -j 1
+
+fuzz-smoke: build-fuzz
+	@mkdir -p $(FUZZ_BUILD)/corpus-frame
+	$(FUZZ_BUILD)/fuzz/fuzz_frame -max_total_time=$(FUZZ_SMOKE_SECONDS) \
+	  -print_final_stats=1 $(FUZZ_BUILD)/corpus-frame fuzz/corpus/frame
+
+fuzz: build-fuzz
+	@mkdir -p $(FUZZ_BUILD)/corpus-frame
+	$(FUZZ_BUILD)/fuzz/fuzz_frame -max_total_time=$(FUZZ_SECONDS) \
+	  -print_final_stats=1 $(FUZZ_BUILD)/corpus-frame fuzz/corpus/frame
+
+test: format-check test-release test-asan fuzz-smoke
+	@echo "make test: all suites passed"
+
+demo: build
+	bash scripts/demo.sh $(BUILD)/kvds
+
+bench: build
+	bash scripts/bench.sh $(BUILD)/kvds $(BENCH_ARGS)
+
+SOURCES = $(shell git ls-files '*.c' '*.h' 2>/dev/null)
+
+format: deps
+	clang-format -i $(SOURCES)
+
+format-check: deps
+	@bad=$$(for f in $(SOURCES); do clang-format --dry-run -Werror $$f >/dev/null 2>&1 || echo $$f; done); \
+	if [ -n "$$bad" ]; then echo "not clang-formatted (run 'make format'):"; echo "$$bad"; exit 1; fi
+
+clean:
+	rm -rf build

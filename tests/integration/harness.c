@@ -1,0 +1,428 @@
+/* harness.c — see harness.h. */
+#include "harness.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_WORKERS 8
+#define START_TIMEOUT_MS 20000
+#define STOP_TIMEOUT_MS 20000
+
+/* The harness's own bookkeeping (one test process). */
+static struct {
+  const char *bin;
+  const char *name;
+  char dir[256];
+  pid_t main_pid;
+  uint64_t t0;
+  struct kvh_worker *live[MAX_WORKERS];
+} H;
+
+uint64_t kvh_now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+void kvh_sleep_ms(int ms) {
+  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+  while (nanosleep(&ts, &ts) == -1 && errno == EINTR)
+    ;
+}
+
+static int rm_entry(const char *path, const struct stat *sb, int flag,
+                    struct FTW *ftw) {
+  (void)sb;
+  (void)flag;
+  (void)ftw;
+  remove(path);
+  return 0;
+}
+
+static void remove_dir(void) {
+  if (H.dir[0])
+    nftw(H.dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+void kvh_worker_dump_log(const struct kvh_worker *w, size_t bytes) {
+  int fd = open(w->log, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return;
+  struct stat st;
+  off_t from = 0;
+  if (fstat(fd, &st) == 0 && (size_t)st.st_size > bytes)
+    from = st.st_size - (off_t)bytes;
+  char buf[4096];
+  ssize_t r;
+  fprintf(stderr, "---- worker log %s (port %d, tail) ----\n", w->log,
+          w->port);
+  while ((r = pread(fd, buf, sizeof buf, from)) > 0) {
+    fwrite(buf, 1, (size_t)r, stderr);
+    from += r;
+  }
+  fprintf(stderr, "---- end of worker log ----\n");
+  close(fd);
+}
+
+void kvh_fail(const char *file, int line, const char *fmt, ...) {
+  char msg[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  int child = getpid() != H.main_pid;
+  fprintf(stderr, "FAIL %s:%d: %s%s\n", file, line, msg,
+          child ? " (in a child process)" : "");
+  fflush(stderr);
+  if (child)
+    _exit(1);
+  for (int i = 0; i < MAX_WORKERS; i++) {
+    struct kvh_worker *w = H.live[i];
+    if (!w)
+      continue;
+    kvh_worker_dump_log(w, 4000);
+    kill(w->pid, SIGKILL);
+    waitpid(w->pid, NULL, 0);
+  }
+  remove_dir();
+  exit(1);
+}
+
+void kvh_init(int argc, char **argv, const char *test_name) {
+  H.name = test_name;
+  H.main_pid = getpid();
+  H.t0 = kvh_now_ms();
+  setvbuf(stdout, NULL, _IOLBF, 0);
+  signal(SIGPIPE, SIG_IGN);
+  H.bin = argc > 1 ? argv[1] : getenv("KVDS_BIN");
+  KVH_CHECK(H.bin && access(H.bin, X_OK) == 0,
+            "usage: %s PATH-TO-kvds (or set KVDS_BIN); got '%s'", argv[0],
+            H.bin ? H.bin : "(none)");
+  const char *tmp = getenv("TMPDIR");
+  snprintf(H.dir, sizeof H.dir, "%s/kvds-it-%s-XXXXXX",
+           tmp && *tmp && strlen(tmp) < 120 ? tmp : "/tmp", test_name);
+  KVH_CHECK(mkdtemp(H.dir), "mkdtemp %s: %s", H.dir, strerror(errno));
+  setenv("KVDS_RUN_DIR", H.dir, 1);
+  unsetenv("DS_WORKER_ADDR");
+}
+
+const char *kvh_kvds_bin(void) { return H.bin; }
+const char *kvh_run_dir(void) { return H.dir; }
+
+int kvh_finish(void) {
+  for (int i = 0; i < MAX_WORKERS; i++)
+    if (H.live[i])
+      kvh_worker_stop(H.live[i]);
+  remove_dir();
+  printf("PASS %s (%llu ms)\n", H.name,
+         (unsigned long long)(kvh_now_ms() - H.t0));
+  return 0;
+}
+
+int kvh_free_port(void) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  KVH_CHECK(fd >= 0, "socket: %s", strerror(errno));
+  struct sockaddr_in sa = {.sin_family = AF_INET,
+                           .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t l = sizeof sa;
+  KVH_CHECK(bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
+                getsockname(fd, (struct sockaddr *)&sa, &l) == 0,
+            "bind port 0: %s", strerror(errno));
+  close(fd);
+  return ntohs(sa.sin_port);
+}
+
+pid_t kvh_fork(void) {
+  fflush(stdout);
+  fflush(stderr);
+  pid_t parent = getpid();
+  pid_t pid = fork();
+  KVH_CHECK(pid >= 0, "fork: %s", strerror(errno));
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) /* the parent died before prctl */
+      _exit(1);
+  }
+  return pid;
+}
+
+int kvh_wait_pid(pid_t pid, int timeout_ms) {
+  uint64_t deadline = kvh_now_ms() + (uint64_t)timeout_ms;
+  int status;
+  for (;;) {
+    pid_t r = waitpid(pid, &status, WNOHANG);
+    if (r == pid)
+      return status;
+    KVH_CHECK(r == 0 || errno == EINTR, "waitpid %d: %s", (int)pid,
+              strerror(errno));
+    if (kvh_now_ms() >= deadline) {
+      kill(pid, SIGKILL);
+      waitpid(pid, &status, 0);
+      KVH_CHECK(0, "process %d still running after %d ms (killed)", (int)pid,
+                timeout_ms);
+    }
+    kvh_sleep_ms(5);
+  }
+}
+
+void kvh_wait_child_ok(pid_t pid, int timeout_ms, const char *what) {
+  int st = kvh_wait_pid(pid, timeout_ms);
+  KVH_CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+            "%s (pid %d) %s %d", what, (int)pid,
+            WIFEXITED(st) ? "exited with status" : "was killed by signal",
+            WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
+}
+
+void kvh_send_byte(int fd, uint8_t b) {
+  KVH_CHECK(kvh_write_all(fd, &b, 1) == 0, "pipe write: %s", strerror(errno));
+}
+
+int kvh_write_all(int fd, const void *buf, size_t len) {
+  const uint8_t *p = buf;
+  while (len) {
+    ssize_t w = write(fd, p, len);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w <= 0)
+      return -1;
+    p += w;
+    len -= (size_t)w;
+  }
+  return 0;
+}
+
+int kvh_read_all(int fd, void *buf, size_t len, int timeout_ms) {
+  uint64_t deadline = kvh_now_ms() + (uint64_t)timeout_ms;
+  uint8_t *p = buf;
+  while (len) {
+    uint64_t now = kvh_now_ms();
+    if (now >= deadline)
+      return -1;
+    struct pollfd pf = {.fd = fd, .events = POLLIN};
+    int n = poll(&pf, 1, (int)(deadline - now));
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      return -1;
+    ssize_t r = read(fd, p, len);
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r <= 0)
+      return -1;
+    p += r;
+    len -= (size_t)r;
+  }
+  return 0;
+}
+
+int kvh_recv_byte(int fd, int timeout_ms) {
+  uint64_t deadline = kvh_now_ms() + (uint64_t)timeout_ms;
+  for (;;) {
+    uint64_t now = kvh_now_ms();
+    if (now >= deadline)
+      return -2;
+    struct pollfd pf = {.fd = fd, .events = POLLIN};
+    int n = poll(&pf, 1, (int)(deadline - now));
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n == 0)
+      return -2;
+    uint8_t b;
+    ssize_t r = read(fd, &b, 1);
+    if (r < 0 && errno == EINTR)
+      continue;
+    return r == 1 ? b : -1;
+  }
+}
+
+/* ---- worker ------------------------------------------------------------- */
+
+kvds_client *kvh_connect(const char *addr) {
+  kvds_client *c = NULL;
+  int rc = kvds_client_connect(addr, 5000, &c);
+  KVH_CHECK(rc == 0, "connect %s: %s", addr, kvds_err_name(rc));
+  return c;
+}
+
+void kvh_stats(kvds_client *c, struct kvds_stats *st) {
+  int rc = kvds_stats(c, st);
+  KVH_CHECK(rc == 0, "kvds_stats: %s (%s)", kvds_err_name(rc),
+            kvds_client_errmsg(c));
+}
+
+void kvh_worker_start(struct kvh_worker *w, const char *memory,
+                      const char *const *extra) {
+  memset(w, 0, sizeof *w);
+  int slot = -1;
+  for (int i = 0; i < MAX_WORKERS && slot < 0; i++)
+    if (!H.live[i])
+      slot = i;
+  KVH_CHECK(slot >= 0, "too many workers");
+  w->port = kvh_free_port();
+  snprintf(w->addr, sizeof w->addr, "127.0.0.1:%d", w->port);
+  snprintf(w->tcp, sizeof w->tcp, "tcp://127.0.0.1:%d", w->port);
+  snprintf(w->sock, sizeof w->sock, "%s/kvds-%d.sock", H.dir, w->port);
+  snprintf(w->unix_addr, sizeof w->unix_addr, "unix:%s", w->sock);
+  snprintf(w->log, sizeof w->log, "%s/worker-%d.log", H.dir, w->port);
+
+  const char *argv[64];
+  int n = 0;
+  argv[n++] = "kvds";
+  argv[n++] = "worker";
+  argv[n++] = "--listen";
+  argv[n++] = w->addr;
+  argv[n++] = "--memory";
+  argv[n++] = memory;
+  for (int i = 0; extra && extra[i] && n < 62; i++)
+    argv[n++] = extra[i];
+  argv[n] = NULL;
+
+  int logfd = open(w->log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  KVH_CHECK(logfd >= 0, "open %s: %s", w->log, strerror(errno));
+  pid_t pid = kvh_fork();
+  if (pid == 0) {
+    int devnull = open("/dev/null", O_RDONLY);
+    if (devnull >= 0)
+      dup2(devnull, STDIN_FILENO);
+    dup2(logfd, STDOUT_FILENO);
+    dup2(logfd, STDERR_FILENO);
+    execv(H.bin, (char *const *)argv);
+    fprintf(stderr, "exec %s: %s\n", H.bin, strerror(errno));
+    _exit(127);
+  }
+  close(logfd);
+  w->pid = pid;
+  H.live[slot] = w;
+
+  /* Ready when a client gets an answer (bounded; fails fast if it died). */
+  uint64_t deadline = kvh_now_ms() + START_TIMEOUT_MS;
+  int rc = -1;
+  for (;;) {
+    int st;
+    if (waitpid(pid, &st, WNOHANG) == pid) {
+      H.live[slot] = NULL;
+      w->pid = 0;
+      kvh_worker_dump_log(w, 4000);
+      KVH_CHECK(0, "worker on port %d exited during start-up (status 0x%x)",
+                w->port, st);
+    }
+    kvds_client *c;
+    rc = kvds_client_connect(w->addr, 1000, &c);
+    if (rc == 0) {
+      rc = kvds_ping(c);
+      kvds_client_close(c);
+      if (rc == 0)
+        break;
+    }
+    KVH_CHECK(kvh_now_ms() < deadline,
+              "worker on port %d not answering after %d ms (last: %s)",
+              w->port, START_TIMEOUT_MS, kvds_err_name(rc));
+    kvh_sleep_ms(20);
+  }
+}
+
+void kvh_worker_stop(struct kvh_worker *w) {
+  if (!w->pid)
+    return;
+  for (int i = 0; i < MAX_WORKERS; i++)
+    if (H.live[i] == w)
+      H.live[i] = NULL;
+  pid_t pid = w->pid;
+  w->pid = 0;
+  kill(pid, SIGTERM);
+  uint64_t deadline = kvh_now_ms() + STOP_TIMEOUT_MS;
+  int st = 0;
+  for (;;) {
+    pid_t r = waitpid(pid, &st, WNOHANG);
+    if (r == pid)
+      break;
+    if (kvh_now_ms() >= deadline) {
+      kill(pid, SIGKILL);
+      waitpid(pid, &st, 0);
+      kvh_worker_dump_log(w, 4000);
+      KVH_CHECK(0, "worker (port %d) did not exit within %d ms of SIGTERM",
+                w->port, STOP_TIMEOUT_MS);
+    }
+    kvh_sleep_ms(5);
+  }
+  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+    kvh_worker_dump_log(w, 8000);
+    KVH_CHECK(0, "worker (port %d) %s %d", w->port,
+              WIFEXITED(st) ? "exited with status" : "was killed by signal",
+              WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
+  }
+  KVH_CHECK(access(w->sock, F_OK) != 0,
+            "worker (port %d) left its socket %s behind", w->port, w->sock);
+}
+
+/* ---- values --------------------------------------------------------------*/
+
+uint64_t kvh_rand(uint64_t *s) {
+  uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+size_t kvh_val_size(const void *key, size_t klen, size_t max_size) {
+  uint64_t s = kvds_checksum(key, klen) ^ 0x5157a11u;
+  uint64_t a = kvh_rand(&s), b = kvh_rand(&s);
+  size_t small = max_size < 4096 ? max_size : 4096;
+  return 1 + (size_t)((a & 7) == 0 ? b % max_size : b % small);
+}
+
+void kvh_val_fill(const void *key, size_t klen, void *buf, size_t len) {
+  uint64_t s = kvds_checksum(key, klen);
+  uint8_t *p = buf;
+  size_t i = 0;
+  for (; i + 8 <= len; i += 8) {
+    uint64_t v = kvh_rand(&s);
+    memcpy(p + i, &v, 8);
+  }
+  if (i < len) {
+    uint64_t v = kvh_rand(&s);
+    memcpy(p + i, &v, len - i);
+  }
+}
+
+void *kvh_val_new(const void *key, size_t klen, size_t len) {
+  void *p = malloc(len ? len : 1);
+  KVH_CHECK(p, "out of memory");
+  kvh_val_fill(key, klen, p, len);
+  return p;
+}
+
+int kvh_val_ok(const void *key, size_t klen, size_t want_len,
+               const void *data, size_t len) {
+  if (len != want_len || (len && !data))
+    return 0;
+  uint64_t s = kvds_checksum(key, klen);
+  const uint8_t *p = data;
+  size_t i = 0;
+  for (; i + 8 <= len; i += 8) {
+    uint64_t v = kvh_rand(&s);
+    if (memcmp(p + i, &v, 8) != 0)
+      return 0;
+  }
+  if (i < len) {
+    uint64_t v = kvh_rand(&s);
+    if (memcmp(p + i, &v, len - i) != 0)
+      return 0;
+  }
+  return 1;
+}

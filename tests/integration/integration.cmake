@@ -1,0 +1,21 @@
+# Integration tests: real worker processes on 127.0.0.1 with free ports and a
+# private KVDS_RUN_DIR each (tests/integration/harness.c). Every test gets the
+# kvds binary as its first argument.
+add_library(kvds_it_harness STATIC ${CMAKE_CURRENT_LIST_DIR}/harness.c)
+target_link_libraries(kvds_it_harness PUBLIC kvds_static)
+target_include_directories(kvds_it_harness PUBLIC ${CMAKE_CURRENT_LIST_DIR})
+
+function(kvds_integration_test name)
+  cmake_parse_arguments(T "" "TIMEOUT" "LIBS" ${ARGN})
+  add_executable(${name} ${CMAKE_CURRENT_LIST_DIR}/${name}.c)
+  target_link_libraries(${name} PRIVATE kvds_it_harness ${T_LIBS})
+  add_dependencies(${name} kvds_bin)
+  add_test(NAME ${name} COMMAND ${name} $<TARGET_FILE:kvds_bin>)
+  if(NOT T_TIMEOUT)
+    set(T_TIMEOUT 120)
+  endif()
+  set_tests_properties(${name} PROPERTIES LABELS integration
+                       TIMEOUT ${T_TIMEOUT})
+endfunction()
+
+kvds_integration_test(test_mixed_clients)
