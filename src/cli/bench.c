@@ -599,8 +599,8 @@ static void print_header(struct bench *b) {
   char cap[32], used[32], bud[32];
   printf("kvds bench local: worker %s via %s%s\n", b->o->addr, b->via,
          kvds_client_is_local(b->c)
-             ? " (shared memory)"
-             : " (TCP: values are copied through the socket)");
+             ? ""
+             : " (values are copied through the socket: not zero-copy)");
   printf("pool %s, %s used; bench working set at most %s; %.2f s per "
          "operation per case\n",
          kvds_fmt_bytes(b->st0.pool_capacity, cap, sizeof cap),
@@ -756,7 +756,7 @@ int cmd_bench(int argc, char **argv) {
     return rc < 0 ? CLI_OK : rc;
   o.addr = cli_worker_addr(o.addr);
   struct bench b = {.o = &o};
-  if (cli_connect("bench", o.addr, &b.c, b.via, sizeof b.via))
+  if (cli_connect("bench", o.addr, 0, &b.c, b.via, sizeof b.via))
     return CLI_FAIL;
   int ret = CLI_FAIL;
   rc = kvds_stats(b.c, &b.st0);

@@ -54,18 +54,17 @@ int cli_getopt(const char *cmd, int argc, char **argv, const char *shortopts,
 const char *cli_worker_addr(const char *flag);
 
 /*
- * Connects to the worker at `addr`. For a loopback TCP address the worker's
- * Unix socket (derived from the port) is tried first so that values move
- * through shared memory; TCP is the fallback. On failure prints one line
- * naming the address and returns CLI_FAIL. `via` (optional, vcap bytes)
- * receives the address actually used.
+ * Connects to the worker at `addr` with KVDS_CONNECT_* `flags` (short
+ * commands pass KVDS_CONNECT_LAZY_MAP). On failure prints one line naming
+ * the address and returns CLI_FAIL. `via` (optional, vcap bytes) receives
+ * the transport in words ("Unix socket, shared memory", "TCP").
  */
-int cli_connect(const char *cmd, const char *addr, kvds_client **out, char *via,
-                size_t vcap);
+int cli_connect(const char *cmd, const char *addr, unsigned flags,
+                kvds_client **out, char *via, size_t vcap);
 
-/* Same without printing; returns 0 or the error of the last attempt. */
-int cli_try_connect(const char *addr, int timeout_ms, kvds_client **out,
-                    char *via, size_t vcap);
+/* Same without printing; returns 0 or the connect error. */
+int cli_try_connect(const char *addr, int timeout_ms, unsigned flags,
+                    kvds_client **out, char *via, size_t vcap);
 
 /*
  * Asks the worker at addr to shut down and waits (up to timeout_ms) until it

@@ -11,7 +11,7 @@
 #include <unistd.h>
 
 #include "common/util.h"
-#include "worker/worker.h"
+#include "worker/worker.h" /* KVDS_DEFAULT_ADDR */
 
 void cli_err(const char *cmd, const char *fmt, ...) {
   char msg[1024];
@@ -55,8 +55,10 @@ const char *cli_worker_addr(const char *flag) {
   return KVDS_DEFAULT_ADDR;
 }
 
+/* The library's rule: "unix:..." or anything with '/' but "tcp://...". */
 static int is_unix_addr(const char *addr) {
-  return strncmp(addr, "unix:", 5) == 0 || strchr(addr, '/') != NULL;
+  return strncmp(addr, "unix:", 5) == 0 ||
+         (strchr(addr, '/') != NULL && strncmp(addr, "tcp://", 6) != 0);
 }
 
 int cli_addr_is_loopback(const char *addr) {
@@ -70,29 +72,28 @@ int cli_addr_is_loopback(const char *addr) {
          strcmp(host, "::1") == 0;
 }
 
-int cli_try_connect(const char *addr, int timeout_ms, kvds_client **out,
-                    char *via, size_t vcap) {
-  if (!is_unix_addr(addr) && cli_addr_is_loopback(addr)) {
-    char path[256], uaddr[300];
-    if (kvds_worker_socket_path(addr, path, sizeof path) == 0 &&
-        access(path, F_OK) == 0) {
-      snprintf(uaddr, sizeof uaddr, "unix:%s", path);
-      if (kvds_client_connect(uaddr, timeout_ms, out) == 0) {
-        if (via)
-          snprintf(via, vcap, "%s", uaddr);
-        return 0;
-      }
-    }
-  }
-  int rc = kvds_client_connect(addr, timeout_ms, out);
-  if (rc == 0 && via)
-    snprintf(via, vcap, "%s", addr);
+static void describe(const kvds_client *c, const char *addr, char *via,
+                     size_t vcap) {
+  if (via)
+    snprintf(via, vcap, "%s",
+             kvds_client_is_local(c) ? "Unix socket, shared memory"
+             : is_unix_addr(addr)    ? "Unix socket"
+                                     : "TCP");
+}
+
+int cli_try_connect(const char *addr, int timeout_ms, unsigned flags,
+                    kvds_client **out, char *via, size_t vcap) {
+  /* The library moves a TCP connection to the worker's Unix socket (and
+   * shared memory) by itself when the worker runs on this machine. */
+  int rc = kvds_client_connect_ex(addr, timeout_ms, flags, out);
+  if (rc == 0)
+    describe(*out, addr, via, vcap);
   return rc;
 }
 
-int cli_connect(const char *cmd, const char *addr, kvds_client **out, char *via,
-                size_t vcap) {
-  int rc = cli_try_connect(addr, CLI_TIMEOUT_MS, out, via, vcap);
+int cli_connect(const char *cmd, const char *addr, unsigned flags,
+                kvds_client **out, char *via, size_t vcap) {
+  int rc = cli_try_connect(addr, CLI_TIMEOUT_MS, flags, out, via, vcap);
   if (rc == 0)
     return CLI_OK;
   if (rc == -ECONNREFUSED || rc == -ENOENT)
@@ -115,8 +116,8 @@ static int process_gone(uint64_t pid) {
 
 int cli_stop_worker(const char *addr, int timeout_ms, uint64_t *pid) {
   kvds_client *c;
-  int rc =
-      cli_try_connect(addr, timeout_ms < 2000 ? timeout_ms : 2000, &c, NULL, 0);
+  int rc = cli_try_connect(addr, timeout_ms < 2000 ? timeout_ms : 2000,
+                           KVDS_CONNECT_LAZY_MAP, &c, NULL, 0);
   if (rc)
     return rc;
   struct kvds_stats st;
@@ -131,7 +132,8 @@ int cli_stop_worker(const char *addr, int timeout_ms, uint64_t *pid) {
   int local = cli_addr_is_loopback(addr);
   uint64_t deadline = kvds_now_us() + (uint64_t)timeout_ms * 1000u;
   for (;;) {
-    int answers = cli_try_connect(addr, 500, &c, NULL, 0) == 0;
+    int answers =
+        cli_try_connect(addr, 500, KVDS_CONNECT_LAZY_MAP, &c, NULL, 0) == 0;
     if (answers)
       kvds_client_close(c);
     if (!answers && (!local || process_gone(wpid)))

@@ -98,7 +98,8 @@ int cmd_put(int argc, char **argv) {
     return CLI_FAIL;
   }
   kvds_client *cl;
-  int ret = cli_connect("put", cli_worker_addr(addr), &cl, NULL, 0);
+  int ret = cli_connect("put", cli_worker_addr(addr), KVDS_CONNECT_LAZY_MAP,
+                        &cl, NULL, 0);
   if (ret)
     goto out;
   rc = kvds_put(cl, key, klen, val, vlen);
@@ -199,7 +200,8 @@ int cmd_get(int argc, char **argv) {
   size_t klen = strlen(key);
 
   kvds_client *cl;
-  if (cli_connect("get", cli_worker_addr(addr), &cl, NULL, 0))
+  if (cli_connect("get", cli_worker_addr(addr), KVDS_CONNECT_LAZY_MAP, &cl,
+                  NULL, 0))
     return CLI_FAIL;
   /* The waiting call must outlive its wait. */
   kvds_client_set_timeout(cl, CLI_TIMEOUT_MS + (int)wait_ms);
@@ -287,7 +289,8 @@ int cmd_ls(int argc, char **argv) {
   }
 
   kvds_client *cl;
-  if (cli_connect("ls", cli_worker_addr(addr), &cl, NULL, 0))
+  if (cli_connect("ls", cli_worker_addr(addr), KVDS_CONNECT_LAZY_MAP, &cl, NULL,
+                  0))
     return CLI_FAIL;
   uint8_t after[KVDS_KEY_MAX];
   size_t alen = 0;
@@ -360,7 +363,8 @@ int cmd_stat(int argc, char **argv) {
   const char *key = argv[optind];
   size_t klen = strlen(key);
   kvds_client *cl;
-  if (cli_connect("stat", cli_worker_addr(addr), &cl, NULL, 0))
+  if (cli_connect("stat", cli_worker_addr(addr), KVDS_CONNECT_LAZY_MAP, &cl,
+                  NULL, 0))
     return CLI_FAIL;
   struct kvds_object_info info;
   int rc = kvds_stat(cl, key, klen, &info);
@@ -416,7 +420,8 @@ int cmd_rm(int argc, char **argv) {
     if (check_key("rm", argv[i]))
       return CLI_USAGE;
   kvds_client *cl;
-  if (cli_connect("rm", cli_worker_addr(addr), &cl, NULL, 0))
+  if (cli_connect("rm", cli_worker_addr(addr), KVDS_CONNECT_LAZY_MAP, &cl, NULL,
+                  0))
     return CLI_FAIL;
   int ret = CLI_OK;
   for (int i = optind; i < argc; i++) {
@@ -552,7 +557,7 @@ int cmd_status(int argc, char **argv) {
   addr = cli_worker_addr(addr);
   kvds_client *cl;
   char via[300];
-  if (cli_connect("status", addr, &cl, via, sizeof via))
+  if (cli_connect("status", addr, KVDS_CONNECT_LAZY_MAP, &cl, via, sizeof via))
     return CLI_FAIL;
   struct kvds_stats s;
   int rc = kvds_stats(cl, &s);

@@ -163,7 +163,7 @@ static int wait_ping(const char *addr, int timeout_ms, uint64_t *pid) {
   int rc;
   for (;;) {
     kvds_client *c;
-    rc = cli_try_connect(addr, 1000, &c, NULL, 0);
+    rc = cli_try_connect(addr, 1000, KVDS_CONNECT_LAZY_MAP, &c, NULL, 0);
     if (rc == 0) {
       struct kvds_stats st;
       rc = kvds_ping(c);
@@ -205,7 +205,7 @@ static int dscli_start(int argc, char **argv) {
     goto out;
   }
   kvds_client *c;
-  if (cli_try_connect(a.addr, 1000, &c, NULL, 0) == 0) {
+  if (cli_try_connect(a.addr, 1000, KVDS_CONNECT_LAZY_MAP, &c, NULL, 0) == 0) {
     struct kvds_stats st;
     char who[48] = "";
     if (kvds_stats(c, &st) == 0)

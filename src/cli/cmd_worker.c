@@ -172,10 +172,11 @@ static int parse_opt(struct worker_opts *o, int c, const char *v) {
   case OPT_HTTP:
     return parse_int("--http-port", v, &cfg->http_port);
   case OPT_HIGH:
-    return parse_ratio("--eviction_high_watermark_ratio", v,
+    return parse_ratio("--eviction_high_watermark_ratio (--high-watermark)", v,
                        &cfg->high_watermark);
   case OPT_RATIO:
-    return parse_ratio("--eviction_ratio", v, &cfg->eviction_ratio);
+    return parse_ratio("--eviction_ratio (--eviction-ratio)", v,
+                       &cfg->eviction_ratio);
   case OPT_HUGE:
     return parse_choice("--huge-pages (off, try or on)", v, huge, 3,
                         &cfg->huge_pages);

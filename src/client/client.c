@@ -46,6 +46,7 @@ struct kvds_client {
   int fd;
   int local;
   int timeout_ms;
+  unsigned flags; /* KVDS_CONNECT_* */
   struct kvds_pool pool;
   uint64_t next_req;
   uint64_t nonce;
@@ -490,7 +491,8 @@ static int hello(kvds_client *c, int want_shm, uint64_t deadline) {
       rc = fail(c, KVDS_E_PROTO, "worker did not pass its pool");
       goto out;
     }
-    if ((rc = kvds_pool_attach(&c->pool, fd))) {
+    if ((rc = kvds_pool_attach(&c->pool, fd,
+                               !(c->flags & KVDS_CONNECT_LAZY_MAP)))) {
       fail(c, rc, "cannot map the worker's pool: %s", kvds_strerror(rc));
       goto out;
     }
@@ -503,10 +505,11 @@ out:
   return rc;
 }
 
-static kvds_client *client_new(int timeout_ms) {
+static kvds_client *client_new(int timeout_ms, unsigned flags) {
   kvds_client *c = calloc(1, sizeof *c);
   if (!c)
     return NULL;
+  c->flags = flags;
   c->fd = -1;
   c->recv_fd = -1;
   c->pool.fd = -1;
@@ -523,9 +526,14 @@ static int open_unix(kvds_client *c, const char *path, uint64_t deadline) {
 
 int kvds_client_connect(const char *address, int timeout_ms,
                         kvds_client **out) {
+  return kvds_client_connect_ex(address, timeout_ms, 0, out);
+}
+
+int kvds_client_connect_ex(const char *address, int timeout_ms, unsigned flags,
+                           kvds_client **out) {
   if (!address || !*address || !out)
     return KVDS_E_INVAL;
-  kvds_client *c = client_new(timeout_ms);
+  kvds_client *c = client_new(timeout_ms, flags);
   if (!c)
     return -ENOMEM;
   uint64_t deadline = io_deadline(c);
@@ -535,14 +543,15 @@ int kvds_client_connect(const char *address, int timeout_ms,
   } else if (strchr(address, '/') && strncmp(address, "tcp://", 6) != 0) {
     rc = open_unix(c, address, deadline);
   } else {
-    int force_tcp = strncmp(address, "tcp://", 6) == 0;
+    int force_tcp =
+        strncmp(address, "tcp://", 6) == 0 || (flags & KVDS_CONNECT_TCP_ONLY);
     rc = connect_tcp(address, &c->fd, deadline);
     if (!rc)
       rc = hello(c, 0, deadline);
     if (!rc && !force_tcp && c->sock_path[0]) {
       /* Same machine? Then the worker's socket is here and answers with the
        * same nonce: switch to shared memory. */
-      kvds_client *u = client_new(c->timeout_ms);
+      kvds_client *u = client_new(c->timeout_ms, flags);
       if (u && open_unix(u, c->sock_path, deadline) == 0 &&
           u->nonce == c->nonce) {
         kvds_client_close(c);

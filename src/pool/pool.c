@@ -168,7 +168,7 @@ out:
   return rc;
 }
 
-int kvds_pool_attach(struct kvds_pool *pool, int fd) {
+int kvds_pool_attach(struct kvds_pool *pool, int fd, int prefault) {
   struct kvds_pool_hdr hdr;
   struct stat st;
   void *base;
@@ -207,7 +207,8 @@ int kvds_pool_attach(struct kvds_pool *pool, int fd) {
    * to each page would then fault on the data path (measured: ~150k faults
    * per GiB written, half the put bandwidth). If the kernel cannot populate,
    * pages fault in lazily — slower, still correct. */
-  if (madvise(base, (size_t)hdr.total_size, MADV_POPULATE_WRITE) != 0 &&
+  if (prefault &&
+      madvise(base, (size_t)hdr.total_size, MADV_POPULATE_WRITE) != 0 &&
       errno != EINVAL) {
     int e = errno;
     munmap(base, (size_t)hdr.total_size);

@@ -56,5 +56,6 @@ uint64_t kvds_evict_bytes_needed(const struct kvds_evict_policy *p,
     return 0;
   if (need >= (double)used)
     return used;
-  return (uint64_t)need + 1;
+  uint64_t n = (uint64_t)need;
+  return (double)n < need ? n + 1 : n; /* round up, never evict a byte more */
 }

@@ -29,19 +29,25 @@ int kvds_store_init(struct kvds_store *st, struct kvds_pool *pool,
     return rc;
   }
   kvds_lru_init(&st->lru);
+  kvds_lru_init(&st->orphans);
   pthread_mutex_init(&st->lock, NULL);
   return 0;
 }
 
-static int free_node(struct kvds_index_node *n, void *arg) {
-  (void)arg;
-  free(kvds_store_obj(n));
-  return 0;
-}
-
 void kvds_store_fini(struct kvds_store *st) {
-  if (st->index.buckets)
-    kvds_index_foreach(&st->index, free_node, NULL);
+  /* Walk the chains by hand: the objects are freed as we go. */
+  for (uint64_t i = 0; st->index.buckets && i <= st->index.mask; i++) {
+    struct kvds_index_node *n = st->index.buckets[i], *next;
+    for (; n; n = next) {
+      next = n->next;
+      free(kvds_store_obj(n));
+    }
+  }
+  struct kvds_lru_node *o;
+  while ((o = kvds_lru_oldest(&st->orphans))) {
+    kvds_lru_remove(&st->orphans, o);
+    free((char *)o - offsetof(struct kvds_object, lru));
+  }
   kvds_index_fini(&st->index);
   kvds_alloc_fini(&st->alloc);
   pthread_mutex_destroy(&st->lock);
@@ -61,6 +67,8 @@ static void obj_unlink(struct kvds_store *st, struct kvds_object *o) {
   kvds_lru_remove(&st->lru, &o->lru);
   if (o->pins == 0)
     obj_free(st, o);
+  else
+    kvds_lru_push(&st->orphans, &o->lru);
 }
 
 static int evict_one(struct kvds_store *st) {
@@ -196,9 +204,10 @@ void kvds_store_unpin(struct kvds_store *st, struct kvds_object *o) {
   if (--o->pins > 0)
     return;
   st->ctr.pinned_objects--;
-  if (!o->indexed)
+  if (!o->indexed) {
+    kvds_lru_remove(&st->orphans, &o->lru);
     obj_free(st, o);
-  else if (o->state == KVDS_STATE_SEALED)
+  } else if (o->state == KVDS_STATE_SEALED)
     kvds_lru_push(&st->lru, &o->lru);
 }
 

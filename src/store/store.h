@@ -25,7 +25,8 @@
 
 struct kvds_object {
   struct kvds_index_node inode; /* key and hash */
-  struct kvds_lru_node lru;     /* linked iff sealed, unpinned, indexed */
+  struct kvds_lru_node lru;     /* in st->lru iff sealed, unpinned, indexed;
+                                   in st->orphans iff deleted while pinned */
   uint64_t off;                 /* offset of the value in the pool */
   uint64_t size;                /* value bytes */
   uint64_t checksum;            /* xxh3-64, valid once sealed */
@@ -67,6 +68,7 @@ struct kvds_store {
   struct kvds_alloc alloc;
   struct kvds_index index;
   struct kvds_lru lru;
+  struct kvds_lru orphans; /* deleted while pinned: freed at the last unpin */
   struct kvds_evict_policy policy;
   uint64_t max_object;
   struct kvds_waiter *waits[KVDS_STORE_WAIT_BUCKETS];

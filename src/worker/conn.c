@@ -17,7 +17,7 @@
 
 enum { RX_HDR, RX_META, RX_DATA };
 
-#define IBUF_SIZE (256u << 10)
+#define IBUF_SIZE (64u << 10)
 /* Stop reading while this much reply data waits in memory. */
 #define OQ_PAUSE_BYTES (32ull << 20)
 /* Bulk data at least this large is read straight into its destination. */

@@ -217,8 +217,7 @@ static void test_growth(void **state) {
   assert_true(ix.count <= ix.mask + 1);
 
   for (unsigned i = 0; i < N; i++) {
-    struct kvds_index_node *n =
-        find_key(&ix, it[i].key, it[i].node.klen);
+    struct kvds_index_node *n = find_key(&ix, it[i].key, it[i].node.klen);
     assert_ptr_equal(n, &it[i].node);
   }
   /* Remove every third key; the others stay findable. */
@@ -226,8 +225,7 @@ static void test_growth(void **state) {
     kvds_index_remove(&ix, &it[i].node);
   assert_int_equal(ix.count, N - (N + 2) / 3);
   for (unsigned i = 0; i < N; i++) {
-    struct kvds_index_node *n =
-        find_key(&ix, it[i].key, it[i].node.klen);
+    struct kvds_index_node *n = find_key(&ix, it[i].key, it[i].node.klen);
     if (i % 3 == 0)
       assert_null(n);
     else

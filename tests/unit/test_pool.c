@@ -59,7 +59,7 @@ static void attach_fails(int fd, int want) {
 
   memset(&p, 0x5a, sizeof(p));
   memcpy(&sentinel, &p, sizeof(p));
-  assert_int_equal(kvds_pool_attach(&p, fd), want);
+  assert_int_equal(kvds_pool_attach(&p, fd, 1), want);
   assert_memory_equal(&p, &sentinel, sizeof(p));
   assert_true(fd_is_open(fd));
   close(fd);
@@ -160,7 +160,7 @@ static void test_attach_shared(void **state) {
                    0);
   fd = dup(a.fd);
   assert_true(fd >= 0);
-  assert_int_equal(kvds_pool_attach(&b, fd), 0);
+  assert_int_equal(kvds_pool_attach(&b, fd, 1), 0);
   assert_int_equal(b.fd, fd);
   assert_true(b.base != a.base);
   assert_int_equal(b.total_size, a.total_size);
@@ -202,7 +202,7 @@ static void test_attach_rejects(void **state) {
   {
     struct kvds_pool b;
     int fd = dup(a.fd);
-    assert_int_equal(kvds_pool_attach(&b, fd), 0);
+    assert_int_equal(kvds_pool_attach(&b, fd, 1), 0);
     kvds_pool_destroy(&b);
   }
   kvds_pool_destroy(&a);
@@ -237,7 +237,7 @@ static void test_attach_rejects(void **state) {
   attach_fails(pfd[0], KVDS_E_PROTO);
   {
     struct kvds_pool b;
-    assert_int_equal(kvds_pool_attach(&b, -1), -EBADF);
+    assert_int_equal(kvds_pool_attach(&b, -1, 1), -EBADF);
   }
 
   /* The hand-made good header is accepted (the fake is unsealed). */
@@ -246,7 +246,7 @@ static void test_attach_rejects(void **state) {
     int fd;
     h = good_hdr();
     fd = fake_fd(&h, h.total_size);
-    assert_int_equal(kvds_pool_attach(&b, fd), 0);
+    assert_int_equal(kvds_pool_attach(&b, fd, 1), 0);
     assert_int_equal(b.data_size, h.data_size);
     kvds_pool_destroy(&b);
   }
@@ -285,7 +285,7 @@ static void test_prefaulted(void **state) {
 
   /* The same holds for a process that attaches. */
   fd = dup(p.fd);
-  assert_int_equal(kvds_pool_attach(&b, fd), 0);
+  assert_int_equal(kvds_pool_attach(&b, fd, 1), 0);
   before = minor_faults();
   touch_pages(kvds_pool_ptr(&b, b.data_offset), b.data_size, page);
   faults = minor_faults() - before;

@@ -1,0 +1,7 @@
+# Store module (index, eviction policy, object store) and the common helpers.
+kvds_unit_test(test_index SOURCES unit/test_index.c LIBS kvds_store)
+kvds_unit_test(test_evict SOURCES unit/test_evict.c LIBS kvds_store)
+kvds_unit_test(test_store SOURCES unit/test_store.c LIBS kvds_store)
+# The test tracks the store's per-object blocks by wrapping malloc and free.
+target_link_options(test_store PRIVATE -Wl,--wrap=malloc -Wl,--wrap=free)
+kvds_unit_test(test_common SOURCES unit/test_common.c LIBS kvds_common)
