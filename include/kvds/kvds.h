@@ -130,8 +130,9 @@ int kvds_ping(kvds_client *c);
 /*
  * Stores `val` under `key` (create + write + seal in one call). The value is
  * copied; the caller keeps ownership of both buffers.
+ * Values are 1 byte or more (an empty value is KVDS_E_INVAL).
  * Errors: KVDS_E_EXISTS (a sealed or in-progress object has this key),
- * KVDS_E_NOSPACE, KVDS_E_KEYLEN, KVDS_E_TOOBIG, I/O errors.
+ * KVDS_E_NOSPACE, KVDS_E_KEYLEN, KVDS_E_TOOBIG, KVDS_E_INVAL, I/O errors.
  */
 int kvds_put(kvds_client *c, const void *key, size_t klen, const void *val,
              size_t vlen);
@@ -227,7 +228,10 @@ int kvds_abort(kvds_client *c, struct kvds_wbuf *buf);
 /* ---- Index operations ---------------------------------------------------- */
 
 /* Deletes keys. A pinned object disappears from the index at once and its
- * memory is freed when the last pin is released. results optional. */
+ * memory is freed when the last pin is released. results (optional) gets
+ * each key's status (KVDS_E_NOTFOUND, KVDS_E_STATE while being written);
+ * returns 0 if all were deleted, else the first item's error (every key is
+ * still attempted), or an I/O error. */
 int kvds_mdelete(kvds_client *c, size_t n, const struct kvds_iov *keys,
                  int *results);
 int kvds_delete(kvds_client *c, const void *key, size_t klen);
@@ -304,7 +308,8 @@ struct kvds_stats {
 
 int kvds_stats(kvds_client *c, struct kvds_stats *out);
 
-/* Asks the worker to exit cleanly. */
+/* Asks the worker to exit cleanly; returns 0 once the worker acknowledged
+ * (it then closes every connection and removes its socket). */
 int kvds_shutdown(kvds_client *c);
 
 /* ---- Utilities ----------------------------------------------------------- */

@@ -25,7 +25,8 @@ static const char HELP[] =
     "Measures a running worker (start one first; the bench spawns nothing):\n"
     "memcpy bandwidth first (DRAM-realistic: buffers far larger than the\n"
     "caches, rotated; and cache-hot), then for every size x batch: put\n"
-    "(mcreate + memcpy + mseal), zero-copy get (mget + release) and get with\n"
+    "(kvds_mput: create, copy+checksum, seal), zero-copy get (mget + release) "
+    "and get with\n"
     "copy (mget + memcpy + release) with ops/s, GB/s (10^9 B/s), the ratio to\n"
     "DRAM memcpy, and p50/p99 latency per call; then batched exists\n"
     "throughput and the latency of a single 4 KiB get. The bench keeps its\n"
@@ -324,8 +325,7 @@ static int delete_keys_range(struct bench *b, size_t first, size_t n) {
 
 /* Per-batch scratch. */
 struct batch_bufs {
-  size_t *sizes;
-  struct kvds_wbuf *w;
+  struct kvds_iov *vals;
   struct kvds_value *v;
   int *res;
 };
@@ -336,21 +336,13 @@ static int first_error(int rc, const int *res, size_t n) {
   return rc;
 }
 
-/* One timed put call: mcreate, copy from a rotating source, mseal. */
+/* One timed put call: kvds_mput of values from a rotating source (over shared
+ * memory: create, copy + hash in one pass, seal). */
 static int put_batch(struct bench *b, struct batch_bufs *bb, size_t first,
                      size_t n, size_t size, struct rot *rs) {
-  int rc = kvds_mcreate(b->c, n, b->iov + first, bb->sizes, bb->w, bb->res);
-  if (rc)
-    return rc;
-  if ((rc = first_error(0, bb->res, n))) {
-    for (size_t i = 0; i < n; i++)
-      if (bb->res[i] == 0)
-        kvds_abort(b->c, &bb->w[i]);
-    return rc;
-  }
   for (size_t i = 0; i < n; i++)
-    memcpy(bb->w[i].data, b->src + rot_next(rs) * size, size);
-  rc = kvds_mseal(b->c, n, bb->w, bb->res);
+    bb->vals[i] = (struct kvds_iov){b->src + rot_next(rs) * size, size};
+  int rc = kvds_mput(b->c, n, b->iov + first, bb->vals, bb->res);
   return first_error(rc, bb->res, n);
 }
 
@@ -422,16 +414,14 @@ static int run_case(struct bench *b, size_t size, size_t batch) {
   nkeys -= nkeys % batch;
   char tag[48];
   snprintf(tag, sizeof tag, "%zu-%zu", size, batch);
-  struct batch_bufs bb = {
-      calloc(batch, sizeof *bb.sizes), calloc(batch, sizeof *bb.w),
-      calloc(batch, sizeof *bb.v), calloc(batch, sizeof *bb.res)};
+  struct batch_bufs bb = {calloc(batch, sizeof *bb.vals),
+                          calloc(batch, sizeof *bb.v),
+                          calloc(batch, sizeof *bb.res)};
   struct samples s = {0};
   int rc = -ENOMEM;
   size_t live = 0;
-  if (!bb.sizes || !bb.w || !bb.v || !bb.res || make_keys(b, tag, nkeys))
+  if (!bb.vals || !bb.v || !bb.res || make_keys(b, tag, nkeys))
     goto out;
-  for (size_t i = 0; i < batch; i++)
-    bb.sizes[i] = size;
 
   /* put: rewrite the ring of nkeys slots; a slot's old key is deleted
    * (untimed) before it is written again. */
@@ -488,8 +478,7 @@ out:
       rc = drc;
   }
   free(s.ns);
-  free(bb.sizes);
-  free(bb.w);
+  free(bb.vals);
   free(bb.v);
   free(bb.res);
   if (rc)

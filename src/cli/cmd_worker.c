@@ -43,7 +43,7 @@ static const char HELP[] =
     "      --huge-pages off|try|on  back the pool with huge pages "
     "(default off)\n"
     "      --busy-poll-us N     spin N us for more requests before sleeping\n"
-    "                           (default 50)\n"
+    "                           (default 200)\n"
     "      --max-object SIZE    largest value accepted (default: pool size)\n"
     "      --log-level L        error, warn, info or debug (default info)\n"
     "  -d, --daemon             detach; returns 0 once the worker serves\n"

@@ -18,6 +18,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -258,8 +259,10 @@ static ssize_t read_some(kvds_client *c, struct iovec *iov, int n,
     uint64_t now = kvds_now_us();
     if (!spin_until)
       spin_until = now + SPIN_US;
-    if (now < spin_until)
+    if (now < spin_until) {
+      sched_yield(); /* the worker may share this CPU */
       continue;
+    }
     int rc = wait_fd(c->fd, POLLIN, deadline);
     if (rc)
       return rc;

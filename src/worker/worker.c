@@ -13,6 +13,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -55,7 +56,7 @@ void kvds_worker_config_default(struct kvds_worker_config *cfg) {
   cfg->high_watermark = 0.95;
   cfg->eviction_ratio = 0.05;
   cfg->huge_pages = KVDS_POOL_HUGE_OFF;
-  cfg->busy_poll_us = 50;
+  cfg->busy_poll_us = 200;
   cfg->ready_fd = -1;
   cfg->log_level = 2;
 }
@@ -239,9 +240,11 @@ static void thread_loop(struct io_thread *th) {
   struct kvds_server *s = th->srv;
   uint64_t spin = (uint64_t)s->cfg.busy_poll_us;
   while (!atomic_load(&s->stopping)) {
-    if (spin && kvds_now_us() - th->last_activity_us < spin)
+    if (spin && kvds_now_us() - th->last_activity_us < spin) {
       event_base_loop(th->base, EVLOOP_NONBLOCK);
-    else
+      /* The client we wait for may share this CPU: let it run. */
+      sched_yield();
+    } else
       event_base_loop(th->base, EVLOOP_ONCE);
   }
 }

@@ -22,7 +22,7 @@ struct kvds_worker_config {
   int http_port;         /* 0 = no HTTP endpoint */
   double high_watermark; /* evict when used > high * capacity */
   double eviction_ratio; /* ... down to (high - ratio) * capacity */
-  int huge_pages;        /* enum kvds_pool_huge */
+  int huge_pages;        /* 0 off, 1 try, 2 on (enum kvds_pool_huge) */
   int busy_poll_us;      /* spin this long for more requests before sleeping */
   uint64_t max_object;   /* largest value accepted (0 = pool size) */
   int ready_fd;          /* >= 0: write "1" here once serving, then close */
@@ -30,7 +30,7 @@ struct kvds_worker_config {
 };
 
 /* Fills the defaults: listen 127.0.0.1:31501, 4 GiB, 1 thread, no HTTP,
- * watermark 0.95, ratio 0.05, huge pages off, busy poll 50 us. */
+ * watermark 0.95, ratio 0.05, huge pages off, busy poll 200 us. */
 void kvds_worker_config_default(struct kvds_worker_config *cfg);
 
 /* Default socket path for a TCP listen address: $KVDS_RUN_DIR (or /tmp) +
