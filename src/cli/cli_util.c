@@ -110,8 +110,21 @@ void cli_sleep_ms(int ms) {
     ;
 }
 
+/* Gone, or a zombie nobody has reaped yet (its parent may never do so). */
 static int process_gone(uint64_t pid) {
-  return pid == 0 || (kill((pid_t)pid, 0) == -1 && errno == ESRCH);
+  if (pid == 0 || (kill((pid_t)pid, 0) == -1 && errno == ESRCH))
+    return 1;
+  char path[64], buf[256];
+  snprintf(path, sizeof path, "/proc/%llu/stat", (unsigned long long)pid);
+  FILE *f = fopen(path, "r");
+  if (!f)
+    return 1;
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[n] = 0;
+  /* "pid (comm) S ...": the state follows the last ')'. */
+  const char *p = strrchr(buf, ')');
+  return p && p[1] == ' ' && p[2] == 'Z';
 }
 
 int cli_stop_worker(const char *addr, int timeout_ms, uint64_t *pid) {

@@ -44,6 +44,8 @@ static const char HELP[] =
     "(default off)\n"
     "      --busy-poll-us N     spin N us for more requests before sleeping\n"
     "                           (default 200)\n"
+    "      --frame-timeout-ms N close a connection that stalls in the middle\n"
+    "                           of a request this long (default 30000)\n"
     "      --max-object SIZE    largest value accepted (default: pool size)\n"
     "      --log-level L        error, warn, info or debug (default info)\n"
     "  -d, --daemon             detach; returns 0 once the worker serves\n"
@@ -65,6 +67,7 @@ enum {
   OPT_RATIO,
   OPT_HUGE,
   OPT_BUSY,
+  OPT_FRAME_TIMEOUT,
   OPT_MAXOBJ,
   OPT_LOGLEVEL,
   OPT_PIDFILE,
@@ -86,6 +89,7 @@ static const struct option LONGOPTS[] = {
     {"eviction-ratio", required_argument, NULL, OPT_RATIO},
     {"huge-pages", required_argument, NULL, OPT_HUGE},
     {"busy-poll-us", required_argument, NULL, OPT_BUSY},
+    {"frame-timeout-ms", required_argument, NULL, OPT_FRAME_TIMEOUT},
     {"max-object", required_argument, NULL, OPT_MAXOBJ},
     {"log-level", required_argument, NULL, OPT_LOGLEVEL},
     {"daemon", no_argument, NULL, 'd'},
@@ -182,6 +186,8 @@ static int parse_opt(struct worker_opts *o, int c, const char *v) {
                         &cfg->huge_pages);
   case OPT_BUSY:
     return parse_int("--busy-poll-us", v, &cfg->busy_poll_us);
+  case OPT_FRAME_TIMEOUT:
+    return parse_int("--frame-timeout-ms", v, &cfg->frame_timeout_ms);
   case OPT_MAXOBJ:
     return cli_parse_size_opt(CMD, "--max-object", v, &cfg->max_object);
   case OPT_LOGLEVEL:

@@ -430,14 +430,34 @@ static int process(struct conn *c) {
   }
 }
 
+/* A frame is incomplete when data is pending or unparsed bytes remain. */
+static void note_progress(struct conn *c, uint64_t now) {
+  int partial = c->rx != RX_HDR || c->ilen > c->ipos;
+  c->rx_since_us = partial ? now : 0;
+}
+
+void kvds__conn_sweep(struct io_thread *th, uint64_t now_us) {
+  uint64_t limit = (uint64_t)th->srv->cfg.frame_timeout_ms * 1000u;
+  struct conn *c = th->conns, *next;
+  for (; c; c = next) {
+    next = c->next;
+    if (c->rx_since_us && now_us - c->rx_since_us > limit) {
+      atomic_fetch_add(&th->srv->protocol_errors, 1);
+      kvds__conn_close(c);
+    }
+  }
+}
+
 static void on_read(evutil_socket_t fd, short what, void *arg) {
   struct conn *c = arg;
   (void)fd;
   (void)what;
-  c->th->last_activity_us = kvds_now_us();
+  uint64_t now = kvds_now_us();
+  c->th->last_activity_us = now;
   int r = 0;
-  if (c->rx == RX_DATA)
-    r = process(c);
+  if (c->rx == RX_DATA && (r = process(c)) < 0)
+    return; /* closed and freed */
+  note_progress(c, now);
   /* Bounded: a client that streams forever still lets others run. */
   for (int rounds = 0; r == 0 && rounds < 16; rounds++) {
     ssize_t n = ib_fill(c);
@@ -445,12 +465,13 @@ static void on_read(evutil_socket_t fd, short what, void *arg) {
       kvds__conn_close(c);
       return;
     }
-    r = process(c);
+    if ((r = process(c)) < 0)
+      return; /* closed and freed */
+    note_progress(c, now);
     if (n == 0 || !c->reading)
       break;
   }
-  if (r >= 0)
-    kvds__conn_flush(c);
+  kvds__conn_flush(c);
 }
 
 static void on_write(evutil_socket_t fd, short what, void *arg) {

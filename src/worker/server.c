@@ -298,15 +298,18 @@ static void on_inbox(evutil_socket_t fd, short what, void *arg) {
   struct kvds_server *s = th->srv;
   (void)fd;
   (void)what;
-  LOCK(s);
-  struct wait_req *list = th->inbox;
-  th->inbox = NULL;
-  for (struct wait_req *wr = list; wr; wr = wr->inbox_next)
-    wr->in_inbox = 0;
-  UNLOCK(s);
-  while (list) {
-    struct wait_req *wr = list;
-    list = wr->inbox_next;
+  /* One at a time: flushing may close a connection, which frees its other
+   * waiting requests — they must not sit in a list of ours meanwhile. */
+  for (;;) {
+    LOCK(s);
+    struct wait_req *wr = th->inbox;
+    if (wr) {
+      th->inbox = wr->inbox_next;
+      wr->in_inbox = 0;
+    }
+    UNLOCK(s);
+    if (!wr)
+      break;
     struct conn *c = wr->c;
     wait_complete(wr);
     kvds__conn_flush(c); /* may close c; wr is already freed */
@@ -583,7 +586,8 @@ static int keycmp(const uint8_t *a, uint32_t al, const uint8_t *b,
 
 static int list_collect(struct kvds_index_node *n, void *arg) {
   struct list_ctx *lc = arg;
-  if (n->klen < lc->plen || memcmp(n->key, lc->prefix, lc->plen) != 0)
+  if (n->klen < lc->plen ||
+      (lc->plen && memcmp(n->key, lc->prefix, lc->plen) != 0))
     return 0;
   if (lc->alen && keycmp(n->key, n->klen, lc->after, lc->alen) <= 0)
     return 0;
@@ -633,7 +637,8 @@ static int op_list(struct conn *c, const struct req_items *ri) {
     free(lc.v);
     return -ENOMEM;
   }
-  qsort(lc.v, lc.n, sizeof *lc.v, obj_keycmp);
+  if (lc.n > 1)
+    qsort(lc.v, lc.n, sizeof *lc.v, obj_keycmp);
   size_t k = lc.n < limit ? lc.n : limit;
   for (size_t i = 0; i < k; i++) {
     struct kvds_object *o = lc.v[i];
@@ -899,9 +904,14 @@ int kvds__server_request(struct conn *c, const uint8_t *meta) {
 
 void kvds__server_stop(struct kvds_server *s) {
   atomic_store(&s->stopping, 1);
-  for (int i = 0; i < s->nthreads; i++)
+  /* Activating an event wakes a thread even if it has not entered its loop
+   * yet (a loopbreak issued before the loop starts would be forgotten). */
+  for (int i = 0; i < s->nthreads; i++) {
+    if (s->threads[i].inbox_ev)
+      event_active(s->threads[i].inbox_ev, EV_READ, 0);
     if (s->threads[i].base)
       event_base_loopbreak(s->threads[i].base);
+  }
 }
 
 /* Exposed to worker.c through the store's wake hook. */

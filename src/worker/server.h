@@ -35,8 +35,11 @@ struct io_thread {
   struct event_base *base;
   struct event *listen_ev[2];
   struct event *inbox_ev;
-  struct wait_req *inbox; /* guarded by store.lock */
-  struct conn *conns;     /* this thread's connections */
+  struct event *sweep_ev;  /* periodic: closes connections stuck mid-frame */
+  struct event *resume_ev; /* re-arms the listeners after accept failed */
+  uint64_t accept_log_us;  /* last "accept failed" log line */
+  struct wait_req *inbox;  /* guarded by store.lock */
+  struct conn *conns;      /* this thread's connections */
   uint64_t last_activity_us;
 };
 
@@ -88,9 +91,10 @@ struct conn {
   struct conn *prev, *next;
   int fd;
   uint8_t is_unix;
-  uint8_t closing; /* flush what is queued, then close */
-  uint8_t reading; /* read event armed */
-  uint8_t writing; /* write event armed */
+  uint8_t closing;      /* flush what is queued, then close */
+  uint8_t reading;      /* read event armed */
+  uint8_t writing;      /* write event armed */
+  uint64_t rx_since_us; /* last progress while a frame is incomplete, else 0 */
   struct event *rev, *wev;
   /* input buffer: bytes [ipos, ilen) not consumed yet */
   uint8_t *ib;
@@ -125,6 +129,9 @@ int kvds__conn_queue(struct conn *c, const uint8_t *p, size_t len, uint8_t *own,
                      struct kvds_object *pin, int send_fd);
 /* Writes as much as the socket takes; arms the write event if needed. */
 void kvds__conn_flush(struct conn *c);
+/* Closes this thread's connections that made no progress on an incomplete
+ * frame for the frame timeout. */
+void kvds__conn_sweep(struct io_thread *th, uint64_t now_us);
 
 /* Handle table. */
 uint64_t kvds__ref_add(struct conn *c, struct kvds_object *o, int kind);

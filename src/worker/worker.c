@@ -57,6 +57,7 @@ void kvds_worker_config_default(struct kvds_worker_config *cfg) {
   cfg->eviction_ratio = 0.05;
   cfg->huge_pages = KVDS_POOL_HUGE_OFF;
   cfg->busy_poll_us = 200;
+  cfg->frame_timeout_ms = 30000;
   cfg->ready_fd = -1;
   cfg->log_level = 2;
 }
@@ -109,6 +110,10 @@ int kvds_worker_config_check(const struct kvds_worker_config *cfg, char *err,
   }
   if (cfg->busy_poll_us < 0 || cfg->busy_poll_us > 100000) {
     snprintf(err, errcap, "--busy-poll-us must be 0..100000");
+    return KVDS_E_INVAL;
+  }
+  if (cfg->frame_timeout_ms < 100) {
+    snprintf(err, errcap, "--frame-timeout-ms must be at least 100");
     return KVDS_E_INVAL;
   }
   if (strlen(cfg->socket_path) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
@@ -194,8 +199,21 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg) {
   for (int i = 0; i < 64; i++) {
     int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
-      if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
-        logf_(1, "accept: %s", strerror(errno));
+      int e = errno;
+      if (e == EAGAIN || e == EWOULDBLOCK || e == EINTR || e == ECONNABORTED)
+        return;
+      /* Out of fds or memory: the listener stays readable, so stop
+       * listening for a moment instead of spinning, and log rarely. */
+      uint64_t now = kvds_now_us();
+      if (now - th->accept_log_us > 10000000u) {
+        logf_(1, "accept: %s; pausing new connections for 100 ms", strerror(e));
+        th->accept_log_us = now;
+      }
+      for (int k = 0; k < 2; k++)
+        if (th->listen_ev[k])
+          event_del(th->listen_ev[k]);
+      struct timeval tv = {.tv_sec = 0, .tv_usec = 100000};
+      evtimer_add(th->resume_ev, &tv);
       return;
     }
     if (!is_unix) {
@@ -209,10 +227,25 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg) {
   }
 }
 
+static void on_resume(evutil_socket_t fd, short what, void *arg) {
+  struct io_thread *th = arg;
+  (void)fd;
+  (void)what;
+  for (int k = 0; k < 2; k++)
+    if (th->listen_ev[k])
+      event_add(th->listen_ev[k], NULL);
+}
+
 static void on_signal(evutil_socket_t sig, short what, void *arg) {
   (void)what;
   logf_(2, "signal %d: stopping", (int)sig);
   kvds__server_stop(arg);
+}
+
+static void on_sweep(evutil_socket_t fd, short what, void *arg) {
+  (void)fd;
+  (void)what;
+  kvds__conn_sweep(arg, kvds_now_us());
 }
 
 static int thread_setup(struct kvds_server *s, struct io_thread *th) {
@@ -230,7 +263,13 @@ static int thread_setup(struct kvds_server *s, struct io_thread *th) {
       return -ENOMEM;
   }
   th->inbox_ev = event_new(th->base, -1, 0, kvds__server_on_inbox, th);
-  return th->inbox_ev ? 0 : -ENOMEM;
+  th->sweep_ev = event_new(th->base, -1, EV_PERSIST, on_sweep, th);
+  th->resume_ev = evtimer_new(th->base, on_resume, th);
+  struct timeval tv = {.tv_sec = 1};
+  if (!th->inbox_ev || !th->sweep_ev || !th->resume_ev ||
+      event_add(th->sweep_ev, &tv))
+    return -ENOMEM;
+  return 0;
 }
 
 /* Runs a thread's loop. After any activity it keeps polling without
@@ -262,6 +301,10 @@ static void thread_teardown(struct io_thread *th) {
       event_free(th->listen_ev[i]);
   if (th->inbox_ev)
     event_free(th->inbox_ev);
+  if (th->sweep_ev)
+    event_free(th->sweep_ev);
+  if (th->resume_ev)
+    event_free(th->resume_ev);
   if (th->base)
     event_base_free(th->base);
 }

@@ -24,13 +24,15 @@ struct kvds_worker_config {
   double eviction_ratio; /* ... down to (high - ratio) * capacity */
   int huge_pages;        /* 0 off, 1 try, 2 on (enum kvds_pool_huge) */
   int busy_poll_us;      /* spin this long for more requests before sleeping */
+  int frame_timeout_ms;  /* close a connection stuck mid-frame this long */
   uint64_t max_object;   /* largest value accepted (0 = pool size) */
   int ready_fd;          /* >= 0: write "1" here once serving, then close */
   int log_level;         /* 0 error, 1 warn, 2 info, 3 debug */
 };
 
 /* Fills the defaults: listen 127.0.0.1:31501, 4 GiB, 1 thread, no HTTP,
- * watermark 0.95, ratio 0.05, huge pages off, busy poll 200 us. */
+ * watermark 0.95, ratio 0.05, huge pages off, busy poll 200 us,
+ * frame timeout 30 s. */
 void kvds_worker_config_default(struct kvds_worker_config *cfg);
 
 /* Default socket path for a TCP listen address: $KVDS_RUN_DIR (or /tmp) +

@@ -15,6 +15,7 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -31,6 +32,7 @@ static struct {
   pid_t main_pid;
   uint64_t t0;
   struct kvh_worker *live[MAX_WORKERS];
+  pid_t kill_on_fail[MAX_WORKERS];
 } H;
 
 uint64_t kvh_now_ms(void) {
@@ -69,8 +71,7 @@ void kvh_worker_dump_log(const struct kvh_worker *w, size_t bytes) {
     from = st.st_size - (off_t)bytes;
   char buf[4096];
   ssize_t r;
-  fprintf(stderr, "---- worker log %s (port %d, tail) ----\n", w->log,
-          w->port);
+  fprintf(stderr, "---- worker log %s (port %d, tail) ----\n", w->log, w->port);
   while ((r = pread(fd, buf, sizeof buf, from)) > 0) {
     fwrite(buf, 1, (size_t)r, stderr);
     from += r;
@@ -95,12 +96,46 @@ void kvh_fail(const char *file, int line, const char *fmt, ...) {
     struct kvh_worker *w = H.live[i];
     if (!w)
       continue;
-    kvh_worker_dump_log(w, 4000);
-    kill(w->pid, SIGKILL);
-    waitpid(w->pid, NULL, 0);
+    /* A worker that is dying (sanitizer report, crash): let it finish, so
+     * its log is complete and its end can be told. */
+    int st, gone = 0;
+    for (int t = 0; t < 50 && !gone; t++) {
+      gone = waitpid(w->pid, &st, WNOHANG) == w->pid;
+      if (!gone)
+        kvh_sleep_ms(10);
+    }
+    kvh_worker_dump_log(w, 6000);
+    if (gone && WIFSIGNALED(st))
+      fprintf(stderr, "worker (port %d) had died of signal %d\n", w->port,
+              WTERMSIG(st));
+    else if (gone)
+      fprintf(stderr, "worker (port %d) had exited with status %d\n", w->port,
+              WEXITSTATUS(st));
+    if (!gone) {
+      kill(w->pid, SIGKILL);
+      waitpid(w->pid, NULL, 0);
+    }
   }
+  for (int i = 0; i < MAX_WORKERS; i++)
+    if (H.kill_on_fail[i] > 0)
+      kill(H.kill_on_fail[i], SIGKILL);
   remove_dir();
-  exit(1);
+  fflush(NULL);
+  _exit(1); /* no atexit work (leak reports) for a test cut short */
+}
+
+void kvh_kill_on_fail(pid_t pid) {
+  for (int i = 0; i < MAX_WORKERS; i++)
+    if (H.kill_on_fail[i] <= 0) {
+      H.kill_on_fail[i] = pid;
+      return;
+    }
+}
+
+void kvh_kill_on_fail_cancel(pid_t pid) {
+  for (int i = 0; i < MAX_WORKERS; i++)
+    if (H.kill_on_fail[i] == pid)
+      H.kill_on_fail[i] = 0;
 }
 
 void kvh_init(int argc, char **argv, const char *test_name) {
@@ -121,8 +156,12 @@ void kvh_init(int argc, char **argv, const char *test_name) {
   unsetenv("DS_WORKER_ADDR");
 }
 
-const char *kvh_kvds_bin(void) { return H.bin; }
-const char *kvh_run_dir(void) { return H.dir; }
+const char *kvh_kvds_bin(void) {
+  return H.bin;
+}
+const char *kvh_run_dir(void) {
+  return H.dir;
+}
 
 int kvh_finish(void) {
   for (int i = 0; i < MAX_WORKERS; i++)
@@ -182,8 +221,8 @@ int kvh_wait_pid(pid_t pid, int timeout_ms) {
 
 void kvh_wait_child_ok(pid_t pid, int timeout_ms, const char *what) {
   int st = kvh_wait_pid(pid, timeout_ms);
-  KVH_CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0,
-            "%s (pid %d) %s %d", what, (int)pid,
+  KVH_CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s (pid %d) %s %d", what,
+            (int)pid,
             WIFEXITED(st) ? "exited with status" : "was killed by signal",
             WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
 }
@@ -234,10 +273,8 @@ int kvh_recv_byte(int fd, int timeout_ms) {
   uint64_t deadline = kvh_now_ms() + (uint64_t)timeout_ms;
   for (;;) {
     uint64_t now = kvh_now_ms();
-    if (now >= deadline)
-      return -2;
     struct pollfd pf = {.fd = fd, .events = POLLIN};
-    int n = poll(&pf, 1, (int)(deadline - now));
+    int n = poll(&pf, 1, now >= deadline ? 0 : (int)(deadline - now));
     if (n < 0 && errno == EINTR)
       continue;
     if (n == 0)
@@ -247,6 +284,54 @@ int kvh_recv_byte(int fd, int timeout_ms) {
     if (r < 0 && errno == EINTR)
       continue;
     return r == 1 ? b : -1;
+  }
+}
+
+int kvh_raw_tcp(int port) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  struct sockaddr_in sa = {.sin_family = AF_INET,
+                           .sin_port = htons((uint16_t)port),
+                           .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  KVH_CHECK(fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0,
+            "connect 127.0.0.1:%d: %s", port, strerror(errno));
+  return fd;
+}
+
+int kvh_raw_unix(const char *path) {
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  struct sockaddr_un sa = {.sun_family = AF_UNIX};
+  KVH_CHECK(strlen(path) < sizeof sa.sun_path, "socket path too long");
+  memcpy(sa.sun_path, path, strlen(path) + 1);
+  KVH_CHECK(fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0,
+            "connect %s: %s", path, strerror(errno));
+  return fd;
+}
+
+int kvh_read_to_eof(int fd, void *buf, size_t cap, size_t *len,
+                    int timeout_ms) {
+  uint64_t deadline = kvh_now_ms() + (uint64_t)timeout_ms;
+  uint8_t scratch[4096];
+  *len = 0;
+  for (;;) {
+    uint64_t now = kvh_now_ms();
+    if (now >= deadline)
+      return -1;
+    struct pollfd pf = {.fd = fd, .events = POLLIN};
+    int n = poll(&pf, 1, (int)(deadline - now));
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n == 0)
+      return -1;
+    uint8_t *dst = *len < cap ? (uint8_t *)buf + *len : scratch;
+    size_t room = *len < cap ? cap - *len : sizeof scratch;
+    ssize_t r = recv(fd, dst, room, 0);
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r == 0 || (r < 0 && errno == ECONNRESET))
+      return 0;
+    KVH_CHECK(r > 0, "recv: %s", strerror(errno));
+    if (*len < cap)
+      *len += (size_t)r;
   }
 }
 
@@ -267,13 +352,29 @@ void kvh_stats(kvds_client *c, struct kvds_stats *st) {
 
 void kvh_worker_start(struct kvh_worker *w, const char *memory,
                       const char *const *extra) {
+  kvh_worker_start_port(w, kvh_free_port(), memory, extra);
+}
+
+void kvh_worker_kill9(struct kvh_worker *w) {
+  if (!w->pid)
+    return;
+  kill(w->pid, SIGKILL);
+  waitpid(w->pid, NULL, 0);
+  w->pid = 0;
+  for (int i = 0; i < MAX_WORKERS; i++)
+    if (H.live[i] == w)
+      H.live[i] = NULL;
+}
+
+void kvh_worker_start_port(struct kvh_worker *w, int port, const char *memory,
+                           const char *const *extra) {
   memset(w, 0, sizeof *w);
   int slot = -1;
   for (int i = 0; i < MAX_WORKERS && slot < 0; i++)
     if (!H.live[i])
       slot = i;
   KVH_CHECK(slot >= 0, "too many workers");
-  w->port = kvh_free_port();
+  w->port = port;
   snprintf(w->addr, sizeof w->addr, "127.0.0.1:%d", w->port);
   snprintf(w->tcp, sizeof w->tcp, "tcp://127.0.0.1:%d", w->port);
   snprintf(w->sock, sizeof w->sock, "%s/kvds-%d.sock", H.dir, w->port);
@@ -292,7 +393,7 @@ void kvh_worker_start(struct kvh_worker *w, const char *memory,
     argv[n++] = extra[i];
   argv[n] = NULL;
 
-  int logfd = open(w->log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  int logfd = open(w->log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   KVH_CHECK(logfd >= 0, "open %s: %s", w->log, strerror(errno));
   pid_t pid = kvh_fork();
   if (pid == 0) {
@@ -330,22 +431,19 @@ void kvh_worker_start(struct kvh_worker *w, const char *memory,
         break;
     }
     KVH_CHECK(kvh_now_ms() < deadline,
-              "worker on port %d not answering after %d ms (last: %s)",
-              w->port, START_TIMEOUT_MS, kvds_err_name(rc));
+              "worker on port %d not answering after %d ms (last: %s)", w->port,
+              START_TIMEOUT_MS, kvds_err_name(rc));
     kvh_sleep_ms(20);
   }
 }
 
-void kvh_worker_stop(struct kvh_worker *w) {
+static void worker_wait(struct kvh_worker *w, int sig, int timeout_ms) {
   if (!w->pid)
     return;
-  for (int i = 0; i < MAX_WORKERS; i++)
-    if (H.live[i] == w)
-      H.live[i] = NULL;
   pid_t pid = w->pid;
-  w->pid = 0;
-  kill(pid, SIGTERM);
-  uint64_t deadline = kvh_now_ms() + STOP_TIMEOUT_MS;
+  if (sig)
+    kill(pid, sig);
+  uint64_t deadline = kvh_now_ms() + (uint64_t)timeout_ms;
   int st = 0;
   for (;;) {
     pid_t r = waitpid(pid, &st, WNOHANG);
@@ -354,12 +452,24 @@ void kvh_worker_stop(struct kvh_worker *w) {
     if (kvh_now_ms() >= deadline) {
       kill(pid, SIGKILL);
       waitpid(pid, &st, 0);
+      w->pid = 0;
+      for (int i = 0; i < MAX_WORKERS; i++)
+        if (H.live[i] == w)
+          H.live[i] = NULL;
       kvh_worker_dump_log(w, 4000);
-      KVH_CHECK(0, "worker (port %d) did not exit within %d ms of SIGTERM",
-                w->port, STOP_TIMEOUT_MS);
+      KVH_CHECK(0, "worker (port %d) did not exit within %d ms%s", w->port,
+                timeout_ms, sig ? " of SIGTERM" : "");
     }
     kvh_sleep_ms(5);
   }
+  kvh_worker_exited(w, st);
+}
+
+void kvh_worker_exited(struct kvh_worker *w, int st) {
+  w->pid = 0;
+  for (int i = 0; i < MAX_WORKERS; i++)
+    if (H.live[i] == w)
+      H.live[i] = NULL;
   if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
     kvh_worker_dump_log(w, 8000);
     KVH_CHECK(0, "worker (port %d) %s %d", w->port,
@@ -368,6 +478,14 @@ void kvh_worker_stop(struct kvh_worker *w) {
   }
   KVH_CHECK(access(w->sock, F_OK) != 0,
             "worker (port %d) left its socket %s behind", w->port, w->sock);
+}
+
+void kvh_worker_stop(struct kvh_worker *w) {
+  worker_wait(w, SIGTERM, STOP_TIMEOUT_MS);
+}
+
+void kvh_worker_reap(struct kvh_worker *w, int timeout_ms) {
+  worker_wait(w, 0, timeout_ms);
 }
 
 /* ---- values --------------------------------------------------------------*/
@@ -407,8 +525,8 @@ void *kvh_val_new(const void *key, size_t klen, size_t len) {
   return p;
 }
 
-int kvh_val_ok(const void *key, size_t klen, size_t want_len,
-               const void *data, size_t len) {
+int kvh_val_ok(const void *key, size_t klen, size_t want_len, const void *data,
+               size_t len) {
   if (len != want_len || (len && !data))
     return 0;
   uint64_t s = kvds_checksum(key, klen);

@@ -52,9 +52,21 @@ int kvh_free_port(void);
  */
 void kvh_worker_start(struct kvh_worker *w, const char *memory,
                       const char *const *extra);
+/* The same on a given port (e.g. to restart a worker where one died). */
+void kvh_worker_start_port(struct kvh_worker *w, int port, const char *memory,
+                           const char *const *extra);
+/* SIGKILL and reap, without judging the exit (the worker is meant to die). */
+void kvh_worker_kill9(struct kvh_worker *w);
 /* SIGTERM, then waits (bounded; SIGKILL after the deadline) and fails the
  * test unless the worker exited with status 0. */
 void kvh_worker_stop(struct kvh_worker *w);
+/* For a worker told to stop by other means (kvds stop, a SHUTDOWN request):
+ * waits up to timeout_ms for it to exit and fails the test unless it exited
+ * with status 0. */
+void kvh_worker_reap(struct kvh_worker *w, int timeout_ms);
+/* For a worker whose exit status the test collected itself (waitpid):
+ * fails the test unless it is a clean exit (status 0, socket removed). */
+void kvh_worker_exited(struct kvh_worker *w, int wait_status);
 /* Prints the last `bytes` of the worker's log to stderr. */
 void kvh_worker_dump_log(const struct kvh_worker *w, size_t bytes);
 
@@ -72,6 +84,11 @@ int kvh_wait_pid(pid_t pid, int timeout_ms);
 /* As kvh_wait_pid, and fails unless the child exited with status 0. */
 void kvh_wait_child_ok(pid_t pid, int timeout_ms, const char *what);
 
+/* Also SIGKILL pid if the test fails (for processes that are not our
+ * children, such as a worker that daemonized). 0 removes nothing. */
+void kvh_kill_on_fail(pid_t pid);
+void kvh_kill_on_fail_cancel(pid_t pid);
+
 /* Pipes between forked processes. kvh_send_byte writes one byte;
  * kvh_recv_byte reads one (<= timeout_ms) and returns it, or -1 on EOF and
  * -2 on timeout. */
@@ -80,6 +97,15 @@ int kvh_recv_byte(int fd, int timeout_ms);
 /* Writes / reads exactly len bytes (bounded by timeout_ms); 0 or -1. */
 int kvh_write_all(int fd, const void *buf, size_t len);
 int kvh_read_all(int fd, void *buf, size_t len, int timeout_ms);
+
+/* Raw stream sockets to a worker (blocking, CLOEXEC), for tests that speak
+ * the wire format themselves. Fail the test if the connect fails. */
+int kvh_raw_tcp(int port);
+int kvh_raw_unix(const char *path);
+/* Reads into buf[0..cap) until EOF (or a connection reset) within
+ * timeout_ms; *len gets the bytes read (extra bytes past cap are dropped).
+ * Returns 0 at EOF, -1 on timeout. */
+int kvh_read_to_eof(int fd, void *buf, size_t cap, size_t *len, int timeout_ms);
 
 /* Monotonic milliseconds. */
 uint64_t kvh_now_ms(void);
@@ -94,8 +120,8 @@ size_t kvh_val_size(const void *key, size_t klen, size_t max_size);
 /* Fills buf[0..len) with the byte stream derived from key. */
 void kvh_val_fill(const void *key, size_t klen, void *buf, size_t len);
 /* 1 iff data[0..len) is exactly the value of key with the given size. */
-int kvh_val_ok(const void *key, size_t klen, size_t want_len,
-               const void *data, size_t len);
+int kvh_val_ok(const void *key, size_t klen, size_t want_len, const void *data,
+               size_t len);
 /* Fresh malloc'd value of key (len bytes). */
 void *kvh_val_new(const void *key, size_t klen, size_t len);
 

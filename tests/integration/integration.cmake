@@ -1,6 +1,7 @@
 # Integration tests: real worker processes on 127.0.0.1 with free ports and a
 # private KVDS_RUN_DIR each (tests/integration/harness.c). Every test gets the
-# kvds binary as its first argument.
+# kvds binary as its first argument. Tests that craft frames themselves link
+# kvds_proto.
 add_library(kvds_it_harness STATIC ${CMAKE_CURRENT_LIST_DIR}/harness.c)
 target_link_libraries(kvds_it_harness PUBLIC kvds_static)
 target_include_directories(kvds_it_harness PUBLIC ${CMAKE_CURRENT_LIST_DIR})
@@ -19,3 +20,13 @@ function(kvds_integration_test name)
 endfunction()
 
 kvds_integration_test(test_mixed_clients)
+kvds_integration_test(test_eviction)
+kvds_integration_test(test_wait_wakeup)
+kvds_integration_test(test_kill9 LIBS kvds_proto)
+kvds_integration_test(test_garbage LIBS kvds_proto)
+kvds_integration_test(test_errors)
+kvds_integration_test(test_cli LIBS PkgConfig::JANSSON)
+kvds_integration_test(test_http LIBS PkgConfig::JANSSON)
+kvds_integration_test(test_wait_reset LIBS kvds_proto)
+kvds_integration_test(test_batches)
+kvds_integration_test(test_fd_limit)

@@ -16,7 +16,7 @@
 #define NCHILD 4
 #define OWN_KEYS 256
 #define SHARED_KEYS 64
-#define OPS 2500
+#define OPS 4000
 #define MAXVAL (256u << 10)
 #define CHILD_TIMEOUT_MS 60000
 
@@ -90,9 +90,8 @@ static int create_write_seal(struct child *ch, const struct kbuf *k) {
 static void verify_get(struct child *ch, const struct kbuf *k, int expect) {
   size_t len = 0;
   int rc = kvds_get(ch->c, k->s, k->n, ch->buf, MAXVAL, &len, 0);
-  KVH_CHECK(rc == expect, "get '%s': %s, want %s (%s)", k->s,
-            kvds_err_name(rc), kvds_err_name(expect),
-            kvds_client_errmsg(ch->c));
+  KVH_CHECK(rc == expect, "get '%s': %s, want %s (%s)", k->s, kvds_err_name(rc),
+            kvds_err_name(expect), kvds_client_errmsg(ch->c));
   if (rc == 0)
     check_value(k, ch->buf, len, "get");
 }
@@ -108,8 +107,8 @@ static void op_own(struct child *ch, int op) {
     size_t len = vsize(&k);
     kvh_val_fill(k.s, k.n, ch->buf, len);
     int rc = kvds_put(c, k.s, k.n, ch->buf, len);
-    KVH_CHECK(rc == (ch->present[j] ? KVDS_E_EXISTS : 0), "put '%s': %s",
-              k.s, kvds_err_name(rc));
+    KVH_CHECK(rc == (ch->present[j] ? KVDS_E_EXISTS : 0), "put '%s': %s", k.s,
+              kvds_err_name(rc));
     ch->present[j] = 1;
     break;
   }
@@ -267,10 +266,9 @@ static void op_own(struct child *ch, int op) {
                       !seen[jj],
                   "list: bad or repeated key '%.*s'", (int)e->klen,
                   (const char *)e->key);
-        KVH_CHECK(e->info.state == KVDS_STATE_SEALED &&
-                      e->info.size == vsize(&ek),
-                  "list '%s': state %d size %zu", ek.s, e->info.state,
-                  e->info.size);
+        KVH_CHECK(
+            e->info.state == KVDS_STATE_SEALED && e->info.size == vsize(&ek),
+            "list '%s': state %d size %zu", ek.s, e->info.state, e->info.size);
         if (i > 0) {
           const struct kvds_list_entry *p = &l->entries[i - 1];
           KVH_CHECK(p->klen == e->klen && memcmp(p->key, e->key, e->klen) < 0,
@@ -290,8 +288,8 @@ static void op_own(struct child *ch, int op) {
         break;
     }
     for (int i = 0; i < OWN_KEYS; i++)
-      KVH_CHECK(seen[i] == ch->present[i], "list: key %d seen %d present %d",
-                i, seen[i], ch->present[i]);
+      KVH_CHECK(seen[i] == ch->present[i], "list: key %d seen %d present %d", i,
+                seen[i], ch->present[i]);
     (void)total;
     break;
   }
@@ -400,9 +398,10 @@ static void child_main(int idx, const char *addr, int want_local, int out_fd) {
   KVH_CHECK(kvh_write_all(out_fd, ch.present, OWN_KEYS) == 0, "pipe write");
   kvds_client_close(ch.c);
   free(ch.buf);
-  fprintf(stderr, "client %d (%s): put %lu mput %lu get %lu mget %lu "
-                  "create %lu abort %lu del %lu exists %lu prefix %lu list "
-                  "%lu stat %lu shared %lu\n",
+  fprintf(stderr,
+          "client %d (%s): put %lu mput %lu get %lu mget %lu "
+          "create %lu abort %lu del %lu exists %lu prefix %lu list "
+          "%lu stat %lu shared %lu\n",
           idx, want_local ? "shm" : "tcp", ch.ops[0], ch.ops[1], ch.ops[2],
           ch.ops[3], ch.ops[4], ch.ops[5], ch.ops[6], ch.ops[7], ch.ops[8],
           ch.ops[9], ch.ops[10],
@@ -476,7 +475,7 @@ int main(int argc, char **argv) {
 
   /* Final state, checked from a fresh TCP client and a fresh local one. */
   const char *addrs[2] = {w.tcp, w.addr};
-  struct kbuf *keys = calloc(OWN_KEYS + SHARED_KEYS, sizeof *keys);
+  struct kbuf *keys = calloc(NCHILD * OWN_KEYS + SHARED_KEYS, sizeof *keys);
   uint8_t *buf = malloc(MAXVAL);
   KVH_CHECK(keys && buf, "out of memory");
   for (int a = 0; a < 2; a++) {
@@ -505,6 +504,13 @@ int main(int argc, char **argv) {
       KVH_OK(kvds_get(c, keys[k].s, keys[k].n, buf, MAXVAL, &len, 0));
       check_value(&keys[k], buf, len, "final shared get");
     }
+    /* Everything at once (empty prefix): the same keys, no others. */
+    size_t total = n;
+    for (int i = 0; i < NCHILD; i++)
+      for (int j = 0; j < OWN_KEYS; j++)
+        total += present[i][j];
+    size_t all = list_all(c, "", keys, NCHILD * OWN_KEYS + SHARED_KEYS);
+    KVH_CHECK(all == total, "list of all keys: %zu, want %zu", all, total);
     kvds_client_close(c);
   }
 
