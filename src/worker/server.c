@@ -9,7 +9,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include <xxhash.h>
 
 #include "common/util.h"
 #include "kvds/kvds.h"
@@ -376,7 +375,7 @@ static int op_seal(struct conn *c, const struct req_items *ri) {
     if (c->is_unix && (it->c & SEAL_F_CHECKSUM)) {
       sum = it->b;
     } else {
-      sum = XXH3_64bits(kvds_store_data(&s->store, o), o->size);
+      sum = kvds_checksum(kvds_store_data(&s->store, o), o->size);
       if ((it->c & SEAL_F_CHECKSUM) && sum != it->b) {
         kvds__reply_item(&r, KVDS_E_CHECKSUM, 0, 0, 0, 0, NULL, 0);
         continue;
@@ -805,7 +804,7 @@ void kvds__server_data_done(struct conn *c) {
     for (uint32_t i = 0; i < c->npending; i++) {
       struct kvds_object *o = c->pending[i];
       if (o && sums)
-        sums[i] = XXH3_64bits(kvds_store_data(&s->store, o), o->size);
+        sums[i] = kvds_checksum(kvds_store_data(&s->store, o), o->size);
     }
     LOCK(s);
     for (uint32_t i = 0; i < c->npending; i++) {
