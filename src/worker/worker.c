@@ -191,6 +191,20 @@ static int listen_unix(const char *path, int *out) {
   return 0;
 }
 
+/* MemAvailable from /proc/meminfo in bytes, 0 if unknown. */
+static uint64_t mem_available(void) {
+  FILE *f = fopen("/proc/meminfo", "r");
+  if (!f)
+    return 0;
+  char line[256];
+  unsigned long long kb = 0;
+  while (fgets(line, sizeof line, f))
+    if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1)
+      break;
+  fclose(f);
+  return (uint64_t)kb * 1024u;
+}
+
 static void on_accept(evutil_socket_t lfd, short what, void *arg) {
   struct io_thread *th = arg;
   struct kvds_server *s = th->srv;
@@ -346,6 +360,17 @@ int kvds_worker_run(const struct kvds_worker_config *cfg) {
     goto out;
   }
 
+  uint64_t avail = mem_available();
+  if (avail && cfg->memory > avail) {
+    char want[32], have[32];
+    logf_(0,
+          "--memory %s is more than this machine has available (%s); "
+          "reserving it would invoke the OOM killer",
+          kvds_fmt_bytes(cfg->memory, want, sizeof want),
+          kvds_fmt_bytes(avail, have, sizeof have));
+    rc = -ENOMEM;
+    goto out;
+  }
   uint64_t t0 = kvds_now_us();
   if ((rc = kvds_pool_create(&s->pool, "kvds-pool", cfg->memory,
                              (enum kvds_pool_huge)cfg->huge_pages))) {

@@ -425,6 +425,9 @@ static void worker_start_errors(void) {
     snprintf(what, sizeof what, "kvds worker %s %s", bad[i].flag, bad[i].value);
     expect_fail(&r, 2, bad[i].needle, what);
   }
+  /* More memory than the machine has: refused before reserving any. */
+  KVDS(&r, NULL, 0, "worker", "--listen", free_addr, "--memory", "64TiB");
+  expect_fail(&r, 1, "available", "kvds worker --memory 64TiB");
   /* The TCP address is taken. */
   KVDS(&r, NULL, 0, "worker", "--listen", w.addr, "--memory", "8MiB");
   expect_fail(&r, 1, w.addr, "second worker on a busy port");
