@@ -6,6 +6,7 @@
 #   make bench    full `kvds bench local` against a fresh worker
 #   make fuzz     longer libFuzzer campaign (FUZZ_SECONDS, default 600)
 
+MAKEFLAGS += --no-print-directory
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 BUILD ?= build/release
 ASAN_BUILD ?= build/asan
