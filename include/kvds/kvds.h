@@ -118,6 +118,14 @@ void kvds_client_set_timeout(kvds_client *c, int timeout_ms);
 /* 1 when the client maps the worker's pool (Unix socket), else 0. */
 int kvds_client_is_local(const kvds_client *c);
 
+/* 1 while the connection is up. After an I/O error, protocol error or
+ * deadline overrun the client disconnects itself (later calls fail with
+ * KVDS_E_CLOSED) and the worker drops this client's pins: from then on the
+ * bytes behind zero-copy views of a local client may change. A caller that
+ * must not use such bytes checks this after reading a view (or compares the
+ * value's checksum). */
+int kvds_client_is_connected(const kvds_client *c);
+
 /* Detail about the last failed call on `c` (empty string if none). The
  * string is owned by the client and valid until the next call. */
 const char *kvds_client_errmsg(const kvds_client *c);
@@ -160,7 +168,8 @@ int kvds_get(kvds_client *c, const void *key, size_t klen, void *buf,
 
 /* A pinned, sealed object. */
 struct kvds_value {
-  const void *data;  /* valid until kvds_release() or kvds_client_close() */
+  const void *data;  /* valid until kvds_release() or kvds_client_close();
+                        pinned while kvds_client_is_connected() */
   size_t len;        /* value size */
   uint64_t checksum; /* xxh3-64 of the value, fixed at seal */
   uint64_t handle;   /* library/worker handle; do not interpret */

@@ -66,6 +66,7 @@ struct kvds_client {
   uint8_t *wb;
   size_t wlen, wcap;
   uint32_t wcount;
+  int wfail; /* an item could not be added: the request must not go out */
   /* reply: header + meta in rb, decoded items */
   uint8_t *rb;
   size_t rcap, rlen, rpos;
@@ -184,14 +185,15 @@ static int wb_reserve(kvds_client *c, size_t more) {
 static void req_begin(kvds_client *c) {
   c->wlen = KVDS_PROTO_HDR_LEN;
   c->wcount = 0;
+  c->wfail = 0;
 }
 
 static int req_item(kvds_client *c, uint64_t a, uint64_t b, uint64_t cc,
                     uint64_t d, const void *key, size_t klen) {
   if (klen > KVDS_KEY_MAX)
-    return KVDS_E_KEYLEN;
+    return c->wfail = KVDS_E_KEYLEN;
   if (wb_reserve(c, kvds_proto_item_size(klen)))
-    return -ENOMEM;
+    return c->wfail = -ENOMEM;
   struct kvds_proto_item it = {
       .klen = (uint32_t)klen, .a = a, .b = b, .c = cc, .d = d};
   c->wlen += kvds_proto_item_encode(&it, key, c->wb + c->wlen);
@@ -237,6 +239,9 @@ static int64_t req_send(kvds_client *c, uint8_t op, uint16_t flags,
                         uint64_t deadline) {
   if (c->fd < 0)
     return fail(c, KVDS_E_CLOSED, "not connected (an earlier error closed it)");
+  if (c->wfail)
+    return fail(c, c->wfail, "cannot build the request: %s",
+                kvds_strerror(c->wfail));
   uint64_t data_len = 0;
   for (int i = 0; i < ndata; i++)
     data_len += data[i].iov_len;
@@ -613,8 +618,11 @@ int kvds_client_connect_ex(const char *address, int timeout_ms, unsigned flags,
       /* Same machine? Then the worker's socket is here and answers with the
        * same nonce: switch to shared memory. */
       kvds_client *u = client_new(c->timeout_ms, flags);
-      if (u && open_unix(u, c->sock_path, deadline) == 0 &&
-          u->nonce == c->nonce) {
+      /* Check identity before asking for the pool: mapping some other
+       * worker's pool only to throw it away costs ~70 ms per GiB. */
+      if (u && connect_unix(c->sock_path, &u->fd, deadline) == 0 &&
+          hello(u, 0, deadline) == 0 && u->nonce == c->nonce &&
+          hello(u, 1, deadline) == 0) {
         kvds_client_close(c);
         c = u;
       } else {
@@ -658,9 +666,9 @@ void kvds_client_set_timeout(kvds_client *c, int timeout_ms) {
     c->timeout_ms = timeout_ms;
 }
 
-int kvds_client_is_local(const kvds_client *c) {
-  return c->local;
-}
+int kvds_client_is_local(const kvds_client *c) { return c->local; }
+
+int kvds_client_is_connected(const kvds_client *c) { return c->fd >= 0; }
 
 const char *kvds_client_errmsg(const kvds_client *c) {
   return c->errmsg;
@@ -801,8 +809,11 @@ static int mseal_chunk(kvds_client *c, size_t n, struct kvds_wbuf *bufs,
         req_item(c, bufs[i].handle, kvds_checksum(bufs[i].data, bufs[i].len),
                  SEAL_F_CHECKSUM, 0, NULL, 0);
     int64_t sid = req_send(c, KVDS_OP_SEAL, 0, 0, NULL, 0, deadline);
+    if (sid < 0)
+      return (int)sid;
     if ((rc = recv_reply(c, wid, KVDS_OP_WRITE, deadline)))
-      return rc;
+      /* The SEAL reply is still on its way: the stream is out of step. */
+      return c->fd >= 0 ? broken(c, rc, "write") : rc;
     if ((rc = recv_reply(c, sid, KVDS_OP_SEAL, deadline)))
       return rc;
   } else {
@@ -835,16 +846,17 @@ static int mseal_chunk(kvds_client *c, size_t n, struct kvds_wbuf *bufs,
 }
 
 int kvds_mseal(kvds_client *c, size_t n, struct kvds_wbuf *bufs, int *results) {
-  int rc;
-  for (size_t off = 0; off < n; off += chunk_of(n - off))
-    if ((rc = mseal_chunk(c, chunk_of(n - off), bufs + off,
-                          results ? results + off : NULL)))
-      return rc;
-  if (results)
-    for (size_t i = 0; i < n; i++)
-      if (results[i])
-        return results[i];
-  return 0;
+  int rc = 0;
+  int *res = results ? results : malloc((n ? n : 1) * sizeof *res);
+  if (!res)
+    return fail(c, -ENOMEM, "out of memory");
+  for (size_t off = 0; off < n && !rc; off += chunk_of(n - off))
+    rc = mseal_chunk(c, chunk_of(n - off), bufs + off, res + off);
+  for (size_t i = 0; i < n && !rc; i++)
+    rc = res[i];
+  if (res != results)
+    free(res);
+  return rc;
 }
 
 int kvds_seal(kvds_client *c, struct kvds_wbuf *buf) {

@@ -53,6 +53,20 @@ void kvds_store_fini(struct kvds_store *st) {
   pthread_mutex_destroy(&st->lock);
 }
 
+/* The LRU holds exactly the evictable objects; lru_bytes is their size in
+ * the allocator, so used - lru_bytes is what eviction can never free. */
+static void lru_add(struct kvds_store *st, struct kvds_object *o) {
+  kvds_lru_push(&st->lru, &o->lru);
+  st->lru_bytes += kvds_alloc_rounded(o->size);
+}
+
+static void lru_del(struct kvds_store *st, struct kvds_object *o) {
+  if (!kvds_lru_linked(&o->lru))
+    return;
+  kvds_lru_remove(&st->lru, &o->lru);
+  st->lru_bytes -= kvds_alloc_rounded(o->size);
+}
+
 static void obj_free(struct kvds_store *st, struct kvds_object *o) {
   kvds_alloc_free(&st->alloc, o->ahandle);
   free(o);
@@ -64,7 +78,7 @@ static void obj_unlink(struct kvds_store *st, struct kvds_object *o) {
     kvds_index_remove(&st->index, &o->inode);
     o->indexed = 0;
   }
-  kvds_lru_remove(&st->lru, &o->lru);
+  lru_del(st, o);
   if (o->pins == 0)
     obj_free(st, o);
   else
@@ -77,6 +91,7 @@ static int evict_one(struct kvds_store *st) {
     return 0;
   struct kvds_object *o =
       (struct kvds_object *)((char *)n - offsetof(struct kvds_object, lru));
+  lru_del(st, o);
   st->ctr.evictions++;
   st->ctr.evicted_bytes += o->size;
   obj_unlink(st, o);
@@ -86,6 +101,10 @@ static int evict_one(struct kvds_store *st) {
 static int reserve(struct kvds_store *st, uint64_t size, uint64_t *off,
                    uint32_t *h) {
   uint64_t want = kvds_alloc_rounded(size);
+  /* Cannot fit even if every evictable object went: fail before evicting
+   * anything (pinned and WRITING objects stay where they are). */
+  if (want > st->alloc.capacity - (st->alloc.used - st->lru_bytes))
+    return KVDS_E_NOSPACE;
   uint64_t need = kvds_evict_bytes_needed(&st->policy, st->alloc.capacity,
                                           st->alloc.used, want);
   if (need) {
@@ -152,7 +171,7 @@ void kvds_store_seal(struct kvds_store *st, struct kvds_object *o,
   st->ctr.writing_objects--;
   st->ctr.puts++;
   if (o->pins == 0)
-    kvds_lru_push(&st->lru, &o->lru);
+    lru_add(st, o);
   if (!st->n_waiters)
     return;
   struct kvds_waiter **b = &st->waits[o->inode.hash % KVDS_STORE_WAIT_BUCKETS];
@@ -195,7 +214,7 @@ struct kvds_object *kvds_store_get(struct kvds_store *st, const void *key,
 
 void kvds_store_pin(struct kvds_store *st, struct kvds_object *o) {
   if (o->pins++ == 0) {
-    kvds_lru_remove(&st->lru, &o->lru);
+    lru_del(st, o);
     st->ctr.pinned_objects++;
   }
 }
@@ -208,7 +227,7 @@ void kvds_store_unpin(struct kvds_store *st, struct kvds_object *o) {
     kvds_lru_remove(&st->orphans, &o->lru);
     obj_free(st, o);
   } else if (o->state == KVDS_STATE_SEALED)
-    kvds_lru_push(&st->lru, &o->lru);
+    lru_add(st, o);
 }
 
 int kvds_store_delete(struct kvds_store *st, const void *key, size_t klen) {

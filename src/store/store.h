@@ -69,6 +69,7 @@ struct kvds_store {
   struct kvds_index index;
   struct kvds_lru lru;
   struct kvds_lru orphans; /* deleted while pinned: freed at the last unpin */
+  uint64_t lru_bytes;      /* allocator bytes of the objects on the LRU */
   struct kvds_evict_policy policy;
   uint64_t max_object;
   struct kvds_waiter *waits[KVDS_STORE_WAIT_BUCKETS];

@@ -23,8 +23,7 @@ enum { RX_HDR, RX_META, RX_DATA };
 /* Bulk data at least this large is read straight into its destination. */
 #define DIRECT_RX_MIN (32u << 10)
 #define MAX_IOV 64
-
-static uint8_t discard_buf[64 << 10];
+#define DISCARD_SIZE (64u << 10)
 
 static void on_read(evutil_socket_t fd, short what, void *arg);
 static void on_write(evutil_socket_t fd, short what, void *arg);
@@ -120,6 +119,13 @@ int kvds__conn_queue(struct conn *c, const uint8_t *p, size_t len, uint8_t *own,
   struct ochunk *k = malloc(sizeof *k);
   if (!k) {
     free(own);
+    if (pin) {
+      struct kvds_store *st = &c->th->srv->store;
+      pthread_mutex_lock(&st->lock);
+      kvds_store_unpin(st, pin);
+      pthread_mutex_unlock(&st->lock);
+    }
+    c->closing = 1;
     return -ENOMEM;
   }
   *k = (struct ochunk){
@@ -129,8 +135,10 @@ int kvds__conn_queue(struct conn *c, const uint8_t *p, size_t len, uint8_t *own,
   else
     c->oq_head = k;
   c->oq_tail = k;
-  if (own)
-    c->oq_bytes += len;
+  /* Pinned pool ranges count too: they hold pool space until sent. */
+  c->oq_bytes += len;
+  if (!c->tx_since_us)
+    c->tx_since_us = kvds_now_us();
   return 0;
 }
 
@@ -140,10 +148,8 @@ static void chunks_free(struct conn *c, struct ochunk *k, struct ochunk *end) {
   int locked = 0;
   while (k != end) {
     struct ochunk *next = k->next;
-    if (k->own) {
-      c->oq_bytes -= k->len;
-      free(k->own);
-    }
+    c->oq_bytes -= k->len;
+    free(k->own);
     if (k->pin) {
       if (!locked) {
         pthread_mutex_lock(&st->lock);
@@ -206,14 +212,13 @@ void kvds__conn_flush(struct conn *c) {
           event_add(c->wev, NULL);
           c->writing = 1;
         }
-        if (c->oq_bytes > OQ_PAUSE_BYTES)
-          set_reading(c, 0);
         return;
       }
       kvds__conn_close(c);
       return;
     }
     atomic_fetch_add(&s->bytes_out, (uint64_t)w);
+    c->tx_since_us = kvds_now_us();
     size_t left = (size_t)w;
     struct ochunk *k = c->oq_head;
     while (k && left >= k->len - k->off) {
@@ -229,6 +234,7 @@ void kvds__conn_flush(struct conn *c) {
       c->oq_tail = NULL;
     chunks_free(c, done, k);
   }
+  c->tx_since_us = 0;
   if (c->writing) {
     event_del(c->wev);
     c->writing = 0;
@@ -237,8 +243,13 @@ void kvds__conn_flush(struct conn *c) {
     kvds__conn_close(c);
     return;
   }
-  if (!c->reading && c->oq_bytes <= OQ_PAUSE_BYTES)
+  if (!c->reading) {
     set_reading(c, 1);
+    /* Frames may already sit in the buffer: no read event would come for
+     * them, so run the read callback now. */
+    if (c->ilen > c->ipos)
+      event_active(c->rev, EV_READ, 0);
+  }
 }
 
 /* ---- input -------------------------------------------------------------- */
@@ -264,8 +275,16 @@ static int ib_reserve(struct conn *c, size_t need) {
 /* Reads more bytes into ib. Returns bytes read, 0 on EAGAIN, -1 when the
  * connection is gone. */
 static ssize_t ib_fill(struct conn *c) {
-  if (c->ipos == c->ilen)
+  if (c->ipos == c->ilen) {
     c->ipos = c->ilen = 0;
+    if (c->icap > IBUF_SIZE) { /* a large meta block passed: give it back */
+      uint8_t *nb = realloc(c->ib, IBUF_SIZE);
+      if (nb) {
+        c->ib = nb;
+        c->icap = IBUF_SIZE;
+      }
+    }
+  }
   if (c->ilen == c->icap) {
     if (ib_reserve(c, c->icap - c->ipos + 1) || c->ilen == c->icap)
       return -1;
@@ -288,6 +307,7 @@ static ssize_t ib_fill(struct conn *c) {
 /* Copies buffered bytes into the current data segments. */
 static void data_from_ib(struct conn *c) {
   while (c->data_left && c->ipos < c->ilen) {
+    segs_skip_done(c);
     struct rx_seg *sg = &c->segs[c->seg];
     uint64_t want = sg->len - c->seg_off;
     size_t take = c->ilen - c->ipos;
@@ -306,26 +326,44 @@ static void data_from_ib(struct conn *c) {
 }
 
 /* Reads bulk data straight into the segments. Returns as ib_fill. */
+/* Steps past segments that are complete (also zero-length ones). */
+static void segs_skip_done(struct conn *c) {
+  while (c->seg < c->nsegs && c->seg_off == c->segs[c->seg].len) {
+    c->seg++;
+    c->seg_off = 0;
+  }
+}
+
+/* Reads bulk data straight into the segments. Returns as ib_fill. */
 static ssize_t data_direct(struct conn *c) {
   struct iovec iov[MAX_IOV];
   int n = 0;
+  segs_skip_done(c);
   for (uint32_t i = c->seg; i < c->nsegs && n < MAX_IOV; i++) {
     uint64_t off = i == c->seg ? c->seg_off : 0;
     uint64_t len = c->segs[i].len - off;
-    iov[n].iov_base = c->segs[i].p ? c->segs[i].p + off : discard_buf;
-    if (!c->segs[i].p && len > sizeof discard_buf)
-      len = sizeof discard_buf;
+    if (len == 0)
+      continue;
+    if (!c->segs[i].p) {
+      /* The discard buffer can back one iovec only. */
+      iov[n].iov_base = c->th->discard;
+      iov[n].iov_len = len > DISCARD_SIZE ? DISCARD_SIZE : (size_t)len;
+      n++;
+      break;
+    }
+    iov[n].iov_base = c->segs[i].p + off;
     iov[n].iov_len = (size_t)len;
     n++;
-    if (!c->segs[i].p)
-      break; /* discard_buf can back one iovec only */
   }
+  if (n == 0)
+    return 0;
   for (;;) {
     ssize_t r = readv(c->fd, iov, n);
     if (r > 0) {
       atomic_fetch_add(&c->th->srv->bytes_in, (uint64_t)r);
       uint64_t left = (uint64_t)r;
       while (left) {
+        segs_skip_done(c);
         struct rx_seg *sg = &c->segs[c->seg];
         uint64_t step = sg->len - c->seg_off;
         if (step > left)
@@ -333,11 +371,8 @@ static ssize_t data_direct(struct conn *c) {
         c->seg_off += step;
         c->data_left -= step;
         left -= step;
-        if (c->seg_off == sg->len) {
-          c->seg++;
-          c->seg_off = 0;
-        }
       }
+      segs_skip_done(c);
       return r;
     }
     if (r == 0)
@@ -365,11 +400,26 @@ static int process(struct conn *c) {
     if (c->rx == RX_HDR) {
       if (c->ilen - c->ipos < KVDS_PROTO_HDR_LEN)
         return 0;
+      /* Output backpressure: leave further frames in the buffer until the
+       * client has read what it was sent (flush resumes us). */
+      if (c->oq_bytes > OQ_PAUSE_BYTES) {
+        set_reading(c, 0);
+        return 0;
+      }
       memcpy(c->hraw, c->ib + c->ipos, KVDS_PROTO_HDR_LEN);
-      int rc = kvds_proto_hdr_decode(c->hraw, KVDS_PROTO_HDR_LEN, &c->h);
+      struct kvds_proto_hdr h;
+      int rc = kvds_proto_hdr_decode(c->hraw, KVDS_PROTO_HDR_LEN, &h);
+      if (rc && rc != KVDS_E_BADOP) {
+        /* Answer with the request's id when its magic says it is ours. */
+        int ours = kvds_get_u32(c->hraw) == KVDS_PROTO_MAGIC;
+        c->h = (struct kvds_proto_hdr){
+            .opcode = ours ? c->hraw[5] : 0,
+            .req_id = ours ? kvds_get_u64(c->hraw + 8) : 0};
+        protocol_error(c, rc);
+        return 1;
+      }
+      c->h = h;
       if (rc) {
-        if (c->h.magic != KVDS_PROTO_MAGIC)
-          c->h.req_id = 0;
         protocol_error(c, rc);
         return 1;
       }
@@ -441,7 +491,8 @@ void kvds__conn_sweep(struct io_thread *th, uint64_t now_us) {
   struct conn *c = th->conns, *next;
   for (; c; c = next) {
     next = c->next;
-    if (c->rx_since_us && now_us - c->rx_since_us > limit) {
+    if ((c->rx_since_us && now_us - c->rx_since_us > limit) ||
+        (c->tx_since_us && now_us - c->tx_since_us > limit)) {
       atomic_fetch_add(&th->srv->protocol_errors, 1);
       kvds__conn_close(c);
     }

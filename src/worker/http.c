@@ -212,7 +212,9 @@ fail:
 void kvds__http_stop(struct kvds_http *h) {
   if (!h)
     return;
-  event_base_loopbreak(h->base);
+  /* loopexit is delivered as an event, so it also stops a loop that has not
+   * started yet (a loopbreak issued before the loop runs would be lost). */
+  event_base_loopexit(h->base, NULL);
   pthread_join(h->tid, NULL);
   evhttp_free(h->http);
   event_base_free(h->base);

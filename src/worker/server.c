@@ -53,9 +53,14 @@ int kvds__reply_send(struct conn *c, struct reply *r, uint8_t op,
                      uint64_t req_id, uint16_t flags, int32_t status,
                      uint64_t data_len, int send_fd) {
   if (reply_grow(r, 0) || r->oom) {
+    /* The full answer is lost (and with it, maybe, handles the client will
+     * never learn): say why if we can, then drop the connection, whose close
+     * releases everything it held. */
     free(r->buf);
     r->buf = NULL;
-    kvds__reply_status(c, op, req_id, -ENOMEM);
+    c->closing = 1;
+    if (!(flags & KVDS_PF_REPLY)) /* not already the status fallback */
+      kvds__reply_status(c, op, req_id, -ENOMEM);
     return -ENOMEM;
   }
   struct kvds_proto_hdr h = {.magic = KVDS_PROTO_MAGIC,
@@ -79,9 +84,7 @@ void kvds__reply_status(struct conn *c, uint8_t op, uint64_t req_id,
                         int32_t status) {
   struct reply r;
   kvds__reply_init(&r);
-  if (reply_grow(&r, 0))
-    return;
-  kvds__reply_send(c, &r, op, req_id, 0, status, 0, -1);
+  kvds__reply_send(c, &r, op, req_id, KVDS_PF_REPLY, status, 0, -1);
 }
 
 /* ---- helpers ------------------------------------------------------------ */
@@ -256,14 +259,28 @@ static void get_reply(struct conn *c, uint64_t req_id, uint16_t flags,
     c->closing = 1;
     return;
   }
-  kvds__reply_send(c, &r, KVDS_OP_GET, req_id, flags & KVDS_PF_INLINE, 0,
-                   data_len, -1);
-  if (inl) {
-    for (uint32_t i = 0; i < n; i++)
-      if (objs[i])
-        kvds__conn_queue(c, kvds_store_data(&s->store, objs[i]), objs[i]->size,
-                         NULL, objs[i], -1);
+  if (kvds__reply_send(c, &r, KVDS_OP_GET, req_id, flags & KVDS_PF_INLINE, 0,
+                       data_len, -1)) {
+    if (inl) { /* not queued: give the pins back (the conn is closing) */
+      LOCK(s);
+      for (uint32_t i = 0; i < n; i++)
+        if (objs[i])
+          kvds_store_unpin(&s->store, objs[i]);
+      UNLOCK(s);
+    }
+    return;
   }
+  for (uint32_t i = 0; inl && i < n; i++)
+    if (objs[i] && kvds__conn_queue(c, kvds_store_data(&s->store, objs[i]),
+                                    objs[i]->size, NULL, objs[i], -1)) {
+      /* Queueing failed (pin already dropped): drop the rest too. */
+      LOCK(s);
+      for (uint32_t k = i + 1; k < n; k++)
+        if (objs[k])
+          kvds_store_unpin(&s->store, objs[k]);
+      UNLOCK(s);
+      break;
+    }
 }
 
 static void wait_complete(struct wait_req *wr) {
@@ -612,6 +629,8 @@ static int obj_keycmp(const void *a, const void *b) {
 
 #define LIST_DEFAULT 1000u
 #define LIST_MAX 10000u
+/* A page stops growing at this many reply bytes (then MORE is set). */
+#define LIST_REPLY_MAX (1u << 20)
 
 static int op_list(struct conn *c, const struct req_items *ri) {
   struct kvds_server *s = c->th->srv;
@@ -638,8 +657,8 @@ static int op_list(struct conn *c, const struct req_items *ri) {
   }
   if (lc.n > 1)
     qsort(lc.v, lc.n, sizeof *lc.v, obj_keycmp);
-  size_t k = lc.n < limit ? lc.n : limit;
-  for (size_t i = 0; i < k; i++) {
+  size_t k = lc.n < limit ? lc.n : limit, i;
+  for (i = 0; i < k && r.len < LIST_REPLY_MAX; i++) {
     struct kvds_object *o = lc.v[i];
     kvds__reply_item(&r, 0, o->size, o->state, o->checksum, o->pins, o->key,
                      o->inode.klen);
@@ -647,7 +666,7 @@ static int op_list(struct conn *c, const struct req_items *ri) {
   UNLOCK(s);
   free(lc.v);
   kvds__reply_send(c, &r, KVDS_OP_LIST, c->h.req_id,
-                   lc.n > limit ? KVDS_PF_MORE : 0, 0, 0, -1);
+                   lc.n > i ? KVDS_PF_MORE : 0, 0, 0, -1);
   return 0;
 }
 

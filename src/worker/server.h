@@ -38,6 +38,7 @@ struct io_thread {
   struct event *sweep_ev;  /* periodic: closes connections stuck mid-frame */
   struct event *resume_ev; /* re-arms the listeners after accept failed */
   uint64_t accept_log_us;  /* last "accept failed" log line */
+  uint8_t *discard;        /* sink for bulk bytes that have nowhere to go */
   struct wait_req *inbox;  /* guarded by store.lock */
   struct conn *conns;      /* this thread's connections */
   uint64_t last_activity_us;
@@ -95,6 +96,7 @@ struct conn {
   uint8_t reading;      /* read event armed */
   uint8_t writing;      /* write event armed */
   uint64_t rx_since_us; /* last progress while a frame is incomplete, else 0 */
+  uint64_t tx_since_us; /* last output progress while output waits, else 0 */
   struct event *rev, *wev;
   /* input buffer: bytes [ipos, ilen) not consumed yet */
   uint8_t *ib;
@@ -124,7 +126,9 @@ struct conn *kvds__conn_new(struct io_thread *th, int fd, int is_unix);
 /* Closes now: aborts its writes, releases its pins, cancels its waits. */
 void kvds__conn_close(struct conn *c);
 
-/* Queues bytes (take ownership of `own` if non-NULL). -ENOMEM on failure. */
+/* Queues bytes, taking ownership of `own` (freed once sent) and of the pin
+ * on `pin` (dropped once sent). On -ENOMEM both are given up and the
+ * connection is marked closing: a reply is missing, the stream is lost. */
 int kvds__conn_queue(struct conn *c, const uint8_t *p, size_t len, uint8_t *own,
                      struct kvds_object *pin, int send_fd);
 /* Writes as much as the socket takes; arms the write event if needed. */

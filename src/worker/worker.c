@@ -231,8 +231,16 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg) {
       return;
     }
     if (!is_unix) {
-      int one = 1;
+      /* Keepalive and a user timeout notice a peer that vanished without a
+       * FIN (host down, partition): its pins and writes are released. */
+      int one = 1, idle = 30, intvl = 5, cnt = 3;
+      unsigned int uto = (unsigned int)s->cfg.frame_timeout_ms;
       setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+      setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+      setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+      setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof intvl);
+      setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt);
+      setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &uto, sizeof uto);
     }
     if (!kvds__conn_new(th, fd, is_unix)) {
       logf_(1, "out of memory for a new connection");
@@ -265,7 +273,8 @@ static void on_sweep(evutil_socket_t fd, short what, void *arg) {
 static int thread_setup(struct kvds_server *s, struct io_thread *th) {
   th->srv = s;
   th->base = event_base_new();
-  if (!th->base)
+  th->discard = malloc(64u << 10);
+  if (!th->base || !th->discard)
     return -ENOMEM;
   int fds[2] = {s->tcp_fd, s->unix_fd};
   for (int i = 0; i < 2; i++) {
@@ -321,6 +330,7 @@ static void thread_teardown(struct io_thread *th) {
     event_free(th->resume_ev);
   if (th->base)
     event_base_free(th->base);
+  free(th->discard);
 }
 
 int kvds_worker_run(const struct kvds_worker_config *cfg) {
@@ -428,7 +438,6 @@ int kvds_worker_run(const struct kvds_worker_config *cfg) {
       kvds__server_stop(s);
       for (int k = 1; k < i; k++)
         pthread_join(s->threads[k].tid, NULL);
-      s->nthreads = 1;
       goto out;
     }
   }
