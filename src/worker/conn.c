@@ -304,6 +304,14 @@ static ssize_t ib_fill(struct conn *c) {
   }
 }
 
+/* Steps past segments that are complete (also zero-length ones). */
+static void segs_skip_done(struct conn *c) {
+  while (c->seg < c->nsegs && c->seg_off == c->segs[c->seg].len) {
+    c->seg++;
+    c->seg_off = 0;
+  }
+}
+
 /* Copies buffered bytes into the current data segments. */
 static void data_from_ib(struct conn *c) {
   while (c->data_left && c->ipos < c->ilen) {
@@ -326,14 +334,6 @@ static void data_from_ib(struct conn *c) {
 }
 
 /* Reads bulk data straight into the segments. Returns as ib_fill. */
-/* Steps past segments that are complete (also zero-length ones). */
-static void segs_skip_done(struct conn *c) {
-  while (c->seg < c->nsegs && c->seg_off == c->segs[c->seg].len) {
-    c->seg++;
-    c->seg_off = 0;
-  }
-}
-
 /* Reads bulk data straight into the segments. Returns as ib_fill. */
 static ssize_t data_direct(struct conn *c) {
   struct iovec iov[MAX_IOV];
