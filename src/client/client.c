@@ -750,10 +750,18 @@ int kvds_mcreate(kvds_client *c, size_t n, const struct kvds_iov *keys,
   for (size_t i = 0; i < n; i++)
     if (sizes[i] == 0)
       return fail(c, KVDS_E_INVAL, "object size 0");
-  for (size_t off = 0; off < n; off += chunk_of(n - off))
+  for (size_t off = 0; off < n; off += chunk_of(n - off)) {
     if ((rc = mcreate_chunk(c, chunk_of(n - off), keys + off, sizes + off,
-                            bufs + off, results + off)))
+                            bufs + off, results + off))) {
+      /* The whole call fails: give back what earlier chunks created,
+       * keeping the message of the failure itself. */
+      char msg[sizeof c->errmsg];
+      memcpy(msg, c->errmsg, sizeof msg);
+      kvds_mabort(c, off, bufs);
+      memcpy(c->errmsg, msg, sizeof msg);
       return rc;
+    }
+  }
   return 0;
 }
 
