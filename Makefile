@@ -2,7 +2,10 @@
 # (scripts/install-deps.sh, idempotent) and builds with CMake.
 #
 #   make demo     build, start a worker, store/read objects, status, short bench
-#   make test     unit + integration tests, also under ASan+UBSan, fuzz smoke
+#   make test     unit + integration tests, also under ASan+UBSan, Python tests,
+#                 fuzz smoke
+#   make python   the Python package (kvds._kvds) into .venv
+#   make test-python  pytest (tests/python) against a real worker
 #   make bench    full `kvds bench local` against a fresh worker
 #   make fuzz     longer libFuzzer campaign (FUZZ_SECONDS, default 600)
 
@@ -14,9 +17,11 @@ FUZZ_BUILD ?= build/fuzz
 FUZZ_SMOKE_SECONDS ?= 30
 FUZZ_SECONDS ?= 600
 CMAKE_FLAGS ?=
+VENV ?= .venv
+PYTEST_ARGS ?=
 
 .PHONY: all deps build build-asan build-fuzz test test-release test-asan \
-        fuzz-smoke fuzz demo bench format format-check clean
+        fuzz-smoke fuzz demo bench format format-check clean python test-python
 
 all: build
 
@@ -58,7 +63,15 @@ fuzz: build-fuzz
 	$(FUZZ_BUILD)/fuzz/fuzz_frame -max_total_time=$(FUZZ_SECONDS) \
 	  -print_final_stats=1 $(FUZZ_BUILD)/corpus-frame fuzz/corpus/frame
 
-test: format-check test-release test-asan fuzz-smoke
+# The package built against this tree, installed into the project's .venv.
+python: build
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
+	  --no-build-isolation ./python
+
+test-python: python
+	KVDS_BIN=$(abspath $(BUILD))/kvds $(VENV)/bin/python -m pytest -q tests/python $(PYTEST_ARGS)
+
+test: format-check test-release test-python test-asan fuzz-smoke
 	@echo "make test: all suites passed"
 
 demo: build
@@ -77,4 +90,4 @@ format-check: deps
 	if [ -n "$$bad" ]; then echo "not clang-formatted (run 'make format'):"; echo "$$bad"; exit 1; fi
 
 clean:
-	rm -rf build
+	rm -rf build python/build python/kvds.egg-info

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# Installs every Debian package kvds needs to build, test, fuzz and bench.
+# Installs every Debian package kvds needs to build, test, fuzz and bench,
+# and the project's Python virtual environment (.venv at the repository root,
+# with the pinned packages of python/requirements-dev.txt).
 # Idempotent: does nothing (and needs no network) when everything is present.
 set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 pkgs=(
   build-essential cmake pkg-config
@@ -15,16 +19,46 @@ for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 
-if [ ${#missing[@]} -eq 0 ]; then
-  exit 0
+python="${PYTHON:-python3}"
+# Debian's own python3 needs python3-venv and python3-dev for the venv and
+# the extension's headers; another python3 (pyenv, a distribution) brings
+# its own, so nothing is added for it.
+if [ "$(command -v "$python" || true)" = /usr/bin/python3 ]; then
+  for p in python3-venv python3-dev; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
 fi
 
-echo "install-deps: installing ${missing[*]}"
-sudo=""
-if [ "$(id -u)" != 0 ]; then
-  command -v sudo >/dev/null || { echo "install-deps: need root or sudo to install: ${missing[*]}" >&2; exit 1; }
-  sudo="sudo"
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps: installing ${missing[*]}"
+  sudo=""
+  if [ "$(id -u)" != 0 ]; then
+    command -v sudo >/dev/null || { echo "install-deps: need root or sudo to install: ${missing[*]}" >&2; exit 1; }
+    sudo="sudo"
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
-export DEBIAN_FRONTEND=noninteractive
-$sudo apt-get update -qq
-$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+
+# ---- Python: .venv with the pinned requirements -----------------------------
+venv="$root/.venv"
+reqs="$root/python/requirements-dev.txt"
+stamp="$venv/.kvds-requirements"
+# The stamp records what the venv was made from: the interpreter and the
+# pinned requirements. Same stamp: nothing to do, no network.
+want="$("$python" -c 'import sys; print(sys.version)' | head -1)
+$(cat "$reqs")"
+if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+if [ ! -x "$venv/bin/python" ] ||
+   [ "$("$venv/bin/python" -c 'import sys; print(sys.version)' | head -1)" != "$(echo "$want" | head -1)" ]; then
+  echo "install-deps: creating $venv"
+  rm -rf "$venv"
+  "$python" -m venv "$venv"
+fi
+echo "install-deps: installing python/requirements-dev.txt into .venv"
+rm -f "$stamp"
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$reqs"
+printf '%s' "$want" > "$stamp"

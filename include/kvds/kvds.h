@@ -109,7 +109,9 @@ int kvds_client_connect_ex(const char *address, int timeout_ms, unsigned flags,
 
 /* Closes the connection and frees the client. Pins and objects still being
  * written are released by the worker. Pointers obtained from the client
- * become invalid. NULL is a no-op. */
+ * become invalid. Over TCP, the staging buffers of kvds_wbufs that were
+ * neither sealed nor aborted are not freed: abort them first. NULL is a
+ * no-op. */
 void kvds_client_close(kvds_client *c);
 
 /* Sets the I/O timeout applied to every later call (ms, > 0). */
@@ -225,7 +227,10 @@ int kvds_write(kvds_client *c, const struct kvds_wbuf *buf, size_t off,
 /*
  * Seals n objects: computes each checksum, makes the objects visible and
  * wakes readers waiting for them. Sealed entries are zeroed (their data
- * pointers must not be used any more). results[i] gets each status.
+ * pointers must not be used any more): after a whole-batch error (I/O,
+ * results[] not written) a zeroed handle is the sign an item was sealed.
+ * results[i] (optional) gets each status; returns 0 if all were sealed,
+ * else the first error.
  */
 int kvds_mseal(kvds_client *c, size_t n, struct kvds_wbuf *bufs, int *results);
 int kvds_seal(kvds_client *c, struct kvds_wbuf *buf);

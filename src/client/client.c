@@ -550,7 +550,8 @@ static int hello(kvds_client *c, int want_shm, uint64_t deadline) {
   const struct kvds_proto_item *it = &c->rit[0];
   c->nonce = it->d;
   size_t pl = it->klen < sizeof c->sock_path ? it->klen : 0;
-  memcpy(c->sock_path, c->rkey[0], pl);
+  if (pl)
+    memcpy(c->sock_path, c->rkey[0], pl);
   c->sock_path[pl] = 0;
   if (want_shm) {
     if (fd < 0 || !(c->rh.flags & KVDS_PF_SHM)) {
@@ -666,9 +667,13 @@ void kvds_client_set_timeout(kvds_client *c, int timeout_ms) {
     c->timeout_ms = timeout_ms;
 }
 
-int kvds_client_is_local(const kvds_client *c) { return c->local; }
+int kvds_client_is_local(const kvds_client *c) {
+  return c->local;
+}
 
-int kvds_client_is_connected(const kvds_client *c) { return c->fd >= 0; }
+int kvds_client_is_connected(const kvds_client *c) {
+  return c->fd >= 0;
+}
 
 const char *kvds_client_errmsg(const kvds_client *c) {
   return c->errmsg;

@@ -941,7 +941,173 @@ static void test_fini_empty(void **state) {
   assert_int_equal(n_tracked, 0);
 }
 
+/* ---- regressions: creates that cannot fit ------------------------------ */
+
+#define BIG_POOL_SIZE (16 * MiB)
+
+static int setup_big(void **state) {
+  struct fx *f = calloc(1, sizeof *f);
+  if (!f)
+    return -1;
+  n_tracked = 0;
+  malloc_fail_next = 0;
+  if (kvds_pool_create(&f->pool, "kvds-test-store-big", BIG_POOL_SIZE,
+                       KVDS_POOL_HUGE_OFF) != 0) {
+    free(f);
+    return -1;
+  }
+  *state = f;
+  return 0;
+}
+
+static void assert_present(struct kvds_store *st, const char *fmt,
+                           unsigned from, unsigned to, int present) {
+  char k[32];
+  for (unsigned i = from; i < to; i++) {
+    snprintf(k, sizeof k, fmt, i);
+    if (present && !find(st, k))
+      fail_msg("%s was evicted", k);
+    if (!present && find(st, k))
+      fail_msg("%s is still there", k);
+  }
+}
+
+/*
+ * A create larger than what eviction could ever free (the pool minus the
+ * pinned and WRITING objects) fails with NOSPACE without evicting anything.
+ * Policy over 16 MiB: high 15 MiB, low 14 MiB (exact in binary). 8 MiB are
+ * pinned and six 1 MiB objects are sealed and unpinned (14 MiB used, at or
+ * under high: no eviction yet), so at most 8 MiB can be had.
+ */
+static void test_hopeless_create_keeps_objects(void **state) {
+  struct fx *f = *state;
+  struct kvds_evict_policy p = {.high_watermark = 0.9375,
+                                .eviction_ratio = 0.0625};
+  assert_int_equal(kvds_store_init(&f->st, &f->pool, &p, 0, on_wake, f), 0);
+  f->open = 1;
+  struct kvds_store *st = &f->st;
+  assert_int_equal(st->alloc.capacity, BIG_POOL_SIZE);
+  struct kvds_object *pinned, *hot[6], *o = NULL;
+  char k[32];
+
+  pinned = put(st, "pinned", 8 * MiB);
+  assert_ptr_equal(get(st, "pinned"), pinned);
+  for (unsigned i = 0; i < 6; i++) {
+    snprintf(k, sizeof k, "hot%u", i);
+    hot[i] = put(st, k, 1 * MiB);
+  }
+  assert_int_equal(st->alloc.used, 14 * MiB);
+  assert_int_equal(st->lru.count, 6);
+  assert_int_equal(st->ctr.evictions, 0);
+  assert_int_equal(n_tracked, 7);
+
+  /* 10 MiB, and 8 MiB + 1 byte: more than the 8 MiB eviction could free. */
+  const uint64_t hopeless[] = {10 * MiB, 8 * MiB + 1, BIG_POOL_SIZE};
+  for (unsigned t = 0; t < 3; t++) {
+    assert_int_equal(kvds_store_create(st, "huge", 4, hopeless[t], &o),
+                     KVDS_E_NOSPACE);
+    assert_null(o);
+    assert_int_equal(st->ctr.nospace, t + 1);
+    assert_int_equal(st->ctr.evictions, 0);
+    assert_int_equal(st->ctr.evicted_bytes, 0);
+    assert_int_equal(st->alloc.used, 14 * MiB);
+    assert_int_equal(st->lru.count, 6);
+    assert_null(find(st, "huge"));
+    for (unsigned i = 0; i < 6; i++) {
+      snprintf(k, sizeof k, "hot%u", i);
+      assert_ptr_equal(find(st, k), hot[i]);
+      assert_int_equal(hot[i]->state, KVDS_STATE_SEALED);
+    }
+    assert_ptr_equal(find(st, "pinned"), pinned);
+    assert_int_equal(pinned->pins, 1);
+    assert_int_equal(n_tracked, 7);
+    audit(st);
+  }
+
+  /* A create that fits only after evicting still evicts, oldest first:
+   * 14 + 2 MiB crosses high (15 MiB), so 2 MiB go (hot0, hot1) to bring
+   * used + want down to low (14 MiB). It stays WRITING: not evictable. */
+  struct kvds_object *w = create(st, "w", 2 * MiB);
+  assert_int_equal(st->ctr.evictions, 2);
+  assert_int_equal(st->ctr.evicted_bytes, 2 * MiB);
+  assert_present(st, "hot%u", 0, 2, 0);
+  assert_present(st, "hot%u", 2, 6, 1);
+  assert_int_equal(st->alloc.used, 14 * MiB);
+  audit(st);
+
+  /* Now 10 MiB cannot move (8 pinned + 2 WRITING) and 4 MiB can: 7 MiB is
+   * hopeless and evicts nothing... */
+  o = NULL;
+  assert_int_equal(kvds_store_create(st, "seven", 5, 7 * MiB, &o),
+                   KVDS_E_NOSPACE);
+  assert_null(o);
+  assert_int_equal(st->ctr.evictions, 2);
+  assert_present(st, "hot%u", 2, 6, 1);
+  assert_int_equal(st->alloc.used, 14 * MiB);
+
+  /* ...while 6 MiB fits exactly once all four evictable objects are gone. */
+  o = create(st, "six", 6 * MiB);
+  assert_int_equal(st->ctr.evictions, 6);
+  assert_int_equal(st->ctr.evicted_bytes, 6 * MiB);
+  assert_present(st, "hot%u", 0, 6, 0);
+  assert_ptr_equal(find(st, "pinned"), pinned);
+  assert_ptr_equal(find(st, "w"), w);
+  assert_ptr_equal(find(st, "six"), o);
+  assert_int_equal(st->alloc.used, BIG_POOL_SIZE);
+  assert_int_equal(st->lru.count, 0);
+  audit(st);
+
+  kvds_store_seal(st, w, 1);
+  kvds_store_seal(st, o, 2);
+  kvds_store_unpin(st, pinned);
+  audit(st);
+}
+
+/* The bound counts only what is evictable right now: an object that gets
+ * unpinned becomes part of it, one that gets pinned stops being part of it,
+ * and a deleted-but-pinned object (an orphan) never is. */
+static void test_hopeless_create_tracks_pins(void **state) {
+  struct fx *f = *state;
+  struct kvds_evict_policy p = {.high_watermark = 0.9375,
+                                .eviction_ratio = 0.0625};
+  assert_int_equal(kvds_store_init(&f->st, &f->pool, &p, 0, on_wake, f), 0);
+  f->open = 1;
+  struct kvds_store *st = &f->st;
+  struct kvds_object *a, *b, *o = NULL;
+
+  a = put(st, "a", 6 * MiB);
+  b = put(st, "b", 6 * MiB);
+  assert_ptr_equal(get(st, "a"), a);
+  assert_ptr_equal(get(st, "b"), b);
+  /* 12 MiB pinned: 5 MiB can never fit. */
+  assert_int_equal(kvds_store_create(st, "x", 1, 5 * MiB, &o), KVDS_E_NOSPACE);
+  assert_int_equal(st->ctr.evictions, 0);
+
+  /* b unpinned: 10 MiB could be had, so 5 MiB evicts b and fits. */
+  kvds_store_unpin(st, b);
+  o = create(st, "x", 5 * MiB);
+  assert_int_equal(st->ctr.evictions, 1);
+  assert_null(find(st, "b"));
+  kvds_store_seal(st, o, 3);
+
+  /* a deleted while pinned: still occupies 6 MiB that eviction cannot
+   * free; x (5 MiB) is evictable, so 10 MiB fits but 11 MiB does not. */
+  assert_int_equal(kvds_store_delete(st, "a", 1), 0);
+  o = NULL;
+  assert_int_equal(kvds_store_create(st, "y", 1, 11 * MiB, &o), KVDS_E_NOSPACE);
+  assert_int_equal(st->ctr.evictions, 1);
+  assert_non_null(find(st, "x"));
+  o = create(st, "y", 10 * MiB);
+  assert_int_equal(st->ctr.evictions, 2);
+  assert_null(find(st, "x"));
+  kvds_store_seal(st, o, 4);
+  kvds_store_unpin(st, a); /* the orphan goes now */
+  assert_int_equal(st->alloc.used, 10 * MiB);
+  audit(st);
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
+#define TB(fn) cmocka_unit_test_setup_teardown(fn, setup_big, teardown)
 
 int main(void) {
   const struct CMUnitTest tests[] = {
@@ -960,6 +1126,8 @@ int main(void) {
       T(test_nospace),
       T(test_waiters),
       T(test_wait_remove),
+      TB(test_hopeless_create_keeps_objects),
+      TB(test_hopeless_create_tracks_pins),
       T(test_fini_empty),
       /* Last: under ASan the first fails by aborting the process. */
       T(test_fini_deleted_pinned),

@@ -1,0 +1,277 @@
+/*
+ * py_pinned.c — kvds.Pinned: values pinned by Client.mget_views, and the
+ * read-only buffers (_PinnedView) through which memoryviews reach them.
+ *
+ * Each memoryview of an item counts as an export of the Pinned object (and
+ * of its client). While one exists, release() raises BufferError, like
+ * resizing a bytearray that is exported, so no memoryview can ever reach
+ * memory the worker may reuse.
+ */
+#include "kvdspy.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+  struct kvdspy_child head;
+  Py_ssize_t n;
+  int *results;   /* per-item status (0, NOTFOUND, TIMEOUT) */
+  size_t *lens;   /* sizes, kept after release */
+  uint64_t *sums; /* checksums, kept after release */
+} PinnedObject;
+
+typedef struct {
+  PyObject ob_base;
+  PinnedObject *owner;
+  Py_ssize_t i;
+} PinnedViewObject;
+
+PyObject *kvdspy_pinned_new(ClientObject *cl, size_t n, struct kvds_value *vals,
+                            int *results) {
+  struct kvdspy_res *res = calloc(1, sizeof *res);
+  PinnedObject *p = NULL;
+  if (!res) {
+    PyErr_NoMemory();
+    goto fail;
+  }
+  res->vals = vals;
+  res->nvals = n;
+  p = PyObject_New(PinnedObject, &KvdsPinned_Type);
+  if (!p)
+    goto fail;
+  memset((char *)p + sizeof(PyObject), 0, sizeof *p - sizeof(PyObject));
+  p->head.client = (ClientObject *)Py_NewRef((PyObject *)cl);
+  p->n = (Py_ssize_t)n;
+  p->results = PyMem_Malloc((n ? n : 1) * sizeof *p->results);
+  p->lens = PyMem_Malloc((n ? n : 1) * sizeof *p->lens);
+  p->sums = PyMem_Malloc((n ? n : 1) * sizeof *p->sums);
+  if (!p->results || !p->lens || !p->sums) {
+    PyErr_NoMemory();
+    goto fail;
+  }
+  for (size_t i = 0; i < n; i++) {
+    p->results[i] = results[i];
+    p->lens[i] = vals[i].len;
+    p->sums[i] = vals[i].checksum;
+  }
+  kvdspy_child_attach(cl, &p->head, res);
+  return (PyObject *)p;
+fail:
+  Py_XDECREF(p); /* not attached: its dealloc releases nothing */
+  if (res)
+    kvdspy_dispose(cl, res);
+  else
+    free(vals); /* the pins go when the client closes */
+  return NULL;
+}
+
+static void pinned_dealloc(PinnedObject *p) {
+  if (p->head.client) {
+    kvdspy_dispose(p->head.client, kvdspy_child_detach(&p->head));
+    Py_DECREF(p->head.client);
+  }
+  PyMem_Free(p->results);
+  PyMem_Free(p->lens);
+  PyMem_Free(p->sums);
+  PyObject_Free(p);
+}
+
+static PyObject *pinned_release(PinnedObject *p, PyObject *unused) {
+  if (p->head.exports > 0) {
+    PyErr_Format(PyExc_BufferError,
+                 "cannot release: %zd memoryview(s) of these values still "
+                 "exist (release them or drop them first)",
+                 p->head.exports);
+    return NULL;
+  }
+  kvdspy_dispose(p->head.client, kvdspy_child_detach(&p->head));
+  Py_RETURN_NONE;
+}
+
+static PyObject *pinned_enter(PyObject *self, PyObject *unused) {
+  return Py_NewRef(self);
+}
+
+static PyObject *pinned_exit(PinnedObject *p, PyObject *args) {
+  PyObject *t =
+      PyTuple_GET_SIZE(args) > 0 ? PyTuple_GET_ITEM(args, 0) : Py_None;
+  /* While an exception propagates, its traceback may hold the memoryviews:
+   * do not mask it; the finalizer releases the pins once they are gone. */
+  if (t != Py_None && p->head.exports > 0)
+    Py_RETURN_FALSE;
+  PyObject *r = pinned_release(p, NULL);
+  if (!r)
+    return NULL;
+  Py_DECREF(r);
+  Py_RETURN_FALSE;
+}
+
+static Py_ssize_t pinned_len(PinnedObject *p) {
+  return p->n;
+}
+
+static PyObject *pinned_item(PinnedObject *p, Py_ssize_t i) {
+  if (i < 0 || i >= p->n) {
+    PyErr_SetString(PyExc_IndexError, "Pinned index out of range");
+    return NULL;
+  }
+  if (p->results[i])
+    Py_RETURN_NONE;
+  if (!p->head.res) {
+    PyErr_SetString(PyExc_ValueError,
+                    "the values were released (or their client closed)");
+    return NULL;
+  }
+  PinnedViewObject *v = PyObject_New(PinnedViewObject, &KvdsPinnedView_Type);
+  if (!v)
+    return NULL;
+  v->owner = (PinnedObject *)Py_NewRef((PyObject *)p);
+  v->i = i;
+  PyObject *mv = PyMemoryView_FromObject((PyObject *)v);
+  Py_DECREF(v); /* the memoryview holds it */
+  return mv;
+}
+
+static PyObject *pinned_get_checksums(PinnedObject *p, void *unused) {
+  PyObject *l = PyList_New(p->n);
+  for (Py_ssize_t i = 0; l && i < p->n; i++) {
+    PyObject *o = p->results[i] ? Py_NewRef(Py_None)
+                                : PyLong_FromUnsignedLongLong(p->sums[i]);
+    if (!o) {
+      Py_CLEAR(l);
+      break;
+    }
+    PyList_SET_ITEM(l, i, o);
+  }
+  return l;
+}
+
+static PyObject *pinned_get_sizes(PinnedObject *p, void *unused) {
+  PyObject *l = PyList_New(p->n);
+  for (Py_ssize_t i = 0; l && i < p->n; i++) {
+    PyObject *o =
+        p->results[i] ? Py_NewRef(Py_None) : PyLong_FromSize_t(p->lens[i]);
+    if (!o) {
+      Py_CLEAR(l);
+      break;
+    }
+    PyList_SET_ITEM(l, i, o);
+  }
+  return l;
+}
+
+static PyObject *pinned_get_missing(PinnedObject *p, void *unused) {
+  PyObject *l = PyList_New(0);
+  for (Py_ssize_t i = 0; l && i < p->n; i++) {
+    if (!p->results[i])
+      continue;
+    PyObject *o = PyLong_FromSsize_t(i);
+    if (!o || PyList_Append(l, o))
+      Py_CLEAR(l);
+    Py_XDECREF(o);
+  }
+  return l;
+}
+
+static PyObject *pinned_get_released(PinnedObject *p, void *unused) {
+  return PyBool_FromLong(p->head.res == NULL);
+}
+
+static PyObject *pinned_repr(PinnedObject *p) {
+  Py_ssize_t missing = 0;
+  for (Py_ssize_t i = 0; i < p->n; i++)
+    missing += p->results[i] != 0;
+  return PyUnicode_FromFormat("<kvds.Pinned %zd values, %zd missing%s>", p->n,
+                              missing, p->head.res ? "" : ", released");
+}
+
+static PyMethodDef pinned_methods[] = {
+    {"release", (PyCFunction)pinned_release, METH_NOARGS,
+     "release()\n\nReleases the pins (the worker may then evict or free the "
+     "values). Raises BufferError while a memoryview from this object "
+     "exists. Idempotent."},
+    {"__enter__", pinned_enter, METH_NOARGS, "Returns self."},
+    {"__exit__", (PyCFunction)pinned_exit, METH_VARARGS,
+     "Releases the pins. On a normal exit a memoryview still alive raises "
+     "BufferError; when an exception is propagating the release is left to "
+     "the finalizer instead."},
+    {NULL, NULL, 0, NULL}};
+
+static PyGetSetDef pinned_getset[] = {
+    {"checksums", (getter)pinned_get_checksums, NULL,
+     "xxh3-64 checksum of each value (None for a missing key).", NULL},
+    {"sizes", (getter)pinned_get_sizes, NULL,
+     "Size of each value (None for a missing key).", NULL},
+    {"missing", (getter)pinned_get_missing, NULL,
+     "Indices of the keys that were absent (after wait_ms).", NULL},
+    {"released", (getter)pinned_get_released, NULL,
+     "True once the pins are released (or the client closed).", NULL},
+    {NULL, NULL, NULL, NULL, NULL}};
+
+static PySequenceMethods pinned_as_seq = {
+    .sq_length = (lenfunc)pinned_len,
+    .sq_item = (ssizeargfunc)pinned_item,
+};
+
+PyTypeObject KvdsPinned_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "kvds.Pinned",
+    .tp_basicsize = sizeof(PinnedObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Values pinned by Client.mget_views().\n\np[i] is a read-only "
+              "memoryview of value i (None for a missing key), valid as long "
+              "as the memoryview lives: the pins cannot be released while one "
+              "exists. Release with release(), a with block, or by dropping "
+              "the object (its finalizer releases). Closing the client "
+              "releases it too.",
+    .tp_dealloc = (destructor)pinned_dealloc,
+    .tp_repr = (reprfunc)pinned_repr,
+    .tp_as_sequence = &pinned_as_seq,
+    .tp_methods = pinned_methods,
+    .tp_getset = pinned_getset,
+};
+
+/* ---- _PinnedView: the exporter behind each item's memoryview ---------- */
+
+static int view_getbuffer(PinnedViewObject *v, Py_buffer *view, int flags) {
+  PinnedObject *p = v->owner;
+  if (flags & PyBUF_WRITABLE) {
+    PyErr_SetString(PyExc_BufferError, "pinned values are read-only");
+    return -1;
+  }
+  if (!p->head.res || p->head.client->closing) {
+    PyErr_SetString(PyExc_BufferError,
+                    "the values were released (or their client closed)");
+    return -1;
+  }
+  const struct kvds_value *val = &p->head.res->vals[v->i];
+  if (PyBuffer_FillInfo(view, (PyObject *)v, (void *)val->data,
+                        (Py_ssize_t)val->len, 1, flags))
+    return -1;
+  p->head.exports++;
+  p->head.client->exports++;
+  return 0;
+}
+
+static void view_releasebuffer(PinnedViewObject *v, Py_buffer *view) {
+  v->owner->head.exports--;
+  v->owner->head.client->exports--;
+}
+
+static void view_dealloc(PinnedViewObject *v) {
+  Py_DECREF(v->owner);
+  PyObject_Free(v);
+}
+
+static PyBufferProcs view_as_buffer = {
+    .bf_getbuffer = (getbufferproc)view_getbuffer,
+    .bf_releasebuffer = (releasebufferproc)view_releasebuffer,
+};
+
+PyTypeObject KvdsPinnedView_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "kvds._PinnedView",
+    .tp_basicsize = sizeof(PinnedViewObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Exports one pinned value (internal).",
+    .tp_dealloc = (destructor)view_dealloc,
+    .tp_as_buffer = &view_as_buffer,
+};

@@ -1,0 +1,214 @@
+"""Two-phase writes: Client.create/mcreate, kvds.WriteBuffer, mseal."""
+import gc
+
+import numpy as np
+import pytest
+
+import kvds
+
+
+def test_create_write_seal_in_ranges(client, key):
+    data = bytes(range(256)) * 40  # 10240 bytes
+    w = client.create(key("r"), len(data))
+    assert w.size == len(data) and w.key == key("r") and w.state == "writing"
+    assert client.exists([key("r")]) == [False]  # invisible until sealed
+    assert client.stat(key("r"))["state"] == "writing"
+    # Out of order, through write() and through the buffer protocol.
+    w.write(8000, data[8000:])
+    w.view[0:3000] = data[0:3000]
+    mv = memoryview(w)
+    mv[3000:8000] = data[3000:8000]
+    mv.release()
+    assert w.checksum is None
+    s = w.seal()
+    assert s == kvds.checksum(data) == w.checksum
+    assert w.state == "sealed"
+    assert client.get(key("r")) == data
+    st = client.stat(key("r"))
+    assert st["state"] == "sealed" and st["checksum"] == s
+
+
+def test_write_through_numpy(client, key):
+    a = np.arange(1024, dtype=np.float64)
+    w = client.create(key("np"), a.nbytes)
+    dst = np.frombuffer(w, dtype=np.float64)
+    assert dst.flags.writeable
+    dst[:] = a
+    with pytest.raises(BufferError):
+        w.seal()  # dst still exports the buffer
+    del dst
+    w.seal()
+    assert np.array_equal(np.frombuffer(client.get(key("np")), np.float64), a)
+
+
+def test_write_range_checked(client, key):
+    w = client.create(key("rc"), 10)
+    with pytest.raises(kvds.InvalidArgument) as ei:
+        w.write(8, b"abc")
+    assert ei.value.code == kvds.E_RANGE and isinstance(ei.value, ValueError)
+    with pytest.raises(kvds.InvalidArgument):
+        w.write(11, b"")
+    w.write(7, b"abc")
+    w.write(0, np.frombuffer(b"0123456", dtype=np.uint8))
+    w.seal()
+    assert client.get(key("rc")) == b"0123456abc"
+
+
+def test_seal_and_abort_are_final(client, key):
+    w = client.create(key("f"), 4)
+    w.write(0, b"abcd")
+    w.seal()
+    with pytest.raises(ValueError):
+        w.seal()
+    with pytest.raises(ValueError):
+        w.write(0, b"x")
+    with pytest.raises(BufferError):
+        memoryview(w)
+    w.abort()  # no-op once sealed
+    assert client.get(key("f")) == b"abcd"
+
+
+def test_abort(client, key):
+    w = client.create(key("a"), 100)
+    w.write(0, b"x" * 100)
+    w.abort()
+    assert w.state == "aborted"
+    assert client.exists([key("a")]) == [False]
+    with pytest.raises(kvds.NotFound):
+        client.stat(key("a"))
+    with pytest.raises(ValueError):
+        w.seal()
+    w2 = client.create(key("a"), 3)  # the key is free again
+    w2.write(0, b"new")
+    w2.seal()
+    assert client.get(key("a")) == b"new"
+
+
+def test_abort_refused_while_a_view_exists(client, key):
+    w = client.create(key("av"), 8)
+    v = w.view
+    with pytest.raises(BufferError):
+        w.abort()
+    v[:] = b"12345678"
+    v.release()
+    w.seal()
+    assert client.get(key("av")) == b"12345678"
+
+
+def test_dropped_write_buffer_is_aborted(client, key):
+    w = client.create(key("drop"), 10)
+    assert client.stat(key("drop"))["state"] == "writing"
+    del w
+    with pytest.raises(kvds.NotFound):
+        client.stat(key("drop"))
+    gc.disable()
+    try:
+        w = client.create(key("cyc"), 10)
+        cycle = [w, None]
+        cycle[1] = cycle
+        del w, cycle
+        assert client.stat(key("cyc"))["state"] == "writing"
+        gc.collect()
+        with pytest.raises(kvds.NotFound):
+            client.stat(key("cyc"))
+    finally:
+        gc.enable()
+
+
+def test_context_manager_aborts_unsealed(client, key):
+    with client.create(key("cm1"), 2) as w:
+        w.write(0, b"ok")
+        w.seal()
+    assert client.get(key("cm1")) == b"ok"
+    with client.create(key("cm2"), 2) as w:
+        w.write(0, b"no")
+    assert w.state == "aborted"
+    assert client.exists([key("cm2")]) == [False]
+
+
+def test_mcreate_mseal(client, key):
+    keys = [key(f"m{i}") for i in range(20)]
+    sizes = [1000 + i for i in range(20)]
+    bufs = client.mcreate(keys, sizes)
+    assert [b.size for b in bufs] == sizes
+    vals = []
+    for i, b in enumerate(bufs):
+        v = bytes([i]) * sizes[i]
+        b.write(0, v)
+        vals.append(v)
+    sums = client.mseal(bufs)
+    assert sums == [kvds.checksum(v) for v in vals]
+    assert all(b.state == "sealed" for b in bufs)
+    assert client.mget(keys) == vals
+    assert client.mcreate([], []) == [] and client.mseal([]) == []
+
+
+def test_mcreate_failure_aborts_the_others(client, key):
+    client.put(key("taken"), b"t")
+    keys = [key("x0"), key("taken"), key("x2")]
+    with pytest.raises(kvds.Exists) as ei:
+        client.mcreate(keys, [10, 10, 10])
+    assert ei.value.index == 1
+    # x0 and x2 were created, then aborted: they can be created again.
+    assert [client.stat(k)["state"] for k in [key("taken")]] == ["sealed"]
+    for k in (key("x0"), key("x2")):
+        with pytest.raises(kvds.NotFound):
+            client.stat(k)
+    for b in client.mcreate([key("x0"), key("x2")], [1, 1]):
+        b.write(0, b"y")
+        b.seal()
+
+
+def test_mseal_checks_its_items(client, key, worker, transport):
+    a = client.create(key("a"), 1)
+    with pytest.raises(ValueError):
+        client.mseal([a, a])  # listed twice
+    with pytest.raises(TypeError):
+        client.mseal([a, b"not a buffer"])
+    with pytest.raises(TypeError):
+        client.mseal(a)
+    other = kvds.Client(worker.addr if transport == "shm" else worker.tcp)
+    with pytest.raises(ValueError, match="another client"):
+        other.mseal([a])
+    a.write(0, b"A")
+    assert client.mseal([a]) == [kvds.checksum(b"A")]
+
+
+def test_waiter_sees_sealed_value(worker, transport, key):
+    import threading
+    c1 = kvds.Client(worker.addr if transport == "shm" else worker.tcp)
+    c2 = kvds.Client(worker.addr if transport == "shm" else worker.tcp)
+    w = c1.create(key("late"), 5)
+    started = threading.Event()
+    result = {}
+
+    def reader():
+        started.set()
+        result["v"] = c2.get(key("late"), wait_ms=10000)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    started.wait()
+    w.write(0, b"hello")
+    w.seal()
+    t.join(20)
+    assert not t.is_alive() and result["v"] == b"hello"
+
+
+def test_close_aborts_open_write_buffers(worker, transport, key):
+    c = kvds.Client(worker.addr if transport == "shm" else worker.tcp)
+    w = c.create(key("open"), 16)
+    v = w.view
+    with pytest.raises(BufferError):
+        c.close()
+    v.release()
+    c.close()
+    assert w.state == "closed"
+    # close() aborted it (acknowledged by the worker) before disconnecting.
+    with kvds.Client(worker.tcp) as other:
+        with pytest.raises(kvds.NotFound):
+            other.stat(key("open"))
+    with pytest.raises(ValueError):
+        w.write(0, b"x")
+    with pytest.raises(BufferError):
+        memoryview(w)
