@@ -24,6 +24,8 @@ enum { RX_HDR, RX_META, RX_DATA };
 #define DIRECT_RX_MIN (32u << 10)
 #define MAX_IOV 64
 #define DISCARD_SIZE (64u << 10)
+/* Bulk bytes one connection may read per turn of the event loop. */
+#define DATA_BUDGET (8u << 20)
 
 static void on_read(evutil_socket_t fd, short what, void *arg);
 static void on_write(evutil_socket_t fd, short what, void *arg);
@@ -391,8 +393,8 @@ static void protocol_error(struct conn *c, int err) {
 }
 
 /* Parses and runs as many complete frames as are buffered. Returns 0 to keep
- * going, 1 when the connection is closing (flush, then it closes), -1 when it
- * was closed and freed. */
+ * going, 1 when the connection is closing (flush, then it closes), 2 when it
+ * used its bulk-data budget for this turn, -1 when it was closed and freed. */
 static int process(struct conn *c) {
   for (;;) {
     if (c->closing)
@@ -462,6 +464,7 @@ static int process(struct conn *c) {
     }
     /* RX_DATA */
     data_from_ib(c);
+    uint64_t budget = DATA_BUDGET;
     while (c->data_left) {
       ssize_t r;
       if (c->data_left >= DIRECT_RX_MIN)
@@ -474,6 +477,14 @@ static int process(struct conn *c) {
       }
       if (r == 0)
         return 0;
+      /* A huge value must not keep this thread from its other connections:
+       * yield, and be called again next turn (also when the rest is already
+       * buffered and the socket itself stays quiet). */
+      if ((uint64_t)r >= budget && c->data_left) {
+        event_active(c->rev, EV_READ, 0);
+        return 2;
+      }
+      budget -= (uint64_t)r < budget ? (uint64_t)r : budget;
     }
     c->rx = RX_HDR;
     kvds__server_data_done(c);
