@@ -199,9 +199,10 @@ int kvds_release(kvds_client *c, size_t n, struct kvds_value *vals);
 
 /* An object being written (state WRITING). */
 struct kvds_wbuf {
-  void *data;      /* writable region of len bytes; see kvds_create */
-  size_t len;      /* object size */
-  uint64_t handle; /* do not interpret */
+  void *data;        /* writable region of len bytes; see kvds_create */
+  size_t len;        /* object size */
+  uint64_t handle;   /* do not interpret */
+  uint64_t checksum; /* set by kvds_mseal when the object is sealed */
 };
 
 /*
@@ -226,8 +227,9 @@ int kvds_write(kvds_client *c, const struct kvds_wbuf *buf, size_t off,
 
 /*
  * Seals n objects: computes each checksum, makes the objects visible and
- * wakes readers waiting for them. Sealed entries are zeroed (their data
- * pointers must not be used any more): after a whole-batch error (I/O,
+ * wakes readers waiting for them. Sealed entries are zeroed except for
+ * `checksum`, which holds the sealed value's xxh3-64 (their data pointers
+ * must not be used any more): after a whole-batch error (I/O,
  * results[] not written) a zeroed handle is the sign an item was sealed.
  * results[i] (optional) gets each status; returns 0 if all were sealed,
  * else the first error.

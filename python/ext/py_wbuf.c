@@ -177,10 +177,6 @@ PyObject *kvdspy_wbuf_mseal(ClientObject *cl, PyObject *seq) {
   char msg[256] = "";
   if (n) {
     PyThreadState *ts = PyEval_SaveThread();
-    /* kvds_mseal does not return the checksums: compute them while the
-     * bytes are still there (the seal frees TCP staging buffers). */
-    for (Py_ssize_t i = 0; i < n; i++)
-      sums[i] = kvds_checksum(bufs[i].data, bufs[i].len);
     kvdspy_lock(cl);
     rc = kvds_mseal(cl->c, (size_t)n, bufs, results);
     if (rc)
@@ -194,6 +190,8 @@ PyObject *kvdspy_wbuf_mseal(ClientObject *cl, PyObject *seq) {
     WriteBufferObject *w = (WriteBufferObject *)items[i];
     w->sealing = 0;
     if (bufs[i].handle == 0) {
+      /* kvds_mseal leaves the sealed checksum in the zeroed entry. */
+      sums[i] = bufs[i].checksum;
       w->state = WB_SEALED;
       w->checksum = sums[i];
       /* The library freed or handed over the memory: nothing to release. */

@@ -846,6 +846,7 @@ static int mseal_chunk(kvds_client *c, size_t n, struct kvds_wbuf *bufs,
       continue;
     }
     int st = k < c->rh.count ? c->rit[k].status : KVDS_E_PROTO;
+    uint64_t sum = k < c->rh.count ? c->rit[k].a : 0;
     k++;
     if (results)
       results[i] = st;
@@ -853,6 +854,7 @@ static int mseal_chunk(kvds_client *c, size_t n, struct kvds_wbuf *bufs,
       if (!c->local)
         free(bufs[i].data);
       memset(&bufs[i], 0, sizeof bufs[i]);
+      bufs[i].checksum = sum;
     }
   }
   return 0;
