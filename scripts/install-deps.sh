@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs every Debian package kvds needs to build, test, fuzz and bench,
 # and the project's Python virtual environment (.venv at the repository root,
-# with the pinned packages of python/requirements-dev.txt).
+# with the pinned packages of python/requirements-dev.txt and, for the vLLM
+# connector, python/requirements-vllm.txt plus CUDA library stubs).
 # Idempotent: does nothing (and needs no network) when everything is present.
 set -euo pipefail
 
@@ -44,11 +45,14 @@ fi
 # ---- Python: .venv with the pinned requirements -----------------------------
 venv="$root/.venv"
 reqs="$root/python/requirements-dev.txt"
+vllm_reqs="$root/python/requirements-vllm.txt"
+stubs="$root/scripts/make_cuda_stubs.py"
 stamp="$venv/.kvds-requirements"
-# The stamp records what the venv was made from: the interpreter and the
-# pinned requirements. Same stamp: nothing to do, no network.
+# The stamp records what the venv was made from: the interpreter, both pinned
+# requirement files and the CUDA stub generator. Same stamp: nothing to do,
+# no network.
 want="$("$python" -c 'import sys; print(sys.version)' | head -1)
-$(cat "$reqs")"
+$(cat "$reqs" "$vllm_reqs" "$stubs")"
 if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
@@ -61,4 +65,13 @@ fi
 echo "install-deps: installing python/requirements-dev.txt into .venv"
 rm -f "$stamp"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$reqs"
+# vLLM (CPU) for the connector tests: every dependency is pinned in the file,
+# and --no-deps keeps pip from adding torch's nvidia-* CUDA wheels (~4 GB);
+# make_cuda_stubs.py builds stand-ins for the CUDA libraries torch links to.
+echo "install-deps: installing python/requirements-vllm.txt into .venv (--no-deps)"
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -r "$vllm_reqs"
+site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+"$venv/bin/python" "$stubs" "$site" >/dev/null
+"$venv/bin/python" -c 'import torch, vllm' ||
+  { echo "install-deps: torch/vllm do not import in $venv" >&2; exit 1; }
 printf '%s' "$want" > "$stamp"

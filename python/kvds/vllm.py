@@ -1,0 +1,644 @@
+"""kvds as a vLLM v1 KV connector (vLLM 0.32.0; see docs/vllm.md).
+
+    --kv-transfer-config '{"kv_connector": "KvdsConnector",
+                           "kv_connector_module_path": "kvds.vllm",
+                           "kv_role": "kv_both",
+                           "kv_connector_extra_config": {"namespace": "prod"}}'
+
+One kvds object per (block, rank) holds every layer of that block: a 64-byte
+header, then each layer's bytes of the block in layer order. Keys are
+``<namespace>/<model>/<dtype>/<layout>/tp<r>/pp<p>/<block hash hex>`` (MLA
+caches: ``tp*``, one copy shared by all TP ranks). The worker side knows the
+layout (from the tensor shapes) and publishes its key prefix in kvds; the
+scheduler side reads it to look up prefixes.
+
+Only this module's import of vLLM's base class is eager; torch, kvds' worker
+machinery and everything else are imported when first used.
+"""
+import json
+import logging
+import os
+import queue
+import struct
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+from vllm.distributed.kv_transfer.kv_connector.v1.base import (
+    KVConnectorBase_V1,
+    KVConnectorMetadata,
+    KVConnectorRole,
+)
+
+import kvds
+
+__all__ = ["KvdsConnector", "KvdsConnectorMetadata", "parse_config", "detect_layout"]
+
+log = logging.getLogger("kvds.vllm")
+
+DEFAULT_ADDR = "127.0.0.1:31501"
+HEADER_SIZE = 64
+BAD_BLOCK_RETRY_S = 60.0      # a block that failed to load is not looked up again for this long
+HEADER_MAGIC = b"KVDSKV01"
+_HEADER = struct.Struct("<8sQQ")          # magic, payload bytes, descriptor checksum
+
+# key -> (type check, description)
+_CONFIG_KEYS = {
+    "worker_addr": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+    "namespace": (lambda v: isinstance(v, str) and v != "" and "/" not in v,
+                  "a non-empty string without '/'"),
+    "use_layerwise": (lambda v: isinstance(v, bool), "a boolean"),
+    "load_async": (lambda v: isinstance(v, bool), "a boolean"),
+    "load_timeout_ms": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+                        "an integer >= 0"),
+    "client_timeout_ms": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+                          "an integer > 0"),
+}
+
+
+@dataclass
+class KvdsConfig:
+    worker_addr: str
+    namespace: str = "kvds"
+    use_layerwise: bool = False
+    load_async: bool = True
+    load_timeout_ms: int = 5000
+    client_timeout_ms: int = 10000
+
+
+def parse_config(extra: dict | None, env=None) -> KvdsConfig:
+    """The connector's configuration: the JSON object in the file named by
+    $KVDS_CONFIG (if set), overridden by ``kv_connector_extra_config``.
+    Unknown keys or values of the wrong type raise ValueError."""
+    env = os.environ if env is None else env
+    merged: dict[str, Any] = {}
+    path = env.get("KVDS_CONFIG")
+    if path:
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"kvds.vllm: cannot read KVDS_CONFIG={path}: {e}") from e
+        if not isinstance(data, dict):
+            raise ValueError(f"kvds.vllm: KVDS_CONFIG={path} must hold a JSON object")
+        merged.update(data)
+    merged.update(extra or {})
+    for k, v in merged.items():
+        if k not in _CONFIG_KEYS:
+            raise ValueError(f"kvds.vllm: unknown config key {k!r} "
+                             f"(known: {', '.join(sorted(_CONFIG_KEYS))})")
+        check, what = _CONFIG_KEYS[k]
+        if not check(v):
+            raise ValueError(f"kvds.vllm: config key {k!r} must be {what}, not {v!r}")
+    merged.setdefault("worker_addr", env.get("DS_WORKER_ADDR") or DEFAULT_ADDR)
+    return KvdsConfig(**merged)
+
+
+# ---------------------------------------------------------------------------
+# Layouts
+
+
+@dataclass
+class LayerLayout:
+    name: str          # layout name (part of the key)
+    block_dim: int     # dimension indexed by the kernel block
+    per_block: int     # kernel blocks per manager block
+    nbytes: int        # bytes of one manager block of this layer
+
+
+def detect_layout(t, block_size: int, num_blocks: int | None = None) -> LayerLayout:
+    """The layout of one layer's paged KV tensor, from its shape alone.
+
+    - ``bhnc``: ``[blocks, kv_heads, block_size, 2*head]`` (vLLM's CPU
+      backend; FlashAttention/FlashInfer/Triton since the 2026-07 refactor),
+    - ``kv2-nhd``: ``[2, blocks, block_size, kv_heads, head]`` (<= 0.22),
+    - ``b2-nhd``: ``[blocks, 2, block_size, kv_heads, head]`` (0.23 era),
+    - ``mla``: ``[blocks, block_size, head]`` (one copy for all TP ranks).
+    A backend whose kernel block is smaller than the manager block has
+    ``per_block`` kernel blocks per manager block (needs ``num_blocks``)."""
+    shape = tuple(t.shape)
+    if len(shape) == 3:
+        name, bd = "mla", 0
+    elif len(shape) == 4:
+        name, bd = "bhnc", 0
+    elif len(shape) == 5 and shape[0] == 2:
+        name, bd = "kv2-nhd", 1
+    elif len(shape) == 5 and shape[1] == 2:
+        name, bd = "b2-nhd", 0
+    else:
+        raise ValueError(f"kvds.vllm: unsupported KV cache shape {shape}")
+    kernel_blocks = shape[bd]
+    per_block = 1
+    if num_blocks:
+        if kernel_blocks % num_blocks:
+            raise ValueError(f"kvds.vllm: KV cache shape {shape}: {kernel_blocks} blocks "
+                             f"is not a multiple of num_blocks={num_blocks}")
+        per_block = kernel_blocks // num_blocks
+    nbytes = t.element_size() * t.numel() // kernel_blocks * per_block
+    return LayerLayout(name, bd, per_block, nbytes)
+
+
+def _dtype_name(dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+# ---------------------------------------------------------------------------
+# Metadata (scheduler -> worker, pickled by vLLM)
+
+
+@dataclass
+class LoadSpec:
+    req_id: str
+    hashes: list[str]          # hex of the block hashes
+    block_ids: list[int]
+    is_async: bool
+    addr: str | None = None    # producer's worker (kv_transfer_params), else ours
+    wait_ms: int = 0
+
+
+@dataclass
+class KvdsConnectorMetadata(KVConnectorMetadata):
+    loads: list[LoadSpec] = field(default_factory=list)
+    # req_id -> [(hash hex, block id)] of blocks complete after this step
+    saves: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+
+
+@dataclass
+class _ReqState:
+    request: Any
+    block_ids: list[int]
+    saved_upto: int = 0        # blocks [0, saved_upto) need no save
+    had_saves: bool = False
+
+
+# ---------------------------------------------------------------------------
+
+
+class KvdsConnector(KVConnectorBase_V1):
+    """vLLM v1 KV connector storing blocks in a kvds worker."""
+
+    def __init__(self, vllm_config, role, kv_cache_config=None):
+        super().__init__(vllm_config=vllm_config, role=role, kv_cache_config=kv_cache_config)
+        ktc = self._kv_transfer_config
+        self.cfg = parse_config(ktc.kv_connector_extra_config)
+        self.kv_role = ktc.kv_role
+        self.is_producer = self.kv_role in ("kv_producer", "kv_both")
+        self.is_consumer = self.kv_role in ("kv_consumer", "kv_both")
+        self.block_size = vllm_config.cache_config.block_size
+        model_config = getattr(vllm_config, "model_config", None)
+        self.model = str(getattr(model_config, "model", None) or "model").strip("/") or "model"
+        self._client = None
+        self._lock = threading.Lock()
+        # scheduler side
+        self._hits: dict[str, tuple[int, int, str | None]] = {}
+        self._reqs: dict[str, _ReqState] = {}
+        self._pending_loads: list[LoadSpec] = []
+        self._prefix: str | None = None
+        self._loading: dict[int, tuple[str, str]] = {}   # block id -> (req, hash hex)
+        self._bad: dict[str, float] = {}                  # hash hex -> retry after
+        # worker side
+        self.kv_caches: dict = {}
+        self.layouts: dict[str, LayerLayout] = {}
+        self.layout_name = None
+        self.block_nbytes = 0
+        self.descriptor_sum = 0
+        self.key_prefix = None
+        self.save_enabled = True
+        self._tp_rank, self._pp_rank = self._ranks()
+        self._done_recv: dict[str, set[int]] = {}
+        self._load_errors: set[int] = set()
+        self._pending_send: set[str] = set()
+        self._finished_wait: set[str] = set()
+        self._layer_bufs: dict[str, Any] = {}
+        self._layer_meta = None
+        self._queue: queue.Queue | None = None
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self.stats = {"blocks_loaded": 0, "blocks_saved": 0, "load_errors": 0}
+
+    # ---- shared helpers ---------------------------------------------------
+
+    def _ranks(self):
+        try:
+            from vllm.distributed.parallel_state import get_pp_group, get_tp_group
+            return get_tp_group().rank_in_group, get_pp_group().rank_in_group
+        except Exception:  # not initialised (scheduler process, tests)
+            return 0, 0
+
+    def client(self):
+        if self._client is None or not self._client.connected:
+            self._client = kvds.Client(self.cfg.worker_addr, timeout_ms=self.cfg.client_timeout_ms)
+        return self._client
+
+    def _meta_key(self, pp_rank):
+        return f"{self.cfg.namespace}/{self.model}/_prefix/pp{pp_rank}"
+
+    # ---- scheduler side ---------------------------------------------------
+
+    def _scheduler_prefix(self):
+        """The TP-rank-0 key prefix the workers published (None: none yet)."""
+        if self._prefix is None:
+            try:
+                self._prefix = self.client().get(self._meta_key(0)).decode()
+            except kvds.NotFound:
+                return None
+            except kvds.KvdsError as e:
+                log.warning("kvds.vllm: cannot read key prefix: %s", e)
+                return None
+        return self._prefix
+
+    def get_num_new_matched_tokens(self, request, num_computed_tokens):
+        self._hits.pop(request.request_id, None)
+        if not self.is_consumer:
+            return 0, False
+        bs = self.block_size
+        hashes = request.block_hashes
+        is_async = self.cfg.load_async
+        # A synchronous load must leave at least one token to compute; an
+        # asynchronous full-prompt hit is trimmed by the scheduler itself.
+        limit = request.num_tokens if is_async else request.num_tokens - 1
+        end = min(len(hashes), limit // bs)
+        start = num_computed_tokens // bs
+        if end <= start:
+            return 0, False
+        if self._bad:
+            now = time.monotonic()
+            self._bad = {h: t for h, t in self._bad.items() if t > now}
+            for i in range(start, end):
+                if hashes[i].hex() in self._bad:
+                    end = i
+                    break
+            if end <= start:
+                return 0, False
+        params = getattr(request, "kv_transfer_params", None) or {}
+        hint = params.get("kvds_worker")
+        prefix = self._scheduler_prefix()
+        if prefix is None:
+            return 0, False
+        if hint and params.get("kvds_prefix") == prefix:
+            # Prefilled elsewhere: its blocks are (about to be) sealed; the
+            # load waits for them with a deadline.
+            n = end - start
+        else:
+            hint = None
+            keys = [prefix + h.hex() for h in hashes[start:end]]
+            try:
+                n = self.client().lookup_prefix(keys)
+            except kvds.KvdsError as e:
+                log.warning("kvds.vllm: lookup failed: %s", e)
+                return 0, False
+        if n == 0:
+            return 0, False
+        self._hits[request.request_id] = (start, n, hint)
+        return n * bs, is_async
+
+    def update_state_after_alloc(self, request, blocks, num_external_tokens):
+        rid = request.request_id
+        block_ids = list(blocks.get_block_ids()[0]) if blocks is not None else []
+        st = self._reqs.get(rid)
+        if st is None:
+            st = self._reqs[rid] = _ReqState(request, block_ids)
+        else:
+            st.request = request
+        hit = self._hits.pop(rid, None)
+        if num_external_tokens <= 0 or hit is None:
+            return
+        start, n, hint = hit
+        n = min(n, num_external_tokens // self.block_size)
+        ids = block_ids[start:start + n]
+        hashes = [h.hex() for h in request.block_hashes[start:start + n]]
+        for h, b in zip(hashes, ids):
+            self._loading[b] = (rid, h)
+        self._pending_loads.append(LoadSpec(
+            rid, hashes, ids, self.cfg.load_async, hint,
+            self.cfg.load_timeout_ms))
+        st.block_ids = block_ids
+        st.saved_upto = max(st.saved_upto, start + n)
+
+    def build_connector_meta(self, scheduler_output):
+        meta = KvdsConnectorMetadata(loads=self._pending_loads)
+        self._pending_loads = []
+        for nr in scheduler_output.scheduled_new_reqs:
+            st = self._reqs.get(nr.req_id)
+            if st is not None:
+                st.block_ids = list(nr.block_ids[0])
+                st.saved_upto = max(st.saved_upto, nr.num_computed_tokens // self.block_size)
+                self._plan_saves(meta, nr.req_id, st, nr.num_computed_tokens,
+                                 scheduler_output.num_scheduled_tokens.get(nr.req_id, 0))
+        cached = scheduler_output.scheduled_cached_reqs
+        for i, rid in enumerate(cached.req_ids):
+            st = self._reqs.get(rid)
+            if st is None:
+                continue
+            new = cached.new_block_ids[i]
+            if new is not None:
+                if rid in cached.resumed_req_ids:
+                    st.block_ids = list(new[0])
+                else:
+                    st.block_ids.extend(new[0])
+            self._plan_saves(meta, rid, st, cached.num_computed_tokens[i],
+                             scheduler_output.num_scheduled_tokens.get(rid, 0))
+        return meta
+
+    def _plan_saves(self, meta, rid, st, num_computed, num_scheduled):
+        if not self.is_producer:
+            return
+        req = st.request
+        bs = self.block_size
+        n_full = min((num_computed + num_scheduled) // bs, len(req.block_hashes),
+                     req.num_prompt_tokens // bs, len(st.block_ids))
+        if n_full <= st.saved_upto:
+            return
+        meta.saves[rid] = [(req.block_hashes[i].hex(), st.block_ids[i])
+                           for i in range(st.saved_upto, n_full)]
+        st.saved_upto = n_full
+        st.had_saves = True
+
+    def update_connector_output(self, connector_output):
+        # A block that failed to load is not offered again for a while, or
+        # vLLM would look it up and fail on it again and again.
+        retry = time.monotonic() + BAD_BLOCK_RETRY_S
+        for b in connector_output.invalid_block_ids or ():
+            if b in self._loading:
+                rid, h = self._loading[b]
+                self._bad[h] = retry
+                st = self._reqs.get(rid)
+                if st is not None and b in st.block_ids:
+                    # recomputed from here on, so saved again
+                    st.saved_upto = min(st.saved_upto, st.block_ids.index(b))
+        done = set(connector_output.finished_recving or ())
+        if done:
+            self._loading = {b: v for b, v in self._loading.items() if v[0] not in done}
+
+    def request_finished(self, request, block_ids):
+        st = self._reqs.pop(request.request_id, None)
+        self._hits.pop(request.request_id, None)
+        if not self.is_producer or st is None or not st.had_saves:
+            return False, None
+        params = {"kvds_worker": self.cfg.worker_addr, "kvds_namespace": self.cfg.namespace,
+                  "kvds_prefix": self._scheduler_prefix()}
+        # The worker reports the request in finished_sending once its
+        # blocks are sealed; vLLM keeps them until then.
+        return True, params
+
+    # ---- worker side ------------------------------------------------------
+
+    def register_kv_caches(self, kv_caches):
+        num_blocks = getattr(self._kv_cache_config, "num_blocks", None)
+        self.kv_caches = dict(kv_caches)
+        names, desc = set(), []
+        total = HEADER_SIZE
+        for name, t in self.kv_caches.items():
+            lay = detect_layout(t, self.block_size, num_blocks)
+            self.layouts[name] = lay
+            names.add(lay.name)
+            total += lay.nbytes
+            desc.append(f"{name}:{tuple(t.shape)}:{t.dtype}:{lay.name}:{lay.per_block}")
+        if len(names) != 1:
+            raise ValueError(f"kvds.vllm: layers have different layouts {sorted(names)}")
+        self.layout_name = names.pop()
+        dtypes = {_dtype_name(t.dtype) for t in self.kv_caches.values()}
+        mla = self.layout_name == "mla"
+        tp = "tp*" if mla else f"tp{self._tp_rank}"
+        self.key_prefix = (f"{self.cfg.namespace}/{self.model}/{'+'.join(sorted(dtypes))}/"
+                           f"{self.layout_name}/{tp}/pp{self._pp_rank}/")
+        self.block_nbytes = total
+        self.descriptor_sum = kvds.checksum("\n".join(desc).encode())
+        self.save_enabled = not (mla and self._tp_rank != 0)
+        if self._tp_rank == 0:
+            c = self.client()
+            key = self._meta_key(self._pp_rank)
+            try:
+                c.delete(key)
+            except kvds.NotFound:
+                pass
+            c.put(key, self.key_prefix.encode())
+        if self.cfg.load_async and self._thread is None:
+            self._queue = queue.Queue()
+            self._thread = threading.Thread(target=self._load_loop, name="kvds-load",
+                                            daemon=True)
+            self._thread.start()
+
+    def _block_view(self, name, t, block_id):
+        lay = self.layouts[name]
+        return t.narrow(lay.block_dim, block_id * lay.per_block, lay.per_block)
+
+    def _header(self):
+        return _HEADER.pack(HEADER_MAGIC, self.block_nbytes - HEADER_SIZE, self.descriptor_sum)
+
+    # loads
+
+    def _load_blocks(self, client, spec: LoadSpec) -> set[int]:
+        """Copies the spec's blocks into the paged cache; returns the ids of
+        the blocks that could not be loaded."""
+        import torch
+        keys = [self.key_prefix + h for h in spec.hashes]
+        failed, corrupt = set(), []
+        try:
+            pinned = client.mget_views(keys, wait_ms=spec.wait_ms)
+        except kvds.KvdsError as e:
+            log.warning("kvds.vllm: load of %s failed: %s", spec.req_id, e)
+            return set(spec.block_ids)
+        try:
+            hdr = self._header()
+            for i, block_id in enumerate(spec.block_ids):
+                v = pinned[i]
+                if v is None:
+                    failed.add(block_id)
+                    continue
+                if len(v) != self.block_nbytes or bytes(v[:_HEADER.size]) != hdr \
+                        or kvds.checksum(v) != pinned.checksums[i]:
+                    log.warning("kvds.vllm: %s is corrupt or of another layout; deleting it",
+                                keys[i])
+                    failed.add(block_id)
+                    corrupt.append(keys[i])
+                    del v
+                    continue
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")   # read-only buffer
+                    src = torch.frombuffer(v, dtype=torch.uint8)
+                off = HEADER_SIZE
+                for name, t in self.kv_caches.items():
+                    n = self.layouts[name].nbytes
+                    dst = self._block_view(name, t, block_id)
+                    dst.copy_(src[off:off + n].view(t.dtype).view(dst.shape))
+                    off += n
+                del src, v, dst
+            if not client.connected:     # pins dropped: bytes may have changed
+                failed = set(spec.block_ids)
+        finally:
+            pinned.release()
+        for key in corrupt:
+            try:
+                client.delete(key)
+            except kvds.KvdsError:
+                pass
+        self.stats["blocks_loaded"] += len(spec.block_ids) - len(failed)
+        self.stats["load_errors"] += len(failed)
+        return failed
+
+    def _load_loop(self):
+        clients = {}
+        while True:
+            spec = self._queue.get()
+            if spec is None:
+                break
+            addr = spec.addr or self.cfg.worker_addr
+            failed = set(spec.block_ids)
+            try:
+                c = clients.get(addr)
+                if c is None or not c.connected:
+                    c = clients[addr] = kvds.Client(
+                        addr, timeout_ms=self.cfg.client_timeout_ms + spec.wait_ms)
+                failed = self._load_blocks(c, spec)
+            except Exception as e:  # never lose a request: report it failed
+                log.warning("kvds.vllm: load of %s failed: %s", spec.req_id, e)
+            with self._lock:
+                self._done_recv[spec.req_id] = failed
+        for c in clients.values():
+            try:
+                c.close()
+            except Exception:
+                pass
+
+    def start_load_kv(self, forward_context, **kwargs):
+        meta = self._get_connector_metadata()
+        for spec in meta.loads:
+            if spec.is_async and self._queue is not None and not self._closed:
+                self._queue.put(spec)
+            elif spec.is_async:
+                with self._lock:
+                    self._done_recv[spec.req_id] = set(spec.block_ids)
+            else:
+                try:
+                    failed = self._load_blocks(self.client(), spec)
+                except Exception as e:
+                    log.warning("kvds.vllm: load of %s failed: %s", spec.req_id, e)
+                    failed = set(spec.block_ids)
+                with self._lock:
+                    self._load_errors |= failed
+
+    def wait_for_layer_load(self, layer_name):
+        return
+
+    # saves
+
+    def _create_step_buffers(self, meta):
+        """Creates this step's objects; returns {key: (WriteBuffer, block id)}."""
+        c = self.client()
+        out = {}
+        for rid, blocks in meta.saves.items():
+            self._pending_send.add(rid)
+            if not self.save_enabled or not self.kv_caches:
+                continue
+            keys = [self.key_prefix + h for h, _ in blocks]
+            try:
+                present = c.exists(keys)
+            except kvds.KvdsError as e:
+                log.warning("kvds.vllm: save of %s skipped: %s", rid, e)
+                continue
+            for key, (_, block_id), there in zip(keys, blocks, present):
+                if there or key in out:
+                    continue
+                try:
+                    w = c.create(key, self.block_nbytes)
+                except (kvds.Exists, kvds.NoSpace, kvds.TooBig) as e:
+                    log.debug("kvds.vllm: not saving %s: %s", key, e)
+                    continue
+                w.write(0, self._header())
+                out[key] = (w, block_id, set())
+        return out
+
+    def _copy_layer(self, w, block_id, name):
+        import torch
+        off = HEADER_SIZE
+        for n, t in self.kv_caches.items():
+            if n == name:
+                break
+            off += self.layouts[n].nbytes
+        t = self.kv_caches[name]
+        src = self._block_view(name, t, block_id)
+        buf = torch.frombuffer(w, dtype=torch.uint8)
+        buf[off:off + self.layouts[name].nbytes].view(t.dtype).view(src.shape).copy_(src)
+        del buf
+
+    def save_kv_layer(self, layer_name, kv_layer, attn_metadata, **kwargs):
+        if not self.cfg.use_layerwise or layer_name not in self.kv_caches:
+            return
+        meta = self._get_connector_metadata()
+        if not meta.saves:
+            return
+        if self._layer_meta is not meta:
+            self._layer_meta = meta
+            try:
+                self._layer_bufs = self._create_step_buffers(meta)
+            except kvds.KvdsError as e:
+                log.warning("kvds.vllm: save failed: %s", e)
+                self._layer_bufs = {}
+        for w, block_id, done in self._layer_bufs.values():
+            self._copy_layer(w, block_id, layer_name)
+            done.add(layer_name)
+
+    def wait_for_save(self):
+        if not self.has_connector_metadata():
+            return
+        meta = self._get_connector_metadata()
+        if not meta.saves:
+            return
+        try:
+            if self.cfg.use_layerwise and self._layer_meta is meta:
+                bufs = self._layer_bufs
+            else:
+                bufs = self._create_step_buffers(meta)
+            self._layer_bufs, self._layer_meta = {}, None
+            for w, block_id, done in bufs.values():
+                for name in self.kv_caches:
+                    if name not in done:
+                        self._copy_layer(w, block_id, name)
+            if bufs:
+                self.client().mseal([w for w, _, _ in bufs.values()])
+                self.stats["blocks_saved"] += len(bufs)
+        except kvds.KvdsError as e:
+            log.warning("kvds.vllm: save failed: %s", e)
+
+    # completion
+
+    def get_finished(self, finished_req_ids):
+        with self._lock:
+            recv = set(self._done_recv)
+            for failed in self._done_recv.values():
+                self._load_errors |= failed
+            self._done_recv.clear()
+        # Saves complete inside wait_for_save: a finished request whose
+        # blocks were held for saving can be released now.
+        self._finished_wait |= set(finished_req_ids) & self._pending_send
+        send = self._finished_wait
+        self._pending_send -= send
+        self._finished_wait = set()
+        return (send or None), (recv or None)
+
+    def get_block_ids_with_load_errors(self):
+        with self._lock:
+            errs, self._load_errors = self._load_errors, set()
+        return errs
+
+    def shutdown(self):
+        self._closed = True
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=self.cfg.client_timeout_ms / 1000 + 5)
+            self._thread = None
+        for w, _, _ in (self._layer_bufs or {}).values():
+            try:
+                w.abort()
+            except Exception:
+                pass
+        self._layer_bufs = {}
+        if self._client is not None:
+            try:
+                self._client.close()
+            except Exception:
+                pass
+            self._client = None

@@ -1,0 +1,68 @@
+"""KvdsConnector inside real vLLM 0.32.0 (CPU, offline LLM, tiny local model).
+
+Three separate vLLM instances, one after the other, on one kvds worker:
+a prefill instance (kv_producer) stores the prompt's full blocks and returns
+kv_transfer_params naming its kvds worker; a decode instance (kv_consumer)
+with the same PYTHONHASHSEED, given those params with its request, loads the
+blocks from kvds and must generate exactly the producer's tokens; a kv_both instance with another
+PYTHONHASHSEED (so other block hashes) must miss and compute for itself.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import kvds
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SCRIPT = os.path.join(HERE, "vllm_offline.py")
+BLOCK = 128      # vLLM's CPU backend block size
+
+
+def vllm_run(model, prompt_file, addr, role, seed, tmp, params=None):
+    kvt = {"kv_connector": "KvdsConnector", "kv_connector_module_path": "kvds.vllm",
+           "kv_role": role,
+           "kv_connector_extra_config": {"worker_addr": addr, "namespace": "e2e"}}
+    env = dict(os.environ, PYTHONHASHSEED=str(seed), HF_HUB_OFFLINE="1",
+               TRANSFORMERS_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="1",
+               VLLM_CPU_OMP_THREADS_BIND="nobind", VLLM_ENABLE_V1_MULTIPROCESSING="0",
+               VLLM_CONFIG_ROOT=str(tmp / "cfg"), VLLM_CACHE_ROOT=str(tmp / "cache"))
+    env.pop("DS_WORKER_ADDR", None)
+    args = [json.dumps(params)] if params else []
+    p = subprocess.run([sys.executable, SCRIPT, "run", model, json.dumps(kvt), prompt_file, *args],
+                       capture_output=True, text=True, env=env, timeout=300, cwd=tmp)
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert p.returncode == 0 and lines, f"vLLM run failed ({p.returncode}):\n" \
+        f"{p.stdout[-3000:]}\n{p.stderr[-6000:]}"
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def test_real_vllm_producer_consumer(make_worker, tmp_path):
+    w = make_worker("256MiB")
+    model = str(tmp_path / "model")
+    subprocess.run([sys.executable, SCRIPT, "make-model", model], check=True)
+    prompt_file = str(tmp_path / "prompt.json")
+    prompt = [(i * 37) % 500 + 4 for i in range(2 * BLOCK + 44)]     # 2 full blocks + tail
+    with open(prompt_file, "w") as f:
+        json.dump(prompt, f)
+
+    prod = vllm_run(model, prompt_file, w.addr, "kv_producer", 0, tmp_path)
+    assert prod["connector"] == {"blocks_loaded": 0, "blocks_saved": 2, "load_errors": 0}
+    with kvds.Client(w.addr) as c:
+        keys = [k for k, _ in c.list(b"e2e/", limit=None) if b"/_prefix/" not in k]
+        assert len(keys) == 2, keys
+        hits_before = c.stats()["hits"]
+
+    params = prod["kv_transfer_params"]
+    assert params["kvds_worker"] == w.addr and params["kvds_namespace"] == "e2e"
+    cons = vllm_run(model, prompt_file, w.addr, "kv_consumer", 0, tmp_path, params)
+    assert cons["connector"] == {"blocks_loaded": 2, "blocks_saved": 0, "load_errors": 0}
+    assert cons["tokens"] == prod["tokens"]
+    assert cons["kv_transfer_params"] is None       # a consumer hands nothing on
+    with kvds.Client(w.addr) as c:
+        assert c.stats()["hits"] >= hits_before + 2
+
+    other = vllm_run(model, prompt_file, w.addr, "kv_both", 1, tmp_path)
+    assert other["connector"] == {"blocks_loaded": 0, "blocks_saved": 2, "load_errors": 0}
+    assert other["tokens"] == prod["tokens"]
+    w.stop()

@@ -1,0 +1,336 @@
+"""A driver that calls kvds.vllm.KvdsConnector the way vLLM 0.32.0 does.
+
+One `Engine` is one vLLM instance: a scheduler-side and a worker-side
+connector (two objects, as in vLLM), a paged KV cache in the layout under
+test, and a scheduler loop that follows vllm/v1/core/sched/scheduler.py and
+kv_connector_model_runner_mixin.py: get_num_new_matched_tokens →
+update_state_after_alloc → build_connector_meta → bind → start_load_kv →
+(forward: wait_for_layer_load / save_kv_layer per layer) → wait_for_save →
+get_finished (via get_transfer_results) → get_block_ids_with_load_errors →
+update_connector_output → invalid blocks truncate num_computed_tokens →
+request_finished. vLLM's own classes are used (VllmConfig, Request with
+vLLM's block hasher, KVCacheBlocks, SchedulerOutput, NewRequestData,
+CachedRequestData, KVConnectorOutput); the stand-ins are the model (each
+token's KV is a deterministic function of its prefix and layer), the block
+pool (a free list) and kv_cache_config (only num_blocks is read).
+
+Requests prefill their prompt and finish (max_tokens=1): what matters here
+is which KV came from kvds and whether the paged cache is right.
+"""
+import copy
+import pickle
+import time
+import types
+
+import torch
+from vllm.config import CacheConfig, KVTransferConfig, VllmConfig
+from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorRole
+from vllm.sampling_params import SamplingParams
+from vllm.utils.hashing import sha256
+from vllm.v1.core.kv_cache_manager import KVCacheBlocks
+from vllm.v1.core.kv_cache_utils import KVCacheBlock, get_request_block_hasher, init_none_hash
+from vllm.v1.core.sched.output import CachedRequestData, NewRequestData, SchedulerOutput
+from vllm.distributed.kv_transfer.kv_connector.utils import KVOutputAggregator
+from vllm.v1.outputs import EMPTY_MODEL_RUNNER_OUTPUT, KVConnectorOutput
+from vllm.v1.request import Request
+
+from kvds.vllm import KvdsConnector
+
+BS = 16          # block size
+NB = 64          # blocks in the paged cache
+H, D = 2, 8      # kv heads, head size
+LAYERS = ["model.layers.0.self_attn.attn", "model.layers.1.self_attn.attn",
+          "model.layers.2.self_attn.attn"]
+LAYOUTS = ["bhnc", "bhnc-strided", "kv2-nhd", "b2-nhd", "mla"]
+
+init_none_hash(sha256)
+_HASHER = get_request_block_hasher(BS, sha256)
+
+
+def make_cache(layout):
+    """One layer's paged cache, as vLLM's backends shape it (float32)."""
+    if layout == "bhnc":          # CPU backend; FlashAttention since 2026-07
+        return torch.zeros(NB, H, BS, 2 * D)
+    if layout == "bhnc-strided":  # same logical shape, NHD physical order
+        return torch.zeros(NB, BS, H, 2 * D).permute(0, 2, 1, 3)
+    if layout == "kv2-nhd":       # FlashAttention <= 0.22
+        return torch.zeros(2, NB, BS, H, D)
+    if layout == "b2-nhd":        # FlashAttention 0.23 era
+        return torch.zeros(NB, 2, BS, H, D)
+    if layout == "mla":
+        return torch.zeros(NB, BS, 4 * D)
+    raise ValueError(layout)
+
+
+def slot(layout, t, block, off):
+    """The view of one token's KV in one layer."""
+    if layout in ("bhnc", "bhnc-strided", "b2-nhd"):
+        return t[block, :, off]
+    if layout == "kv2-nhd":
+        return t[:, block, off]
+    return t[block, off]
+
+
+def block_view(layout, t, block):
+    return t[:, block] if layout == "kv2-nhd" else t[block]
+
+
+def token_kv(tokens, pos, layer, shape):
+    """The 'model': KV of token `pos` in `layer`, a function of its prefix."""
+    g = torch.Generator().manual_seed(hash((tuple(tokens[:pos + 1]), layer)) & 0x7FFFFFFF)
+    return torch.randn(shape, generator=g)
+
+
+def make_request(req_id, tokens, kv_transfer_params=None):
+    sp = SamplingParams(max_tokens=1, temperature=0.0)
+    if kv_transfer_params is not None:
+        sp.extra_args = {"kv_transfer_params": kv_transfer_params}
+    r = Request(req_id, list(tokens), sp, None, block_hasher=_HASHER)
+    if kv_transfer_params is not None:
+        r.kv_transfer_params = kv_transfer_params
+    return r
+
+
+def vllm_config(role, extra):
+    return VllmConfig(
+        kv_transfer_config=KVTransferConfig(
+            kv_connector="KvdsConnector", kv_connector_module_path="kvds.vllm",
+            kv_role=role, kv_connector_extra_config=dict(extra)),
+        cache_config=CacheConfig(block_size=BS))
+
+
+class Engine:
+    """One vLLM instance (scheduler + `tp` workers) driven step by step.
+
+    `chunk` limits the tokens a request computes per step (chunked prefill);
+    blocks are allocated as the tokens are scheduled, as vLLM does."""
+
+    def __init__(self, addr, layout, role="kv_both", namespace="t", tp=1, tp_rank=0,
+                 chunk=1 << 30, **extra):
+        self.layout = layout
+        self.chunk = chunk
+        cfg = vllm_config(role, dict(worker_addr=addr, namespace=namespace, **extra))
+        kvcc = types.SimpleNamespace(num_blocks=NB)   # stand-in: only num_blocks is read
+        self.sched = KvdsConnector(cfg, KVConnectorRole.SCHEDULER, kvcc)
+        self.ranks = list(range(tp_rank, tp_rank + tp))
+        self.works, self.rank_caches = [], []
+        for rank in self.ranks:
+            w = KvdsConnector(cfg, KVConnectorRole.WORKER, kvcc)
+            w._tp_rank = rank
+            caches = {name: make_cache(layout) for name in LAYERS}
+            w.register_kv_caches(caches)
+            self.works.append(w)
+            self.rank_caches.append(caches)
+        self.work, self.caches = self.works[0], self.rank_caches[0]
+        self.aggregator = KVOutputAggregator(tp)
+        self.free = list(range(1, NB))                # block 0 is the null block
+        self.waiting: list[Request] = []
+        self.running: dict[str, Request] = {}
+        self.remote: dict[str, Request] = {}          # WAITING_FOR_REMOTE_KVS
+        self.blocks: dict[str, list[int]] = {}
+        self.held: dict[str, list[int]] = {}          # freed after finished_*
+        self.finished_recv: set[str] = set()
+        self.failed_recv: set[str] = set()
+        self.recv_reports: dict[str, int] = {}
+        self.send_reports: dict[str, int] = {}
+        self.finished_ids: set[str] = set()
+        self.done: dict[str, Request] = {}
+        self.scheduled: dict[str, list[int]] = {}     # req -> tokens computed per step
+        self.matched: dict[str, tuple] = {}
+        self.params: dict[str, dict] = {}
+        self.invalid_seen: set[int] = set()
+
+    def add(self, req):
+        self.waiting.append(req)
+
+    def _ensure_blocks(self, rid, ntokens):
+        """Allocates blocks up to `ntokens`; returns the new ids."""
+        ids = self.blocks.setdefault(rid, [])
+        n = -(-ntokens // BS) - len(ids)
+        if n <= 0:
+            return []
+        new, self.free = self.free[:n], self.free[n:]
+        assert len(new) == n, "driver block pool exhausted"
+        ids += new
+        return new
+
+    def _kvblocks(self, ids):
+        return KVCacheBlocks(([KVCacheBlock(i) for i in ids],))
+
+    def abort(self, req_id):
+        """Abort as Scheduler.finish_requests does, also while waiting for KV."""
+        r = self.remote.pop(req_id, None) or self.running.pop(req_id, None)
+        if r is None:
+            r = next(x for x in self.waiting if x.request_id == req_id)
+            self.waiting.remove(r)
+        self.sched.request_finished(r, self.blocks.get(req_id, []))
+        self.finished_ids.add(req_id)
+        # Blocks of a request still receiving stay held until finished_recving.
+        self.held[req_id] = self.blocks.get(req_id, [])
+        self.done[req_id] = r
+
+    def step(self):
+        new_reqs, cached, num_sched = [], [], {}
+        for rid, r in self.running.items():
+            n = min(self.chunk, r.num_tokens - r.num_computed_tokens)
+            new = self._ensure_blocks(rid, r.num_computed_tokens + n)
+            cached.append((r, new))
+            num_sched[rid] = n
+        # promote finished async loads (_update_waiting_for_remote_kv)
+        for rid in list(self.remote):
+            if rid not in self.finished_recv:
+                continue
+            r = self.remote.pop(rid)
+            self.finished_recv.discard(rid)
+            self.failed_recv.discard(rid)
+            if r.num_computed_tokens == r.num_tokens:
+                r.num_computed_tokens = r.num_tokens - 1
+            self.waiting.insert(0, r)
+        for r in list(self.waiting):
+            self.waiting.remove(r)
+            rid = r.request_id
+            if r.num_computed_tokens == 0:
+                n_ext, is_async = self.sched.get_num_new_matched_tokens(r, 0)
+                assert n_ext % BS == 0 and (n_ext > 0 or not is_async)
+                self.matched.setdefault(rid, (n_ext, is_async))   # the first lookup
+            else:                       # promoted after an async load
+                n_ext, is_async = 0, False
+            if is_async:
+                self._ensure_blocks(rid, n_ext)
+                self.sched.update_state_after_alloc(r, self._kvblocks(self.blocks[rid]), n_ext)
+                r.num_computed_tokens = n_ext
+                self.remote[rid] = r
+                continue
+            n = min(self.chunk, r.num_tokens - r.num_computed_tokens - n_ext)
+            assert n > 0
+            self._ensure_blocks(rid, r.num_computed_tokens + n_ext + n)
+            self.sched.update_state_after_alloc(r, self._kvblocks(self.blocks[rid]), n_ext)
+            r.num_computed_tokens += n_ext
+            new_reqs.append(r)
+            num_sched[rid] = n
+        so = SchedulerOutput(
+            scheduled_new_reqs=[
+                NewRequestData(r.request_id, r.prompt_token_ids, [], r.sampling_params, None,
+                               (list(self.blocks[r.request_id]),), r.num_computed_tokens, None)
+                for r in new_reqs],
+            scheduled_cached_reqs=CachedRequestData(
+                req_ids=[r.request_id for r, _ in cached], resumed_req_ids=set(),
+                new_token_ids=[[] for _ in cached], all_token_ids={},
+                new_block_ids=[(new,) if new else None for _, new in cached],
+                num_computed_tokens=[r.num_computed_tokens for r, _ in cached],
+                num_output_tokens=[0 for _ in cached]),
+            num_scheduled_tokens=num_sched, total_num_scheduled_tokens=sum(num_sched.values()),
+            scheduled_spec_decode_tokens={}, scheduled_encoder_inputs={},
+            finished_req_ids=self.finished_ids, free_encoder_mm_hashes=[])
+        self.finished_ids = set()
+        meta = self.sched.build_connector_meta(so)
+        # vLLM pickles the metadata to the workers
+        so.kv_connector_metadata = pickle.loads(pickle.dumps(meta))
+        scheduled = [r for r, _ in cached] + new_reqs
+        outs = []
+        for w, caches, rank in zip(self.works, self.rank_caches, self.ranks):
+            o = copy.copy(EMPTY_MODEL_RUNNER_OUTPUT)
+            o.kv_connector_output = self._worker_step(w, caches, rank, so, scheduled, num_sched)
+            outs.append(o)
+        out = self.aggregator.aggregate(outs).kv_connector_output
+        self._update_from_output(out, scheduled, num_sched)
+        return out
+
+    def _worker_step(self, w, caches, rank, so, reqs, num_sched):
+        w.bind_connector_metadata(so.kv_connector_metadata)
+        w.start_load_kv(None)
+        for li, name in enumerate(LAYERS):
+            w.wait_for_layer_load(name)
+            t = caches[name]
+            for r in reqs:
+                ids = self.blocks[r.request_id]
+                nc = r.num_computed_tokens
+                for pos in range(nc, nc + num_sched[r.request_id]):
+                    s = slot(self.layout, t, ids[pos // BS], pos % BS)
+                    s.copy_(token_kv(r.prompt_token_ids, pos, self._layer_seed(li, rank), s.shape))
+            w.save_kv_layer(name, t, None)
+        w.wait_for_save()
+        res = w.get_transfer_results(so.finished_req_ids)
+        out = KVConnectorOutput(finished_sending=res.finished_sending or None,
+                                finished_recving=res.finished_recving or None,
+                                invalid_block_ids=w.get_block_ids_with_load_errors())
+        w.clear_connector_metadata()
+        return out
+
+    def _layer_seed(self, li, rank):
+        # MLA caches are identical on every TP rank; others differ per rank
+        return li if self.layout == "mla" else (li, rank)
+
+    def _update_from_output(self, out, reqs, num_sched):
+        self.sched.update_connector_output(out)
+        self.invalid_seen |= out.invalid_block_ids
+        # _handle_invalid_blocks: truncate to the first invalid block
+        for rid, r in self.remote.items():
+            bad = [i for i, b in enumerate(self.blocks[rid]) if b in out.invalid_block_ids]
+            if bad:
+                r.num_computed_tokens = min(r.num_computed_tokens, bad[0] * BS)
+                self.failed_recv.add(rid)
+        for rid in out.finished_recving or ():
+            self.recv_reports[rid] = self.recv_reports.get(rid, 0) + 1
+            if rid in self.held:
+                self.free += self.held.pop(rid)
+            elif rid in self.remote:
+                self.finished_recv.add(rid)
+        for rid in out.finished_sending or ():
+            self.send_reports[rid] = self.send_reports.get(rid, 0) + 1
+            self.free += self.held.pop(rid)
+        for r in reqs:
+            rid = r.request_id
+            self.scheduled.setdefault(rid, []).append(num_sched[rid])
+            r.num_computed_tokens += num_sched[rid]
+            if r.num_computed_tokens < r.num_tokens:
+                self.running[rid] = r
+                continue
+            self.running.pop(rid, None)
+            delay, params = self.sched.request_finished(r, self.blocks[rid])
+            self.params[rid] = params
+            self.finished_ids.add(rid)
+            self.done[rid] = r
+            if delay:
+                self.held[rid] = self.blocks[rid]
+            else:
+                self.free += self.blocks[rid]
+
+    def run(self, timeout=30, until=None):
+        """Steps until every request is done (or `until()`); a step with
+        nothing scheduled sleeps 1 ms, like an idle engine polling."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            out = self.step()
+            if until is not None and until():
+                return
+            if not (self.waiting or self.remote or self.held or self.running):
+                return
+            if not out.finished_recving and not out.finished_sending:
+                time.sleep(0.001)
+        raise AssertionError(f"driver: requests did not finish: waiting={self.waiting} "
+                             f"remote={list(self.remote)} held={list(self.held)}")
+
+    # checks
+
+    def expected_ok(self, req):
+        """Every prompt token's KV in every rank's paged cache equals the model's."""
+        ids = self.blocks[req.request_id]
+        for caches, rank in zip(self.rank_caches, self.ranks):
+            for li, name in enumerate(LAYERS):
+                t = caches[name]
+                for pos in range(req.num_tokens):
+                    s = slot(self.layout, t, ids[pos // BS], pos % BS)
+                    want = token_kv(req.prompt_token_ids, pos, self._layer_seed(li, rank), s.shape)
+                    if not torch.equal(s, want):
+                        return False
+        return True
+
+    def block_bytes(self, block):
+        return [block_view(self.layout, self.caches[n], block).contiguous().numpy().tobytes()
+                for n in LAYERS]
+
+    def close(self):
+        for w in self.works:
+            w.shutdown()
+        self.sched.shutdown()
