@@ -20,6 +20,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "proto/proto.h"
+
 #define MAX_WORKERS 8
 #define START_TIMEOUT_MS 20000
 #define STOP_TIMEOUT_MS 20000
@@ -543,4 +545,32 @@ int kvh_val_ok(const void *key, size_t klen, size_t want_len, const void *data,
       return 0;
   }
   return 1;
+}
+
+int kvh_raw_partial_put(int port, const char *key, uint64_t size,
+                        uint64_t sent) {
+  int s = kvh_raw_tcp(port);
+  size_t klen = strlen(key);
+  uint8_t frame[KVDS_PROTO_HDR_LEN + KVDS_PROTO_ITEM_LEN + 256];
+  KVH_CHECK(klen <= 256, "key too long for a raw put");
+  size_t ml = kvds_proto_item_encode(
+      &(struct kvds_proto_item){.klen = (uint32_t)klen, .a = size}, key,
+      frame + KVDS_PROTO_HDR_LEN);
+  struct kvds_proto_hdr h = {.magic = KVDS_PROTO_MAGIC,
+                             .version = KVDS_PROTO_VERSION,
+                             .opcode = KVDS_OP_PUT,
+                             .req_id = 1,
+                             .count = 1,
+                             .meta_len = (uint32_t)ml,
+                             .data_len = size};
+  kvds_proto_hdr_encode(&h, frame);
+  kvds_proto_seal_frame(frame, frame + KVDS_PROTO_HDR_LEN, ml);
+  KVH_CHECK(kvh_write_all(s, frame, KVDS_PROTO_HDR_LEN + ml) == 0, "send");
+  uint8_t *data = malloc(sent ? sent : 1);
+  KVH_CHECK(data != NULL, "out of memory");
+  memset(data, 0x5a, sent);
+  KVH_CHECK(kvh_write_all(s, data, sent) == 0, "send data: %s",
+            strerror(errno));
+  free(data);
+  return s;
 }

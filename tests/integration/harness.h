@@ -102,6 +102,11 @@ int kvh_read_all(int fd, void *buf, size_t len, int timeout_ms);
  * the wire format themselves. Fail the test if the connect fails. */
 int kvh_raw_tcp(int port);
 int kvh_raw_unix(const char *path);
+/* Opens a raw TCP connection and sends a PUT frame for `key` announcing
+ * `size` bytes of data, then only the first `sent` of them (0x5a bytes):
+ * a client stopped in the middle of a put. Returns the socket. */
+int kvh_raw_partial_put(int port, const char *key, uint64_t size,
+                        uint64_t sent);
 /* Reads into buf[0..cap) until EOF (or a connection reset) within
  * timeout_ms; *len gets the bytes read (extra bytes past cap are dropped).
  * Returns 0 at EOF, -1 on timeout. */

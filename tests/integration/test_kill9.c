@@ -92,25 +92,7 @@ static void holder(const struct kvh_worker *w, int fd, int block_fd) {
 
 /* Child: a PUT frame announcing BIG bytes, half of them sent, then 'R'. */
 static void half_put(const struct kvh_worker *w, int fd, int block_fd) {
-  int s = kvh_raw_tcp(w->port);
-  uint8_t frame[KVDS_PROTO_HDR_LEN + KVDS_PROTO_ITEM_LEN + 16];
-  size_t ml =
-      kvds_proto_item_encode(&(struct kvds_proto_item){.klen = 3, .a = BIG},
-                             "big", frame + KVDS_PROTO_HDR_LEN);
-  struct kvds_proto_hdr h = {.magic = KVDS_PROTO_MAGIC,
-                             .version = KVDS_PROTO_VERSION,
-                             .opcode = KVDS_OP_PUT,
-                             .req_id = 1,
-                             .count = 1,
-                             .meta_len = (uint32_t)ml,
-                             .data_len = BIG};
-  kvds_proto_hdr_encode(&h, frame);
-  kvds_proto_seal_frame(frame, frame + KVDS_PROTO_HDR_LEN, ml);
-  KVH_CHECK(kvh_write_all(s, frame, KVDS_PROTO_HDR_LEN + ml) == 0, "send");
-  uint8_t *data = malloc(BIG / 2);
-  memset(data, 0x5a, BIG / 2);
-  KVH_CHECK(kvh_write_all(s, data, BIG / 2) == 0, "send data: %s",
-            strerror(errno));
+  kvh_raw_partial_put(w->port, "big", BIG, BIG / 2);
   kvh_send_byte(fd, 'R');
   kvh_recv_byte(block_fd, 60000);
   _exit(3);

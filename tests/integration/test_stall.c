@@ -17,30 +17,6 @@
 
 #define BIG (1u << 20)
 
-static int half_put(int port) {
-  int s = kvh_raw_tcp(port);
-  uint8_t frame[KVDS_PROTO_HDR_LEN + KVDS_PROTO_ITEM_LEN + 16];
-  size_t ml =
-      kvds_proto_item_encode(&(struct kvds_proto_item){.klen = 7, .a = BIG},
-                             "stalled", frame + KVDS_PROTO_HDR_LEN);
-  struct kvds_proto_hdr h = {.magic = KVDS_PROTO_MAGIC,
-                             .version = KVDS_PROTO_VERSION,
-                             .opcode = KVDS_OP_PUT,
-                             .req_id = 1,
-                             .count = 1,
-                             .meta_len = (uint32_t)ml,
-                             .data_len = BIG};
-  kvds_proto_hdr_encode(&h, frame);
-  kvds_proto_seal_frame(frame, frame + KVDS_PROTO_HDR_LEN, ml);
-  KVH_CHECK(kvh_write_all(s, frame, KVDS_PROTO_HDR_LEN + ml) == 0, "send");
-  uint8_t *data = malloc(BIG / 2);
-  memset(data, 0x5a, BIG / 2);
-  KVH_CHECK(kvh_write_all(s, data, BIG / 2) == 0, "send data: %s",
-            strerror(errno));
-  free(data);
-  return s;
-}
-
 int main(int argc, char **argv) {
   kvh_init(argc, argv, "test_stall");
   struct kvh_worker w;
@@ -49,7 +25,7 @@ int main(int argc, char **argv) {
   kvds_client *c = kvh_connect(w.addr);
   kvds_client *idle = kvh_connect(w.tcp);
 
-  int put_fd = half_put(w.port);
+  int put_fd = kvh_raw_partial_put(w.port, "stalled", BIG, BIG / 2);
   int hdr_fd = kvh_raw_unix(w.sock);
   uint8_t half[KVDS_PROTO_HDR_LEN / 2];
   memset(half, 0, sizeof half);
