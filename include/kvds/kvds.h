@@ -300,26 +300,33 @@ void kvds_list_free(struct kvds_list *l);
 
 /* ---- Worker ---------------------------------------------------------------*/
 
+/* Worker counters: X(name, meaning). One list for the struct below, the
+ * wire names of the STATS reply and every binding that prints them. */
+#define KVDS_STATS_FIELDS(X)                                                   \
+  X(pool_capacity, "bytes usable for objects")                                 \
+  X(pool_used, "bytes allocated")                                              \
+  X(pool_free, "capacity - used")                                              \
+  X(pool_largest_free, "largest contiguous free extent")                       \
+  X(objects, "sealed + writing")                                               \
+  X(objects_writing, "objects being written")                                  \
+  X(pinned_objects, "objects with at least one pin")                           \
+  X(evictions, "objects evicted since start")                                  \
+  X(evicted_bytes, "bytes evicted since start")                                \
+  X(hits, "get items found")                                                   \
+  X(misses, "get items not found (after waiting)")                             \
+  X(puts, "objects sealed")                                                    \
+  X(nospace, "creates refused for lack of space")                              \
+  X(connections, "open client connections")                                    \
+  X(protocol_errors, "malformed frames received")                              \
+  X(uptime_s, "seconds since start")                                           \
+  X(pid, "worker process id")                                                  \
+  X(high_watermark_ppm, "eviction high watermark, parts per million")          \
+  X(eviction_ratio_ppm, "eviction ratio, parts per million")
+
 struct kvds_stats {
-  uint64_t pool_capacity;     /* bytes usable for objects */
-  uint64_t pool_used;         /* bytes allocated */
-  uint64_t pool_free;         /* capacity - used */
-  uint64_t pool_largest_free; /* largest contiguous free extent */
-  uint64_t objects;           /* sealed + writing */
-  uint64_t objects_writing;
-  uint64_t pinned_objects;
-  uint64_t evictions; /* objects evicted since start */
-  uint64_t evicted_bytes;
-  uint64_t hits;            /* get items found */
-  uint64_t misses;          /* get items not found (after waiting) */
-  uint64_t puts;            /* objects sealed */
-  uint64_t nospace;         /* creates refused for lack of space */
-  uint64_t connections;     /* open client connections */
-  uint64_t protocol_errors; /* malformed frames received */
-  uint64_t uptime_s;
-  uint64_t pid;
-  uint64_t high_watermark_ppm; /* eviction high watermark, parts per million */
-  uint64_t eviction_ratio_ppm;
+#define KVDS__STATS_FIELD(name, doc) uint64_t name;
+  KVDS_STATS_FIELDS(KVDS__STATS_FIELD)
+#undef KVDS__STATS_FIELD
 };
 
 int kvds_stats(kvds_client *c, struct kvds_stats *out);

@@ -1075,26 +1075,8 @@ static PyObject *client_stats(ClientObject *cl, PyObject *unused) {
     const char *name;
     size_t off;
   } fields[] = {
-#define F(x) {#x, offsetof(struct kvds_stats, x)}
-      F(pool_capacity),
-      F(pool_used),
-      F(pool_free),
-      F(pool_largest_free),
-      F(objects),
-      F(objects_writing),
-      F(pinned_objects),
-      F(evictions),
-      F(evicted_bytes),
-      F(hits),
-      F(misses),
-      F(puts),
-      F(nospace),
-      F(connections),
-      F(protocol_errors),
-      F(uptime_s),
-      F(pid),
-      F(high_watermark_ppm),
-      F(eviction_ratio_ppm),
+#define F(x, doc) {#x, offsetof(struct kvds_stats, x)},
+      KVDS_STATS_FIELDS(F)
 #undef F
   };
   _Static_assert(sizeof fields / sizeof fields[0] ==

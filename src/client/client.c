@@ -1319,26 +1319,8 @@ int kvds_stats(kvds_client *c, struct kvds_stats *out) {
     const char *name;
     size_t off;
   } map[] = {
-#define F(x) {#x, offsetof(struct kvds_stats, x)}
-      F(pool_capacity),
-      F(pool_used),
-      F(pool_free),
-      F(pool_largest_free),
-      F(objects),
-      F(objects_writing),
-      F(pinned_objects),
-      F(evictions),
-      F(evicted_bytes),
-      F(hits),
-      F(misses),
-      F(puts),
-      F(nospace),
-      F(connections),
-      F(protocol_errors),
-      F(uptime_s),
-      F(pid),
-      F(high_watermark_ppm),
-      F(eviction_ratio_ppm),
+#define F(x, doc) {#x, offsetof(struct kvds_stats, x)},
+      KVDS_STATS_FIELDS(F)
 #undef F
   };
   for (uint32_t i = 0; i < c->rh.count; i++) {

@@ -175,7 +175,8 @@ static void inbox_remove_locked(struct io_thread *th, struct wait_req *wr) {
 }
 
 /* Store callback, any thread, store lock held: a waited key was sealed. */
-static void on_wake(struct kvds_waiter *w, struct kvds_object *obj, void *ud) {
+void kvds__server_on_wake(struct kvds_waiter *w, struct kvds_object *obj,
+                          void *ud) {
   (void)ud;
   struct wait_req *wr = w->req;
   wr->objs[w->idx] = obj; /* the pin taken by the store is ours now */
@@ -309,7 +310,7 @@ static void on_wait_timeout(evutil_socket_t fd, short what, void *arg) {
 }
 
 /* Inbox event of a thread: GETs completed by seals (maybe elsewhere). */
-static void on_inbox(evutil_socket_t fd, short what, void *arg) {
+void kvds__server_on_inbox(int fd, short what, void *arg) {
   struct io_thread *th = arg;
   struct kvds_server *s = th->srv;
   (void)fd;
@@ -930,17 +931,4 @@ void kvds__server_stop(struct kvds_server *s) {
     if (s->threads[i].base)
       event_base_loopbreak(s->threads[i].base);
   }
-}
-
-/* Exposed to worker.c through the store's wake hook. */
-void kvds__server_on_wake(struct kvds_waiter *w, struct kvds_object *obj,
-                          void *ud);
-void kvds__server_on_wake(struct kvds_waiter *w, struct kvds_object *obj,
-                          void *ud) {
-  on_wake(w, obj, ud);
-}
-
-void kvds__server_on_inbox(evutil_socket_t fd, short what, void *arg);
-void kvds__server_on_inbox(evutil_socket_t fd, short what, void *arg) {
-  on_inbox(fd, what, arg);
 }

@@ -174,6 +174,12 @@ void kvds__server_data_done(struct conn *c);
 /* Frees conn-owned wait requests (with store.lock held). */
 void kvds__server_cancel_waits_locked(struct conn *c);
 void kvds__server_stop(struct kvds_server *s);
+/* The store's wake hook (store lock held, any thread): a waited key was
+ * sealed; queues the waiting GET on its owner thread's inbox when complete. */
+void kvds__server_on_wake(struct kvds_waiter *w, struct kvds_object *obj,
+                          void *ud);
+/* Event callback of a thread's inbox: answers the GETs completed there. */
+void kvds__server_on_inbox(int fd, short what, void *arg);
 
 /* ---- http.c --------------------------------------------------------------*/
 struct kvds_http;

@@ -28,10 +28,6 @@
 #include "kvds/kvds.h"
 #include "worker/server.h"
 
-void kvds__server_on_wake(struct kvds_waiter *w, struct kvds_object *obj,
-                          void *ud);
-void kvds__server_on_inbox(evutil_socket_t fd, short what, void *arg);
-
 static int g_log_level = 2;
 
 static void logf_(int level, const char *fmt, ...)
