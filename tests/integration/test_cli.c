@@ -479,6 +479,59 @@ static void stop_zombie(void) {
             r.code, r.err);
 }
 
+/* `kvds bench local --json` against a real worker: a well-formed report with
+ * a row per size x batch x operation, memcpy ceilings measured, every call
+ * succeeding, and the pool left as it was found. No speed is asserted. */
+static void bench_smoke(void) {
+  static struct res r;
+  struct kvh_worker w;
+  kvh_worker_start(&w, "64MiB", NULL);
+  kvds_client *c = kvh_connect(w.addr);
+  KVH_OK(kvds_put(c, "keep", 4, "kept", 4));
+  struct kvds_stats before, after;
+  kvh_stats(c, &before);
+  KVDS(&r, NULL, 0, "bench", "local", "--worker", w.addr, "--json", "--sizes",
+       "4KiB,64KiB", "--batch", "1,4", "--seconds", "0.15");
+  KVH_CHECK(r.code == 0, "bench exited %d: %s", r.code, r.err);
+  json_error_t je;
+  json_t *j = json_loads(r.out, 0, &je);
+  KVH_CHECK(j, "bench --json is not JSON: %s", je.text);
+  KVH_CHECK(json_is_true(json_object_get(j, "shared_memory")),
+            "bench did not use shared memory");
+  json_t *mem = json_object_get(j, "memcpy"),
+         *cases = json_object_get(j, "cases");
+  KVH_CHECK(json_array_size(mem) == 2, "memcpy rows: %zu",
+            json_array_size(mem));
+  /* 2 sizes x 2 batches x 3 operations */
+  KVH_CHECK(json_array_size(cases) == 12, "bench rows: %zu",
+            json_array_size(cases));
+  size_t i;
+  json_t *row;
+  json_array_foreach(cases, i, row) {
+    const char *op = json_string_value(json_object_get(row, "op"));
+    KVH_CHECK(op, "row %zu has no op (skipped?)", i);
+    KVH_CHECK(json_real_value(json_object_get(row, "gbps")) > 0 &&
+                  json_real_value(json_object_get(row, "memcpy_gbps")) > 0 &&
+                  json_integer_value(json_object_get(row, "calls")) > 0,
+              "row %zu (%s): no measurement", i, op);
+  }
+  KVH_CHECK(json_real_value(json_object_get(json_object_get(j, "exists"),
+                                            "keys_per_s")) > 0,
+            "no exists figure");
+  json_decref(j);
+  kvh_stats(c, &after);
+  KVH_CHECK(
+      after.objects == before.objects && after.pool_used == before.pool_used,
+      "bench left %llu objects / %llu bytes (before %llu / %llu)",
+      (unsigned long long)after.objects, (unsigned long long)after.pool_used,
+      (unsigned long long)before.objects, (unsigned long long)before.pool_used);
+  uint8_t present = 0;
+  KVH_OK(kvds_exists(c, 1, &(struct kvds_iov){"keep", 4}, &present));
+  KVH_CHECK(present, "bench removed a key it did not write");
+  kvds_client_close(c);
+  kvh_worker_stop(&w);
+}
+
 int main(int argc, char **argv) {
   kvh_init(argc, argv, "cli");
   /* Orphans (the daemonized worker) are re-parented to us, not to an init
@@ -494,5 +547,6 @@ int main(int argc, char **argv) {
   dscli_commands();
   worker_start_errors();
   stop_zombie();
+  bench_smoke();
   return kvh_finish();
 }
