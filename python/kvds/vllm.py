@@ -31,12 +31,15 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
     KVConnectorMetadata,
     KVConnectorRole,
 )
+from vllm.v1.metrics.cache_hit_source import CacheHitSource
 
 import kvds
 
 __all__ = ["KvdsConnector", "KvdsConnectorMetadata", "parse_config", "detect_layout"]
 
-log = logging.getLogger("kvds.vllm")
+# A child of vLLM's logger, so its lines go where vLLM's go (and honour
+# VLLM_LOGGING_LEVEL); a plain logger outside vLLM.
+log = logging.getLogger("vllm.kvds")
 
 DEFAULT_ADDR = "127.0.0.1:31501"
 HEADER_SIZE = 64
@@ -179,6 +182,10 @@ class _ReqState:
 class KvdsConnector(KVConnectorBase_V1):
     """vLLM v1 KV connector storing blocks in a kvds worker."""
 
+    # kvds keeps blocks in host memory (its pool): vLLM counts our hits in
+    # vllm:prompt_tokens_by_source{source="host"}.
+    _cache_hit_source = CacheHitSource.HOST
+
     def __init__(self, vllm_config, role, kv_cache_config=None):
         super().__init__(vllm_config=vllm_config, role=role, kv_cache_config=kv_cache_config)
         ktc = self._kv_transfer_config
@@ -231,6 +238,13 @@ class KvdsConnector(KVConnectorBase_V1):
         if self._client is None or not self._client.connected:
             self._client = kvds.Client(self.cfg.worker_addr, timeout_ms=self.cfg.client_timeout_ms)
         return self._client
+
+    @property
+    def requires_kv_delivery(self):
+        # Saves finish inside the step that computed the blocks
+        # (wait_for_save), so no hand-off is ever pending across a
+        # preemption; a producer's hand-off still must not be skipped.
+        return self.kv_role == "kv_producer"
 
     def _meta_key(self, pp_rank):
         return f"{self.cfg.namespace}/{self.model}/_prefix/pp{pp_rank}"
@@ -434,6 +448,7 @@ class KvdsConnector(KVConnectorBase_V1):
         """Copies the spec's blocks into the paged cache; returns the ids of
         the blocks that could not be loaded."""
         import torch
+        t0 = time.monotonic()
         keys = [self.key_prefix + h for h in spec.hashes]
         failed, corrupt = set(), []
         try:
@@ -475,8 +490,13 @@ class KvdsConnector(KVConnectorBase_V1):
                 client.delete(key)
             except kvds.KvdsError:
                 pass
-        self.stats["blocks_loaded"] += len(spec.block_ids) - len(failed)
+        loaded = len(spec.block_ids) - len(failed)
+        self.stats["blocks_loaded"] += loaded
         self.stats["load_errors"] += len(failed)
+        log.info("kvds: request %s: loaded %d of %d blocks (%d bytes) from kvds %s in %.1f ms%s",
+                 spec.req_id, loaded, len(spec.block_ids), loaded * self.block_nbytes,
+                 spec.addr or self.cfg.worker_addr, (time.monotonic() - t0) * 1e3,
+                 f"; {len(failed)} failed, vLLM recomputes them" if failed else "")
         return failed
 
     def _load_loop(self):
@@ -521,6 +541,13 @@ class KvdsConnector(KVConnectorBase_V1):
                     self._load_errors |= failed
 
     def wait_for_layer_load(self, layer_name):
+        return
+
+    def handle_preemptions(self, kv_connector_metadata=None):
+        # Nothing to do: a save copies the blocks out of the paged cache and
+        # seals them inside wait_for_save of the step that computed them, so
+        # no save is in flight when the scheduler frees a preempted
+        # request's blocks; loads only target requests not yet running.
         return
 
     # saves
@@ -600,6 +627,7 @@ class KvdsConnector(KVConnectorBase_V1):
             if bufs:
                 self.client().mseal([w for w, _, _ in bufs.values()])
                 self.stats["blocks_saved"] += len(bufs)
+                log.debug("kvds: saved %d blocks of %s", len(bufs), ", ".join(meta.saves))
         except kvds.KvdsError as e:
             log.warning("kvds.vllm: save failed: %s", e)
 
