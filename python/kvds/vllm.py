@@ -205,6 +205,7 @@ class KvdsConnector(KVConnectorBase_V1):
         self._prefix: str | None = None
         self._loading: dict[int, tuple[str, str]] = {}   # block id -> (req, hash hex)
         self._bad: dict[str, float] = {}                  # hash hex -> retry after
+        self._warned_hash = False
         # worker side
         self.kv_caches: dict = {}
         self.layouts: dict[str, LayerLayout] = {}
@@ -291,9 +292,12 @@ class KvdsConnector(KVConnectorBase_V1):
         prefix = self._scheduler_prefix()
         if prefix is None:
             return 0, False
-        if hint and params.get("kvds_prefix") == prefix:
+        if hint and params.get("kvds_prefix") == prefix and self._same_hashes(request, params):
             # Prefilled elsewhere: its blocks are (about to be) sealed; the
             # load waits for them with a deadline.
+            end = min(end, params.get("kvds_blocks", end))
+            if end <= start:
+                return 0, False
             n = end - start
         else:
             hint = None
@@ -307,6 +311,26 @@ class KvdsConnector(KVConnectorBase_V1):
             return 0, False
         self._hits[request.request_id] = (start, n, hint)
         return n * bs, is_async
+
+    def _same_hashes(self, request, params):
+        """Whether the producer hashed the prompt as we do. Block hashes
+        chain, so equal last hashes mean equal prefixes; they differ when
+        the instances run with different PYTHONHASHSEED (or hash
+        algorithms), and then waiting for the producer's blocks would only
+        end at the load deadline."""
+        nb, h = params.get("kvds_blocks"), params.get("kvds_hash")
+        if nb is None or h is None:
+            return True
+        hashes = request.block_hashes
+        if nb > 0 and (len(hashes) < nb or hashes[nb - 1].hex() != h):
+            if not self._warned_hash:
+                self._warned_hash = True
+                log.warning("kvds: request %s: the prefill instance hashed the prompt "
+                            "differently (is PYTHONHASHSEED the same on prefill and decode "
+                            "instances?); looking its blocks up instead of waiting for them",
+                            request.request_id)
+            return False
+        return True
 
     def update_state_after_alloc(self, request, blocks, num_external_tokens):
         rid = request.request_id
@@ -391,8 +415,10 @@ class KvdsConnector(KVConnectorBase_V1):
         self._hits.pop(request.request_id, None)
         if not self.is_producer or st is None or not st.had_saves:
             return False, None
+        nb = st.saved_upto
         params = {"kvds_worker": self.cfg.worker_addr, "kvds_namespace": self.cfg.namespace,
-                  "kvds_prefix": self._scheduler_prefix()}
+                  "kvds_prefix": self._scheduler_prefix(), "kvds_blocks": nb,
+                  "kvds_hash": request.block_hashes[nb - 1].hex() if nb else None}
         # The worker reports the request in finished_sending once its
         # blocks are sealed; vLLM keeps them until then.
         return True, params

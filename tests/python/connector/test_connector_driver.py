@@ -2,13 +2,20 @@
 (vllm_driver.py), for every supported KV layout."""
 import itertools
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
+from vllm.v1.request import RequestStatus
 
 import kvds
 from vllm_driver import BS, LAYOUTS, Engine, make_request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CRASH_SCRIPT = os.path.join(HERE, "crash_consumer.py")
 
 _ns = itertools.count()
 
@@ -85,14 +92,15 @@ def test_full_prompt_hit(worker, engines, ns, layout):
     assert b.expected_ok(b.done["b"])
 
 
-def test_sync_load_leaves_a_token(worker, engines, ns):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_sync_load_leaves_a_token(worker, engines, ns, layout):
     """load_async=false: a full-prompt hit is trimmed to leave one token
     (whole blocks), and the load happens inside the step."""
     toks = prompt(2 * BS, seed=3)
-    a = engines("bhnc", namespace=ns, load_async=False)
+    a = engines(layout, namespace=ns, load_async=False)
     a.add(make_request("a", toks))
     a.run()
-    b = engines("bhnc", namespace=ns, load_async=False)
+    b = engines(layout, namespace=ns, load_async=False)
     b.add(make_request("b", toks))
     b.run()
     assert b.matched["b"] == (BS, False)
@@ -101,14 +109,15 @@ def test_sync_load_leaves_a_token(worker, engines, ns):
     assert b.work.stats["blocks_loaded"] == 1
 
 
-def test_abort_while_waiting_for_kv(worker, engines, ns):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_abort_while_waiting_for_kv(worker, engines, ns, layout):
     """An aborted request whose load is in flight is still reported finished
     exactly once; its blocks stay held until then."""
     toks = prompt(3 * BS, seed=4)
-    a = engines("bhnc", namespace=ns)
+    a = engines(layout, namespace=ns)
     a.add(make_request("a", toks))
     a.run()
-    b = engines("bhnc", namespace=ns)
+    b = engines(layout, namespace=ns)
     b.add(make_request("b", toks))
     b.step()                                   # lookup + load order
     assert "b" in b.remote
@@ -121,7 +130,7 @@ def test_abort_while_waiting_for_kv(worker, engines, ns):
     assert len(b.free) == 63
 
 
-@pytest.mark.parametrize("layout", ["bhnc", "kv2-nhd", "mla"])
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_load_failure_missing_block(worker, engines, ns, layout):
     """A block deleted between lookup and load is reported through
     get_block_ids_with_load_errors in the pass that finishes the request;
@@ -150,13 +159,14 @@ def test_load_failure_missing_block(worker, engines, ns, layout):
     assert b.expected_ok(b.done["b"])
 
 
-def test_load_failure_corrupt_block(worker, engines, ns):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_load_failure_corrupt_block(worker, engines, ns, layout):
     """A block object with the right size but a wrong header is refused."""
     toks = prompt(2 * BS + 1, seed=6)
-    a = engines("bhnc", namespace=ns)
+    a = engines(layout, namespace=ns)
     a.add(make_request("a", toks))
     a.run()
-    b = engines("bhnc", namespace=ns)
+    b = engines(layout, namespace=ns)
     r = make_request("b", toks)
     key = b.work.key_prefix + r.block_hashes[0].hex()
     with kvds.Client(worker.addr) as c:
@@ -175,15 +185,16 @@ def test_load_failure_corrupt_block(worker, engines, ns):
         assert c.get(key)[:8] == b"KVDSKV01"
 
 
-def test_load_failure_worker_stopped(make_worker, engines, ns):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_load_failure_worker_stopped(make_worker, engines, ns, layout):
     """The kvds worker goes away after the lookup: every block is reported,
     the request finishes receiving and is recomputed in full."""
     w = make_worker("32MiB")
     toks = prompt(3 * BS, seed=7)
-    a = engines("bhnc", addr=w.addr, namespace=ns, load_timeout_ms=200, client_timeout_ms=1000)
+    a = engines(layout, addr=w.addr, namespace=ns, load_timeout_ms=200, client_timeout_ms=1000)
     a.add(make_request("a", toks))
     a.run()
-    b = engines("bhnc", addr=w.addr, namespace=ns, load_timeout_ms=200, client_timeout_ms=1000)
+    b = engines(layout, addr=w.addr, namespace=ns, load_timeout_ms=200, client_timeout_ms=1000)
     r = make_request("b", toks)
     lookup = b.sched.get_num_new_matched_tokens
 
@@ -202,14 +213,15 @@ def test_load_failure_worker_stopped(make_worker, engines, ns):
     assert b.expected_ok(b.done["b"])
 
 
-def test_pd_producer_consumer_race(worker, engines, ns):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_pd_producer_consumer_race(worker, engines, ns, layout):
     """Prefill (kv_producer) / decode (kv_consumer): the producer holds its
     blocks until saved and names its worker in kv_transfer_params; the
     consumer, given those params before the producer has sealed, waits for
     the blocks (get-with-wait) and loads them."""
     toks = prompt(3 * BS + 2, seed=8)
-    p = engines("bhnc", role="kv_producer", namespace=ns)
-    c = engines("bhnc", role="kv_consumer", namespace=ns, load_timeout_ms=5000)
+    p = engines(layout, role="kv_producer", namespace=ns)
+    c = engines(layout, role="kv_consumer", namespace=ns, load_timeout_ms=5000)
     # the consumer is handed the params the producer will return
     params = {"kvds_worker": worker.addr, "kvds_namespace": ns,
               "kvds_prefix": p.work.key_prefix}
@@ -231,12 +243,13 @@ def test_pd_producer_consumer_race(worker, engines, ns):
     assert c.work.stats["blocks_saved"] == 0   # a consumer never saves
 
 
-def test_pd_consumer_deadline(worker, engines, ns):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_pd_consumer_deadline(worker, engines, ns, layout):
     """Params naming blocks that never come: the load ends at its deadline,
     every block is reported and the request is recomputed."""
     toks = prompt(2 * BS + 2, seed=9)
-    p = engines("bhnc", role="kv_producer", namespace=ns)
-    c = engines("bhnc", role="kv_consumer", namespace=ns, load_timeout_ms=300)
+    p = engines(layout, role="kv_producer", namespace=ns)
+    c = engines(layout, role="kv_consumer", namespace=ns, load_timeout_ms=300)
     params = {"kvds_worker": worker.addr, "kvds_namespace": ns,
               "kvds_prefix": p.work.key_prefix}
     c.add(make_request("r", toks, kv_transfer_params=params))
@@ -266,15 +279,16 @@ def test_mla_one_copy_for_all_tp_ranks(worker, engines, ns):
     assert b1.work.stats["blocks_loaded"] == 2 and b1.expected_ok(b1.done["b"])
 
 
-def test_layerwise_save(worker, engines, ns):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_layerwise_save(worker, engines, ns, layout):
     """use_layerwise: layers are written as save_kv_layer is called and the
     object sealed at wait_for_save; the data round-trips."""
     toks = prompt(2 * BS + 1, seed=11)
-    a = engines("b2-nhd", namespace=ns, use_layerwise=True)
+    a = engines(layout, namespace=ns, use_layerwise=True)
     a.add(make_request("a", toks))
     a.run()
     assert a.work.stats["blocks_saved"] == 2
-    b = engines("b2-nhd", namespace=ns)
+    b = engines(layout, namespace=ns)
     b.add(make_request("b", toks))
     b.run()
     assert b.work.stats["blocks_loaded"] == 2 and b.expected_ok(b.done["b"])
@@ -326,7 +340,7 @@ def test_unsupported_layout():
     assert detect_layout(torch.zeros(8, 2, 16, 64), 16, 4).per_block == 2
 
 
-@pytest.mark.parametrize("layout", ["bhnc", "kv2-nhd"])
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_chunked_prefill(worker, engines, ns, layout):
     """Prefill in chunks of 20 tokens: blocks are saved as they become full
     (cached-request path, blocks allocated step by step); a second instance
@@ -345,7 +359,7 @@ def test_chunked_prefill(worker, engines, ns, layout):
     assert b.expected_ok(b.done["b"])
 
 
-@pytest.mark.parametrize("layout", ["bhnc", "mla"])
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_tp2(worker, engines, ns, layout):
     """TP=2: each rank stores its own objects (MLA: rank 0 only, shared);
     vLLM's KVOutputAggregator sees every request finished on both ranks."""
@@ -363,13 +377,213 @@ def test_tp2(worker, engines, ns, layout):
     assert b.expected_ok(b.done["b"])
 
 
-def test_abort_before_scheduling(worker, engines, ns):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_abort_before_scheduling(worker, engines, ns, layout):
     """A request aborted before its first schedule: request_finished on a
     request the connector never saw frees at once and reports nothing."""
-    e = engines("bhnc", namespace=ns)
+    e = engines(layout, namespace=ns)
     e.add(make_request("x", prompt(2 * BS, seed=14)))
     e.abort("x")
-    assert e.held.pop("x") == []
+    assert "x" not in e.held and e.params["x"] is None
     e.run()
     assert e.recv_reports == {} and e.send_reports == {}
     assert e.work.stats == {"blocks_loaded": 0, "blocks_saved": 0, "load_errors": 0}
+
+
+def _evict_after_lookup(engine, addr, index):
+    """Makes the engine's lookups delete block `index` of the request right
+    after the lookup found it (the race of an eviction between lookup and
+    load)."""
+    lookup = engine.sched.get_num_new_matched_tokens
+
+    def lookup_then_evict(req, n):
+        res = lookup(req, n)
+        if res[0]:
+            with kvds.Client(addr) as c:
+                try:
+                    c.delete(engine.work.key_prefix + req.block_hashes[index].hex())
+                except kvds.NotFound:
+                    pass
+        return res
+
+    engine.sched.get_num_new_matched_tokens = lookup_then_evict
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_load_failure_policy_fail(worker, engines, ns, layout):
+    """kv_load_failure_policy="fail" (vLLM 0.32's default): the request whose
+    block failed to load finishes with an error instead of computing on bad
+    KV; every block is freed; the failed block is not offered again, so the
+    same prompt then loads the good prefix and computes the rest."""
+    toks = prompt(4 * BS + 3, seed=20)
+    a = engines(layout, namespace=ns)
+    a.add(make_request("a", toks))
+    a.run()
+    b = engines(layout, namespace=ns, policy="fail", load_timeout_ms=200)
+    assert b.policy == "fail"
+    _evict_after_lookup(b, worker.addr, 2)
+    b.add(make_request("b", toks))
+    b.run()
+    assert b.errored == {"b"} and b.done["b"].status == RequestStatus.FINISHED_ERROR
+    assert b.done["b"].num_output_tokens == 0          # nothing computed on bad KV
+    assert b.recv_reports == {"b": 1} and b.invalid_seen == {b.blocks["b"][2]}
+    assert not b.held and len(b.free) == 63
+    b.sched.get_num_new_matched_tokens = type(b.sched).get_num_new_matched_tokens.__get__(b.sched)
+    b.add(make_request("b2", toks))
+    b.run()
+    assert b.matched["b2"] == (2 * BS, True)           # stops before the bad block
+    assert b.scheduled["b2"] == [2 * BS + 3] and "b2" not in b.errored
+    assert b.expected_ok(b.done["b2"])
+
+
+@pytest.mark.parametrize("policy", ["recompute", "fail"])
+@pytest.mark.parametrize("load_async", [True, False])
+def test_load_failure_both_policies_sync_and_async(worker, engines, ns, policy, load_async):
+    """Both policies with both load modes: recompute gives the right KV;
+    fail finishes the request with an error and frees everything."""
+    toks = prompt(3 * BS + 5, seed=21)
+    a = engines("bhnc", namespace=ns)
+    a.add(make_request("a", toks))
+    a.run()
+    b = engines("bhnc", namespace=ns, policy=policy, load_async=load_async,
+                load_timeout_ms=200)
+    _evict_after_lookup(b, worker.addr, 1)
+    b.add(make_request("b", toks))
+    b.run()
+    assert b.matched["b"] == (3 * BS, load_async)
+    assert b.invalid_seen == {b.blocks["b"][1]}
+    assert not b.held and len(b.free) == 63
+    if policy == "fail":
+        assert b.errored == {"b"} and b.done["b"].num_output_tokens == 0
+    else:
+        assert not b.errored and b.done["b"].num_output_tokens == 1
+        assert b.scheduled["b"][-1] == 2 * BS + 5      # recomputed from block 1
+        assert b.expected_ok(b.done["b"])
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_preemption_during_inflight_save(worker, engines, ns, layout):
+    """Async scheduling: A's first chunk is scheduled (its two full blocks
+    planned for saving); before that step has run, a higher-priority B
+    preempts A and is given A's blocks. The step that computes A's chunk
+    runs (and saves) before the step that overwrites the blocks with B's KV,
+    so A's objects hold A's KV; A resumes by loading them back."""
+    ta, tb = prompt(3 * BS + 4, seed=22), prompt(2 * BS + 4, seed=23)
+    e = engines(layout, namespace=ns, chunk=2 * BS)
+    a = make_request("a", ta, max_tokens=2)
+    e.add(a)
+    st1 = e.schedule()                                  # step 1: A's blocks 0-1
+    assert [h for h, _ in st1.so.kv_connector_metadata.saves["a"]] == \
+        [h.hex() for h in a.block_hashes[:2]]
+    a_blocks = list(e.blocks["a"])
+    e.preempt("a")
+    e.waiting.remove(a)                                 # B goes first
+    e.free = a_blocks + [b for b in e.free if b not in a_blocks]
+    e.add(make_request("b", tb))
+    st2 = e.schedule()                                  # step 2: B in A's blocks
+    assert e.blocks["b"][:2] == a_blocks[:2]
+    assert st2.so.preempted_req_ids == {"a"}
+    e.waiting.insert(0, a)
+    out1 = e.execute(st1)                               # A computed + saved
+    e.update(st1, out1)
+    out2 = e.execute(st2)                               # B overwrites
+    e.run(async_sched=True)
+    assert a.num_preemptions == 1 and e.done["a"].num_output_tokens == 2
+    assert e.matched["a"] == (0, False)
+    assert e.recv_reports.get("a") == 1                 # A reloaded its 2 saved blocks
+    assert e.expected_ok(e.done["b"]) and e.expected_ok(e.done["a"])
+    # a third instance loads all of A's full blocks: the saves were right
+    c = engines(layout, namespace=ns)
+    c.add(make_request("c", ta))
+    c.run()
+    assert c.matched["c"] == (3 * BS, True) and c.work.stats["load_errors"] == 0
+    assert c.expected_ok(c.done["c"])
+    del out2
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_async_scheduling(worker, engines, ns, layout):
+    """Async scheduling (schedule N+1 before update N) with chunked prefill,
+    decode steps and a loading request: nothing is lost or reported twice."""
+    toks = prompt(4 * BS + 5, seed=24)
+    a = engines(layout, namespace=ns, chunk=24)
+    a.add(make_request("a", toks, max_tokens=4))
+    a.run(async_sched=True)
+    assert a.scheduled["a"] == [24, 24, 21, 1, 1, 1] and a.done["a"].num_output_tokens == 4
+    assert a.send_reports == {"a": 1} and not a.held and len(objects(worker.addr, ns)) == 4
+    b = engines(layout, namespace=ns, chunk=24)
+    b.add(make_request("b", toks, max_tokens=4))
+    b.add(make_request("b-other", prompt(2 * BS, seed=25), max_tokens=2))
+    b.run(async_sched=True)
+    assert b.matched["b"] == (4 * BS, True) and b.recv_reports == {"b": 1}
+    assert b.scheduled["b"] == [5, 1, 1, 1]
+    assert b.expected_ok(b.done["b"]) and b.expected_ok(b.done["b-other"])
+    assert list(b.done["b"].output_token_ids) == list(a.done["a"].output_token_ids)
+
+
+def test_pd_params_name_blocks_and_hash(worker, engines, ns):
+    """The producer's kv_transfer_params say how many blocks it stored and
+    the last one's hash; a consumer whose hashes differ (another
+    PYTHONHASHSEED) does not wait for blocks that will never come."""
+    toks = prompt(3 * BS + 2, seed=26)
+    p = engines("bhnc", role="kv_producer", namespace=ns)
+    r = make_request("r", toks)
+    p.add(r)
+    p.run()
+    params = p.params["r"]
+    assert params["kvds_blocks"] == 3 and params["kvds_hash"] == r.block_hashes[2].hex()
+    c = engines("bhnc", role="kv_consumer", namespace=ns, load_timeout_ms=30000)
+    c.add(make_request("r", toks, kv_transfer_params=params))
+    c.run()
+    assert c.matched["r"] == (3 * BS, True) and c.expected_ok(c.done["r"])
+    bad = dict(params, kvds_hash="00" * 32)             # hashed differently
+    c2 = engines("bhnc", role="kv_consumer", namespace=ns + "-other", load_timeout_ms=30000)
+    t0 = time.monotonic()
+    c2.add(make_request("r2", toks, kv_transfer_params=bad))
+    c2.run()
+    assert time.monotonic() - t0 < 10                   # did not wait 30 s
+    assert c2.matched["r2"] == (0, False) and c2.expected_ok(c2.done["r2"])
+
+
+def test_consumer_crash_releases_pins(worker, engines, ns):
+    """A decode instance killed (-9) in the middle of its loads, for every
+    layout at once: the producer released its blocks as soon as they were
+    sealed, never waiting for the consumer; the worker drops the dead
+    consumer's pins; a new consumer loads the same blocks."""
+    toks = prompt(3 * BS + 1, seed=27)
+    jobs = []
+    for layout in LAYOUTS:
+        p = engines(layout, role="kv_producer", namespace=f"{ns}-{layout}")
+        p.add(make_request("r", toks))
+        p.run()
+        assert p.send_reports == {"r": 1} and not p.held and len(p.free) == 63
+        jobs.append({"layout": layout, "namespace": f"{ns}-{layout}", "params": p.params["r"]})
+    with kvds.Client(worker.addr) as c:
+        assert c.stats()["pinned_objects"] == 0
+    proc = subprocess.Popen([sys.executable, CRASH_SCRIPT, worker.addr, json.dumps(jobs),
+                             json.dumps(toks)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=HERE)
+    try:
+        pinned = 0
+        deadline = time.monotonic() + 120
+        while pinned < len(LAYOUTS):
+            line = proc.stdout.readline()
+            assert line and time.monotonic() < deadline, \
+                f"consumer exited early: {proc.stderr.read()[-3000:]}"
+            pinned += line.startswith("PINNED")
+        with kvds.Client(worker.addr) as c:
+            assert c.stats()["pinned_objects"] == 3 * len(LAYOUTS)
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 10
+    with kvds.Client(worker.addr) as c:
+        while c.stats()["pinned_objects"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert c.stats()["pinned_objects"] == 0
+    for job in jobs:
+        d = engines(job["layout"], role="kv_consumer", namespace=job["namespace"])
+        d.add(make_request("r", toks, kv_transfer_params=job["params"]))
+        d.run()
+        assert d.recv_reports == {"r": 1} and d.work.stats["blocks_loaded"] == 3
+        assert d.expected_ok(d.done["r"])

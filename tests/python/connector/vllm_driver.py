@@ -1,21 +1,34 @@
 """A driver that calls kvds.vllm.KvdsConnector the way vLLM 0.32.0 does.
 
 One `Engine` is one vLLM instance: a scheduler-side and a worker-side
-connector (two objects, as in vLLM), a paged KV cache in the layout under
-test, and a scheduler loop that follows vllm/v1/core/sched/scheduler.py and
-kv_connector_model_runner_mixin.py: get_num_new_matched_tokens →
-update_state_after_alloc → build_connector_meta → bind → start_load_kv →
-(forward: wait_for_layer_load / save_kv_layer per layer) → wait_for_save →
-get_finished (via get_transfer_results) → get_block_ids_with_load_errors →
-update_connector_output → invalid blocks truncate num_computed_tokens →
-request_finished. vLLM's own classes are used (VllmConfig, Request with
-vLLM's block hasher, KVCacheBlocks, SchedulerOutput, NewRequestData,
-CachedRequestData, KVConnectorOutput); the stand-ins are the model (each
-token's KV is a deterministic function of its prefix and layer), the block
-pool (a free list) and kv_cache_config (only num_blocks is read).
+connector per TP rank (separate objects, as in vLLM), a paged KV cache in
+the layout under test, and a scheduler loop that follows
+vllm/v1/core/sched/scheduler.py and kv_connector_model_runner_mixin.py:
 
-Requests prefill their prompt and finish (max_tokens=1): what matters here
-is which KV came from kvds and whether the paged cache is right.
+    schedule:  promote finished async loads → get_num_new_matched_tokens →
+               update_state_after_alloc → SchedulerOutput (new, cached and
+               resumed requests, finished and preempted ids) →
+               build_connector_meta; num_computed_tokens advances here, as
+               in vLLM's _update_after_schedule
+    execute:   per rank: handle_preemptions → bind → start_load_kv →
+               per layer wait_for_layer_load / model / save_kv_layer →
+               wait_for_save → get_transfer_results →
+               get_block_ids_with_load_errors → clear; KVOutputAggregator
+    update:    update_connector_output → invalid blocks (truncate and
+               recompute, or finish with an error under
+               kv_load_failure_policy="fail") → sample → request_finished
+               (delayed free, kv_transfer_params) → finished_recving /
+               finished_sending
+
+`run(async_sched=True)` schedules step N+1 before step N's output is
+processed, as vLLM's async scheduling does. vLLM's own classes are used
+(VllmConfig, Request with vLLM's block hasher, KVCacheBlocks,
+SchedulerOutput, NewRequestData, CachedRequestData, KVConnectorOutput,
+KVOutputAggregator); the stand-ins are the block pool (a free list),
+kv_cache_config (only num_blocks is read) and the model: `StandInModel`
+makes each token's KV a deterministic function of its prefix and layer, and
+tiny_model.TinyTransformer is a real decoder that attends over the paged
+cache.
 """
 import copy
 import pickle
@@ -32,7 +45,7 @@ from vllm.v1.core.kv_cache_utils import KVCacheBlock, get_request_block_hasher, 
 from vllm.v1.core.sched.output import CachedRequestData, NewRequestData, SchedulerOutput
 from vllm.distributed.kv_transfer.kv_connector.utils import KVOutputAggregator
 from vllm.v1.outputs import EMPTY_MODEL_RUNNER_OUTPUT, KVConnectorOutput
-from vllm.v1.request import Request
+from vllm.v1.request import Request, RequestStatus
 
 from kvds.vllm import KvdsConnector
 
@@ -63,7 +76,8 @@ def make_cache(layout):
 
 
 def slot(layout, t, block, off):
-    """The view of one token's KV in one layer."""
+    """The view of one token's KV in one layer: [H, 2D] (bhnc), [2, H, D]
+    (kv2-nhd, b2-nhd) or [4D] (mla, the latent)."""
     if layout in ("bhnc", "bhnc-strided", "b2-nhd"):
         return t[block, :, off]
     if layout == "kv2-nhd":
@@ -76,13 +90,34 @@ def block_view(layout, t, block):
 
 
 def token_kv(tokens, pos, layer, shape):
-    """The 'model': KV of token `pos` in `layer`, a function of its prefix."""
+    """The stand-in model: KV of token `pos` in `layer`, a function of its prefix."""
     g = torch.Generator().manual_seed(hash((tuple(tokens[:pos + 1]), layer)) & 0x7FFFFFFF)
     return torch.randn(shape, generator=g)
 
 
-def make_request(req_id, tokens, kv_transfer_params=None):
-    sp = SamplingParams(max_tokens=1, temperature=0.0)
+class StandInModel:
+    """Each token's KV is token_kv(prefix, layer); the sampled token is a
+    function of the sequence. MLA caches are identical on every TP rank,
+    others differ per rank."""
+
+    def __init__(self, layout):
+        self.layout = layout
+
+    def seed(self, li, rank):
+        return li if self.layout == "mla" else (li, rank)
+
+    def layer(self, li, rank, t, req, ids, start, n):
+        toks = req.all_token_ids
+        for pos in range(start, start + n):
+            s = slot(self.layout, t, ids[pos // BS], pos % BS)
+            s.copy_(token_kv(toks, pos, self.seed(li, rank), s.shape))
+
+    def sample(self, req, rank):
+        return hash(tuple(req.all_token_ids)) % 500 + 3
+
+
+def make_request(req_id, tokens, kv_transfer_params=None, max_tokens=1):
+    sp = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
     if kv_transfer_params is not None:
         sp.extra_args = {"kv_transfer_params": kv_transfer_params}
     r = Request(req_id, list(tokens), sp, None, block_hasher=_HASHER)
@@ -91,11 +126,12 @@ def make_request(req_id, tokens, kv_transfer_params=None):
     return r
 
 
-def vllm_config(role, extra):
+def vllm_config(role, extra, policy="recompute"):
     return VllmConfig(
         kv_transfer_config=KVTransferConfig(
             kv_connector="KvdsConnector", kv_connector_module_path="kvds.vllm",
-            kv_role=role, kv_connector_extra_config=dict(extra)),
+            kv_role=role, kv_connector_extra_config=dict(extra),
+            kv_load_failure_policy=policy),
         cache_config=CacheConfig(block_size=BS))
 
 
@@ -103,13 +139,16 @@ class Engine:
     """One vLLM instance (scheduler + `tp` workers) driven step by step.
 
     `chunk` limits the tokens a request computes per step (chunked prefill);
-    blocks are allocated as the tokens are scheduled, as vLLM does."""
+    blocks are allocated as the tokens are scheduled, as vLLM does. `policy`
+    is vLLM's kv_load_failure_policy. `model` defaults to StandInModel."""
 
     def __init__(self, addr, layout, role="kv_both", namespace="t", tp=1, tp_rank=0,
-                 chunk=1 << 30, **extra):
+                 chunk=1 << 30, model=None, policy="recompute", **extra):
         self.layout = layout
         self.chunk = chunk
-        cfg = vllm_config(role, dict(worker_addr=addr, namespace=namespace, **extra))
+        self.model = model or StandInModel(layout)
+        cfg = vllm_config(role, dict(worker_addr=addr, namespace=namespace, **extra), policy)
+        self.policy = cfg.kv_transfer_config.kv_load_failure_policy
         kvcc = types.SimpleNamespace(num_blocks=NB)   # stand-in: only num_blocks is read
         self.sched = KvdsConnector(cfg, KVConnectorRole.SCHEDULER, kvcc)
         self.ranks = list(range(tp_rank, tp_rank + tp))
@@ -134,11 +173,14 @@ class Engine:
         self.recv_reports: dict[str, int] = {}
         self.send_reports: dict[str, int] = {}
         self.finished_ids: set[str] = set()
+        self.preempted_ids: set[str] = set()
         self.done: dict[str, Request] = {}
+        self.errored: set[str] = set()                # FINISHED_ERROR (policy "fail")
         self.scheduled: dict[str, list[int]] = {}     # req -> tokens computed per step
         self.matched: dict[str, tuple] = {}
         self.params: dict[str, dict] = {}
         self.invalid_seen: set[int] = set()
+        self.steps = 0
 
     def add(self, req):
         self.waiting.append(req)
@@ -157,22 +199,51 @@ class Engine:
     def _kvblocks(self, ids):
         return KVCacheBlocks(([KVCacheBlock(i) for i in ids],))
 
+    def _finish(self, r, status):
+        """Scheduler.finish_requests: request_finished, then free or hold."""
+        rid = r.request_id
+        r.status = status
+        delay, params = self.sched.request_finished(r, self.blocks.get(rid, []))
+        self.params[rid] = params
+        self.finished_ids.add(rid)
+        self.done[rid] = r
+        blocks = self.blocks.get(rid, [])
+        # A request still receiving keeps its blocks until finished_recving.
+        if delay or (rid in self.remote and rid not in self.finished_recv):
+            self.held[rid] = blocks
+        else:
+            self.free += blocks
+        self.remote.pop(rid, None)
+        self.running.pop(rid, None)
+
     def abort(self, req_id):
         """Abort as Scheduler.finish_requests does, also while waiting for KV."""
-        r = self.remote.pop(req_id, None) or self.running.pop(req_id, None)
+        r = self.remote.get(req_id) or self.running.get(req_id)
         if r is None:
             r = next(x for x in self.waiting if x.request_id == req_id)
             self.waiting.remove(r)
-        self.sched.request_finished(r, self.blocks.get(req_id, []))
-        self.finished_ids.add(req_id)
-        # Blocks of a request still receiving stay held until finished_recving.
-        self.held[req_id] = self.blocks.get(req_id, [])
-        self.done[req_id] = r
+        self._finish(r, RequestStatus.FINISHED_ABORTED)
 
-    def step(self):
-        new_reqs, cached, num_sched = [], [], {}
+    def preempt(self, req_id):
+        """Scheduler._preempt_request: the running request's blocks are freed
+        at once (and may be handed to others in the same step); it waits to
+        be scheduled again from scratch."""
+        r = self.running.pop(req_id)
+        self.free += self.blocks.pop(req_id)
+        r.status = RequestStatus.PREEMPTED
+        r.num_computed_tokens = 0
+        r.num_preemptions += 1
+        self.preempted_ids.add(req_id)
+        self.waiting.insert(0, r)
+
+    # one step = schedule → execute → update
+
+    def schedule(self):
+        new_reqs, cached, resumed, num_sched, starts = [], [], [], {}, {}
         for rid, r in self.running.items():
             n = min(self.chunk, r.num_tokens - r.num_computed_tokens)
+            if n <= 0:                  # its sample is still in flight
+                continue
             new = self._ensure_blocks(rid, r.num_computed_tokens + n)
             cached.append((r, new))
             num_sched[rid] = n
@@ -185,6 +256,7 @@ class Engine:
             self.failed_recv.discard(rid)
             if r.num_computed_tokens == r.num_tokens:
                 r.num_computed_tokens = r.num_tokens - 1
+            r.status = RequestStatus.WAITING
             self.waiting.insert(0, r)
         for r in list(self.waiting):
             self.waiting.remove(r)
@@ -199,6 +271,7 @@ class Engine:
                 self._ensure_blocks(rid, n_ext)
                 self.sched.update_state_after_alloc(r, self._kvblocks(self.blocks[rid]), n_ext)
                 r.num_computed_tokens = n_ext
+                r.status = RequestStatus.WAITING_FOR_REMOTE_KVS
                 self.remote[rid] = r
                 continue
             n = min(self.chunk, r.num_tokens - r.num_computed_tokens - n_ext)
@@ -206,48 +279,64 @@ class Engine:
             self._ensure_blocks(rid, r.num_computed_tokens + n_ext + n)
             self.sched.update_state_after_alloc(r, self._kvblocks(self.blocks[rid]), n_ext)
             r.num_computed_tokens += n_ext
-            new_reqs.append(r)
+            if r.status == RequestStatus.PREEMPTED:
+                resumed.append(r)
+            else:
+                new_reqs.append(r)
+            r.status = RequestStatus.RUNNING
+            self.running[rid] = r
             num_sched[rid] = n
+        cached_all = [(r, new) for r, new in cached] + [(r, self.blocks[r.request_id])
+                                                        for r in resumed]
         so = SchedulerOutput(
             scheduled_new_reqs=[
                 NewRequestData(r.request_id, r.prompt_token_ids, [], r.sampling_params, None,
                                (list(self.blocks[r.request_id]),), r.num_computed_tokens, None)
                 for r in new_reqs],
             scheduled_cached_reqs=CachedRequestData(
-                req_ids=[r.request_id for r, _ in cached], resumed_req_ids=set(),
-                new_token_ids=[[] for _ in cached], all_token_ids={},
-                new_block_ids=[(new,) if new else None for _, new in cached],
-                num_computed_tokens=[r.num_computed_tokens for r, _ in cached],
-                num_output_tokens=[0 for _ in cached]),
+                req_ids=[r.request_id for r, _ in cached_all],
+                resumed_req_ids={r.request_id for r in resumed},
+                new_token_ids=[[] for _ in cached_all],
+                all_token_ids={r.request_id: list(r.all_token_ids) for r in resumed},
+                new_block_ids=[(list(new),) if new else None for _, new in cached_all],
+                num_computed_tokens=[r.num_computed_tokens for r, _ in cached_all],
+                num_output_tokens=[r.num_output_tokens for r, _ in cached_all]),
             num_scheduled_tokens=num_sched, total_num_scheduled_tokens=sum(num_sched.values()),
             scheduled_spec_decode_tokens={}, scheduled_encoder_inputs={},
-            finished_req_ids=self.finished_ids, free_encoder_mm_hashes=[])
-        self.finished_ids = set()
+            finished_req_ids=self.finished_ids, free_encoder_mm_hashes=[],
+            preempted_req_ids=self.preempted_ids or None)
+        self.finished_ids, self.preempted_ids = set(), set()
         meta = self.sched.build_connector_meta(so)
         # vLLM pickles the metadata to the workers
         so.kv_connector_metadata = pickle.loads(pickle.dumps(meta))
-        scheduled = [r for r, _ in cached] + new_reqs
+        scheduled = [r for r, _ in cached_all] + new_reqs
+        for r in scheduled:             # _update_after_schedule
+            starts[r.request_id] = r.num_computed_tokens
+            r.num_computed_tokens += num_sched[r.request_id]
+        self.steps += 1
+        return types.SimpleNamespace(so=so, reqs=scheduled, num_sched=num_sched, starts=starts,
+                                     blocks={r.request_id: list(self.blocks[r.request_id])
+                                             for r in scheduled})
+
+    def execute(self, st):
         outs = []
         for w, caches, rank in zip(self.works, self.rank_caches, self.ranks):
             o = copy.copy(EMPTY_MODEL_RUNNER_OUTPUT)
-            o.kv_connector_output = self._worker_step(w, caches, rank, so, scheduled, num_sched)
+            o.kv_connector_output = self._worker_step(w, caches, rank, st)
             outs.append(o)
-        out = self.aggregator.aggregate(outs).kv_connector_output
-        self._update_from_output(out, scheduled, num_sched)
-        return out
+        return self.aggregator.aggregate(outs).kv_connector_output
 
-    def _worker_step(self, w, caches, rank, so, reqs, num_sched):
+    def _worker_step(self, w, caches, rank, st):
+        so = st.so
+        w.handle_preemptions(so.kv_connector_metadata)
         w.bind_connector_metadata(so.kv_connector_metadata)
         w.start_load_kv(None)
         for li, name in enumerate(LAYERS):
             w.wait_for_layer_load(name)
             t = caches[name]
-            for r in reqs:
-                ids = self.blocks[r.request_id]
-                nc = r.num_computed_tokens
-                for pos in range(nc, nc + num_sched[r.request_id]):
-                    s = slot(self.layout, t, ids[pos // BS], pos % BS)
-                    s.copy_(token_kv(r.prompt_token_ids, pos, self._layer_seed(li, rank), s.shape))
+            for r in st.reqs:
+                rid = r.request_id
+                self.model.layer(li, rank, t, r, st.blocks[rid], st.starts[rid], st.num_sched[rid])
             w.save_kv_layer(name, t, None)
         w.wait_for_save()
         res = w.get_transfer_results(so.finished_req_ids)
@@ -257,19 +346,38 @@ class Engine:
         w.clear_connector_metadata()
         return out
 
-    def _layer_seed(self, li, rank):
-        # MLA caches are identical on every TP rank; others differ per rank
-        return li if self.layout == "mla" else (li, rank)
-
-    def _update_from_output(self, out, reqs, num_sched):
-        self.sched.update_connector_output(out)
+    def update(self, st, out):
         self.invalid_seen |= out.invalid_block_ids
         # _handle_invalid_blocks: truncate to the first invalid block
-        for rid, r in self.remote.items():
-            bad = [i for i, b in enumerate(self.blocks[rid]) if b in out.invalid_block_ids]
+        failed = set()
+        affected = list(self.remote.items()) + [(r.request_id, r) for r in st.reqs
+                                                if r.request_id in self.running]
+        for rid, r in affected:
+            bad = [i for i, b in enumerate(self.blocks.get(rid, []))
+                   if b in out.invalid_block_ids and i * BS < r.num_computed_tokens]
             if bad:
                 r.num_computed_tokens = min(r.num_computed_tokens, bad[0] * BS)
-                self.failed_recv.add(rid)
+                failed.add(rid)
+                if rid in self.remote:
+                    self.failed_recv.add(rid)
+        for r in st.reqs:
+            rid = r.request_id
+            self.scheduled.setdefault(rid, []).append(st.num_sched[rid])
+            if rid in failed or self.running.get(rid) is not r:
+                continue                # recomputed, preempted or finished meanwhile
+            if r.num_computed_tokens < r.num_tokens:
+                continue                # more prompt to compute
+            r.append_output_token_ids(self.model.sample(r, self.ranks[0]))
+            if r.num_output_tokens >= r.sampling_params.max_tokens:
+                self._finish(r, RequestStatus.FINISHED_LENGTH_CAPPED)
+        if failed and self.policy == "fail":
+            for rid in failed:
+                r = self.remote.get(rid) or self.running.get(rid)
+                if r is not None:
+                    self.errored.add(rid)
+                    self._finish(r, RequestStatus.FINISHED_ERROR)
+        # _update_from_kv_xfer_finished
+        self.sched.update_connector_output(out)
         for rid in out.finished_recving or ():
             self.recv_reports[rid] = self.recv_reports.get(rid, 0) + 1
             if rid in self.held:
@@ -279,49 +387,59 @@ class Engine:
         for rid in out.finished_sending or ():
             self.send_reports[rid] = self.send_reports.get(rid, 0) + 1
             self.free += self.held.pop(rid)
-        for r in reqs:
-            rid = r.request_id
-            self.scheduled.setdefault(rid, []).append(num_sched[rid])
-            r.num_computed_tokens += num_sched[rid]
-            if r.num_computed_tokens < r.num_tokens:
-                self.running[rid] = r
-                continue
-            self.running.pop(rid, None)
-            delay, params = self.sched.request_finished(r, self.blocks[rid])
-            self.params[rid] = params
-            self.finished_ids.add(rid)
-            self.done[rid] = r
-            if delay:
-                self.held[rid] = self.blocks[rid]
-            else:
-                self.free += self.blocks[rid]
 
-    def run(self, timeout=30, until=None):
+    def step(self):
+        st = self.schedule()
+        out = self.execute(st)
+        self.update(st, out)
+        return out
+
+    def busy(self):
+        return bool(self.waiting or self.remote or self.held or self.running)
+
+    def run(self, timeout=30, until=None, async_sched=False):
         """Steps until every request is done (or `until()`); a step with
-        nothing scheduled sleeps 1 ms, like an idle engine polling."""
+        nothing scheduled sleeps 1 ms, like an idle engine polling. With
+        `async_sched`, step N+1 is scheduled before step N's output is
+        processed (vLLM's async scheduling: schedule N+1, update N,
+        execute N+1)."""
         deadline = time.monotonic() + timeout
+        prev = None
         while time.monotonic() < deadline:
-            out = self.step()
+            st = self.schedule()
+            if prev is not None:
+                self.update(*prev)
+            out = self.execute(st)
+            if async_sched:
+                prev = (st, out)
+            else:
+                self.update(st, out)
             if until is not None and until():
-                return
-            if not (self.waiting or self.remote or self.held or self.running):
-                return
+                break
+            if not self.busy():
+                break
             if not out.finished_recving and not out.finished_sending:
                 time.sleep(0.001)
-        raise AssertionError(f"driver: requests did not finish: waiting={self.waiting} "
-                             f"remote={list(self.remote)} held={list(self.held)}")
+        else:
+            raise AssertionError(f"driver: requests did not finish: waiting={self.waiting} "
+                                 f"remote={list(self.remote)} held={list(self.held)}")
+        if prev is not None:
+            self.update(*prev)
+            if self.busy() and until is None:
+                self.run(max(0.1, deadline - time.monotonic()), async_sched=async_sched)
 
     # checks
 
     def expected_ok(self, req):
-        """Every prompt token's KV in every rank's paged cache equals the model's."""
+        """Every prompt token's KV in every rank's paged cache equals the
+        stand-in model's."""
         ids = self.blocks[req.request_id]
         for caches, rank in zip(self.rank_caches, self.ranks):
             for li, name in enumerate(LAYERS):
                 t = caches[name]
-                for pos in range(req.num_tokens):
+                for pos in range(req.num_prompt_tokens):
                     s = slot(self.layout, t, ids[pos // BS], pos % BS)
-                    want = token_kv(req.prompt_token_ids, pos, self._layer_seed(li, rank), s.shape)
+                    want = token_kv(req.prompt_token_ids, pos, self.model.seed(li, rank), s.shape)
                     if not torch.equal(s, want):
                         return False
         return True
