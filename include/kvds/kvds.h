@@ -120,6 +120,14 @@ void kvds_client_set_timeout(kvds_client *c, int timeout_ms);
 /* 1 when the client maps the worker's pool (Unix socket), else 0. */
 int kvds_client_is_local(const kvds_client *c);
 
+/* The data region of the worker's pool as this local client maps it: every
+ * pointer the client hands out into object data lies in
+ * [*base, *base + *size) for as long as the client is open. Meant for
+ * registering the mapping once with a device runtime (cudaHostRegister), so
+ * device copies to and from objects run at pinned-memory speed.
+ * Errors: KVDS_E_NOSHM (not local: TCP, or not mapped). */
+int kvds_client_pool_region(const kvds_client *c, void **base, uint64_t *size);
+
 /* 1 while the connection is up. After an I/O error, protocol error or
  * deadline overrun the client disconnects itself (later calls fail with
  * KVDS_E_CLOSED) and the worker drops this client's pins: from then on the

@@ -1061,6 +1061,20 @@ static PyObject *client_list(ClientObject *cl, PyObject *args, PyObject *kw) {
   return out;
 }
 
+static PyObject *client_pool_region(ClientObject *cl, PyObject *unused) {
+  if (kvdspy_op_enter(cl))
+    return NULL;
+  void *base = NULL;
+  uint64_t size = 0;
+  int rc = kvds_client_pool_region(cl->c, &base, &size);
+  kvdspy_op_exit(cl);
+  if (rc)
+    return kvdspy_raise(rc, "pool_region() needs a local shared-memory client",
+                        -1);
+  return Py_BuildValue("(KK)", (unsigned long long)(uintptr_t)base,
+                       (unsigned long long)size);
+}
+
 static PyObject *client_stats(ClientObject *cl, PyObject *unused) {
   if (kvdspy_op_enter(cl))
     return NULL;
@@ -1238,6 +1252,11 @@ static PyMethodDef client_methods[] = {
      "list(prefix=b'', limit=1000) -> list of (key, size)\n\nKeys starting "
      "with prefix (including objects being written), in byte order, at most "
      "`limit` (None or 0: all), fetched in pages of 1000."},
+    {"pool_region", (PyCFunction)client_pool_region, METH_NOARGS,
+     "pool_region() -> (address, size): the worker's pool data as this local "
+     "client maps it; every zero-copy view and write buffer lies inside it "
+     "while the client is open (e.g. to register it once with "
+     "cudaHostRegister). Raises KvdsError over TCP."},
     {"stats", (PyCFunction)client_stats, METH_NOARGS,
      "stats() -> dict\n\nEvery field of the worker's struct kvds_stats."},
     {NULL, NULL, 0, NULL}};

@@ -221,6 +221,9 @@ class KvdsConnector(KVConnectorBase_V1):
         self._finished_wait: set[str] = set()
         self._layer_bufs: dict[str, Any] = {}
         self._layer_meta = None
+        self._cuda = False                 # the paged cache is on a CUDA device
+        self._pinned_pools: dict[int, int] = {}     # id(client) -> registered base
+        self._load_stream = None
         self._queue: queue.Queue | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -237,8 +240,43 @@ class KvdsConnector(KVConnectorBase_V1):
 
     def client(self):
         if self._client is None or not self._client.connected:
-            self._client = kvds.Client(self.cfg.worker_addr, timeout_ms=self.cfg.client_timeout_ms)
+            self._close_client(self._client)
+            self._client = self._open_client(self.cfg.worker_addr, self.cfg.client_timeout_ms)
         return self._client
+
+    def _open_client(self, addr, timeout_ms):
+        c = kvds.Client(addr, timeout_ms=timeout_ms)
+        if self._cuda and c.is_local:
+            self._pin_pool(c)
+        return c
+
+    def _pin_pool(self, c):
+        """Registers the client's mapping of the pool as pinned host memory:
+        copies between CUDA tensors and pool objects are then DMA at full
+        speed, and truly asynchronous."""
+        import torch
+        base, size = c.pool_region()
+        try:
+            torch.cuda.check_error(torch.cuda.cudart().cudaHostRegister(base, size, 0))
+            self._pinned_pools[id(c)] = base
+        except Exception as e:
+            log.warning("kvds: cannot register the kvds pool as pinned memory (%s); "
+                        "device copies will be slower", e)
+
+    def _close_client(self, c):
+        if c is None:
+            return
+        base = self._pinned_pools.pop(id(c), None)
+        if base is not None:
+            import torch
+            try:
+                torch.cuda.cudart().cudaHostUnregister(base)
+            except Exception as e:
+                log.warning("kvds: cudaHostUnregister failed: %s", e)
+        try:
+            c.close()
+        except Exception:
+            pass
 
     @property
     def requires_kv_delivery(self):
@@ -428,6 +466,10 @@ class KvdsConnector(KVConnectorBase_V1):
     def register_kv_caches(self, kv_caches):
         num_blocks = getattr(self._kv_cache_config, "num_blocks", None)
         self.kv_caches = dict(kv_caches)
+        self._cuda = any(t.is_cuda for t in self.kv_caches.values())
+        if self._cuda:
+            import torch
+            self._load_stream = torch.cuda.Stream()
         names, desc = set(), []
         total = HEADER_SIZE
         for name, t in self.kv_caches.items():
@@ -504,12 +546,15 @@ class KvdsConnector(KVConnectorBase_V1):
                 for name, t in self.kv_caches.items():
                     n = self.layouts[name].nbytes
                     dst = self._block_view(name, t, block_id)
-                    dst.copy_(src[off:off + n].view(t.dtype).view(dst.shape))
+                    dst.copy_(src[off:off + n].view(t.dtype).view(dst.shape),
+                              non_blocking=self._cuda)
                     off += n
                 del src, v, dst
+        finally:
+            if self._cuda:       # the copies read the pinned objects: finish them first
+                self._sync_copies()
             if not client.connected:     # pins dropped: bytes may have changed
                 failed = set(spec.block_ids)
-        finally:
             pinned.release()
         for key in corrupt:
             try:
@@ -536,18 +581,25 @@ class KvdsConnector(KVConnectorBase_V1):
             try:
                 c = clients.get(addr)
                 if c is None or not c.connected:
-                    c = clients[addr] = kvds.Client(
-                        addr, timeout_ms=self.cfg.client_timeout_ms + spec.wait_ms)
-                failed = self._load_blocks(c, spec)
+                    self._close_client(c)
+                    c = clients[addr] = self._open_client(
+                        addr, self.cfg.client_timeout_ms + spec.wait_ms)
+                if self._load_stream is not None:
+                    import torch
+                    with torch.cuda.stream(self._load_stream):
+                        failed = self._load_blocks(c, spec)
+                else:
+                    failed = self._load_blocks(c, spec)
             except Exception as e:  # never lose a request: report it failed
                 log.warning("kvds.vllm: load of %s failed: %s", spec.req_id, e)
             with self._lock:
                 self._done_recv[spec.req_id] = failed
         for c in clients.values():
-            try:
-                c.close()
-            except Exception:
-                pass
+            self._close_client(c)
+
+    def _sync_copies(self):
+        import torch
+        torch.cuda.current_stream().synchronize()
 
     def start_load_kv(self, forward_context, **kwargs):
         meta = self._get_connector_metadata()
@@ -614,7 +666,8 @@ class KvdsConnector(KVConnectorBase_V1):
         t = self.kv_caches[name]
         src = self._block_view(name, t, block_id)
         buf = torch.frombuffer(w, dtype=torch.uint8)
-        buf[off:off + self.layouts[name].nbytes].view(t.dtype).view(src.shape).copy_(src)
+        buf[off:off + self.layouts[name].nbytes].view(t.dtype).view(src.shape).copy_(
+            src, non_blocking=self._cuda)
         del buf
 
     def save_kv_layer(self, layer_name, kv_layer, attn_metadata, **kwargs):
@@ -640,6 +693,7 @@ class KvdsConnector(KVConnectorBase_V1):
         meta = self._get_connector_metadata()
         if not meta.saves:
             return
+        bufs = {}
         try:
             if self.cfg.use_layerwise and self._layer_meta is meta:
                 bufs = self._layer_bufs
@@ -651,11 +705,20 @@ class KvdsConnector(KVConnectorBase_V1):
                     if name not in done:
                         self._copy_layer(w, block_id, name)
             if bufs:
+                if self._cuda:   # device → pool copies must land before the seal
+                    self._sync_copies()
                 self.client().mseal([w for w, _, _ in bufs.values()])
                 self.stats["blocks_saved"] += len(bufs)
                 log.debug("kvds: saved %d blocks of %s", len(bufs), ", ".join(meta.saves))
         except kvds.KvdsError as e:
             log.warning("kvds.vllm: save failed: %s", e)
+            if self._cuda:
+                self._sync_copies()
+            for w, _, _ in bufs.values():    # those not sealed (aborting a sealed one fails)
+                try:
+                    w.abort()
+                except kvds.KvdsError:
+                    pass
 
     # completion
 
@@ -690,9 +753,5 @@ class KvdsConnector(KVConnectorBase_V1):
             except Exception:
                 pass
         self._layer_bufs = {}
-        if self._client is not None:
-            try:
-                self._client.close()
-            except Exception:
-                pass
-            self._client = None
+        self._close_client(self._client)
+        self._client = None

@@ -2,6 +2,8 @@
  * bench.c — `kvds bench local`: put / zero-copy get / copying get against a
  * running worker, each figure printed next to memcpy measured in the same
  * run, plus batched exists throughput and small-get latency.
+ * `kvds bench connector` runs the Python bench of the vLLM connector
+ * (python/kvds/bench_connector.py) in $KVDS_PYTHON, else python3.
  *
  * Throughput is computed from the time spent inside the timed calls; the
  * untimed work between them (deleting the previous round's keys before a
@@ -10,6 +12,7 @@
  */
 #include <errno.h>
 #include <jansson.h>
+#include <limits.h>
 #include <math.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -21,7 +24,9 @@
 
 static const char HELP[] =
     "usage: kvds bench local [options]\n"
+    "       kvds bench connector [options]\n"
     "\n"
+    "kvds bench local:\n"
     "Measures a running worker (start one first; the bench spawns nothing):\n"
     "memcpy bandwidth first (DRAM-realistic: buffers far larger than the\n"
     "caches, rotated; and cache-hot), then for every size x batch: put\n"
@@ -42,7 +47,18 @@ static const char HELP[] =
     "                      operations (default 3: about 30 s in all)\n"
     "      --quick         short run, about 5 s (--seconds 0.45)\n"
     "      --json          print one JSON document instead of tables\n"
-    "  -h, --help          this text\n";
+    "  -h, --help          this text\n"
+    "\n"
+    "kvds bench connector:\n"
+    "Save and load time per request through the vLLM connector\n"
+    "(kvds.vllm.KvdsConnector driven with vLLM's own classes) for a paged KV\n"
+    "cache of Qwen2.5-7B's geometry (896 KiB per block) at 1k, 4k and 16k\n"
+    "tokens, next to the raw client's put/get of the same bytes and memcpy\n"
+    "measured in the same run. Runs the Python module kvds.bench_connector\n"
+    "in $KVDS_PYTHON (else python3), which needs the kvds package (make\n"
+    "python) and vLLM 0.32.0; without --addr it starts a worker of this\n"
+    "binary and stops it at the end. `kvds bench connector --help` lists its\n"
+    "options (--addr, --tokens, --layers, --iters, --layout, --json, ...).\n";
 
 #define MAX_LIST 16
 #define REGION_MIN (256ull << 20) /* per direction; larger than any LLC */
@@ -154,8 +170,8 @@ static int parse_opts(int argc, char **argv, struct bench_opts *o) {
     o->seconds = 0.45;
   if (optind >= argc || strcmp(argv[optind], "local") != 0 ||
       optind + 1 != argc) {
-    cli_err("bench", "%s (usage: kvds bench local [options])",
-            optind >= argc ? "missing the mode 'local'"
+    cli_err("bench", "%s (usage: kvds bench local|connector [options])",
+            optind >= argc ? "missing the mode 'local' or 'connector'"
                            : "unknown mode or extra argument");
     return CLI_USAGE;
   }
@@ -676,6 +692,57 @@ static int print_json(const struct bench *b) {
 
 /* ---- entry -------------------------------------------------------------- */
 
+/* The Python side of `kvds bench connector`: a clear message when the
+ * interpreter lacks the kvds package, then kvds.bench_connector.main(). */
+static const char CONNECTOR_BOOT[] =
+    "import sys\n"
+    "try:\n"
+    "    from kvds.bench_connector import main\n"
+    "except ImportError as e:\n"
+    "    sys.exit(f'kvds bench connector: {sys.executable} cannot import '\n"
+    "             f'kvds.bench_connector ({e}); set $KVDS_PYTHON to the '\n"
+    "             f'Python the kvds package is installed in (make python: '\n"
+    "             f'.venv/bin/python)')\n"
+    "sys.exit(main())\n";
+
+/* `kvds bench connector ARGS...`: replaces this process with
+ * $KVDS_PYTHON -c CONNECTOR_BOOT --kvds-bin <this binary> ARGS...; returns
+ * only on failure. */
+static int run_connector(int argc, char **argv) {
+  const char *py = getenv("KVDS_PYTHON");
+  if (!py || !*py)
+    py = "python3";
+  static char self[PATH_MAX];
+  ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+  char **args = calloc((size_t)argc + 6, sizeof *args);
+  if (!args) {
+    cli_err("bench", "out of memory");
+    return CLI_FAIL;
+  }
+  int k = 0;
+  args[k++] = (char *)py;
+  args[k++] = "-c";
+  args[k++] = (char *)CONNECTOR_BOOT;
+  if (n > 0) {
+    self[n] = '\0';
+    args[k++] = "--kvds-bin";
+    args[k++] = self;
+  }
+  for (int i = 1; i < argc; i++)
+    args[k++] = argv[i];
+  args[k] = NULL;
+  setenv("KVDS_BENCH_PROG", "kvds bench connector", 1);
+  fflush(NULL);
+  execvp(py, args);
+  int err = errno;
+  cli_err("bench",
+          "cannot run the Python interpreter '%s': %s (set "
+          "$KVDS_PYTHON to a Python with the kvds package and vLLM)",
+          py, strerror(err));
+  free(args);
+  return CLI_FAIL;
+}
+
 /* Half the pool, and never past 90% of the room left below the eviction
  * watermark, so the bench evicts nothing. */
 static uint64_t compute_budget(const struct kvds_stats *st) {
@@ -739,6 +806,8 @@ static int run_all(struct bench *b) {
 }
 
 int cmd_bench(int argc, char **argv) {
+  if (argc > 1 && strcmp(argv[1], "connector") == 0)
+    return run_connector(argc - 1, argv + 1);
   struct bench_opts o = {0};
   int rc = parse_opts(argc, argv, &o);
   if (rc)

@@ -671,6 +671,14 @@ int kvds_client_is_local(const kvds_client *c) {
   return c->local;
 }
 
+int kvds_client_pool_region(const kvds_client *c, void **base, uint64_t *size) {
+  if (!c->local || !c->pool.base)
+    return KVDS_E_NOSHM;
+  *base = c->pool.base + c->pool.data_offset;
+  *size = c->pool.data_size;
+  return 0;
+}
+
 int kvds_client_is_connected(const kvds_client *c) {
   return c->fd >= 0;
 }

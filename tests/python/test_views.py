@@ -63,6 +63,30 @@ def test_local_views_point_into_the_pool(worker, key):
         del a1, a2
 
 
+def test_pool_region_holds_views_and_write_buffers(worker, key):
+    """pool_region() is the mapped pool: every zero-copy view and write
+    buffer lies inside it; over TCP there is none."""
+    c = connect(worker, "shm")
+    base, size = c.pool_region()
+    assert base > 0 and size >= 64 << 20
+    c.put(key("r"), b"q" * 4096)
+    with c.mget_views([key("r")]) as p:
+        a = np.frombuffer(p[0], dtype=np.uint8)
+        assert base <= a.ctypes.data and a.ctypes.data + 4096 <= base + size
+        del a
+    w = c.create(key("w"), 8192)
+    a = np.frombuffer(w, dtype=np.uint8)
+    assert base <= a.ctypes.data and a.ctypes.data + 8192 <= base + size
+    del a
+    w.abort()
+    t = connect(worker, "tcp")
+    with pytest.raises(kvds.KvdsError, match="local shared-memory"):
+        t.pool_region()
+    c.close()
+    with pytest.raises(ValueError):
+        c.pool_region()
+
+
 def test_pins_held_and_released_on_exit(worker, key):
     c = connect(worker, "shm")
     c.mput([key("p1"), key("p2")], [b"1", b"2"])

@@ -1,6 +1,6 @@
 """Helpers for test_connector_serve.py: real vLLM 0.32.0 OpenAI-API servers
-(CPU, float32, the tiny local model of vllm_offline.py) as subprocesses,
-plus the HTTP calls a PD proxy makes and a Prometheus text reader.
+(CPU, float32, the tiny Llama of vllm_offline.py with make_weights' weights)
+as subprocesses, plus the HTTP calls a PD proxy makes and a Prometheus text reader.
 
 Each server runs in its own process group (API server + engine core), is
 waited for on /health with a deadline, and is always killed by `stop()`
@@ -70,7 +70,7 @@ class Server:
     """`python -m vllm.entrypoints.openai.api_server` on 127.0.0.1:<free port>.
     Starts at construction; call wait_ready() (several may start at once)."""
 
-    def __init__(self, name, model, tmp, kv=None, hashseed=0):
+    def __init__(self, name, model, tmp, kv=None, hashseed=0, started=None):
         self.name = name
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -94,6 +94,8 @@ class Server:
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env,
                                          cwd=str(tmp), start_new_session=True)
+        if started is not None:      # the caller's list of servers to stop
+            started.append(self)
 
     def log(self):
         with open(self.log_path, "rb") as f:
@@ -140,10 +142,6 @@ class Server:
     def metrics(self):
         with urllib.request.urlopen(self.url + "/metrics", timeout=10) as r:
             return r.read().decode()
-
-    def metric(self, name, **labels):
-        """Sum of the samples of `name` whose labels include `labels`."""
-        return metric(self.metrics(), name, **labels)
 
     def stop(self):
         """Kills the server's process group (idempotent)."""

@@ -587,3 +587,35 @@ def test_consumer_crash_releases_pins(worker, engines, ns):
         d.run()
         assert d.recv_reports == {"r": 1} and d.work.stats["blocks_loaded"] == 3
         assert d.expected_ok(d.done["r"])
+
+
+def test_cuda_pool_registration(worker, monkeypatch):
+    """With CUDA caches the worker side registers each local client's pool
+    mapping (pool_region) as pinned memory once, and unregisters it before
+    the client closes. No GPU here: torch.cuda's runtime calls are recorded
+    by a stand-in; the copies themselves are torch's and not run."""
+    import types as _types
+    import torch
+    from kvds.vllm import KvdsConnector
+    from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorRole
+    from vllm_driver import vllm_config
+    calls = []
+    rt = _types.SimpleNamespace(cudaHostRegister=lambda p, n, f: calls.append(("reg", p, n)) or 0,
+                                cudaHostUnregister=lambda p: calls.append(("unreg", p)) or 0)
+    monkeypatch.setattr(torch.cuda, "cudart", lambda: rt)
+    monkeypatch.setattr(torch.cuda, "check_error", lambda rc: None)
+    w = KvdsConnector(vllm_config("kv_both", {"worker_addr": worker.addr, "load_async": False}),
+                      KVConnectorRole.WORKER, _types.SimpleNamespace(num_blocks=4))
+    w._cuda = True
+    c = w.client()
+    base, size = c.pool_region()
+    assert calls == [("reg", base, size)]
+    assert w.client() is c and len(calls) == 1          # once per client
+    w.shutdown()
+    assert calls == [("reg", base, size), ("unreg", base)]
+    t = KvdsConnector(vllm_config("kv_both", {"worker_addr": worker.tcp, "load_async": False}),
+                      KVConnectorRole.WORKER, _types.SimpleNamespace(num_blocks=4))
+    t._cuda = True
+    t.client()                                           # TCP: no mapping to register
+    t.shutdown()
+    assert len(calls) == 2

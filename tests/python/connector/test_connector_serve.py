@@ -36,8 +36,6 @@ import pytest
 import kvds
 from serve_util import Server, kv_config, make_weights, metric, start_all
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="vLLM CPU servers: Linux only")
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPT = os.path.join(HERE, "vllm_offline.py")
 BLOCK = 128               # vLLM's CPU backend block size (checked against the servers)
@@ -45,7 +43,7 @@ N_FULL = 2
 TAIL = 44
 GEN = 8
 LOGPROBS = 3
-LOGPROB_TOL = 1e-3        # loaded vs computed KV: same weights, other kernel shapes
+LOGPROB_TOL = 1e-4        # loaded vs computed KV differ by float noise (~3e-6 seen)
 METRICS_TIMEOUT_S = 20
 LOADED = re.compile(r"kvds: request (\S+): loaded (\d+) of (\d+) blocks \((\d+) bytes\) "
                     r"from kvds (\S+) in [\d.]+ ms(.*)$", re.M)
@@ -156,10 +154,11 @@ def kv_both(make_worker, model, tmp_path_factory):
     w = make_worker("256MiB")
     ns = namespace("both")
     kv = kv_config("kv_both", w.addr, ns)
-    a = Server("both-A", model, tmp, kv, hashseed=0)
-    b = Server("both-B", model, tmp, kv, hashseed=0)
+    servers = []
     try:
-        start_all([a, b])
+        a = Server("both-A", model, tmp, kv, hashseed=0, started=servers)
+        b = Server("both-B", model, tmp, kv, hashseed=0, started=servers)
+        start_all(servers)
         check_block_size(a)
         resp = complete(a, PROMPT, GEN)
         stored = objects(w.addr, ns)
@@ -167,17 +166,20 @@ def kv_both(make_worker, model, tmp_path_factory):
         yield {"worker": w, "ns": ns, "a": a, "b": b, "ref": answer(resp), "stored": stored,
                "control": answer(control)}
     finally:
-        a.stop()
-        b.stop()
+        for s in servers:
+            s.stop()
 
 
 def test_serve_prefill_decode(make_worker, model, tmp_path, request):
     w = make_worker("256MiB")
     ns = namespace("pd")
-    prefill = Server("prefill", model, tmp_path, kv_config("kv_producer", w.addr, ns), hashseed=0)
-    decode = Server("decode", model, tmp_path, kv_config("kv_consumer", w.addr, ns), hashseed=0)
+    servers = []
     try:
-        start_all([prefill, decode])
+        prefill = Server("prefill", model, tmp_path, kv_config("kv_producer", w.addr, ns),
+                         hashseed=0, started=servers)
+        decode = Server("decode", model, tmp_path, kv_config("kv_consumer", w.addr, ns),
+                        hashseed=0, started=servers)
+        start_all(servers)
         check_block_size(decode)
         assert objects(w.addr, ns) == {}, "a fresh namespace holds no blocks"
 
@@ -217,8 +219,8 @@ def test_serve_prefill_decode(make_worker, model, tmp_path, request):
         assert worker_hits(w.addr) >= hits0 + N_FULL, "the kvds worker served decode's gets"
         assert objects(w.addr, ns) == stored, "a consumer stores nothing"
     finally:
-        prefill.stop()
-        decode.stop()
+        for s in servers:
+            s.stop()
 
     # a colocated server (after the PD pair, to save CPU and memory)
     ref = request.getfixturevalue("kv_both")["ref"]
