@@ -6,7 +6,8 @@
 #                 fuzz smoke
 #   make python   the Python package (kvds._kvds) into .venv
 #   make test-python  pytest (tests/python) against a real worker
-#   make bench    full `kvds bench local` against a fresh worker
+#   make bench    full `kvds bench local` against a fresh worker, then
+#                 `kvds bench connector` (vLLM connector save/load per request)
 #   make fuzz     longer libFuzzer campaign (FUZZ_SECONDS, default 600)
 
 MAKEFLAGS += --no-print-directory
@@ -77,8 +78,8 @@ test: format-check test-release test-python test-asan fuzz-smoke
 demo: build
 	bash scripts/demo.sh $(BUILD)/kvds
 
-bench: build
-	bash scripts/bench.sh $(BUILD)/kvds $(BENCH_ARGS)
+bench: python
+	KVDS_PYTHON=$(abspath $(VENV))/bin/python bash scripts/bench.sh $(BUILD)/kvds $(BENCH_ARGS)
 
 SOURCES = $(shell git ls-files '*.c' '*.h' 2>/dev/null)
 

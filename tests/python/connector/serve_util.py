@@ -1,5 +1,5 @@
 """Helpers for test_connector_serve.py: real vLLM 0.32.0 OpenAI-API servers
-(CPU, float32, the tiny Llama of vllm_offline.py with make_weights' weights)
+(CPU, float32, the tiny Llama of vllm_offline.py with its seeded weights)
 as subprocesses, plus the HTTP calls a PD proxy makes and a Prometheus text reader.
 
 Each server runs in its own process group (API server + engine core), is
@@ -22,42 +22,6 @@ START_TIMEOUT_S = 240        # two servers start at once on a 2-core machine
 STOP_TIMEOUT_S = 20
 HTTP_TIMEOUT_S = 120
 SERVED_NAME = "tiny"
-
-
-def make_weights(model_dir, seed=0):
-    """Writes seeded random weights (model.safetensors) for the tiny Llama of
-    `vllm_offline.py make-model`. vLLM's dummy weights (uniform +-1e-3) give
-    logits of ~0: every prompt yields the same uniform logprobs and the same
-    tokens, so an answer could not tell a right KV cache from a wrong one.
-    These (unit-scale embeddings and norms, 1/sqrt(fan_in) projections) make
-    the next token depend on the whole prompt."""
-    import numpy as np
-    from safetensors.numpy import save_file
-    with open(os.path.join(model_dir, "config.json")) as f:
-        cfg = json.load(f)
-    h, inter, vocab = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
-    hd = cfg["head_dim"]
-    q, kv = cfg["num_attention_heads"] * hd, cfg["num_key_value_heads"] * hd
-    rng = np.random.default_rng(seed)
-
-    def lin(out, inp):
-        return (rng.standard_normal((out, inp)) / np.sqrt(inp)).astype(np.float32)
-
-    w = {"model.embed_tokens.weight": rng.standard_normal((vocab, h)).astype(np.float32),
-         "model.norm.weight": np.ones(h, np.float32),
-         "lm_head.weight": 4 * lin(vocab, h)}
-    for i in range(cfg["num_hidden_layers"]):
-        p = f"model.layers.{i}."
-        w.update({p + "input_layernorm.weight": np.ones(h, np.float32),
-                  p + "post_attention_layernorm.weight": np.ones(h, np.float32),
-                  p + "self_attn.q_proj.weight": 2 * lin(q, h),
-                  p + "self_attn.k_proj.weight": 2 * lin(kv, h),
-                  p + "self_attn.v_proj.weight": lin(kv, h),
-                  p + "self_attn.o_proj.weight": lin(h, q),
-                  p + "mlp.gate_proj.weight": lin(inter, h),
-                  p + "mlp.up_proj.weight": lin(inter, h),
-                  p + "mlp.down_proj.weight": lin(h, inter)})
-    save_file(w, os.path.join(model_dir, "model.safetensors"))
 
 
 def kv_config(role, addr, namespace):

@@ -1,6 +1,6 @@
 """KvdsConnector in real vLLM 0.32.0 OpenAI-API servers (CPU, float32, the
-tiny local Llama of vllm_offline.py with seeded random weights written by
-serve_util.make_weights; nothing is downloaded), talking HTTP like a PD proxy
+tiny local Llama of vllm_offline.py with the seeded random weights its
+make_weights writes; nothing is downloaded), talking HTTP like a PD proxy
 does (serve_util.py). Not vLLM's dummy weights: with those every prompt gives
 the same uniform logprobs and tokens, which would prove nothing about the KV.
 
@@ -34,7 +34,7 @@ import uuid
 import pytest
 
 import kvds
-from serve_util import Server, kv_config, make_weights, metric, start_all
+from serve_util import Server, kv_config, metric, start_all
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPT = os.path.join(HERE, "vllm_offline.py")
@@ -141,7 +141,6 @@ def check_block_size(server):
 def model(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("serve") / "model")
     subprocess.run([sys.executable, SCRIPT, "make-model", out], check=True, timeout=120)
-    make_weights(out)
     return out
 
 
@@ -189,6 +188,7 @@ def test_serve_prefill_decode(make_worker, model, tmp_path, request):
         assert isinstance(params, dict), f"prefill returned no kv_transfer_params: {pr}\n" \
             f"{prefill.tail()}"
         assert params["kvds_worker"] == w.addr and params["kvds_namespace"] == ns, params
+        assert params.get("kvds_blocks") == N_FULL, params
         stored = objects(w.addr, ns)
         assert len(stored) == N_FULL and all(k.startswith(params["kvds_prefix"]) for k in stored), \
             f"prefill should store the {N_FULL} full blocks under {params['kvds_prefix']}: " \

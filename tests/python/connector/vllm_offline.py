@@ -7,8 +7,9 @@
 tokens greedily for the prompt, and prints one JSON line:
 {"tokens": [...], "connector": {...worker connector stats...},
 "kv_transfer_params": {...what request_finished returned...}}.
-Nothing is downloaded: the tokenizer is trained here, the weights are
-vLLM's seeded dummy weights (load_format="dummy").
+Nothing is downloaded: the tokenizer is trained here and the weights are
+seeded random ones written here (make_weights; not vLLM's dummy weights,
+whose ~0 logits give every prompt the same answer).
 """
 import json
 import os
@@ -46,6 +47,43 @@ def make_model(out):
         "rope_theta": 10000.0, "hidden_act": "silu", "tie_word_embeddings": False,
         "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 3, "torch_dtype": "float32"})
     dump("generation_config.json", {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 3})
+    make_weights(out)
+
+
+def make_weights(model_dir, seed=0):
+    """Writes seeded random weights (model.safetensors) for the tiny Llama of
+    `vllm_offline.py make-model`. vLLM's dummy weights (uniform +-1e-3) give
+    logits of ~0: every prompt yields the same uniform logprobs and the same
+    tokens, so an answer could not tell a right KV cache from a wrong one.
+    These (unit-scale embeddings and norms, 1/sqrt(fan_in) projections) make
+    the next token depend on the whole prompt."""
+    import numpy as np
+    from safetensors.numpy import save_file
+    with open(os.path.join(model_dir, "config.json")) as f:
+        cfg = json.load(f)
+    h, inter, vocab = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
+    hd = cfg["head_dim"]
+    q, kv = cfg["num_attention_heads"] * hd, cfg["num_key_value_heads"] * hd
+    rng = np.random.default_rng(seed)
+
+    def lin(out, inp):
+        return (rng.standard_normal((out, inp)) / np.sqrt(inp)).astype(np.float32)
+
+    w = {"model.embed_tokens.weight": rng.standard_normal((vocab, h)).astype(np.float32),
+         "model.norm.weight": np.ones(h, np.float32),
+         "lm_head.weight": 4 * lin(vocab, h)}
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        w.update({p + "input_layernorm.weight": np.ones(h, np.float32),
+                  p + "post_attention_layernorm.weight": np.ones(h, np.float32),
+                  p + "self_attn.q_proj.weight": 2 * lin(q, h),
+                  p + "self_attn.k_proj.weight": 2 * lin(kv, h),
+                  p + "self_attn.v_proj.weight": lin(kv, h),
+                  p + "self_attn.o_proj.weight": lin(h, q),
+                  p + "mlp.gate_proj.weight": lin(inter, h),
+                  p + "mlp.up_proj.weight": lin(inter, h),
+                  p + "mlp.down_proj.weight": lin(h, inter)})
+    save_file(w, os.path.join(model_dir, "model.safetensors"))
 
 
 def run(model, kvt, prompt_file, params_json=None):
@@ -53,7 +91,7 @@ def run(model, kvt, prompt_file, params_json=None):
     from vllm.inputs import TokensPrompt
     with open(prompt_file) as f:
         prompt = json.load(f)
-    llm = LLM(model=model, load_format="dummy", dtype="float32", max_model_len=1024,
+    llm = LLM(model=model, load_format="safetensors", dtype="float32", max_model_len=1024,
               enforce_eager=True, seed=0, kv_transfer_config=json.loads(kvt))
     extra = {"kv_transfer_params": json.loads(params_json)} if params_json else None
     sp = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True, extra_args=extra)
