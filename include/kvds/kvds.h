@@ -243,6 +243,14 @@ int kvds_write(kvds_client *c, const struct kvds_wbuf *buf, size_t off,
  * else the first error.
  */
 int kvds_mseal(kvds_client *c, size_t n, struct kvds_wbuf *bufs, int *results);
+
+/* kvds_mseal for objects whose checksums the caller already has: sums[i] is
+ * the xxh3-64 of bufs[i]'s len bytes (kvds_gather returns it while filling
+ * the object). Saves kvds_mseal's hashing pass over the data. The worker
+ * trusts the value as it trusts kvds_mseal's: a wrong one is stored, and
+ * readers over TCP then fail with KVDS_E_CHECKSUM. */
+int kvds_mseal_sums(kvds_client *c, size_t n, struct kvds_wbuf *bufs,
+                    const uint64_t *sums, int *results);
 int kvds_seal(kvds_client *c, struct kvds_wbuf *buf);
 
 /* Abandons objects still being written; their memory is freed. */
@@ -347,6 +355,14 @@ int kvds_shutdown(kvds_client *c);
 
 /* xxh3-64 of a buffer: the checksum kvds uses. */
 uint64_t kvds_checksum(const void *data, size_t len);
+
+/* Copies the n segments one after another to dst (which must hold their
+ * total length; no overlaps) and returns the xxh3-64 of the bytes copied —
+ * what kvds_checksum(dst, total) would return — computed in the same pass
+ * while each segment is still in cache. Large copies use non-temporal
+ * stores. For filling an object from scattered sources (the layers of a KV
+ * block) and sealing it with kvds_mseal_sums. */
+uint64_t kvds_gather(void *dst, const struct kvds_iov *segs, size_t n);
 
 /* Parses "4GiB", "512MiB", "64KiB", "1G", "100" (bytes) into *out. */
 int kvds_parse_size(const char *s, uint64_t *out);

@@ -97,6 +97,12 @@ int kvdspy_key_get(PyObject *o, Py_buffer *view);
 /* A C-contiguous buffer (TypeError otherwise); writable if asked. */
 int kvdspy_buf_get(PyObject *o, Py_buffer *view, int writable,
                    const char *what);
+/* Raw memory segments: a C-contiguous buffer of native uint64 (address,
+ * length) pairs, e.g. a numpy uint64 array of shape (n, 2). Sets *segs (into
+ * view's memory), *n and the sum of the lengths *total (ValueError on a
+ * ragged buffer or an overflowing total). Release view when done. */
+int kvdspy_segments_get(PyObject *o, Py_buffer *view, const uint64_t **segs,
+                        size_t *n, size_t *total);
 
 /* Keys, values or raw ranges of a batch, held for a GIL-free call. */
 struct kvdspy_batch {

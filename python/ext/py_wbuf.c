@@ -19,6 +19,8 @@ typedef struct {
   size_t size;
   int state;
   uint64_t checksum; /* once sealed */
+  uint64_t sum;      /* of the contents, valid while has_sum */
+  int has_sum;       /* set by gather(), cleared by any other write */
   int writers;       /* write() calls copying without the GIL */
   int sealing;       /* in an mseal() call */
 } WriteBufferObject;
@@ -125,6 +127,7 @@ static PyObject *wbuf_write(WriteBufferObject *w, PyObject *args,
    * involved, so the client lock is not needed (other writes to disjoint
    * ranges may run at the same time). */
   uint8_t *dst = (uint8_t *)w->head.res->wbuf.data + off;
+  w->has_sum = 0;
   w->writers++;
   PyThreadState *ts = len >= KVDSPY_NOGIL_COPY ? PyEval_SaveThread() : NULL;
   memcpy(dst, d.buf, len);
@@ -134,6 +137,68 @@ static PyObject *wbuf_write(WriteBufferObject *w, PyObject *args,
   kvdspy_op_exit(cl);
   PyBuffer_Release(&d);
   Py_RETURN_NONE;
+}
+
+static PyObject *wbuf_gather(WriteBufferObject *w, PyObject *args,
+                             PyObject *kw) {
+  static char *kwlist[] = {"segments", "prefix", NULL};
+  PyObject *go, *po = NULL;
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O:gather", kwlist, &go, &po))
+    return NULL;
+  if (check_writing(w))
+    return NULL;
+  if (w->sealing) {
+    PyErr_SetString(PyExc_ValueError, "the buffer is being sealed");
+    return NULL;
+  }
+  Py_buffer g, p = {0};
+  const uint64_t *segs;
+  size_t n, total;
+  if (po && po != Py_None && kvdspy_buf_get(po, &p, 0, "prefix"))
+    return NULL;
+  if (kvdspy_segments_get(go, &g, &segs, &n, &total)) {
+    PyBuffer_Release(&p);
+    return NULL;
+  }
+  PyObject *ret = NULL;
+  struct kvds_iov *iov = NULL;
+  if ((size_t)p.len > SIZE_MAX - total || (size_t)p.len + total != w->size) {
+    char msg[160];
+    snprintf(msg, sizeof msg,
+             "gather fills the whole object: %zd + %zu bytes for %zu", p.len,
+             total, w->size);
+    kvdspy_raise(KVDS_E_RANGE, msg, -1);
+    goto out;
+  }
+  if (!(iov = PyMem_Malloc((n + 1) * sizeof *iov))) {
+    PyErr_NoMemory();
+    goto out;
+  }
+  iov[0].base = p.buf;
+  iov[0].len = (size_t)p.len;
+  for (size_t i = 0; i < n; i++) {
+    iov[i + 1].base = (void *)(uintptr_t)segs[2 * i];
+    iov[i + 1].len = (size_t)segs[2 * i + 1];
+  }
+  ClientObject *cl = w->head.client;
+  if (kvdspy_op_enter(cl))
+    goto out;
+  void *dst = w->head.res->wbuf.data;
+  w->writers++;
+  PyThreadState *ts = w->size >= KVDSPY_NOGIL_COPY ? PyEval_SaveThread() : NULL;
+  uint64_t sum = kvds_gather(dst, iov, n + 1);
+  if (ts)
+    PyEval_RestoreThread(ts);
+  w->writers--;
+  w->sum = sum;
+  w->has_sum = 1;
+  kvdspy_op_exit(cl);
+  ret = Py_NewRef(Py_None);
+out:
+  PyMem_Free(iov);
+  PyBuffer_Release(&g);
+  PyBuffer_Release(&p);
+  return ret;
 }
 
 PyObject *kvdspy_wbuf_mseal(ClientObject *cl, PyObject *seq) {
@@ -170,6 +235,8 @@ PyObject *kvdspy_wbuf_mseal(ClientObject *cl, PyObject *seq) {
       goto unmark;
     w->sealing = 1;
     bufs[marked] = w->head.res->wbuf;
+    sums[marked] = w->sum;
+    results[marked] = w->has_sum; /* which sums are known (reset below) */
   }
   if (kvdspy_op_enter(cl))
     goto unmark;
@@ -177,8 +244,14 @@ PyObject *kvdspy_wbuf_mseal(ClientObject *cl, PyObject *seq) {
   char msg[256] = "";
   if (n) {
     PyThreadState *ts = PyEval_SaveThread();
+    /* Objects filled by gather() bring their checksum; hash the others. */
+    for (Py_ssize_t i = 0; i < n; i++) {
+      if (!results[i])
+        sums[i] = kvds_checksum(bufs[i].data, bufs[i].len);
+      results[i] = 0;
+    }
     kvdspy_lock(cl);
-    rc = kvds_mseal(cl->c, (size_t)n, bufs, results);
+    rc = kvds_mseal_sums(cl->c, (size_t)n, bufs, sums, results);
     if (rc)
       kvdspy_errmsg(cl, msg, sizeof msg);
     kvdspy_unlock(cl);
@@ -321,6 +394,7 @@ static int wbuf_getbuffer(WriteBufferObject *w, Py_buffer *view, int flags) {
   if (PyBuffer_FillInfo(view, (PyObject *)w, w->head.res->wbuf.data,
                         (Py_ssize_t)w->size, 0, flags))
     return -1;
+  w->has_sum = 0; /* the view may write */
   w->head.exports++;
   w->head.client->exports++;
   return 0;
@@ -337,6 +411,14 @@ static PyBufferProcs wbuf_as_buffer = {
 };
 
 static PyMethodDef wbuf_methods[] = {
+    {"gather", (PyCFunction)(void (*)(void))wbuf_gather,
+     METH_VARARGS | METH_KEYWORDS,
+     "gather(segments, prefix=None)\n\nFills the whole object with prefix's "
+     "bytes followed by those of the raw memory segments ((address, length) "
+     "pairs of uint64, e.g. a numpy array of shape (n, 2)), in one pass that "
+     "also computes the checksum, so seal() does not read the object again "
+     "(any later write or memoryview makes seal() hash it). The addresses are "
+     "trusted, like those of the *_raw calls. The GIL is released."},
     {"write", (PyCFunction)(void (*)(void))wbuf_write,
      METH_VARARGS | METH_KEYWORDS,
      "write(offset, data)\n\nCopies a C-contiguous buffer into the object at "

@@ -32,6 +32,7 @@ from ._kvds import (  # noqa: F401
     checksum,
     err_name,
     error_class,
+    scatter,
     strerror,
 )
 from . import _kvds
@@ -45,5 +46,5 @@ __all__ = [
     "BATCH_MAX", "KEY_MAX", "LIBKVDS_VERSION", "ChecksumError", "Client",
     "ConnectionClosed", "Exists", "InvalidArgument", "KeyLength", "KvdsError",
     "KvdsOSError", "NoSpace", "NotFound", "Pinned", "ProtocolError", "Timeout",
-    "TooBig", "WriteBuffer", "checksum", "err_name", "error_class", "strerror",
+    "TooBig", "WriteBuffer", "checksum", "err_name", "error_class", "scatter", "strerror",
 ] + sorted(k for k in vars(_kvds) if k.startswith("E_"))

@@ -497,6 +497,7 @@ class KvdsConnector(KVConnectorBase_V1):
         self._uniform = first is not None and all(
             t.dtype == first.dtype and t.shape == first.shape
             for t in self.kv_caches.values())
+        self._segments_init()
         self.descriptor_sum = kvds.checksum("\n".join(desc).encode())
         self.save_enabled = not (mla and self._tp_rank != 0)
         if self._tp_rank == 0:
@@ -536,6 +537,7 @@ class KvdsConnector(KVConnectorBase_V1):
             return set(spec.block_ids)
         try:
             hdr = self._header()
+            segs = self._segments(spec.block_ids) if self._seg is not None else None
             for i, block_id in enumerate(spec.block_ids):
                 v = pinned[i]
                 if v is None:
@@ -548,6 +550,10 @@ class KvdsConnector(KVConnectorBase_V1):
                                 keys[i])
                     failed.add(block_id)
                     corrupt.append(keys[i])
+                    del v
+                    continue
+                if segs is not None:
+                    kvds.scatter(v, segs[i], HEADER_SIZE)
                     del v
                     continue
                 with warnings.catch_warnings():
@@ -649,16 +655,55 @@ class KvdsConnector(KVConnectorBase_V1):
             except kvds.KvdsError as e:
                 log.warning("kvds.vllm: save of %s skipped: %s", rid, e)
                 continue
-            for key, (_, block_id), there in zip(keys, blocks, present):
-                if there or key in out:
-                    continue
-                try:
-                    w = c.create(key, self.block_nbytes)
-                except (kvds.Exists, kvds.NoSpace, kvds.TooBig) as e:
-                    log.debug("kvds.vllm: not saving %s: %s", key, e)
-                    continue
+            todo = [(key, b) for key, (_, b), there in zip(keys, blocks, present)
+                    if not there and key not in out]
+            try:        # one round trip for all (all or nothing) ...
+                made = c.mcreate([k for k, _ in todo], [self.block_nbytes] * len(todo))
+            except (kvds.Exists, kvds.NoSpace, kvds.TooBig):
+                made = None
+            for i, (key, block_id) in enumerate(todo):
+                if made is not None:
+                    w = made[i]
+                else:   # ... else one by one, skipping what cannot be stored
+                    try:
+                        w = c.create(key, self.block_nbytes)
+                    except (kvds.Exists, kvds.NoSpace, kvds.TooBig) as e:
+                        log.debug("kvds.vllm: not saving %s: %s", key, e)
+                        continue
                 w.write(0, self._header())
                 out[key] = (w, block_id, set())
+        return out
+
+    def _segments_init(self):
+        """When every layer's block is whole planes of host memory (contiguous
+        CPU tensors: every layout but a strided one), a block's bytes are a
+        fixed list of (address, length) segments — one per layer, two for
+        kv2-nhd — at a fixed stride per block id. Saves and loads then move
+        a block in one GIL-free C call (WriteBuffer.gather, which also
+        checksums on the way, and kvds.scatter) instead of torch copies."""
+        import numpy as np
+        self._seg = None
+        if self._cuda or not all(t.is_contiguous() for t in self.kv_caches.values()):
+            return
+        base, stride, length = [], [], []
+        for name, t in self.kv_caches.items():
+            lay, es = self.layouts[name], t.element_size()
+            planes = t.shape[0] if lay.block_dim == 1 else 1
+            for p in range(planes):
+                base.append(t.data_ptr() + (p * t.stride(0) * es if planes > 1 else 0))
+                stride.append(t.stride(lay.block_dim) * es * lay.per_block)
+                length.append(lay.nbytes // planes)
+        self._seg = (np.array(base, dtype=np.int64), np.array(stride, dtype=np.int64),
+                     np.array(length, dtype=np.int64))
+
+    def _segments(self, block_ids):
+        """[len(block_ids), segments, 2] uint64 (address, length) pairs."""
+        import numpy as np
+        base, stride, length = self._seg
+        ids = np.asarray(block_ids, dtype=np.int64)
+        out = np.empty((len(ids), len(base), 2), dtype=np.uint64)
+        out[:, :, 0] = base[None, :] + ids[:, None] * stride[None, :]
+        out[:, :, 1] = length[None, :]
         return out
 
     def _copy_block(self, buf, block_id, names, to_object):
@@ -720,9 +765,20 @@ class KvdsConnector(KVConnectorBase_V1):
                 bufs = self._create_step_buffers(meta)
             self._layer_bufs, self._layer_meta = {}, None
             import torch
+            whole = [(w, b) for w, b, done in bufs.values() if not done]
+            if whole and self._seg is not None:
+                # one pass per block: copy and checksum (seal does not rehash)
+                hdr = self._header().ljust(HEADER_SIZE, b"\0")
+                segs = self._segments([b for _, b in whole])
+                for i, (w, _) in enumerate(whole):
+                    w.gather(segs[i], prefix=hdr)
+                whole = []
+            for w, block_id in whole:
+                self._copy_block(torch.frombuffer(w, dtype=torch.uint8), block_id,
+                                 list(self.kv_caches), to_object=True)
             for w, block_id, done in bufs.values():
                 names = [n for n in self.kv_caches if n not in done]
-                if names:
+                if done and names:
                     self._copy_block(torch.frombuffer(w, dtype=torch.uint8), block_id, names,
                                      to_object=True)
             if bufs:

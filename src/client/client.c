@@ -802,7 +802,7 @@ int kvds_write(kvds_client *c, const struct kvds_wbuf *buf, size_t off,
 }
 
 static int mseal_chunk(kvds_client *c, size_t n, struct kvds_wbuf *bufs,
-                       int *results) {
+                       const uint64_t *sums, int *results) {
   uint64_t deadline = io_deadline(c);
   int rc;
   if (!c->local) {
@@ -827,7 +827,8 @@ static int mseal_chunk(kvds_client *c, size_t n, struct kvds_wbuf *bufs,
     req_begin(c);
     for (size_t i = 0; i < n; i++)
       if (bufs[i].handle)
-        req_item(c, bufs[i].handle, kvds_checksum(bufs[i].data, bufs[i].len),
+        req_item(c, bufs[i].handle,
+                 sums ? sums[i] : kvds_checksum(bufs[i].data, bufs[i].len),
                  SEAL_F_CHECKSUM, 0, NULL, 0);
     int64_t sid = req_send(c, KVDS_OP_SEAL, 0, 0, NULL, 0, deadline);
     if (sid < 0)
@@ -841,7 +842,8 @@ static int mseal_chunk(kvds_client *c, size_t n, struct kvds_wbuf *bufs,
     req_begin(c);
     for (size_t i = 0; i < n; i++)
       if (bufs[i].handle)
-        req_item(c, bufs[i].handle, kvds_checksum(bufs[i].data, bufs[i].len),
+        req_item(c, bufs[i].handle,
+                 sums ? sums[i] : kvds_checksum(bufs[i].data, bufs[i].len),
                  SEAL_F_CHECKSUM, 0, NULL, 0);
     if ((rc = rpc(c, KVDS_OP_SEAL, 0, 0, deadline)))
       return rc;
@@ -868,18 +870,24 @@ static int mseal_chunk(kvds_client *c, size_t n, struct kvds_wbuf *bufs,
   return 0;
 }
 
-int kvds_mseal(kvds_client *c, size_t n, struct kvds_wbuf *bufs, int *results) {
+int kvds_mseal_sums(kvds_client *c, size_t n, struct kvds_wbuf *bufs,
+                    const uint64_t *sums, int *results) {
   int rc = 0;
   int *res = results ? results : malloc((n ? n : 1) * sizeof *res);
   if (!res)
     return fail(c, -ENOMEM, "out of memory");
   for (size_t off = 0; off < n && !rc; off += chunk_of(n - off))
-    rc = mseal_chunk(c, chunk_of(n - off), bufs + off, res + off);
+    rc = mseal_chunk(c, chunk_of(n - off), bufs + off, sums ? sums + off : NULL,
+                     res + off);
   for (size_t i = 0; i < n && !rc; i++)
     rc = res[i];
   if (res != results)
     free(res);
   return rc;
+}
+
+int kvds_mseal(kvds_client *c, size_t n, struct kvds_wbuf *bufs, int *results) {
+  return kvds_mseal_sums(c, n, bufs, NULL, results);
 }
 
 int kvds_seal(kvds_client *c, struct kvds_wbuf *buf) {

@@ -1,6 +1,8 @@
 /* copy.c — streaming copies and fused copy + checksum. */
 #include "common/copy.h"
 
+#include "kvds/kvds.h"
+
 #include <string.h>
 #define XXH_STATIC_LINKING_ONLY
 #include <xxhash.h>
@@ -15,9 +17,10 @@
 /* Copy-then-hash granularity: small enough to stay in L1/L2. */
 #define CHUNK (64u << 10)
 
-void kvds_copy_stream(void *dst, const void *src, size_t len) {
+/* Non-temporal copy without the closing fence (the caller fences). */
+static void copy_nt(void *dst, const void *src, size_t len) {
 #ifdef KVDS_HAVE_SSE2
-  if (len >= STREAM_MIN) {
+  if (len >= 128) {
     uint8_t *d = dst;
     const uint8_t *s = src;
     size_t head = (16 - ((uintptr_t)d & 15)) & 15;
@@ -37,13 +40,23 @@ void kvds_copy_stream(void *dst, const void *src, size_t len) {
       _mm_stream_si128((__m128i *)(d + 48), e);
     }
     memcpy(d, s, len % 64);
-    /* Streaming stores are weakly ordered: fence before the caller tells
-     * anyone (the worker, a reader) that the bytes are there. */
-    _mm_sfence();
     return;
   }
 #endif
   memcpy(dst, src, len);
+}
+
+void kvds_copy_stream(void *dst, const void *src, size_t len) {
+  if (len < STREAM_MIN) {
+    memcpy(dst, src, len);
+    return;
+  }
+  copy_nt(dst, src, len);
+#ifdef KVDS_HAVE_SSE2
+  /* Streaming stores are weakly ordered: fence before the caller tells
+   * anyone (the worker, a reader) that the bytes are there. */
+  _mm_sfence();
+#endif
 }
 
 uint64_t kvds_copy_hash(void *dst, const void *src, size_t len) {
@@ -58,5 +71,32 @@ uint64_t kvds_copy_hash(void *dst, const void *src, size_t len) {
     kvds_copy_stream((uint8_t *)dst + off, (const uint8_t *)src + off, k);
     XXH3_64bits_update(&st, (const uint8_t *)src + off, k);
   }
+  return XXH3_64bits_digest(&st);
+}
+
+uint64_t kvds_gather(void *dst, const struct kvds_iov *segs, size_t n) {
+  size_t total = 0;
+  for (size_t i = 0; i < n; i++)
+    total += segs[i].len;
+  int nt = total >= STREAM_MIN;
+  XXH3_state_t st;
+  XXH3_64bits_reset(&st);
+  uint8_t *d = dst;
+  for (size_t i = 0; i < n; i++) {
+    const uint8_t *s = segs[i].base;
+    for (size_t off = 0; off < segs[i].len; off += CHUNK) {
+      size_t k = segs[i].len - off < CHUNK ? segs[i].len - off : CHUNK;
+      if (nt)
+        copy_nt(d, s + off, k);
+      else
+        memcpy(d, s + off, k);
+      XXH3_64bits_update(&st, s + off, k);
+      d += k;
+    }
+  }
+#ifdef KVDS_HAVE_SSE2
+  if (nt)
+    _mm_sfence();
+#endif
   return XXH3_64bits_digest(&st);
 }

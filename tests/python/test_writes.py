@@ -212,3 +212,62 @@ def test_close_aborts_open_write_buffers(worker, transport, key):
         w.write(0, b"x")
     with pytest.raises(BufferError):
         memoryview(w)
+
+
+def _segments(arrays):
+    """(address, length) pairs of numpy arrays, as gather/scatter take them."""
+    return np.array([[a.ctypes.data, a.nbytes] for a in arrays], dtype=np.uint64)
+
+
+@pytest.mark.parametrize("size", [100, 300 << 10])
+def test_gather_fills_and_checksums(client, key, worker, size):
+    """gather() copies a prefix and raw segments into the object in order and
+    computes the checksum on the way; seal() returns it, and a TCP reader
+    (which verifies checksums) gets the right bytes."""
+    rng = np.random.default_rng(size)
+    parts = [rng.integers(0, 256, n, dtype=np.uint8) for n in (size // 3, 0, 7)]
+    parts.append(rng.integers(0, 256, size - 16 - sum(p.nbytes for p in parts), dtype=np.uint8))
+    want = b"H" * 16 + b"".join(p.tobytes() for p in parts)
+    w = client.create(key("g"), size)
+    w.gather(_segments(parts), prefix=b"H" * 16)
+    assert w.seal() == kvds.checksum(want)
+    with kvds.Client(worker.tcp) as t:
+        assert t.get(key("g")) == want
+
+
+def test_gather_then_write_is_hashed_again(client, key, worker):
+    """A write after gather() invalidates the gathered checksum: the sealed
+    checksum is that of the final bytes."""
+    a = np.arange(256, dtype=np.uint8)
+    w = client.create(key("gw"), 256)
+    w.gather(_segments([a]))
+    w.write(10, b"zz")
+    want = bytearray(a.tobytes())
+    want[10:12] = b"zz"
+    assert w.seal() == kvds.checksum(bytes(want))
+    with kvds.Client(worker.tcp) as t:
+        assert t.get(key("gw")) == bytes(want)
+
+
+def test_gather_and_scatter_errors(client, key):
+    a = np.zeros(64, dtype=np.uint8)
+    with client.create(key("ge"), 100) as w:
+        with pytest.raises(kvds.KvdsError, match="whole object"):
+            w.gather(_segments([a]))                       # 64 of 100 bytes
+        with pytest.raises(ValueError, match="multiple of 16"):
+            w.gather(np.zeros(3, dtype=np.uint64))
+        with pytest.raises(ValueError, match="NULL address"):
+            w.gather(np.array([[0, 100]], dtype=np.uint64))
+    with pytest.raises(ValueError, match="scatter of 64 bytes at offset 40"):
+        kvds.scatter(bytes(100), _segments([a]), offset=40)
+
+
+def test_scatter_copies_in_order(client, key):
+    """scatter() is gather's inverse: an object's bytes (from a pinned view)
+    land in the segments in order."""
+    data = bytes(range(256)) * 4
+    client.put(key("s"), data)
+    a, b = np.zeros(100, dtype=np.uint8), np.zeros(900, dtype=np.uint8)
+    with client.mget_views([key("s")]) as p:
+        kvds.scatter(p[0], _segments([a, b]), offset=24)
+    assert a.tobytes() == data[24:124] and b.tobytes() == data[124:1024]

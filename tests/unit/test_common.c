@@ -6,6 +6,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cmocka.h>
@@ -320,6 +321,51 @@ static void test_checksum(void **state) {
   assert_int_equal(kvds_checksum(NULL, 0), 0x2d06800538d394c2ull);
 }
 
+/* ---- gather ------------------------------------------------------------- */
+
+/* kvds_gather copies segments in order and returns the checksum of the
+ * result, for totals below and above the non-temporal threshold, with
+ * unaligned destinations and empty or tiny segments among large ones. */
+static void test_gather(void **state) {
+  (void)state;
+  enum { SRC = 600 << 10 };
+  uint8_t *src = malloc(SRC), *dst = malloc(SRC + 64), *want = malloc(SRC);
+  assert_non_null(src);
+  assert_non_null(dst);
+  assert_non_null(want);
+  for (size_t i = 0; i < SRC; i++)
+    src[i] = (uint8_t)(i * 131 + (i >> 9));
+  static const size_t lens[][6] = {
+      {0, 1, 15, 100, 0, 7},                /* tiny total: memcpy path */
+      {40000, 0, 30000, 3, 70000, 129},     /* > 64 KiB total: streaming */
+      {300001, 1, 127, 128, 65536, 100000}, /* segments straddling chunks */
+  };
+  for (size_t t = 0; t < sizeof lens / sizeof lens[0]; t++) {
+    for (size_t shift = 0; shift < 3; shift++) {
+      struct kvds_iov segs[6];
+      size_t total = 0, from = 7;
+      for (size_t i = 0; i < 6; i++) {
+        segs[i].base = src + from;
+        segs[i].len = lens[t][i];
+        memcpy(want + total, src + from, lens[t][i]);
+        total += lens[t][i];
+        from = (from + lens[t][i] * 3 + 11) % (SRC - 300001);
+      }
+      memset(dst, 0xee, SRC + 64);
+      uint64_t sum = kvds_gather(dst + shift * 5, segs, 6);
+      assert_memory_equal(dst + shift * 5, want, total);
+      assert_int_equal(sum, kvds_checksum(want, total));
+      assert_int_equal(dst[shift * 5 + total], 0xee); /* nothing past the end */
+      if (shift)
+        assert_int_equal(dst[shift * 5 - 1], 0xee);
+    }
+  }
+  assert_int_equal(kvds_gather(dst, NULL, 0), kvds_checksum(NULL, 0));
+  free(src);
+  free(dst);
+  free(want);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_strerror_codes),
@@ -332,6 +378,7 @@ int main(void) {
       cmocka_unit_test(test_parse_ratio),
       cmocka_unit_test(test_fmt_bytes),
       cmocka_unit_test(test_checksum),
+      cmocka_unit_test(test_gather),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -619,3 +619,19 @@ def test_cuda_pool_registration(worker, monkeypatch):
     t.client()                                           # TCP: no mapping to register
     t.shutdown()
     assert len(calls) == 2
+
+
+def test_save_skips_a_block_being_written_elsewhere(worker, engines, ns):
+    """One of the step's blocks is being written by another client (created,
+    not sealed): the batch create fails on it, the connector falls back to
+    one create per block and saves the others; nothing is lost or stuck."""
+    toks = prompt(3 * BS + 1, seed=28)
+    a = engines("bhnc", namespace=ns)
+    r = make_request("a", toks)
+    with kvds.Client(worker.addr) as other:
+        w = other.create(a.work.key_prefix + r.block_hashes[1].hex(), 100)
+        a.add(r)
+        a.run()
+        assert a.work.stats["blocks_saved"] == 2 and a.send_reports == {"a": 1}
+        w.abort()
+    assert len(objects(worker.addr, ns)) == 2
