@@ -11,6 +11,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 pkgs=(
   build-essential cmake pkg-config
   libevent-dev libjansson-dev libxxhash-dev libcmocka-dev
+  libcurl4-openssl-dev libssl-dev etcd-server
   clang libclang-rt-14-dev clang-format
   curl procps
 )
