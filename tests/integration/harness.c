@@ -63,8 +63,9 @@ static void remove_dir(void) {
     nftw(H.dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
-void kvh_worker_dump_log(const struct kvh_worker *w, size_t bytes) {
-  int fd = open(w->log, O_RDONLY | O_CLOEXEC);
+static void dump_file(const char *path, const char *what, int port,
+                      size_t bytes) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0)
     return;
   struct stat st;
@@ -73,13 +74,17 @@ void kvh_worker_dump_log(const struct kvh_worker *w, size_t bytes) {
     from = st.st_size - (off_t)bytes;
   char buf[4096];
   ssize_t r;
-  fprintf(stderr, "---- worker log %s (port %d, tail) ----\n", w->log, w->port);
+  fprintf(stderr, "---- %s log %s (port %d, tail) ----\n", what, path, port);
   while ((r = pread(fd, buf, sizeof buf, from)) > 0) {
     fwrite(buf, 1, (size_t)r, stderr);
     from += r;
   }
-  fprintf(stderr, "---- end of worker log ----\n");
+  fprintf(stderr, "---- end of %s log ----\n", what);
   close(fd);
+}
+
+void kvh_worker_dump_log(const struct kvh_worker *w, size_t bytes) {
+  dump_file(w->log, "worker", w->port, bytes);
 }
 
 void kvh_fail(const char *file, int line, const char *fmt, ...) {
@@ -573,4 +578,134 @@ int kvh_raw_partial_put(int port, const char *key, uint64_t size,
             strerror(errno));
   free(data);
   return s;
+}
+
+/* ---- etcd ---------------------------------------------------------------- */
+
+#define ETCD_START_TIMEOUT_MS 20000
+#define ETCD_STOP_TIMEOUT_MS 10000
+
+void kvh_etcd_dump_log(const struct kvh_etcd *e, size_t bytes) {
+  dump_file(e->log, "etcd", e->port, bytes);
+}
+
+/* 1 iff GET /health on the client port says {"health":"true"}. */
+static int etcd_healthy(int port) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0)
+    return 0;
+  struct sockaddr_in sa = {.sin_family = AF_INET,
+                           .sin_port = htons((uint16_t)port),
+                           .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  int ok = 0;
+  if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0) {
+    static const char req[] = "GET /health HTTP/1.0\r\n\r\n";
+    char buf[2048];
+    size_t len = 0;
+    if (kvh_write_all(fd, req, sizeof req - 1) == 0 &&
+        kvh_read_to_eof(fd, buf, sizeof buf - 1, &len, 1000) == 0) {
+      buf[len] = 0;
+      ok = strstr(buf, "\"health\":\"true\"") != NULL;
+    }
+  }
+  close(fd);
+  return ok;
+}
+
+void kvh_etcd_restart(struct kvh_etcd *e) {
+  KVH_CHECK(e->pid == 0, "etcd on port %d is still running", e->port);
+  const char *bin = getenv("KVDS_ETCD_BIN");
+  if (!bin || !*bin)
+    bin = "/usr/bin/etcd";
+  KVH_CHECK(access(bin, X_OK) == 0,
+            "no etcd at %s (scripts/install-deps.sh installs etcd-server)",
+            bin);
+  char client[64], peer[64], cluster[80];
+  snprintf(client, sizeof client, "http://127.0.0.1:%d", e->port);
+  snprintf(peer, sizeof peer, "http://127.0.0.1:%d", e->peer_port);
+  snprintf(cluster, sizeof cluster, "t=%s", peer);
+  /* Short raft timers: a lone member elects itself in well under a second
+   * after every (re)start. */
+  const char *argv[] = {"etcd",  "--name",
+                        "t",     "--data-dir",
+                        e->dir,  "--listen-client-urls",
+                        client,  "--advertise-client-urls",
+                        client,  "--listen-peer-urls",
+                        peer,    "--initial-advertise-peer-urls",
+                        peer,    "--initial-cluster",
+                        cluster, "--heartbeat-interval",
+                        "25",    "--election-timeout",
+                        "250",   NULL};
+  int logfd = open(e->log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  KVH_CHECK(logfd >= 0, "open %s: %s", e->log, strerror(errno));
+  pid_t pid = kvh_fork();
+  if (pid == 0) {
+    int devnull = open("/dev/null", O_RDONLY);
+    if (devnull >= 0)
+      dup2(devnull, STDIN_FILENO);
+    dup2(logfd, STDOUT_FILENO);
+    dup2(logfd, STDERR_FILENO);
+    execv(bin, (char *const *)argv);
+    fprintf(stderr, "exec %s: %s\n", bin, strerror(errno));
+    _exit(127);
+  }
+  close(logfd);
+  e->pid = pid;
+  kvh_kill_on_fail(pid);
+  uint64_t deadline = kvh_now_ms() + ETCD_START_TIMEOUT_MS;
+  for (;;) {
+    int st;
+    if (waitpid(pid, &st, WNOHANG) == pid) {
+      kvh_kill_on_fail_cancel(pid);
+      e->pid = 0;
+      kvh_etcd_dump_log(e, 4000);
+      KVH_CHECK(0, "etcd on port %d exited during start-up (status 0x%x)",
+                e->port, st);
+    }
+    if (etcd_healthy(e->port))
+      return;
+    if (kvh_now_ms() >= deadline) {
+      kvh_etcd_dump_log(e, 4000);
+      KVH_CHECK(0, "etcd on port %d not healthy after %d ms", e->port,
+                ETCD_START_TIMEOUT_MS);
+    }
+    kvh_sleep_ms(20);
+  }
+}
+
+void kvh_etcd_start(struct kvh_etcd *e) {
+  memset(e, 0, sizeof *e);
+  e->port = kvh_free_port();
+  do
+    e->peer_port = kvh_free_port();
+  while (e->peer_port == e->port);
+  snprintf(e->addr, sizeof e->addr, "127.0.0.1:%d", e->port);
+  snprintf(e->dir, sizeof e->dir, "%s/etcd-%d.data", H.dir, e->port);
+  snprintf(e->log, sizeof e->log, "%s/etcd-%d.log", H.dir, e->port);
+  kvh_etcd_restart(e);
+}
+
+static void etcd_end(struct kvh_etcd *e, int sig) {
+  if (!e->pid)
+    return;
+  kill(e->pid, sig);
+  uint64_t deadline = kvh_now_ms() + ETCD_STOP_TIMEOUT_MS;
+  while (waitpid(e->pid, NULL, WNOHANG) != e->pid) {
+    if (kvh_now_ms() >= deadline) {
+      kill(e->pid, SIGKILL);
+      waitpid(e->pid, NULL, 0);
+      break;
+    }
+    kvh_sleep_ms(5);
+  }
+  kvh_kill_on_fail_cancel(e->pid);
+  e->pid = 0;
+}
+
+void kvh_etcd_kill9(struct kvh_etcd *e) {
+  etcd_end(e, SIGKILL);
+}
+
+void kvh_etcd_stop(struct kvh_etcd *e) {
+  etcd_end(e, SIGTERM);
 }

@@ -70,6 +70,31 @@ void kvh_worker_exited(struct kvh_worker *w, int wait_status);
 /* Prints the last `bytes` of the worker's log to stderr. */
 void kvh_worker_dump_log(const struct kvh_worker *w, size_t bytes);
 
+/* ---- etcd ---------------------------------------------------------------- */
+
+/* A real single-member etcd ($KVDS_ETCD_BIN, else /usr/bin/etcd) on free
+ * loopback ports, its data directory and log in the run directory. */
+struct kvh_etcd {
+  pid_t pid;     /* 0 while stopped */
+  int port;      /* client port on 127.0.0.1 */
+  int peer_port; /* peer port on 127.0.0.1 */
+  char addr[64]; /* "127.0.0.1:PORT" */
+  char dir[400]; /* --data-dir */
+  char log[400]; /* its stdout + stderr */
+};
+
+/* Starts etcd on fresh ports and waits (<= 20 s) until /health answers
+ * true. It is SIGKILLed if the test fails. */
+void kvh_etcd_start(struct kvh_etcd *e);
+/* Starts a stopped etcd again on the same ports and data directory. */
+void kvh_etcd_restart(struct kvh_etcd *e);
+/* SIGKILL and reap (a crash; the data directory stays). */
+void kvh_etcd_kill9(struct kvh_etcd *e);
+/* SIGTERM, then waits (bounded; SIGKILL after 10 s) and reaps. */
+void kvh_etcd_stop(struct kvh_etcd *e);
+/* Prints the last `bytes` of its log to stderr. */
+void kvh_etcd_dump_log(const struct kvh_etcd *e, size_t bytes);
+
 /* kvds_client_connect or fail the test. */
 kvds_client *kvh_connect(const char *addr);
 /* kvds_stats or fail the test. */
