@@ -2,8 +2,10 @@
 
 The client library's C sources are compiled into the extension directly
 (the list is read from KVDS_CLIENT_SRC in the repository's CMakeLists.txt,
-so it cannot drift), with the same warnings as the C build, -Werror
-included. Needs a C compiler, the Python headers and libxxhash-dev.
+plus the sources of the kvds_auth library the client links, read from
+src/cluster/auth.cmake, so it cannot drift), with the same warnings as the C
+build, -Werror included. Needs a C compiler, the Python headers,
+libxxhash-dev and libssl-dev (libcrypto).
 """
 import os
 import re
@@ -30,6 +32,20 @@ def client_sources():
         if not s.endswith(".c") or not os.path.isfile(os.path.join(ROOT, s)):
             raise RuntimeError(f"KVDS_CLIENT_SRC: cannot use {s!r} "
                                "(setup.py expects plain paths of .c files)")
+    return [rel(os.path.join(ROOT, s)) for s in sources] + auth_sources()
+
+
+def auth_sources():
+    """The client authenticates over TCP with kvds_auth (libcrypto)."""
+    path = os.path.join(ROOT, "src", "cluster", "auth.cmake")
+    with open(path, encoding="utf-8") as f:
+        m = re.search(r"add_library\(\s*kvds_auth\s+STATIC\s+([^)]*)\)", f.read())
+    if not m:
+        raise RuntimeError("add_library(kvds_auth ...) not found in auth.cmake")
+    sources = m.group(1).split()
+    for s in sources:
+        if not s.endswith(".c") or not os.path.isfile(os.path.join(ROOT, s)):
+            raise RuntimeError(f"kvds_auth: cannot use {s!r}")
     return [rel(os.path.join(ROOT, s)) for s in sources]
 
 
@@ -58,7 +74,7 @@ setup(
             include_dirs=[rel(os.path.join(ROOT, "include")),
                           rel(os.path.join(ROOT, "src")), "ext"],
             define_macros=[("_GNU_SOURCE", None)],
-            libraries=["xxhash"],
+            libraries=["xxhash", "crypto"],
             extra_compile_args=["-std=c11", "-fvisibility=hidden"] + WARNINGS,
             depends=DEPENDS,
         )

@@ -57,7 +57,8 @@ extern "C" {
   X(SHUTDOWN, -30017, "worker is shutting down")                               \
   X(LIMIT, -30018, "request exceeds a protocol limit")                         \
   X(HANDLE, -30019, "invalid or stale handle")                                 \
-  X(ADDR, -30020, "invalid address")
+  X(ADDR, -30020, "invalid address")                                           \
+  X(AUTH, -30021, "authentication failed or required (KVDS_AUTH_TOKEN_FILE)")
 
 enum kvds_errno {
 #define KVDS__ERR_ENUM(name, val, msg) KVDS_E_##name = val,
@@ -89,9 +90,19 @@ typedef struct kvds_client kvds_client;
  * through shared memory; over TCP values travel inline.
  * `timeout_ms` bounds the connect and becomes the client's I/O timeout
  * (<= 0 means the default, 5000 ms).
+ * Authentication: a worker started with --auth-token-file (required when it
+ * listens on a non-loopback address) accepts TCP clients only after they
+ * prove the shared token. Over TCP the library reads the token from the
+ * file named by $KVDS_AUTH_TOKEN_FILE (private to its owner: mode 0600, at
+ * least 16 bytes, trailing newline ignored) when that variable is set; the
+ * worker must then prove the token too before anything else is sent, so a
+ * client with a token never talks to a worker without it. Unix-socket
+ * connections need no token (the socket's file permissions guard them).
  * On success *out owns a new client; free it with kvds_client_close().
  * Errors: KVDS_E_ADDR, -ECONNREFUSED, -ENOENT, KVDS_E_TIMEOUT,
- * KVDS_E_VERSION, -ENOMEM.
+ * KVDS_E_VERSION, -ENOMEM, KVDS_E_AUTH (the worker wants a token and none is
+ * set, the tokens differ, the token file is unusable, or the worker does not
+ * authenticate while $KVDS_AUTH_TOKEN_FILE is set).
  */
 int kvds_client_connect(const char *address, int timeout_ms, kvds_client **out);
 

@@ -24,6 +24,7 @@ enum cls {
   CLS_CLOSED,
   CLS_PROTO,
   CLS_INVAL,
+  CLS_AUTH,
   CLS_OS,
   CLS_COUNT
 };
@@ -54,6 +55,10 @@ static const struct {
                                     "the peer sent or refused a frame."},
     [CLS_INVAL] = {"InvalidArgument", "KVDS_E_INVAL, _RANGE, _ADDR: a bad "
                                       "argument (also a ValueError)."},
+    [CLS_AUTH] = {"AuthError",
+                  "KVDS_E_AUTH: the worker wants a token and none was given "
+                  "($KVDS_AUTH_TOKEN_FILE), the tokens differ, the token "
+                  "file is unusable, or the worker does not authenticate."},
     [CLS_OS] = {"KvdsOSError", "A system error (negative errno, e.g. "
                                "ECONNREFUSED); also an OSError with errno."},
 };
@@ -73,6 +78,7 @@ static const struct {
     {KVDS_E_RANGE, CLS_INVAL},       {KVDS_E_BADOP, CLS_PROTO},
     {KVDS_E_SHUTDOWN, CLS_CLOSED},   {KVDS_E_LIMIT, CLS_PROTO},
     {KVDS_E_HANDLE, CLS_BASE},       {KVDS_E_ADDR, CLS_INVAL},
+    {KVDS_E_AUTH, CLS_AUTH},
 };
 
 #define COUNT_CODE(name, val, msg) +1

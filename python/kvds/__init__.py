@@ -14,6 +14,7 @@ from ._kvds import (  # noqa: F401
     BATCH_MAX,
     KEY_MAX,
     LIBKVDS_VERSION,
+    AuthError,
     ChecksumError,
     Client,
     ConnectionClosed,
@@ -43,7 +44,7 @@ globals().update({k: v for k, v in vars(_kvds).items() if k.startswith("E_")})
 __version__ = "0.1.0"
 
 __all__ = [
-    "BATCH_MAX", "KEY_MAX", "LIBKVDS_VERSION", "ChecksumError", "Client",
+    "BATCH_MAX", "KEY_MAX", "LIBKVDS_VERSION", "AuthError", "ChecksumError", "Client",
     "ConnectionClosed", "Exists", "InvalidArgument", "KeyLength", "KvdsError",
     "KvdsOSError", "NoSpace", "NotFound", "Pinned", "ProtocolError", "Timeout",
     "TooBig", "WriteBuffer", "checksum", "err_name", "error_class", "scatter", "strerror",

@@ -30,6 +30,9 @@ static const char HELP[] =
     "  --worker_address ADDR    host:port (default $DS_WORKER_ADDR, then\n"
     "                           127.0.0.1:31501)\n"
     "  --etcd_address ADDR      cluster mode: not supported yet\n"
+    "  --auth-token-file F      the worker's shared secret (kvds worker\n"
+    "                           --auth-token-file; needed for a non-loopback\n"
+    "                           ADDR); start and stop also prove it\n"
     "  -h, --help               this text\n"
     "\n"
     "exit status: 0 success, 1 failure, 2 usage error.\n";
@@ -45,7 +48,8 @@ static const char ETCD_REFUSAL[] =
 struct dscli_args {
   const char *addr;
   const char *etcd;
-  char **pass; /* other arguments, handed to kvds worker */
+  const char *auth; /* --auth-token-file: the worker's, and ours */
+  char **pass;      /* other arguments, handed to kvds worker */
   int npass;
 };
 
@@ -88,6 +92,13 @@ static int parse(int argc, char **argv, int allow_pass, struct dscli_args *a) {
     if (take_value("--worker_address", argc, argv, &i, &a->addr, &bad) ||
         take_value("--etcd_address", argc, argv, &i, &a->etcd, &bad))
       continue;
+    int first = i;
+    if (take_value("--auth-token-file", argc, argv, &i, &a->auth, &bad)) {
+      /* Handed to the worker as given; this process proves it too. */
+      for (int k = first; allow_pass && k <= i; k++)
+        a->pass[a->npass++] = argv[k];
+      continue;
+    }
     if (!allow_pass) {
       fprintf(stderr, "dscli %s: unknown option '%s' (see dscli --help)\n",
               argv[0], s);
@@ -98,6 +109,8 @@ static int parse(int argc, char **argv, int allow_pass, struct dscli_args *a) {
   if (bad)
     return CLI_USAGE;
   a->addr = cli_worker_addr(a->addr);
+  if (a->auth && *a->auth)
+    setenv("KVDS_AUTH_TOKEN_FILE", a->auth, 1);
   return 0;
 }
 

@@ -47,6 +47,10 @@ static const char HELP[] =
     "      --frame-timeout-ms N close a connection that stalls in the middle\n"
     "                           of a request this long (default 30000)\n"
     "      --max-object SIZE    largest value accepted (default: pool size)\n"
+    "      --auth-token-file F  TCP clients and peers must prove this shared\n"
+    "                           secret (file of >= 16 bytes, mode 0600;\n"
+    "                           clients read $KVDS_AUTH_TOKEN_FILE); required\n"
+    "                           when --listen is not a loopback address\n"
     "      --log-level L        error, warn, info or debug (default info)\n"
     "  -d, --daemon             detach; returns 0 once the worker serves\n"
     "                           (waits up to 30 s + 0.5 s per GiB of pool),\n"
@@ -73,6 +77,7 @@ enum {
   OPT_PIDFILE,
   OPT_LOGFILE,
   OPT_ETCD,
+  OPT_AUTH,
 };
 
 static const struct option LONGOPTS[] = {
@@ -97,6 +102,8 @@ static const struct option LONGOPTS[] = {
     {"log-file", required_argument, NULL, OPT_LOGFILE},
     {"etcd_address", required_argument, NULL, OPT_ETCD},
     {"etcd", required_argument, NULL, OPT_ETCD},
+    {"auth-token-file", required_argument, NULL, OPT_AUTH},
+    {"auth_token_file", required_argument, NULL, OPT_AUTH},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -193,6 +200,9 @@ static int parse_opt(struct worker_opts *o, int c, const char *v) {
   case OPT_LOGLEVEL:
     return parse_choice("--log-level (error, warn, info or debug)", v, levels,
                         4, &cfg->log_level);
+  case OPT_AUTH:
+    return copy_str("--auth-token-file", v, cfg->auth_token_file,
+                    sizeof cfg->auth_token_file);
   case 'd':
     o->daemon = 1;
     return CLI_OK;

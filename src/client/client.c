@@ -27,6 +27,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "cluster/auth.h"
 #include "common/copy.h"
 #include "common/util.h"
 #include "kvds/kvds.h"
@@ -572,6 +573,57 @@ out:
   return rc;
 }
 
+/*
+ * AUTH over TCP, when $KVDS_AUTH_TOKEN_FILE names a token file: sends our
+ * nonce, checks the worker's proof (so nothing else goes to a worker that
+ * does not hold the token), then proves the token ourselves. 0 when the
+ * variable is unset or the exchange succeeded; KVDS_E_AUTH when the file is
+ * unusable, the worker does not authenticate, or either proof is wrong.
+ */
+static int authenticate(kvds_client *c, uint64_t deadline) {
+  const char *path = getenv("KVDS_AUTH_TOKEN_FILE");
+  if (!path || !*path)
+    return 0;
+  struct kvds_auth_token tok;
+  uint8_t cn[KVDS_AUTH_NONCE_LEN], wn[KVDS_AUTH_NONCE_LEN];
+  uint8_t proof[KVDS_AUTH_PROOF_LEN];
+  int rc = kvds_auth_token_load(path, &tok, c->errmsg, sizeof c->errmsg);
+  if (rc)
+    return rc;
+  if ((rc = kvds_auth_nonce(cn))) {
+    fail(c, rc, "no random bytes for the auth nonce");
+    goto out;
+  }
+  req_begin(c);
+  req_item(c, 1, 0, 0, 0, cn, sizeof cn);
+  rc = rpc(c, KVDS_OP_AUTH, 0, 0, deadline);
+  if (rc && c->fd >= 0) {
+    /* Answered, but not with a challenge: this worker does not
+     * authenticate (no --auth-token-file, or it predates AUTH). */
+    rc = broken(c, KVDS_E_AUTH, "the worker does not authenticate clients");
+    goto out;
+  }
+  if (rc)
+    goto out;
+  if (c->rh.count != 2 || c->rit[0].klen != KVDS_AUTH_NONCE_LEN) {
+    rc = broken(c, KVDS_E_PROTO, "auth challenge");
+    goto out;
+  }
+  memcpy(wn, c->rkey[0], sizeof wn);
+  if (kvds_auth_verify(&tok, KVDS_AUTH_WORKER, wn, cn, c->rkey[1],
+                       c->rit[1].klen)) {
+    rc = broken(c, KVDS_E_AUTH, "the worker does not hold our token");
+    goto out;
+  }
+  kvds_auth_proof(&tok, KVDS_AUTH_CLIENT, wn, cn, proof);
+  req_begin(c);
+  req_item(c, 2, 0, 0, 0, proof, sizeof proof);
+  rc = rpc(c, KVDS_OP_AUTH, 0, 0, deadline);
+out:
+  kvds_auth_token_wipe(&tok);
+  return rc;
+}
+
 static kvds_client *client_new(int timeout_ms, unsigned flags) {
   kvds_client *c = calloc(1, sizeof *c);
   if (!c)
@@ -613,6 +665,8 @@ int kvds_client_connect_ex(const char *address, int timeout_ms, unsigned flags,
     int force_tcp =
         strncmp(address, "tcp://", 6) == 0 || (flags & KVDS_CONNECT_TCP_ONLY);
     rc = connect_tcp(address, &c->fd, deadline);
+    if (!rc)
+      rc = authenticate(c, deadline);
     if (!rc)
       rc = hello(c, 0, deadline);
     if (!rc && !force_tcp && c->sock_path[0]) {

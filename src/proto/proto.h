@@ -59,7 +59,8 @@ enum kvds_op {
   KVDS_OP_STAT = 14,
   KVDS_OP_STATS = 15,
   KVDS_OP_SHUTDOWN = 16,
-  KVDS_OP__MAX = 16
+  KVDS_OP_AUTH = 17,
+  KVDS_OP__MAX = 17
 };
 
 /* Header flags. */

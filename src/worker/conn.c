@@ -20,6 +20,9 @@ enum { RX_HDR, RX_META, RX_DATA };
 #define IBUF_SIZE (64u << 10)
 /* Stop reading while this much reply data waits in memory. */
 #define OQ_PAUSE_BYTES (32ull << 20)
+/* Largest meta block accepted before the connection authenticated (an AUTH
+ * request needs about 80 bytes). */
+#define AUTH_META_MAX 1024u
 /* Bulk data at least this large is read straight into its destination. */
 #define DIRECT_RX_MIN (32u << 10)
 #define MAX_IOV 64
@@ -45,6 +48,11 @@ struct conn *kvds__conn_new(struct io_thread *th, int fd, int is_unix) {
   c->th = th;
   c->fd = fd;
   c->is_unix = (uint8_t)is_unix;
+  /* The Unix socket is guarded by its file permissions; TCP by the token. */
+  c->authed = (uint8_t)(is_unix || !th->srv->auth);
+  if (!c->authed)
+    c->auth_deadline_us =
+        kvds_now_us() + (uint64_t)th->srv->cfg.frame_timeout_ms * 1000u;
   c->ib = malloc(IBUF_SIZE);
   c->icap = IBUF_SIZE;
   c->rev = event_new(th->base, fd, EV_READ | EV_PERSIST, on_read, c);
@@ -429,6 +437,16 @@ static int process(struct conn *c) {
         protocol_error(c, KVDS_E_PROTO);
         return 1;
       }
+      /* Until it proved the token, a TCP connection may only authenticate
+       * (small frames): anything else is refused and the connection closed
+       * (counted in auth_failures when it closes). */
+      if (!c->authed && (c->h.opcode != KVDS_OP_AUTH ||
+                         c->h.meta_len > AUTH_META_MAX || c->h.data_len)) {
+        kvds__reply_status(c, c->h.opcode, c->h.req_id, KVDS_E_AUTH);
+        c->closing = 1;
+        set_reading(c, 0);
+        return 1;
+      }
       c->ipos += KVDS_PROTO_HDR_LEN;
       c->rx = RX_META;
     }
@@ -502,6 +520,10 @@ void kvds__conn_sweep(struct io_thread *th, uint64_t now_us) {
   struct conn *c = th->conns, *next;
   for (; c; c = next) {
     next = c->next;
+    if (!c->authed && now_us > c->auth_deadline_us) {
+      kvds__conn_close(c); /* never authenticated: auth_failures */
+      continue;
+    }
     if ((c->rx_since_us && now_us - c->rx_since_us > limit) ||
         (c->tx_since_us && now_us - c->tx_since_us > limit)) {
       atomic_fetch_add(&th->srv->protocol_errors, 1);
@@ -571,6 +593,8 @@ void kvds__conn_close(struct conn *c) {
   if (c->next)
     c->next->prev = c->prev;
   atomic_fetch_sub(&th->srv->connections, 1);
+  if (!c->authed && !atomic_load(&th->srv->stopping))
+    atomic_fetch_add(&th->srv->auth_failures, 1);
   free(c->refs);
   free(c->segs);
   free(c->pending);

@@ -29,7 +29,7 @@ struct snapshot {
   struct kvds_alloc_stats as;
   struct kvds_store_counters ct;
   uint64_t objects, connections, connections_total, protocol_errors;
-  uint64_t bytes_in, bytes_out, requests, uptime_s;
+  uint64_t bytes_in, bytes_out, requests, uptime_s, auth_failures;
 };
 
 static void snap(struct kvds_server *s, struct snapshot *sn) {
@@ -44,6 +44,7 @@ static void snap(struct kvds_server *s, struct snapshot *sn) {
   sn->bytes_in = atomic_load(&s->bytes_in);
   sn->bytes_out = atomic_load(&s->bytes_out);
   sn->requests = atomic_load(&s->requests);
+  sn->auth_failures = atomic_load(&s->auth_failures);
   sn->uptime_s = (kvds_now_us() - s->start_us) / 1000000u;
 }
 
@@ -64,12 +65,14 @@ char *kvds__server_status_json(struct kvds_server *s) {
       (json_int_t)sn.ct.misses, "evictions", (json_int_t)sn.ct.evictions,
       "evicted_bytes", (json_int_t)sn.ct.evicted_bytes, "nospace",
       (json_int_t)sn.ct.nospace);
-  json_t *net = json_pack(
-      "{s:I,s:I,s:I,s:I,s:I,s:I}", "connections", (json_int_t)sn.connections,
-      "connections_total", (json_int_t)sn.connections_total, "requests",
-      (json_int_t)sn.requests, "bytes_in", (json_int_t)sn.bytes_in, "bytes_out",
-      (json_int_t)sn.bytes_out, "protocol_errors",
-      (json_int_t)sn.protocol_errors);
+  json_t *net =
+      json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:b,s:I}", "connections",
+                (json_int_t)sn.connections, "connections_total",
+                (json_int_t)sn.connections_total, "requests",
+                (json_int_t)sn.requests, "bytes_in", (json_int_t)sn.bytes_in,
+                "bytes_out", (json_int_t)sn.bytes_out, "protocol_errors",
+                (json_int_t)sn.protocol_errors, "auth_required", s->auth,
+                "auth_failures", (json_int_t)sn.auth_failures);
   json_t *root = json_pack(
       "{s:s,s:s,s:s,s:I,s:I,s:I,s:f,s:f,s:o,s:o,s:o}", "version",
       KVDS_VERSION_STRING, "listen", s->cfg.listen, "socket", s->socket_path,
@@ -125,6 +128,10 @@ char *kvds__server_metrics_text(struct kvds_server *s) {
   C("received_bytes_total", "Bytes received on client sockets.", sn.bytes_in);
   C("sent_bytes_total", "Bytes sent on client sockets.", sn.bytes_out);
   C("protocol_errors_total", "Malformed frames received.", sn.protocol_errors);
+  G("auth_required", "1 if TCP connections must prove the auth token.",
+    s->auth);
+  C("auth_failures_total", "TCP connections closed before they authenticated.",
+    sn.auth_failures);
   G("uptime_seconds", "Seconds since start.", sn.uptime_s);
 #undef G
 #undef C

@@ -349,6 +349,49 @@ static int op_hello(struct conn *c, const struct req_items *ri) {
   return 0;
 }
 
+/*
+ * AUTH, step 1 (item a=1, key = the client's nonce): answers the worker's
+ * nonce and the worker's proof. Step 2 (item a=2, key = the client's proof):
+ * answers status 0 and lets the connection send requests. A worker without
+ * a token, or a malformed or out-of-order step, answers KVDS_E_AUTH; before
+ * the connection authenticated that also closes it.
+ */
+static int op_auth(struct conn *c, const struct req_items *ri) {
+  struct kvds_server *s = c->th->srv;
+  const struct kvds_proto_item *it = ri->n == 1 ? &ri->it[0] : NULL;
+  int rc = KVDS_E_AUTH;
+  if (!s->auth || !it)
+    goto refuse;
+  if (it->a == 1 && it->klen == KVDS_AUTH_NONCE_LEN) {
+    uint8_t proof[KVDS_AUTH_PROOF_LEN];
+    if ((rc = kvds_auth_nonce(c->auth_wn)))
+      goto refuse;
+    memcpy(c->auth_cn, ri->key[0], KVDS_AUTH_NONCE_LEN);
+    kvds_auth_proof(&s->token, KVDS_AUTH_WORKER, c->auth_wn, c->auth_cn, proof);
+    c->auth_step = 1;
+    struct reply r;
+    kvds__reply_init(&r);
+    kvds__reply_item(&r, 0, 1, 0, 0, 0, c->auth_wn, KVDS_AUTH_NONCE_LEN);
+    kvds__reply_item(&r, 0, 0, 0, 0, 0, proof, KVDS_AUTH_PROOF_LEN);
+    kvds__reply_send(c, &r, KVDS_OP_AUTH, c->h.req_id, 0, 0, 0, -1);
+    return 0;
+  }
+  if (it->a == 2 && c->auth_step == 1 &&
+      kvds_auth_verify(&s->token, KVDS_AUTH_CLIENT, c->auth_wn, c->auth_cn,
+                       ri->key[0], it->klen) == 0) {
+    c->auth_step = 0;
+    c->authed = 1;
+    kvds__reply_status(c, KVDS_OP_AUTH, c->h.req_id, 0);
+    return 0;
+  }
+refuse:
+  c->auth_step = 0;
+  kvds__reply_status(c, KVDS_OP_AUTH, c->h.req_id, rc);
+  if (!c->authed)
+    c->closing = 1;
+  return 0;
+}
+
 static int op_create(struct conn *c, const struct req_items *ri) {
   struct kvds_server *s = c->th->srv;
   struct reply r;
@@ -908,6 +951,9 @@ int kvds__server_request(struct conn *c, const uint8_t *meta) {
     break;
   case KVDS_OP_STATS:
     rc = op_stats(c);
+    break;
+  case KVDS_OP_AUTH:
+    rc = op_auth(c, &ri);
     break;
   case KVDS_OP_SHUTDOWN:
     kvds__reply_status(c, KVDS_OP_SHUTDOWN, h->req_id, 0);

@@ -18,6 +18,7 @@
 #include <stdint.h>
 #include <sys/uio.h>
 
+#include "cluster/auth.h"
 #include "pool/pool.h"
 #include "proto/proto.h"
 #include "store/store.h"
@@ -57,6 +58,11 @@ struct kvds_server {
   uint64_t start_us;
   atomic_uint_fast64_t connections, connections_total, protocol_errors;
   atomic_uint_fast64_t bytes_in, bytes_out, requests;
+  /* TCP connections closed before they authenticated (refused, wrong or
+   * missing proof, garbage, silence) */
+  atomic_uint_fast64_t auth_failures;
+  int auth;                     /* TCP connections must authenticate */
+  struct kvds_auth_token token; /* when auth */
   struct kvds_http *http;
 };
 
@@ -92,9 +98,13 @@ struct conn {
   struct conn *prev, *next;
   int fd;
   uint8_t is_unix;
-  uint8_t closing;      /* flush what is queued, then close */
-  uint8_t reading;      /* read event armed */
-  uint8_t writing;      /* write event armed */
+  uint8_t closing;           /* flush what is queued, then close */
+  uint8_t reading;           /* read event armed */
+  uint8_t writing;           /* write event armed */
+  uint8_t authed;            /* may send requests (Unix, or proved the token) */
+  uint8_t auth_step;         /* 1: challenge sent, client proof expected */
+  uint64_t auth_deadline_us; /* close if not authenticated by then */
+  uint8_t auth_wn[KVDS_AUTH_NONCE_LEN], auth_cn[KVDS_AUTH_NONCE_LEN];
   uint64_t rx_since_us; /* last progress while a frame is incomplete, else 0 */
   uint64_t tx_since_us; /* last output progress while output waits, else 0 */
   struct event *rev, *wev;

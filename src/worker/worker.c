@@ -11,6 +11,7 @@
 #include <event2/thread.h>
 #include <fcntl.h>
 #include <netdb.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sched.h>
@@ -71,6 +72,32 @@ int kvds_worker_socket_path(const char *listen, char *out, size_t cap) {
   return n < 0 || (size_t)n >= cap ? KVDS_E_ADDR : 0;
 }
 
+/* 1 if every address `host` names is a loopback address (127/8, ::1). */
+static int host_is_loopback(const char *host) {
+  struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                           .ai_socktype = SOCK_STREAM,
+                           .ai_flags = AI_PASSIVE};
+  struct addrinfo *ai;
+  if (getaddrinfo(host, "1", &hints, &ai))
+    return 0;
+  int loop = 1;
+  for (struct addrinfo *p = ai; p && loop; p = p->ai_next) {
+    if (p->ai_family == AF_INET) {
+      const struct sockaddr_in *sa = (const void *)p->ai_addr;
+      loop = (ntohl(sa->sin_addr.s_addr) >> 24) == 127;
+    } else if (p->ai_family == AF_INET6) {
+      const struct in6_addr *a =
+          &((const struct sockaddr_in6 *)(const void *)p->ai_addr)->sin6_addr;
+      loop = IN6_IS_ADDR_LOOPBACK(a) ||
+             (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+    } else {
+      loop = 0;
+    }
+  }
+  freeaddrinfo(ai);
+  return loop;
+}
+
 int kvds_worker_config_check(const struct kvds_worker_config *cfg, char *err,
                              size_t errcap) {
   char host[256];
@@ -114,6 +141,20 @@ int kvds_worker_config_check(const struct kvds_worker_config *cfg, char *err,
   }
   if (strlen(cfg->socket_path) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
     snprintf(err, errcap, "--socket path is too long");
+    return KVDS_E_INVAL;
+  }
+  if (cfg->auth_token_file[0]) {
+    struct kvds_auth_token tok;
+    int rc = kvds_auth_token_load(cfg->auth_token_file, &tok, err, errcap);
+    kvds_auth_token_wipe(&tok);
+    if (rc)
+      return KVDS_E_INVAL;
+  } else if (cfg->listen[0] && !host_is_loopback(host)) {
+    snprintf(err, errcap,
+             "--listen %s is not a loopback address: anyone who can reach it "
+             "could use the worker, so give --auth-token-file FILE (a shared "
+             "secret of at least %d bytes, mode 0600) or listen on 127.0.0.1",
+             cfg->listen, KVDS_AUTH_TOKEN_MIN);
     return KVDS_E_INVAL;
   }
   return 0;
@@ -349,6 +390,14 @@ int kvds_worker_run(const struct kvds_worker_config *cfg) {
   if (getrandom(&s->nonce, sizeof s->nonce, 0) != sizeof s->nonce)
     s->nonce = kvds_now_ns() ^ (uint64_t)getpid();
 
+  if (cfg->auth_token_file[0]) {
+    if ((rc = kvds_auth_token_load(cfg->auth_token_file, &s->token, err,
+                                   sizeof err))) {
+      logf_(0, "%s", err);
+      goto out;
+    }
+    s->auth = 1;
+  }
   if (cfg->socket_path[0])
     snprintf(s->socket_path, sizeof s->socket_path, "%s", cfg->socket_path);
   else if ((rc = kvds_worker_socket_path(cfg->listen, s->socket_path,
@@ -437,9 +486,10 @@ int kvds_worker_run(const struct kvds_worker_config *cfg) {
       goto out;
     }
   }
-  logf_(2, "serving on %s%s%s (pid %d, %d thread%s)",
+  logf_(2, "serving on %s%s%s (pid %d, %d thread%s%s)",
         cfg->listen[0] ? cfg->listen : "", cfg->listen[0] ? " and " : "",
-        s->socket_path, (int)getpid(), s->nthreads, s->nthreads > 1 ? "s" : "");
+        s->socket_path, (int)getpid(), s->nthreads, s->nthreads > 1 ? "s" : "",
+        s->auth ? ", TCP clients must authenticate" : "");
   if (cfg->ready_fd >= 0) {
     ssize_t w = write(cfg->ready_fd, "1", 1);
     (void)w;
@@ -469,6 +519,7 @@ out:
   if (s->store.index.buckets)
     kvds_store_fini(&s->store);
   kvds_pool_destroy(&s->pool);
+  kvds_auth_token_wipe(&s->token);
   free(s);
   return rc;
 }

@@ -28,6 +28,9 @@ struct kvds_worker_config {
   uint64_t max_object;   /* largest value accepted (0 = pool size) */
   int ready_fd;          /* >= 0: write "1" here once serving, then close */
   int log_level;         /* 0 error, 1 warn, 2 info, 3 debug */
+  /* Shared secret TCP clients and peers must prove ("" = none; then the
+   * TCP listener must be on a loopback address). */
+  char auth_token_file[256];
 };
 
 /* Fills the defaults: listen 127.0.0.1:31501, 4 GiB, 1 thread, no HTTP,
@@ -39,8 +42,9 @@ void kvds_worker_config_default(struct kvds_worker_config *cfg);
  * "/kvds-<port>.sock". Writes into out[cap]. Returns 0 or KVDS_E_ADDR. */
 int kvds_worker_socket_path(const char *listen, char *out, size_t cap);
 
-/* Validates cfg (ranges, addresses). Returns 0 or KVDS_E_INVAL, with a
- * one-line reason in err[errcap]. */
+/* Validates cfg (ranges, addresses; loads the auth token file to check it).
+ * A TCP listener on anything but a loopback address needs an auth token
+ * file. Returns 0 or KVDS_E_INVAL, with a one-line reason in err[errcap]. */
 int kvds_worker_config_check(const struct kvds_worker_config *cfg, char *err,
                              size_t errcap);
 

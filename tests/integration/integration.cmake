@@ -32,3 +32,5 @@ kvds_integration_test(test_batches)
 kvds_integration_test(test_fd_limit)
 kvds_integration_test(test_stall LIBS kvds_proto)
 kvds_integration_test(test_regressions LIBS kvds_proto TIMEOUT 240)
+# TCP authentication: token files, refusals, /metrics.
+kvds_integration_test(test_auth LIBS kvds_proto)

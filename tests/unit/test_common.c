@@ -62,8 +62,9 @@ static void test_strerror_codes(void **state) {
 
 static void test_strerror_unknown(void **state) {
   (void)state;
-  const int unknown[] = {-30000, -30021, -30100, -29999, -5000,   -4096,
-                         1,      2,      42,     30001,  INT_MAX, INT_MIN};
+  const int unknown[] = {-30000, KVDS_E_AUTH - 1, -30100,  -29999,
+                         -5000,  -4096,           1,       2,
+                         42,     30001,           INT_MAX, INT_MIN};
   for (size_t i = 0; i < sizeof unknown / sizeof unknown[0]; i++) {
     const char *msg = kvds_strerror(unknown[i]);
     const char *name = kvds_err_name(unknown[i]);
