@@ -635,3 +635,29 @@ def test_save_skips_a_block_being_written_elsewhere(worker, engines, ns):
         assert a.work.stats["blocks_saved"] == 2 and a.send_reports == {"a": 1}
         w.abort()
     assert len(objects(worker.addr, ns)) == 2
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_load_failure_worker_killed_mid_load(make_worker, engines, ns, layout):
+    """kill -9 of the kvds worker while a load is in flight (waiting, with a
+    20 s deadline, for blocks a prefill has not sealed yet): the load fails
+    at once, every block is reported, the request finishes receiving and is
+    recomputed, and the cache is right."""
+    w = make_worker("32MiB")
+    toks = prompt(3 * BS + 2, seed=29)
+    p = engines(layout, addr=w.addr, role="kv_producer", namespace=ns)
+    params = {"kvds_worker": w.addr, "kvds_namespace": ns, "kvds_prefix": p.work.key_prefix}
+    c = engines(layout, addr=w.addr, role="kv_consumer", namespace=ns,
+                load_timeout_ms=20000, client_timeout_ms=2000)
+    c.add(make_request("r", toks, kv_transfer_params=params))
+    c.step()                                   # the load starts and waits
+    assert c.matched["r"] == (3 * BS, True)
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    w.proc.kill()
+    w.proc.wait()
+    c.run()
+    assert time.monotonic() - t0 < 10          # not the 20 s load deadline
+    assert c.recv_reports == {"r": 1}
+    assert c.invalid_seen == set(c.blocks["r"][:3])
+    assert c.scheduled["r"] == [len(toks)] and c.expected_ok(c.done["r"])
