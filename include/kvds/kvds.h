@@ -358,6 +358,19 @@ struct kvds_stats {
 
 int kvds_stats(kvds_client *c, struct kvds_stats *out);
 
+/*
+ * The worker's view of the cluster as JSON text (the "cluster" object of
+ * its HTTP /status): {"mode":"embedded"|"static"|"etcd","name":...,
+ * "self":{"id","addr","epoch"}, "etcd":{"endpoints","state":"up"|"down"|
+ * "connecting","lease_ttl_s","lease","rejoins","last_error"} (etcd mode),
+ * "generation":N, "members":[{"id","addr","capacity","epoch","age_s",
+ * "state":"self"|"up"|"stale"|"static","self":bool}, ...]} (sorted by id;
+ * docs/cluster.md). On success *json is a malloc'd NUL-terminated string
+ * owned by the caller (free() it). Errors: the usual request errors,
+ * KVDS_E_BADOP from a worker older than this call, KVDS_E_PROTO.
+ */
+int kvds_cluster_status(kvds_client *c, char **json);
+
 /* Asks the worker to exit cleanly; returns 0 once the worker acknowledged
  * (it then closes every connection and removes its socket). */
 int kvds_shutdown(kvds_client *c);

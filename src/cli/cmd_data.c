@@ -443,7 +443,10 @@ static const char STATUS_HELP[] =
     "usage: kvds status [options]\n"
     "\n"
     "Shows the worker's pool use, objects, hit/miss and eviction counters,\n"
-    "connections, uptime, pid and eviction watermarks.\n"
+    "connections, uptime, pid and eviction watermarks, and its view of the\n"
+    "cluster: the mode, etcd's state and every member (peer) with its\n"
+    "state (self, up, stale: last seen before etcd became unreachable, or\n"
+    "static), address, pool size and uptime.\n"
     "\n" WORKER_OPT_HELP
     "      --json          print one JSON object (raw numbers, bytes)\n"
     "  -h, --help          this text\n";
@@ -498,8 +501,45 @@ static void print_status(const char *addr, const char *via,
          high, high - ratio, ratio);
 }
 
+/* The cluster part of `kvds status`: mode, etcd state and one line per
+ * member. cluster is the CLUSTER reply, parsed (NULL: not available). */
+static void print_cluster(json_t *cluster) {
+  if (!json_is_object(cluster))
+    return;
+  const char *mode = json_string_value(json_object_get(cluster, "mode"));
+  const char *name = json_string_value(json_object_get(cluster, "name"));
+  json_t *members = json_object_get(cluster, "members");
+  json_t *etcd = json_object_get(cluster, "etcd");
+  printf("cluster      %s, %s mode, %zu member%s", name ? name : "?",
+         mode ? mode : "?", json_array_size(members),
+         json_array_size(members) == 1 ? "" : "s");
+  if (json_is_object(etcd)) {
+    const char *st = json_string_value(json_object_get(etcd, "state"));
+    const char *eps = json_string_value(json_object_get(etcd, "endpoints"));
+    printf(" (etcd %s %s, lease TTL %lld s)", eps ? eps : "?", st ? st : "?",
+           (long long)json_integer_value(json_object_get(etcd, "lease_ttl_s")));
+  }
+  putchar('\n');
+  size_t i;
+  json_t *mb;
+  json_array_foreach(members, i, mb) {
+    char cap[32] = "-", age[48] = "-";
+    uint64_t c = (uint64_t)json_integer_value(json_object_get(mb, "capacity"));
+    if (c)
+      kvds_fmt_bytes(c, cap, sizeof cap);
+    if (json_integer_value(json_object_get(mb, "epoch")) > 0)
+      fmt_uptime((uint64_t)json_integer_value(json_object_get(mb, "age_s")),
+                 age, sizeof age);
+    const char *id = json_string_value(json_object_get(mb, "id"));
+    const char *ad = json_string_value(json_object_get(mb, "addr"));
+    const char *st = json_string_value(json_object_get(mb, "state"));
+    printf("  peer       %-24s %-6s addr %s, %s pool, up %s\n", id ? id : "?",
+           st ? st : "?", ad ? ad : "?", cap, age);
+  }
+}
+
 static int print_status_json(const char *addr, const char *via,
-                             const struct kvds_stats *s) {
+                             const struct kvds_stats *s, json_t *cluster) {
   json_t *o = json_object();
 #define U(name, v) json_object_set_new(o, name, json_integer((json_int_t)(v)))
   json_object_set_new(o, "address", json_string(addr));
@@ -526,6 +566,8 @@ static int print_status_json(const char *addr, const char *via,
                       json_real((double)s->high_watermark_ppm / 1e6));
   json_object_set_new(o, "eviction_ratio",
                       json_real((double)s->eviction_ratio_ppm / 1e6));
+  if (cluster)
+    json_object_set(o, "cluster", cluster);
   int rc = json_dumpf(
       o, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
   putchar('\n');
@@ -561,16 +603,29 @@ int cmd_status(int argc, char **argv) {
     return CLI_FAIL;
   struct kvds_stats s;
   int rc = kvds_stats(cl, &s);
-  kvds_client_close(cl);
   if (rc) {
+    kvds_client_close(cl);
     cli_err("status", "stats request to %s failed: %s", addr,
             kvds_strerror(rc));
     return CLI_FAIL;
   }
+  /* The cluster view; a worker without the CLUSTER request (older) or a
+   * failure here leaves it out rather than failing the whole status. */
+  char *ctext = NULL;
+  json_t *cluster = NULL;
+  if (kvds_cluster_status(cl, &ctext) == 0)
+    cluster = json_loads(ctext, 0, NULL);
+  free(ctext);
+  kvds_client_close(cl);
   if (json)
-    return print_status_json(addr, via, &s);
-  print_status(addr, via, &s);
-  return CLI_OK;
+    rc = print_status_json(addr, via, &s, cluster);
+  else {
+    print_status(addr, via, &s);
+    print_cluster(cluster);
+    rc = CLI_OK;
+  }
+  json_decref(cluster);
+  return rc;
 }
 
 /* ---- stop --------------------------------------------------------------- */

@@ -29,17 +29,15 @@ static const char HELP[] =
     "                           omitted)\n"
     "  --worker_address ADDR    host:port (default $DS_WORKER_ADDR, then\n"
     "                           127.0.0.1:31501)\n"
-    "  --etcd_address ADDR      cluster mode: not supported yet\n"
+    "  --etcd_address ADDR      join the cluster through etcd at ADDR\n"
+    "                           (host:port[,host:port...]; kvds worker\n"
+    "                           --etcd_address)\n"
     "  --auth-token-file F      the worker's shared secret (kvds worker\n"
     "                           --auth-token-file; needed for a non-loopback\n"
     "                           ADDR); start and stop also prove it\n"
     "  -h, --help               this text\n"
     "\n"
     "exit status: 0 success, 1 failure, 2 usage error.\n";
-
-static const char ETCD_REFUSAL[] =
-    "--etcd_address is not supported yet (cluster mode lands with the "
-    "cluster issue); run without it for the single-node embedded mode";
 
 /* Deadline for the started worker to answer a ping. */
 #define DSCLI_PING_MS 10000
@@ -213,10 +211,6 @@ static int dscli_start(int argc, char **argv) {
   int ret = CLI_FAIL;
   char **wargv = NULL;
   uint64_t pid = 0;
-  if (a.etcd) {
-    start_err(a.addr, "%s", ETCD_REFUSAL);
-    goto out;
-  }
   kvds_client *c;
   if (cli_try_connect(a.addr, 1000, KVDS_CONNECT_LAZY_MAP, &c, NULL, 0) == 0) {
     struct kvds_stats st;
@@ -227,7 +221,7 @@ static int dscli_start(int argc, char **argv) {
     start_err(a.addr, "a worker is already running there%s", who);
     goto out;
   }
-  wargv = calloc((size_t)a.npass + 7, sizeof *wargv);
+  wargv = calloc((size_t)a.npass + 9, sizeof *wargv);
   if (!wargv) {
     start_err(a.addr, "%s", strerror(ENOMEM));
     goto out;
@@ -237,6 +231,10 @@ static int dscli_start(int argc, char **argv) {
   wargv[n++] = "worker";
   wargv[n++] = "--listen";
   wargv[n++] = (char *)a.addr;
+  if (a.etcd) {
+    wargv[n++] = "--etcd_address";
+    wargv[n++] = (char *)a.etcd;
+  }
   for (int i = 0; i < a.npass; i++)
     wargv[n++] = a.pass[i];
   wargv[n++] = "--daemon";

@@ -59,9 +59,22 @@ static const char HELP[] =
     "      --log-file FILE      append the worker's output here (default\n"
     "                           with --daemon: the socket path with .log for\n"
     "                           .sock, e.g. /tmp/kvds-31501.log)\n"
-    "  -h, --help               this text\n"
     "\n"
-    "--etcd_address is not supported yet: the worker runs single-node.\n";
+    "Cluster membership (docs/cluster.md; default: a single node):\n"
+    "      --etcd_address LIST, --etcd LIST\n"
+    "                           join through etcd: host:port[,host:port...]\n"
+    "                           (items may be etcd://host:port or http://)\n"
+    "      --cluster NAME       cluster name: the key prefix\n"
+    "                           /kvds/NAME/workers/ (default kvds)\n"
+    "      --lease-ttl S        etcd lease TTL: a worker that stops renewing\n"
+    "                           leaves every view within S s (default 10)\n"
+    "      --peers LIST         static cluster without etcd: the other\n"
+    "                           workers' host:port[,host:port...]\n"
+    "      --advertise-address HOST:PORT\n"
+    "                           the data address peers use (default: "
+    "--listen;\n"
+    "                           required when listening on 0.0.0.0)\n"
+    "  -h, --help               this text\n";
 
 enum {
   OPT_SOCKET = 256,
@@ -78,6 +91,10 @@ enum {
   OPT_LOGFILE,
   OPT_ETCD,
   OPT_AUTH,
+  OPT_CLUSTER,
+  OPT_TTL,
+  OPT_PEERS,
+  OPT_ADVERTISE,
 };
 
 static const struct option LONGOPTS[] = {
@@ -104,6 +121,12 @@ static const struct option LONGOPTS[] = {
     {"etcd", required_argument, NULL, OPT_ETCD},
     {"auth-token-file", required_argument, NULL, OPT_AUTH},
     {"auth_token_file", required_argument, NULL, OPT_AUTH},
+    {"cluster", required_argument, NULL, OPT_CLUSTER},
+    {"lease-ttl", required_argument, NULL, OPT_TTL},
+    {"lease_ttl", required_argument, NULL, OPT_TTL},
+    {"peers", required_argument, NULL, OPT_PEERS},
+    {"advertise-address", required_argument, NULL, OPT_ADVERTISE},
+    {"advertise_address", required_argument, NULL, OPT_ADVERTISE},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -213,10 +236,23 @@ static int parse_opt(struct worker_opts *o, int c, const char *v) {
     o->log_file = v;
     return CLI_OK;
   case OPT_ETCD:
-    cli_err(CMD, "--etcd_address is not supported yet (cluster mode lands "
-                 "with the cluster issue); run without it for the "
-                 "single-node embedded mode");
-    return CLI_USAGE;
+    return copy_str("--etcd_address", v, cfg->etcd_address,
+                    sizeof cfg->etcd_address);
+  case OPT_CLUSTER:
+    return copy_str("--cluster", v, cfg->cluster, sizeof cfg->cluster);
+  case OPT_TTL:
+    if ((rc = parse_int("--lease-ttl", v, &cfg->lease_ttl_s)))
+      return rc;
+    if (cfg->lease_ttl_s < 1 || cfg->lease_ttl_s > 3600) {
+      cli_err(CMD, "--lease-ttl must be 1..3600 seconds (got %s)", v);
+      return CLI_USAGE;
+    }
+    return CLI_OK;
+  case OPT_PEERS:
+    return copy_str("--peers", v, cfg->peers, sizeof cfg->peers);
+  case OPT_ADVERTISE:
+    return copy_str("--advertise-address", v, cfg->advertise,
+                    sizeof cfg->advertise);
   default:
     return CLI_USAGE;
   }

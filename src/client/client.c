@@ -1406,6 +1406,40 @@ int kvds_stats(kvds_client *c, struct kvds_stats *out) {
   return 0;
 }
 
+/* Largest CLUSTER reply accepted (a view of thousands of workers fits). */
+#define CLUSTER_JSON_MAX (16u << 20)
+
+int kvds_cluster_status(kvds_client *c, char **json) {
+  req_begin(c);
+  uint64_t deadline = io_deadline(c);
+  int64_t id = req_send(c, KVDS_OP_CLUSTER, 0, 0, NULL, 0, deadline);
+  int rc = recv_reply(c, id, KVDS_OP_CLUSTER, deadline);
+  if (rc) {
+    if (c->fd >= 0 && c->rdata_left)
+      recv_data(c, NULL, c->rdata_left, deadline);
+    return rc;
+  }
+  uint64_t len = c->rdata_left;
+  if (len == 0 || len > CLUSTER_JSON_MAX)
+    return broken(c, KVDS_E_PROTO, "cluster reply size");
+  char *buf = malloc((size_t)len + 1);
+  if (!buf) {
+    recv_data(c, NULL, len, deadline);
+    return fail(c, -ENOMEM, "out of memory");
+  }
+  if ((rc = recv_data(c, (uint8_t *)buf, len, deadline))) {
+    free(buf);
+    return rc;
+  }
+  buf[len] = 0;
+  if (strlen(buf) != len) {
+    free(buf);
+    return fail(c, KVDS_E_PROTO, "cluster reply holds a NUL byte");
+  }
+  *json = buf;
+  return 0;
+}
+
 int kvds_shutdown(kvds_client *c) {
   req_begin(c);
   return rpc(c, KVDS_OP_SHUTDOWN, 0, 0, io_deadline(c));

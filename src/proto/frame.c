@@ -54,7 +54,7 @@ static const char *const op_names[KVDS_OP__MAX + 1] = {
     [KVDS_OP_EXISTS] = "EXISTS",   [KVDS_OP_LOOKUP_PREFIX] = "LOOKUP_PREFIX",
     [KVDS_OP_LIST] = "LIST",       [KVDS_OP_STAT] = "STAT",
     [KVDS_OP_STATS] = "STATS",     [KVDS_OP_SHUTDOWN] = "SHUTDOWN",
-    [KVDS_OP_AUTH] = "AUTH",
+    [KVDS_OP_AUTH] = "AUTH",       [KVDS_OP_CLUSTER] = "CLUSTER",
 };
 
 /* Signed fields travel as their two's-complement bit pattern. */

@@ -60,7 +60,8 @@ enum kvds_op {
   KVDS_OP_STATS = 15,
   KVDS_OP_SHUTDOWN = 16,
   KVDS_OP_AUTH = 17,
-  KVDS_OP__MAX = 17
+  KVDS_OP_CLUSTER = 18,
+  KVDS_OP__MAX = 18
 };
 
 /* Header flags. */

@@ -82,6 +82,9 @@ char *kvds__server_status_json(struct kvds_server *s) {
       pool, "store", objs, "net", net);
   if (!root)
     return NULL;
+  json_t *cluster = s->members ? kvds_membership_json(s->members) : NULL;
+  if (cluster)
+    json_object_set_new(root, "cluster", cluster);
   char *out = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
   json_decref(root);
   return out;
@@ -133,6 +136,16 @@ char *kvds__server_metrics_text(struct kvds_server *s) {
   C("auth_failures_total", "TCP connections closed before they authenticated.",
     sn.auth_failures);
   G("uptime_seconds", "Seconds since start.", sn.uptime_s);
+  if (s->members) {
+    G("cluster_members",
+      "Workers in this worker's view of the cluster "
+      "(itself included).",
+      kvds_membership_size(s->members));
+    G("etcd_up",
+      "1 if etcd answers and the member watch is connected "
+      "(etcd mode; else 0).",
+      kvds_membership_etcd_up(s->members));
+  }
 #undef G
 #undef C
   fclose(f);

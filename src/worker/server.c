@@ -773,6 +773,25 @@ static int op_stats(struct conn *c) {
   return 0;
 }
 
+/* The membership as JSON text in the reply's data (no items). */
+static int op_cluster(struct conn *c) {
+  struct kvds_server *s = c->th->srv;
+  char *json = kvds_membership_json_string(s->members);
+  if (!json) {
+    kvds__reply_status(c, KVDS_OP_CLUSTER, c->h.req_id, -ENOMEM);
+    return 0;
+  }
+  size_t len = strlen(json);
+  struct reply r;
+  kvds__reply_init(&r);
+  if (kvds__reply_send(c, &r, KVDS_OP_CLUSTER, c->h.req_id, 0, 0, len, -1)) {
+    free(json);
+    return 0;
+  }
+  kvds__conn_queue(c, (const uint8_t *)json, len, (uint8_t *)json, NULL, -1);
+  return 0;
+}
+
 /* ---- ops with bulk data -------------------------------------------------- */
 
 static int segs_alloc(struct conn *c, uint32_t n) {
@@ -954,6 +973,9 @@ int kvds__server_request(struct conn *c, const uint8_t *meta) {
     break;
   case KVDS_OP_AUTH:
     rc = op_auth(c, &ri);
+    break;
+  case KVDS_OP_CLUSTER:
+    rc = op_cluster(c);
     break;
   case KVDS_OP_SHUTDOWN:
     kvds__reply_status(c, KVDS_OP_SHUTDOWN, h->req_id, 0);

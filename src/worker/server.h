@@ -19,6 +19,7 @@
 #include <sys/uio.h>
 
 #include "cluster/auth.h"
+#include "cluster/membership.h"
 #include "pool/pool.h"
 #include "proto/proto.h"
 #include "store/store.h"
@@ -64,6 +65,7 @@ struct kvds_server {
   int auth;                     /* TCP connections must authenticate */
   struct kvds_auth_token token; /* when auth */
   struct kvds_http *http;
+  kvds_membership *members; /* always set once serving (embedded: just me) */
 };
 
 /* ---- conn.c --------------------------------------------------------------*/

@@ -45,6 +45,11 @@ static void logf_(int level, const char *fmt, ...) {
   fprintf(stderr, "kvds worker [%s] %s\n", names[level], msg);
 }
 
+static void member_log(void *arg, int level, const char *msg) {
+  (void)arg;
+  logf_(level, "cluster: %s", msg);
+}
+
 void kvds_worker_config_default(struct kvds_worker_config *cfg) {
   memset(cfg, 0, sizeof *cfg);
   snprintf(cfg->listen, sizeof cfg->listen, "%s", KVDS_DEFAULT_ADDR);
@@ -98,6 +103,55 @@ static int host_is_loopback(const char *host) {
   return loop;
 }
 
+/* 1 if host is a wildcard address (listening on every interface). */
+static int host_is_wildcard(const char *host) {
+  return !host[0] || strcmp(host, "0.0.0.0") == 0 || strcmp(host, "::") == 0 ||
+         strcmp(host, "*") == 0;
+}
+
+/* The membership configuration cfg asks for (strings borrowed from cfg). */
+static int membership_config(const struct kvds_worker_config *cfg,
+                             struct kvds_membership_config *mc, char *err,
+                             size_t errcap) {
+  char host[256];
+  uint16_t port;
+  memset(mc, 0, sizeof *mc);
+  if (cfg->etcd_address[0] && cfg->peers[0]) {
+    snprintf(err, errcap,
+             "--etcd_address and --peers exclude each other (etcd finds the "
+             "peers itself; --peers is for a cluster without etcd)");
+    return KVDS_E_INVAL;
+  }
+  mc->mode = cfg->etcd_address[0] ? KVDS_MEMBERSHIP_ETCD
+             : cfg->peers[0]      ? KVDS_MEMBERSHIP_STATIC
+                                  : KVDS_MEMBERSHIP_EMBEDDED;
+  const char *adv = cfg->advertise[0] ? cfg->advertise : cfg->listen;
+  if (mc->mode != KVDS_MEMBERSHIP_EMBEDDED) {
+    if (!adv[0]) {
+      snprintf(err, errcap,
+               "a cluster member needs a TCP address: give "
+               "--listen or --advertise-address");
+      return KVDS_E_INVAL;
+    }
+    if (kvds_split_hostport(adv, host, sizeof host, &port) ||
+        host_is_wildcard(host)) {
+      snprintf(err, errcap,
+               "%s %s is not an address peers can connect to: give "
+               "--advertise-address HOST:PORT",
+               cfg->advertise[0] ? "--advertise-address" : "--listen", adv);
+      return KVDS_E_INVAL;
+    }
+  }
+  snprintf(mc->cluster, sizeof mc->cluster, "%s", cfg->cluster);
+  snprintf(mc->self_addr, sizeof mc->self_addr, "%s",
+           adv[0] ? adv : "127.0.0.1:0");
+  mc->capacity = cfg->memory;
+  mc->etcd = cfg->etcd_address;
+  mc->peers = cfg->peers;
+  mc->lease_ttl_s = cfg->lease_ttl_s;
+  return 0;
+}
+
 int kvds_worker_config_check(const struct kvds_worker_config *cfg, char *err,
                              size_t errcap) {
   char host[256];
@@ -143,6 +197,16 @@ int kvds_worker_config_check(const struct kvds_worker_config *cfg, char *err,
     snprintf(err, errcap, "--socket path is too long");
     return KVDS_E_INVAL;
   }
+  if (cfg->lease_ttl_s < 0 || cfg->lease_ttl_s > 3600) {
+    snprintf(err, errcap, "--lease-ttl must be 1..3600 seconds");
+    return KVDS_E_INVAL;
+  }
+  struct kvds_membership_config mc;
+  kvds_membership *mem = NULL;
+  if (membership_config(cfg, &mc, err, errcap) ||
+      kvds_membership_create(&mc, &mem, err, errcap))
+    return KVDS_E_INVAL;
+  kvds_membership_destroy(mem);
   if (cfg->auth_token_file[0]) {
     struct kvds_auth_token tok;
     int rc = kvds_auth_token_load(cfg->auth_token_file, &tok, err, errcap);
@@ -486,6 +550,28 @@ int kvds_worker_run(const struct kvds_worker_config *cfg) {
       goto out;
     }
   }
+  struct kvds_membership_config mc;
+  err[0] = 0;
+  if ((rc = membership_config(cfg, &mc, err, sizeof err)) == 0) {
+    mc.log = member_log;
+    rc = kvds_membership_create(&mc, &s->members, err, sizeof err);
+  }
+  if (rc || (rc = kvds_membership_start(s->members))) {
+    logf_(0, "cannot set up the cluster membership: %s",
+          err[0] ? err : kvds_strerror(rc));
+    kvds__server_stop(s);
+    for (int k = 1; k < s->nthreads; k++)
+      pthread_join(s->threads[k].tid, NULL);
+    goto out;
+  }
+  if (mc.mode == KVDS_MEMBERSHIP_ETCD)
+    logf_(2, "cluster %s via etcd %s as %s (lease TTL %d s)",
+          mc.cluster[0] ? mc.cluster : KVDS_MEMBERSHIP_DEFAULT_CLUSTER,
+          cfg->etcd_address, mc.self_addr,
+          cfg->lease_ttl_s ? cfg->lease_ttl_s : KVDS_MEMBERSHIP_DEFAULT_TTL_S);
+  else if (mc.mode == KVDS_MEMBERSHIP_STATIC)
+    logf_(2, "static cluster: %zu members (--peers)",
+          kvds_membership_size(s->members));
   logf_(2, "serving on %s%s%s (pid %d, %d thread%s%s)",
         cfg->listen[0] ? cfg->listen : "", cfg->listen[0] ? " and " : "",
         s->socket_path, (int)getpid(), s->nthreads, s->nthreads > 1 ? "s" : "",
@@ -496,6 +582,9 @@ int kvds_worker_run(const struct kvds_worker_config *cfg) {
     close(cfg->ready_fd);
   }
   thread_loop(&s->threads[0]);
+  /* Leave the cluster first: the lease is revoked while the others can
+   * still reach us, so they drop us at once. */
+  kvds_membership_stop(s->members);
   for (int i = 1; i < s->nthreads; i++)
     pthread_join(s->threads[i].tid, NULL);
   logf_(2, "stopped");
@@ -503,6 +592,7 @@ int kvds_worker_run(const struct kvds_worker_config *cfg) {
 out:
   if (s->http)
     kvds__http_stop(s->http);
+  kvds_membership_destroy(s->members);
   for (int i = 0; i < 2; i++)
     if (sigs[i])
       event_free(sigs[i]);

@@ -31,6 +31,13 @@ struct kvds_worker_config {
   /* Shared secret TCP clients and peers must prove ("" = none; then the
    * TCP listener must be on a loopback address). */
   char auth_token_file[256];
+  /* Cluster membership (docs/cluster.md): etcd endpoints ("" = none), or a
+   * static peer list ("" = none); neither = the embedded single node. */
+  char etcd_address[1024];
+  char peers[4096];
+  char cluster[64];    /* "" = "kvds" */
+  int lease_ttl_s;     /* etcd lease TTL (default 10) */
+  char advertise[256]; /* data address peers use; "" = listen */
 };
 
 /* Fills the defaults: listen 127.0.0.1:31501, 4 GiB, 1 thread, no HTTP,
@@ -44,7 +51,10 @@ int kvds_worker_socket_path(const char *listen, char *out, size_t cap);
 
 /* Validates cfg (ranges, addresses; loads the auth token file to check it).
  * A TCP listener on anything but a loopback address needs an auth token
- * file. Returns 0 or KVDS_E_INVAL, with a one-line reason in err[errcap]. */
+ * file. --etcd_address and --peers exclude each other; either needs a data
+ * address others can use (--listen, or --advertise-address when listening
+ * on a wildcard address). Returns 0 or KVDS_E_INVAL, with a one-line reason in
+ * err[errcap]. */
 int kvds_worker_config_check(const struct kvds_worker_config *cfg, char *err,
                              size_t errcap);
 

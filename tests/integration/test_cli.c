@@ -6,7 +6,9 @@
  *    single stderr line per failure (missing key, no worker running);
  *  - dscli start -w prints the documented success line with the worker's
  *    pid and the worker answers; a second start on the same address fails
- *    clearly with exit 1; --etcd_address is refused; dscli stop -w stops it
+ *    clearly with exit 1; with --etcd_address (a real etcd) the worker
+ *    joins the cluster, a bad etcd address is a usage error; dscli stop -w
+ *    stops it
  *    (the process is gone and exited 0);
  *  - kvds worker refuses bad flags (exit 2) and a port or socket another
  *    worker holds (exit 1) without disturbing it; dscli start on a port
@@ -356,17 +358,53 @@ static void dscli_commands(void) {
             "second start: '%s'", r.err);
   KVH_CHECK(kill((pid_t)pid, 0) == 0, "the first worker died");
 
-  /* Cluster mode is refused, and nothing starts. */
+  /* Cluster mode as in the seeds: dscli start -w --worker_address A
+   * --etcd_address E starts a worker that joins through a real etcd; a bad
+   * etcd address is a usage error and nothing starts. */
   int port3 = kvh_free_port();
   char addr3[64];
   snprintf(addr3, sizeof addr3, "127.0.0.1:%d", port3);
   DSCLI(&r, 0, &none, "start", "-w", "--worker_address", addr3,
-        "--etcd_address", "127.0.0.1:2379");
-  KVH_CHECK(r.code != 0 && strstr(r.err, "etcd") &&
-                strstr(r.err, "not supported") && strchr(r.err, '\n') &&
-                strchr(r.err, '\n') == r.err + r.err_len - 1,
-            "start with --etcd_address: exit %d, '%s'", r.code, r.err);
+        "--etcd_address", "https://127.0.0.1:2379", "--memory", "64MiB");
+  expect_fail(&r, 2, "etcd", "start with an https etcd address");
   KVH_EXPECT_RC(kvds_client_connect(addr3, 1000, &c), -ECONNREFUSED);
+  struct kvh_etcd etcd;
+  kvh_etcd_start(&etcd);
+  DSCLI(&r, 0, &none, "start", "-w", "--worker_address", addr3,
+        "--etcd_address", etcd.addr, "--memory", "64MiB");
+  KVH_CHECK(r.code == 0, "dscli start --etcd_address: exit %d, stderr '%s'",
+            r.code, r.err);
+  snprintf(prefix, sizeof prefix,
+           "[INFO] [  OK  ] Start worker service @ %s success, PID: ", addr3);
+  KVH_CHECK(strncmp(r.out, prefix, strlen(prefix)) == 0,
+            "dscli start --etcd_address printed '%s'", r.out);
+  long pid3 = strtol(r.out + strlen(prefix), &end, 10);
+  KVH_CHECK(pid3 > 1, "dscli start printed '%s'", r.out);
+  kvh_kill_on_fail((pid_t)pid3);
+  c = kvh_connect(addr3);
+  char *cl = NULL;
+  uint64_t deadline = kvh_now_ms() + 10000;
+  for (;;) {
+    KVH_OK(kvds_cluster_status(c, &cl));
+    if (strstr(cl, "\"mode\":\"etcd\"") && strstr(cl, "\"state\":\"up\"") &&
+        strstr(cl, addr3))
+      break;
+    KVH_CHECK(kvh_now_ms() < deadline, "worker did not join etcd: %s", cl);
+    free(cl);
+    kvh_sleep_ms(50);
+  }
+  free(cl);
+  kvds_client_close(c);
+  int reaped3 = -1;
+  DSCLI(&r, (pid_t)pid3, &reaped3, "stop", "-w", "--worker_address", addr3);
+  KVH_CHECK(r.code == 0, "dscli stop (etcd worker): exit %d, err '%s'", r.code,
+            r.err);
+  if (reaped3 == -1)
+    reaped3 = kvh_wait_pid((pid_t)pid3, 10000);
+  kvh_kill_on_fail_cancel((pid_t)pid3);
+  KVH_CHECK(WIFEXITED(reaped3) && WEXITSTATUS(reaped3) == 0,
+            "etcd worker exit status 0x%x", reaped3);
+  kvh_etcd_stop(&etcd);
 
   /* Stop: the worker exits 0 and is gone. */
   int reaped = -1;

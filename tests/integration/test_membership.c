@@ -1,0 +1,300 @@
+/*
+ * test_membership.c — cluster membership with a real etcd and real
+ * `kvds worker` processes (--etcd_address, --lease-ttl 2): every view shows
+ * all workers; a worker killed with SIGKILL leaves every view within the
+ * lease TTL; restarted on the same port it comes back with a newer epoch; a
+ * worker stopped with SIGTERM leaves at once (its lease is revoked); with
+ * etcd stopped the workers keep serving and keep their last view, a worker
+ * started meanwhile still starts, and once etcd returns every view is
+ * right again. Then the static --peers mode, the --etcd/--peers conflict
+ * (usage error) and `kvds status`' peer list.
+ *
+ * Views are read with kvds_cluster_status (the CLUSTER request). Every wait
+ * is a poll with a deadline.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+#define TTL_S 2
+/* Allowance on top of the TTL for a loaded 2-core CI machine: it tells
+ * "dropped because the lease expired" from "never dropped". */
+#define SLACK_MS 4000
+#define JOIN_MS 15000
+
+static const char TTL[] = "2";
+
+/* The worker's cluster object (caller json_decref's), or NULL if it does
+ * not answer. */
+static json_t *cluster_of(const char *addr) {
+  kvds_client *c = NULL;
+  if (kvds_client_connect(addr, 2000, &c))
+    return NULL;
+  char *text = NULL;
+  int rc = kvds_cluster_status(c, &text);
+  kvds_client_close(c);
+  if (rc)
+    return NULL;
+  json_error_t jerr;
+  json_t *j = json_loads(text, 0, &jerr);
+  KVH_CHECK(j, "CLUSTER reply from %s is not JSON (%s): %s", addr, jerr.text,
+            text);
+  free(text);
+  return j;
+}
+
+/* The member with this id in a cluster object, or NULL. */
+static json_t *member(json_t *cl, const char *id) {
+  size_t i;
+  json_t *m;
+  json_array_foreach(json_object_get(cl, "members"), i, m) {
+    const char *mid = json_string_value(json_object_get(m, "id"));
+    if (mid && strcmp(mid, id) == 0)
+      return m;
+  }
+  return NULL;
+}
+
+static uint64_t epoch_of(json_t *cl, const char *id) {
+  json_t *m = member(cl, id);
+  return m ? (uint64_t)json_integer_value(json_object_get(m, "epoch")) : 0;
+}
+
+/* 1 iff the view of `addr` holds exactly the ids in want[0..n). */
+static int view_is(const char *addr, const char *const *want, size_t n) {
+  json_t *cl = cluster_of(addr);
+  if (!cl)
+    return 0;
+  int ok = json_array_size(json_object_get(cl, "members")) == n;
+  for (size_t i = 0; ok && i < n; i++)
+    ok = member(cl, want[i]) != NULL;
+  json_decref(cl);
+  return ok;
+}
+
+static void dump_view(const char *addr) {
+  json_t *cl = cluster_of(addr);
+  char *s = cl ? json_dumps(cl, JSON_COMPACT) : NULL;
+  fprintf(stderr, "view of %s: %s\n", addr, s ? s : "(no answer)");
+  free(s);
+  json_decref(cl);
+}
+
+/* Waits until every worker in who[0..nw) sees exactly want[0..n); returns
+ * the ms it took, fails the test after timeout_ms. */
+static uint64_t await_views(struct kvh_worker *const *who, size_t nw,
+                            const char *const *want, size_t n, int timeout_ms,
+                            const char *what) {
+  uint64_t t0 = kvh_now_ms();
+  for (;;) {
+    size_t ok = 0;
+    for (size_t i = 0; i < nw; i++)
+      ok += (size_t)view_is(who[i]->addr, want, n);
+    if (ok == nw)
+      return kvh_now_ms() - t0;
+    if (kvh_now_ms() - t0 > (uint64_t)timeout_ms) {
+      for (size_t i = 0; i < nw; i++)
+        dump_view(who[i]->addr);
+      KVH_CHECK(0, "%s: views not right after %d ms", what, timeout_ms);
+    }
+    kvh_sleep_ms(50);
+  }
+}
+
+static void put_get(const char *addr, const char *key) {
+  kvds_client *c = kvh_connect(addr);
+  static const char val[] = "value during the etcd outage";
+  KVH_OK(kvds_put(c, key, strlen(key), val, sizeof val));
+  char buf[64];
+  size_t len = 0;
+  KVH_OK(kvds_get(c, key, strlen(key), buf, sizeof buf, &len, 0));
+  KVH_CHECK(len == sizeof val && memcmp(buf, val, len) == 0, "get %s on %s",
+            key, addr);
+  kvds_client_close(c);
+}
+
+/* Runs the kvds binary with args; stdout+stderr into out[cap]; returns the
+ * exit status (or -1). */
+static int run_kvds(const char *const *args, char *out, size_t cap) {
+  int p[2];
+  KVH_CHECK(pipe(p) == 0, "pipe: %s", strerror(errno));
+  pid_t pid = kvh_fork();
+  if (pid == 0) {
+    const char *argv[32];
+    int n = 0;
+    argv[n++] = "kvds";
+    for (int i = 0; args[i] && n < 31; i++)
+      argv[n++] = args[i];
+    argv[n] = NULL;
+    dup2(p[1], STDOUT_FILENO);
+    dup2(p[1], STDERR_FILENO);
+    close(p[0]);
+    close(p[1]);
+    execv(kvh_kvds_bin(), (char *const *)argv);
+    _exit(127);
+  }
+  close(p[1]);
+  size_t len = 0;
+  uint64_t deadline = kvh_now_ms() + 10000;
+  while (kvh_now_ms() < deadline) {
+    struct pollfd pf = {.fd = p[0], .events = POLLIN};
+    if (poll(&pf, 1, 100) <= 0)
+      continue;
+    ssize_t r = read(p[0], out + len, cap - 1 - len);
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r <= 0)
+      break;
+    len += (size_t)r;
+    if (len == cap - 1)
+      break;
+  }
+  out[len] = 0;
+  close(p[0]);
+  int st = kvh_wait_pid(pid, 10000);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+int main(int argc, char **argv) {
+  kvh_init(argc, argv, "test_membership");
+  struct kvh_etcd etcd;
+  kvh_etcd_start(&etcd);
+  const char *const ext[] = {"--etcd_address", etcd.addr, "--lease-ttl", TTL,
+                             "--cluster",      "t1",      NULL};
+  struct kvh_worker a, b, c, d;
+  kvh_worker_start(&a, "32MiB", ext);
+  kvh_worker_start(&b, "32MiB", ext);
+  kvh_worker_start(&c, "32MiB", ext);
+
+  /* 1. Everyone sees everyone. */
+  struct kvh_worker *abc[] = {&a, &b, &c};
+  const char *ids3[] = {a.addr, b.addr, c.addr};
+  uint64_t ms = await_views(abc, 3, ids3, 3, JOIN_MS, "three workers join");
+  fprintf(stderr, "three views complete after %llu ms\n",
+          (unsigned long long)ms);
+  json_t *cl = cluster_of(a.addr);
+  KVH_CHECK(cl, "no cluster object from %s", a.addr);
+  KVH_CHECK(
+      strcmp(json_string_value(json_object_get(cl, "mode")), "etcd") == 0 &&
+          strcmp(json_string_value(json_object_get(cl, "name")), "t1") == 0,
+      "mode/name wrong");
+  json_t *mc = member(cl, c.addr);
+  KVH_CHECK(json_integer_value(json_object_get(mc, "capacity")) == 32 << 20,
+            "capacity of %s not 32MiB", c.addr);
+  KVH_CHECK(strcmp(json_string_value(
+                       json_object_get(json_object_get(cl, "etcd"), "state")),
+                   "up") == 0,
+            "etcd state not up");
+  uint64_t c_epoch = epoch_of(cl, c.addr);
+  KVH_CHECK(c_epoch > 0, "no epoch for %s", c.addr);
+  json_decref(cl);
+
+  /* 2. kill -9: the others drop it within the TTL (+ slack). */
+  int c_port = c.port;
+  uint64_t t0 = kvh_now_ms();
+  kvh_worker_kill9(&c);
+  struct kvh_worker *ab[] = {&a, &b};
+  const char *ids2[] = {a.addr, b.addr};
+  await_views(ab, 2, ids2, 2, TTL_S * 1000 + SLACK_MS, "kill -9 of C");
+  fprintf(stderr, "killed worker dropped after %llu ms (TTL %d s)\n",
+          (unsigned long long)(kvh_now_ms() - t0), TTL_S);
+
+  /* 3. Restarted on the same port (same id): back, with a newer epoch. Its
+   * lease is long (30 s) so that step 4 can only pass by revocation. */
+  const char *const ext_long[] = {
+      "--etcd_address", etcd.addr, "--lease-ttl", "30",
+      "--cluster",      "t1",      NULL};
+  kvh_worker_start_port(&c, c_port, "32MiB", ext_long);
+  await_views(abc, 3, ids3, 3, JOIN_MS, "C restarted");
+  cl = cluster_of(a.addr);
+  uint64_t c_epoch2 = epoch_of(cl, c.addr);
+  json_decref(cl);
+  KVH_CHECK(c_epoch2 > c_epoch,
+            "restarted C has epoch %llu, not newer than %llu",
+            (unsigned long long)c_epoch2, (unsigned long long)c_epoch);
+
+  /* 4. SIGTERM: the lease is revoked, the others drop it at once (well
+   * before its 30 s TTL). */
+  t0 = kvh_now_ms();
+  kvh_worker_stop(&c);
+  await_views(ab, 2, ids2, 2, SLACK_MS, "SIGTERM of C (lease revoked)");
+  fprintf(stderr, "stopped worker dropped after %llu ms (TTL 30 s)\n",
+          (unsigned long long)(kvh_now_ms() - t0));
+
+  /* 5. etcd goes away: the workers keep serving and keep their view, for
+   * longer than the TTL; a worker started meanwhile starts (alone). */
+  kvh_etcd_stop(&etcd);
+  kvh_worker_start(&d, "32MiB", ext);
+  uint64_t until = kvh_now_ms() + (TTL_S * 1000) + 1500;
+  int saw_down = 0;
+  while (kvh_now_ms() < until) {
+    KVH_CHECK(view_is(a.addr, ids2, 2) && view_is(b.addr, ids2, 2),
+              "a view changed while etcd was down");
+    cl = cluster_of(a.addr);
+    const char *st = json_string_value(
+        json_object_get(json_object_get(cl, "etcd"), "state"));
+    saw_down |= st && strcmp(st, "down") == 0;
+    json_decref(cl);
+    kvh_sleep_ms(100);
+  }
+  KVH_CHECK(saw_down, "etcd state never reported down");
+  put_get(a.addr, "outage-a");
+  put_get(b.addr, "outage-b");
+  put_get(d.addr, "outage-d");
+  const char *idd[] = {d.addr};
+  KVH_CHECK(view_is(d.addr, idd, 1), "D's view during the outage is not "
+                                     "just itself");
+
+  /* 6. etcd returns: D is seen by everyone, and sees everyone. */
+  kvh_etcd_restart(&etcd);
+  struct kvh_worker *abd[] = {&a, &b, &d};
+  const char *ids_abd[] = {a.addr, b.addr, d.addr};
+  ms = await_views(abd, 3, ids_abd, 3, JOIN_MS, "after etcd returned");
+  fprintf(stderr, "views complete %llu ms after etcd returned\n",
+          (unsigned long long)ms);
+
+  /* `kvds status` lists the peers with their state. */
+  char out[8192];
+  const char *const st_args[] = {"status", "-w", a.addr, NULL};
+  KVH_CHECK(run_kvds(st_args, out, sizeof out) == 0, "kvds status: %s", out);
+  KVH_CHECK(strstr(out, "etcd mode, 3 members") && strstr(out, b.addr) &&
+                strstr(out, d.addr) && strstr(out, " up "),
+            "kvds status does not list the peers:\n%s", out);
+  fputs(out, stderr);
+
+  kvh_worker_stop(&d);
+  kvh_worker_stop(&b);
+  kvh_worker_stop(&a);
+  kvh_etcd_stop(&etcd);
+
+  /* 7. Static cluster: me + --peers. */
+  struct kvh_worker s;
+  const char *const st_ext[] = {"--peers", "127.0.0.1:1,127.0.0.1:2", NULL};
+  kvh_worker_start(&s, "32MiB", st_ext);
+  const char *ids_s[] = {s.addr, "127.0.0.1:1", "127.0.0.1:2"};
+  KVH_CHECK(view_is(s.addr, ids_s, 3), "static view wrong");
+  cl = cluster_of(s.addr);
+  KVH_CHECK(strcmp(json_string_value(json_object_get(cl, "mode")), "static") ==
+                0,
+            "static mode not reported");
+  json_decref(cl);
+  kvh_worker_stop(&s);
+
+  /* 8. --etcd and --peers together: usage error with a reason. */
+  const char *const both[] = {
+      "worker",         "--listen", "127.0.0.1:1", "--etcd",
+      "127.0.0.1:2379", "--peers",  "127.0.0.1:3", NULL};
+  int rc = run_kvds(both, out, sizeof out);
+  KVH_CHECK(rc == 2 && strstr(out, "exclude each other"),
+            "--etcd + --peers: exit %d, output: %s", rc, out);
+  return kvh_finish();
+}
