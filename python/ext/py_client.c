@@ -1061,6 +1061,21 @@ static PyObject *client_list(ClientObject *cl, PyObject *args, PyObject *kw) {
   return out;
 }
 
+static PyObject *client_cluster_status(ClientObject *cl, PyObject *unused) {
+  if (kvdspy_op_enter(cl))
+    return NULL;
+  char *json = NULL;
+  int rc;
+  char msg[256];
+  KVDSPY_CALL_RC(cl, rc, msg, kvds_cluster_status(cl->c, &json));
+  kvdspy_op_exit(cl);
+  if (rc)
+    return fail(rc, msg);
+  PyObject *s = PyUnicode_FromString(json);
+  free(json);
+  return s;
+}
+
 static PyObject *client_pool_region(ClientObject *cl, PyObject *unused) {
   if (kvdspy_op_enter(cl))
     return NULL;
@@ -1252,6 +1267,10 @@ static PyMethodDef client_methods[] = {
      "list(prefix=b'', limit=1000) -> list of (key, size)\n\nKeys starting "
      "with prefix (including objects being written), in byte order, at most "
      "`limit` (None or 0: all), fetched in pages of 1000."},
+    {"cluster_status", (PyCFunction)client_cluster_status, METH_NOARGS,
+     "cluster_status() -> str\n\nThe worker's view of the cluster as JSON "
+     "text (mode, self, etcd state, members with state): "
+     "json.loads(c.cluster_status()). See docs/cluster.md."},
     {"pool_region", (PyCFunction)client_pool_region, METH_NOARGS,
      "pool_region() -> (address, size): the worker's pool data as this local "
      "client maps it; every zero-copy view and write buffer lies inside it "

@@ -248,3 +248,16 @@ def test_checksum_function():
     assert kvds.checksum(b"abc") == kvds.checksum(bytearray(b"abc"))
     assert kvds.checksum(b"abc") != kvds.checksum(b"abd")
     assert 0 <= kvds.checksum(os.urandom(100)) < 2**64
+
+
+def test_cluster_status(make_worker):
+    """cluster_status(): the worker's view as JSON; a worker started with
+    --peers lists them as static members next to itself."""
+    import json
+    w = make_worker(extra=("--peers", "127.0.0.1:1,127.0.0.1:2"))
+    with kvds.Client(w.addr) as c:
+        st = json.loads(c.cluster_status())
+    assert st["mode"] == "static"
+    ids = sorted(m["id"] for m in st["members"])
+    assert ids == sorted(["127.0.0.1:1", "127.0.0.1:2", w.addr])
+    assert [m["id"] for m in st["members"] if m["self"]] == [w.addr]
