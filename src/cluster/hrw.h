@@ -33,8 +33,9 @@ uint64_t kvds_hrw_score(uint64_t key_hash, uint64_t seed);
  * need equal seeds, go to the lower index); -1 when n is 0. */
 int kvds_hrw_home(uint64_t key_hash, const uint64_t *seeds, size_t n);
 
-/* The k best workers for the key, best first, into out[0..min(k, n));
- * returns how many were written. For replica placement. */
+/* The k best workers for the key, best first, into out[0..min(k, n, 64));
+ * returns how many were written (k is capped at 64). For replica
+ * placement. */
 size_t kvds_hrw_top(uint64_t key_hash, const uint64_t *seeds, size_t n,
                     size_t *out, size_t k);
 

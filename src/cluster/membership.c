@@ -563,17 +563,28 @@ static void *keeper_main(void *arg) {
     } else if (need_put) {
       what = "put";
       rc = put_record(m, lease);
+      if (rc && rc != KVDS_E_NOTFOUND) {
+        /* not put: try again, or the lease lives on with no record */
+        pthread_mutex_lock(&m->mu);
+        m->need_put = 1;
+        pthread_mutex_unlock(&m->mu);
+      }
     }
     if (!rc && !watching) {
       what = "watch";
       rc = start_watch(m);
       watching = rc == 0;
     }
-    if (!rc && lease && kvds_now_us() / 1000u >= next_renew) {
-      what = "keepalive";
-      rc = kvds_etcd_lease_keepalive(m->etcd, lease, NULL);
-      if (!rc)
+    /* The lease is renewed whatever else failed: a watch that cannot be
+     * set up must not let the lease (and our record) expire. */
+    if (rc != KVDS_E_NOTFOUND && lease && kvds_now_us() / 1000u >= next_renew) {
+      int krc = kvds_etcd_lease_keepalive(m->etcd, lease, NULL);
+      if (!krc)
         next_renew = kvds_now_us() / 1000u + interval_ms;
+      if (krc && (!rc || krc == KVDS_E_NOTFOUND)) {
+        what = "keepalive";
+        rc = krc;
+      }
     }
     if (rc == KVDS_E_NOTFOUND && lease) {
       mlog(m, 1,

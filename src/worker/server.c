@@ -776,6 +776,10 @@ static int op_stats(struct conn *c) {
 /* The membership as JSON text in the reply's data (no items). */
 static int op_cluster(struct conn *c) {
   struct kvds_server *s = c->th->srv;
+  if (!s->members) {
+    kvds__reply_status(c, KVDS_OP_CLUSTER, c->h.req_id, KVDS_E_STATE);
+    return 0;
+  }
   char *json = kvds_membership_json_string(s->members);
   if (!json) {
     kvds__reply_status(c, KVDS_OP_CLUSTER, c->h.req_id, -ENOMEM);

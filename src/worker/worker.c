@@ -478,6 +478,13 @@ int kvds_worker_run(const struct kvds_worker_config *cfg) {
           rc == -EADDRINUSE ? " (another worker is running there)" : "");
     goto out;
   }
+  /* Unix-socket clients skip the token: with auth on, only the worker's
+   * user and group may connect, whatever the umask. */
+  if (s->auth && chmod(s->socket_path, 0660)) {
+    rc = -errno;
+    logf_(0, "cannot restrict %s: %s", s->socket_path, kvds_strerror(rc));
+    goto out;
+  }
 
   uint64_t avail = mem_available();
   if (avail && cfg->memory > avail) {
@@ -529,6 +536,19 @@ int kvds_worker_run(const struct kvds_worker_config *cfg) {
     rc = -ENOMEM;
     goto out;
   }
+  /* The membership exists before anything that may read it (HTTP, I/O
+   * threads answering CLUSTER); it starts talking to etcd once they run. */
+  struct kvds_membership_config mc;
+  err[0] = 0;
+  if ((rc = membership_config(cfg, &mc, err, sizeof err)) == 0) {
+    mc.log = member_log;
+    rc = kvds_membership_create(&mc, &s->members, err, sizeof err);
+  }
+  if (rc) {
+    logf_(0, "cannot set up the cluster membership: %s",
+          err[0] ? err : kvds_strerror(rc));
+    goto out;
+  }
   if (cfg->http_port) {
     char host[256] = "127.0.0.1";
     uint16_t port;
@@ -550,13 +570,7 @@ int kvds_worker_run(const struct kvds_worker_config *cfg) {
       goto out;
     }
   }
-  struct kvds_membership_config mc;
-  err[0] = 0;
-  if ((rc = membership_config(cfg, &mc, err, sizeof err)) == 0) {
-    mc.log = member_log;
-    rc = kvds_membership_create(&mc, &s->members, err, sizeof err);
-  }
-  if (rc || (rc = kvds_membership_start(s->members))) {
+  if ((rc = kvds_membership_start(s->members))) {
     logf_(0, "cannot set up the cluster membership: %s",
           err[0] ? err : kvds_strerror(rc));
     kvds__server_stop(s);
