@@ -8,6 +8,8 @@
 #include <errno.h>
 #include <jansson.h>
 #include <limits.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -698,6 +700,21 @@ static CURLcode perform(struct conn *c) {
   return res;
 }
 
+/* Keepalive probes before a silent peer counts as dead: with KEEPIDLE 10 s
+ * and KEEPINTVL 5 s, a dead host is noticed after 10 + 3 x 5 = 25 s (the
+ * kernel's default count, 9, would make it 55 s). */
+#define KEEPALIVE_PROBES 3
+
+static int sockopt_cb(void *arg, curl_socket_t fd, curlsocktype purpose) {
+  (void)arg;
+  if (purpose == CURLSOCKTYPE_IPCXN) {
+    int cnt = KEEPALIVE_PROBES;
+    /* Best effort: a socket that refuses keeps the kernel's count. */
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt);
+  }
+  return CURL_SOCKOPT_OK;
+}
+
 /* Sets the options every request shares. timeout_ms 0: no total limit (a
  * watch stream). */
 static void setup(struct conn *c, const char *url, const char *body,
@@ -720,6 +737,7 @@ static void setup(struct conn *c, const char *url, const char *body,
   curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
   curl_easy_setopt(h, CURLOPT_TCP_KEEPIDLE, 10L);
   curl_easy_setopt(h, CURLOPT_TCP_KEEPINTVL, 5L);
+  curl_easy_setopt(h, CURLOPT_SOCKOPTFUNCTION, sockopt_cb);
 }
 
 static void conn_fail(struct conn *c, const char *url, int rc) {
@@ -1052,6 +1070,7 @@ struct kvds_etcd_watch {
   int need_resync;
   int down; /* a DOWN note was sent and no UP yet */
   int created;
+  long status;   /* the stream's HTTP status, 0 until its first bytes */
   int abort_why; /* why the write callback ended the stream */
   struct buf line;
   pthread_t th;
@@ -1130,6 +1149,12 @@ static size_t watch_write(char *d, size_t sz, size_t nm, void *u) {
     w->abort_why = atomic_load(&w->stop) ? KVDS_E_SHUTDOWN : KVDS_E_LIMIT;
     return 0;
   }
+  if (!w->status)
+    curl_easy_getinfo(w->c.easy, CURLINFO_RESPONSE_CODE, &w->status);
+  /* Not a stream but an error reply (gateway errors are not split in
+   * lines): keep it whole for watch_stream to map. */
+  if (w->status != 200)
+    return nm;
   /* The gateway ends every message with '\n' (JSON escapes any inside). */
   size_t start = 0;
   for (;;) {
@@ -1167,6 +1192,7 @@ static int watch_stream(kvds_etcd_watch *w) {
   w->line.over = 0;
   w->abort_why = 0;
   w->created = 0;
+  w->status = 0;
   setup(&w->c, url, body, w->c.timeout_ms, 0, watch_write, w);
   CURLcode cc = perform(&w->c);
   free(body);
@@ -1180,7 +1206,11 @@ static int watch_stream(kvds_etcd_watch *w) {
   if (cc == CURLE_OK && st != 200) {
     rc = kvds__etcd_parse_error(w->line.p ? w->line.p : "", w->line.len,
                                 w->c.msg, sizeof w->c.msg);
-    return rc == KVDS_E_PROTO ? -EIO : rc;
+    if (rc == KVDS_E_PROTO) {
+      snprintf(w->c.msg, sizeof w->c.msg, "%s: HTTP %ld from etcd", url, st);
+      rc = -EIO;
+    }
+    return rc;
   }
   conn_fail(&w->c, url, rc);
   return rc;

@@ -177,10 +177,12 @@ typedef void (*kvds_etcd_watch_fn)(void *arg, const struct kvds_etcd_note *n);
  * (backoff 50 ms doubling to 2 s, resuming at the last delivered revision + 1;
  * RESYNC if that was compacted), until kvds_etcd_watch_close. Errors:
  * KVDS_E_INVAL, -ENOMEM, thread creation failures (-EAGAIN). A watch that
- * cannot reach etcd is not an error here: it is a DOWN note. A broken
- * connection or a dead host (TCP keepalive: ~25 s) ends the stream; an etcd
- * that is alive but stalled leaves it silent (no events, no DOWN) until it
- * recovers, while calls on a kvds_etcd time out.
+ * cannot reach etcd is not an error here: it is a DOWN note, as is an HTTP
+ * error reply (its err mapped as a call's: KVDS_E_PERM, KVDS_E_INVAL, ...,
+ * -EIO). A broken connection or a dead host (TCP keepalive: 10 s idle, then
+ * 3 probes 5 s apart, so ~25 s) ends the stream; an etcd that is alive but
+ * stalled leaves it silent (no events, no DOWN) until it recovers, while
+ * calls on a kvds_etcd time out.
  */
 int kvds_etcd_watch_open(kvds_etcd *e, const void *prefix, size_t plen,
                          int64_t start_revision, kvds_etcd_watch_fn fn,

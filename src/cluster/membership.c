@@ -47,6 +47,7 @@ struct kvds_membership {
   pthread_t keeper;
   kvds_etcd *etcd;
   kvds_etcd_watch *watch;
+  struct watch_ctx *wctx; /* the watch callback's way to m */
   /* etcd state, under mu */
   int64_t lease;
   int etcd_ok;     /* the last keeper call succeeded */
@@ -58,7 +59,78 @@ struct kvds_membership {
   char last_error[256];
 };
 
+/* What the watch callback gets instead of m itself. If the watch's close
+ * times out (a callback is stuck, e.g. in on_change), the watch thread may
+ * still be inside m, or about to enter, after stop returned:
+ *  - closed (set by stop then) turns any later callback away;
+ *  - busy counts callbacks inside m; destroy leaves m to such a callback
+ *    (orphan), which frees m and the context when it returns;
+ *  - done: a callback ran after closed, so (one thread, stop already set)
+ *    none can follow and destroy frees everything itself.
+ * Otherwise (close timed out, no callback seen since) destroy frees m but
+ * leaves the context, a few bytes, to a callback that may still come. */
+struct watch_ctx {
+  pthread_mutex_t mu;
+  int closed, busy, orphan, done;
+  kvds_membership *m;
+};
+
 /* ---- pure parts ---------------------------------------------------------- */
+
+/* Length of the valid UTF-8 sequence at s (jansson's rules: no overlongs,
+ * no surrogates, at most U+10FFFF), 0 if there is none. */
+static size_t utf8_seq(const unsigned char *s) {
+  unsigned c = s[0];
+  unsigned lo = 0x80, hi = 0xBF;
+  size_t n;
+  if (c < 0x80)
+    return 1;
+  if (c >= 0xC2 && c <= 0xDF)
+    n = 2;
+  else if (c >= 0xE0 && c <= 0xEF) {
+    n = 3;
+    if (c == 0xE0)
+      lo = 0xA0;
+    else if (c == 0xED)
+      hi = 0x9F;
+  } else if (c >= 0xF0 && c <= 0xF4) {
+    n = 4;
+    if (c == 0xF0)
+      lo = 0x90;
+    else if (c == 0xF4)
+      hi = 0x8F;
+  } else
+    return 0;
+  if (s[1] < lo || s[1] > hi)
+    return 0;
+  for (size_t i = 2; i < n; i++)
+    if (s[i] < 0x80 || s[i] > 0xBF)
+      return 0;
+  return n;
+}
+
+int kvds__utf8_ok(const char *s) {
+  const unsigned char *p = (const unsigned char *)s;
+  while (*p) {
+    size_t n = utf8_seq(p);
+    if (!n)
+      return 0;
+    p += n;
+  }
+  return 1;
+}
+
+void kvds__utf8_scrub(char *s) {
+  unsigned char *p = (unsigned char *)s;
+  while (*p) {
+    size_t n = utf8_seq(p);
+    if (!n) {
+      *p++ = '?';
+      continue;
+    }
+    p += n;
+  }
+}
 
 int kvds__cluster_name_ok(const char *name) {
   size_t n = strlen(name);
@@ -283,6 +355,13 @@ int kvds_membership_create(const struct kvds_membership_config *cfg,
                cfg->self_addr);
   if (strchr(cfg->self_id[0] ? cfg->self_id : cfg->self_addr, '/'))
     return bad(err, errcap, KVDS_E_INVAL, "member id may not contain '/'");
+  /* Everything here ends up in JSON (the record, /status), which must be
+   * UTF-8: refuse bytes that are not, rather than fail later. */
+  if (!kvds__utf8_ok(cfg->self_id) || !kvds__utf8_ok(cfg->self_addr) ||
+      (cfg->peers && !kvds__utf8_ok(cfg->peers)) ||
+      (cfg->etcd && !kvds__utf8_ok(cfg->etcd)))
+    return bad(err, errcap, KVDS_E_ADDR,
+               "member id, addresses and endpoints must be UTF-8 text");
   int ttl = cfg->lease_ttl_s ? cfg->lease_ttl_s : KVDS_MEMBERSHIP_DEFAULT_TTL_S;
   if (ttl < 1 || ttl > 3600)
     return bad(err, errcap, KVDS_E_INVAL, "--lease-ttl must be 1..3600 s");
@@ -457,7 +536,51 @@ static void on_note(void *arg, const struct kvds_etcd_note *n) {
     notify(m, gen);
 }
 
+static void free_m(kvds_membership *m);
+
+/* The watch's callback: reaches m through the context, never after stop
+ * closed it. */
+static void on_watch_note(void *arg, const struct kvds_etcd_note *n) {
+  struct watch_ctx *x = arg;
+  pthread_mutex_lock(&x->mu);
+  if (x->closed) {
+    x->done = 1;
+    pthread_mutex_unlock(&x->mu);
+    return;
+  }
+  x->busy++;
+  pthread_mutex_unlock(&x->mu);
+  on_note(x->m, n);
+  pthread_mutex_lock(&x->mu);
+  x->busy--;
+  x->done = x->closed;
+  int orphan = x->orphan;
+  kvds_membership *m = x->m;
+  pthread_mutex_unlock(&x->mu);
+  /* destroy left m to us (its close timed out while we were inside); no
+   * callback follows this one (the watch is stopping). */
+  if (orphan) {
+    pthread_mutex_destroy(&x->mu);
+    free(x);
+    free_m(m);
+  }
+}
+
 /* ---- the keeper thread --------------------------------------------------- */
+
+static int is_stopping(kvds_membership *m) {
+  pthread_mutex_lock(&m->mu);
+  int s = m->stopping;
+  pthread_mutex_unlock(&m->mu);
+  return s;
+}
+
+/* Leaves lease to kvds_membership_stop to revoke (the keeper is quitting). */
+static void hand_over_lease(kvds_membership *m, int64_t lease) {
+  pthread_mutex_lock(&m->mu);
+  m->lease = lease;
+  pthread_mutex_unlock(&m->mu);
+}
 
 static int put_record(kvds_membership *m, int64_t lease) {
   char *rec = kvds__member_encode(&m->self, m->cluster);
@@ -475,9 +598,17 @@ static int join(kvds_membership *m, int64_t *lease_out) {
   int rc = kvds_etcd_lease_grant(m->etcd, m->ttl_s, &lease, &ttl);
   if (rc)
     return rc;
+  /* Stopping: no more calls here; stop revokes the lease (one call). */
+  if (is_stopping(m)) {
+    hand_over_lease(m, lease);
+    return KVDS_E_SHUTDOWN;
+  }
   rc = put_record(m, lease);
   if (rc) {
-    kvds_etcd_lease_revoke(m->etcd, lease);
+    if (is_stopping(m))
+      hand_over_lease(m, lease);
+    else
+      kvds_etcd_lease_revoke(m->etcd, lease);
     return rc;
   }
   *lease_out = lease;
@@ -491,17 +622,32 @@ static int start_watch(kvds_membership *m) {
   if (rc)
     return rc;
   int bad_records = 0;
+  struct watch_ctx *x = calloc(1, sizeof *x);
+  if (!x) {
+    kvds_etcd_range_free(&r);
+    return -ENOMEM;
+  }
+  pthread_mutex_init(&x->mu, NULL);
+  x->m = m;
   pthread_mutex_lock(&m->mu);
   int changed = rebuild_locked(m, r.kvs, r.n, &bad_records);
   uint64_t gen = changed ? ++m->gen : m->gen;
+  /* Up before the thread exists: a DOWN it sends at once must win. */
+  m->watch_up = 1;
   pthread_mutex_unlock(&m->mu);
+  kvds_etcd_watch *w = NULL;
   rc = kvds_etcd_watch_open(m->etcd, m->prefix, m->plen, r.revision + 1,
-                            on_note, m, &m->watch);
-  if (!rc) {
-    pthread_mutex_lock(&m->mu);
-    m->watch_up = 1;
-    pthread_mutex_unlock(&m->mu);
+                            on_watch_note, x, &w);
+  pthread_mutex_lock(&m->mu);
+  if (rc) {
+    m->watch_up = 0;
+    pthread_mutex_destroy(&x->mu);
+    free(x);
+  } else {
+    m->watch = w;
+    m->wctx = x;
   }
+  pthread_mutex_unlock(&m->mu);
   kvds_etcd_range_free(&r);
   if (bad_records)
     mlog(m, 1, "ignored %d malformed member record%s under %s", bad_records,
@@ -522,6 +668,10 @@ static void set_state(kvds_membership *m, int rc, const char *what) {
     snprintf(m->last_error, sizeof m->last_error, "%s: %s", what,
              kvds_etcd_errmsg(m->etcd)[0] ? kvds_etcd_errmsg(m->etcd)
                                           : kvds_strerror(rc));
+  /* snprintf may have cut a character in two (and etcd's text was cut
+   * before): JSON needs valid UTF-8. */
+  if (rc)
+    kvds__utf8_scrub(m->last_error);
   pthread_mutex_unlock(&m->mu);
   if (say_down)
     mlog(m, 1,
@@ -570,10 +720,16 @@ static void *keeper_main(void *arg) {
         pthread_mutex_unlock(&m->mu);
       }
     }
+    /* Each call may take the whole call timeout: look at stopping between
+     * them, so that stop waits for one call at most (and then revokes). */
+    if (is_stopping(m))
+      goto quit;
     if (!rc && !watching) {
       what = "watch";
       rc = start_watch(m);
       watching = rc == 0;
+      if (is_stopping(m))
+        goto quit;
     }
     /* The lease is renewed whatever else failed: a watch that cannot be
      * set up must not let the lease (and our record) expire. */
@@ -623,6 +779,7 @@ static void *keeper_main(void *arg) {
         break;
   }
   pthread_mutex_unlock(&m->mu);
+quit:
   return NULL;
 }
 
@@ -659,22 +816,57 @@ void kvds_membership_stop(kvds_membership *m) {
     m->lease = 0;
     pthread_mutex_unlock(&m->mu);
   }
-  if (m->watch && kvds_etcd_watch_close(m->watch))
+  struct watch_ctx *x = m->wctx;
+  if (m->watch && kvds_etcd_watch_close(m->watch)) {
+    /* Its thread lives on and may still call on_watch_note: turn it away
+     * from now on. One already inside m is handled by destroy. */
     mlog(m, 1, "etcd watch did not stop in time; left to finish on its own");
+    pthread_mutex_lock(&x->mu);
+    x->closed = 1;
+    pthread_mutex_unlock(&x->mu);
+  } else if (x) {
+    /* Joined: no callback runs any more. */
+    pthread_mutex_destroy(&x->mu);
+    free(x);
+    m->wctx = NULL;
+  }
   m->watch = NULL;
   m->stopped = 1;
 }
 
-void kvds_membership_destroy(kvds_membership *m) {
-  if (!m)
-    return;
-  kvds_membership_stop(m);
+static void free_m(kvds_membership *m) {
   kvds_etcd_close(m->etcd);
   free(m->etcd_eps);
   kvds__view_free(&m->view);
   pthread_cond_destroy(&m->cv);
   pthread_mutex_destroy(&m->mu);
   free(m);
+}
+
+void kvds_membership_destroy(kvds_membership *m) {
+  if (!m)
+    return;
+  kvds_membership_stop(m);
+  struct watch_ctx *x = m->wctx;
+  if (x) {
+    /* The watch was left running (stop's close timed out): see struct
+     * watch_ctx. */
+    pthread_mutex_lock(&x->mu);
+    int inside = x->busy > 0, done = x->done;
+    x->orphan = inside;
+    pthread_mutex_unlock(&x->mu);
+    if (inside) {
+      mlog(m, 1,
+           "a watch callback is still running; it frees the membership "
+           "when it returns");
+      return;
+    }
+    if (done) {
+      pthread_mutex_destroy(&x->mu);
+      free(x);
+    }
+  }
+  free_m(m);
 }
 
 /* ---- accessors ----------------------------------------------------------- */

@@ -92,9 +92,16 @@ int kvds_membership_create(const struct kvds_membership_config *cfg,
 int kvds_membership_start(kvds_membership *m);
 /* Stops the threads and, in etcd mode, revokes the lease so that the others
  * drop this worker at once. Bounded: about 2 x the etcd call timeout + 1 s
- * whatever etcd does. Idempotent. */
+ * whatever etcd does (the keeper finishes the call it is in, the revoke is
+ * the second; the watch closes at once unless a callback is stuck, see
+ * destroy). Idempotent. */
 void kvds_membership_stop(kvds_membership *m);
-/* Stops (if needed) and frees. NULL is a no-op. */
+/* Stops (if needed) and frees. NULL is a no-op. If the watch did not stop in
+ * time (its thread is inside a callback, e.g. a stuck on_change), the watch
+ * thread is turned away from the membership and, if a callback is inside it
+ * right now, that callback frees the membership when it returns (so
+ * on_change and log may still be called once after destroy returned, in
+ * that case only); a few bytes of watch context are then never freed. */
 void kvds_membership_destroy(kvds_membership *m);
 
 /* A copy of the view, sorted by id (this worker included, self = 1):
@@ -129,6 +136,13 @@ char *kvds_membership_json_string(kvds_membership *m);
 size_t kvds__member_prefix(const char *cluster, char *out, size_t cap);
 /* 1 iff name is a valid cluster name. */
 int kvds__cluster_name_ok(const char *name);
+/* 1 iff s is valid UTF-8 (as jansson wants it: no overlong forms, no
+ * surrogates, nothing above U+10FFFF). */
+int kvds__utf8_ok(const char *s);
+/* Replaces, in place, every byte of s that is not part of a valid UTF-8
+ * character by '?' (a character cut off at the end included), so that s
+ * can go into JSON. The length does not change. */
+void kvds__utf8_scrub(char *s);
 
 /* The record of m as malloc'd JSON text (NULL on -ENOMEM). */
 char *kvds__member_encode(const struct kvds_member *m, const char *cluster);

@@ -18,6 +18,13 @@
 enum { RX_HDR, RX_META, RX_DATA };
 
 #define IBUF_SIZE (64u << 10)
+/* The input buffer of a TCP connection that has not authenticated yet: an
+ * AUTH frame is at most a header and AUTH_META_MAX bytes of meta. It grows
+ * to IBUF_SIZE once the connection authenticated. */
+#define IBUF_AUTH_SIZE (4u << 10)
+/* Longest wait for a TCP connection to authenticate (or the frame timeout
+ * if that is shorter): each costs a socket and a buffer until then. */
+#define AUTH_WAIT_MAX_MS 5000u
 /* Stop reading while this much reply data waits in memory. */
 #define OQ_PAUSE_BYTES (32ull << 20)
 /* Largest meta block accepted before the connection authenticated (an AUTH
@@ -50,11 +57,14 @@ struct conn *kvds__conn_new(struct io_thread *th, int fd, int is_unix) {
   c->is_unix = (uint8_t)is_unix;
   /* The Unix socket is guarded by its file permissions; TCP by the token. */
   c->authed = (uint8_t)(is_unix || !th->srv->auth);
-  if (!c->authed)
-    c->auth_deadline_us =
-        kvds_now_us() + (uint64_t)th->srv->cfg.frame_timeout_ms * 1000u;
-  c->ib = malloc(IBUF_SIZE);
-  c->icap = IBUF_SIZE;
+  if (!c->authed) {
+    uint64_t wait_ms = (uint64_t)th->srv->cfg.frame_timeout_ms;
+    if (wait_ms > AUTH_WAIT_MAX_MS)
+      wait_ms = AUTH_WAIT_MAX_MS;
+    c->auth_deadline_us = kvds_now_us() + wait_ms * 1000u;
+  }
+  c->icap = c->authed ? IBUF_SIZE : IBUF_AUTH_SIZE;
+  c->ib = malloc(c->icap);
   c->rev = event_new(th->base, fd, EV_READ | EV_PERSIST, on_read, c);
   c->wev = event_new(th->base, fd, EV_WRITE | EV_PERSIST, on_write, c);
   c->free_ref = UINT32_MAX;
@@ -285,6 +295,10 @@ static int ib_reserve(struct conn *c, size_t need) {
 /* Reads more bytes into ib. Returns bytes read, 0 on EAGAIN, -1 when the
  * connection is gone. */
 static ssize_t ib_fill(struct conn *c) {
+  /* Authenticated since it was accepted with the small buffer: grow it (on
+   * failure the small one still works). */
+  if (c->authed && c->icap < IBUF_SIZE)
+    (void)ib_reserve(c, IBUF_SIZE);
   if (c->ipos == c->ilen) {
     c->ipos = c->ilen = 0;
     if (c->icap > IBUF_SIZE) { /* a large meta block passed: give it back */

@@ -3,7 +3,9 @@
  * listener needs --auth-token-file; clients with the right token work over
  * TCP (and still upgrade to the Unix socket); no token, a wrong token, a
  * worker without a token, a bad proof on the wire, garbage and silence are
- * refused, the connection closed and counted in /metrics and /status; Unix
+ * refused, the connection closed and counted in /metrics and /status
+ * (silence within 5 s even with the default 30 s frame timeout); a 1 MiB
+ * value after AUTH (the small pre-auth buffer grows); Unix
  * clients need no token; the CLI reads $KVDS_AUTH_TOKEN_FILE too.
  */
 #include <errno.h>
@@ -176,7 +178,35 @@ int main(int argc, char **argv) {
   kvh_worker_start_port(&wide, port, "16MiB", wide_args);
   kvds_client *c = kvh_connect(wide.tcp);
   put_get(c, "wide");
+  /* After AUTH the connection's small pre-auth input buffer grows: large
+   * requests still work. */
+  size_t big_len = 1u << 20, got_len = 0;
+  char *big = malloc(big_len), *got = malloc(big_len);
+  KVH_CHECK(big && got, "malloc");
+  for (size_t i = 0; i < big_len; i++)
+    big[i] = (char)(i * 31u);
+  KVH_OK(kvds_put(c, "big", 3, big, big_len));
+  KVH_OK(kvds_get(c, "big", 3, got, big_len, &got_len, 0));
+  KVH_CHECK(got_len == big_len && memcmp(big, got, big_len) == 0,
+            "1 MiB value over TCP");
+  free(big);
+  free(got);
   kvds_client_close(c);
+  /* The default frame timeout is 30 s, but a connection that does not
+   * authenticate is closed after 5 s (the sweep runs every second). */
+  int sfd = kvh_raw_tcp(wide.port);
+  uint64_t t0 = kvh_now_ms();
+  char sbuf[64];
+  size_t slen = 0;
+  KVH_CHECK(kvh_read_to_eof(sfd, sbuf, sizeof sbuf, &slen, 15000) == 0,
+            "silent connection to a worker with the default frame timeout "
+            "still open after 15 s");
+  uint64_t waited = kvh_now_ms() - t0;
+  close(sfd);
+  KVH_CHECK(waited >= 4000 && waited < 10000,
+            "silent unauthenticated connection closed after %llu ms, want "
+            "about 5 s",
+            (unsigned long long)waited);
   kvh_worker_stop(&wide);
 
   /* The worker under test: token, HTTP, a short frame timeout. */

@@ -6,9 +6,15 @@
  * against a stopped and a stalled (SIGSTOP) etcd, failover to a second
  * endpoint, and a prompt watch close in every state.
  */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +45,7 @@ struct seen {
   struct seen_ev ev[MAX_SEEN];
   int n;
   int downs, ups, resyncs;
+  int down_err; /* the last DOWN's err */
   int resync_n;
   char resync_keys[8][32];
   int64_t resync_rev;
@@ -73,6 +80,7 @@ static void on_note(void *arg, const struct kvds_etcd_note *n) {
     break;
   case KVDS_ETCD_NOTE_DOWN:
     s->downs++;
+    s->down_err = n->err;
     break;
   case KVDS_ETCD_NOTE_UP:
     s->ups++;
@@ -422,6 +430,111 @@ static void test_failover(const char *addr) {
   kvds_etcd_close(e);
 }
 
+/* ---- a gateway that answers with an HTTP error ---------------------------
+ */
+
+/* A fake etcd on 127.0.0.1 that answers every request with 403 and the
+ * gateway's error body (gRPC code 7, PERMISSION_DENIED), as an etcd with
+ * auth enabled does. */
+struct fake_gw {
+  int lfd, port;
+  atomic_int stop;
+  pthread_t th;
+};
+
+static void fake_serve(int fd) {
+  char req[8192];
+  size_t n = 0;
+  for (;;) { /* the headers, then Content-Length bytes of body */
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    if (n == sizeof req || poll(&p, 1, 2000) <= 0)
+      return;
+    ssize_t r = read(fd, req + n, sizeof req - n);
+    if (r <= 0)
+      return;
+    n += (size_t)r;
+    char *end = memmem(req, n, "\r\n\r\n", 4);
+    if (!end)
+      continue;
+    char *cl = memmem(req, (size_t)(end - req), "Content-Length:", 15);
+    size_t want = cl ? strtoul(cl + 15, NULL, 10) : 0;
+    if (n >= (size_t)(end + 4 - req) + want)
+      break;
+  }
+  static const char body[] =
+      "{\"error\":\"etcdserver: permission denied\",\"message\":"
+      "\"etcdserver: permission denied\",\"code\":7}\n";
+  char resp[512];
+  int len = snprintf(resp, sizeof resp,
+                     "HTTP/1.1 403 Forbidden\r\nContent-Type: "
+                     "application/json\r\nContent-Length: %zu\r\n"
+                     "Connection: close\r\n\r\n%s",
+                     sizeof body - 1, body);
+  KVH_CHECK(write(fd, resp, (size_t)len) == len, "fake gateway: write");
+}
+
+static void *fake_main(void *arg) {
+  struct fake_gw *g = arg;
+  while (!atomic_load(&g->stop)) {
+    struct pollfd p = {.fd = g->lfd, .events = POLLIN};
+    if (poll(&p, 1, 50) <= 0)
+      continue;
+    int fd = accept(g->lfd, NULL, NULL);
+    if (fd < 0)
+      continue;
+    fake_serve(fd);
+    close(fd);
+  }
+  return NULL;
+}
+
+static void fake_start(struct fake_gw *g) {
+  struct sockaddr_in a = {.sin_family = AF_INET};
+  socklen_t al = sizeof a;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  g->lfd = socket(AF_INET, SOCK_STREAM, 0);
+  KVH_CHECK(g->lfd >= 0 && bind(g->lfd, (struct sockaddr *)&a, sizeof a) == 0 &&
+                listen(g->lfd, 16) == 0 &&
+                getsockname(g->lfd, (struct sockaddr *)&a, &al) == 0,
+            "fake gateway: %s", strerror(errno));
+  g->port = ntohs(a.sin_port);
+  atomic_init(&g->stop, 0);
+  KVH_CHECK(pthread_create(&g->th, NULL, fake_main, g) == 0, "thread");
+}
+
+static void fake_stop(struct fake_gw *g) {
+  atomic_store(&g->stop, 1);
+  pthread_join(g->th, NULL);
+  close(g->lfd);
+}
+
+/* A watch refused with an HTTP error reports etcd's error (KVDS_E_PERM),
+ * not a broken stream (-ECONNRESET); a call gets the same. */
+static void test_watch_http_error(void) {
+  struct fake_gw g;
+  fake_start(&g);
+  char ep[64];
+  snprintf(ep, sizeof ep, "127.0.0.1:%d", g.port);
+  kvds_etcd *e = open_etcd(ep, TIMEOUT_MS);
+  int rc = kvds_etcd_put(e, "k", 1, "v", 1, 0, NULL);
+  KVH_CHECK(rc == KVDS_E_PERM, "put via 403: %s", kvds_err_name(rc));
+  struct seen s;
+  memset(&s, 0, sizeof s);
+  pthread_mutex_init(&s.mu, NULL);
+  kvds_etcd_watch *w = NULL;
+  KVH_OK(kvds_etcd_watch_open(e, "p/", 2, 1, on_note, &s, &w));
+  wait_seen(&s, 1, 1, TIMEOUT_MS + SLACK_MS);
+  pthread_mutex_lock(&s.mu);
+  int err = s.down_err;
+  pthread_mutex_unlock(&s.mu);
+  KVH_CHECK(err == KVDS_E_PERM, "watch via 403: DOWN with %s, want %s",
+            kvds_err_name(err), kvds_err_name(KVDS_E_PERM));
+  KVH_CHECK(close_ms(w) < CLOSE_MAX_MS, "close");
+  kvds_etcd_close(e);
+  pthread_mutex_destroy(&s.mu);
+  fake_stop(&g);
+}
+
 int main(int argc, char **argv) {
   kvh_init(argc, argv, "test_etcd");
   struct kvh_etcd etcd;
@@ -434,6 +547,7 @@ int main(int argc, char **argv) {
            (unsigned long long)(kvh_now_ms() - t));                            \
     t = kvh_now_ms();                                                          \
   } while (0)
+  STEP(test_watch_http_error());
   STEP(test_keys(etcd.addr));
   STEP(test_leases(etcd.addr));
   STEP(test_watch_restart(&etcd));

@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <jansson.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +24,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "cluster/membership.h"
 #include "harness.h"
 
 #define TTL_S 2
@@ -164,10 +166,90 @@ static int run_kvds(const char *const *args, char *out, size_t cap) {
   return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
+/* ---- a change callback that hangs (in-process membership) -------------- */
+
+struct hang {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int entered, release;
+};
+
+static void hang_change(void *arg, uint64_t gen) {
+  struct hang *h = arg;
+  (void)gen;
+  pthread_mutex_lock(&h->mu);
+  h->entered++;
+  pthread_cond_broadcast(&h->cv);
+  while (!h->release)
+    pthread_cond_wait(&h->cv, &h->mu);
+  pthread_mutex_unlock(&h->mu);
+}
+
+static kvds_membership *in_process(const char *etcd, int port,
+                                   kvds_membership_change_fn fn, void *arg) {
+  struct kvds_membership_config cfg;
+  memset(&cfg, 0, sizeof cfg);
+  cfg.mode = KVDS_MEMBERSHIP_ETCD;
+  snprintf(cfg.cluster, sizeof cfg.cluster, "hang");
+  snprintf(cfg.self_addr, sizeof cfg.self_addr, "127.0.0.1:%d", port);
+  cfg.capacity = 1;
+  cfg.etcd = etcd;
+  cfg.lease_ttl_s = TTL_S;
+  cfg.on_change = fn;
+  cfg.change_arg = arg;
+  kvds_membership *m = NULL;
+  char err[256] = "";
+  KVH_CHECK(kvds_membership_create(&cfg, &m, err, sizeof err) == 0,
+            "membership: %s", err);
+  KVH_OK(kvds_membership_start(m));
+  return m;
+}
+
+/* The watch's callback is stuck in on_change when the membership is
+ * destroyed: destroy returns in bounded time (the watch close times out)
+ * and the stuck callback, once it returns, frees the membership itself
+ * (ASan: no use after free, no leak). */
+static void test_stuck_callback(const char *etcd) {
+  static struct hang h = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
+                          0, 0};
+  kvds_membership *m1 = in_process(etcd, 1, hang_change, &h);
+  uint64_t deadline = kvh_now_ms() + JOIN_MS;
+  while (!kvds_membership_etcd_up(m1)) {
+    KVH_CHECK(kvh_now_ms() < deadline, "in-process member never up");
+    kvh_sleep_ms(20);
+  }
+  /* A second member: m1's watch sees it and calls on_change, which hangs. */
+  kvds_membership *m2 = in_process(etcd, 2, NULL, NULL);
+  pthread_mutex_lock(&h.mu);
+  while (!h.entered) {
+    pthread_mutex_unlock(&h.mu);
+    KVH_CHECK(kvh_now_ms() < deadline, "on_change never called");
+    kvh_sleep_ms(20);
+    pthread_mutex_lock(&h.mu);
+  }
+  pthread_mutex_unlock(&h.mu);
+  uint64_t t0 = kvh_now_ms();
+  kvds_membership_destroy(m1);
+  uint64_t took = kvh_now_ms() - t0;
+  fprintf(stderr, "destroy with a stuck callback: %llu ms\n",
+          (unsigned long long)took);
+  /* Stop's bound: 2 x the call timeout (666 ms at TTL 2) + 1 s, and the
+   * watch close's own timeout + 1 s. */
+  KVH_CHECK(took < 4000 + SLACK_MS,
+            "destroy with a stuck callback took %llu ms",
+            (unsigned long long)took);
+  pthread_mutex_lock(&h.mu);
+  h.release = 1;
+  pthread_cond_broadcast(&h.cv);
+  pthread_mutex_unlock(&h.mu);
+  kvds_membership_destroy(m2);
+}
+
 int main(int argc, char **argv) {
   kvh_init(argc, argv, "test_membership");
   struct kvh_etcd etcd;
   kvh_etcd_start(&etcd);
+  test_stuck_callback(etcd.addr);
   const char *const ext[] = {"--etcd_address", etcd.addr, "--lease-ttl", TTL,
                              "--cluster",      "t1",      NULL};
   struct kvh_worker a, b, c, d;

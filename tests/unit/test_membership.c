@@ -280,6 +280,87 @@ static void test_modes(void **state) {
   kvds_membership_destroy(m);
 }
 
+/* Error texts are cut to a buffer with snprintf, maybe inside a character:
+ * scrubbed, they must be valid UTF-8 that jansson takes. */
+static void test_utf8(void **state) {
+  (void)state;
+  char msg[1200], cut[256];
+  size_t n = 0;
+  n += (size_t)snprintf(msg, sizeof msg, "join: etcd said ");
+  while (n + 2 < sizeof msg - 1) {
+    memcpy(msg + n, "\xc3\xa9", 2); /* é */
+    n += 2;
+  }
+  msg[n] = 0;
+  assert_true(kvds__utf8_ok(msg));
+  /* 16 ASCII bytes + 2-byte characters: 255 bytes end mid-character. */
+  memcpy(cut, msg, sizeof cut - 1); /* what snprintf into cut[256] does */
+  cut[sizeof cut - 1] = 0;
+  assert_int_equal(strlen(cut), 255);
+  assert_false(kvds__utf8_ok(cut));
+  json_t *j = json_string(cut);
+  assert_null(j); /* the bug: json_pack of such a string fails */
+  kvds__utf8_scrub(cut);
+  assert_true(kvds__utf8_ok(cut));
+  assert_int_equal(strlen(cut), 255);
+  assert_int_equal(cut[254], '?');
+  assert_memory_equal(cut + 250, "\xc3\xa9\xc3\xa9", 4);
+  j = json_pack("{s:s}", "last_error", cut);
+  assert_non_null(j);
+  json_decref(j);
+  /* Cut 3- and 4-byte characters, stray continuation bytes, overlongs,
+   * surrogates, beyond U+10FFFF. */
+  static const struct {
+    const char *in, *out;
+  } cases[] = {
+      {"a\xe2\x82", "a??"},    {"a\xe2\x82\xac", "a\xe2\x82\xac"},
+      {"\xf0\x9f\x98", "???"}, {"\xf0\x9f\x98\x80", "\xf0\x9f\x98\x80"},
+      {"x\x80y", "x?y"},       {"\xc0\xaf", "??"},
+      {"\xed\xa0\x80", "???"}, {"\xf4\x90\x80\x80", "????"},
+      {"\xff", "?"},           {"plain", "plain"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    char b[16];
+    snprintf(b, sizeof b, "%s", cases[i].in);
+    kvds__utf8_scrub(b);
+    assert_string_equal(b, cases[i].out);
+    assert_true(kvds__utf8_ok(b));
+    j = json_string(b);
+    assert_non_null(j);
+    json_decref(j);
+  }
+  /* Ids and addresses that are not UTF-8 are refused at create, so that the
+   * record and /status can always be built. */
+  struct kvds_membership_config c;
+  memset(&c, 0, sizeof c);
+  c.mode = KVDS_MEMBERSHIP_EMBEDDED;
+  snprintf(c.self_addr, sizeof c.self_addr, "h\xc3:5");
+  kvds_membership *m = NULL;
+  char err[256] = "";
+  assert_int_equal(kvds_membership_create(&c, &m, err, sizeof err),
+                   KVDS_E_ADDR);
+  assert_non_null(strstr(err, "UTF-8"));
+  snprintf(c.self_addr, sizeof c.self_addr, "127.0.0.1:5");
+  snprintf(c.self_id, sizeof c.self_id, "n\xe9");
+  assert_int_equal(kvds_membership_create(&c, &m, err, sizeof err),
+                   KVDS_E_ADDR);
+  c.self_id[0] = 0;
+  c.mode = KVDS_MEMBERSHIP_ETCD;
+  c.etcd = "127.0.0.1:1,h\xff:2";
+  assert_int_equal(kvds_membership_create(&c, &m, err, sizeof err),
+                   KVDS_E_ADDR);
+  /* UTF-8 ids are fine and appear in the JSON. */
+  c.mode = KVDS_MEMBERSHIP_EMBEDDED;
+  c.etcd = NULL;
+  snprintf(c.self_id, sizeof c.self_id, "n\xc3\xa9ud");
+  assert_int_equal(kvds_membership_create(&c, &m, err, sizeof err), 0);
+  char *js = kvds_membership_json_string(m);
+  assert_non_null(js);
+  assert_non_null(strstr(js, "n\xc3\xa9ud"));
+  free(js);
+  kvds_membership_destroy(m);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_prefix_and_names),
@@ -288,6 +369,7 @@ int main(void) {
       cmocka_unit_test(test_key_id),
       cmocka_unit_test(test_view_rules),
       cmocka_unit_test(test_modes),
+      cmocka_unit_test(test_utf8),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
