@@ -207,6 +207,27 @@ pid_t kvh_fork(void) {
   return pid;
 }
 
+/* Starts bin with argv, stdin from /dev/null and stdout/stderr appended to
+ * log; returns the child's pid (a process of the harness: kvh_fork). */
+static pid_t spawn_logged(const char *bin, const char *const *argv,
+                          const char *log) {
+  int logfd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  KVH_CHECK(logfd >= 0, "open %s: %s", log, strerror(errno));
+  pid_t pid = kvh_fork();
+  if (pid == 0) {
+    int devnull = open("/dev/null", O_RDONLY);
+    if (devnull >= 0)
+      dup2(devnull, STDIN_FILENO);
+    dup2(logfd, STDOUT_FILENO);
+    dup2(logfd, STDERR_FILENO);
+    execv(bin, (char *const *)argv);
+    fprintf(stderr, "exec %s: %s\n", bin, strerror(errno));
+    _exit(127);
+  }
+  close(logfd);
+  return pid;
+}
+
 int kvh_wait_pid(pid_t pid, int timeout_ms) {
   uint64_t deadline = kvh_now_ms() + (uint64_t)timeout_ms;
   int status;
@@ -400,20 +421,7 @@ void kvh_worker_start_port(struct kvh_worker *w, int port, const char *memory,
     argv[n++] = extra[i];
   argv[n] = NULL;
 
-  int logfd = open(w->log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-  KVH_CHECK(logfd >= 0, "open %s: %s", w->log, strerror(errno));
-  pid_t pid = kvh_fork();
-  if (pid == 0) {
-    int devnull = open("/dev/null", O_RDONLY);
-    if (devnull >= 0)
-      dup2(devnull, STDIN_FILENO);
-    dup2(logfd, STDOUT_FILENO);
-    dup2(logfd, STDERR_FILENO);
-    execv(H.bin, (char *const *)argv);
-    fprintf(stderr, "exec %s: %s\n", H.bin, strerror(errno));
-    _exit(127);
-  }
-  close(logfd);
+  pid_t pid = spawn_logged(H.bin, argv, w->log);
   w->pid = pid;
   H.live[slot] = w;
 
@@ -636,20 +644,7 @@ void kvh_etcd_restart(struct kvh_etcd *e) {
                         cluster, "--heartbeat-interval",
                         "25",    "--election-timeout",
                         "250",   NULL};
-  int logfd = open(e->log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-  KVH_CHECK(logfd >= 0, "open %s: %s", e->log, strerror(errno));
-  pid_t pid = kvh_fork();
-  if (pid == 0) {
-    int devnull = open("/dev/null", O_RDONLY);
-    if (devnull >= 0)
-      dup2(devnull, STDIN_FILENO);
-    dup2(logfd, STDOUT_FILENO);
-    dup2(logfd, STDERR_FILENO);
-    execv(bin, (char *const *)argv);
-    fprintf(stderr, "exec %s: %s\n", bin, strerror(errno));
-    _exit(127);
-  }
-  close(logfd);
+  pid_t pid = spawn_logged(bin, argv, e->log);
   e->pid = pid;
   kvh_kill_on_fail(pid);
   uint64_t deadline = kvh_now_ms() + ETCD_START_TIMEOUT_MS;
