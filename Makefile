@@ -16,6 +16,7 @@ BUILD ?= build/release
 ASAN_BUILD ?= build/asan
 FUZZ_BUILD ?= build/fuzz
 FUZZ_SMOKE_SECONDS ?= 30
+FUZZ_ETCD_SMOKE_SECONDS ?= 15
 FUZZ_SECONDS ?= 600
 CMAKE_FLAGS ?=
 VENV ?= .venv
@@ -45,7 +46,7 @@ $(FUZZ_BUILD)/Makefile: | deps
 	CC=clang cmake -S . -B $(FUZZ_BUILD) -DKVDS_FUZZ=ON -DKVDS_TESTS=OFF
 
 build-fuzz: deps $(FUZZ_BUILD)/Makefile
-	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzz_frame
+	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzz_frame fuzz_etcd
 
 test-release: build
 	cd $(BUILD) && ctest --output-on-failure -j 1
@@ -55,14 +56,18 @@ test-asan: build-asan
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure -j 1
 
 fuzz-smoke: build-fuzz
-	@mkdir -p $(FUZZ_BUILD)/corpus-frame
+	@mkdir -p $(FUZZ_BUILD)/corpus-frame $(FUZZ_BUILD)/corpus-etcd
 	$(FUZZ_BUILD)/fuzz/fuzz_frame -max_total_time=$(FUZZ_SMOKE_SECONDS) \
 	  -print_final_stats=1 $(FUZZ_BUILD)/corpus-frame fuzz/corpus/frame
+	$(FUZZ_BUILD)/fuzz/fuzz_etcd -max_total_time=$(FUZZ_ETCD_SMOKE_SECONDS) \
+	  -print_final_stats=1 $(FUZZ_BUILD)/corpus-etcd fuzz/corpus/etcd
 
 fuzz: build-fuzz
-	@mkdir -p $(FUZZ_BUILD)/corpus-frame
+	@mkdir -p $(FUZZ_BUILD)/corpus-frame $(FUZZ_BUILD)/corpus-etcd
 	$(FUZZ_BUILD)/fuzz/fuzz_frame -max_total_time=$(FUZZ_SECONDS) \
 	  -print_final_stats=1 $(FUZZ_BUILD)/corpus-frame fuzz/corpus/frame
+	$(FUZZ_BUILD)/fuzz/fuzz_etcd -max_total_time=$(FUZZ_SECONDS) \
+	  -print_final_stats=1 $(FUZZ_BUILD)/corpus-etcd fuzz/corpus/etcd
 
 # The package built against this tree, installed into the project's .venv.
 python: build
