@@ -218,7 +218,6 @@ class KvdsConnector(KVConnectorBase_V1):
         self._done_recv: dict[str, set[int]] = {}
         self._load_errors: set[int] = set()
         self._pending_send: set[str] = set()
-        self._finished_wait: set[str] = set()
         self._layer_bufs: dict[str, Any] = {}
         self._layer_meta = None
         self._cuda = False                 # the paged cache is on a CUDA device
@@ -499,6 +498,10 @@ class KvdsConnector(KVConnectorBase_V1):
             for t in self.kv_caches.values())
         self._segments_init()
         self.descriptor_sum = kvds.checksum("\n".join(desc).encode())
+        # The whole 64-byte header, padding zeroed: an object holds no stale
+        # pool bytes, and loads compare all of it.
+        self._hdr = _HEADER.pack(HEADER_MAGIC, self.block_nbytes - HEADER_SIZE,
+                                 self.descriptor_sum).ljust(HEADER_SIZE, b"\0")
         self.save_enabled = not (mla and self._tp_rank != 0)
         if self._tp_rank == 0:
             c = self.client()
@@ -518,8 +521,6 @@ class KvdsConnector(KVConnectorBase_V1):
         lay = self.layouts[name]
         return t.narrow(lay.block_dim, block_id * lay.per_block, lay.per_block)
 
-    def _header(self):
-        return _HEADER.pack(HEADER_MAGIC, self.block_nbytes - HEADER_SIZE, self.descriptor_sum)
 
     # loads
 
@@ -536,7 +537,7 @@ class KvdsConnector(KVConnectorBase_V1):
             log.warning("kvds.vllm: load of %s failed: %s", spec.req_id, e)
             return set(spec.block_ids)
         try:
-            hdr = self._header()
+            hdr = self._hdr
             segs = self._segments(spec.block_ids) if self._seg is not None else None
             for i, block_id in enumerate(spec.block_ids):
                 v = pinned[i]
@@ -545,7 +546,7 @@ class KvdsConnector(KVConnectorBase_V1):
                     continue
                 # No checksum pass here: over TCP the client verified it, in
                 # shared memory these are the pool's bytes, checksummed at seal.
-                if len(v) != self.block_nbytes or bytes(v[:_HEADER.size]) != hdr:
+                if len(v) != self.block_nbytes or bytes(v[:HEADER_SIZE]) != hdr:
                     log.warning("kvds.vllm: %s is corrupt or of another layout; deleting it",
                                 keys[i])
                     failed.add(block_id)
@@ -670,7 +671,7 @@ class KvdsConnector(KVConnectorBase_V1):
                     except (kvds.Exists, kvds.NoSpace, kvds.TooBig) as e:
                         log.debug("kvds.vllm: not saving %s: %s", key, e)
                         continue
-                w.write(0, self._header())
+                w.write(0, self._hdr)
                 out[key] = (w, block_id, set())
         return out
 
@@ -765,20 +766,15 @@ class KvdsConnector(KVConnectorBase_V1):
                 bufs = self._create_step_buffers(meta)
             self._layer_bufs, self._layer_meta = {}, None
             import torch
-            whole = [(w, b) for w, b, done in bufs.values() if not done]
-            if whole and self._seg is not None:
-                # one pass per block: copy and checksum (seal does not rehash)
-                hdr = self._header().ljust(HEADER_SIZE, b"\0")
-                segs = self._segments([b for _, b in whole])
-                for i, (w, _) in enumerate(whole):
-                    w.gather(segs[i], prefix=hdr)
-                whole = []
-            for w, block_id in whole:
-                self._copy_block(torch.frombuffer(w, dtype=torch.uint8), block_id,
-                                 list(self.kv_caches), to_object=True)
-            for w, block_id, done in bufs.values():
+            items = list(bufs.values())
+            segs = self._segments([b for _, b, _ in items]) if self._seg is not None else None
+            for i, (w, block_id, done) in enumerate(items):
+                if segs is not None and not done:
+                    # one pass: copy and checksum (the seal does not rehash)
+                    w.gather(segs[i], prefix=self._hdr)
+                    continue
                 names = [n for n in self.kv_caches if n not in done]
-                if done and names:
+                if names:
                     self._copy_block(torch.frombuffer(w, dtype=torch.uint8), block_id, names,
                                      to_object=True)
             if bufs:
@@ -807,10 +803,8 @@ class KvdsConnector(KVConnectorBase_V1):
             self._done_recv.clear()
         # Saves complete inside wait_for_save: a finished request whose
         # blocks were held for saving can be released now.
-        self._finished_wait |= set(finished_req_ids) & self._pending_send
-        send = self._finished_wait
+        send = set(finished_req_ids) & self._pending_send
         self._pending_send -= send
-        self._finished_wait = set()
         return (send or None), (recv or None)
 
     def get_block_ids_with_load_errors(self):

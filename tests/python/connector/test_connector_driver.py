@@ -304,6 +304,26 @@ def test_key_scheme(worker, engines, ns):
     assert objects(worker.addr, ns) == [(e.work.key_prefix + r.block_hashes[0].hex()).encode()]
 
 
+@pytest.mark.parametrize("layout", ["bhnc", "bhnc-strided"])   # gather and torch paths
+def test_object_holds_no_stale_pool_bytes(make_worker, engines, ns, layout):
+    """The header's padding is written (zeros), so a block object never
+    carries bytes a previous object left in the pool."""
+    w = make_worker("8MiB")
+    e = engines(layout, addr=w.addr, namespace=ns)
+    size = e.work.block_nbytes
+    with kvds.Client(w.addr) as c:            # fill the pool with 0xff, free it
+        junk = [f"junk/{i}".encode() for i in range((4 << 20) // size)]
+        c.mput(junk, [b"\xff" * size] * len(junk))
+        c.mdelete(junk)
+    r = make_request("x", prompt(3 * BS, seed=30))
+    e.add(r)
+    e.run()
+    with kvds.Client(w.addr) as c:
+        for h in r.block_hashes[:3]:
+            obj = c.get(e.work.key_prefix + h.hex())
+            assert obj[:8] == b"KVDSKV01" and obj[24:64] == bytes(40)
+
+
 def test_config_errors(tmp_path, monkeypatch):
     from kvds.vllm import parse_config
     with pytest.raises(ValueError, match="unknown config key 'bogus'"):
