@@ -21,6 +21,7 @@ typedef struct {
   uint64_t checksum; /* once sealed */
   uint64_t sum;      /* of the contents, valid while has_sum */
   int has_sum;       /* set by gather(), cleared by any other write */
+  uint64_t wgen;     /* bumped by every write path and memoryview export */
   int writers;       /* write() calls copying without the GIL */
   int sealing;       /* in an mseal() call */
 } WriteBufferObject;
@@ -94,6 +95,19 @@ static int check_writing(WriteBufferObject *w) {
   return -1;
 }
 
+/* Whether bytes may be written now. Call after kvdspy_op_enter (and after
+ * every argument conversion, which can run Python code that seals or
+ * aborts the buffer); on failure the caller leaves with kvdspy_op_exit. */
+static int check_writable(WriteBufferObject *w) {
+  if (check_writing(w))
+    return -1;
+  if (w->sealing) {
+    PyErr_SetString(PyExc_ValueError, "the buffer is being sealed");
+    return -1;
+  }
+  return 0;
+}
+
 static PyObject *wbuf_write(WriteBufferObject *w, PyObject *args,
                             PyObject *kw) {
   static char *kwlist[] = {"offset", "data", NULL};
@@ -101,12 +115,8 @@ static PyObject *wbuf_write(WriteBufferObject *w, PyObject *args,
   size_t off;
   if (!PyArg_ParseTupleAndKeywords(args, kw, "OO:write", kwlist, &oo, &dobj))
     return NULL;
-  if (kvdspy_size(oo, &off, "offset") || check_writing(w))
+  if (kvdspy_size(oo, &off, "offset"))
     return NULL;
-  if (w->sealing) {
-    PyErr_SetString(PyExc_ValueError, "the buffer is being sealed");
-    return NULL;
-  }
   Py_buffer d;
   if (kvdspy_buf_get(dobj, &d, 0, "data"))
     return NULL;
@@ -123,11 +133,17 @@ static PyObject *wbuf_write(WriteBufferObject *w, PyObject *args,
     PyBuffer_Release(&d);
     return NULL;
   }
-  /* Writing through data is what kvds_write does; no client state is
-   * involved, so the client lock is not needed (other writes to disjoint
-   * ranges may run at the same time). */
+  if (check_writable(w)) {
+    kvdspy_op_exit(cl);
+    PyBuffer_Release(&d);
+    return NULL;
+  }
+  /* Copying into data is what kvds_write does; the range is checked above,
+   * so no client state (not even its error text) is touched and the client
+   * lock is not needed (writes to disjoint ranges may run at once). */
   uint8_t *dst = (uint8_t *)w->head.res->wbuf.data + off;
   w->has_sum = 0;
+  w->wgen++;
   w->writers++;
   PyThreadState *ts = len >= KVDSPY_NOGIL_COPY ? PyEval_SaveThread() : NULL;
   memcpy(dst, d.buf, len);
@@ -145,12 +161,6 @@ static PyObject *wbuf_gather(WriteBufferObject *w, PyObject *args,
   PyObject *go, *po = NULL;
   if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O:gather", kwlist, &go, &po))
     return NULL;
-  if (check_writing(w))
-    return NULL;
-  if (w->sealing) {
-    PyErr_SetString(PyExc_ValueError, "the buffer is being sealed");
-    return NULL;
-  }
   Py_buffer g, p = {0};
   const uint64_t *segs;
   size_t n, total;
@@ -174,24 +184,37 @@ static PyObject *wbuf_gather(WriteBufferObject *w, PyObject *args,
     PyErr_NoMemory();
     goto out;
   }
-  iov[0].base = p.buf;
-  iov[0].len = (size_t)p.len;
+  size_t k = 0; /* the prefix only when there is one (no NULL base) */
+  if (p.len) {
+    iov[k].base = p.buf;
+    iov[k++].len = (size_t)p.len;
+  }
   for (size_t i = 0; i < n; i++) {
-    iov[i + 1].base = (void *)(uintptr_t)segs[2 * i];
-    iov[i + 1].len = (size_t)segs[2 * i + 1];
+    iov[k].base = (void *)(uintptr_t)segs[2 * i];
+    iov[k++].len = (size_t)segs[2 * i + 1];
   }
   ClientObject *cl = w->head.client;
   if (kvdspy_op_enter(cl))
     goto out;
+  if (check_writable(w)) {
+    kvdspy_op_exit(cl);
+    goto out;
+  }
   void *dst = w->head.res->wbuf.data;
+  /* The checksum stands for the bytes only if nothing else wrote while
+   * we copied: no other write() running, no memoryview alive, no write or
+   * export meanwhile (wgen). */
+  int alone = w->writers == 0 && w->head.exports == 0;
+  uint64_t gen = ++w->wgen;
   w->writers++;
   PyThreadState *ts = w->size >= KVDSPY_NOGIL_COPY ? PyEval_SaveThread() : NULL;
-  uint64_t sum = kvds_gather(dst, iov, n + 1);
+  uint64_t sum = kvds_gather(dst, iov, k);
   if (ts)
     PyEval_RestoreThread(ts);
   w->writers--;
   w->sum = sum;
-  w->has_sum = 1;
+  w->has_sum =
+      alone && w->wgen == gen && w->writers == 0 && w->head.exports == 0;
   kvdspy_op_exit(cl);
   ret = Py_NewRef(Py_None);
 out:
@@ -206,7 +229,9 @@ PyObject *kvdspy_wbuf_mseal(ClientObject *cl, PyObject *seq) {
     PyErr_SetString(PyExc_TypeError, "mseal takes a sequence of WriteBuffers");
     return NULL;
   }
-  PyObject *fast = PySequence_Fast(seq, "mseal takes a sequence");
+  /* A tuple: the items stay referenced (and in place) while the GIL is
+   * released, whatever other threads do to the caller's list. */
+  PyObject *fast = PySequence_Tuple(seq);
   if (!fast)
     return NULL;
   Py_ssize_t n = PySequence_Fast_GET_SIZE(fast), marked = 0;
@@ -278,7 +303,12 @@ PyObject *kvdspy_wbuf_mseal(ClientObject *cl, PyObject *seq) {
   marked = 0;
   kvdspy_op_exit(cl);
   if (bad >= 0) {
-    kvdspy_raise(results[bad] ? results[bad] : rc, msg, bad);
+    /* An item's own status has no detail text (msg would be stale); a
+     * whole-batch error belongs to no item. */
+    if (results[bad])
+      kvdspy_raise(results[bad], NULL, bad);
+    else
+      kvdspy_raise(rc, msg, -1);
     goto free;
   }
   out = PyList_New(n);
@@ -395,6 +425,7 @@ static int wbuf_getbuffer(WriteBufferObject *w, Py_buffer *view, int flags) {
                         (Py_ssize_t)w->size, 0, flags))
     return -1;
   w->has_sum = 0; /* the view may write */
+  w->wgen++;
   w->head.exports++;
   w->head.client->exports++;
   return 0;

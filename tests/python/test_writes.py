@@ -1,5 +1,6 @@
 """Two-phase writes: Client.create/mcreate, kvds.WriteBuffer, mseal."""
 import gc
+import threading
 
 import numpy as np
 import pytest
@@ -271,3 +272,61 @@ def test_scatter_copies_in_order(client, key):
     with client.mget_views([key("s")]) as p:
         kvds.scatter(p[0], _segments([a, b]), offset=24)
     assert a.tobytes() == data[24:124] and b.tobytes() == data[124:1024]
+
+
+def test_gather_checksum_not_trusted_under_a_live_view(client, key, worker):
+    """A memoryview exported before gather() may write after it: the seal
+    then hashes the final bytes instead of trusting gather's checksum."""
+    a = np.arange(256, dtype=np.uint8)
+    w = client.create(key("gv"), 256)
+    mv = w.view
+    w.gather(_segments([a]))
+    mv[0] = 66
+    mv.release()
+    want = bytes([66]) + a.tobytes()[1:]
+    assert w.seal() == kvds.checksum(want)
+    with kvds.Client(worker.tcp) as t:            # TCP readers verify it
+        assert t.get(key("gv")) == want
+
+
+def test_mseal_holds_its_items_while_the_list_changes(client, key):
+    """mseal works on its own tuple of the items: a list another thread
+    empties during the call (while the GIL is released) neither crashes
+    the interpreter nor makes a seal go unreported."""
+    for round_ in range(10):
+        ws = [client.create(key(f"ml{round_}-{i}"), 1 << 20) for i in range(8)]
+        items = list(ws)
+        for w in ws:
+            w.write(0, b"x" * (1 << 20))
+        stop = threading.Event()
+
+        def shrink():
+            while not stop.is_set():
+                ws.clear()
+
+        t = threading.Thread(target=shrink)
+        t.start()
+        try:
+            sums = client.mseal(ws)               # the list being cleared
+        finally:
+            stop.set()
+            t.join()
+        sealed = [w for w in items if w.state == "sealed"]
+        assert len(sums) == len(sealed)
+        assert [w.checksum for w in sealed] == sums
+        for w in items:
+            w.abort()                             # a no-op for the sealed ones
+
+
+def test_buffer_conversion_that_aborts_is_refused(client, key):
+    """Converting the argument of write()/gather() may run Python code; a
+    buffer aborted meanwhile is refused, not written."""
+    w = client.create(key("ab"), 16)
+
+    class Sneaky:
+        def __index__(self):
+            w.abort()
+            return 0
+
+    with pytest.raises(ValueError, match="aborted"):
+        w.write(Sneaky(), b"x")
