@@ -348,9 +348,16 @@ int main(int argc, char **argv) {
   char out[8192];
   const char *const st_args[] = {"status", "-w", a.addr, NULL};
   KVH_CHECK(run_kvds(st_args, out, sizeof out) == 0, "kvds status: %s", out);
-  KVH_CHECK(strstr(out, "etcd mode, 3 members") && strstr(out, b.addr) &&
-                strstr(out, d.addr) && strstr(out, " up "),
-            "kvds status does not list the peers:\n%s", out);
+  KVH_CHECK(strstr(out, "etcd mode, 3 members"),
+            "kvds status does not show the cluster:\n%s", out);
+  /* each peer on its own line, in state "up" (A itself is "self") */
+  const char *peer_addr[] = {b.addr, d.addr};
+  for (int i = 0; i < 2; i++) {
+    char want[128];
+    snprintf(want, sizeof want, "  peer       %-24s %-6s addr", peer_addr[i],
+             "up");
+    KVH_CHECK(strstr(out, want), "kvds status: no \"%s\" line:\n%s", want, out);
+  }
   fputs(out, stderr);
 
   kvh_worker_stop(&d);

@@ -67,30 +67,25 @@ def test_mget_views_wait_woken(worker, transport, key):
 
 
 def test_gil_released_while_waiting(worker, transport, key):
-    """Another Python thread keeps running while a get waits 2 s. (Holding
-    the GIL would freeze it for all 2 s; a loaded 2-core machine can stall
-    it for ~0.5 s, so the bound is half the wait.)"""
+    """The main thread runs Python while a get waits: it wakes from a short
+    sleep and finds the waiter still inside its 3 s wait. (Were the GIL held
+    through the wait, the main thread could only run again once the get had
+    returned.) No speed is measured: only which happens first."""
     c = connect(worker, transport)
     started = threading.Event()
 
     def get():
         started.set()
-        return c.get(key("never"), wait_ms=2000)
+        return c.get(key("never"), wait_ms=3000)
 
     t, out = run_thread(get)
     started.wait()
-    ticks, last, max_gap = 0, time.monotonic(), 0.0
-    while t.is_alive():
-        now = time.monotonic()
-        max_gap = max(max_gap, now - last)
-        last = now
-        ticks += 1
+    time.sleep(0.3)
+    ran_during_wait = t.is_alive()
     t.join()
     assert isinstance(out.get("error"), kvds.Timeout)
-    assert out["elapsed"] >= 1.9
-    # Holding the GIL would have frozen this loop for the whole wait.
-    assert max_gap < 1.0, f"main thread stalled {max_gap:.3f} s"
-    assert ticks > 1000
+    assert out["elapsed"] >= 2.9
+    assert ran_during_wait, "the main thread only ran again after the get returned"
 
 
 def test_shared_client_from_many_threads(worker, transport, key):

@@ -108,10 +108,11 @@ class Server:
             return r.read().decode()
 
     def stop(self):
-        """Kills the server's process group (idempotent)."""
-        if self.proc.returncode is not None:
-            return
+        """Kills the server's process group (idempotent; also when the API
+        server already died and left its engine core behind)."""
         for sig, wait in ((signal.SIGTERM, STOP_TIMEOUT_S), (signal.SIGKILL, STOP_TIMEOUT_S)):
+            if self.proc.returncode is not None:
+                break
             try:
                 os.killpg(self.proc.pid, sig)
             except ProcessLookupError:

@@ -3,6 +3,7 @@
 import itertools
 import json
 import os
+import selectors
 import subprocess
 import sys
 import threading
@@ -507,7 +508,7 @@ def test_preemption_during_inflight_save(worker, engines, ns, layout):
     out1 = e.execute(st1)                               # A computed + saved
     e.update(st1, out1)
     out2 = e.execute(st2)                               # B overwrites
-    e.run(async_sched=True)
+    e.run(async_sched=True, prev=(st2, out2))           # step 2's output: after step 3 is scheduled
     assert a.num_preemptions == 1 and e.done["a"].num_output_tokens == 2
     assert e.matched["a"] == (0, False)
     assert e.recv_reports.get("a") == 1                 # A reloaded its 2 saved blocks
@@ -518,7 +519,6 @@ def test_preemption_during_inflight_save(worker, engines, ns, layout):
     c.run()
     assert c.matched["c"] == (3 * BS, True) and c.work.stats["load_errors"] == 0
     assert c.expected_ok(c.done["c"])
-    del out2
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -565,7 +565,7 @@ def test_pd_params_name_blocks_and_hash(worker, engines, ns):
     assert c2.matched["r2"] == (0, False) and c2.expected_ok(c2.done["r2"])
 
 
-def test_consumer_crash_releases_pins(worker, engines, ns):
+def test_consumer_crash_releases_pins(worker, engines, ns, tmp_path):
     """A decode instance killed (-9) in the middle of its loads, for every
     layout at once: the producer released its blocks as soon as they were
     sealed, never waiting for the consumer; the worker drops the dead
@@ -580,17 +580,24 @@ def test_consumer_crash_releases_pins(worker, engines, ns):
         jobs.append({"layout": layout, "namespace": f"{ns}-{layout}", "params": p.params["r"]})
     with kvds.Client(worker.addr) as c:
         assert c.stats()["pinned_objects"] == 0
-    proc = subprocess.Popen([sys.executable, CRASH_SCRIPT, worker.addr, json.dumps(jobs),
-                             json.dumps(toks)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=HERE)
+    err_path = tmp_path / "consumer.err"
+    with open(err_path, "w") as err:
+        proc = subprocess.Popen([sys.executable, CRASH_SCRIPT, worker.addr, json.dumps(jobs),
+                                 json.dumps(toks)], stdout=subprocess.PIPE, stderr=err,
+                                text=True, cwd=HERE)
     try:
-        pinned = 0
+        pinned, buf = 0, ""
         deadline = time.monotonic() + 120
+        sel = selectors.DefaultSelector()
+        sel.register(proc.stdout, selectors.EVENT_READ)
         while pinned < len(LAYOUTS):
-            line = proc.stdout.readline()
-            assert line and time.monotonic() < deadline, \
-                f"consumer exited early: {proc.stderr.read()[-3000:]}"
-            pinned += line.startswith("PINNED")
+            left = deadline - time.monotonic()
+            assert left > 0 and sel.select(left), \
+                f"consumer did not pin in time:\n{err_path.read_text()[-3000:]}"
+            chunk = os.read(proc.stdout.fileno(), 4096).decode()
+            assert chunk, f"consumer exited early:\n{err_path.read_text()[-3000:]}"
+            buf += chunk
+            pinned = sum(ln.startswith("PINNED") for ln in buf.splitlines())
         with kvds.Client(worker.addr) as c:
             assert c.stats()["pinned_objects"] == 3 * len(LAYOUTS)
     finally:

@@ -89,7 +89,11 @@ def loads(server):
 def prompt_metrics(server):
     """The counters of prompt-token accounting, as ints."""
     text = server.metrics()
-    m = lambda name, **kw: int(metric(text, name, **kw) or 0)  # noqa: E731
+
+    def m(name, **labels):
+        v = metric(text, name, **labels)
+        assert v is not None, f"{server.name}: {name}{labels or ''} missing from /metrics"
+        return int(v)
     return {
         "requests": m("vllm:request_success"),
         "prompt_tokens": m("vllm:prompt_tokens"),

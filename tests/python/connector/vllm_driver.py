@@ -400,18 +400,18 @@ class Engine:
     def busy(self):
         return bool(self.waiting or self.remote or self.held or self.running)
 
-    def run(self, timeout=30, until=None, async_sched=False):
+    def run(self, timeout=30, until=None, async_sched=False, prev=None):
         """Steps until every request is done (or `until()`); a step with
         nothing scheduled sleeps 1 ms, like an idle engine polling. With
         `async_sched`, step N+1 is scheduled before step N's output is
         processed (vLLM's async scheduling: schedule N+1, update N,
-        execute N+1)."""
+        execute N+1). `prev`: a step executed but not yet updated."""
         deadline = time.monotonic() + timeout
-        prev = None
         while time.monotonic() < deadline:
             st = self.schedule()
             if prev is not None:
                 self.update(*prev)
+                prev = None
             out = self.execute(st)
             if async_sched:
                 prev = (st, out)
