@@ -437,11 +437,10 @@ int kvds__etcd_parse_grant(const char *body, size_t len, int64_t *id,
   int64_t i = 0, t = 0;
   int rc = error_of(j, msg, cap);
   if (!rc) {
-    const char *e = json_string_value(json_object_get(j, "error"));
     if (kvds__etcd_json_i64(json_object_get(j, "ID"), &i) ||
         kvds__etcd_json_i64(json_object_get(j, "TTL"), &t) || i == 0 ||
         t <= 0) {
-      set_msg(msg, cap, "etcd lease grant reply without ID/TTL%s", e);
+      set_msg(msg, cap, "etcd lease grant reply without ID/TTL%s", NULL);
       rc = KVDS_E_PROTO;
     }
   }

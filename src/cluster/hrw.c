@@ -9,10 +9,6 @@ uint64_t kvds_hrw_seed(const void *id, size_t len) {
   return XXH3_64bits_withSeed(id, len, 0x6b76647368727731ull);
 }
 
-uint64_t kvds_hrw_key(const void *key, size_t len) {
-  return XXH3_64bits(key, len);
-}
-
 uint64_t kvds_hrw_score(uint64_t key_hash, uint64_t seed) {
   /* splitmix64's finaliser over the xor: a bijection of 64-bit words. */
   uint64_t z = key_hash ^ seed;

@@ -1,13 +1,13 @@
 /*
  * hrw.h — rendezvous (highest random weight) hashing: which live worker is
- * the home of a key (leaf module: xxhash only, pure).
+ * the home of a key (pure; xxhash for worker seeds).
  *
  * Every worker scores every key: score(key, worker) = a 64-bit mix of the
- * key's hash and the worker's seed, and the key's home is the worker with
- * the highest score. All workers that see the same membership agree on the
- * home without talking; when a worker leaves, only the keys it was home of
- * move (each to its second-best worker), and a worker that joins takes about
- * 1/n of the keys from the others.
+ * key's hash (kvds_checksum of the key, computed once) and the worker's seed,
+ * and the key's home is the worker with the highest score. All workers that see
+ * the same membership agree on the home without talking; when a worker leaves,
+ * only the keys it was home of move (each to its second-best worker), and a
+ * worker that joins takes about 1/n of the keys from the others.
  *
  * A worker's seed is kvds_hrw_seed(id) of its member id — not of its
  * incarnation, so a restarted worker is home of the same keys again.
@@ -20,10 +20,6 @@
 
 /* The seed of a worker, from its member id. */
 uint64_t kvds_hrw_seed(const void *id, size_t len);
-
-/* The hash of a key (kvds_checksum, xxh3-64): computed once per key and
- * scored against every worker. */
-uint64_t kvds_hrw_key(const void *key, size_t len);
 
 /* score(key, worker): a bijective 64-bit mix, so distinct seeds give
  * distinct scores for the same key. */

@@ -290,12 +290,6 @@ static void mlog(kvds_membership *m, int level, const char *fmt, ...) {
   m->log(m->log_arg, level, msg);
 }
 
-static uint64_t wall_us(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
-
 /* ---- life cycle ---------------------------------------------------------- */
 
 static int bad(char *err, size_t errcap, int rc, const char *fmt, ...)
@@ -397,7 +391,7 @@ int kvds_membership_create(const struct kvds_membership_config *cfg,
            cfg->self_id[0] ? cfg->self_id : cfg->self_addr);
   snprintf(m->self.addr, sizeof m->self.addr, "%s", cfg->self_addr);
   m->self.capacity = cfg->capacity;
-  m->self.epoch = cfg->epoch ? cfg->epoch : wall_us();
+  m->self.epoch = cfg->epoch ? cfg->epoch : kvds_wall_us();
   m->self.self = 1;
   m->plen = kvds__member_prefix(m->cluster, m->prefix, sizeof m->prefix);
   int n = snprintf(m->key, sizeof m->key, "%s%s", m->prefix, m->self.id);
@@ -923,7 +917,7 @@ static const char *mode_name(enum kvds_membership_mode mode) {
 }
 
 json_t *kvds_membership_json(kvds_membership *m) {
-  uint64_t now = wall_us();
+  uint64_t now = kvds_wall_us();
   json_t *root = json_object();
   json_t *members = json_array();
   json_t *self = json_pack("{s:s,s:s,s:I}", "id", m->self.id, "addr",

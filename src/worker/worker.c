@@ -258,7 +258,9 @@ out:
 
 /* Binds the Unix socket. A stale socket file (nobody answers) is replaced;
  * a live one means another worker owns the path. */
-static int listen_unix(const char *path, int *out) {
+/* mode != 0: the socket file gets it before anyone can connect (chmod
+ * between bind and listen). */
+static int listen_unix(const char *path, mode_t mode, int *out) {
   struct sockaddr_un sa = {.sun_family = AF_UNIX};
   size_t pl = strlen(path);
   if (pl >= sizeof sa.sun_path)
@@ -282,6 +284,12 @@ static int listen_unix(const char *path, int *out) {
       close(fd);
       return live ? -EADDRINUSE : e;
     }
+  }
+  if (mode && chmod(path, mode)) {
+    int e = -errno;
+    close(fd);
+    unlink(path);
+    return e;
   }
   if (listen(fd, 1024)) {
     int e = -errno;
@@ -473,16 +481,11 @@ int kvds_worker_run(const struct kvds_worker_config *cfg) {
     logf_(0, "cannot listen on %s: %s", cfg->listen, kvds_strerror(rc));
     goto out;
   }
-  if ((rc = listen_unix(s->socket_path, &s->unix_fd))) {
-    logf_(0, "cannot listen on %s: %s%s", s->socket_path, kvds_strerror(rc),
-          rc == -EADDRINUSE ? " (another worker is running there)" : "");
-    goto out;
-  }
   /* Unix-socket clients skip the token: with auth on, only the worker's
    * user and group may connect, whatever the umask. */
-  if (s->auth && chmod(s->socket_path, 0660)) {
-    rc = -errno;
-    logf_(0, "cannot restrict %s: %s", s->socket_path, kvds_strerror(rc));
+  if ((rc = listen_unix(s->socket_path, s->auth ? 0660 : 0, &s->unix_fd))) {
+    logf_(0, "cannot listen on %s: %s%s", s->socket_path, kvds_strerror(rc),
+          rc == -EADDRINUSE ? " (another worker is running there)" : "");
     goto out;
   }
 

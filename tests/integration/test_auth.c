@@ -247,7 +247,12 @@ int main(int argc, char **argv) {
   expect_refused(w.tcp);
   expect_failures(hport, ++failures);
 
-  /* Unix-socket clients need no token. */
+  /* Unix-socket clients need no token; the socket is theirs (user and
+   * group only, whatever the umask the worker started with). */
+  struct stat sst;
+  KVH_CHECK(stat(w.sock, &sst) == 0, "stat %s: %s", w.sock, strerror(errno));
+  KVH_CHECK((sst.st_mode & 0777) == 0660, "socket mode %o, want 0660",
+            (unsigned)(sst.st_mode & 0777));
   unsetenv(ENV);
   c = kvh_connect(w.unix_addr);
   put_get(c, "unix-key");

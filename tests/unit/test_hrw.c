@@ -8,6 +8,7 @@
 #include <cmocka.h>
 
 #include "cluster/hrw.h"
+#include "kvds/kvds.h"
 
 #define KEYS 30000
 
@@ -20,7 +21,7 @@ static uint64_t seed_of(int i) {
 static uint64_t key_of(int i) {
   char k[64];
   int n = snprintf(k, sizeof k, "ns/model/bfloat16/bhnc/tp0/pp0/%08x", i);
-  return kvds_hrw_key(k, (size_t)n);
+  return kvds_checksum(k, (size_t)n);
 }
 
 /* Each of 5 workers is home of about a fifth of the keys. */
