@@ -161,7 +161,14 @@ class OwnWorker:
             self.proc = subprocess.Popen(
                 [binary, "worker", "--listen", self.addr, "--memory", str(memory)],
                 stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30 + 0.5 * memory / (1 << 30)
+        try:
+            self._wait_ready(kvds, 30 + 0.5 * memory / (1 << 30))
+        except BaseException:        # Ctrl-C or any error: no worker left behind
+            self.stop()
+            raise
+
+    def _wait_ready(self, kvds, timeout_s):
+        deadline = time.monotonic() + timeout_s
         while True:
             if self.proc.poll() is not None:
                 raise BenchError(f"the worker exited with {self.proc.returncode}:\n"
@@ -173,7 +180,6 @@ class OwnWorker:
             except (kvds.KvdsOSError, kvds.Timeout, kvds.ConnectionClosed):
                 pass
             if time.monotonic() > deadline:
-                self.stop()
                 raise BenchError(f"the worker did not start:\n{self.log()}")
             time.sleep(0.02)
 
@@ -233,13 +239,17 @@ class Bench:
         self.layer_names = [f"model.layers.{i}.self_attn.attn" for i in range(args.layers)]
         self.caches = {n: self._make_cache() for n in self.layer_names}
         self.conn = {}
-        self.conn["async"] = self._connectors(load_async=True)
-        if args.sync:
-            self.conn["sync"] = self._connectors(load_async=False)
-        w = self.conn["async"][1]
-        if w.block_nbytes != self.block_nbytes:
-            raise BenchError(f"the connector's block is {w.block_nbytes} bytes; the geometry "
-                             f"says {self.block_nbytes}")
+        try:
+            self.conn["async"] = self._connectors(load_async=True)
+            if args.sync:
+                self.conn["sync"] = self._connectors(load_async=False)
+            w = self.conn["async"][1]
+            if w.block_nbytes != self.block_nbytes:
+                raise BenchError(f"the connector's block is {w.block_nbytes} bytes; the "
+                                 f"geometry says {self.block_nbytes}")
+        except BaseException:        # no load thread, client or key left behind
+            self.close()
+            raise
         self.key_prefix = w.key_prefix
 
     # setup
@@ -278,9 +288,14 @@ class Bench:
         return sched, work
 
     def close(self):
+        """Also for a half-built bench: every part is shut down, whatever
+        the others do."""
         for sched, work in self.conn.values():
-            work.shutdown()
-            sched.shutdown()
+            for part in (work, sched):
+                try:
+                    part.shutdown()
+                except Exception as e:
+                    print(f"kvds bench connector: shutdown: {e}", file=sys.stderr)
         try:
             for k, _ in self.client.list(self.ns + "/", 0):
                 try:
@@ -337,9 +352,6 @@ class Bench:
     def _zero_blocks(self, nblk):
         for t in self.caches.values():
             t.narrow(self._block_dim(), 1, nblk).zero_()
-
-    def _counter(self, kind, name):
-        return self.conn[kind][1].stats[name]
 
     # the phases
 
@@ -706,8 +718,7 @@ def run(args, on_start=None, on_case=None):
         with kvds.Client(addr, timeout_ms=10000) as c:
             st = c.stats()
             shm = c.is_local
-        room = st["high_watermark_ppm"] / 1e6 * st["pool_capacity"] - st["pool_used"] \
-            if "high_watermark_ppm" in st else st["pool_capacity"] - st["pool_used"]
+        room = st["high_watermark_ppm"] / 1e6 * st["pool_capacity"] - st["pool_used"]
         if max_req > 0.9 * room:
             raise BenchError(f"the worker's pool has room for {_mib(max(room, 0))} below its "
                              f"eviction watermark; a request of {max(args.tokens)} tokens "
@@ -754,9 +765,10 @@ def main(argv=None):
     sys.stdout = sys.stderr
     hooks = (None, None) if args.json else (lambda r: print_header(r, out),
                                             lambda c: print_case(c, out))
+    import kvds
     try:
         res = run(args, *hooks)
-    except BenchError as e:
+    except (BenchError, kvds.KvdsError) as e:     # e.g. a dead --addr, a full pool
         print(f"kvds bench connector: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
