@@ -22,30 +22,35 @@ CMAKE_FLAGS ?=
 VENV ?= .venv
 PYTEST_ARGS ?=
 
-.PHONY: all deps build build-asan build-fuzz test test-release test-asan \
+.PHONY: all deps deps-system build build-asan build-fuzz test test-release test-asan \
         fuzz-smoke fuzz demo bench format format-check clean python test-python
 
 all: build
 
+# deps-system: Debian packages (the C build); deps: also the project's .venv
+# (Python package, vLLM connector tests, connector bench).
+deps-system:
+	@bash scripts/install-deps.sh --system-only
+
 deps:
 	@bash scripts/install-deps.sh
 
-$(BUILD)/Makefile: | deps
+$(BUILD)/Makefile: | deps-system
 	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS)
 
-build: deps $(BUILD)/Makefile
+build: deps-system $(BUILD)/Makefile
 	cmake --build $(BUILD) -j $(JOBS)
 
-$(ASAN_BUILD)/Makefile: | deps
+$(ASAN_BUILD)/Makefile: | deps-system
 	cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DKVDS_SANITIZE=ON $(CMAKE_FLAGS)
 
-build-asan: deps $(ASAN_BUILD)/Makefile
+build-asan: deps-system $(ASAN_BUILD)/Makefile
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
 
-$(FUZZ_BUILD)/Makefile: | deps
+$(FUZZ_BUILD)/Makefile: | deps-system
 	CC=clang cmake -S . -B $(FUZZ_BUILD) -DKVDS_FUZZ=ON -DKVDS_TESTS=OFF
 
-build-fuzz: deps $(FUZZ_BUILD)/Makefile
+build-fuzz: deps-system $(FUZZ_BUILD)/Makefile
 	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzz_frame fuzz_etcd
 
 test-release: build
@@ -70,7 +75,7 @@ fuzz: build-fuzz
 	  -print_final_stats=1 $(FUZZ_BUILD)/corpus-etcd fuzz/corpus/etcd
 
 # The package built against this tree, installed into the project's .venv.
-python: build
+python: deps build
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
 	  --no-build-isolation ./python
 
@@ -88,10 +93,10 @@ bench: python
 
 SOURCES = $(shell git ls-files '*.c' '*.h' 2>/dev/null)
 
-format: deps
+format: deps-system
 	clang-format -i $(SOURCES)
 
-format-check: deps
+format-check: deps-system
 	@bad=$$(for f in $(SOURCES); do clang-format --dry-run -Werror $$f >/dev/null 2>&1 || echo $$f; done); \
 	if [ -n "$$bad" ]; then echo "not clang-formatted (run 'make format'):"; echo "$$bad"; exit 1; fi
 

@@ -4,9 +4,13 @@
 # with the pinned packages of python/requirements-dev.txt and, for the vLLM
 # connector, python/requirements-vllm.txt plus CUDA library stubs).
 # Idempotent: does nothing (and needs no network) when everything is present.
+# --system-only: the Debian packages only (what building the C code needs),
+# no .venv.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+system_only=0
+[ "${1:-}" = --system-only ] && system_only=1
 
 pkgs=(
   build-essential cmake pkg-config
@@ -42,6 +46,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+
+[ "$system_only" = 1 ] && exit 0
 
 # ---- Python: .venv with the pinned requirements -----------------------------
 venv="$root/.venv"
