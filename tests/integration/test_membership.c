@@ -315,7 +315,12 @@ int main(int argc, char **argv) {
   /* 5. etcd goes away: the workers keep serving and keep their view, for
    * longer than the TTL; a worker started meanwhile starts (alone). */
   kvh_etcd_stop(&etcd);
-  kvh_worker_start(&d, "32MiB", ext);
+  /* D names etcd the other ways users do: --etcd and an etcd:// URL. */
+  char etcd_url[96];
+  snprintf(etcd_url, sizeof etcd_url, "etcd://%s", etcd.addr);
+  const char *const ext_d[] = {"--etcd",    etcd_url, "--lease-ttl", TTL,
+                               "--cluster", "t1",     NULL};
+  kvh_worker_start(&d, "32MiB", ext_d);
   uint64_t until = kvh_now_ms() + (TTL_S * 1000) + 1500;
   int saw_down = 0;
   while (kvh_now_ms() < until) {
@@ -377,6 +382,28 @@ int main(int argc, char **argv) {
             "static mode not reported");
   json_decref(cl);
   kvh_worker_stop(&s);
+
+  /* 7b. Two real workers naming each other with --peers: each lists the
+   * other (state "static") next to itself, and `kvds status` shows it. */
+  int p1 = kvh_free_port(), p2 = kvh_free_port();
+  char a1[64], a2[64];
+  snprintf(a1, sizeof a1, "127.0.0.1:%d", p1);
+  snprintf(a2, sizeof a2, "127.0.0.1:%d", p2);
+  struct kvh_worker s1, s2;
+  const char *const ext1[] = {"--peers", a2, NULL};
+  const char *const ext2[] = {"--peers", a1, NULL};
+  kvh_worker_start_port(&s1, p1, "32MiB", ext1);
+  kvh_worker_start_port(&s2, p2, "32MiB", ext2);
+  const char *pair[] = {a1, a2};
+  KVH_CHECK(view_is(s1.addr, pair, 2) && view_is(s2.addr, pair, 2),
+            "static peers do not list each other");
+  const char *const st1[] = {"status", "-w", s1.addr, NULL};
+  KVH_CHECK(run_kvds(st1, out, sizeof out) == 0, "kvds status: %s", out);
+  char want2[128];
+  snprintf(want2, sizeof want2, "  peer       %-24s %-6s addr", a2, "static");
+  KVH_CHECK(strstr(out, want2), "kvds status: no \"%s\" line:\n%s", want2, out);
+  kvh_worker_stop(&s2);
+  kvh_worker_stop(&s1);
 
   /* 8. --etcd and --peers together: usage error with a reason. */
   const char *const both[] = {
