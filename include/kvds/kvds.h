@@ -58,7 +58,8 @@ extern "C" {
   X(LIMIT, -30018, "request exceeds a protocol limit")                         \
   X(HANDLE, -30019, "invalid or stale handle")                                 \
   X(ADDR, -30020, "invalid address")                                           \
-  X(AUTH, -30021, "authentication failed or required (KVDS_AUTH_TOKEN_FILE)")
+  X(AUTH, -30021, "authentication failed or required (KVDS_AUTH_TOKEN_FILE)")  \
+  X(PEER, -30022, "peer worker unreachable, or failed during the transfer")
 
 enum kvds_errno {
 #define KVDS__ERR_ENUM(name, val, msg) KVDS_E_##name = val,
@@ -185,6 +186,28 @@ int kvds_mput(kvds_client *c, size_t n, const struct kvds_iov *keys,
 int kvds_get(kvds_client *c, const void *key, size_t klen, void *buf,
              size_t cap, size_t *len, int wait_ms);
 
+/*
+ * Options of a read. In a cluster a worker that misses a key finds it
+ * elsewhere: it asks the key's home worker where it lives and pulls it into
+ * its own pool (a replica, announced like any object), then answers; a hint
+ * skips the directory: the keys are pulled from that worker first (the home
+ * is asked only if it does not have them).
+ */
+struct kvds_get_opts {
+  int wait_ms;      /* as kvds_get / kvds_mget; 0 = do not wait */
+  const char *hint; /* member id or data address of a worker that holds the
+                       keys (the prefill worker, say); NULL = none */
+  unsigned flags;   /* KVDS_GET_* */
+};
+/* Read this worker's own objects only (no directory, no pulls). */
+#define KVDS_GET_LOCAL 0x1u
+
+/* kvds_get with options (o may be NULL). Errors as kvds_get, plus those of a
+ * pull that failed (KVDS_E_CHECKSUM, KVDS_E_TIMEOUT, KVDS_E_NOTFOUND when no
+ * live worker has the key). */
+int kvds_get_ex(kvds_client *c, const void *key, size_t klen, void *buf,
+                size_t cap, size_t *len, const struct kvds_get_opts *o);
+
 /* ---- Zero-copy views ----------------------------------------------------- */
 
 /* A pinned, sealed object. */
@@ -209,6 +232,10 @@ struct kvds_value {
  */
 int kvds_mget(kvds_client *c, size_t n, const struct kvds_iov *keys,
               int wait_ms, struct kvds_value *vals, int *results);
+/* kvds_mget with options (o may be NULL). */
+int kvds_mget_ex(kvds_client *c, size_t n, const struct kvds_iov *keys,
+                 const struct kvds_get_opts *o, struct kvds_value *vals,
+                 int *results);
 
 /* Releases pins taken by kvds_mget. Entries with handle 0 are skipped and
  * each released entry is zeroed. Never blocks on the worker's reply. */
@@ -279,11 +306,15 @@ int kvds_mdelete(kvds_client *c, size_t n, const struct kvds_iov *keys,
                  int *results);
 int kvds_delete(kvds_client *c, const void *key, size_t klen);
 
-/* present[i] = 1 if keys[i] is sealed, else 0. */
+/* present[i] = 1 if keys[i] is sealed, else 0. In a cluster a key the
+ * worker does not hold is looked up in the directory (the worker asks each
+ * key's home, all in this one round trip): present means some live worker
+ * holds it. */
 int kvds_exists(kvds_client *c, size_t n, const struct kvds_iov *keys,
                 uint8_t *present);
 
-/* *count = number of leading keys of the chain keys[0..n) that are sealed. */
+/* *count = number of leading keys of the chain keys[0..n) that are sealed
+ * (cluster-wide, as kvds_exists). */
 int kvds_lookup_prefix(kvds_client *c, size_t n, const struct kvds_iov *keys,
                        size_t *count);
 
@@ -370,6 +401,22 @@ int kvds_stats(kvds_client *c, struct kvds_stats *out);
  * KVDS_E_BADOP from a worker older than this call, KVDS_E_PROTO.
  */
 int kvds_cluster_status(kvds_client *c, char **json);
+
+/* A worker that holds a sealed copy of a key. */
+struct kvds_location {
+  char id[256];   /* member id (see kvds_cluster_status for its address) */
+  uint64_t epoch; /* that worker's incarnation */
+};
+
+/*
+ * Where key lives: asks the key's home worker (through the worker this
+ * client talks to; one round trip for the client). *out gets a malloc'd
+ * array of *n locations (free() it; NULL when *n is 0), the original first,
+ * then replicas. Absent everywhere: 0 with *n = 0. A single worker answers
+ * from its own store. Errors: the usual request errors, KVDS_E_KEYLEN.
+ */
+int kvds_locate(kvds_client *c, const void *key, size_t klen,
+                struct kvds_location **out, size_t *n);
 
 /* Asks the worker to exit cleanly; returns 0 once the worker acknowledged
  * (it then closes every connection and removes its socket). */

@@ -137,7 +137,14 @@ static const char GET_HELP[] =
     "  -o, --output FILE   write the value to FILE instead of stdout\n"
     "      --wait MS       wait up to MS ms for a key that is absent or still\n"
     "                      being written (default 0: do not wait)\n"
-    "  -h, --help          this text\n";
+    "      --hint WORKER   in a cluster: pull the key from this worker "
+    "(member\n"
+    "                      id or data address) instead of asking its home\n"
+    "      --local         read this worker's own copy only (no cluster)\n"
+    "  -h, --help          this text\n"
+    "\n"
+    "In a cluster a key this worker lacks is found through the directory and\n"
+    "copied here first (a replica), then written out.\n";
 
 static int write_value(const char *out, const struct kvds_value *v) {
   int fd = out ? open(out, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)
@@ -165,9 +172,12 @@ int cmd_get(int argc, char **argv) {
   static const struct option lo[] = {{"worker", required_argument, NULL, 'w'},
                                      {"output", required_argument, NULL, 'o'},
                                      {"wait", required_argument, NULL, 'W'},
+                                     {"hint", required_argument, NULL, 'H'},
+                                     {"local", no_argument, NULL, 'L'},
                                      {"help", no_argument, NULL, 'h'},
                                      {NULL, 0, NULL, 0}};
   const char *addr = NULL, *out = NULL;
+  struct kvds_get_opts opts = {0};
   uint64_t wait_ms = 0;
   int c, first = 1;
   while ((c = cli_getopt("get", argc, argv, "w:o:h", lo, &first)) != -1) {
@@ -185,6 +195,12 @@ int cmd_get(int argc, char **argv) {
         cli_err("get", "--wait %s is more than a day", optarg);
         return CLI_USAGE;
       }
+      break;
+    case 'H':
+      opts.hint = optarg;
+      break;
+    case 'L':
+      opts.flags |= KVDS_GET_LOCAL;
       break;
     case 'h':
       fputs(GET_HELP, stdout);
@@ -208,7 +224,8 @@ int cmd_get(int argc, char **argv) {
   struct kvds_iov k = {(void *)key, klen};
   struct kvds_value v = {0};
   int res = 0, ret = CLI_FAIL;
-  int rc = kvds_mget(cl, 1, &k, (int)wait_ms, &v, &res);
+  opts.wait_ms = (int)wait_ms;
+  int rc = kvds_mget_ex(cl, 1, &k, &opts, &v, &res);
   if (rc == 0)
     rc = res;
   if (rc == KVDS_E_TIMEOUT) {
@@ -247,6 +264,8 @@ static const char LS_HELP[] =
     "writing), key (non-printable bytes shown as \\xNN).\n"
     "\n" WORKER_OPT_HELP
     "  -n, --limit N       list at most N keys (default 1000; 0 = all)\n"
+    "  -c, --cluster       list the keys of every live worker of the\n"
+    "                      cluster, each with the workers that hold it\n"
     "  -h, --help          this text\n";
 
 static const char *state_name(int state) {
@@ -255,18 +274,149 @@ static const char *state_name(int state) {
                                        : "?";
 }
 
+/* One key of one worker, for ls --cluster. */
+struct ls_ent {
+  uint8_t *key;
+  size_t klen, size;
+  int state;
+  size_t member;
+};
+
+static int ls_ent_cmp(const void *a, const void *b) {
+  const struct ls_ent *x = a, *y = b;
+  size_t m = x->klen < y->klen ? x->klen : y->klen;
+  int r = memcmp(x->key, y->key, m);
+  if (r)
+    return r;
+  if (x->klen != y->klen)
+    return x->klen < y->klen ? -1 : 1;
+  return x->member < y->member ? -1 : x->member > y->member;
+}
+
+/* Appends up to `limit` (0 = all) keys of one worker under prefix to v. */
+static int ls_collect(kvds_client *cl, const char *prefix, size_t plen,
+                      uint64_t limit, size_t member, struct ls_ent **v,
+                      size_t *n, size_t *cap) {
+  uint8_t after[KVDS_KEY_MAX];
+  size_t alen = 0;
+  uint64_t got = 0;
+  int more = 1;
+  while (more && (limit == 0 || got < limit)) {
+    struct kvds_list *l;
+    int rc = kvds_list(cl, prefix, plen, alen ? after : NULL, alen, 1000, &l);
+    if (rc)
+      return rc;
+    for (size_t i = 0; i < l->n && (limit == 0 || got < limit); i++, got++) {
+      const struct kvds_list_entry *e = &l->entries[i];
+      if (*n == *cap) {
+        size_t nc = *cap ? *cap * 2 : 256;
+        struct ls_ent *nv = realloc(*v, nc * sizeof *nv);
+        if (!nv) {
+          kvds_list_free(l);
+          return -ENOMEM;
+        }
+        *v = nv;
+        *cap = nc;
+      }
+      struct ls_ent *d = &(*v)[*n];
+      if (!(d->key = malloc(e->klen ? e->klen : 1))) {
+        kvds_list_free(l);
+        return -ENOMEM;
+      }
+      memcpy(d->key, e->key, e->klen);
+      d->klen = e->klen;
+      d->size = e->info.size;
+      d->state = e->info.state;
+      d->member = member;
+      (*n)++;
+    }
+    more = l->more && l->n > 0;
+    if (l->n > 0) {
+      const struct kvds_list_entry *e = &l->entries[l->n - 1];
+      alen = e->klen <= sizeof after ? e->klen : sizeof after;
+      memcpy(after, e->key, alen);
+    }
+    kvds_list_free(l);
+  }
+  return 0;
+}
+
+/* ls --cluster: every live member's keys, merged, with their holders. */
+static int ls_cluster(kvds_client *cl, const char *prefix, size_t plen,
+                      uint64_t limit) {
+  char *js = NULL;
+  int rc = kvds_cluster_status(cl, &js);
+  if (rc) {
+    cli_err("ls", "cannot read the cluster view: %s", kvds_strerror(rc));
+    return CLI_FAIL;
+  }
+  json_t *root = json_loads(js, 0, NULL);
+  free(js);
+  json_t *members = json_object_get(root, "members");
+  struct ls_ent *v = NULL;
+  size_t n = 0, cap = 0, i;
+  int ret = CLI_OK;
+  json_t *m;
+  json_array_foreach(members, i, m) {
+    const char *id = json_string_value(json_object_get(m, "id"));
+    const char *ad = json_string_value(json_object_get(m, "addr"));
+    const char *st = json_string_value(json_object_get(m, "state"));
+    int self = json_is_true(json_object_get(m, "self"));
+    if (!id || !ad || (st && strcmp(st, "stale") == 0))
+      continue;
+    kvds_client *mc = cl;
+    if (!self && cli_connect("ls", ad, KVDS_CONNECT_LAZY_MAP, &mc, NULL, 0)) {
+      ret = CLI_FAIL; /* said why; list the others */
+      continue;
+    }
+    rc = ls_collect(mc, prefix, plen, limit, i, &v, &n, &cap);
+    if (rc) {
+      cli_err("ls", "listing %s failed: %s", id, kvds_strerror(rc));
+      ret = CLI_FAIL;
+    }
+    if (mc != cl)
+      kvds_client_close(mc);
+  }
+  qsort(v, n, sizeof *v, ls_ent_cmp);
+  uint64_t shown = 0;
+  for (size_t k = 0; k < n && (limit == 0 || shown < limit); shown++) {
+    size_t e = k;
+    while (e < n && v[e].klen == v[k].klen &&
+           memcmp(v[e].key, v[k].key, v[k].klen) == 0)
+      e++;
+    printf("%12zu  %-7s  ", v[k].size, state_name(v[k].state));
+    cli_print_key(stdout, v[k].key, v[k].klen);
+    printf("  on ");
+    for (size_t h = k; h < e; h++)
+      printf("%s%s", h > k ? "," : "",
+             json_string_value(
+                 json_object_get(json_array_get(members, v[h].member), "id")));
+    putchar('\n');
+    k = e;
+  }
+  for (size_t k = 0; k < n; k++)
+    free(v[k].key);
+  free(v);
+  json_decref(root);
+  return ret;
+}
+
 int cmd_ls(int argc, char **argv) {
   static const struct option lo[] = {{"worker", required_argument, NULL, 'w'},
                                      {"limit", required_argument, NULL, 'n'},
+                                     {"cluster", no_argument, NULL, 'c'},
                                      {"help", no_argument, NULL, 'h'},
                                      {NULL, 0, NULL, 0}};
   const char *addr = NULL;
   uint64_t limit = 1000;
-  int c, first = 1;
-  while ((c = cli_getopt("ls", argc, argv, "w:n:h", lo, &first)) != -1) {
+  int c, first = 1, cluster = 0;
+  while ((c = cli_getopt("ls", argc, argv, "w:n:ch", lo, &first)) != -1) {
     switch (c) {
     case 'w':
       addr = optarg;
+      break;
+    case 'c':
+      cluster = 1;
       break;
     case 'n':
       if (cli_parse_u64_opt("ls", "--limit", optarg, &limit))
@@ -292,6 +442,13 @@ int cmd_ls(int argc, char **argv) {
   if (cli_connect("ls", cli_worker_addr(addr), KVDS_CONNECT_LAZY_MAP, &cl, NULL,
                   0))
     return CLI_FAIL;
+  if (cluster) {
+    int r = ls_cluster(cl, prefix, plen, limit);
+    kvds_client_close(cl);
+    if (fflush(stdout) != 0)
+      r = CLI_FAIL;
+    return r;
+  }
   uint8_t after[KVDS_KEY_MAX];
   size_t alen = 0;
   uint64_t shown = 0;
@@ -338,8 +495,17 @@ static const char STAT_HELP[] =
     "usage: kvds stat KEY [options]\n"
     "\n"
     "Shows one key's size, state, checksum (xxh3-64), pins, and creation and\n"
-    "last-access times (UTC).\n"
+    "last-access times (UTC), and, in a cluster, every worker that holds it\n"
+    "(from its home's directory; also for a key this worker does not hold).\n"
     "\n" WORKER_OPT_HELP "  -h, --help          this text\n";
+
+static void print_locations(const struct kvds_location *loc, size_t n) {
+  printf("locations %zu:", n);
+  for (size_t i = 0; i < n; i++)
+    printf("%s %s (epoch %llu)", i ? "," : "", loc[i].id,
+           (unsigned long long)loc[i].epoch);
+  putchar('\n');
+}
 
 int cmd_stat(int argc, char **argv) {
   static const struct option lo[] = {{"worker", required_argument, NULL, 'w'},
@@ -368,8 +534,22 @@ int cmd_stat(int argc, char **argv) {
     return CLI_FAIL;
   struct kvds_object_info info;
   int rc = kvds_stat(cl, key, klen, &info);
+  struct kvds_location *loc = NULL;
+  size_t nloc = 0;
+  int lrc = rc == 0 || rc == KVDS_E_NOTFOUND
+                ? kvds_locate(cl, key, klen, &loc, &nloc)
+                : rc;
   kvds_client_close(cl);
+  if (rc == KVDS_E_NOTFOUND && lrc == 0 && nloc) {
+    printf("key       ");
+    cli_print_key(stdout, key, klen);
+    printf("\nhere      no (this worker holds no copy)\n");
+    print_locations(loc, nloc);
+    free(loc);
+    return CLI_OK;
+  }
   if (rc) {
+    free(loc);
     key_err("stat", key, klen, rc);
     return CLI_FAIL;
   }
@@ -386,6 +566,11 @@ int cmd_stat(int argc, char **argv) {
   printf("pins      %u\n", info.pins);
   printf("created   %s\n", cli_fmt_time_us(info.ctime_us, ct, sizeof ct));
   printf("accessed  %s\n", cli_fmt_time_us(info.atime_us, at, sizeof at));
+  if (lrc == 0)
+    print_locations(loc, nloc);
+  else if (lrc != KVDS_E_BADOP)
+    printf("locations ? (%s)\n", kvds_strerror(lrc));
+  free(loc);
   return CLI_OK;
 }
 
@@ -533,8 +718,30 @@ static void print_cluster(json_t *cluster) {
     const char *id = json_string_value(json_object_get(mb, "id"));
     const char *ad = json_string_value(json_object_get(mb, "addr"));
     const char *st = json_string_value(json_object_get(mb, "state"));
-    printf("  peer       %-24s %-6s addr %s, %s pool, up %s\n", id ? id : "?",
+    printf("  peer       %-24s %-6s addr %s, %s pool, up %s", id ? id : "?",
            st ? st : "?", ad ? ad : "?", cap, age);
+    json_t *bi = json_object_get(mb, "bytes_in");
+    if (json_is_integer(bi)) { /* transfers with this peer */
+      char in[32], out[32];
+      printf(", pulled %s, served %s, %lld pulls (%lld failed)",
+             kvds_fmt_bytes((uint64_t)json_integer_value(bi), in, sizeof in),
+             kvds_fmt_bytes(
+                 (uint64_t)json_integer_value(json_object_get(mb, "bytes_out")),
+                 out, sizeof out),
+             (long long)json_integer_value(json_object_get(mb, "pulls")),
+             (long long)json_integer_value(json_object_get(mb, "pull_errors")));
+    }
+    putchar('\n');
+  }
+  json_t *dir = json_object_get(cluster, "directory");
+  if (json_is_object(dir)) {
+    printf(
+        "directory    %lld keys homed here, %lld locations; %lld reads "
+        "served by peers, %lld not found anywhere\n",
+        (long long)json_integer_value(json_object_get(dir, "keys")),
+        (long long)json_integer_value(json_object_get(dir, "locations")),
+        (long long)json_integer_value(json_object_get(dir, "remote_found")),
+        (long long)json_integer_value(json_object_get(dir, "remote_missed")));
   }
 }
 

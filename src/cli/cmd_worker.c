@@ -74,6 +74,10 @@ static const char HELP[] =
     "                           the data address peers use (default: "
     "--listen;\n"
     "                           required when listening on 0.0.0.0)\n"
+    "      --pull-threads N     threads pulling objects from peers (default\n"
+    "                           4; each peer gets as many connections)\n"
+    "      --pull-timeout-ms MS deadline of a read the cluster resolves\n"
+    "                           (directory query + pull; default 4000)\n"
     "  -h, --help               this text\n";
 
 enum {
@@ -95,6 +99,8 @@ enum {
   OPT_TTL,
   OPT_PEERS,
   OPT_ADVERTISE,
+  OPT_PULL_THREADS,
+  OPT_PULL_TIMEOUT,
 };
 
 static const struct option LONGOPTS[] = {
@@ -127,6 +133,8 @@ static const struct option LONGOPTS[] = {
     {"peers", required_argument, NULL, OPT_PEERS},
     {"advertise-address", required_argument, NULL, OPT_ADVERTISE},
     {"advertise_address", required_argument, NULL, OPT_ADVERTISE},
+    {"pull-threads", required_argument, NULL, OPT_PULL_THREADS},
+    {"pull-timeout-ms", required_argument, NULL, OPT_PULL_TIMEOUT},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -253,6 +261,10 @@ static int parse_opt(struct worker_opts *o, int c, const char *v) {
   case OPT_ADVERTISE:
     return copy_str("--advertise-address", v, cfg->advertise,
                     sizeof cfg->advertise);
+  case OPT_PULL_THREADS:
+    return parse_int("--pull-threads", v, &cfg->pull_threads);
+  case OPT_PULL_TIMEOUT:
+    return parse_int("--pull-timeout-ms", v, &cfg->pull_timeout_ms);
   default:
     return CLI_USAGE;
   }

@@ -26,7 +26,10 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
+#define XXH_STATIC_LINKING_ONLY
+#include <xxhash.h>
 
+#include "client/internal.h"
 #include "cluster/auth.h"
 #include "common/copy.h"
 #include "common/util.h"
@@ -63,6 +66,7 @@ struct kvds_client {
   uint64_t nonce;
   char sock_path[256];
   char errmsg[256];
+  char peer_id[256]; /* kvds__peer_connect: our worker's member id */
   /* request meta being built (header space first) */
   uint8_t *wb;
   size_t wlen, wcap;
@@ -538,6 +542,8 @@ static int connect_tcp(const char *addr, int *out, uint64_t deadline) {
 static int hello(kvds_client *c, int want_shm, uint64_t deadline) {
   req_begin(c);
   req_item(c, want_shm ? 1 : 0, KVDS_PROTO_VERSION, 0, 0, NULL, 0);
+  if (c->peer_id[0]) /* a worker's peer connection says whose it is */
+    req_item(c, 0, 0, 0, 0, c->peer_id, strlen(c->peer_id));
   c->recv_fd = -1;
   int rc = rpc(c, KVDS_OP_HELLO, 0, 0, deadline);
   int fd = c->recv_fd;
@@ -580,46 +586,44 @@ out:
  * variable is unset or the exchange succeeded; KVDS_E_AUTH when the file is
  * unusable, the worker does not authenticate, or either proof is wrong.
  */
-static int authenticate(kvds_client *c, uint64_t deadline) {
-  const char *path = getenv("KVDS_AUTH_TOKEN_FILE");
-  if (!path || !*path)
-    return 0;
-  struct kvds_auth_token tok;
+static int authenticate_with(kvds_client *c, const struct kvds_auth_token *tok,
+                             uint64_t deadline) {
   uint8_t cn[KVDS_AUTH_NONCE_LEN], wn[KVDS_AUTH_NONCE_LEN];
   uint8_t proof[KVDS_AUTH_PROOF_LEN];
-  int rc = kvds_auth_token_load(path, &tok, c->errmsg, sizeof c->errmsg);
-  if (rc)
-    return rc;
-  if ((rc = kvds_auth_nonce(cn))) {
-    fail(c, rc, "no random bytes for the auth nonce");
-    goto out;
-  }
+  int rc;
+  if ((rc = kvds_auth_nonce(cn)))
+    return fail(c, rc, "no random bytes for the auth nonce");
   req_begin(c);
   req_item(c, 1, 0, 0, 0, cn, sizeof cn);
   rc = rpc(c, KVDS_OP_AUTH, 0, 0, deadline);
   if (rc && c->fd >= 0) {
     /* Answered, but not with a challenge: this worker does not
      * authenticate (no --auth-token-file, or it predates AUTH). */
-    rc = broken(c, KVDS_E_AUTH, "the worker does not authenticate clients");
-    goto out;
+    return broken(c, KVDS_E_AUTH, "the worker does not authenticate clients");
   }
   if (rc)
-    goto out;
-  if (c->rh.count != 2 || c->rit[0].klen != KVDS_AUTH_NONCE_LEN) {
-    rc = broken(c, KVDS_E_PROTO, "auth challenge");
-    goto out;
-  }
+    return rc;
+  if (c->rh.count != 2 || c->rit[0].klen != KVDS_AUTH_NONCE_LEN)
+    return broken(c, KVDS_E_PROTO, "auth challenge");
   memcpy(wn, c->rkey[0], sizeof wn);
-  if (kvds_auth_verify(&tok, KVDS_AUTH_WORKER, wn, cn, c->rkey[1],
-                       c->rit[1].klen)) {
-    rc = broken(c, KVDS_E_AUTH, "the worker does not hold our token");
-    goto out;
-  }
-  kvds_auth_proof(&tok, KVDS_AUTH_CLIENT, wn, cn, proof);
+  if (kvds_auth_verify(tok, KVDS_AUTH_WORKER, wn, cn, c->rkey[1],
+                       c->rit[1].klen))
+    return broken(c, KVDS_E_AUTH, "the worker does not hold our token");
+  kvds_auth_proof(tok, KVDS_AUTH_CLIENT, wn, cn, proof);
   req_begin(c);
   req_item(c, 2, 0, 0, 0, proof, sizeof proof);
-  rc = rpc(c, KVDS_OP_AUTH, 0, 0, deadline);
-out:
+  return rpc(c, KVDS_OP_AUTH, 0, 0, deadline);
+}
+
+static int authenticate(kvds_client *c, uint64_t deadline) {
+  const char *path = getenv("KVDS_AUTH_TOKEN_FILE");
+  if (!path || !*path)
+    return 0;
+  struct kvds_auth_token tok;
+  int rc = kvds_auth_token_load(path, &tok, c->errmsg, sizeof c->errmsg);
+  if (rc)
+    return rc;
+  rc = authenticate_with(c, &tok, deadline);
   kvds_auth_token_wipe(&tok);
   return rc;
 }
@@ -1078,14 +1082,32 @@ static void release_send(kvds_client *c, const uint64_t *handles, size_t n) {
   }
 }
 
+/* Request flags and hint item of a GET with options. */
+static uint16_t get_flags(kvds_client *c, const struct kvds_get_opts *o) {
+  uint16_t f = c->local ? 0 : KVDS_PF_INLINE;
+  if (o && (o->flags & KVDS_GET_LOCAL))
+    f |= KVDS_PF_LOCAL;
+  if (o && o->hint && *o->hint)
+    f |= KVDS_PF_HINT;
+  return f;
+}
+
+static void get_hint_item(kvds_client *c, const struct kvds_get_opts *o) {
+  if (o && o->hint && *o->hint)
+    req_item(c, 0, 0, 0, 0, o->hint, strlen(o->hint));
+}
+
 static int mget_chunk(kvds_client *c, size_t n, const struct kvds_iov *keys,
-                      int wait_ms, struct kvds_value *vals, int *results) {
+                      const struct kvds_get_opts *o, struct kvds_value *vals,
+                      int *results) {
+  int wait_ms = o ? o->wait_ms : 0;
   uint64_t deadline =
       deadline_after(c->timeout_ms + (wait_ms > 0 ? wait_ms : 0));
   req_begin(c);
   for (size_t i = 0; i < n; i++)
     req_item(c, 0, 0, 0, 0, keys[i].base, keys[i].len);
-  int64_t id = req_send(c, KVDS_OP_GET, c->local ? 0 : KVDS_PF_INLINE,
+  get_hint_item(c, o);
+  int64_t id = req_send(c, KVDS_OP_GET, get_flags(c, o),
                         wait_ms > 0 ? (uint32_t)wait_ms : 0, NULL, 0, deadline);
   int rc = recv_reply(c, id, KVDS_OP_GET, deadline);
   if (rc)
@@ -1152,13 +1174,28 @@ static int mget_chunk(kvds_client *c, size_t n, const struct kvds_iov *keys,
   return rc;
 }
 
+static int check_hint(kvds_client *c, const struct kvds_get_opts *o) {
+  if (o && o->hint && strlen(o->hint) > KVDS_KEY_MAX)
+    return fail(c, KVDS_E_INVAL, "hint longer than %u bytes", KVDS_KEY_MAX);
+  return 0;
+}
+
 int kvds_mget(kvds_client *c, size_t n, const struct kvds_iov *keys,
               int wait_ms, struct kvds_value *vals, int *results) {
+  struct kvds_get_opts o = {.wait_ms = wait_ms};
+  return kvds_mget_ex(c, n, keys, &o, vals, results);
+}
+
+int kvds_mget_ex(kvds_client *c, size_t n, const struct kvds_iov *keys,
+                 const struct kvds_get_opts *o, struct kvds_value *vals,
+                 int *results) {
   int rc = check_keys(c, n, keys);
+  if (!rc)
+    rc = check_hint(c, o);
   if (rc)
     return rc;
   for (size_t off = 0; off < n; off += chunk_of(n - off)) {
-    if ((rc = mget_chunk(c, chunk_of(n - off), keys + off, wait_ms, vals + off,
+    if ((rc = mget_chunk(c, chunk_of(n - off), keys + off, o, vals + off,
                          results + off))) {
       kvds_release(c, off, vals);
       return rc;
@@ -1190,14 +1227,22 @@ int kvds_release(kvds_client *c, size_t n, struct kvds_value *vals) {
 
 int kvds_get(kvds_client *c, const void *key, size_t klen, void *buf,
              size_t cap, size_t *len, int wait_ms) {
+  struct kvds_get_opts o = {.wait_ms = wait_ms};
+  return kvds_get_ex(c, key, klen, buf, cap, len, &o);
+}
+
+int kvds_get_ex(kvds_client *c, const void *key, size_t klen, void *buf,
+                size_t cap, size_t *len, const struct kvds_get_opts *o) {
   struct kvds_iov k = {(void *)key, klen};
   struct kvds_value v;
-  int res;
+  int res, wait_ms = o ? o->wait_ms : 0;
   int rc = check_key(c, &k);
+  if (!rc)
+    rc = check_hint(c, o);
   if (rc)
     return rc;
   if (c->local) {
-    if ((rc = mget_chunk(c, 1, &k, wait_ms, &v, &res)))
+    if ((rc = mget_chunk(c, 1, &k, o, &v, &res)))
       return rc;
     if (res)
       return fail(c, res, "get: %s", kvds_strerror(res));
@@ -1217,7 +1262,8 @@ int kvds_get(kvds_client *c, const void *key, size_t klen, void *buf,
       deadline_after(c->timeout_ms + (wait_ms > 0 ? wait_ms : 0));
   req_begin(c);
   req_item(c, 0, 0, 0, 0, key, klen);
-  int64_t id = req_send(c, KVDS_OP_GET, KVDS_PF_INLINE,
+  get_hint_item(c, o);
+  int64_t id = req_send(c, KVDS_OP_GET, get_flags(c, o),
                         wait_ms > 0 ? (uint32_t)wait_ms : 0, NULL, 0, deadline);
   if ((rc = recv_reply(c, id, KVDS_OP_GET, deadline)))
     return rc;
@@ -1443,4 +1489,191 @@ int kvds_cluster_status(kvds_client *c, char **json) {
 int kvds_shutdown(kvds_client *c) {
   req_begin(c);
   return rpc(c, KVDS_OP_SHUTDOWN, 0, 0, io_deadline(c));
+}
+
+/* ---- cluster ------------------------------------------------------------ */
+
+struct locate_ctx {
+  struct kvds_location *v;
+  size_t n, want, cap;
+  int oom;
+};
+
+static int locate_item(void *ud, size_t i, const struct kvds_proto_item *it,
+                       const uint8_t *key) {
+  struct locate_ctx *lc = ud;
+  if (i == 0) { /* the key's item: a = number of owner items after it */
+    if (it->status)
+      return it->status == KVDS_E_NOTFOUND ? 0 : it->status;
+    lc->want = (size_t)it->a;
+    if (lc->want > 4096)
+      return KVDS_E_PROTO;
+    if (lc->want && !(lc->v = calloc(lc->want, sizeof *lc->v))) {
+      lc->oom = 1;
+      return -ENOMEM;
+    }
+    lc->cap = lc->want;
+    return 0;
+  }
+  if (lc->n >= lc->cap || it->klen == 0 || it->klen >= sizeof lc->v->id)
+    return KVDS_E_PROTO;
+  memcpy(lc->v[lc->n].id, key, it->klen);
+  lc->v[lc->n].id[it->klen] = 0;
+  lc->v[lc->n].epoch = it->a;
+  lc->n++;
+  return 0;
+}
+
+int kvds_locate(kvds_client *c, const void *key, size_t klen,
+                struct kvds_location **out, size_t *n) {
+  struct kvds_iov k = {(void *)key, klen};
+  int rc = check_key(c, &k);
+  if (rc)
+    return rc;
+  struct kvds_proto_item it = {.klen = (uint32_t)klen};
+  const void *kp = key;
+  struct locate_ctx lc = {0};
+  rc = kvds__call(c, KVDS_OP_LOCATE, 0, 0, 1, &it, &kp, locate_item, &lc);
+  if (!rc && lc.n != lc.want)
+    rc = broken(c, KVDS_E_PROTO, "locate reply");
+  if (rc) {
+    free(lc.v);
+    return rc == KVDS_E_PROTO && c->fd >= 0
+               ? broken(c, rc, "locate reply")
+               : (lc.oom ? fail(c, rc, "out of memory") : rc);
+  }
+  *out = lc.v;
+  *n = lc.n;
+  return 0;
+}
+
+int kvds__call(kvds_client *c, uint8_t op, uint16_t flags, uint32_t arg,
+               size_t n, const struct kvds_proto_item *its,
+               const void *const *keys,
+               int (*on_item)(void *ud, size_t i,
+                              const struct kvds_proto_item *it,
+                              const uint8_t *key),
+               void *ud) {
+  req_begin(c);
+  for (size_t i = 0; i < n; i++)
+    req_item(c, its[i].a, its[i].b, its[i].c, its[i].d, keys[i], its[i].klen);
+  int rc = rpc(c, op, flags, arg, io_deadline(c));
+  if (rc)
+    return rc;
+  for (uint32_t i = 0; on_item && i < c->rh.count; i++)
+    if ((rc = on_item(ud, i, &c->rit[i], c->rkey[i])))
+      return rc;
+  return 0;
+}
+
+int kvds__peer_connect(const char *addr, int timeout_ms,
+                       const struct kvds_auth_token *tok, const char *self_id,
+                       kvds_client **out) {
+  if (!addr || !*addr || !self_id || !*self_id ||
+      strlen(self_id) >= sizeof((kvds_client *)0)->peer_id)
+    return KVDS_E_INVAL;
+  kvds_client *c = client_new(timeout_ms, KVDS_CONNECT_TCP_ONLY);
+  if (!c)
+    return -ENOMEM;
+  snprintf(c->peer_id, sizeof c->peer_id, "%s", self_id);
+  uint64_t deadline = io_deadline(c);
+  int rc = connect_tcp(addr, &c->fd, deadline);
+  if (!rc && tok)
+    rc = authenticate_with(c, tok, deadline);
+  if (!rc)
+    rc = hello(c, 0, deadline);
+  if (rc) {
+    kvds_client_close(c);
+    return rc;
+  }
+  *out = c;
+  return 0;
+}
+
+/* Receives len reply data bytes into dst, hashing them as they arrive
+ * (while they are still in cache); *sum gets the xxh3-64. */
+static int recv_data_hashed(kvds_client *c, uint8_t *dst, uint64_t len,
+                            uint64_t *sum, uint64_t deadline) {
+  if (len > c->rdata_left)
+    return broken(c, KVDS_E_PROTO, "reply data");
+  XXH3_state_t st;
+  XXH3_64bits_reset(&st);
+  c->rdata_left -= len;
+  size_t have = c->rlen - c->rpos;
+  if (have > len)
+    have = (size_t)len;
+  memcpy(dst, c->rb + c->rpos, have);
+  XXH3_64bits_update(&st, dst, have);
+  c->rpos += have;
+  len -= have;
+  dst += have;
+  while (len) {
+    /* Bounded reads keep each piece in cache for the hash. */
+    struct iovec iov = {dst, len < (1u << 20) ? len : (1u << 20)};
+    ssize_t r = read_some(c, &iov, 1, deadline);
+    if (r < 0)
+      return broken(c, (int)r, "receive");
+    XXH3_64bits_update(&st, dst, (size_t)r);
+    len -= (uint64_t)r;
+    dst += r;
+  }
+  *sum = XXH3_64bits_digest(&st);
+  return 0;
+}
+
+int kvds__pull(kvds_client *c, size_t n, const struct kvds_iov *keys,
+               int wait_ms, const struct kvds__pull_ops *ops) {
+  size_t i = 0;
+  int rc = n > KVDS_BATCH_MAX ? KVDS_E_LIMIT : 0;
+  uint64_t deadline =
+      deadline_after(c->timeout_ms + (wait_ms > 0 ? wait_ms : 0));
+  struct kvds_proto_item *it = NULL;
+  if (!rc) {
+    req_begin(c);
+    for (size_t k = 0; k < n; k++)
+      req_item(c, 0, 0, 0, 0, keys[k].base, keys[k].len);
+    int64_t id =
+        req_send(c, KVDS_OP_GET, KVDS_PF_INLINE | KVDS_PF_LOCAL,
+                 wait_ms > 0 ? (uint32_t)wait_ms : 0, NULL, 0, deadline);
+    rc = recv_reply(c, id, KVDS_OP_GET, deadline);
+  }
+  if (!rc && c->rh.count != n)
+    rc = broken(c, KVDS_E_PROTO, "get reply");
+  if (!rc && !(it = malloc((n ? n : 1) * sizeof *it)))
+    rc = broken(c, -ENOMEM, "get");
+  if (!rc) {
+    /* Copy the descriptions: receiving data may move the reply buffer. */
+    memcpy(it, c->rit, n * sizeof *it);
+    uint64_t total = 0;
+    for (size_t k = 0; k < n; k++)
+      total += it[k].status ? 0 : it[k].a;
+    if (total != c->rh.data_len)
+      rc = broken(c, KVDS_E_PROTO, "get reply length");
+  }
+  for (; !rc && i < n; i++) {
+    if (it[i].status) {
+      ops->done(ops->ud, i, it[i].status, 0);
+      continue;
+    }
+    uint8_t *dst = ops->dst(ops->ud, i, it[i].a);
+    uint64_t sum = 0;
+    if (!dst) {
+      if ((rc = recv_data(c, NULL, it[i].a, deadline)))
+        break;
+      ops->done(ops->ud, i, KVDS_E_STATE, 0);
+      continue;
+    }
+    if ((rc = recv_data_hashed(c, dst, it[i].a, &sum, deadline)))
+      break;
+    ops->done(ops->ud, i, sum == it[i].c ? 0 : KVDS_E_CHECKSUM, it[i].c);
+  }
+  for (; rc && i < n; i++)
+    ops->done(ops->ud, i, rc, 0);
+  free(it);
+  return rc;
+}
+
+void kvds__client_shutdown(kvds_client *c) {
+  if (c && c->fd >= 0)
+    shutdown(c->fd, SHUT_RDWR);
 }

@@ -46,15 +46,16 @@ _Static_assert(HDR_RESERVED + 4 == KVDS_PROTO_HDR_LEN, "header layout");
 _Static_assert(ITEM_D + 8 == KVDS_PROTO_ITEM_LEN, "item layout");
 
 static const char *const op_names[KVDS_OP__MAX + 1] = {
-    [KVDS_OP_HELLO] = "HELLO",     [KVDS_OP_PING] = "PING",
-    [KVDS_OP_CREATE] = "CREATE",   [KVDS_OP_WRITE] = "WRITE",
-    [KVDS_OP_SEAL] = "SEAL",       [KVDS_OP_ABORT] = "ABORT",
-    [KVDS_OP_PUT] = "PUT",         [KVDS_OP_GET] = "GET",
-    [KVDS_OP_RELEASE] = "RELEASE", [KVDS_OP_DELETE] = "DELETE",
-    [KVDS_OP_EXISTS] = "EXISTS",   [KVDS_OP_LOOKUP_PREFIX] = "LOOKUP_PREFIX",
-    [KVDS_OP_LIST] = "LIST",       [KVDS_OP_STAT] = "STAT",
-    [KVDS_OP_STATS] = "STATS",     [KVDS_OP_SHUTDOWN] = "SHUTDOWN",
-    [KVDS_OP_AUTH] = "AUTH",       [KVDS_OP_CLUSTER] = "CLUSTER",
+    [KVDS_OP_HELLO] = "HELLO",       [KVDS_OP_PING] = "PING",
+    [KVDS_OP_CREATE] = "CREATE",     [KVDS_OP_WRITE] = "WRITE",
+    [KVDS_OP_SEAL] = "SEAL",         [KVDS_OP_ABORT] = "ABORT",
+    [KVDS_OP_PUT] = "PUT",           [KVDS_OP_GET] = "GET",
+    [KVDS_OP_RELEASE] = "RELEASE",   [KVDS_OP_DELETE] = "DELETE",
+    [KVDS_OP_EXISTS] = "EXISTS",     [KVDS_OP_LOOKUP_PREFIX] = "LOOKUP_PREFIX",
+    [KVDS_OP_LIST] = "LIST",         [KVDS_OP_STAT] = "STAT",
+    [KVDS_OP_STATS] = "STATS",       [KVDS_OP_SHUTDOWN] = "SHUTDOWN",
+    [KVDS_OP_AUTH] = "AUTH",         [KVDS_OP_CLUSTER] = "CLUSTER",
+    [KVDS_OP_ANNOUNCE] = "ANNOUNCE", [KVDS_OP_LOCATE] = "LOCATE",
 };
 
 /* Signed fields travel as their two's-complement bit pattern. */

@@ -61,7 +61,9 @@ enum kvds_op {
   KVDS_OP_SHUTDOWN = 16,
   KVDS_OP_AUTH = 17,
   KVDS_OP_CLUSTER = 18,
-  KVDS_OP__MAX = 18
+  KVDS_OP_ANNOUNCE = 19, /* worker -> home: locations sealed / gone */
+  KVDS_OP_LOCATE = 20,   /* which workers hold these keys */
+  KVDS_OP__MAX = 20
 };
 
 /* Header flags. */
@@ -70,7 +72,15 @@ enum kvds_op {
 #define KVDS_PF_INLINE 0x0004u  /* GET: send values in data, pin nothing */
 #define KVDS_PF_MORE 0x0008u    /* LIST reply: truncated at limit */
 #define KVDS_PF_SHM 0x0010u     /* HELLO reply: pool fd attached */
-#define KVDS_PF_ALL 0x001fu
+/* GET / EXISTS / LOOKUP_PREFIX / LOCATE: answer from this worker only (its
+ * store, or its directory shard for LOCATE), never ask the cluster. Peers
+ * always set it, so no request travels further than one hop. */
+#define KVDS_PF_LOCAL 0x0020u
+/* GET: the last item is not a key but the hint (the member id or data
+ * address of a worker that holds the keys): missing keys are pulled from
+ * there first, with no directory round trip. */
+#define KVDS_PF_HINT 0x0040u
+#define KVDS_PF_ALL 0x007fu
 
 struct kvds_proto_hdr {
   uint32_t magic;

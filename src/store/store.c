@@ -74,6 +74,8 @@ static void obj_free(struct kvds_store *st, struct kvds_object *o) {
 
 /* Unlinks an object from the index and the LRU; frees it unless pinned. */
 static void obj_unlink(struct kvds_store *st, struct kvds_object *o) {
+  if (o->indexed && o->state == KVDS_STATE_SEALED && st->notify)
+    st->notify(o->key, o->inode.klen, 0, st->notify_ud);
   if (o->indexed) {
     kvds_index_remove(&st->index, &o->inode);
     o->indexed = 0;
@@ -172,6 +174,8 @@ void kvds_store_seal(struct kvds_store *st, struct kvds_object *o,
   st->ctr.puts++;
   if (o->pins == 0)
     lru_add(st, o);
+  if (st->notify)
+    st->notify(o->key, o->inode.klen, 1, st->notify_ud);
   if (!st->n_waiters)
     return;
   struct kvds_waiter **b = &st->waits[o->inode.hash % KVDS_STORE_WAIT_BUCKETS];
@@ -265,4 +269,31 @@ void kvds_store_wait_remove(struct kvds_store *st, struct kvds_waiter *w) {
   w->prev = w->next = NULL;
   w->armed = 0;
   st->n_waiters--;
+}
+
+void kvds_store_set_notify(struct kvds_store *st, kvds_store_notify_fn fn,
+                           void *ud) {
+  st->notify = fn;
+  st->notify_ud = ud;
+}
+
+struct foreach_ctx {
+  void (*fn)(const struct kvds_object *o, void *ud);
+  void *ud;
+};
+
+static int foreach_sealed(struct kvds_index_node *n, void *arg) {
+  struct foreach_ctx *fc = arg;
+  struct kvds_object *o = kvds_store_obj(n);
+  if (o->state == KVDS_STATE_SEALED)
+    fc->fn(o, fc->ud);
+  return 0;
+}
+
+void kvds_store_foreach_sealed(struct kvds_store *st,
+                               void (*fn)(const struct kvds_object *o,
+                                          void *ud),
+                               void *ud) {
+  struct foreach_ctx fc = {fn, ud};
+  kvds_index_foreach(&st->index, foreach_sealed, &fc);
 }

@@ -55,6 +55,12 @@ struct kvds_waiter {
 typedef void (*kvds_store_wake_fn)(struct kvds_waiter *w,
                                    struct kvds_object *obj, void *ud);
 
+/* Called (with the lock held) when a key becomes readable (sealed = 1) or a
+ * sealed key stops being readable here (sealed = 0: deleted or evicted). The
+ * cluster uses it to tell the keys' homes; it must not call into the store. */
+typedef void (*kvds_store_notify_fn)(const uint8_t *key, uint32_t klen,
+                                     int sealed, void *ud);
+
 struct kvds_store_counters {
   uint64_t evictions, evicted_bytes, hits, misses, puts, nospace;
   uint64_t pinned_objects, writing_objects;
@@ -76,6 +82,8 @@ struct kvds_store {
   uint64_t n_waiters;
   kvds_store_wake_fn wake;
   void *wake_ud;
+  kvds_store_notify_fn notify; /* may be NULL */
+  void *notify_ud;
   struct kvds_store_counters ctr;
 };
 
@@ -84,6 +92,17 @@ struct kvds_store {
 int kvds_store_init(struct kvds_store *st, struct kvds_pool *pool,
                     const struct kvds_evict_policy *policy, uint64_t max_object,
                     kvds_store_wake_fn wake, void *wake_ud);
+/* Sets (or clears, fn = NULL) the notify hook; call before the store is
+ * shared or with the lock held. */
+void kvds_store_set_notify(struct kvds_store *st, kvds_store_notify_fn fn,
+                           void *ud);
+/* Calls fn for every sealed, indexed key (lock held; fn must not call into
+ * the store). */
+void kvds_store_foreach_sealed(struct kvds_store *st,
+                               void (*fn)(const struct kvds_object *o,
+                                          void *ud),
+                               void *ud);
+
 /* Frees every object and the metadata. */
 void kvds_store_fini(struct kvds_store *st);
 

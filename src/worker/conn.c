@@ -238,6 +238,8 @@ void kvds__conn_flush(struct conn *c) {
       return;
     }
     atomic_fetch_add(&s->bytes_out, (uint64_t)w);
+    if (c->peer)
+      kvds__peer_count_out(c->peer, (uint64_t)w);
     c->tx_since_us = kvds_now_us();
     size_t left = (size_t)w;
     struct ochunk *k = c->oq_head;

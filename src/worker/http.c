@@ -83,8 +83,10 @@ char *kvds__server_status_json(struct kvds_server *s) {
   if (!root)
     return NULL;
   json_t *cluster = s->members ? kvds_membership_json(s->members) : NULL;
-  if (cluster)
+  if (cluster) {
+    kvds__cluster_annotate(s, cluster);
     json_object_set_new(root, "cluster", cluster);
+  }
   char *out = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
   json_decref(root);
   return out;
@@ -146,6 +148,7 @@ char *kvds__server_metrics_text(struct kvds_server *s) {
       "(etcd mode; else 0).",
       kvds_membership_etcd_up(s->members));
   }
+  kvds__cluster_metrics(s, f);
 #undef G
 #undef C
   fclose(f);

@@ -6,6 +6,7 @@
  */
 #include <errno.h>
 #include <event2/event.h>
+#include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -128,29 +129,50 @@ static void items_free(struct req_items *ri) {
 
 /* ---- waits -------------------------------------------------------------- */
 
-struct wait_req {
-  struct conn *c;
-  struct wait_req *prev, *next; /* conn's list */
-  struct wait_req *inbox_next;  /* owner thread's inbox */
-  uint8_t in_inbox;
-  uint64_t req_id;
-  uint16_t flags;
-  uint32_t n, remaining;
-  struct event *timer;
-  uint8_t *meta; /* owned copy: waiters point at its keys */
-  struct kvds_object **objs;
-  int32_t *status;
-  struct kvds_waiter *w;
-};
-
 static void wait_free(struct wait_req *wr) {
   if (wr->timer)
     event_free(wr->timer);
   free(wr->meta);
+  free(wr->keys);
+  free(wr->klens);
   free(wr->objs);
   free(wr->status);
   free(wr->w);
+  free(wr->out.buf);
   free(wr);
+}
+
+/* The connection is done with wr (store lock held): freed now, or left to
+ * the cluster jobs still holding it. Its timer goes now (owner thread). */
+static void wait_release_locked(struct wait_req *wr) {
+  if (!wr->jobs) {
+    wait_free(wr);
+    return;
+  }
+  wr->dead = 1;
+  wr->c = NULL;
+  if (wr->timer) {
+    event_free(wr->timer);
+    wr->timer = NULL;
+  }
+}
+
+void kvds__wait_job_done(struct kvds_server *s, struct wait_req *wr) {
+  pthread_mutex_lock(&s->store.lock);
+  int last = --wr->jobs == 0 && wr->dead;
+  pthread_mutex_unlock(&s->store.lock);
+  if (last)
+    wait_free(wr);
+}
+
+void kvds__wait_inbox_locked(struct wait_req *wr) {
+  if (wr->in_inbox || wr->dead || wr->frozen)
+    return;
+  struct io_thread *th = wr->c->th;
+  wr->inbox_next = th->inbox;
+  th->inbox = wr;
+  wr->in_inbox = 1;
+  event_active(th->inbox_ev, EV_READ, 0);
 }
 
 static void wait_unlink(struct wait_req *wr) {
@@ -181,13 +203,8 @@ void kvds__server_on_wake(struct kvds_waiter *w, struct kvds_object *obj,
   struct wait_req *wr = w->req;
   wr->objs[w->idx] = obj; /* the pin taken by the store is ours now */
   wr->status[w->idx] = 0;
-  if (--wr->remaining == 0 && !wr->in_inbox) {
-    struct io_thread *th = wr->c->th;
-    wr->inbox_next = th->inbox;
-    th->inbox = wr;
-    wr->in_inbox = 1;
-    event_active(th->inbox_ev, EV_READ, 0);
-  }
+  if (--wr->remaining == 0)
+    kvds__wait_inbox_locked(wr);
 }
 
 void kvds__server_cancel_waits_locked(struct conn *c) {
@@ -195,13 +212,15 @@ void kvds__server_cancel_waits_locked(struct conn *c) {
   struct wait_req *wr = c->waits, *next;
   for (; wr; wr = next) {
     next = wr->next;
-    for (uint32_t i = 0; i < wr->n; i++) {
+    for (uint32_t i = 0; wr->kind == WR_GET && i < wr->n; i++) {
       kvds_store_wait_remove(st, &wr->w[i]);
-      if (wr->objs[i])
+      if (wr->objs[i]) {
         kvds_store_unpin(st, wr->objs[i]);
+        wr->objs[i] = NULL;
+      }
     }
     inbox_remove_locked(c->th, wr);
-    wait_free(wr);
+    wait_release_locked(wr);
   }
   c->waits = NULL;
 }
@@ -284,14 +303,36 @@ static void get_reply(struct conn *c, uint64_t req_id, uint16_t flags,
     }
 }
 
+static const uint8_t wr_op[] = {[WR_GET] = KVDS_OP_GET,
+                                [WR_EXISTS] = KVDS_OP_EXISTS,
+                                [WR_LOOKUP] = KVDS_OP_LOOKUP_PREFIX,
+                                [WR_LOCATE] = KVDS_OP_LOCATE};
+
+/* Answers wr (its waiters already removed, store lock not held). */
 static void wait_complete(struct wait_req *wr) {
   struct conn *c = wr->c;
-  for (uint32_t i = 0; i < wr->n; i++)
-    if (!wr->objs[i] && wr->status[i] == KVDS_E_NOTFOUND)
-      wr->status[i] = KVDS_E_TIMEOUT;
-  get_reply(c, wr->req_id, wr->flags, wr->n, wr->objs, wr->status);
+  struct kvds_server *s = c->th->srv;
+  if (wr->kind == WR_GET) {
+    for (uint32_t i = 0; i < wr->n; i++)
+      if (!wr->objs[i] && wr->status[i] == KVDS_E_NOTFOUND)
+        wr->status[i] = KVDS_E_TIMEOUT;
+    get_reply(c, wr->req_id, wr->flags, wr->n, wr->objs, wr->status);
+  } else if (wr->remaining) { /* the cluster did not answer in time */
+    kvds__reply_status(c, wr_op[wr->kind], wr->req_id, KVDS_E_TIMEOUT);
+  } else if (wr->kind == WR_EXISTS) {
+    struct reply r;
+    kvds__reply_init(&r);
+    for (uint32_t i = 0; i < wr->n; i++)
+      kvds__reply_item(&r, wr->status[i], 0, 0, 0, 0, NULL, 0);
+    kvds__reply_send(c, &r, KVDS_OP_EXISTS, wr->req_id, 0, 0, 0, -1);
+  } else {
+    kvds__reply_send(c, &wr->out, wr_op[wr->kind], wr->req_id, 0, 0, 0, -1);
+    wr->out.buf = NULL;
+  }
   wait_unlink(wr);
-  wait_free(wr);
+  LOCK(s);
+  wait_release_locked(wr);
+  UNLOCK(s);
 }
 
 static void on_wait_timeout(evutil_socket_t fd, short what, void *arg) {
@@ -301,9 +342,10 @@ static void on_wait_timeout(evutil_socket_t fd, short what, void *arg) {
   (void)fd;
   (void)what;
   LOCK(s);
-  for (uint32_t i = 0; i < wr->n; i++)
+  for (uint32_t i = 0; wr->kind == WR_GET && i < wr->n; i++)
     kvds_store_wait_remove(&s->store, &wr->w[i]);
   inbox_remove_locked(c->th, wr);
+  wr->frozen = 1; /* jobs that finish now leave the results alone */
   UNLOCK(s);
   wait_complete(wr);
   kvds__conn_flush(c);
@@ -323,6 +365,7 @@ void kvds__server_on_inbox(int fd, short what, void *arg) {
     if (wr) {
       th->inbox = wr->inbox_next;
       wr->in_inbox = 0;
+      wr->frozen = 1;
     }
     UNLOCK(s);
     if (!wr)
@@ -339,6 +382,8 @@ static int op_hello(struct conn *c, const struct req_items *ri) {
   struct kvds_server *s = c->th->srv;
   int want_shm = ri->n > 0 && (ri->it[0].a & 1);
   int fd = (want_shm && c->is_unix) ? s->pool.fd : -1;
+  if (ri->n > 1 && ri->it[1].klen) /* a peer worker's connection */
+    c->peer = kvds__cluster_peer(s, ri->key[1], ri->it[1].klen);
   struct reply r;
   kvds__reply_init(&r);
   kvds__reply_item(&r, 0, s->pool.total_size, s->pool.data_offset,
@@ -472,6 +517,68 @@ static int op_abort(struct conn *c, const struct req_items *ri) {
   return 0;
 }
 
+/* A wait_req for the first n items of the request (keys copied). NULL on
+ * -ENOMEM. */
+static struct wait_req *wait_new(struct conn *c, const struct req_items *ri,
+                                 const uint8_t *meta, uint32_t n, int kind) {
+  struct wait_req *wr = calloc(1, sizeof *wr);
+  if (!wr)
+    return NULL;
+  size_t m = n ? n : 1;
+  wr->meta = malloc(c->h.meta_len ? c->h.meta_len : 1);
+  wr->keys = calloc(m, sizeof *wr->keys);
+  wr->klens = calloc(m, sizeof *wr->klens);
+  wr->status = calloc(m, sizeof *wr->status);
+  if (kind == WR_GET) {
+    wr->objs = calloc(m, sizeof *wr->objs);
+    wr->w = calloc(m, sizeof *wr->w);
+  }
+  wr->timer = evtimer_new(c->th->base, on_wait_timeout, wr);
+  if (!wr->meta || !wr->keys || !wr->klens || !wr->status || !wr->timer ||
+      (kind == WR_GET && (!wr->objs || !wr->w))) {
+    wait_free(wr);
+    return NULL;
+  }
+  memcpy(wr->meta, meta, c->h.meta_len);
+  for (uint32_t i = 0; i < n; i++) {
+    wr->keys[i] = wr->meta + (ri->key[i] - meta);
+    wr->klens[i] = ri->it[i].klen;
+  }
+  wr->c = c;
+  wr->kind = (uint8_t)kind;
+  wr->req_id = c->h.req_id;
+  wr->n = n;
+  return wr;
+}
+
+/* Links wr to its connection and arms its deadline. */
+static void wait_arm(struct conn *c, struct wait_req *wr, uint32_t ms) {
+  wr->next = c->waits;
+  if (c->waits)
+    c->waits->prev = wr;
+  c->waits = wr;
+  struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+  evtimer_add(wr->timer, &tv);
+}
+
+/* Hands wr to the cluster (store lock not held); on failure it just waits
+ * for local seals until its deadline. */
+static void wait_submit(struct kvds_server *s, struct wait_req *wr,
+                        const uint8_t *hint, uint32_t hlen, uint32_t ms,
+                        int wait_ms) {
+  if (kvds__cluster_submit(s, wr, hint, hlen, kvds_now_us() + ms * 1000ull,
+                           wait_ms)) {
+    LOCK(s);
+    wr->jobs = 0;
+    UNLOCK(s);
+  }
+}
+
+static uint32_t remote_ms(struct kvds_server *s, uint32_t arg) {
+  uint32_t t = (uint32_t)s->cfg.pull_timeout_ms;
+  return arg > t ? arg : t;
+}
+
 static int op_get(struct conn *c, const struct req_items *ri,
                   const uint8_t *meta) {
   struct kvds_server *s = c->th->srv;
@@ -479,6 +586,16 @@ static int op_get(struct conn *c, const struct req_items *ri,
   if (!c->is_unix)
     flags |= KVDS_PF_INLINE; /* TCP clients cannot map the pool */
   uint32_t n = ri->n;
+  const uint8_t *hint = NULL;
+  uint32_t hlen = 0;
+  if (c->h.flags & KVDS_PF_HINT) { /* the last item names a worker */
+    if (n < 2)
+      return KVDS_E_PROTO;
+    n--;
+    hint = ri->key[n];
+    hlen = ri->it[n].klen;
+  }
+  int remote = !(c->h.flags & KVDS_PF_LOCAL) && kvds__cluster_active(s);
   struct kvds_object **objs = calloc(n ? n : 1, sizeof *objs);
   int32_t *status = calloc(n ? n : 1, sizeof *status);
   if (!objs || !status) {
@@ -500,16 +617,9 @@ static int op_get(struct conn *c, const struct req_items *ri,
       missing++;
     }
   }
-  if (missing && c->h.arg > 0) {
-    struct wait_req *wr = calloc(1, sizeof *wr);
-    if (wr) {
-      wr->meta = malloc(c->h.meta_len ? c->h.meta_len : 1);
-      wr->w = calloc(n, sizeof *wr->w);
-      wr->timer = evtimer_new(c->th->base, on_wait_timeout, wr);
-    }
-    if (!wr || !wr->meta || !wr->w || !wr->timer) {
-      if (wr)
-        wait_free(wr);
+  if (missing && (c->h.arg > 0 || remote)) {
+    struct wait_req *wr = wait_new(c, ri, meta, n, WR_GET);
+    if (!wr) {
       for (uint32_t i = 0; i < n; i++)
         if (objs[i])
           kvds_store_unpin(&s->store, objs[i]);
@@ -518,11 +628,9 @@ static int op_get(struct conn *c, const struct req_items *ri,
       free(status);
       return -ENOMEM;
     }
-    memcpy(wr->meta, meta, c->h.meta_len);
-    wr->c = c;
-    wr->req_id = c->h.req_id;
+    free(wr->objs);
+    free(wr->status);
     wr->flags = flags;
-    wr->n = n;
     wr->remaining = missing;
     wr->objs = objs;
     wr->status = status;
@@ -530,21 +638,20 @@ static int op_get(struct conn *c, const struct req_items *ri,
       if (objs[i] || status[i] != KVDS_E_NOTFOUND)
         continue;
       struct kvds_waiter *w = &wr->w[i];
-      w->key = wr->meta + (ri->key[i] - meta);
-      w->klen = ri->it[i].klen;
+      w->key = wr->keys[i];
+      w->klen = wr->klens[i];
       w->hash = kvds_index_hash(w->key, w->klen);
       w->req = wr;
       w->idx = i;
       kvds_store_wait_add(&s->store, w);
     }
+    if (remote)
+      wr->jobs = kvds__cluster_njobs(s, wr);
     UNLOCK(s);
-    wr->next = c->waits;
-    if (c->waits)
-      c->waits->prev = wr;
-    c->waits = wr;
-    uint32_t ms = c->h.arg;
-    struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
-    evtimer_add(wr->timer, &tv);
+    uint32_t ms = remote ? remote_ms(s, c->h.arg) : c->h.arg;
+    wait_arm(c, wr, ms);
+    if (remote)
+      wait_submit(s, wr, hint, hlen, ms, (int)c->h.arg);
     return 0;
   }
   UNLOCK(s);
@@ -599,32 +706,74 @@ static int sealed(struct kvds_store *st, const uint8_t *key, uint32_t kl) {
   return o && o->state == KVDS_STATE_SEALED;
 }
 
-static int op_exists(struct conn *c, const struct req_items *ri) {
+/* EXISTS / LOOKUP_PREFIX / LOCATE that the cluster must complete: the
+ * local answers are in wr->status (0 = sealed here). */
+static int wait_cluster(struct conn *c, struct wait_req *wr) {
   struct kvds_server *s = c->th->srv;
-  struct reply r;
-  kvds__reply_init(&r);
   LOCK(s);
-  for (uint32_t i = 0; i < ri->n; i++)
-    kvds__reply_item(
-        &r, sealed(&s->store, ri->key[i], ri->it[i].klen) ? 0 : KVDS_E_NOTFOUND,
-        0, 0, 0, 0, NULL, 0);
+  wr->remaining = 1;
+  wr->jobs = kvds__cluster_njobs(s, wr);
   UNLOCK(s);
-  kvds__reply_send(c, &r, KVDS_OP_EXISTS, c->h.req_id, 0, 0, 0, -1);
+  uint32_t ms = remote_ms(s, 0);
+  wait_arm(c, wr, ms);
+  wait_submit(s, wr, NULL, 0, ms, 0);
   return 0;
 }
 
-static int op_lookup_prefix(struct conn *c, const struct req_items *ri) {
+/* EXISTS, LOOKUP_PREFIX and LOCATE: the local store first; what it lacks
+ * is asked of the cluster (one job, the client sees one round trip). */
+static int op_find(struct conn *c, const struct req_items *ri,
+                   const uint8_t *meta, int kind) {
   struct kvds_server *s = c->th->srv;
-  uint32_t n = 0;
+  int remote = !(c->h.flags & KVDS_PF_LOCAL) && kvds__cluster_active(s);
+  int32_t stack[64], *st = stack;
+  if (ri->n > 64 && !(st = malloc(ri->n * sizeof *st)))
+    return -ENOMEM;
+  uint32_t present = 0, prefix = 0;
   LOCK(s);
-  while (n < ri->n && sealed(&s->store, ri->key[n], ri->it[n].klen))
-    n++;
+  for (uint32_t i = 0; i < ri->n; i++) {
+    st[i] = sealed(&s->store, ri->key[i], ri->it[i].klen) ? 0 : KVDS_E_NOTFOUND;
+    present += st[i] == 0;
+    if (present == i + 1)
+      prefix = i + 1;
+  }
   UNLOCK(s);
+  int rc = 0;
+  if (remote && (present < ri->n || kind == WR_LOCATE)) {
+    struct wait_req *wr = wait_new(c, ri, meta, ri->n, kind);
+    if (!wr) {
+      rc = -ENOMEM;
+      goto out;
+    }
+    memcpy(wr->status, st, ri->n * sizeof *st);
+    rc = wait_cluster(c, wr);
+    goto out;
+  }
   struct reply r;
   kvds__reply_init(&r);
-  kvds__reply_item(&r, 0, n, 0, 0, 0, NULL, 0);
-  kvds__reply_send(c, &r, KVDS_OP_LOOKUP_PREFIX, c->h.req_id, 0, 0, 0, -1);
-  return 0;
+  if (kind == WR_EXISTS) {
+    for (uint32_t i = 0; i < ri->n; i++)
+      kvds__reply_item(&r, st[i], 0, 0, 0, 0, NULL, 0);
+  } else if (kind == WR_LOOKUP) {
+    kvds__reply_item(&r, 0, prefix, 0, 0, 0, NULL, 0);
+  } else {
+    uint32_t kl[64], *klens = kl;
+    if (ri->n > 64 && !(klens = malloc(ri->n * sizeof *klens))) {
+      free(r.buf);
+      rc = -ENOMEM;
+      goto out;
+    }
+    for (uint32_t i = 0; i < ri->n; i++)
+      klens[i] = ri->it[i].klen;
+    kvds__cluster_locate_local(s, &r, ri->n, ri->key, klens);
+    if (klens != kl)
+      free(klens);
+  }
+  kvds__reply_send(c, &r, wr_op[kind], c->h.req_id, 0, 0, 0, -1);
+out:
+  if (st != stack)
+    free(st);
+  return rc;
 }
 
 /* LIST: collects matching objects, sorts by key, returns one page. */
@@ -780,7 +929,13 @@ static int op_cluster(struct conn *c) {
     kvds__reply_status(c, KVDS_OP_CLUSTER, c->h.req_id, KVDS_E_STATE);
     return 0;
   }
-  char *json = kvds_membership_json_string(s->members);
+  char *json = NULL;
+  json_t *j = kvds_membership_json(s->members);
+  if (j) {
+    kvds__cluster_annotate(s, j);
+    json = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+  }
   if (!json) {
     kvds__reply_status(c, KVDS_OP_CLUSTER, c->h.req_id, -ENOMEM);
     return 0;
@@ -961,10 +1116,10 @@ int kvds__server_request(struct conn *c, const uint8_t *meta) {
     rc = op_delete(c, &ri);
     break;
   case KVDS_OP_EXISTS:
-    rc = op_exists(c, &ri);
+    rc = op_find(c, &ri, meta, WR_EXISTS);
     break;
   case KVDS_OP_LOOKUP_PREFIX:
-    rc = op_lookup_prefix(c, &ri);
+    rc = op_find(c, &ri, meta, WR_LOOKUP);
     break;
   case KVDS_OP_LIST:
     rc = op_list(c, &ri);
@@ -980,6 +1135,12 @@ int kvds__server_request(struct conn *c, const uint8_t *meta) {
     break;
   case KVDS_OP_CLUSTER:
     rc = op_cluster(c);
+    break;
+  case KVDS_OP_LOCATE:
+    rc = op_find(c, &ri, meta, WR_LOCATE);
+    break;
+  case KVDS_OP_ANNOUNCE:
+    rc = kvds__cluster_announce(c, h, meta);
     break;
   case KVDS_OP_SHUTDOWN:
     kvds__reply_status(c, KVDS_OP_SHUTDOWN, h->req_id, 0);

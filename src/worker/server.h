@@ -16,6 +16,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <sys/uio.h>
 
 #include "cluster/auth.h"
@@ -29,6 +30,8 @@ struct event_base;
 struct event;
 struct conn;
 struct wait_req;
+struct kvds_cluster;
+struct kvds_peer;
 
 struct io_thread {
   struct kvds_server *srv;
@@ -66,6 +69,7 @@ struct kvds_server {
   struct kvds_auth_token token; /* when auth */
   struct kvds_http *http;
   kvds_membership *members; /* always set once serving (embedded: just me) */
+  struct kvds_cluster *cluster; /* NULL on a single embedded worker */
 };
 
 /* ---- conn.c --------------------------------------------------------------*/
@@ -104,6 +108,7 @@ struct conn {
   uint8_t reading;           /* read event armed */
   uint8_t writing;           /* write event armed */
   uint8_t authed;            /* may send requests (Unix, or proved the token) */
+  struct kvds_peer *peer;    /* a peer worker's connection (HELLO named it) */
   uint8_t auth_step;         /* 1: challenge sent, client proof expected */
   uint64_t auth_deadline_us; /* close if not authenticated by then */
   uint8_t auth_wn[KVDS_AUTH_NONCE_LEN], auth_cn[KVDS_AUTH_NONCE_LEN];
@@ -163,6 +168,46 @@ struct reply {
   uint32_t count;
   int oom;
 };
+
+/* What a wait_req answers. */
+enum { WR_GET = 0, WR_EXISTS, WR_LOOKUP, WR_LOCATE };
+
+/*
+ * A request answered later: a GET waiting for seals (local writers, or the
+ * cluster's pulls), or an EXISTS / LOOKUP_PREFIX / LOCATE the cluster
+ * resolves. Owned by its connection (c->waits); cluster jobs hold
+ * references (`jobs`, under store.lock). When the connection answers or
+ * drops it while jobs still hold it, it is marked dead (its timer freed)
+ * and the last job frees it.
+ */
+struct wait_req {
+  struct conn *c;
+  struct wait_req *prev, *next; /* conn's list */
+  struct wait_req *inbox_next;  /* owner thread's inbox */
+  uint8_t in_inbox;
+  uint8_t kind;   /* WR_* */
+  uint8_t dead;   /* store.lock: answered or dropped; only jobs hold it */
+  uint8_t frozen; /* store.lock: being answered; jobs change nothing */
+  uint16_t flags;
+  uint32_t jobs; /* store.lock: cluster jobs holding it */
+  uint64_t req_id;
+  uint32_t n, remaining;
+  struct event *timer;
+  uint8_t *meta;        /* owned copy: keys[] and waiters point into it */
+  const uint8_t **keys; /* n keys (into meta) */
+  uint32_t *klens;
+  struct kvds_object **objs; /* GET: pinned results */
+  int32_t *status;           /* per key (GET, EXISTS: 0 = present) */
+  struct kvds_waiter *w;     /* GET: one per key */
+  struct reply out;          /* WR_LOOKUP / WR_LOCATE: the reply a job built */
+};
+
+/* Queues wr on its thread's inbox (store lock held). */
+void kvds__wait_inbox_locked(struct wait_req *wr);
+/* A job is done with wr (takes store.lock); frees it if it was the last
+ * holder of a dead request. */
+void kvds__wait_job_done(struct kvds_server *s, struct wait_req *wr);
+
 void kvds__reply_init(struct reply *r);
 void kvds__reply_item(struct reply *r, int32_t status, uint64_t a, uint64_t b,
                       uint64_t c, uint64_t d, const void *key, uint32_t klen);
@@ -192,6 +237,54 @@ void kvds__server_on_wake(struct kvds_waiter *w, struct kvds_object *obj,
                           void *ud);
 /* Event callback of a thread's inbox: answers the GETs completed there. */
 void kvds__server_on_inbox(int fd, short what, void *arg);
+
+/* ---- worker.c
+ * --------------------------------------------------------------*/
+
+/* One log line on stderr ("kvds worker [LEVEL] ..."), if level <= the
+ * worker's --log-level (0 error, 1 warn, 2 info, 3 debug). */
+void kvds__logf(int level, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* ---- cluster.c
+ * -------------------------------------------------------------*/
+
+/* Sets up and starts the cluster part (peers, directory, jobs); a no-op for
+ * the embedded single node. Call after the membership was created and
+ * before it starts (it registers the change callback's target). */
+int kvds__cluster_start(struct kvds_server *s);
+/* Stops its threads (pulls in flight fail at once) and frees it. */
+void kvds__cluster_stop(struct kvds_server *s);
+/* The membership's change callback. */
+void kvds__cluster_on_view(void *arg, uint64_t generation);
+/* 1 when requests should look beyond this worker: a cluster with another
+ * live member. */
+int kvds__cluster_active(struct kvds_server *s);
+/* Queues the jobs that resolve wr (GET: pulls of its missing keys; other
+ * kinds: directory queries) with wr->jobs already counting them. hint may
+ * be NULL. Returns 0, or -ENOMEM (nothing queued). */
+int kvds__cluster_submit(struct kvds_server *s, struct wait_req *wr,
+                         const uint8_t *hint, uint32_t hlen,
+                         uint64_t deadline_us, int wait_ms);
+/* Number of jobs kvds__cluster_submit will queue for wr. */
+uint32_t kvds__cluster_njobs(struct kvds_server *s, const struct wait_req *wr);
+/* ANNOUNCE from a peer and LOCATE answered from this worker's directory
+ * (and store) alone. */
+int kvds__cluster_announce(struct conn *c, const struct kvds_proto_hdr *h,
+                           const uint8_t *meta);
+void kvds__cluster_locate_local(struct kvds_server *s, struct reply *r,
+                                uint32_t n, const uint8_t *const *keys,
+                                const uint32_t *klens);
+/* The peer a HELLO names (NULL if not a member), for its byte counters. */
+struct kvds_peer *kvds__cluster_peer(struct kvds_server *s, const uint8_t *id,
+                                     uint32_t len);
+void kvds__peer_count_out(struct kvds_peer *p, uint64_t bytes);
+/* Adds per-member transfer figures to a membership JSON object (its
+ * "members" entries) and a "directory" object. */
+void kvds__cluster_annotate(struct kvds_server *s, struct json_t *cluster);
+/* Writes the cluster's Prometheus lines (per-peer counters, pull latency
+ * histograms, directory size) to f; nothing for a single embedded worker. */
+void kvds__cluster_metrics(struct kvds_server *s, FILE *f);
 
 /* ---- http.c --------------------------------------------------------------*/
 struct kvds_http;

@@ -31,9 +31,8 @@
 
 static int g_log_level = 2;
 
-static void logf_(int level, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-static void logf_(int level, const char *fmt, ...) {
+#define logf_ kvds__logf
+void kvds__logf(int level, const char *fmt, ...) {
   static const char *names[] = {"ERROR", "WARN", "INFO", "DEBUG"};
   if (level > g_log_level)
     return;
@@ -62,6 +61,8 @@ void kvds_worker_config_default(struct kvds_worker_config *cfg) {
   cfg->frame_timeout_ms = 30000;
   cfg->ready_fd = -1;
   cfg->log_level = 2;
+  cfg->pull_threads = 4;
+  cfg->pull_timeout_ms = 4000;
 }
 
 int kvds_worker_socket_path(const char *listen, char *out, size_t cap) {
@@ -199,6 +200,14 @@ int kvds_worker_config_check(const struct kvds_worker_config *cfg, char *err,
   }
   if (cfg->lease_ttl_s < 0 || cfg->lease_ttl_s > 3600) {
     snprintf(err, errcap, "--lease-ttl must be 1..3600 seconds");
+    return KVDS_E_INVAL;
+  }
+  if (cfg->pull_threads < 1 || cfg->pull_threads > 64) {
+    snprintf(err, errcap, "--pull-threads must be 1..64");
+    return KVDS_E_INVAL;
+  }
+  if (cfg->pull_timeout_ms < 10 || cfg->pull_timeout_ms > 600000) {
+    snprintf(err, errcap, "--pull-timeout-ms must be 10..600000");
     return KVDS_E_INVAL;
   }
   struct kvds_membership_config mc;
@@ -545,6 +554,8 @@ int kvds_worker_run(const struct kvds_worker_config *cfg) {
   err[0] = 0;
   if ((rc = membership_config(cfg, &mc, err, sizeof err)) == 0) {
     mc.log = member_log;
+    mc.on_change = kvds__cluster_on_view;
+    mc.change_arg = s;
     rc = kvds_membership_create(&mc, &s->members, err, sizeof err);
   }
   if (rc) {
@@ -572,6 +583,13 @@ int kvds_worker_run(const struct kvds_worker_config *cfg) {
         pthread_join(s->threads[k].tid, NULL);
       goto out;
     }
+  }
+  if ((rc = kvds__cluster_start(s))) {
+    logf_(0, "cannot start the cluster's threads: %s", kvds_strerror(rc));
+    kvds__server_stop(s);
+    for (int k = 1; k < s->nthreads; k++)
+      pthread_join(s->threads[k].tid, NULL);
+    goto out;
   }
   if ((rc = kvds_membership_start(s->members))) {
     logf_(0, "cannot set up the cluster membership: %s",
@@ -609,6 +627,7 @@ int kvds_worker_run(const struct kvds_worker_config *cfg) {
 out:
   if (s->http)
     kvds__http_stop(s->http);
+  kvds__cluster_stop(s);
   kvds_membership_destroy(s->members);
   for (int i = 0; i < 2; i++)
     if (sigs[i])

@@ -38,6 +38,8 @@ struct kvds_worker_config {
   char cluster[64];    /* "" = "kvds" */
   int lease_ttl_s;     /* etcd lease TTL (default 10) */
   char advertise[256]; /* data address peers use; "" = listen */
+  int pull_threads;    /* threads that pull from peers (default 4) */
+  int pull_timeout_ms; /* deadline of a read resolved by the cluster */
 };
 
 /* Fills the defaults: listen 127.0.0.1:31501, 4 GiB, 1 thread, no HTTP,

@@ -104,9 +104,10 @@ static int decode_hdr(const struct kvds_proto_hdr *h,
 
 static void test_op_names(void **state) {
   static const char *const names[] = {
-      "HELLO", "PING", "CREATE",  "WRITE",    "SEAL",   "ABORT",
-      "PUT",   "GET",  "RELEASE", "DELETE",   "EXISTS", "LOOKUP_PREFIX",
-      "LIST",  "STAT", "STATS",   "SHUTDOWN", "AUTH",   "CLUSTER"};
+      "HELLO",    "PING",          "CREATE",  "WRITE",    "SEAL",
+      "ABORT",    "PUT",           "GET",     "RELEASE",  "DELETE",
+      "EXISTS",   "LOOKUP_PREFIX", "LIST",    "STAT",     "STATS",
+      "SHUTDOWN", "AUTH",          "CLUSTER", "ANNOUNCE", "LOCATE"};
 
   assert_int_equal(sizeof(names) / sizeof(names[0]), KVDS_OP__MAX);
   for (unsigned op = 1; op <= KVDS_OP__MAX; op++)
@@ -277,9 +278,9 @@ static void test_hdr_flags(void **state) {
       assert_poisoned(&out, sizeof(out));
     }
   }
-  h.flags = KVDS_PF_ALL | 0x20;
+  h.flags = KVDS_PF_ALL | 0x80;
   assert_int_equal(decode_hdr(&h, &out), KVDS_E_PROTO);
-  h.flags = 0x20;
+  h.flags = 0x80;
   h.opcode = KVDS_OP__MAX + 1;
   assert_int_equal(decode_hdr(&h, &out), KVDS_E_PROTO);
 }
