@@ -514,11 +514,11 @@ static PyObject *client_mput_raw(ClientObject *cl, PyObject *args,
  * owns the pins; else raises (nothing is pinned). Call between op_enter and
  * op_exit. */
 static int pin_keys(ClientObject *cl, size_t n, const struct kvds_iov *keys,
-                    int wait_ms, struct kvds_value *vals, int *results) {
+                    const struct kvds_get_opts *o, struct kvds_value *vals,
+                    int *results) {
   int rc;
   char msg[256];
-  KVDSPY_CALL_RC(cl, rc, msg,
-                 kvds_mget(cl->c, n, keys, wait_ms, vals, results));
+  KVDSPY_CALL_RC(cl, rc, msg, kvds_mget_ex(cl->c, n, keys, o, vals, results));
   if (rc) {
     fail(rc, msg);
     return -1;
@@ -527,11 +527,14 @@ static int pin_keys(ClientObject *cl, size_t n, const struct kvds_iov *keys,
 }
 
 static PyObject *client_get(ClientObject *cl, PyObject *args, PyObject *kw) {
-  static char *kwlist[] = {"key", "wait_ms", NULL};
+  static char *kwlist[] = {"key", "wait_ms", "hint", "local", NULL};
   PyObject *ko;
-  int wait_ms = 0;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "O|i:get", kwlist, &ko, &wait_ms))
+  struct kvds_get_opts o = {0};
+  int local = 0;
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "O|i$zp:get", kwlist, &ko,
+                                   &o.wait_ms, &o.hint, &local))
     return NULL;
+  o.flags = local ? KVDS_GET_LOCAL : 0;
   Py_buffer k;
   if (kvdspy_key_get(ko, &k))
     return NULL;
@@ -543,7 +546,7 @@ static PyObject *client_get(ClientObject *cl, PyObject *args, PyObject *kw) {
   struct kvds_value v;
   int res;
   PyObject *out = NULL;
-  if (pin_keys(cl, 1, &key, wait_ms, &v, &res))
+  if (pin_keys(cl, 1, &key, &o, &v, &res))
     goto out;
   if (res) {
     kvdspy_raise(res, NULL, -1);
@@ -560,11 +563,14 @@ out:
 }
 
 static PyObject *client_mget(ClientObject *cl, PyObject *args, PyObject *kw) {
-  static char *kwlist[] = {"keys", "wait_ms", NULL};
+  static char *kwlist[] = {"keys", "wait_ms", "hint", "local", NULL};
   PyObject *ko;
-  int wait_ms = 0;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "O|i:mget", kwlist, &ko, &wait_ms))
+  struct kvds_get_opts o = {0};
+  int local = 0;
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "O|i$zp:mget", kwlist, &ko,
+                                   &o.wait_ms, &o.hint, &local))
     return NULL;
+  o.flags = local ? KVDS_GET_LOCAL : 0;
   struct kvdspy_batch keys = {0};
   if (kvdspy_batch_keys(&keys, ko))
     return NULL;
@@ -582,7 +588,7 @@ static PyObject *client_mget(ClientObject *cl, PyObject *args, PyObject *kw) {
   }
   if (kvdspy_op_enter(cl))
     goto free;
-  if (pin_keys(cl, n, keys.iov, wait_ms, vals, results))
+  if (pin_keys(cl, n, keys.iov, &o, vals, results))
     goto exit;
   Py_ssize_t bad = -1;
   size_t total = 0;
@@ -639,7 +645,7 @@ free:
 }
 
 static PyObject *do_get_into(ClientObject *cl, PyObject *ko, void *buf,
-                             size_t cap, int wait_ms) {
+                             size_t cap, const struct kvds_get_opts *o) {
   Py_buffer k;
   if (kvdspy_key_get(ko, &k))
     return NULL;
@@ -650,9 +656,8 @@ static PyObject *do_get_into(ClientObject *cl, PyObject *ko, void *buf,
   int rc;
   size_t len = 0;
   char msg[256];
-  KVDSPY_CALL_RC(
-      cl, rc, msg,
-      kvds_get(cl->c, k.buf, (size_t)k.len, buf, cap, &len, wait_ms));
+  KVDSPY_CALL_RC(cl, rc, msg,
+                 kvds_get_ex(cl->c, k.buf, (size_t)k.len, buf, cap, &len, o));
   kvdspy_op_exit(cl);
   PyBuffer_Release(&k);
   if (rc)
@@ -662,43 +667,50 @@ static PyObject *do_get_into(ClientObject *cl, PyObject *ko, void *buf,
 
 static PyObject *client_get_into(ClientObject *cl, PyObject *args,
                                  PyObject *kw) {
-  static char *kwlist[] = {"key", "buffer", "wait_ms", NULL};
+  static char *kwlist[] = {"key", "buffer", "wait_ms", "hint", "local", NULL};
   PyObject *ko, *bo;
-  int wait_ms = 0;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|i:get_into", kwlist, &ko, &bo,
-                                   &wait_ms))
+  struct kvds_get_opts o = {0};
+  int local = 0;
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|i$zp:get_into", kwlist, &ko,
+                                   &bo, &o.wait_ms, &o.hint, &local))
     return NULL;
+  o.flags = local ? KVDS_GET_LOCAL : 0;
   Py_buffer b;
   if (kvdspy_buf_get(bo, &b, 1, "buffer"))
     return NULL;
-  PyObject *r = do_get_into(cl, ko, b.buf, (size_t)b.len, wait_ms);
+  PyObject *r = do_get_into(cl, ko, b.buf, (size_t)b.len, &o);
   PyBuffer_Release(&b);
   return r;
 }
 
 static PyObject *client_get_into_raw(ClientObject *cl, PyObject *args,
                                      PyObject *kw) {
-  static char *kwlist[] = {"key", "ptr", "capacity", "wait_ms", NULL};
+  static char *kwlist[] = {"key",  "ptr",   "capacity", "wait_ms",
+                           "hint", "local", NULL};
   PyObject *ko, *po, *co;
-  int wait_ms = 0;
+  struct kvds_get_opts o = {0};
+  int local = 0;
   void *ptr;
   size_t cap;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|i:get_into_raw", kwlist, &ko,
-                                   &po, &co, &wait_ms))
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|i$zp:get_into_raw", kwlist,
+                                   &ko, &po, &co, &o.wait_ms, &o.hint, &local))
     return NULL;
+  o.flags = local ? KVDS_GET_LOCAL : 0;
   if (kvdspy_ptr(po, &ptr) || kvdspy_size(co, &cap, "capacity"))
     return NULL;
-  return do_get_into(cl, ko, ptr, cap, wait_ms);
+  return do_get_into(cl, ko, ptr, cap, &o);
 }
 
 static PyObject *client_mget_views(ClientObject *cl, PyObject *args,
                                    PyObject *kw) {
-  static char *kwlist[] = {"keys", "wait_ms", NULL};
+  static char *kwlist[] = {"keys", "wait_ms", "hint", "local", NULL};
   PyObject *ko;
-  int wait_ms = 0;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "O|i:mget_views", kwlist, &ko,
-                                   &wait_ms))
+  struct kvds_get_opts o = {0};
+  int local = 0;
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "O|i$zp:mget_views", kwlist, &ko,
+                                   &o.wait_ms, &o.hint, &local))
     return NULL;
+  o.flags = local ? KVDS_GET_LOCAL : 0;
   struct kvdspy_batch keys = {0};
   if (kvdspy_batch_keys(&keys, ko))
     return NULL;
@@ -713,7 +725,7 @@ static PyObject *client_mget_views(ClientObject *cl, PyObject *args,
   }
   if (kvdspy_op_enter(cl))
     goto free;
-  if (n && pin_keys(cl, n, keys.iov, wait_ms, vals, results))
+  if (n && pin_keys(cl, n, keys.iov, &o, vals, results))
     goto exit;
   Py_ssize_t bad = -1;
   for (size_t i = 0; i < n && bad < 0; i++)
@@ -1076,6 +1088,42 @@ static PyObject *client_cluster_status(ClientObject *cl, PyObject *unused) {
   return s;
 }
 
+static PyObject *client_locate(ClientObject *cl, PyObject *args, PyObject *kw) {
+  static char *kwlist[] = {"key", NULL};
+  PyObject *ko;
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "O:locate", kwlist, &ko))
+    return NULL;
+  Py_buffer k;
+  if (kvdspy_key_get(ko, &k))
+    return NULL;
+  if (kvdspy_op_enter(cl)) {
+    PyBuffer_Release(&k);
+    return NULL;
+  }
+  struct kvds_location *loc = NULL;
+  size_t n = 0;
+  int rc;
+  char msg[256];
+  KVDSPY_CALL_RC(cl, rc, msg,
+                 kvds_locate(cl->c, k.buf, (size_t)k.len, &loc, &n));
+  kvdspy_op_exit(cl);
+  PyBuffer_Release(&k);
+  if (rc)
+    return fail(rc, msg);
+  PyObject *out = PyList_New((Py_ssize_t)n);
+  for (size_t i = 0; out && i < n; i++) {
+    PyObject *t =
+        Py_BuildValue("(sK)", loc[i].id, (unsigned long long)loc[i].epoch);
+    if (!t) {
+      Py_CLEAR(out);
+      break;
+    }
+    PyList_SET_ITEM(out, (Py_ssize_t)i, t);
+  }
+  free(loc);
+  return out;
+}
+
 static PyObject *client_pool_region(ClientObject *cl, PyObject *unused) {
   if (kvdspy_op_enter(cl))
     return NULL;
@@ -1209,24 +1257,33 @@ static PyMethodDef client_methods[] = {
      "mput_raw(keys, ptrs, lengths)\n\nmput() from raw (address, length) "
      "pairs; see put_raw()."},
     {"get", (PyCFunction)(void (*)(void))client_get, KW,
-     "get(key, wait_ms=0) -> bytes\n\nA copy of the value (owned by the "
-     "caller). With wait_ms > 0 waits that long for an absent or unsealed "
-     "key. Raises NotFound (no wait), Timeout (still absent), "
-     "ChecksumError (TCP bytes corrupted)."},
+     "get(key, wait_ms=0, *, hint=None, local=False) -> bytes\n\nA copy of "
+     "the value (owned by the caller). With wait_ms > 0 waits that long for "
+     "an absent or unsealed key. In a cluster a key this worker lacks is "
+     "pulled from the worker holding it (found through the key's home, or "
+     "straight from `hint`, a member id or data address); local=True reads "
+     "this worker only. Every get method takes hint and local. Raises "
+     "NotFound (no wait), Timeout (still absent), ChecksumError (bytes "
+     "corrupted in transit), KvdsError (KVDS_E_PEER: the holder died or "
+     "stalled)."},
     {"mget", (PyCFunction)(void (*)(void))client_mget, KW,
-     "mget(keys, wait_ms=0) -> list\n\nCopies of the values: bytes, or None "
+     "mget(keys, wait_ms=0, *, hint=None, local=False) -> list\n\nCopies of "
+     "the values: bytes, or None "
      "for a key still absent after wait_ms. Other item errors raise with "
      ".index set."},
     {"get_into", (PyCFunction)(void (*)(void))client_get_into, KW,
-     "get_into(key, buffer, wait_ms=0) -> int\n\nCopies the value into the "
+     "get_into(key, buffer, wait_ms=0, *, hint=None, local=False) -> "
+     "int\n\nCopies the value into the "
      "start of a writable C-contiguous buffer and returns its size. Raises "
      "TooBig (nothing written) when the buffer is too small."},
     {"get_into_raw", (PyCFunction)(void (*)(void))client_get_into_raw, KW,
-     "get_into_raw(key, ptr, capacity, wait_ms=0) -> int\n\nget_into() to "
+     "get_into_raw(key, ptr, capacity, wait_ms=0, *, hint=None, local=False) "
+     "-> int\n\nget_into() to "
      "raw memory at address ptr, which must be writable for capacity bytes "
      "during the call."},
     {"mget_views", (PyCFunction)(void (*)(void))client_mget_views, KW,
-     "mget_views(keys, wait_ms=0) -> Pinned\n\nZero-copy batch get: the "
+     "mget_views(keys, wait_ms=0, *, hint=None, local=False) -> "
+     "Pinned\n\nZero-copy batch get: the "
      "values stay pinned (never evicted or freed) until the Pinned object is "
      "released (release(), its context manager, or garbage collection). On a "
      "local client its memoryviews point straight into the worker's pool, "
@@ -1267,6 +1324,10 @@ static PyMethodDef client_methods[] = {
      "list(prefix=b'', limit=1000) -> list of (key, size)\n\nKeys starting "
      "with prefix (including objects being written), in byte order, at most "
      "`limit` (None or 0: all), fetched in pages of 1000."},
+    {"locate", (PyCFunction)(void (*)(void))client_locate, KW,
+     "locate(key) -> list\n\nThe workers that hold a sealed copy of key, "
+     "as (member id, epoch) tuples, the original first (asked of the key's "
+     "home worker; [] when no live worker has it)."},
     {"cluster_status", (PyCFunction)client_cluster_status, METH_NOARGS,
      "cluster_status() -> str\n\nThe worker's view of the cluster as JSON "
      "text (mode, self, etcd state, members with state): "

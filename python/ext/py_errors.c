@@ -25,6 +25,7 @@ enum cls {
   CLS_PROTO,
   CLS_INVAL,
   CLS_AUTH,
+  CLS_PEER,
   CLS_OS,
   CLS_COUNT
 };
@@ -59,6 +60,10 @@ static const struct {
                   "KVDS_E_AUTH: the worker wants a token and none was given "
                   "($KVDS_AUTH_TOKEN_FILE), the tokens differ, the token "
                   "file is unusable, or the worker does not authenticate."},
+    [CLS_PEER] = {"PeerError",
+                  "KVDS_E_PEER: in a cluster, the worker holding the data "
+                  "could not be reached, or died or stalled during the "
+                  "transfer (recompute, or try again)."},
     [CLS_OS] = {"KvdsOSError", "A system error (negative errno, e.g. "
                                "ECONNREFUSED); also an OSError with errno."},
 };
@@ -78,7 +83,7 @@ static const struct {
     {KVDS_E_RANGE, CLS_INVAL},       {KVDS_E_BADOP, CLS_PROTO},
     {KVDS_E_SHUTDOWN, CLS_CLOSED},   {KVDS_E_LIMIT, CLS_PROTO},
     {KVDS_E_HANDLE, CLS_BASE},       {KVDS_E_ADDR, CLS_INVAL},
-    {KVDS_E_AUTH, CLS_AUTH},
+    {KVDS_E_AUTH, CLS_AUTH},         {KVDS_E_PEER, CLS_PEER},
 };
 
 #define COUNT_CODE(name, val, msg) +1

@@ -25,6 +25,7 @@ from ._kvds import (  # noqa: F401
     KvdsOSError,
     NoSpace,
     NotFound,
+    PeerError,
     Pinned,
     ProtocolError,
     Timeout,
@@ -46,6 +47,6 @@ __version__ = "0.1.0"
 __all__ = [
     "BATCH_MAX", "KEY_MAX", "LIBKVDS_VERSION", "AuthError", "ChecksumError", "Client",
     "ConnectionClosed", "Exists", "InvalidArgument", "KeyLength", "KvdsError",
-    "KvdsOSError", "NoSpace", "NotFound", "Pinned", "ProtocolError", "Timeout",
+    "KvdsOSError", "NoSpace", "NotFound", "PeerError", "Pinned", "ProtocolError", "Timeout",
     "TooBig", "WriteBuffer", "checksum", "err_name", "error_class", "scatter", "strerror",
 ] + sorted(k for k in vars(_kvds) if k.startswith("E_"))

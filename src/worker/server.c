@@ -313,9 +313,6 @@ static void wait_complete(struct wait_req *wr) {
   struct conn *c = wr->c;
   struct kvds_server *s = c->th->srv;
   if (wr->kind == WR_GET) {
-    for (uint32_t i = 0; i < wr->n; i++)
-      if (!wr->objs[i] && wr->status[i] == KVDS_E_NOTFOUND)
-        wr->status[i] = KVDS_E_TIMEOUT;
     get_reply(c, wr->req_id, wr->flags, wr->n, wr->objs, wr->status);
   } else if (wr->remaining) { /* the cluster did not answer in time */
     kvds__reply_status(c, wr_op[wr->kind], wr->req_id, KVDS_E_TIMEOUT);
@@ -343,7 +340,10 @@ static void on_wait_timeout(evutil_socket_t fd, short what, void *arg) {
   (void)what;
   LOCK(s);
   for (uint32_t i = 0; wr->kind == WR_GET && i < wr->n; i++)
-    kvds_store_wait_remove(&s->store, &wr->w[i]);
+    if (wr->w[i].armed) { /* still waiting: that is the answer */
+      kvds_store_wait_remove(&s->store, &wr->w[i]);
+      wr->status[i] = KVDS_E_TIMEOUT;
+    }
   inbox_remove_locked(c->th, wr);
   wr->frozen = 1; /* jobs that finish now leave the results alone */
   UNLOCK(s);

@@ -30,11 +30,11 @@ def free_port():
 class Worker:
     """A `kvds worker` process on 127.0.0.1:<free port>."""
 
-    def __init__(self, run_dir, memory="64MiB", extra=()):
+    def __init__(self, run_dir, memory="64MiB", extra=(), port=None):
         if not os.access(KVDS_BIN, os.X_OK):
             pytest.fail(f"kvds binary not found: {KVDS_BIN} (set KVDS_BIN)")
         self.run_dir = str(run_dir)
-        self.port = free_port()
+        self.port = port or free_port()
         self.addr = f"127.0.0.1:{self.port}"
         self.tcp = f"tcp://{self.addr}"
         self.sock = os.path.join(self.run_dir, f"kvds-{self.port}.sock")
@@ -96,8 +96,8 @@ def make_worker(tmp_path_factory):
     at the end of the session."""
     workers = []
 
-    def start(memory="64MiB", extra=()):
-        w = Worker(tmp_path_factory.mktemp("kvds"), memory, extra)
+    def start(memory="64MiB", extra=(), port=None):
+        w = Worker(tmp_path_factory.mktemp("kvds"), memory, extra, port)
         workers.append(w)
         return w
 

@@ -16,7 +16,7 @@ EXPECTED = {
     "RANGE": kvds.InvalidArgument, "BADOP": kvds.ProtocolError,
     "SHUTDOWN": kvds.ConnectionClosed, "LIMIT": kvds.ProtocolError,
     "HANDLE": kvds.KvdsError, "ADDR": kvds.InvalidArgument,
-    "AUTH": kvds.AuthError,
+    "AUTH": kvds.AuthError, "PEER": kvds.PeerError,
 }
 
 
