@@ -1677,3 +1677,14 @@ void kvds__client_shutdown(kvds_client *c) {
   if (c && c->fd >= 0)
     shutdown(c->fd, SHUT_RDWR);
 }
+
+uint64_t kvds__client_nonce(const kvds_client *c) {
+  return c->nonce;
+}
+
+int kvds__client_stale(const kvds_client *c) {
+  if (c->fd < 0)
+    return 1;
+  struct pollfd p = {.fd = c->fd, .events = POLLIN};
+  return poll(&p, 1, 0) != 0; /* input, hang-up or error while idle */
+}

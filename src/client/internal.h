@@ -22,6 +22,13 @@ int kvds__peer_connect(const char *addr, int timeout_ms,
                        const struct kvds_auth_token *tok, const char *self_id,
                        kvds_client **out);
 
+/* 1 if an idle connection is no good any more: the worker closed it (or
+ * sent something unasked). Never blocks. */
+int kvds__client_stale(const kvds_client *c);
+
+/* The worker's instance nonce from HELLO (new on every start). */
+uint64_t kvds__client_nonce(const kvds_client *c);
+
 /* Shuts the connection's socket down (any thread) so that a call blocked
  * on it in another thread fails at once; the client is closed as usual by
  * its owner. */

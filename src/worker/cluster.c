@@ -57,6 +57,7 @@ struct kvds_peer {
   uint64_t epoch; /* cl->lock */
   int live;       /* cl->lock: in the current view */
   uint64_t gen;   /* cl->lock: bumped when its incarnation changes */
+  uint64_t nonce; /* cl->lock: its HELLO nonce, new on every start */
   struct pconn *idle;
   int nidle, nopen; /* cl->lock */
   kvds_client **busy;
@@ -185,6 +186,19 @@ static void lat_record(struct kvds_peer *p, uint64_t us) {
 
 /* ---- peer connections ---------------------------------------------------- */
 
+/* A new connection to p answered HELLO with `nonce` (cl->lock held). A
+ * different nonce than before means p restarted: with etcd the view shows
+ * that by its epoch; a static peer's epoch is unknown, so its home shard is
+ * rebuilt by announcing everything again. */
+static void peer_seen_locked(struct kvds_cluster *cl, struct kvds_peer *p,
+                             uint64_t nonce) {
+  if (p->nonce && p->nonce != nonce && p->epoch == 0) {
+    cl->reannounce_all = 1;
+    pthread_cond_signal(&cl->maint_cv);
+  }
+  p->nonce = nonce;
+}
+
 /* A connection to p, or NULL with *err set (KVDS_E_PEER when it cannot be
  * reached or stopped living, KVDS_E_TIMEOUT when all stayed busy). */
 static kvds_client *pconn_get(struct kvds_cluster *cl, struct kvds_peer *p,
@@ -198,6 +212,11 @@ static kvds_client *pconn_get(struct kvds_cluster *cl, struct kvds_peer *p,
     }
     if (p->nidle) {
       struct pconn pc = p->idle[--p->nidle];
+      if (kvds__client_stale(pc.c)) { /* the peer closed it: next one */
+        kvds_client_close(pc.c);
+        p->nopen--;
+        continue;
+      }
       p->busy[p->nbusy++] = pc.c;
       *gen = pc.gen;
       pthread_mutex_unlock(&cl->lock);
@@ -223,6 +242,7 @@ static kvds_client *pconn_get(struct kvds_cluster *cl, struct kvds_peer *p,
         break;
       }
       p->busy[p->nbusy++] = c;
+      peer_seen_locked(cl, p, kvds__client_nonce(c));
       *gen = g;
       pthread_mutex_unlock(&cl->lock);
       return c;
@@ -706,6 +726,7 @@ static void open_connections(struct kvds_cluster *cl) {
         break;
       }
       p->idle[p->nidle++] = (struct pconn){c, gen};
+      peer_seen_locked(cl, p, kvds__client_nonce(c));
       pthread_cond_broadcast(&cl->conn_cv);
       pthread_mutex_unlock(&cl->lock);
     }

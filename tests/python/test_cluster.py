@@ -78,3 +78,26 @@ def test_deleting_a_replica_keeps_the_original(pair):
         wait_for(lambda: [l[0] for l in cb.locate(b"py-replica")] == [a.addr],
                  "the replica's removal")
         assert cb.get(b"py-replica") == b"x" * 5000  # pulled again from A
+
+
+def test_static_peer_restart_rebuilds_its_shard(make_worker):
+    """A static peer has no epoch: the others notice its restart by its new
+    HELLO nonce and announce their keys again, so the keys it was home of
+    are found through it once more."""
+    pa, pb = free_port(), free_port()
+    a = make_worker("32MiB", ["--peers", f"127.0.0.1:{pb}"], port=pa)
+    b = make_worker("32MiB", ["--peers", f"127.0.0.1:{pa}"], port=pb)
+    keys = [f"restart-{i}".encode() for i in range(64)]
+    with kvds.Client(a.addr) as ca:
+        ca.mput(keys, [k * 10 for k in keys])
+    with kvds.Client(b.addr) as cb:
+        wait_for(lambda: cb.exists(keys) == [True] * len(keys), "the directory")
+    b.stop()
+    b = make_worker("32MiB", ["--peers", f"127.0.0.1:{pa}"], port=pb)
+    with kvds.Client(b.addr) as cb:
+        # B's shard starts empty; A re-announces within a few seconds
+        wait_for(lambda: cb.exists(keys) == [True] * len(keys),
+                 "the rebuilt directory", timeout=15)
+        assert cb.mget(keys) == [k * 10 for k in keys]
+    a.stop()
+    b.stop()
