@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # make bench: run `kvds bench local` against a fresh worker on a free port,
-# then `kvds bench connector` (the vLLM connector's save/load per request)
-# against the same worker, in $KVDS_PYTHON (make bench: .venv/bin/python).
-# Extra arguments go to `bench local`; $BENCH_CONNECTOR_ARGS to `bench
-# connector`; BENCH_CONNECTOR=0 skips it.
+# then `kvds bench remote` (pulls between two workers it starts itself;
+# $BENCH_REMOTE_ARGS, BENCH_REMOTE=0 skips it), then `kvds bench connector`
+# (the vLLM connector's save/load per request) against the first worker, in
+# $KVDS_PYTHON (make bench: .venv/bin/python). Extra arguments go to `bench
+# local`; $BENCH_CONNECTOR_ARGS to `bench connector`; BENCH_CONNECTOR=0
+# skips it.
 set -euo pipefail
 KVDS=${1:-build/release/kvds}
 shift || true
@@ -14,6 +16,11 @@ export KVDS_RUN_DIR=$(mktemp -d /tmp/kvds-bench.XXXXXX)
   --pidfile "$KVDS_RUN_DIR/worker.pid" --log-file "$KVDS_RUN_DIR/worker.log"
 trap '"$KVDS" stop --worker "$ADDR" >/dev/null 2>&1 || true; rm -rf "$KVDS_RUN_DIR"' EXIT
 "$KVDS" bench local --worker "$ADDR" "$@"
+if [ "${BENCH_REMOTE:-1}" != 0 ]; then
+  echo
+  # shellcheck disable=SC2086  # word splitting of the extra arguments is wanted
+  "$KVDS" bench remote ${BENCH_REMOTE_ARGS:-}
+fi
 if [ "${BENCH_CONNECTOR:-1}" != 0 ]; then
   echo
   # shellcheck disable=SC2086  # word splitting of the extra arguments is wanted

@@ -4,19 +4,31 @@
  * run, plus batched exists throughput and small-get latency.
  * `kvds bench connector` runs the Python bench of the vLLM connector
  * (python/kvds/bench_connector.py) in $KVDS_PYTHON, else python3.
+ * `kvds bench remote` starts two workers peered with each other and
+ * measures reads on one of values that live on the other (pulled over the
+ * peer connections during the call) against raw loopback TCP moving the
+ * same bytes over as many streams, plus remote lookup latency.
  *
  * Throughput is computed from the time spent inside the timed calls; the
  * untimed work between them (deleting the previous round's keys before a
  * slot is rewritten) is excluded. Latency is per call; one call moves
  * `batch` values.
  */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <limits.h>
 #include <math.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "cli/cli.h"
@@ -24,6 +36,7 @@
 
 static const char HELP[] =
     "usage: kvds bench local [options]\n"
+    "       kvds bench remote [options]\n"
     "       kvds bench connector [options]\n"
     "\n"
     "kvds bench local:\n"
@@ -48,6 +61,47 @@ static const char HELP[] =
     "      --quick         short run, about 5 s (--seconds 0.45)\n"
     "      --json          print one JSON document instead of tables\n"
     "  -h, --help          this text\n"
+    "\n"
+    "kvds bench remote:\n"
+    "Reads across two workers. Starts worker A and worker B of this binary\n"
+    "on free loopback ports, each with --peers naming the other (or uses\n"
+    "running ones: --worker-a/--worker-b), waits until each sees the other,\n"
+    "then for every size x batch puts fresh values on A (not timed) and\n"
+    "times kvds_mget_ex on B through a local shared-memory client of B with\n"
+    "hint = A: B pulls the values from A over its peer connections into its\n"
+    "pool (xxh3 verified) and answers with zero-copy views. Each call reads\n"
+    "keys B does not hold; B's copies are deleted (not timed) before keys\n"
+    "are read again. Next to each figure: raw TCP over loopback measured in\n"
+    "the same run, moving the same bytes per call over the same number of\n"
+    "streams as B uses (min(pull threads, ceil(batch / 4))): a request per\n"
+    "stream and call, answered from a source buffer and received straight\n"
+    "into a destination buffer, one sending and one receiving thread per\n"
+    "stream. Then the same reads without a hint (B asks each key's home\n"
+    "worker where it lives) for one size, and lookup latency: kvds_exists\n"
+    "of one key and kvds_lookup_prefix of a 32-key chain on B for keys held\n"
+    "only on A (the keys' directory homes are spread over both workers by\n"
+    "hash), next to the same calls on A answered from its own store.\n"
+    "Started workers are stopped at the end, also after an error or SIGINT.\n"
+    "\n"
+    "      --worker-a ADDR   use this running worker as A (with --worker-b;\n"
+    "                        B must list A as a peer and run on this host)\n"
+    "      --worker-b ADDR   use this running worker as B\n"
+    "  -m, --memory SIZE     pool of each started worker (default 2GiB)\n"
+    "      --pull-threads N  B's pull threads (default 4): passed to the\n"
+    "                        started workers; with --worker-b give B's value\n"
+    "      --threads N       I/O threads of each started worker (default 1)\n"
+    "      --sizes LIST      value sizes (default 256KiB,1MiB,4MiB,16MiB)\n"
+    "      --batch LIST      values per call (default 1,8,64)\n"
+    "      --max-bytes SIZE  values put on A per case (default 512MiB); a\n"
+    "                        case whose one call reads more is skipped\n"
+    "      --dir-size SIZE   value size of the reads without a hint\n"
+    "                        (default 1MiB)\n"
+    "      --seconds S       timed reads per case, at least (default 0.3;\n"
+    "                        raw TCP then moves the same bytes)\n"
+    "      --quick           short run, a few seconds (256MiB pools,\n"
+    "                        --max-bytes 32MiB, --seconds 0.03)\n"
+    "      --json            print one JSON document instead of tables\n"
+    "  -h, --help            this text\n"
     "\n"
     "kvds bench connector:\n"
     "Save and load time per request through the vLLM connector\n"
@@ -170,8 +224,8 @@ static int parse_opts(int argc, char **argv, struct bench_opts *o) {
     o->seconds = 0.45;
   if (optind >= argc || strcmp(argv[optind], "local") != 0 ||
       optind + 1 != argc) {
-    cli_err("bench", "%s (usage: kvds bench local|connector [options])",
-            optind >= argc ? "missing the mode 'local' or 'connector'"
+    cli_err("bench", "%s (usage: kvds bench local|remote|connector [options])",
+            optind >= argc ? "missing the mode 'local', 'remote' or 'connector'"
                            : "unknown mode or extra argument");
     return CLI_USAGE;
   }
@@ -805,9 +859,1186 @@ static int run_all(struct bench *b) {
   return rc;
 }
 
+/* ---- kvds bench remote --------------------------------------------------- */
+
+#define R_STREAMS_MAX 64
+#define R_LAT_KEYS 64   /* keys cycled by the lookup latency probes */
+#define R_CHAIN 32      /* keys of the lookup_prefix chain */
+#define R_PUT_CHUNK 256 /* values per untimed kvds_mput on A */
+
+struct remote_opts {
+  const char *addr_a, *addr_b; /* running workers; NULL = start them */
+  uint64_t sizes[MAX_LIST];
+  int nsizes;
+  uint64_t batches[MAX_LIST];
+  int nbatches;
+  uint64_t memory, max_bytes, dir_size;
+  uint64_t pull_threads, threads;
+  double seconds;
+  int json;
+};
+
+/* A worker started by the bench. */
+struct rworker {
+  pid_t pid; /* 0: none (or reaped) */
+  int port;
+  char addr[64];
+  char log[PATH_MAX + 32];
+};
+
+/* Keys prefix<tag>/<i>, KEY_STRIDE bytes each. */
+struct keyset {
+  char *buf;
+  struct kvds_iov *iov;
+  size_t n;
+};
+
+/* Raw TCP over loopback: stream i is a connection between a receiving
+ * thread (asks for len bytes at src_off, receives them at dst_off) and a
+ * sending thread (answers from the source buffer). */
+struct tcp_ceiling;
+struct tcp_stream {
+  struct tcp_ceiling *t;
+  int idx;
+  int sfd, rfd; /* the sender's and the receiver's ends */
+  pthread_t sender, receiver;
+  int have_sender, have_receiver;
+  uint64_t len, src_off, dst_off; /* this call's transfer */
+};
+
+struct tcp_ceiling {
+  pthread_mutex_t lock;
+  pthread_cond_t go, done;
+  uint64_t gen;   /* bumped per call */
+  int active;     /* streams used by this call */
+  int ndone, err; /* receivers finished with this call; first error */
+  int quit;
+  const uint8_t *src;
+  uint8_t *dst;
+  size_t region;
+  int n; /* streams set up */
+  struct tcp_stream s[R_STREAMS_MAX];
+};
+
+struct rpoint {
+  const char *via; /* "hint" or "directory" */
+  uint64_t size, batch;
+  int streams, skipped;
+  uint64_t calls, bytes, pulled;
+  double gbps, tcp_gbps, p50_us, p99_us;
+};
+
+struct rlat {
+  uint64_t n;
+  double p50_us, p99_us;
+};
+
+struct remote {
+  struct remote_opts *o;
+  int started;
+  char dir[PATH_MAX];
+  struct rworker w[2];
+  const char *addr_a, *addr_b;
+  kvds_client *ca, *cb;
+  char prefix[64];
+  uint8_t *src, *dst;
+  size_t region;
+  uint64_t phase_ns;
+  struct tcp_ceiling tcp;
+  int tcp_up;
+  struct rpoint pts[MAX_LIST * MAX_LIST + MAX_LIST];
+  int npts;
+  struct rlat ex_remote, ex_local, pre_remote, pre_local;
+};
+
+static int remote_parse(int argc, char **argv, struct remote_opts *o) {
+  enum {
+    O_A = 256,
+    O_B,
+    O_PULL,
+    O_THREADS,
+    O_SIZES,
+    O_BATCH,
+    O_MAX,
+    O_DIR,
+    O_SECONDS,
+    O_QUICK,
+    O_JSON
+  };
+  static const struct option lo[] = {
+      {"worker-a", required_argument, NULL, O_A},
+      {"worker-b", required_argument, NULL, O_B},
+      {"memory", required_argument, NULL, 'm'},
+      {"pull-threads", required_argument, NULL, O_PULL},
+      {"threads", required_argument, NULL, O_THREADS},
+      {"sizes", required_argument, NULL, O_SIZES},
+      {"batch", required_argument, NULL, O_BATCH},
+      {"max-bytes", required_argument, NULL, O_MAX},
+      {"dir-size", required_argument, NULL, O_DIR},
+      {"seconds", required_argument, NULL, O_SECONDS},
+      {"quick", no_argument, NULL, O_QUICK},
+      {"json", no_argument, NULL, O_JSON},
+      {"help", no_argument, NULL, 'h'},
+      {NULL, 0, NULL, 0}};
+  int c, first = 1, quick = 0, have_mem = 0, have_max = 0, have_secs = 0;
+  parse_list("--sizes", "256KiB,1MiB,4MiB,16MiB", 1, o->sizes, &o->nsizes);
+  parse_list("--batch", "1,8,64", 0, o->batches, &o->nbatches);
+  o->memory = 2ull << 30;
+  o->max_bytes = 512ull << 20;
+  o->dir_size = 1ull << 20;
+  o->pull_threads = 4;
+  o->threads = 1;
+  o->seconds = 0.3;
+  while ((c = cli_getopt("bench", argc, argv, "m:h", lo, &first)) != -1) {
+    int rc = CLI_OK;
+    switch (c) {
+    case O_A:
+      o->addr_a = optarg;
+      break;
+    case O_B:
+      o->addr_b = optarg;
+      break;
+    case 'm':
+      rc = cli_parse_size_opt("bench", "--memory", optarg, &o->memory);
+      have_mem = 1;
+      break;
+    case O_PULL:
+      rc = cli_parse_u64_opt("bench", "--pull-threads", optarg,
+                             &o->pull_threads);
+      if (rc == CLI_OK &&
+          (o->pull_threads < 1 || o->pull_threads > R_STREAMS_MAX)) {
+        cli_err("bench", "--pull-threads %s is out of range (1..%d)", optarg,
+                R_STREAMS_MAX);
+        rc = CLI_USAGE;
+      }
+      break;
+    case O_THREADS:
+      rc = cli_parse_u64_opt("bench", "--threads", optarg, &o->threads);
+      if (rc == CLI_OK && (o->threads < 1 || o->threads > 64)) {
+        cli_err("bench", "--threads %s is out of range (1..64)", optarg);
+        rc = CLI_USAGE;
+      }
+      break;
+    case O_SIZES:
+      rc = parse_list("--sizes", optarg, 1, o->sizes, &o->nsizes);
+      break;
+    case O_BATCH:
+      rc = parse_list("--batch", optarg, 0, o->batches, &o->nbatches);
+      break;
+    case O_MAX:
+      rc = cli_parse_size_opt("bench", "--max-bytes", optarg, &o->max_bytes);
+      if (rc == CLI_OK &&
+          (o->max_bytes < 4096 || o->max_bytes > (64ull << 30))) {
+        cli_err("bench", "--max-bytes %s is out of range (4KiB..64GiB)",
+                optarg);
+        rc = CLI_USAGE;
+      }
+      have_max = 1;
+      break;
+    case O_DIR:
+      rc = cli_parse_size_opt("bench", "--dir-size", optarg, &o->dir_size);
+      if (rc == CLI_OK && (o->dir_size == 0 || o->dir_size > (1ull << 30))) {
+        cli_err("bench", "--dir-size %s is out of range (1..1GiB)", optarg);
+        rc = CLI_USAGE;
+      }
+      break;
+    case O_SECONDS:
+      rc = cli_parse_double_opt("bench", "--seconds", optarg, &o->seconds);
+      if (rc == CLI_OK && (o->seconds < 0.001 || o->seconds > 3600)) {
+        cli_err("bench", "--seconds %s is out of range (0.001..3600)", optarg);
+        rc = CLI_USAGE;
+      }
+      have_secs = 1;
+      break;
+    case O_QUICK:
+      quick = 1;
+      break;
+    case O_JSON:
+      o->json = 1;
+      break;
+    case 'h':
+      fputs(HELP, stdout);
+      return -1;
+    default:
+      return CLI_USAGE;
+    }
+    if (rc)
+      return rc;
+  }
+  if (optind != argc) {
+    cli_err("bench", "remote: unexpected argument '%s'", argv[optind]);
+    return CLI_USAGE;
+  }
+  if (!o->addr_a != !o->addr_b) {
+    cli_err("bench", "--worker-a and --worker-b go together");
+    return CLI_USAGE;
+  }
+  if (quick) {
+    if (!have_mem)
+      o->memory = 256ull << 20;
+    if (!have_max)
+      o->max_bytes = 32ull << 20;
+    if (!have_secs)
+      o->seconds = 0.03;
+  }
+  return CLI_OK;
+}
+
+/* ---- keys ---- */
+
+static void keyset_free(struct keyset *ks) {
+  free(ks->buf);
+  free(ks->iov);
+  *ks = (struct keyset){0};
+}
+
+static int keyset_make(struct keyset *ks, const char *prefix, const char *tag,
+                       size_t n) {
+  keyset_free(ks);
+  ks->buf = malloc(n * KEY_STRIDE);
+  ks->iov = malloc(n * sizeof *ks->iov);
+  if (!ks->buf || !ks->iov) {
+    keyset_free(ks);
+    return -ENOMEM;
+  }
+  for (size_t i = 0; i < n; i++) {
+    char *k = ks->buf + i * KEY_STRIDE;
+    int len = snprintf(k, KEY_STRIDE, "%s%s/%zu", prefix, tag, i);
+    ks->iov[i] = (struct kvds_iov){k, (size_t)len};
+  }
+  ks->n = n;
+  return 0;
+}
+
+/* Deletes n keys on c's worker (its copies only); absent keys are fine. */
+static int delete_all(kvds_client *c, const struct kvds_iov *keys, size_t n) {
+  for (size_t i = 0; i < n; i += KVDS_BATCH_MAX) {
+    size_t m = n - i < KVDS_BATCH_MAX ? n - i : KVDS_BATCH_MAX;
+    int rc = kvds_mdelete(c, m, keys + i, NULL);
+    if (rc && rc != KVDS_E_NOTFOUND)
+      return rc;
+  }
+  return 0;
+}
+
+/* Stores keys[i] = the size bytes at src + i * size (untimed). */
+static int put_all(kvds_client *c, const struct keyset *ks, const uint8_t *src,
+                   size_t size) {
+  struct kvds_iov vals[R_PUT_CHUNK];
+  for (size_t i = 0; i < ks->n; i += R_PUT_CHUNK) {
+    size_t m = ks->n - i < R_PUT_CHUNK ? ks->n - i : R_PUT_CHUNK;
+    for (size_t k = 0; k < m; k++)
+      vals[k] = (struct kvds_iov){(void *)(src + (i + k) * size), size};
+    int rc = kvds_mput(c, m, ks->iov + i, vals, NULL);
+    if (rc)
+      return rc;
+  }
+  return 0;
+}
+
+/* Waits (untimed, up to 10 s) until c's worker finds every key through the
+ * directory: a put on A reaches a key's home asynchronously. */
+static int wait_visible(kvds_client *c, const struct keyset *ks) {
+  uint8_t present[EXISTS_BATCH];
+  uint64_t deadline = kvds_now_ns() + 10000000000ull;
+  for (size_t i = 0; i < ks->n && !g_stop;) {
+    size_t m = ks->n - i < EXISTS_BATCH ? ks->n - i : EXISTS_BATCH;
+    int rc = kvds_exists(c, m, ks->iov + i, present);
+    if (rc)
+      return rc;
+    size_t k = 0;
+    while (k < m && present[k])
+      k++;
+    i += k;
+    if (k < m) {
+      if (kvds_now_ns() > deadline)
+        return KVDS_E_NOTFOUND;
+      cli_sleep_ms(1);
+    }
+  }
+  return 0;
+}
+
+/* ---- workers ---- */
+
+/* A TCP port on 127.0.0.1 that was free a moment ago. */
+static int free_port(void) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  struct sockaddr_in sa = {.sin_family = AF_INET,
+                           .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t len = sizeof sa;
+  int port = -1;
+  if (fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
+      getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
+    port = ntohs(sa.sin_port);
+  if (fd >= 0)
+    close(fd);
+  return port;
+}
+
+/* The last non-empty line of the worker's log (for an error message). */
+static char *log_tail(const struct rworker *w, char *buf, size_t cap) {
+  buf[0] = '\0';
+  FILE *f = fopen(w->log, "r");
+  if (!f)
+    return buf;
+  char line[512];
+  while (fgets(line, sizeof line, f)) {
+    line[strcspn(line, "\n")] = '\0';
+    if (line[0])
+      snprintf(buf, cap, "%s", line);
+  }
+  fclose(f);
+  return buf;
+}
+
+/* Starts `kvds worker` on w->port peered with peer_port; its output goes to
+ * w->log, its Unix socket into r->dir. The child gets its own process group
+ * (a terminal's ^C reaches the bench, which stops the worker in order) and
+ * dies with the bench. */
+static int worker_spawn(struct remote *r, struct rworker *w, int peer_port) {
+  static char self[PATH_MAX];
+  ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+  if (n <= 0)
+    return -errno;
+  self[n] = '\0';
+  char peers[64], mem[32], pulls[24], threads[24];
+  snprintf(w->addr, sizeof w->addr, "127.0.0.1:%d", w->port);
+  snprintf(peers, sizeof peers, "127.0.0.1:%d", peer_port);
+  snprintf(w->log, sizeof w->log, "%s/worker-%d.log", r->dir, w->port);
+  snprintf(mem, sizeof mem, "%llu", (unsigned long long)r->o->memory);
+  snprintf(pulls, sizeof pulls, "%llu", (unsigned long long)r->o->pull_threads);
+  snprintf(threads, sizeof threads, "%llu", (unsigned long long)r->o->threads);
+  const char *token = getenv("KVDS_AUTH_TOKEN_FILE");
+  char *args[] = {self,
+                  "worker",
+                  "--listen",
+                  w->addr,
+                  "--peers",
+                  peers,
+                  "--memory",
+                  mem,
+                  "--pull-threads",
+                  pulls,
+                  "--threads",
+                  threads,
+                  token && *token ? "--auth-token-file" : NULL,
+                  (char *)token,
+                  NULL};
+  pid_t parent = getpid();
+  fflush(NULL);
+  pid_t pid = fork();
+  if (pid < 0)
+    return -errno;
+  if (pid == 0) {
+    setpgid(0, 0);
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (getppid() != parent)
+      _exit(127);
+    int in = open("/dev/null", O_RDONLY);
+    int out = open(w->log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    if (in < 0 || out < 0)
+      _exit(127);
+    dup2(in, STDIN_FILENO);
+    dup2(out, STDOUT_FILENO);
+    dup2(out, STDERR_FILENO);
+    setenv("KVDS_RUN_DIR", r->dir, 1);
+    signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
+    execv(self, args);
+    _exit(127);
+  }
+  w->pid = pid;
+  return 0;
+}
+
+/* SIGTERM, then waits up to 30 s (SIGKILL after). */
+static void worker_stop(struct rworker *w) {
+  if (w->pid <= 0)
+    return;
+  kill(w->pid, SIGTERM);
+  uint64_t deadline = kvds_now_ns() + 30000000000ull;
+  int st;
+  for (;;) {
+    pid_t p = waitpid(w->pid, &st, WNOHANG);
+    if (p == w->pid || (p < 0 && errno != EINTR))
+      break;
+    if (kvds_now_ns() > deadline) {
+      kill(w->pid, SIGKILL);
+      while (waitpid(w->pid, &st, 0) < 0 && errno == EINTR)
+        ;
+      break;
+    }
+    cli_sleep_ms(10);
+  }
+  w->pid = 0;
+  unlink(w->log);
+}
+
+/* Polls until the worker answers a ping (or exits, or the deadline). */
+static int worker_wait_ready(struct rworker *w, uint64_t deadline_ns) {
+  char tail[512];
+  for (;;) {
+    int st;
+    if (waitpid(w->pid, &st, WNOHANG) == w->pid) {
+      w->pid = 0;
+      cli_err("bench", "worker %s exited (%s %d) while starting: %s", w->addr,
+              WIFEXITED(st) ? "status" : "signal",
+              WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st),
+              log_tail(w, tail, sizeof tail));
+      return CLI_FAIL;
+    }
+    kvds_client *c;
+    if (cli_try_connect(w->addr, 1000, KVDS_CONNECT_LAZY_MAP, &c, NULL, 0) ==
+        0) {
+      int rc = kvds_ping(c);
+      kvds_client_close(c);
+      if (rc == 0)
+        return CLI_OK;
+    }
+    if (g_stop)
+      return CLI_FAIL;
+    if (kvds_now_ns() > deadline_ns) {
+      cli_err("bench", "worker %s did not start in time: %s", w->addr,
+              log_tail(w, tail, sizeof tail));
+      return CLI_FAIL;
+    }
+    cli_sleep_ms(20);
+  }
+}
+
+/* Members in c's worker's view, and whether every peer has connections
+ * open (when the worker reports them). */
+static int cluster_view(kvds_client *c, size_t *members, int *connected) {
+  char *txt;
+  int rc = kvds_cluster_status(c, &txt);
+  if (rc)
+    return rc;
+  json_t *j = json_loads(txt, 0, NULL);
+  free(txt);
+  json_t *ms = json_object_get(j, "members");
+  if (!json_is_array(ms)) {
+    json_decref(j);
+    return KVDS_E_PROTO;
+  }
+  *members = json_array_size(ms);
+  *connected = 1;
+  size_t i;
+  json_t *m;
+  json_array_foreach(ms, i, m) {
+    json_t *conns = json_object_get(m, "connections");
+    if (!json_is_true(json_object_get(m, "self")) && conns &&
+        json_integer_value(conns) <= 0)
+      *connected = 0;
+  }
+  json_decref(j);
+  return 0;
+}
+
+/* Bytes c's worker has pulled from its peers since it started. */
+static uint64_t pulled_bytes(kvds_client *c) {
+  char *txt;
+  if (kvds_cluster_status(c, &txt))
+    return 0;
+  json_t *j = json_loads(txt, 0, NULL);
+  free(txt);
+  uint64_t sum = 0;
+  size_t i;
+  json_t *m;
+  json_array_foreach(json_object_get(j, "members"), i, m) {
+    sum += (uint64_t)json_integer_value(json_object_get(m, "bytes_in"));
+  }
+  json_decref(j);
+  return sum;
+}
+
+static int wait_cluster(struct remote *r, uint64_t deadline_ns) {
+  kvds_client *cs[2] = {r->ca, r->cb};
+  for (int i = 0; i < 2; i++) {
+    for (;;) {
+      size_t n = 0;
+      int conn = 0;
+      int rc = cluster_view(cs[i], &n, &conn);
+      if (rc) {
+        cli_err("bench", "cluster status of %s: %s", i ? r->addr_b : r->addr_a,
+                kvds_strerror(rc));
+        return CLI_FAIL;
+      }
+      if (n >= 2 && conn)
+        break;
+      if (g_stop)
+        return CLI_FAIL;
+      if (kvds_now_ns() > deadline_ns) {
+        cli_err("bench",
+                "worker %s does not see its peer (%zu member%s in its view; "
+                "is it started with --peers?)",
+                i ? r->addr_b : r->addr_a, n, n == 1 ? "" : "s");
+        return CLI_FAIL;
+      }
+      cli_sleep_ms(20);
+    }
+  }
+  return CLI_OK;
+}
+
+/* ---- raw TCP ceiling ---- */
+
+static int send_all(int fd, const void *buf, size_t len) {
+  const uint8_t *p = buf;
+  while (len) {
+    ssize_t w = send(fd, p, len, MSG_NOSIGNAL);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w <= 0)
+      return w < 0 ? -errno : KVDS_E_CLOSED;
+    p += w;
+    len -= (size_t)w;
+  }
+  return 0;
+}
+
+static int recv_all(int fd, void *buf, size_t len) {
+  uint8_t *p = buf;
+  while (len) {
+    ssize_t n = recv(fd, p, len, 0);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      return n < 0 ? -errno : KVDS_E_CLOSED;
+    p += n;
+    len -= (size_t)n;
+  }
+  return 0;
+}
+
+/* Answers requests {len, src_off} from the source buffer until EOF. */
+static void *tcp_sender(void *arg) {
+  struct tcp_stream *s = arg;
+  uint64_t req[2];
+  while (recv_all(s->sfd, req, sizeof req) == 0) {
+    if (req[0] > s->t->region || req[1] > s->t->region - req[0])
+      break;
+    if (send_all(s->sfd, s->t->src + req[1], (size_t)req[0]))
+      break;
+  }
+  return NULL;
+}
+
+/* Per call: asks for its share and receives it straight into dst. */
+static void *tcp_receiver(void *arg) {
+  struct tcp_stream *s = arg;
+  struct tcp_ceiling *t = s->t;
+  uint64_t seen = 0;
+  pthread_mutex_lock(&t->lock);
+  for (;;) {
+    while (!t->quit && t->gen == seen)
+      pthread_cond_wait(&t->go, &t->lock);
+    if (t->quit)
+      break;
+    seen = t->gen;
+    if (s->idx >= t->active)
+      continue;
+    uint64_t req[2] = {s->len, s->src_off};
+    uint8_t *dst = t->dst + s->dst_off;
+    pthread_mutex_unlock(&t->lock);
+    int err = send_all(s->rfd, req, sizeof req);
+    if (!err)
+      err = recv_all(s->rfd, dst, (size_t)req[0]);
+    pthread_mutex_lock(&t->lock);
+    if (err && !t->err)
+      t->err = err;
+    if (++t->ndone == t->active)
+      pthread_cond_signal(&t->done);
+  }
+  pthread_mutex_unlock(&t->lock);
+  return NULL;
+}
+
+static void tcp_teardown(struct tcp_ceiling *t) {
+  pthread_mutex_lock(&t->lock);
+  t->quit = 1;
+  pthread_cond_broadcast(&t->go);
+  pthread_mutex_unlock(&t->lock);
+  for (int i = 0; i < t->n; i++) {
+    struct tcp_stream *s = &t->s[i];
+    if (s->have_receiver)
+      pthread_join(s->receiver, NULL);
+    if (s->rfd >= 0)
+      shutdown(s->rfd, SHUT_RDWR); /* the sender sees EOF */
+    if (s->have_sender)
+      pthread_join(s->sender, NULL);
+    if (s->rfd >= 0)
+      close(s->rfd);
+    if (s->sfd >= 0)
+      close(s->sfd);
+  }
+  pthread_cond_destroy(&t->go);
+  pthread_cond_destroy(&t->done);
+  pthread_mutex_destroy(&t->lock);
+  t->n = 0;
+}
+
+/* n connected loopback streams with their threads. */
+static int tcp_setup(struct tcp_ceiling *t, int n, const uint8_t *src,
+                     uint8_t *dst, size_t region) {
+  pthread_mutex_init(&t->lock, NULL);
+  pthread_cond_init(&t->go, NULL);
+  pthread_cond_init(&t->done, NULL);
+  t->src = src;
+  t->dst = dst;
+  t->region = region;
+  int rc = 0, one = 1;
+  int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  struct sockaddr_in sa = {.sin_family = AF_INET,
+                           .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t len = sizeof sa;
+  if (lfd < 0 || bind(lfd, (struct sockaddr *)&sa, sizeof sa) ||
+      getsockname(lfd, (struct sockaddr *)&sa, &len) || listen(lfd, n))
+    rc = -errno;
+  for (int i = 0; rc == 0 && i < n; i++) {
+    struct tcp_stream *s = &t->s[i];
+    *s = (struct tcp_stream){.t = t, .idx = i, .sfd = -1, .rfd = -1};
+    t->n = i + 1;
+    s->rfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (s->rfd < 0 || connect(s->rfd, (struct sockaddr *)&sa, sizeof sa) ||
+        (s->sfd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC)) < 0) {
+      rc = -errno;
+      break;
+    }
+    /* as the kvds client and worker set theirs */
+    setsockopt(s->rfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    setsockopt(s->sfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if ((rc = -pthread_create(&s->sender, NULL, tcp_sender, s)))
+      break;
+    s->have_sender = 1;
+    if ((rc = -pthread_create(&s->receiver, NULL, tcp_receiver, s)))
+      break;
+    s->have_receiver = 1;
+  }
+  if (lfd >= 0)
+    close(lfd);
+  if (rc)
+    tcp_teardown(t);
+  return rc;
+}
+
+/* Streams B uses for a batch: its pull threads, at least 4 keys each (as
+ * kvds__cluster_njobs splits a batch). */
+static int streams_for(const struct remote *r, uint64_t batch) {
+  uint64_t s = (batch + 3) / 4;
+  return (int)(s < r->o->pull_threads ? s : r->o->pull_threads);
+}
+
+/* `calls` calls of `batch` values of `size` bytes, walking the set of nkeys
+ * slots like the kvds reads do, each call split over the streams as the
+ * worker splits a batch over its pull jobs. *ns: time of all calls. */
+static int tcp_run(struct tcp_ceiling *t, int streams, size_t size,
+                   size_t batch, size_t nkeys, uint64_t calls, uint64_t *ns) {
+  size_t j = 0;
+  int rc = 0;
+  uint64_t t0 = kvds_now_ns();
+  for (uint64_t c = 0; c < calls && rc == 0 && !g_stop; c++) {
+    pthread_mutex_lock(&t->lock);
+    for (int k = 0; k < streams; k++) {
+      size_t lo = batch * (size_t)k / (size_t)streams;
+      size_t hi = batch * (size_t)(k + 1) / (size_t)streams;
+      t->s[k].len = (hi - lo) * size;
+      t->s[k].src_off = t->s[k].dst_off = (j + lo) * size;
+    }
+    t->active = streams;
+    t->ndone = 0;
+    t->gen++;
+    pthread_cond_broadcast(&t->go);
+    while (t->ndone < t->active)
+      pthread_cond_wait(&t->done, &t->lock);
+    rc = t->err;
+    pthread_mutex_unlock(&t->lock);
+    j += batch;
+    if (j == nkeys)
+      j = 0;
+  }
+  *ns = kvds_now_ns() - t0;
+  return rc;
+}
+
+/* ---- the measurements ---- */
+
+static void print_rpoint(const struct rpoint *p, const struct remote *r) {
+  char sz[32], g[16], tg[16], q[16], p50[16], p99[16];
+  if (p->skipped) {
+    char cap[32];
+    printf("%-9s %9s %6llu  skipped: one call reads more than --max-bytes "
+           "(%s)\n",
+           p->via, kvds_fmt_bytes(p->size, sz, sizeof sz),
+           (unsigned long long)p->batch,
+           kvds_fmt_bytes(r->o->max_bytes, cap, sizeof cap));
+  } else {
+    printf("%-9s %9s %6llu %8d %8s %8s %6s %9s %9s %7llu\n", p->via,
+           kvds_fmt_bytes(p->size, sz, sizeof sz), (unsigned long long)p->batch,
+           p->streams, fmt3(p->gbps, g, sizeof g),
+           fmt3(p->tcp_gbps, tg, sizeof tg),
+           fmt3(p->tcp_gbps > 0 ? p->gbps / p->tcp_gbps : 0, q, sizeof q),
+           fmt3(p->p50_us, p50, sizeof p50), fmt3(p->p99_us, p99, sizeof p99),
+           (unsigned long long)p->calls);
+  }
+  fflush(stdout);
+}
+
+/* Puts a fresh set of values on A, times reads of them on B (hint = A, or
+ * none: through the directory), deleting B's copies between passes, then
+ * raw TCP moving the same bytes. */
+static int run_rpoint(struct remote *r, const char *via, size_t size,
+                      size_t batch) {
+  struct rpoint *p = &r->pts[r->npts++];
+  *p = (struct rpoint){.via = via,
+                       .size = size,
+                       .batch = batch,
+                       .streams = streams_for(r, batch)};
+  char sz[32];
+  if ((uint64_t)size * batch > r->o->max_bytes) {
+    p->skipped = 1;
+    if (!r->o->json)
+      print_rpoint(p, r);
+    return 0;
+  }
+  if (r->o->json)
+    fprintf(stderr, "kvds bench remote: %s %s x %zu\n", via,
+            kvds_fmt_bytes(size, sz, sizeof sz), batch);
+  size_t nkeys = (size_t)(r->o->max_bytes / size);
+  if (nkeys > KEYS_MAX)
+    nkeys = KEYS_MAX;
+  nkeys -= nkeys % batch;
+  struct keyset ks = {0};
+  struct kvds_value *v = calloc(batch, sizeof *v);
+  int *res = calloc(batch, sizeof *res);
+  struct samples s = {0};
+  char tag[48];
+  snprintf(tag, sizeof tag, "%s-%zu-%zu", via, size, batch);
+  int rc = -ENOMEM, put = 0;
+  if (!v || !res || keyset_make(&ks, r->prefix, tag, nkeys))
+    goto out;
+  put = 1;
+  if ((rc = put_all(r->ca, &ks, r->src, size)))
+    goto out;
+  if (strcmp(via, "directory") == 0 && (rc = wait_visible(r->cb, &ks)))
+    goto out;
+  struct kvds_get_opts go = {
+      .wait_ms = 0, .hint = strcmp(via, "hint") == 0 ? r->addr_a : NULL};
+  uint64_t pulled0 = pulled_bytes(r->cb);
+  uint64_t wall0 = kvds_now_ns();
+  size_t j = 0;
+  while (!g_stop) {
+    uint64_t t0 = kvds_now_ns();
+    rc = kvds_mget_ex(r->cb, batch, ks.iov + j, &go, v, res);
+    uint64_t t1 = kvds_now_ns();
+    for (size_t i = 0; rc == 0 && i < batch; i++)
+      if ((rc = res[i]) == 0 && v[i].len != size)
+        rc = KVDS_E_RANGE;
+    if (rc == 0)
+      kvds_release(r->cb, batch, v);
+    else
+      for (size_t i = 0; i < batch; i++)
+        if (res[i] == 0)
+          kvds_release(r->cb, 1, &v[i]);
+    if (rc || (rc = samples_add(&s, t1 - t0)))
+      break;
+    j += batch;
+    if (j == nkeys) {
+      /* B now holds every key: drop its copies (A keeps its own). */
+      if ((rc = delete_all(r->cb, ks.iov, nkeys)))
+        break;
+      j = 0;
+    }
+    if ((s.total_ns >= r->phase_ns && s.n >= 3) ||
+        t1 - wall0 >= 10 * r->phase_ns + 2000000000ull)
+      break;
+  }
+  if (rc || g_stop)
+    goto out;
+  /* B counts a pull's bytes just after the seal that answers the call:
+   * poll (bounded) until the count has caught up. */
+  uint64_t want = s.n * batch * size, poll_end = kvds_now_ns() + 1000000000ull;
+  while ((p->pulled = pulled_bytes(r->cb) - pulled0) < want &&
+         kvds_now_ns() < poll_end)
+    cli_sleep_ms(1);
+  qsort(s.ns, s.n, sizeof *s.ns, cmp_u64);
+  p->calls = s.n;
+  p->bytes = s.n * batch * size;
+  p->gbps = (double)p->bytes / (double)s.total_ns;
+  p->p50_us = samples_pct_us(&s, 0.5);
+  p->p99_us = samples_pct_us(&s, 0.99);
+  uint64_t tcp_ns = 0;
+  rc = tcp_run(&r->tcp, p->streams, size, batch, nkeys, p->calls, &tcp_ns);
+  if (rc || g_stop)
+    goto out;
+  p->tcp_gbps = tcp_ns ? (double)p->bytes / (double)tcp_ns : 0;
+  if (!r->o->json)
+    print_rpoint(p, r);
+out:
+  if (put) {
+    int drc = delete_all(r->cb, ks.iov, ks.n);
+    if (drc == 0)
+      drc = delete_all(r->ca, ks.iov, ks.n);
+    if (rc == 0)
+      rc = drc;
+  }
+  keyset_free(&ks);
+  free(s.ns);
+  free(v);
+  free(res);
+  if (rc)
+    cli_err("bench", "remote %s %s x %zu: %s", via,
+            kvds_fmt_bytes(size, sz, sizeof sz), batch, kvds_strerror(rc));
+  return rc;
+}
+
+/* Latency of single lookups through client c over `keys` (exists of one
+ * key at a time, cycling, when chain is 0; else lookup_prefix of the whole
+ * chain), each checked to find everything. */
+static int lookup_lat(struct remote *r, kvds_client *c, const struct keyset *ks,
+                      int chain, struct rlat *out) {
+  struct samples s = {0};
+  int rc = 0;
+  uint64_t wall0 = kvds_now_ns(), t1 = wall0;
+  for (size_t i = 0; rc == 0 && !g_stop; i++) {
+    uint64_t t0 = kvds_now_ns();
+    uint8_t present = 0;
+    size_t count = 0;
+    if (chain)
+      rc = kvds_lookup_prefix(c, ks->n, ks->iov, &count);
+    else
+      rc = kvds_exists(c, 1, &ks->iov[i % ks->n], &present);
+    t1 = kvds_now_ns();
+    if (rc == 0 && (chain ? count != ks->n : !present))
+      rc = KVDS_E_NOTFOUND;
+    if (rc == 0)
+      rc = samples_add(&s, t1 - t0);
+    if (s.n >= 100 && t1 - wall0 >= r->phase_ns / 2)
+      break;
+  }
+  if (rc == 0) {
+    qsort(s.ns, s.n, sizeof *s.ns, cmp_u64);
+    *out =
+        (struct rlat){s.n, samples_pct_us(&s, 0.5), samples_pct_us(&s, 0.99)};
+  }
+  free(s.ns);
+  return rc;
+}
+
+static int run_lookups(struct remote *r) {
+  static uint8_t val[64];
+  struct keyset one = {0}, chain = {0};
+  struct kvds_iov vals[R_LAT_KEYS];
+  for (int i = 0; i < R_LAT_KEYS; i++)
+    vals[i] = (struct kvds_iov){val, sizeof val};
+  int put = 0;
+  int rc = keyset_make(&one, r->prefix, "lookup", R_LAT_KEYS);
+  if (rc == 0)
+    rc = keyset_make(&chain, r->prefix, "chain", R_CHAIN);
+  if (rc == 0) {
+    put = 1;
+    rc = kvds_mput(r->ca, R_LAT_KEYS, one.iov, vals, NULL);
+  }
+  if (rc == 0)
+    rc = kvds_mput(r->ca, R_CHAIN, chain.iov, vals, NULL);
+  if (rc == 0)
+    rc = wait_visible(r->cb, &one);
+  if (rc == 0)
+    rc = wait_visible(r->cb, &chain);
+  if (rc == 0)
+    rc = lookup_lat(r, r->cb, &one, 0, &r->ex_remote);
+  if (rc == 0)
+    rc = lookup_lat(r, r->ca, &one, 0, &r->ex_local);
+  if (rc == 0)
+    rc = lookup_lat(r, r->cb, &chain, 1, &r->pre_remote);
+  if (rc == 0)
+    rc = lookup_lat(r, r->ca, &chain, 1, &r->pre_local);
+  if (put) {
+    int drc = delete_all(r->ca, one.iov, one.n);
+    if (drc == 0)
+      drc = delete_all(r->ca, chain.iov, chain.n);
+    if (rc == 0)
+      rc = drc;
+  }
+  keyset_free(&one);
+  keyset_free(&chain);
+  if (rc && !g_stop)
+    cli_err("bench", "remote lookups: %s", kvds_strerror(rc));
+  return rc;
+}
+
+/* ---- reporting ---- */
+
+static void print_remote_header(const struct remote *r) {
+  char mem[32], cap[32];
+  printf("kvds bench remote: worker A %s, worker B %s (%s)\n", r->addr_a,
+         r->addr_b, r->started ? "started by the bench" : "running workers");
+  if (r->started)
+    printf("each worker: %s pool, %llu pull threads, %llu I/O thread%s\n",
+           kvds_fmt_bytes(r->o->memory, mem, sizeof mem),
+           (unsigned long long)r->o->pull_threads,
+           (unsigned long long)r->o->threads, r->o->threads == 1 ? "" : "s");
+  printf("reads: kvds_mget_ex on B through a %s client\nof B; the values "
+         "live on A only and are pulled A->B (xxh3 verified) inside\nthe "
+         "call. At most %s put on A per case, >= %.2f s of reads per case.\n"
+         "rawTCP: the same bytes per call over as many loopback streams, "
+         "received\nstraight into a buffer. GB/s = 10^9 B/s; latency is per "
+         "call.\n\n",
+         kvds_client_is_local(r->cb) ? "local shared-memory (zero-copy)"
+                                     : "TCP (not zero-copy)",
+         kvds_fmt_bytes(r->o->max_bytes, cap, sizeof cap),
+         (double)r->phase_ns / 1e9);
+  printf(
+      "via            size  batch  streams     GB/s  rawTCP  ratio    p50 us "
+      "   p99 us   calls\n");
+}
+
+static void print_remote_footer(const struct remote *r) {
+  char a[16], b[16], c[16], d[16];
+  printf("\n'hint': the call names A as the holder; 'directory': no hint, B "
+         "asks each\nkey's home worker where it lives, then pulls.\n\n");
+  printf("lookup latency (one call, us)          p50       p99\n");
+  printf("exists, 1 key, on B (held on A)   %9s %9s\n",
+         fmt3(r->ex_remote.p50_us, a, sizeof a),
+         fmt3(r->ex_remote.p99_us, b, sizeof b));
+  printf("exists, 1 key, on A (local hit)   %9s %9s\n",
+         fmt3(r->ex_local.p50_us, c, sizeof c),
+         fmt3(r->ex_local.p99_us, d, sizeof d));
+  printf("lookup_prefix, %d keys, on B      %9s %9s\n", R_CHAIN,
+         fmt3(r->pre_remote.p50_us, a, sizeof a),
+         fmt3(r->pre_remote.p99_us, b, sizeof b));
+  printf("lookup_prefix, %d keys, on A      %9s %9s\n", R_CHAIN,
+         fmt3(r->pre_local.p50_us, c, sizeof c),
+         fmt3(r->pre_local.p99_us, d, sizeof d));
+}
+
+static json_t *rlat_json(const struct rlat *l) {
+  return json_pack("{s:f, s:f, s:I}", "p50_us", l->p50_us, "p99_us", l->p99_us,
+                   "calls", (json_int_t)l->n);
+}
+
+static int print_remote_json(const struct remote *r) {
+  json_t *root = json_object(), *pts = json_array();
+  json_object_set_new(root, "worker_a", json_string(r->addr_a));
+  json_object_set_new(root, "worker_b", json_string(r->addr_b));
+  json_object_set_new(root, "started", json_boolean(r->started));
+  json_object_set_new(root, "shared_memory",
+                      json_boolean(kvds_client_is_local(r->cb)));
+  if (r->started) {
+    json_object_set_new(root, "memory", json_integer((json_int_t)r->o->memory));
+    json_object_set_new(root, "io_threads",
+                        json_integer((json_int_t)r->o->threads));
+  }
+  json_object_set_new(root, "pull_threads",
+                      json_integer((json_int_t)r->o->pull_threads));
+  json_object_set_new(root, "max_bytes",
+                      json_integer((json_int_t)r->o->max_bytes));
+  json_object_set_new(root, "seconds_per_case",
+                      json_real((double)r->phase_ns / 1e9));
+  for (int i = 0; i < r->npts; i++) {
+    const struct rpoint *p = &r->pts[i];
+    json_t *o = json_pack("{s:s, s:I, s:I, s:i}", "via", p->via, "size",
+                          (json_int_t)p->size, "batch", (json_int_t)p->batch,
+                          "streams", p->streams);
+    if (p->skipped) {
+      json_object_set_new(o, "skipped", json_string("exceeds max_bytes"));
+    } else {
+      json_object_set_new(o, "gbps", json_real(p->gbps));
+      json_object_set_new(o, "tcp_gbps", json_real(p->tcp_gbps));
+      json_object_set_new(
+          o, "ratio", json_real(p->tcp_gbps > 0 ? p->gbps / p->tcp_gbps : 0));
+      json_object_set_new(o, "p50_us", json_real(p->p50_us));
+      json_object_set_new(o, "p99_us", json_real(p->p99_us));
+      json_object_set_new(o, "calls", json_integer((json_int_t)p->calls));
+      json_object_set_new(o, "bytes", json_integer((json_int_t)p->bytes));
+      json_object_set_new(o, "pulled_bytes",
+                          json_integer((json_int_t)p->pulled));
+    }
+    json_array_append_new(pts, o);
+  }
+  json_object_set_new(root, "reads", pts);
+  json_object_set_new(root, "lookup",
+                      json_pack("{s:o, s:o, s:o, s:o, s:i}", "exists_remote",
+                                rlat_json(&r->ex_remote), "exists_local",
+                                rlat_json(&r->ex_local), "prefix_remote",
+                                rlat_json(&r->pre_remote), "prefix_local",
+                                rlat_json(&r->pre_local), "chain", R_CHAIN));
+  int rc =
+      json_dumpf(root, stdout,
+                 JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
+  putchar('\n');
+  json_decref(root);
+  return rc ? CLI_FAIL : CLI_OK;
+}
+
+/* ---- setup and teardown ---- */
+
+static int remote_start_workers(struct remote *r) {
+  const char *tmp = getenv("TMPDIR");
+  snprintf(r->dir, sizeof r->dir, "%s/kvds-bench-remote.XXXXXX",
+           tmp && *tmp ? tmp : "/tmp");
+  if (!mkdtemp(r->dir)) {
+    cli_err("bench", "cannot create a directory under %s: %s",
+            tmp && *tmp ? tmp : "/tmp", strerror(errno));
+    r->dir[0] = '\0';
+    return CLI_FAIL;
+  }
+  r->w[0].port = free_port();
+  r->w[1].port = free_port();
+  if (r->w[0].port <= 0 || r->w[1].port <= 0 || r->w[0].port == r->w[1].port) {
+    cli_err("bench", "no free loopback ports");
+    return CLI_FAIL;
+  }
+  char mem[32];
+  fprintf(stderr, "kvds bench remote: starting two workers (%s pools)...\n",
+          kvds_fmt_bytes(r->o->memory, mem, sizeof mem));
+  r->started = 1;
+  for (int i = 0; i < 2; i++) {
+    int rc = worker_spawn(r, &r->w[i], r->w[1 - i].port);
+    if (rc) {
+      cli_err("bench", "cannot start a worker: %s", kvds_strerror(rc));
+      return CLI_FAIL;
+    }
+  }
+  r->addr_a = r->w[0].addr;
+  r->addr_b = r->w[1].addr;
+  /* as `kvds worker --daemon` waits: 30 s + 0.5 s per GiB, generously */
+  uint64_t deadline =
+      kvds_now_ns() + 30000000000ull + 4 * (r->o->memory >> 30) * 1000000000ull;
+  for (int i = 0; i < 2; i++)
+    if (worker_wait_ready(&r->w[i], deadline))
+      return CLI_FAIL;
+  return CLI_OK;
+}
+
+static void remote_cleanup(struct remote *r) {
+  if (r->tcp_up)
+    tcp_teardown(&r->tcp);
+  kvds_client_close(r->ca);
+  kvds_client_close(r->cb);
+  r->ca = r->cb = NULL;
+  for (int i = 0; i < 2; i++)
+    worker_stop(&r->w[i]);
+  if (r->dir[0]) {
+    /* a worker killed hard may have left its socket */
+    for (int i = 0; i < 2; i++) {
+      char sock[PATH_MAX + 32];
+      snprintf(sock, sizeof sock, "%s/kvds-%d.sock", r->dir, r->w[i].port);
+      unlink(sock);
+    }
+    if (rmdir(r->dir))
+      cli_err("bench", "cannot remove %s: %s", r->dir, strerror(errno));
+  }
+}
+
+/* Deletes anything left under the bench's prefix on a running worker. */
+static void remote_sweep(kvds_client *c, const char *prefix) {
+  for (int pass = 0; c && pass < 100; pass++) {
+    struct kvds_list *l;
+    if (kvds_list(c, prefix, strlen(prefix), NULL, 0, 1000, &l))
+      return;
+    size_t n = l->n;
+    for (size_t i = 0; i < l->n; i++)
+      kvds_delete(c, l->entries[i].key, l->entries[i].klen);
+    kvds_list_free(l);
+    if (n == 0)
+      return;
+  }
+}
+
+static int remote_measure(struct remote *r) {
+  int rc = 0;
+  if (!r->o->json)
+    print_remote_header(r);
+  for (int i = 0; i < r->o->nsizes && rc == 0 && !g_stop; i++)
+    for (int j = 0; j < r->o->nbatches && rc == 0 && !g_stop; j++)
+      rc = run_rpoint(r, "hint", (size_t)r->o->sizes[i],
+                      (size_t)r->o->batches[j]);
+  for (int j = 0; j < r->o->nbatches && rc == 0 && !g_stop; j++)
+    rc = run_rpoint(r, "directory", (size_t)r->o->dir_size,
+                    (size_t)r->o->batches[j]);
+  if (rc == 0 && !g_stop) {
+    if (r->o->json)
+      fprintf(stderr, "kvds bench remote: lookup latency\n");
+    rc = run_lookups(r);
+  }
+  return rc;
+}
+
+/* `kvds bench remote [options]` (argv[0] is "remote"). */
+static int run_remote(int argc, char **argv) {
+  struct remote_opts o = {0};
+  int rc = remote_parse(argc, argv, &o);
+  if (rc)
+    return rc < 0 ? CLI_OK : rc;
+  struct remote r = {.o = &o, .addr_a = o.addr_a, .addr_b = o.addr_b};
+  r.phase_ns = (uint64_t)(o.seconds * 1e9);
+  snprintf(r.prefix, sizeof r.prefix, "kvds-bench-remote/%ld/", (long)getpid());
+  int ret = CLI_FAIL;
+  struct sigaction sa = {.sa_handler = on_signal};
+  sigaction(SIGINT, &sa, NULL);
+  sigaction(SIGTERM, &sa, NULL);
+
+  /* source of the puts and of raw TCP, destination of raw TCP: as large as
+   * a case's set of values, touched before timing */
+  r.region = (size_t)o.max_bytes;
+  void *s = NULL, *d = NULL;
+  if (posix_memalign(&s, 4096, r.region) ||
+      posix_memalign(&d, 4096, r.region)) {
+    free(s);
+    cli_err("bench", "cannot allocate 2 x %zu MiB of buffers", r.region >> 20);
+    return CLI_FAIL;
+  }
+  r.src = s;
+  r.dst = d;
+  for (size_t i = 0; i < r.region; i += 8)
+    kvds_put_u64(r.src + i, i * 0x9e3779b97f4a7c15ull);
+  memset(r.dst, 0, r.region);
+
+  uint64_t t0 = kvds_now_ns();
+  if (!o.addr_a && remote_start_workers(&r))
+    goto out;
+  if (cli_connect("bench", r.addr_a, 0, &r.ca, NULL, 0) ||
+      cli_connect("bench", r.addr_b, 0, &r.cb, NULL, 0))
+    goto out;
+  if (wait_cluster(&r, kvds_now_ns() + 20000000000ull))
+    goto out;
+  if (r.started)
+    fprintf(stderr, "kvds bench remote: workers %s and %s up in %.1f s\n",
+            r.addr_a, r.addr_b, (double)(kvds_now_ns() - t0) / 1e9);
+  if ((rc = tcp_setup(&r.tcp, (int)o.pull_threads, r.src, r.dst, r.region))) {
+    cli_err("bench", "raw TCP streams: %s", kvds_strerror(rc));
+    goto out;
+  }
+  r.tcp_up = 1;
+  rc = remote_measure(&r);
+  if ((rc || g_stop) && !r.started) {
+    remote_sweep(r.cb, r.prefix);
+    remote_sweep(r.ca, r.prefix);
+  }
+  if (g_stop) {
+    fflush(stdout);
+    fprintf(stderr, "kvds bench remote: interrupted%s\n",
+            r.started ? "; the workers were stopped"
+                      : "; the bench's keys were removed");
+    ret = 128 + (int)g_stop;
+  } else if (rc == 0) {
+    ret = o.json ? print_remote_json(&r) : (print_remote_footer(&r), CLI_OK);
+  }
+out:
+  if (g_stop && ret == CLI_FAIL)
+    ret = 128 + (int)g_stop;
+  remote_cleanup(&r);
+  free(r.src);
+  free(r.dst);
+  return ret;
+}
+
 int cmd_bench(int argc, char **argv) {
   if (argc > 1 && strcmp(argv[1], "connector") == 0)
     return run_connector(argc - 1, argv + 1);
+  if (argc > 1 && strcmp(argv[1], "remote") == 0)
+    return run_remote(argc - 1, argv + 1);
   struct bench_opts o = {0};
   int rc = parse_opts(argc, argv, &o);
   if (rc)

@@ -1608,8 +1608,8 @@ static int recv_data_hashed(kvds_client *c, uint8_t *dst, uint64_t len,
   len -= have;
   dst += have;
   while (len) {
-    /* Bounded reads keep each piece in cache for the hash. */
-    struct iovec iov = {dst, len < (1u << 20) ? len : (1u << 20)};
+    /* Bounded reads keep each piece in L2 for the hash. */
+    struct iovec iov = {dst, len < (256u << 10) ? len : (256u << 10)};
     ssize_t r = read_some(c, &iov, 1, deadline);
     if (r < 0)
       return broken(c, (int)r, "receive");

@@ -856,6 +856,7 @@ struct jkey {
 /* A pull of some keys from one peer into this pool. */
 struct pull_ctx {
   struct kvds_server *s;
+  struct kvds_peer *peer;
   struct jkey **k;
   struct kvds_object **obj;
   uint64_t bytes;
@@ -892,7 +893,11 @@ static void pull_done(void *ud, size_t i, int status, uint64_t checksum) {
   if (o) {
     pthread_mutex_lock(&s->store.lock);
     if (status == 0) {
+      /* counted before the seal wakes the reader */
       pc->bytes += o->size;
+      atomic_fetch_add(&pc->peer->bytes_in, o->size);
+      atomic_fetch_add(&pc->peer->objects_in, 1);
+      atomic_fetch_add(&s->cluster->pulled_bytes, o->size);
       kvds_store_seal(&s->store, o, checksum); /* wakes the request */
     } else {
       kvds_store_abort(&s->store, o); /* never visible */
@@ -944,19 +949,13 @@ static void pull_from(struct kvds_cluster *cl, struct kvds_peer *p,
   kvds_client_set_timeout(c, left - (wait_ms > 0 ? wait_ms : 0) > 0
                                  ? left - (wait_ms > 0 ? wait_ms : 0)
                                  : 1);
-  struct pull_ctx pc = {s, k, obj, 0};
+  struct pull_ctx pc = {s, p, k, obj, 0};
   struct kvds__pull_ops ops = {pull_dst, pull_done, &pc};
   int rc = kvds__pull(c, n, iov, wait_ms, &ops);
   uint64_t us = kvds_now_us() - t0;
   pconn_put(cl, p, c, gen);
   atomic_fetch_add(&p->pulls, 1);
-  atomic_fetch_add(&p->bytes_in, pc.bytes);
-  atomic_fetch_add(&cl->pulled_bytes, pc.bytes);
   lat_record(p, us);
-  size_t got = 0;
-  for (size_t i = 0; i < n; i++)
-    got += k[i]->state == K_DONE;
-  atomic_fetch_add(&p->objects_in, got);
   if (rc) {
     atomic_fetch_add(&p->pull_errors, 1);
     kvds__logf(2, "cluster: pull of %zu keys from %s failed after %llu ms: %s",

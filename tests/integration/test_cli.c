@@ -14,7 +14,9 @@
  *    worker holds (exit 1) without disturbing it; dscli start on a port
  *    held by something else fails with one [ERROR] line;
  *  - kvds stop succeeds once the worker has exited, even before its parent
- *    reaped it.
+ *    reaped it;
+ *  - kvds bench local and kvds bench remote produce well-formed reports
+ *    (remote starts and stops its own pair of workers).
  * The test is a child subreaper, so the daemonized worker becomes its child:
  * it reaps it (as init would) and checks its exit status.
  */
@@ -570,6 +572,64 @@ static void bench_smoke(void) {
   kvh_worker_stop(&w);
 }
 
+/* `kvds bench remote --quick --json`: the bench starts its own pair of
+ * peered workers, reports every size x batch (measured ones with a kvds and
+ * a raw TCP figure, the bytes B pulled equal to the bytes read) and the
+ * lookup latencies, and stops its workers: nothing answers at their
+ * addresses afterwards. No speed is asserted. */
+static void bench_remote_smoke(void) {
+  static struct res r;
+  KVDS(&r, NULL, 0, "bench", "remote", "--quick", "--json", "--sizes",
+       "256KiB,1MiB", "--batch", "1,8", "--memory", "128MiB");
+  KVH_CHECK(r.code == 0, "bench remote exited %d: %s", r.code, r.err);
+  json_error_t je;
+  json_t *j = json_loads(r.out, 0, &je);
+  KVH_CHECK(j, "bench remote --json is not JSON: %s", je.text);
+  KVH_CHECK(json_is_true(json_object_get(j, "started")) &&
+                json_is_true(json_object_get(j, "shared_memory")),
+            "bench remote did not start workers or use shared memory");
+  json_t *reads = json_object_get(j, "reads");
+  /* 2 sizes x 2 batches with a hint, 2 batches through the directory */
+  KVH_CHECK(json_array_size(reads) == 6, "bench remote rows: %zu",
+            json_array_size(reads));
+  size_t i;
+  json_t *row;
+  json_array_foreach(reads, i, row) {
+    KVH_CHECK(!json_object_get(row, "skipped"), "row %zu skipped", i);
+    json_int_t bytes = json_integer_value(json_object_get(row, "bytes"));
+    KVH_CHECK(json_real_value(json_object_get(row, "gbps")) > 0 &&
+                  json_real_value(json_object_get(row, "tcp_gbps")) > 0 &&
+                  bytes > 0,
+              "row %zu: no measurement", i);
+    KVH_CHECK(
+        json_integer_value(json_object_get(row, "pulled_bytes")) == bytes,
+        "row %zu: B pulled %lld bytes for %lld read", i,
+        (long long)json_integer_value(json_object_get(row, "pulled_bytes")),
+        (long long)bytes);
+  }
+  json_t *lk = json_object_get(j, "lookup");
+  const char *names[] = {"exists_remote", "exists_local", "prefix_remote",
+                         "prefix_local"};
+  for (i = 0; i < 4; i++)
+    KVH_CHECK(json_real_value(
+                  json_object_get(json_object_get(lk, names[i]), "p50_us")) > 0,
+              "no %s latency", names[i]);
+  const char *addrs[] = {json_string_value(json_object_get(j, "worker_a")),
+                         json_string_value(json_object_get(j, "worker_b"))};
+  for (i = 0; i < 2; i++) {
+    KVH_CHECK(addrs[i], "no worker address in the report");
+    kvds_client *c;
+    int rc = kvds_client_connect(addrs[i], 1000, &c);
+    if (rc == 0)
+      kvds_client_close(c);
+    KVH_CHECK(rc == -ECONNREFUSED,
+              "worker %s still answers after the bench "
+              "(%s)",
+              addrs[i], kvds_strerror(rc));
+  }
+  json_decref(j);
+}
+
 int main(int argc, char **argv) {
   kvh_init(argc, argv, "cli");
   /* Orphans (the daemonized worker) are re-parented to us, not to an init
@@ -586,5 +646,6 @@ int main(int argc, char **argv) {
   worker_start_errors();
   stop_zombie();
   bench_smoke();
+  bench_remote_smoke();
   return kvh_finish();
 }
