@@ -34,3 +34,10 @@ kvds_integration_test(test_stall LIBS kvds_proto)
 kvds_integration_test(test_regressions LIBS kvds_proto TIMEOUT 240)
 # TCP authentication: token files, refusals, /metrics.
 kvds_integration_test(test_auth LIBS kvds_proto)
+# The cluster data path: reads resolved through the directory and pulled
+# from peers (replicas, checksums), cluster-wide EXISTS / LOOKUP_PREFIX /
+# LOCATE, hints, an owner killed mid-pull, etcd outage, a home restarted,
+# ANNOUNCE garbage, static --peers, and (as root) a network partition
+# between network namespaces.
+kvds_integration_test(test_cluster LIBS kvds_proto PkgConfig::JANSSON
+                      TIMEOUT 300)
