@@ -859,7 +859,6 @@ struct pull_ctx {
   struct kvds_peer *peer;
   struct jkey **k;
   struct kvds_object **obj;
-  uint64_t bytes;
 };
 
 static void *pull_dst(void *ud, size_t i, uint64_t size) {
@@ -894,7 +893,6 @@ static void pull_done(void *ud, size_t i, int status, uint64_t checksum) {
     pthread_mutex_lock(&s->store.lock);
     if (status == 0) {
       /* counted before the seal wakes the reader */
-      pc->bytes += o->size;
       atomic_fetch_add(&pc->peer->bytes_in, o->size);
       atomic_fetch_add(&pc->peer->objects_in, 1);
       atomic_fetch_add(&s->cluster->pulled_bytes, o->size);
@@ -949,7 +947,7 @@ static void pull_from(struct kvds_cluster *cl, struct kvds_peer *p,
   kvds_client_set_timeout(c, left - (wait_ms > 0 ? wait_ms : 0) > 0
                                  ? left - (wait_ms > 0 ? wait_ms : 0)
                                  : 1);
-  struct pull_ctx pc = {s, p, k, obj, 0};
+  struct pull_ctx pc = {s, p, k, obj};
   struct kvds__pull_ops ops = {pull_dst, pull_done, &pc};
   int rc = kvds__pull(c, n, iov, wait_ms, &ops);
   uint64_t us = kvds_now_us() - t0;
@@ -1153,8 +1151,6 @@ static void run_get(struct kvds_cluster *cl, struct job *j,
     for (;;) { /* group by next owner */
       struct kvds_peer *p = NULL;
       size_t g = 0;
-      struct jkey **grp = pk + m; /* not used: reuse pk's tail below */
-      (void)grp;
       for (size_t i = 0; i < m; i++) {
         if (pk[i]->state != K_PENDING)
           continue;
