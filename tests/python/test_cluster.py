@@ -101,3 +101,67 @@ def test_static_peer_restart_rebuilds_its_shard(make_worker):
         assert cb.mget(keys) == [k * 10 for k in keys]
     a.stop()
     b.stop()
+
+
+def test_observability(make_worker):
+    """kvds status (per-peer bytes), kvds stat (locations), kvds ls
+    --cluster (holders) and /metrics (per-peer counters, pull latency
+    histogram, directory) after real pulls."""
+    import re
+    import subprocess
+    import urllib.request
+    from conftest import KVDS_BIN
+
+    pa, pb, hb = free_port(), free_port(), free_port()
+    a = make_worker("32MiB", ["--peers", f"127.0.0.1:{pb}"], port=pa)
+    b = make_worker("32MiB", ["--peers", f"127.0.0.1:{pa}", "--http-port", str(hb)],
+                    port=pb)
+    vals = {f"obs-{i}".encode(): bytes([65 + i]) * (10000 + i) for i in range(8)}
+    with kvds.Client(a.addr) as ca:
+        ca.mput(list(vals), list(vals.values()))
+    with kvds.Client(b.addr) as cb:
+        wait_for(lambda: all(cb.exists(list(vals))), "the directory")
+        assert cb.mget(list(vals)[:4]) == list(vals.values())[:4]
+        wait_for(lambda: len(cb.locate(b"obs-0")) == 2, "the replica's location")
+
+    def kvds_cli(*args):
+        r = subprocess.run([KVDS_BIN, *args], capture_output=True, text=True,
+                           timeout=30)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    pulled = sum(len(v) for v in list(vals.values())[:4])
+    status = kvds_cli("status", "--worker", b.addr)
+    line = [l for l in status.splitlines() if l.strip().startswith("peer") and a.addr in l]
+    assert len(line) == 1, status
+    m = re.search(r"pulled ([\d.]+ \w+), served ([\d.]+ \w+), (\d+) pulls \((\d+) failed\)",
+                  line[0])
+    assert m, line[0]
+    assert int(m.group(3)) >= 1 and m.group(4) == "0"
+    js = json.loads(kvds_cli("status", "--worker", b.addr, "--json"))
+    peer = [p for p in js["cluster"]["members"] if p["id"] == a.addr][0]
+    assert peer["bytes_in"] == pulled
+    assert js["cluster"]["directory"]["remote_found"] == 4
+
+    stat = kvds_cli("stat", "obs-0", "--worker", b.addr)
+    assert re.search(rf"locations 2: {re.escape(a.addr)} \(epoch \d+\), "
+                     rf"{re.escape(b.addr)} \(epoch \d+\)", stat), stat
+    stat = kvds_cli("stat", "obs-7", "--worker", b.addr)  # not on B
+    assert "here      no" in stat and f"locations 1: {a.addr}" in stat, stat
+
+    ls = kvds_cli("ls", "obs-", "--cluster", "--worker", b.addr)
+    # holders in member-id order
+    rows = {l.split()[2]: sorted(l.split()[-1].split(",")) for l in ls.splitlines()}
+    assert rows == {k.decode(): sorted([a.addr, b.addr] if i < 4 else [a.addr])
+                    for i, k in enumerate(vals)}, ls
+
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{hb}/metrics", timeout=10).read().decode()
+    assert f'kvds_peer_received_bytes_total{{peer="{a.addr}"}} {pulled}' in metrics
+    count = re.search(rf'kvds_peer_pull_seconds_count{{peer="{re.escape(a.addr)}"}} (\d+)',
+                      metrics)
+    inf = re.search(rf'kvds_peer_pull_seconds_bucket{{peer="{re.escape(a.addr)}",le="\+Inf"}} (\d+)',
+                    metrics)
+    assert count and inf and count.group(1) == inf.group(1) and int(count.group(1)) >= 1
+    assert f'kvds_peer_up{{peer="{a.addr}"}} 1' in metrics
+    a.stop()
+    b.stop()
