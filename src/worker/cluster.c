@@ -71,11 +71,12 @@ struct vmember {
   struct kvds_peer *peer;
   const char *id; /* the peer's, or cl->self_id */
   uint64_t epoch;
-  uint64_t seed;
 };
 
+/* Members and their rendezvous seeds (parallel arrays, one allocation). */
 struct view {
   struct vmember *m;
+  uint64_t *seeds;
   size_t n;
 };
 
@@ -119,42 +120,47 @@ struct kvds_cluster {
   int npullers;
   pthread_t maint;
   int maint_started;
-  atomic_uint_fast64_t announced, announce_errors, located, remote_found,
-      remote_missed, pulled_bytes, pull_failures;
+  atomic_size_t nlive; /* cl->view.n, read without the lock (GET path) */
+  atomic_uint_fast64_t announced, announce_errors, remote_found, remote_missed;
 };
 
 /* ---- small helpers ------------------------------------------------------ */
 
-static uint64_t key_hash(const uint8_t *k, size_t kl) {
-  return kvds_checksum(k, kl);
+/* Room for n members (contents undefined). */
+static int view_alloc(struct view *v, size_t n) {
+  size_t m = n ? n : 1;
+  v->m = malloc(m * (sizeof *v->m + sizeof *v->seeds));
+  v->seeds = v->m ? (uint64_t *)(v->m + m) : NULL;
+  v->n = 0;
+  return v->m ? 0 : -ENOMEM;
 }
 
 static void view_free(struct view *v) {
   free(v->m);
   v->m = NULL;
+  v->seeds = NULL;
   v->n = 0;
 }
 
 /* Copy of the current view (cl->lock held). */
 static int view_copy_locked(struct kvds_cluster *cl, struct view *out) {
-  out->n = cl->view.n;
-  out->m = malloc((out->n ? out->n : 1) * sizeof *out->m);
-  if (!out->m)
+  if (view_alloc(out, cl->view.n))
     return -ENOMEM;
+  out->n = cl->view.n;
   memcpy(out->m, cl->view.m, out->n * sizeof *out->m);
+  memcpy(out->seeds, cl->view.seeds, out->n * sizeof *out->seeds);
   return 0;
 }
 
+/* Index in v of the key's home (keys hash with kvds_checksum, hrw.h). */
 static size_t home_of(const struct view *v, const uint8_t *k, size_t kl) {
-  uint64_t seeds[256], *sd = seeds;
-  if (v->n > 256 && !(sd = malloc(v->n * sizeof *sd)))
-    return 0;
-  for (size_t i = 0; i < v->n; i++)
-    sd[i] = v->m[i].seed;
-  int h = kvds_hrw_home(key_hash(k, kl), sd, v->n);
-  if (sd != seeds)
-    free(sd);
+  int h = kvds_hrw_home(kvds_checksum(k, kl), v->seeds, v->n);
   return h < 0 ? 0 : (size_t)h;
+}
+
+/* Absolute time for the monotonic condition variables. */
+static struct timespec mono_ts(uint64_t us) {
+  return (struct timespec){(time_t)(us / 1000000), (long)(us % 1000000) * 1000};
 }
 
 /* 1 if (id, epoch) is a live member of v (epoch 0 in the view — a static
@@ -247,8 +253,7 @@ static kvds_client *pconn_get(struct kvds_cluster *cl, struct kvds_peer *p,
       pthread_mutex_unlock(&cl->lock);
       return c;
     }
-    struct timespec ts = {(time_t)(deadline_us / 1000000),
-                          (long)(deadline_us % 1000000) * 1000};
+    struct timespec ts = mono_ts(deadline_us);
     if (pthread_cond_timedwait(&cl->conn_cv, &cl->lock, &ts) == ETIMEDOUT) {
       *err = KVDS_E_TIMEOUT;
       break;
@@ -290,36 +295,22 @@ static void pconn_drop_idle_locked(struct kvds_peer *p) {
 
 /* ---- the directory shard ------------------------------------------------- */
 
-int kvds__cluster_announce(struct conn *c, const struct kvds_proto_hdr *h,
-                           const uint8_t *meta) {
-  struct kvds_server *s = c->th->srv;
+int kvds__cluster_announce(struct kvds_server *s, const char *owner,
+                           uint64_t epoch, uint32_t n,
+                           const struct kvds_proto_item *it,
+                           const uint8_t *const *keys) {
   struct kvds_cluster *cl = s->cluster;
-  size_t pos = 0;
-  struct kvds_proto_item it;
-  const uint8_t *key;
-  char id[KVDS_MEMBER_ID_MAX];
-  if (h->count < 1 ||
-      kvds_proto_item_decode(meta, h->meta_len, &pos, &it, &key) ||
-      it.klen == 0 || it.klen >= sizeof id)
-    return KVDS_E_PROTO;
-  if (!cl) {
-    kvds__reply_status(c, KVDS_OP_ANNOUNCE, h->req_id, KVDS_E_STATE);
-    return 0;
-  }
-  memcpy(id, key, it.klen);
-  id[it.klen] = 0;
-  uint64_t epoch = it.a;
+  if (!cl)
+    return KVDS_E_STATE;
   int rc = 0;
-  for (uint32_t i = 1; i < h->count; i++) {
-    if (kvds_proto_item_decode(meta, h->meta_len, &pos, &it, &key))
-      return KVDS_E_PROTO;
-    int r = it.a ? kvds_dir_add(cl->dir, key, it.klen, id, epoch)
-                 : kvds_dir_remove(cl->dir, key, it.klen, id, epoch);
+  for (uint32_t i = 0; i < n; i++) {
+    int r = it[i].a
+                ? kvds_dir_add(cl->dir, keys[i], it[i].klen, owner, epoch)
+                : kvds_dir_remove(cl->dir, keys[i], it[i].klen, owner, epoch);
     if (r < 0 && !rc)
       rc = r;
   }
-  kvds__reply_status(c, KVDS_OP_ANNOUNCE, h->req_id, rc);
-  return 0;
+  return rc;
 }
 
 /* Adds to r, for each key, an item (status, a = number of owners) and one
@@ -639,8 +630,8 @@ static int view_refresh(struct kvds_cluster *cl, struct view *old) {
   int rc = kvds_membership_view(cl->s->members, &mm, &n, NULL);
   if (rc)
     return rc;
-  struct view nv = {calloc(n ? n : 1, sizeof *nv.m), 0};
-  if (!nv.m) {
+  struct view nv;
+  if (view_alloc(&nv, n)) {
     free(mm);
     return -ENOMEM;
   }
@@ -650,7 +641,7 @@ static int view_refresh(struct kvds_cluster *cl, struct view *old) {
   for (size_t i = 0; i < n; i++) {
     struct vmember *v = &nv.m[nv.n];
     if (mm[i].self) {
-      *v = (struct vmember){NULL, cl->self_id, cl->self_epoch, 0};
+      *v = (struct vmember){NULL, cl->self_id, cl->self_epoch};
     } else {
       struct kvds_peer *p = peer_find_locked(cl, mm[i].id, strlen(mm[i].id));
       if (!p) {
@@ -673,16 +664,16 @@ static int view_refresh(struct kvds_cluster *cl, struct view *old) {
         pconn_drop_idle_locked(p);
       }
       p->live = 1;
-      *v = (struct vmember){p, p->id, p->epoch, 0};
+      *v = (struct vmember){p, p->id, p->epoch};
     }
-    v->seed = kvds_hrw_seed(v->id, strlen(v->id));
-    nv.n++;
+    nv.seeds[nv.n++] = kvds_hrw_seed(v->id, strlen(v->id));
   }
   for (size_t i = 0; i < cl->npeers; i++)
     if (!cl->peers[i]->live)
       pconn_drop_idle_locked(cl->peers[i]);
   *old = cl->view;
   cl->view = nv;
+  atomic_store(&cl->nlive, nv.n);
   pthread_cond_broadcast(&cl->conn_cv);
   pthread_mutex_unlock(&cl->lock);
   free(mm);
@@ -828,9 +819,7 @@ static void *maint_main(void *arg) {
       pthread_mutex_lock(&cl->lock);
       continue;
     }
-    uint64_t wake = kvds_now_us() + 200000;
-    struct timespec ts = {(time_t)(wake / 1000000),
-                          (long)(wake % 1000000) * 1000};
+    struct timespec ts = mono_ts(kvds_now_us() + 200000);
     pthread_cond_timedwait(&cl->maint_cv, &cl->lock, &ts);
   }
   pthread_mutex_unlock(&cl->lock);
@@ -895,7 +884,6 @@ static void pull_done(void *ud, size_t i, int status, uint64_t checksum) {
       /* counted before the seal wakes the reader */
       atomic_fetch_add(&pc->peer->bytes_in, o->size);
       atomic_fetch_add(&pc->peer->objects_in, 1);
-      atomic_fetch_add(&s->cluster->pulled_bytes, o->size);
       kvds_store_seal(&s->store, o, checksum); /* wakes the request */
     } else {
       kvds_store_abort(&s->store, o); /* never visible */
@@ -944,9 +932,8 @@ static void pull_from(struct kvds_cluster *cl, struct kvds_peer *p,
   if (wait_ms > left)
     wait_ms = left;
   /* the client's deadline is its timeout + the wait */
-  kvds_client_set_timeout(c, left - (wait_ms > 0 ? wait_ms : 0) > 0
-                                 ? left - (wait_ms > 0 ? wait_ms : 0)
-                                 : 1);
+  int io_ms = left - (wait_ms > 0 ? wait_ms : 0);
+  kvds_client_set_timeout(c, io_ms > 0 ? io_ms : 1);
   struct pull_ctx pc = {s, p, k, obj};
   struct kvds__pull_ops ops = {pull_dst, pull_done, &pc};
   int rc = kvds__pull(c, n, iov, wait_ms, &ops);
@@ -1018,7 +1005,6 @@ static void locate(struct kvds_cluster *cl, const struct view *v,
     goto out;
   for (size_t i = 0; i < n; i++)
     home[i] = home_of(v, k[i]->key, k[i]->klen);
-  atomic_fetch_add(&cl->located, n);
   for (size_t h = 0; h < v->n; h++) {
     size_t g = 0;
     for (size_t i = 0; i < n; i++)
@@ -1111,24 +1097,43 @@ static void sleep_ms(int ms) {
   nanosleep(&ts, NULL);
 }
 
+/* State for n keys of wr (idx[i], or i when idx is NULL) and room for n
+ * pointers to them; 0 or -ENOMEM. */
+static int jkeys_new(const struct wait_req *wr, const uint32_t *idx, size_t n,
+                     struct jkey **ks, struct jkey ***pk) {
+  *ks = calloc(n ? n : 1, sizeof **ks);
+  *pk = calloc(n ? n : 1, sizeof **pk);
+  if (!*ks || !*pk) {
+    free(*ks);
+    free(*pk);
+    *ks = NULL;
+    *pk = NULL;
+    return -ENOMEM;
+  }
+  for (size_t i = 0; i < n; i++) {
+    size_t x = idx ? idx[i] : i;
+    (*ks)[i] = (struct jkey){
+        .key = wr->keys[x], .klen = wr->klens[x], .err = KVDS_E_NOTFOUND};
+  }
+  return 0;
+}
+
+static void jkeys_free(struct jkey *ks, struct jkey **pk, size_t n) {
+  for (size_t i = 0; ks && i < n; i++)
+    free(ks[i].owners);
+  free(ks);
+  free(pk);
+}
+
 /* GET: pull the job's keys; failures are written into the request. */
 static void run_get(struct kvds_cluster *cl, struct job *j,
                     const struct view *v) {
   struct kvds_server *s = cl->s;
   struct wait_req *wr = j->wr;
   size_t n = j->n;
-  struct jkey *ks = calloc(n ? n : 1, sizeof *ks);
-  struct jkey **pk = calloc(n ? n : 1, sizeof *pk);
-  if (!ks || !pk) {
-    free(ks);
-    free(pk);
+  struct jkey *ks, **pk;
+  if (jkeys_new(wr, j->idx, n, &ks, &pk))
     return; /* the request times out */
-  }
-  for (size_t i = 0; i < n; i++) {
-    ks[i].key = wr->keys[j->idx[i]];
-    ks[i].klen = wr->klens[j->idx[i]];
-    ks[i].err = KVDS_E_NOTFOUND;
-  }
   /* 1. The hinted worker, waiting there as the request asked. */
   struct kvds_peer *hp = hint_peer(v, j->hint, j->hlen);
   if (hp) {
@@ -1218,10 +1223,7 @@ static void run_get(struct kvds_cluster *cl, struct job *j,
   pthread_mutex_unlock(&s->store.lock);
   atomic_fetch_add(&cl->remote_found, found);
   atomic_fetch_add(&cl->remote_missed, missed);
-  for (size_t i = 0; i < n; i++)
-    free(ks[i].owners);
-  free(ks);
-  free(pk);
+  jkeys_free(ks, pk, n);
 }
 
 /* EXISTS / LOOKUP_PREFIX / LOCATE: ask the homes of the keys not here. */
@@ -1230,20 +1232,15 @@ static void run_find(struct kvds_cluster *cl, struct job *j,
   struct kvds_server *s = cl->s;
   struct wait_req *wr = j->wr;
   size_t n = wr->n;
-  struct jkey *ks = calloc(n ? n : 1, sizeof *ks);
-  struct jkey **pk = calloc(n ? n : 1, sizeof *pk);
+  struct jkey *ks, **pk;
   struct reply r;
   kvds__reply_init(&r);
-  if (!ks || !pk)
+  if (jkeys_new(wr, NULL, n, &ks, &pk))
     goto out;
   size_t m = 0;
-  for (size_t i = 0; i < n; i++) {
-    ks[i].key = wr->keys[i];
-    ks[i].klen = wr->klens[i];
-    ks[i].err = KVDS_E_NOTFOUND;
+  for (size_t i = 0; i < n; i++)
     if (wr->kind == WR_LOCATE || wr->status[i])
       pk[m++] = &ks[i];
-  }
   locate(cl, v, pk, m, j->deadline_us);
   if (wr->kind == WR_LOCATE) {
     for (size_t i = 0; i < n; i++) {
@@ -1303,10 +1300,7 @@ static void run_find(struct kvds_cluster *cl, struct job *j,
   pthread_mutex_unlock(&s->store.lock);
 out:
   free(r.buf);
-  for (size_t i = 0; ks && i < n; i++)
-    free(ks[i].owners);
-  free(ks);
-  free(pk);
+  jkeys_free(ks, pk, n);
 }
 
 static void *puller_main(void *arg) {
@@ -1367,12 +1361,14 @@ int kvds__cluster_submit(struct kvds_server *s, struct wait_req *wr,
     free(js);
     return -ENOMEM;
   }
+  /* The keys still awaited (a seal on another thread may have filled some
+   * since the request registered its waits). */
   uint32_t m = 0;
+  pthread_mutex_lock(&s->store.lock);
   for (uint32_t i = 0; i < wr->n; i++)
-    if (wr->kind != WR_GET || wr->status[i] == KVDS_E_NOTFOUND)
+    if (wr->kind != WR_GET || wr->w[i].armed)
       miss[m++] = i;
-  /* (objs/status are stable here: the owner thread is this one, and
-   * seals only fill objs of keys that were missing.) */
+  pthread_mutex_unlock(&s->store.lock);
   int rc = 0;
   for (uint32_t k = 0; k < njobs; k++) {
     uint32_t lo = (uint32_t)((uint64_t)m * k / njobs);
@@ -1425,12 +1421,7 @@ int kvds__cluster_submit(struct kvds_server *s, struct wait_req *wr,
 
 int kvds__cluster_active(struct kvds_server *s) {
   struct kvds_cluster *cl = s->cluster;
-  if (!cl)
-    return 0;
-  pthread_mutex_lock(&cl->lock);
-  int active = cl->view.n > 1;
-  pthread_mutex_unlock(&cl->lock);
-  return active;
+  return cl && atomic_load_explicit(&cl->nlive, memory_order_relaxed) > 1;
 }
 
 int kvds__cluster_start(struct kvds_server *s) {
@@ -1461,15 +1452,11 @@ int kvds__cluster_start(struct kvds_server *s) {
   free(mm);
   if (!rc)
     rc = kvds_dir_new(&cl->dir);
-  if (!rc) {
-    cl->view.m = calloc(1, sizeof *cl->view.m);
-    if (!cl->view.m)
-      rc = -ENOMEM;
-    else
-      cl->view.m[0] =
-          (struct vmember){NULL, cl->self_id, cl->self_epoch,
-                           kvds_hrw_seed(cl->self_id, strlen(cl->self_id))};
+  if (!rc && !(rc = view_alloc(&cl->view, 1))) {
+    cl->view.m[0] = (struct vmember){NULL, cl->self_id, cl->self_epoch};
+    cl->view.seeds[0] = kvds_hrw_seed(cl->self_id, strlen(cl->self_id));
     cl->view.n = 1;
+    atomic_store(&cl->nlive, 1);
   }
   cl->pullers = calloc((size_t)s->cfg.pull_threads, sizeof *cl->pullers);
   if (!rc && !cl->pullers)

@@ -951,6 +951,20 @@ static int op_cluster(struct conn *c) {
   return 0;
 }
 
+/* ANNOUNCE: item 0 names the owner (key = member id, a = epoch), the rest
+ * are its location changes. */
+static int op_announce(struct conn *c, const struct req_items *ri) {
+  char id[KVDS_MEMBER_ID_MAX];
+  if (ri->n < 1 || ri->it[0].klen == 0 || ri->it[0].klen >= sizeof id)
+    return KVDS_E_PROTO;
+  memcpy(id, ri->key[0], ri->it[0].klen);
+  id[ri->it[0].klen] = 0;
+  int rc = kvds__cluster_announce(c->th->srv, id, ri->it[0].a, ri->n - 1,
+                                  ri->it + 1, ri->key + 1);
+  kvds__reply_status(c, KVDS_OP_ANNOUNCE, c->h.req_id, rc);
+  return 0;
+}
+
 /* ---- ops with bulk data -------------------------------------------------- */
 
 static int segs_alloc(struct conn *c, uint32_t n) {
@@ -1140,7 +1154,7 @@ int kvds__server_request(struct conn *c, const uint8_t *meta) {
     rc = op_find(c, &ri, meta, WR_LOCATE);
     break;
   case KVDS_OP_ANNOUNCE:
-    rc = kvds__cluster_announce(c, h, meta);
+    rc = op_announce(c, &ri);
     break;
   case KVDS_OP_SHUTDOWN:
     kvds__reply_status(c, KVDS_OP_SHUTDOWN, h->req_id, 0);

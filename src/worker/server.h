@@ -268,10 +268,13 @@ int kvds__cluster_submit(struct kvds_server *s, struct wait_req *wr,
                          uint64_t deadline_us, int wait_ms);
 /* Number of jobs kvds__cluster_submit will queue for wr. */
 uint32_t kvds__cluster_njobs(struct kvds_server *s, const struct wait_req *wr);
-/* ANNOUNCE from a peer and LOCATE answered from this worker's directory
- * (and store) alone. */
-int kvds__cluster_announce(struct conn *c, const struct kvds_proto_hdr *h,
-                           const uint8_t *meta);
+/* ANNOUNCE from a peer: owner (epoch) holds (it[i].a = 1) or no longer
+ * holds (0) keys[i]; returns the first error (KVDS_E_STATE: no cluster).
+ * LOCATE answered from this worker's directory (and store) alone. */
+int kvds__cluster_announce(struct kvds_server *s, const char *owner,
+                           uint64_t epoch, uint32_t n,
+                           const struct kvds_proto_item *it,
+                           const uint8_t *const *keys);
 void kvds__cluster_locate_local(struct kvds_server *s, struct reply *r,
                                 uint32_t n, const uint8_t *const *keys,
                                 const uint32_t *klens);
