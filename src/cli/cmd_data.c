@@ -293,44 +293,27 @@ static int ls_ent_cmp(const void *a, const void *b) {
   return x->member < y->member ? -1 : x->member > y->member;
 }
 
-/* Appends up to `limit` (0 = all) keys of one worker under prefix to v. */
-static int ls_collect(kvds_client *cl, const char *prefix, size_t plen,
-                      uint64_t limit, size_t member, struct ls_ent **v,
-                      size_t *n, size_t *cap) {
+/* Calls fn for up to `limit` (0 = all) keys under prefix, in byte order,
+ * a page at a time. *more (may be NULL) says whether keys were left over.
+ * Returns 0, kvds_list's error or fn's non-zero return. */
+static int ls_each(kvds_client *cl, const char *prefix, size_t plen,
+                   uint64_t limit,
+                   int (*fn)(const struct kvds_list_entry *e, void *ud),
+                   void *ud, int *more) {
   uint8_t after[KVDS_KEY_MAX];
   size_t alen = 0;
   uint64_t got = 0;
-  int more = 1;
-  while (more && (limit == 0 || got < limit)) {
+  int left = 1, rc = 0;
+  while (!rc && left && (limit == 0 || got < limit)) {
+    uint64_t page = limit == 0 || limit - got > 1000 ? 1000 : limit - got;
     struct kvds_list *l;
-    int rc = kvds_list(cl, prefix, plen, alen ? after : NULL, alen, 1000, &l);
-    if (rc)
-      return rc;
-    for (size_t i = 0; i < l->n && (limit == 0 || got < limit); i++, got++) {
-      const struct kvds_list_entry *e = &l->entries[i];
-      if (*n == *cap) {
-        size_t nc = *cap ? *cap * 2 : 256;
-        struct ls_ent *nv = realloc(*v, nc * sizeof *nv);
-        if (!nv) {
-          kvds_list_free(l);
-          return -ENOMEM;
-        }
-        *v = nv;
-        *cap = nc;
-      }
-      struct ls_ent *d = &(*v)[*n];
-      if (!(d->key = malloc(e->klen ? e->klen : 1))) {
-        kvds_list_free(l);
-        return -ENOMEM;
-      }
-      memcpy(d->key, e->key, e->klen);
-      d->klen = e->klen;
-      d->size = e->info.size;
-      d->state = e->info.state;
-      d->member = member;
-      (*n)++;
-    }
-    more = l->more && l->n > 0;
+    if ((rc = kvds_list(cl, prefix, plen, alen ? after : NULL, alen,
+                        (size_t)page, &l)))
+      break;
+    for (size_t i = 0; !rc && i < l->n; i++)
+      rc = fn(&l->entries[i], ud);
+    got += l->n;
+    left = l->more && l->n > 0;
     if (l->n > 0) {
       const struct kvds_list_entry *e = &l->entries[l->n - 1];
       alen = e->klen <= sizeof after ? e->klen : sizeof after;
@@ -338,6 +321,45 @@ static int ls_collect(kvds_client *cl, const char *prefix, size_t plen,
     }
     kvds_list_free(l);
   }
+  if (more)
+    *more = left;
+  return rc;
+}
+
+/* Keys of several workers, for ls --cluster. */
+struct ls_set {
+  struct ls_ent *v;
+  size_t n, cap;
+  size_t member; /* the worker being listed */
+};
+
+static int ls_collect(const struct kvds_list_entry *e, void *ud) {
+  struct ls_set *ls = ud;
+  if (ls->n == ls->cap) {
+    size_t nc = ls->cap ? ls->cap * 2 : 256;
+    struct ls_ent *nv = realloc(ls->v, nc * sizeof *nv);
+    if (!nv)
+      return -ENOMEM;
+    ls->v = nv;
+    ls->cap = nc;
+  }
+  struct ls_ent *d = &ls->v[ls->n];
+  if (!(d->key = malloc(e->klen ? e->klen : 1)))
+    return -ENOMEM;
+  memcpy(d->key, e->key, e->klen);
+  d->klen = e->klen;
+  d->size = e->info.size;
+  d->state = e->info.state;
+  d->member = ls->member;
+  ls->n++;
+  return 0;
+}
+
+static int ls_print(const struct kvds_list_entry *e, void *ud) {
+  (void)ud;
+  printf("%12zu  %-7s  ", e->info.size, state_name(e->info.state));
+  cli_print_key(stdout, e->key, e->klen);
+  putchar('\n');
   return 0;
 }
 
@@ -353,8 +375,8 @@ static int ls_cluster(kvds_client *cl, const char *prefix, size_t plen,
   json_t *root = json_loads(js, 0, NULL);
   free(js);
   json_t *members = json_object_get(root, "members");
-  struct ls_ent *v = NULL;
-  size_t n = 0, cap = 0, i;
+  struct ls_set ls = {0};
+  size_t i;
   int ret = CLI_OK;
   json_t *m;
   json_array_foreach(members, i, m) {
@@ -369,7 +391,8 @@ static int ls_cluster(kvds_client *cl, const char *prefix, size_t plen,
       ret = CLI_FAIL; /* said why; list the others */
       continue;
     }
-    rc = ls_collect(mc, prefix, plen, limit, i, &v, &n, &cap);
+    ls.member = i;
+    rc = ls_each(mc, prefix, plen, limit, ls_collect, &ls, NULL);
     if (rc) {
       cli_err("ls", "listing %s failed: %s", id, kvds_strerror(rc));
       ret = CLI_FAIL;
@@ -377,6 +400,8 @@ static int ls_cluster(kvds_client *cl, const char *prefix, size_t plen,
     if (mc != cl)
       kvds_client_close(mc);
   }
+  struct ls_ent *v = ls.v;
+  size_t n = ls.n;
   qsort(v, n, sizeof *v, ls_ent_cmp);
   uint64_t shown = 0;
   for (size_t k = 0; k < n && (limit == 0 || shown < limit); shown++) {
@@ -449,40 +474,17 @@ int cmd_ls(int argc, char **argv) {
       r = CLI_FAIL;
     return r;
   }
-  uint8_t after[KVDS_KEY_MAX];
-  size_t alen = 0;
-  uint64_t shown = 0;
-  int ret = CLI_OK, more = 1;
-  while (more && (limit == 0 || shown < limit)) {
-    uint64_t page = limit == 0 || limit - shown > 1000 ? 1000 : limit - shown;
-    struct kvds_list *l;
-    int rc = kvds_list(cl, prefix, plen, alen ? after : NULL, alen,
-                       (size_t)page, &l);
-    if (rc) {
-      cli_err("ls", "list failed: %s", kvds_strerror(rc));
-      ret = CLI_FAIL;
-      break;
-    }
-    for (size_t i = 0; i < l->n; i++) {
-      const struct kvds_list_entry *e = &l->entries[i];
-      printf("%12zu  %-7s  ", e->info.size, state_name(e->info.state));
-      cli_print_key(stdout, e->key, e->klen);
-      putchar('\n');
-    }
-    shown += l->n;
-    more = l->more && l->n > 0;
-    if (l->n > 0) {
-      const struct kvds_list_entry *e = &l->entries[l->n - 1];
-      alen = e->klen <= sizeof after ? e->klen : sizeof after;
-      memcpy(after, e->key, alen);
-    }
-    kvds_list_free(l);
+  int more = 0, ret = CLI_OK;
+  int rc = ls_each(cl, prefix, plen, limit, ls_print, NULL, &more);
+  if (rc) {
+    cli_err("ls", "list failed: %s", kvds_strerror(rc));
+    ret = CLI_FAIL;
   }
-  if (ret == CLI_OK && more && limit && shown >= limit)
+  if (ret == CLI_OK && more) /* only a limit leaves keys over */
     fprintf(stderr,
             "kvds ls: stopped after %llu keys; more match (use --limit 0 for "
             "all)\n",
-            (unsigned long long)shown);
+            (unsigned long long)limit);
   kvds_client_close(cl);
   if (fflush(stdout) != 0 && ret == CLI_OK)
     ret = CLI_FAIL;
