@@ -411,8 +411,9 @@ struct kvds_location {
 /*
  * Where key lives: asks the key's home worker (through the worker this
  * client talks to; one round trip for the client). *out gets a malloc'd
- * array of *n locations (free() it; NULL when *n is 0), the original first,
- * then replicas. Absent everywhere: 0 with *n = 0. A single worker answers
+ * array of *n locations (free() it; NULL when *n is 0), in the order the
+ * home learned of them (the original first unless it was evicted and sealed
+ * again). Absent everywhere: 0 with *n = 0. A single worker answers
  * from its own store. Errors: the usual request errors, KVDS_E_KEYLEN.
  */
 int kvds_locate(kvds_client *c, const void *key, size_t klen,

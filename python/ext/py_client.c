@@ -1264,8 +1264,7 @@ static PyMethodDef client_methods[] = {
      "straight from `hint`, a member id or data address); local=True reads "
      "this worker only. Every get method takes hint and local. Raises "
      "NotFound (no wait), Timeout (still absent), ChecksumError (bytes "
-     "corrupted in transit), KvdsError (KVDS_E_PEER: the holder died or "
-     "stalled)."},
+     "corrupted in transit), PeerError (the holder died or stalled)."},
     {"mget", (PyCFunction)(void (*)(void))client_mget, KW,
      "mget(keys, wait_ms=0, *, hint=None, local=False) -> list\n\nCopies of "
      "the values: bytes, or None "
@@ -1326,8 +1325,8 @@ static PyMethodDef client_methods[] = {
      "`limit` (None or 0: all), fetched in pages of 1000."},
     {"locate", (PyCFunction)(void (*)(void))client_locate, KW,
      "locate(key) -> list\n\nThe workers that hold a sealed copy of key, "
-     "as (member id, epoch) tuples, the original first (asked of the key's "
-     "home worker; [] when no live worker has it)."},
+     "as (member id, epoch) tuples in the order the key's home worker "
+     "learned of them ([] when no live worker has it)."},
     {"cluster_status", (PyCFunction)client_cluster_status, METH_NOARGS,
      "cluster_status() -> str\n\nThe worker's view of the cluster as JSON "
      "text (mode, self, etcd state, members with state): "

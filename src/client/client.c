@@ -67,6 +67,7 @@ struct kvds_client {
   char sock_path[256];
   char errmsg[256];
   char peer_id[256]; /* kvds__peer_connect: our worker's member id */
+  int sock; /* peer clients: the socket, open until kvds_client_close */
   /* request meta being built (header space first) */
   uint8_t *wb;
   size_t wlen, wcap;
@@ -145,7 +146,10 @@ static int fail(kvds_client *c, int rc, const char *fmt, ...) {
 /* The stream is out of sync: drop the connection. */
 static int broken(kvds_client *c, int rc, const char *what) {
   if (c->fd >= 0) {
-    close(c->fd);
+    if (c->fd == c->sock) /* closed by kvds_client_close */
+      shutdown(c->fd, SHUT_RDWR);
+    else
+      close(c->fd);
     c->fd = -1;
   }
   return fail(c, rc, "%s: %s (disconnected)", what, kvds_strerror(rc));
@@ -416,9 +420,11 @@ static int recv_reply(kvds_client *c, int64_t id, uint8_t op,
   return c->rh.status;
 }
 
-/* Reads `len` reply data bytes into dst (NULL = discard). */
-static int recv_data(kvds_client *c, uint8_t *dst, uint64_t len,
-                     uint64_t deadline) {
+/* Reads `len` reply data bytes into dst (NULL = discard). With `hash`
+ * (dst required) the bytes are also fed to it piece by piece as they
+ * arrive, while each piece (<= 256 KiB) is still in cache. */
+static int recv_data_h(kvds_client *c, uint8_t *dst, uint64_t len,
+                       XXH3_state_t *hash, uint64_t deadline) {
   if (len > c->rdata_left)
     return broken(c, KVDS_E_PROTO, "reply data");
   c->rdata_left -= len;
@@ -428,23 +434,34 @@ static int recv_data(kvds_client *c, uint8_t *dst, uint64_t len,
     have = (size_t)len;
   if (dst)
     memcpy(dst, c->rb + c->rpos, have);
+  if (hash)
+    XXH3_64bits_update(hash, dst, have);
   c->rpos += have;
   len -= have;
   if (dst)
     dst += have;
   uint8_t scratch[16384];
   while (len) {
+    size_t piece = !dst   ? sizeof scratch
+                   : hash ? (size_t)256 << 10
+                          : (size_t)len;
     struct iovec iov = {dst ? (void *)dst : (void *)scratch,
-                        dst ? len
-                            : (len < sizeof scratch ? len : sizeof scratch)};
+                        len < piece ? (size_t)len : piece};
     ssize_t r = read_some(c, &iov, 1, deadline);
     if (r < 0)
       return broken(c, (int)r, "receive");
+    if (hash)
+      XXH3_64bits_update(hash, dst, (size_t)r);
     len -= (uint64_t)r;
     if (dst)
       dst += r;
   }
   return 0;
+}
+
+static int recv_data(kvds_client *c, uint8_t *dst, uint64_t len,
+                     uint64_t deadline) {
+  return recv_data_h(c, dst, len, NULL, deadline);
 }
 
 /* Sends a request with no data and reads its reply header + meta. */
@@ -634,6 +651,7 @@ static kvds_client *client_new(int timeout_ms, unsigned flags) {
     return NULL;
   c->flags = flags;
   c->fd = -1;
+  c->sock = -1;
   c->recv_fd = -1;
   c->pool.fd = -1;
   c->timeout_ms = timeout_ms > 0 ? timeout_ms : DEFAULT_TIMEOUT_MS;
@@ -702,6 +720,8 @@ void kvds_client_close(kvds_client *c) {
     return;
   if (c->fd >= 0)
     close(c->fd);
+  else if (c->sock >= 0)
+    close(c->sock);
   if (c->recv_fd >= 0)
     close(c->recv_fd);
   if (c->pool.base)
@@ -1097,6 +1117,21 @@ static void get_hint_item(kvds_client *c, const struct kvds_get_opts *o) {
     req_item(c, 0, 0, 0, 0, o->hint, strlen(o->hint));
 }
 
+/* Sum of the sizes of the found items, or max + 1 as soon as it passes max
+ * (sizes come from the worker: they must not wrap). */
+static uint64_t values_total(const struct kvds_proto_item *it, size_t n,
+                             uint64_t max) {
+  uint64_t total = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (it[i].status)
+      continue;
+    if (it[i].a > max - total)
+      return max + 1;
+    total += it[i].a;
+  }
+  return total;
+}
+
 static int mget_chunk(kvds_client *c, size_t n, const struct kvds_iov *keys,
                       const struct kvds_get_opts *o, struct kvds_value *vals,
                       int *results) {
@@ -1132,10 +1167,10 @@ static int mget_chunk(kvds_client *c, size_t n, const struct kvds_iov *keys,
       }
       vals[i] = (struct kvds_value){kvds_pool_ptr(&c->pool, it[i].b), it[i].a,
                                     it[i].c, it[i].d};
-    } else {
-      total += it[i].a;
     }
   }
+  if (!c->local)
+    total = values_total(it, n, c->rh.data_len);
   if (!c->local && total != c->rh.data_len) {
     free(it);
     return broken(c, KVDS_E_PROTO, "get reply length");
@@ -1493,57 +1528,37 @@ int kvds_shutdown(kvds_client *c) {
 
 /* ---- cluster ------------------------------------------------------------ */
 
-struct locate_ctx {
-  struct kvds_location *v;
-  size_t n, want, cap;
-  int oom;
-};
-
-static int locate_item(void *ud, size_t i, const struct kvds_proto_item *it,
-                       const uint8_t *key) {
-  struct locate_ctx *lc = ud;
-  if (i == 0) { /* the key's item: a = number of owner items after it */
-    if (it->status)
-      return it->status == KVDS_E_NOTFOUND ? 0 : it->status;
-    lc->want = (size_t)it->a;
-    if (lc->want > 4096)
-      return KVDS_E_PROTO;
-    if (lc->want && !(lc->v = calloc(lc->want, sizeof *lc->v))) {
-      lc->oom = 1;
-      return -ENOMEM;
-    }
-    lc->cap = lc->want;
-    return 0;
-  }
-  if (lc->n >= lc->cap || it->klen == 0 || it->klen >= sizeof lc->v->id)
-    return KVDS_E_PROTO;
-  memcpy(lc->v[lc->n].id, key, it->klen);
-  lc->v[lc->n].id[it->klen] = 0;
-  lc->v[lc->n].epoch = it->a;
-  lc->n++;
-  return 0;
-}
-
 int kvds_locate(kvds_client *c, const void *key, size_t klen,
                 struct kvds_location **out, size_t *n) {
   struct kvds_iov k = {(void *)key, klen};
   int rc = check_key(c, &k);
   if (rc)
     return rc;
-  struct kvds_proto_item it = {.klen = (uint32_t)klen};
-  const void *kp = key;
-  struct locate_ctx lc = {0};
-  rc = kvds__call(c, KVDS_OP_LOCATE, 0, 0, 1, &it, &kp, locate_item, &lc);
-  if (!rc && lc.n != lc.want)
-    rc = broken(c, KVDS_E_PROTO, "locate reply");
-  if (rc) {
-    free(lc.v);
-    return rc == KVDS_E_PROTO && c->fd >= 0
-               ? broken(c, rc, "locate reply")
-               : (lc.oom ? fail(c, rc, "out of memory") : rc);
+  req_begin(c);
+  req_item(c, 0, 0, 0, 0, key, klen);
+  if ((rc = rpc(c, KVDS_OP_LOCATE, 0, 0, io_deadline(c))))
+    return rc;
+  /* item 0: the key's status and a = number of owner items after it */
+  const struct kvds_proto_item *h = c->rit;
+  size_t m = c->rh.count ? c->rh.count - 1 : 0;
+  if (!c->rh.count || h->a != m || (h->status && m))
+    return broken(c, KVDS_E_PROTO, "locate reply");
+  if (h->status && h->status != KVDS_E_NOTFOUND)
+    return fail(c, h->status, "locate: %s", kvds_strerror(h->status));
+  struct kvds_location *v = m ? calloc(m, sizeof *v) : NULL;
+  if (m && !v)
+    return fail(c, -ENOMEM, "out of memory");
+  for (size_t i = 0; i < m; i++) {
+    const struct kvds_proto_item *it = &c->rit[i + 1];
+    if (it->klen == 0 || it->klen >= sizeof v->id) {
+      free(v);
+      return broken(c, KVDS_E_PROTO, "locate reply");
+    }
+    memcpy(v[i].id, c->rkey[i + 1], it->klen);
+    v[i].epoch = it->a;
   }
-  *out = lc.v;
-  *n = lc.n;
+  *out = v;
+  *n = m;
   return 0;
 }
 
@@ -1578,6 +1593,7 @@ int kvds__peer_connect(const char *addr, int timeout_ms,
   snprintf(c->peer_id, sizeof c->peer_id, "%s", self_id);
   uint64_t deadline = io_deadline(c);
   int rc = connect_tcp(addr, &c->fd, deadline);
+  c->sock = rc ? -1 : c->fd;
   if (!rc && tok)
     rc = authenticate_with(c, tok, deadline);
   if (!rc)
@@ -1587,37 +1603,6 @@ int kvds__peer_connect(const char *addr, int timeout_ms,
     return rc;
   }
   *out = c;
-  return 0;
-}
-
-/* Receives len reply data bytes into dst, hashing them as they arrive
- * (while they are still in cache); *sum gets the xxh3-64. */
-static int recv_data_hashed(kvds_client *c, uint8_t *dst, uint64_t len,
-                            uint64_t *sum, uint64_t deadline) {
-  if (len > c->rdata_left)
-    return broken(c, KVDS_E_PROTO, "reply data");
-  XXH3_state_t st;
-  XXH3_64bits_reset(&st);
-  c->rdata_left -= len;
-  size_t have = c->rlen - c->rpos;
-  if (have > len)
-    have = (size_t)len;
-  memcpy(dst, c->rb + c->rpos, have);
-  XXH3_64bits_update(&st, dst, have);
-  c->rpos += have;
-  len -= have;
-  dst += have;
-  while (len) {
-    /* Bounded reads keep each piece in L2 for the hash. */
-    struct iovec iov = {dst, len < (256u << 10) ? len : (256u << 10)};
-    ssize_t r = read_some(c, &iov, 1, deadline);
-    if (r < 0)
-      return broken(c, (int)r, "receive");
-    XXH3_64bits_update(&st, dst, (size_t)r);
-    len -= (uint64_t)r;
-    dst += r;
-  }
-  *sum = XXH3_64bits_digest(&st);
   return 0;
 }
 
@@ -1636,6 +1621,8 @@ int kvds__pull(kvds_client *c, size_t n, const struct kvds_iov *keys,
         req_send(c, KVDS_OP_GET, KVDS_PF_INLINE | KVDS_PF_LOCAL,
                  wait_ms > 0 ? (uint32_t)wait_ms : 0, NULL, 0, deadline);
     rc = recv_reply(c, id, KVDS_OP_GET, deadline);
+    if (rc && c->fd >= 0 && c->rdata_left) /* a refusal: keep in sync */
+      recv_data(c, NULL, c->rdata_left, deadline);
   }
   if (!rc && c->rh.count != n)
     rc = broken(c, KVDS_E_PROTO, "get reply");
@@ -1644,10 +1631,7 @@ int kvds__pull(kvds_client *c, size_t n, const struct kvds_iov *keys,
   if (!rc) {
     /* Copy the descriptions: receiving data may move the reply buffer. */
     memcpy(it, c->rit, n * sizeof *it);
-    uint64_t total = 0;
-    for (size_t k = 0; k < n; k++)
-      total += it[k].status ? 0 : it[k].a;
-    if (total != c->rh.data_len)
+    if (values_total(it, n, c->rh.data_len) != c->rh.data_len)
       rc = broken(c, KVDS_E_PROTO, "get reply length");
   }
   for (; !rc && i < n; i++) {
@@ -1656,16 +1640,19 @@ int kvds__pull(kvds_client *c, size_t n, const struct kvds_iov *keys,
       continue;
     }
     uint8_t *dst = ops->dst(ops->ud, i, it[i].a);
-    uint64_t sum = 0;
     if (!dst) {
       if ((rc = recv_data(c, NULL, it[i].a, deadline)))
         break;
       ops->done(ops->ud, i, KVDS_E_STATE, 0);
       continue;
     }
-    if ((rc = recv_data_hashed(c, dst, it[i].a, &sum, deadline)))
+    XXH3_state_t st;
+    XXH3_64bits_reset(&st);
+    if ((rc = recv_data_h(c, dst, it[i].a, &st, deadline)))
       break;
-    ops->done(ops->ud, i, sum == it[i].c ? 0 : KVDS_E_CHECKSUM, it[i].c);
+    ops->done(ops->ud, i,
+              XXH3_64bits_digest(&st) == it[i].c ? 0 : KVDS_E_CHECKSUM,
+              it[i].c);
   }
   for (; rc && i < n; i++)
     ops->done(ops->ud, i, rc, 0);
@@ -1674,8 +1661,10 @@ int kvds__pull(kvds_client *c, size_t n, const struct kvds_iov *keys,
 }
 
 void kvds__client_shutdown(kvds_client *c) {
-  if (c && c->fd >= 0)
-    shutdown(c->fd, SHUT_RDWR);
+  /* c->sock stays open until kvds_client_close (broken() only shuts it
+   * down), so its number cannot be another socket by now. */
+  if (c && c->sock >= 0)
+    shutdown(c->sock, SHUT_RDWR);
 }
 
 uint64_t kvds__client_nonce(const kvds_client *c) {
@@ -1683,8 +1672,8 @@ uint64_t kvds__client_nonce(const kvds_client *c) {
 }
 
 int kvds__client_stale(const kvds_client *c) {
-  if (c->fd < 0)
-    return 1;
+  if (c->fd < 0 || c->rpos != c->rlen || c->rdata_left)
+    return 1; /* broken, or bytes nobody asked for are buffered */
   struct pollfd p = {.fd = c->fd, .events = POLLIN};
   return poll(&p, 1, 0) != 0; /* input, hang-up or error while idle */
 }

@@ -50,8 +50,9 @@ struct kvds__pull_ops {
 /*
  * GET with KVDS_PF_LOCAL of n keys (waiting up to wait_ms on the peer for
  * keys not sealed yet), each value received straight into the memory dst()
- * gives (no staging) and hashed as it arrives. Returns 0 when answered, or
- * the error that broke the request (the client is then disconnected).
+ * gives (no staging) and hashed as it arrives. Returns 0 when answered;
+ * the worker's refusal of the whole request (the client stays usable); or
+ * an I/O or protocol error (the client is then disconnected).
  */
 int kvds__pull(kvds_client *c, size_t n, const struct kvds_iov *keys,
                int wait_ms, const struct kvds__pull_ops *ops);

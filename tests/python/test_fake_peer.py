@@ -156,3 +156,25 @@ def test_silent_peer_is_timeout():
     done.set()
     c.close()
     fake.close()
+
+
+def test_value_sizes_that_wrap_are_protocol_error():
+    """Two sizes whose sum wraps around 2**64 to the data length must not
+    pass the length check (the client would hash 2**64-1 bytes of a 1-byte
+    buffer)."""
+    def script(conn):
+        hello_reply(conn)
+        op, rid = read_request(conn)
+        assert op == OP_GET
+        conn.sendall(frame(OP_GET, rid, [(0, b"", 2**64 - 1, 0, 0, 0), (0, b"", 2, 0, 0, 0)],
+                           flags=F_REPLY | F_INLINE, data=b"x"))
+        while conn.recv(4096):
+            pass
+
+    fake = FakeWorker(script)
+    c = kvds.Client(fake.addr)
+    with pytest.raises(kvds.ProtocolError):
+        c.mget([b"a", b"b"])
+    assert not c.connected
+    c.close()
+    fake.close()
