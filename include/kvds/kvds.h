@@ -195,8 +195,9 @@ int kvds_get(kvds_client *c, const void *key, size_t klen, void *buf,
  */
 struct kvds_get_opts {
   int wait_ms;      /* as kvds_get / kvds_mget; 0 = do not wait */
-  const char *hint; /* member id or data address of a worker that holds the
-                       keys (the prefill worker, say); NULL = none */
+  const char *hint; /* member id or data address (<= 255 bytes) of a worker
+                       that holds the keys (the prefill worker, say); NULL =
+                       none; one that names no live member is ignored */
   unsigned flags;   /* KVDS_GET_* */
 };
 /* Read this worker's own objects only (no directory, no pulls). */

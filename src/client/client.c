@@ -1209,9 +1209,12 @@ static int mget_chunk(kvds_client *c, size_t n, const struct kvds_iov *keys,
   return rc;
 }
 
+/* A hint names a member (id or address): at most 255 bytes. */
+#define HINT_MAX 255
+
 static int check_hint(kvds_client *c, const struct kvds_get_opts *o) {
-  if (o && o->hint && strlen(o->hint) > KVDS_KEY_MAX)
-    return fail(c, KVDS_E_INVAL, "hint longer than %u bytes", KVDS_KEY_MAX);
+  if (o && o->hint && strlen(o->hint) > HINT_MAX)
+    return fail(c, KVDS_E_INVAL, "hint longer than %d bytes", HINT_MAX);
   return 0;
 }
 

@@ -1356,7 +1356,9 @@ int kvds__cluster_submit(struct kvds_server *s, struct wait_req *wr,
   uint32_t njobs = wr->jobs; /* set by the caller under the store lock */
   uint32_t *miss = malloc((wr->n ? wr->n : 1) * sizeof *miss);
   struct job **js = calloc(njobs ? njobs : 1, sizeof *js);
-  if (!miss || !js || !njobs || hlen >= KVDS_MEMBER_ID_MAX) {
+  if (hlen >= KVDS_MEMBER_ID_MAX) /* names no member: no hint */
+    hlen = 0;
+  if (!miss || !js || !njobs) {
     free(miss);
     free(js);
     return -ENOMEM;

@@ -79,6 +79,16 @@ def test_key_length(client, length):
     client.ping()  # the client is still usable
 
 
+def test_hint_longer_than_a_member_id_is_invalid(client, key):
+    k = key("hint")
+    client.put(k, b"v")
+    assert client.get(k, hint="h" * 255) == b"v"  # names no member: ignored
+    with pytest.raises(kvds.InvalidArgument):
+        client.get(k, hint="h" * 256)
+    with pytest.raises(kvds.InvalidArgument):
+        client.mget([k], hint="h" * 256)
+
+
 def test_longest_key_works(client, key):
     k = key().ljust(1024, b"x")
     assert len(k) == kvds.KEY_MAX
