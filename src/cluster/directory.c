@@ -102,9 +102,14 @@ static int same_id(const struct dir_owner *o, const char *id, size_t len,
 
 /* ---- owner table -------------------------------------------------------- */
 
+static uint32_t owner_bucket(const kvds_directory *d, uint64_t idhash,
+                             uint64_t epoch) {
+  return (uint32_t)owner_hash(idhash, epoch) & (d->nobuckets - 1);
+}
+
 static uint32_t owner_find_locked(kvds_directory *d, const char *id, size_t len,
                                   uint64_t idhash, uint64_t epoch) {
-  uint32_t b = (uint32_t)owner_hash(idhash, epoch) & (d->nobuckets - 1);
+  uint32_t b = owner_bucket(d, idhash, epoch);
   for (uint32_t s = d->obuckets[b]; s != DIR_NIL; s = d->owners[s].next) {
     const struct dir_owner *o = &d->owners[s];
     if (o->epoch == epoch && same_id(o, id, len, idhash))
@@ -115,7 +120,7 @@ static uint32_t owner_find_locked(kvds_directory *d, const char *id, size_t len,
 
 static void owner_link_locked(kvds_directory *d, uint32_t s) {
   struct dir_owner *o = &d->owners[s];
-  uint32_t b = (uint32_t)owner_hash(o->idhash, o->epoch) & (d->nobuckets - 1);
+  uint32_t b = owner_bucket(d, o->idhash, o->epoch);
   o->next = d->obuckets[b];
   d->obuckets[b] = s;
 }
@@ -186,7 +191,7 @@ static void owner_release_locked(kvds_directory *d, uint32_t s) {
   struct dir_owner *o = &d->owners[s];
   if (o->refs > 0)
     return;
-  uint32_t b = (uint32_t)owner_hash(o->idhash, o->epoch) & (d->nobuckets - 1);
+  uint32_t b = owner_bucket(d, o->idhash, o->epoch);
   uint32_t *link = &d->obuckets[b];
   while (*link != s)
     link = &d->owners[*link].next;
@@ -273,14 +278,30 @@ static void entry_shrink(struct dir_entry *e) {
   e->cap = DIR_INLINE;
 }
 
+static void entry_destroy(struct dir_entry *e) {
+  if (e->cap > DIR_INLINE)
+    free(e->o.heap);
+  free(e);
+}
+
 /* Unlinks *link's entry (no owners left) and frees it. */
 static void entry_free_locked(kvds_directory *d, struct dir_entry **link) {
   struct dir_entry *e = *link;
   *link = e->next;
-  if (e->cap > DIR_INLINE)
-    free(e->o.heap);
-  free(e);
+  entry_destroy(e);
   d->nkeys--;
+}
+
+/* Checks a call's key and owner id; fills the id's length and hash and the
+ * key's 32-bit hash. 0, KVDS_E_KEYLEN or KVDS_E_INVAL. */
+static int args_check(const void *key, size_t klen, const char *id,
+                      size_t *idlen, uint64_t *idhash, uint32_t *hash) {
+  if (klen == 0 || klen > KVDS_KEY_MAX)
+    return KVDS_E_KEYLEN;
+  int rc = id_check(id, idlen, idhash);
+  if (rc == 0)
+    *hash = (uint32_t)kvds_checksum(key, klen);
+  return rc;
 }
 
 /* ---- API ---------------------------------------------------------------- */
@@ -322,9 +343,7 @@ void kvds_dir_free(kvds_directory *d) {
     struct dir_entry *e = d->buckets[i];
     while (e != NULL) {
       struct dir_entry *next = e->next;
-      if (e->cap > DIR_INLINE)
-        free(e->o.heap);
-      free(e);
+      entry_destroy(e);
       e = next;
     }
   }
@@ -341,12 +360,10 @@ int kvds_dir_add(kvds_directory *d, const void *key, size_t klen,
                  const char *id, uint64_t epoch) {
   size_t idlen;
   uint64_t idhash;
-  if (klen == 0 || klen > KVDS_KEY_MAX)
-    return KVDS_E_KEYLEN;
-  int rc = id_check(id, &idlen, &idhash);
+  uint32_t hash;
+  int rc = args_check(key, klen, id, &idlen, &idhash, &hash);
   if (rc != 0)
     return rc;
-  uint32_t hash = (uint32_t)kvds_checksum(key, klen);
 
   pthread_mutex_lock(&d->lock);
   struct dir_entry **link = entry_link_locked(d, key, klen, hash);
@@ -414,12 +431,10 @@ int kvds_dir_remove(kvds_directory *d, const void *key, size_t klen,
                     const char *id, uint64_t epoch) {
   size_t idlen;
   uint64_t idhash;
-  if (klen == 0 || klen > KVDS_KEY_MAX)
-    return KVDS_E_KEYLEN;
-  int rc = id_check(id, &idlen, &idhash);
+  uint32_t hash;
+  int rc = args_check(key, klen, id, &idlen, &idhash, &hash);
   if (rc != 0)
     return rc;
-  uint32_t hash = (uint32_t)kvds_checksum(key, klen);
 
   pthread_mutex_lock(&d->lock);
   struct dir_entry **link = entry_link_locked(d, key, klen, hash);
