@@ -18,6 +18,8 @@ trap '"$KVDS" stop --worker "$ADDR" >/dev/null 2>&1 || true; rm -rf "$KVDS_RUN_D
 "$KVDS" bench local --worker "$ADDR" "$@"
 if [ "${BENCH_REMOTE:-1}" != 0 ]; then
   echo
+  # bench remote makes its own temp dir under $TMPDIR (else /tmp), removed at
+  # the end, and starts 2 x 2 GiB pools (-m to change; BENCH_REMOTE=0 skips).
   # shellcheck disable=SC2086  # word splitting of the extra arguments is wanted
   "$KVDS" bench remote ${BENCH_REMOTE_ARGS:-}
 fi

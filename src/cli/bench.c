@@ -15,6 +15,7 @@
  * `batch` values.
  */
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
@@ -23,12 +24,16 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
+#include <semaphore.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cli/cli.h"
@@ -81,10 +86,14 @@ static const char HELP[] =
     "of one key and kvds_lookup_prefix of a 32-key chain on B for keys held\n"
     "only on A (the keys' directory homes are spread over both workers by\n"
     "hash), next to the same calls on A answered from its own store.\n"
-    "Started workers are stopped at the end, also after an error or SIGINT.\n"
+    "Started workers are stopped at the end, also after an error or SIGINT;\n"
+    "their sockets and logs go in a fresh directory under $TMPDIR (else\n"
+    "/tmp), removed at the end. Progress lines (\"kvds bench remote: ...\")\n"
+    "go to stderr.\n"
     "\n"
     "      --worker-a ADDR   use this running worker as A (with --worker-b;\n"
-    "                        B must list A as a peer and run on this host)\n"
+    "                        B must list A as a peer and run on this host;\n"
+    "                        -m and --threads are then usage errors)\n"
     "      --worker-b ADDR   use this running worker as B\n"
     "  -m, --memory SIZE     pool of each started worker (default 2GiB)\n"
     "      --pull-threads N  B's pull threads (default 4): passed to the\n"
@@ -96,8 +105,10 @@ static const char HELP[] =
     "                        case whose one call reads more is skipped\n"
     "      --dir-size SIZE   value size of the reads without a hint\n"
     "                        (default 1MiB)\n"
-    "      --seconds S       timed reads per case, at least (default 0.3;\n"
-    "                        raw TCP then moves the same bytes)\n"
+    "      --seconds S       timed reads per case (default 0.3): at least S\n"
+    "                        and 3 calls, unless the case's wall time reaches\n"
+    "                        10 x S + 2 s first (then fewer seconds, still\n"
+    "                        >= 3 calls); raw TCP then moves the same bytes\n"
     "      --quick           short run, a few seconds (256MiB pools,\n"
     "                        --max-bytes 32MiB, --seconds 0.03)\n"
     "      --json            print one JSON document instead of tables\n"
@@ -140,7 +151,46 @@ struct bench_opts {
   int json;
 };
 
-/* Parses a comma-separated list with parse(); 0 or CLI_USAGE. */
+/* Parses opt's argument as a size (size set) or a plain integer in
+ * [lo, hi]; else prints one line and returns CLI_USAGE. */
+static int parse_u64_in(const char *opt, const char *arg, int size, uint64_t lo,
+                        uint64_t hi, uint64_t *out) {
+  uint64_t v;
+  int rc = size ? cli_parse_size_opt("bench", opt, arg, &v)
+                : cli_parse_u64_opt("bench", opt, arg, &v);
+  if (rc)
+    return rc;
+  if (v < lo || v > hi) {
+    char a[32], b[32];
+    if (size)
+      cli_err("bench", "%s %s is out of range (%s..%s)", opt, arg,
+              kvds_fmt_bytes(lo, a, sizeof a), kvds_fmt_bytes(hi, b, sizeof b));
+    else
+      cli_err("bench", "%s %s is out of range (%llu..%llu)", opt, arg,
+              (unsigned long long)lo, (unsigned long long)hi);
+    return CLI_USAGE;
+  }
+  *out = v;
+  return CLI_OK;
+}
+
+/* The same for a decimal number (seconds). */
+static int parse_double_in(const char *opt, const char *arg, double lo,
+                           double hi, double *out) {
+  double v;
+  int rc = cli_parse_double_opt("bench", opt, arg, &v);
+  if (rc)
+    return rc;
+  if (v < lo || v > hi) {
+    cli_err("bench", "%s %s is out of range (%g..%g)", opt, arg, lo, hi);
+    return CLI_USAGE;
+  }
+  *out = v;
+  return CLI_OK;
+}
+
+/* Parses a comma-separated list of sizes (1..1GiB) or of batches
+ * (1..KVDS_BATCH_MAX); 0 or CLI_USAGE. */
 static int parse_list(const char *opt, const char *s, int sizes, uint64_t *out,
                       int *n) {
   char buf[512];
@@ -152,18 +202,11 @@ static int parse_list(const char *opt, const char *s, int sizes, uint64_t *out,
       cli_err("bench", "%s: at most %d values", opt, MAX_LIST);
       return CLI_USAGE;
     }
-    uint64_t v;
-    int rc = sizes ? cli_parse_size_opt("bench", opt, t, &v)
-                   : cli_parse_u64_opt("bench", opt, t, &v);
+    int rc = parse_u64_in(opt, t, sizes, 1,
+                          sizes ? (1ull << 30) : KVDS_BATCH_MAX, &out[*n]);
     if (rc)
       return rc;
-    uint64_t max = sizes ? (1ull << 30) : KVDS_BATCH_MAX;
-    if (v == 0 || v > max) {
-      cli_err("bench", "%s: %s is out of range (1..%llu)", opt, t,
-              (unsigned long long)max);
-      return CLI_USAGE;
-    }
-    out[(*n)++] = v;
+    (*n)++;
   }
   if (*n == 0) {
     cli_err("bench", "%s: empty list", opt);
@@ -198,11 +241,7 @@ static int parse_opts(int argc, char **argv, struct bench_opts *o) {
       rc = parse_list("--batch", optarg, 0, o->batches, &o->nbatches);
       break;
     case 'T':
-      rc = cli_parse_double_opt("bench", "--seconds", optarg, &o->seconds);
-      if (rc == CLI_OK && (o->seconds < 0.01 || o->seconds > 3600)) {
-        cli_err("bench", "--seconds %s is out of range (0.01..3600)", optarg);
-        rc = CLI_USAGE;
-      }
+      rc = parse_double_in("--seconds", optarg, 0.01, 3600, &o->seconds);
       have_seconds = 1;
       break;
     case 'q':
@@ -259,11 +298,19 @@ static int cmp_u64(const void *a, const void *b) {
   return (x > y) - (x < y);
 }
 
-/* Sorts the samples; then percentile q in [0,1] in microseconds. */
-static double samples_pct_us(struct samples *s, double q) {
+/* Percentile q in [0,1] of sorted samples, in microseconds. */
+static double pct_us(const struct samples *s, double q) {
   if (s->n == 0)
     return 0;
   return (double)s->ns[(size_t)(q * (double)(s->n - 1) + 0.5)] / 1e3;
+}
+
+/* Sorts the samples; *p50 and *p99 (optional) in microseconds. */
+static void samples_p50_p99(struct samples *s, double *p50, double *p99) {
+  qsort(s->ns, s->n, sizeof *s->ns, cmp_u64);
+  *p50 = pct_us(s, 0.5);
+  if (p99)
+    *p99 = pct_us(s, 0.99);
 }
 
 /* ---- the run ------------------------------------------------------------ */
@@ -281,6 +328,13 @@ struct memcpy_row {
   double dram_gbps, hot_gbps;
 };
 
+/* Keys prefix<tag>/<i>, KEY_STRIDE bytes each. */
+struct keyset {
+  char *buf;
+  struct kvds_iov *iov;
+  size_t n;
+};
+
 struct bench {
   struct bench_opts *o;
   kvds_client *c;
@@ -296,9 +350,7 @@ struct bench {
   double exists_keys_s;
   double small_p50_us, small_p99_us, ping_p50_us;
   char prefix[64];
-  char *keys; /* KEY_STRIDE bytes each */
-  struct kvds_iov *iov;
-  size_t nkeys;
+  struct keyset ks; /* the current case's keys */
 };
 
 /* Rotating chunk picker over a region: a stride coprime to the chunk count
@@ -362,35 +414,81 @@ static double dram_memcpy_for(const struct bench *b, uint64_t size) {
   return 0;
 }
 
-/* Generates keys prefix/<tag>/<i> for i < n into b->keys / b->iov. */
-static int make_keys(struct bench *b, const char *tag, size_t n) {
-  free(b->keys);
-  free(b->iov);
-  b->keys = malloc(n * KEY_STRIDE);
-  b->iov = malloc(n * sizeof *b->iov);
-  b->nkeys = 0;
-  if (!b->keys || !b->iov)
+static void keyset_free(struct keyset *ks) {
+  free(ks->buf);
+  free(ks->iov);
+  *ks = (struct keyset){0};
+}
+
+static int keyset_make(struct keyset *ks, const char *prefix, const char *tag,
+                       size_t n) {
+  keyset_free(ks);
+  ks->buf = malloc(n * KEY_STRIDE);
+  ks->iov = malloc(n * sizeof *ks->iov);
+  if (!ks->buf || !ks->iov) {
+    keyset_free(ks);
     return -ENOMEM;
-  for (size_t i = 0; i < n; i++) {
-    char *k = b->keys + i * KEY_STRIDE;
-    int len = snprintf(k, KEY_STRIDE, "%s%s/%zu", b->prefix, tag, i);
-    b->iov[i].base = k;
-    b->iov[i].len = (size_t)len;
   }
-  b->nkeys = n;
+  for (size_t i = 0; i < n; i++) {
+    char *k = ks->buf + i * KEY_STRIDE;
+    int len = snprintf(k, KEY_STRIDE, "%s%s/%zu", prefix, tag, i);
+    ks->iov[i] = (struct kvds_iov){k, (size_t)len};
+  }
+  ks->n = n;
   return 0;
 }
 
-/* Deletes keys [first, first + n) of the current set; missing keys (say,
- * evicted) are fine. */
-static int delete_keys_range(struct bench *b, size_t first, size_t n) {
-  for (size_t i = first; i < first + n; i += KVDS_BATCH_MAX) {
-    size_t m = first + n - i < KVDS_BATCH_MAX ? first + n - i : KVDS_BATCH_MAX;
-    int rc = kvds_mdelete(b->c, m, b->iov + i, NULL);
+/* Deletes n keys on c's worker (its copies only); absent keys (say, evicted)
+ * are fine. */
+static int delete_keys(kvds_client *c, const struct kvds_iov *keys, size_t n) {
+  for (size_t i = 0; i < n; i += KVDS_BATCH_MAX) {
+    size_t m = n - i < KVDS_BATCH_MAX ? n - i : KVDS_BATCH_MAX;
+    int rc = kvds_mdelete(c, m, keys + i, NULL);
     if (rc && rc != KVDS_E_NOTFOUND)
       return rc;
   }
   return 0;
+}
+
+/* Deletes anything left under prefix on c's worker (after an error). */
+static void sweep(kvds_client *c, const char *prefix) {
+  for (int pass = 0; c && pass < 100; pass++) {
+    struct kvds_list *l;
+    if (kvds_list(c, prefix, strlen(prefix), NULL, 0, 1000, &l))
+      return;
+    size_t n = l->n;
+    for (size_t i = 0; i < l->n; i++)
+      kvds_delete(c, l->entries[i].key, l->entries[i].klen);
+    kvds_list_free(l);
+    if (n == 0)
+      return;
+  }
+}
+
+/* Two page-aligned buffers of region bytes, every page touched (the source
+ * non-zero) so that no timing pays for faults. 0 or -ENOMEM. */
+static int alloc_buffers(size_t region, uint8_t **src, uint8_t **dst) {
+  void *s = NULL, *d = NULL;
+  if (posix_memalign(&s, 4096, region) || posix_memalign(&d, 4096, region)) {
+    free(s);
+    return -ENOMEM;
+  }
+  for (size_t i = 0; i < region; i += 8)
+    kvds_put_u64((uint8_t *)s + i, i * 0x9e3779b97f4a7c15ull);
+  memset(d, 0, region);
+  *src = s;
+  *dst = d;
+  return 0;
+}
+
+/* This binary's path (static storage), or NULL. */
+static const char *self_exe(void) {
+  static char self[PATH_MAX];
+  ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+  if (n <= 0)
+    return NULL;
+  self[n] = '\0';
+  return self;
 }
 
 /* Per-batch scratch. */
@@ -412,14 +510,14 @@ static int put_batch(struct bench *b, struct batch_bufs *bb, size_t first,
                      size_t n, size_t size, struct rot *rs) {
   for (size_t i = 0; i < n; i++)
     bb->vals[i] = (struct kvds_iov){b->src + rot_next(rs) * size, size};
-  int rc = kvds_mput(b->c, n, b->iov + first, bb->vals, bb->res);
+  int rc = kvds_mput(b->c, n, b->ks.iov + first, bb->vals, bb->res);
   return first_error(rc, bb->res, n);
 }
 
 /* One timed get call; copies the values out when rd is set. */
 static int get_batch(struct bench *b, struct batch_bufs *bb, size_t first,
                      size_t n, size_t size, struct rot *rd) {
-  int rc = kvds_mget(b->c, n, b->iov + first, 0, bb->v, bb->res);
+  int rc = kvds_mget(b->c, n, b->ks.iov + first, 0, bb->v, bb->res);
   if (rc)
     return rc;
   for (size_t i = 0; i < n; i++) {
@@ -441,7 +539,6 @@ static char *fmt3(double v, char *buf, size_t cap) {
 static void add_row(struct bench *b, uint64_t size, uint64_t batch,
                     const char *op, struct samples *s) {
   struct row *r = &b->rows[b->nrows++];
-  qsort(s->ns, s->n, sizeof *s->ns, cmp_u64);
   double secs = (double)s->total_ns / 1e9;
   double ops = (double)s->n * (double)batch;
   *r = (struct row){.size = size,
@@ -450,9 +547,8 @@ static void add_row(struct bench *b, uint64_t size, uint64_t batch,
                     .ops_s = secs > 0 ? ops / secs : 0,
                     .gbps = secs > 0 ? ops * (double)size / secs / 1e9 : 0,
                     .memcpy_gbps = dram_memcpy_for(b, size),
-                    .p50_us = samples_pct_us(s, 0.50),
-                    .p99_us = samples_pct_us(s, 0.99),
                     .calls = s->n};
+  samples_p50_p99(s, &r->p50_us, &r->p99_us);
   if (!b->o->json) {
     char sz[32], g[16], m[16], q[16], p50[16], p99[16];
     printf("%9s %6llu  %-10s %11.0f %8s %11s %6s %9s %9s\n",
@@ -490,7 +586,8 @@ static int run_case(struct bench *b, size_t size, size_t batch) {
   struct samples s = {0};
   int rc = -ENOMEM;
   size_t live = 0;
-  if (!bb.vals || !bb.v || !bb.res || make_keys(b, tag, nkeys))
+  if (!bb.vals || !bb.v || !bb.res ||
+      keyset_make(&b->ks, b->prefix, tag, nkeys))
     goto out;
 
   /* put: rewrite the ring of nkeys slots; a slot's old key is deleted
@@ -503,7 +600,7 @@ static int run_case(struct bench *b, size_t size, size_t batch) {
   int wrapped = 0;
   rc = 0;
   while (!g_stop && rc == 0) {
-    if (wrapped && (rc = delete_keys_range(b, j, batch)))
+    if (wrapped && (rc = delete_keys(b->c, b->ks.iov + j, batch)))
       break;
     uint64_t t0 = kvds_now_ns();
     rc = put_batch(b, &bb, j, batch, size, &rs);
@@ -543,7 +640,7 @@ static int run_case(struct bench *b, size_t size, size_t batch) {
   }
 out:
   if (live) {
-    int drc = delete_keys_range(b, 0, live);
+    int drc = delete_keys(b->c, b->ks.iov, live);
     if (rc == 0)
       rc = drc;
   }
@@ -563,17 +660,17 @@ static int run_exists(struct bench *b) {
   struct kvds_iov vals[EXISTS_BATCH];
   uint8_t present[EXISTS_BATCH];
   struct samples s = {0};
-  int rc = make_keys(b, "exists", EXISTS_KEYS);
+  int rc = keyset_make(&b->ks, b->prefix, "exists", EXISTS_KEYS);
   size_t written = 0;
   for (size_t i = 0; i < EXISTS_BATCH; i++)
     vals[i] = (struct kvds_iov){val, sizeof val};
   for (; rc == 0 && written < EXISTS_KEYS; written += EXISTS_BATCH)
-    rc = kvds_mput(b->c, EXISTS_BATCH, b->iov + written, vals, NULL);
+    rc = kvds_mput(b->c, EXISTS_BATCH, b->ks.iov + written, vals, NULL);
   uint64_t wall0 = kvds_now_ns();
   for (size_t off = 0; rc == 0 && !g_stop;
        off = (off + EXISTS_BATCH) % EXISTS_KEYS) {
     uint64_t t0 = kvds_now_ns();
-    rc = kvds_exists(b->c, EXISTS_BATCH, b->iov + off, present);
+    rc = kvds_exists(b->c, EXISTS_BATCH, b->ks.iov + off, present);
     uint64_t t1 = kvds_now_ns();
     for (size_t i = 0; rc == 0 && i < EXISTS_BATCH; i++)
       if (!present[i])
@@ -585,7 +682,7 @@ static int run_exists(struct bench *b) {
   }
   if (rc == 0 && s.total_ns)
     b->exists_keys_s = (double)s.n * EXISTS_BATCH / ((double)s.total_ns / 1e9);
-  int drc = delete_keys_range(b, 0, written);
+  int drc = delete_keys(b->c, b->ks.iov, written);
   free(s.ns);
   if (rc == 0)
     rc = drc;
@@ -598,23 +695,22 @@ static int run_exists(struct bench *b) {
 static int run_small(struct bench *b) {
   struct samples s = {0};
   struct kvds_value v;
-  int res, rc = make_keys(b, "small", 1);
+  int res, rc = keyset_make(&b->ks, b->prefix, "small", 1);
   if (rc == 0)
-    rc = kvds_put(b->c, b->iov[0].base, b->iov[0].len, b->src, SMALL_SIZE);
+    rc =
+        kvds_put(b->c, b->ks.iov[0].base, b->ks.iov[0].len, b->src, SMALL_SIZE);
   int put_ok = rc == 0;
   uint64_t wall0 = kvds_now_ns(), t1 = wall0;
   while (rc == 0 && !g_stop && t1 - wall0 < b->phase_ns) {
     uint64_t t0 = kvds_now_ns();
-    rc = kvds_mget(b->c, 1, b->iov, 0, &v, &res);
+    rc = kvds_mget(b->c, 1, b->ks.iov, 0, &v, &res);
     if (rc == 0 && (rc = res) == 0)
       kvds_release(b->c, 1, &v);
     t1 = kvds_now_ns();
     if (rc == 0)
       rc = samples_add(&s, t1 - t0);
   }
-  qsort(s.ns, s.n, sizeof *s.ns, cmp_u64);
-  b->small_p50_us = samples_pct_us(&s, 0.5);
-  b->small_p99_us = samples_pct_us(&s, 0.99);
+  samples_p50_p99(&s, &b->small_p50_us, &b->small_p99_us);
   s.n = 0;
   wall0 = t1 = kvds_now_ns();
   while (rc == 0 && !g_stop && t1 - wall0 < b->phase_ns / 2) {
@@ -624,32 +720,16 @@ static int run_small(struct bench *b) {
     if (rc == 0)
       rc = samples_add(&s, t1 - t0);
   }
-  qsort(s.ns, s.n, sizeof *s.ns, cmp_u64);
-  b->ping_p50_us = samples_pct_us(&s, 0.5);
+  samples_p50_p99(&s, &b->ping_p50_us, NULL);
   free(s.ns);
   if (put_ok) {
-    int drc = kvds_delete(b->c, b->iov[0].base, b->iov[0].len);
+    int drc = kvds_delete(b->c, b->ks.iov[0].base, b->ks.iov[0].len);
     if (rc == 0)
       rc = drc;
   }
   if (rc)
     cli_err("bench", "small get: %s", kvds_strerror(rc));
   return rc;
-}
-
-/* Deletes anything left under the bench's prefix (after an error). */
-static void sweep(struct bench *b) {
-  for (int pass = 0; pass < 100; pass++) {
-    struct kvds_list *l;
-    if (kvds_list(b->c, b->prefix, strlen(b->prefix), NULL, 0, 1000, &l))
-      return;
-    size_t n = l->n;
-    for (size_t i = 0; i < l->n; i++)
-      kvds_delete(b->c, l->entries[i].key, l->entries[i].klen);
-    kvds_list_free(l);
-    if (n == 0)
-      return;
-  }
 }
 
 /* ---- reporting ---------------------------------------------------------- */
@@ -766,8 +846,7 @@ static int run_connector(int argc, char **argv) {
   const char *py = getenv("KVDS_PYTHON");
   if (!py || !*py)
     py = "python3";
-  static char self[PATH_MAX];
-  ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+  const char *self = self_exe();
   char **args = calloc((size_t)argc + 6, sizeof *args);
   if (!args) {
     cli_err("bench", "out of memory");
@@ -777,10 +856,9 @@ static int run_connector(int argc, char **argv) {
   args[k++] = (char *)py;
   args[k++] = "-c";
   args[k++] = (char *)CONNECTOR_BOOT;
-  if (n > 0) {
-    self[n] = '\0';
+  if (self) {
     args[k++] = "--kvds-bin";
-    args[k++] = self;
+    args[k++] = (char *)self;
   }
   for (int i = 1; i < argc; i++)
     args[k++] = argv[i];
@@ -816,19 +894,7 @@ static int alloc_regions(struct bench *b) {
     if (b->o->sizes[i] > maxsize)
       maxsize = b->o->sizes[i];
   b->region = (size_t)(REGION_MIN > 2 * maxsize ? REGION_MIN : 2 * maxsize);
-  void *s = NULL, *d = NULL;
-  if (posix_memalign(&s, 4096, b->region) ||
-      posix_memalign(&d, 4096, b->region)) {
-    free(s);
-    return -ENOMEM;
-  }
-  b->src = s;
-  b->dst = d;
-  /* Touch every page (and make the source non-zero) before timing. */
-  for (size_t i = 0; i < b->region; i += 8)
-    kvds_put_u64(b->src + i, i * 0x9e3779b97f4a7c15ull);
-  memset(b->dst, 0, b->region);
-  return 0;
+  return alloc_buffers(b->region, &b->src, &b->dst);
 }
 
 static int run_all(struct bench *b) {
@@ -862,9 +928,10 @@ static int run_all(struct bench *b) {
 /* ---- kvds bench remote --------------------------------------------------- */
 
 #define R_STREAMS_MAX 64
-#define R_LAT_KEYS 64   /* keys cycled by the lookup latency probes */
-#define R_CHAIN 32      /* keys of the lookup_prefix chain */
-#define R_PUT_CHUNK 256 /* values per untimed kvds_mput on A */
+#define R_LAT_KEYS 64     /* keys cycled by the lookup latency probes */
+#define R_CHAIN 32        /* keys of the lookup_prefix chain */
+#define R_PUT_CHUNK 256   /* values per untimed kvds_mput on A */
+#define R_IO_TIMEOUT_S 10 /* raw TCP: a stream stalled this long fails */
 
 struct remote_opts {
   const char *addr_a, *addr_b; /* running workers; NULL = start them */
@@ -878,6 +945,18 @@ struct remote_opts {
   int json;
 };
 
+/* A progress line "kvds bench remote: ..." on stderr (errors are "kvds
+ * bench: ..."). */
+__attribute__((format(printf, 1, 2))) static void progress(const char *fmt,
+                                                           ...) {
+  char msg[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  fprintf(stderr, "kvds bench remote: %s\n", msg);
+}
+
 /* A worker started by the bench. */
 struct rworker {
   pid_t pid; /* 0: none (or reaped) */
@@ -886,33 +965,25 @@ struct rworker {
   char log[PATH_MAX + 32];
 };
 
-/* Keys prefix<tag>/<i>, KEY_STRIDE bytes each. */
-struct keyset {
-  char *buf;
-  struct kvds_iov *iov;
-  size_t n;
-};
-
 /* Raw TCP over loopback: stream i is a connection between a receiving
  * thread (asks for len bytes at src_off, receives them at dst_off) and a
- * sending thread (answers from the source buffer). */
+ * sending thread (answers from the source buffer). A call posts the go
+ * semaphore of the streams it uses only, so idle receivers stay asleep. */
 struct tcp_ceiling;
 struct tcp_stream {
   struct tcp_ceiling *t;
-  int idx;
   int sfd, rfd; /* the sender's and the receiver's ends */
   pthread_t sender, receiver;
-  int have_sender, have_receiver;
+  int have_sender, have_receiver, have_go;
+  sem_t go;                       /* one post per call, or at quit */
   uint64_t len, src_off, dst_off; /* this call's transfer */
 };
 
 struct tcp_ceiling {
   pthread_mutex_t lock;
-  pthread_cond_t go, done;
-  uint64_t gen;   /* bumped per call */
-  int active;     /* streams used by this call */
-  int ndone, err; /* receivers finished with this call; first error */
-  int quit;
+  pthread_cond_t done; /* on CLOCK_MONOTONIC */
+  int ndone, err;      /* receivers finished with this call; first error */
+  int quit;            /* written before the posts that wake for it */
   const uint8_t *src;
   uint8_t *dst;
   size_t region;
@@ -980,7 +1051,8 @@ static int remote_parse(int argc, char **argv, struct remote_opts *o) {
       {"json", no_argument, NULL, O_JSON},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
-  int c, first = 1, quick = 0, have_mem = 0, have_max = 0, have_secs = 0;
+  int c, first = 1, quick = 0, have_mem = 0, have_max = 0, have_secs = 0,
+         have_threads = 0;
   parse_list("--sizes", "256KiB,1MiB,4MiB,16MiB", 1, o->sizes, &o->nsizes);
   parse_list("--batch", "1,8,64", 0, o->batches, &o->nbatches);
   o->memory = 2ull << 30;
@@ -1003,21 +1075,12 @@ static int remote_parse(int argc, char **argv, struct remote_opts *o) {
       have_mem = 1;
       break;
     case O_PULL:
-      rc = cli_parse_u64_opt("bench", "--pull-threads", optarg,
-                             &o->pull_threads);
-      if (rc == CLI_OK &&
-          (o->pull_threads < 1 || o->pull_threads > R_STREAMS_MAX)) {
-        cli_err("bench", "--pull-threads %s is out of range (1..%d)", optarg,
-                R_STREAMS_MAX);
-        rc = CLI_USAGE;
-      }
+      rc = parse_u64_in("--pull-threads", optarg, 0, 1, R_STREAMS_MAX,
+                        &o->pull_threads);
       break;
     case O_THREADS:
-      rc = cli_parse_u64_opt("bench", "--threads", optarg, &o->threads);
-      if (rc == CLI_OK && (o->threads < 1 || o->threads > 64)) {
-        cli_err("bench", "--threads %s is out of range (1..64)", optarg);
-        rc = CLI_USAGE;
-      }
+      rc = parse_u64_in("--threads", optarg, 0, 1, 64, &o->threads);
+      have_threads = 1;
       break;
     case O_SIZES:
       rc = parse_list("--sizes", optarg, 1, o->sizes, &o->nsizes);
@@ -1026,28 +1089,15 @@ static int remote_parse(int argc, char **argv, struct remote_opts *o) {
       rc = parse_list("--batch", optarg, 0, o->batches, &o->nbatches);
       break;
     case O_MAX:
-      rc = cli_parse_size_opt("bench", "--max-bytes", optarg, &o->max_bytes);
-      if (rc == CLI_OK &&
-          (o->max_bytes < 4096 || o->max_bytes > (64ull << 30))) {
-        cli_err("bench", "--max-bytes %s is out of range (4KiB..64GiB)",
-                optarg);
-        rc = CLI_USAGE;
-      }
+      rc = parse_u64_in("--max-bytes", optarg, 1, 4096, 64ull << 30,
+                        &o->max_bytes);
       have_max = 1;
       break;
     case O_DIR:
-      rc = cli_parse_size_opt("bench", "--dir-size", optarg, &o->dir_size);
-      if (rc == CLI_OK && (o->dir_size == 0 || o->dir_size > (1ull << 30))) {
-        cli_err("bench", "--dir-size %s is out of range (1..1GiB)", optarg);
-        rc = CLI_USAGE;
-      }
+      rc = parse_u64_in("--dir-size", optarg, 1, 1, 1ull << 30, &o->dir_size);
       break;
     case O_SECONDS:
-      rc = cli_parse_double_opt("bench", "--seconds", optarg, &o->seconds);
-      if (rc == CLI_OK && (o->seconds < 0.001 || o->seconds > 3600)) {
-        cli_err("bench", "--seconds %s is out of range (0.001..3600)", optarg);
-        rc = CLI_USAGE;
-      }
+      rc = parse_double_in("--seconds", optarg, 0.001, 3600, &o->seconds);
       have_secs = 1;
       break;
     case O_QUICK:
@@ -1073,6 +1123,13 @@ static int remote_parse(int argc, char **argv, struct remote_opts *o) {
     cli_err("bench", "--worker-a and --worker-b go together");
     return CLI_USAGE;
   }
+  if (o->addr_a && (have_mem || have_threads)) {
+    cli_err("bench",
+            "%s applies to started workers only, not with "
+            "--worker-a/--worker-b",
+            have_mem ? "--memory" : "--threads");
+    return CLI_USAGE;
+  }
   if (quick) {
     if (!have_mem)
       o->memory = 256ull << 20;
@@ -1085,41 +1142,6 @@ static int remote_parse(int argc, char **argv, struct remote_opts *o) {
 }
 
 /* ---- keys ---- */
-
-static void keyset_free(struct keyset *ks) {
-  free(ks->buf);
-  free(ks->iov);
-  *ks = (struct keyset){0};
-}
-
-static int keyset_make(struct keyset *ks, const char *prefix, const char *tag,
-                       size_t n) {
-  keyset_free(ks);
-  ks->buf = malloc(n * KEY_STRIDE);
-  ks->iov = malloc(n * sizeof *ks->iov);
-  if (!ks->buf || !ks->iov) {
-    keyset_free(ks);
-    return -ENOMEM;
-  }
-  for (size_t i = 0; i < n; i++) {
-    char *k = ks->buf + i * KEY_STRIDE;
-    int len = snprintf(k, KEY_STRIDE, "%s%s/%zu", prefix, tag, i);
-    ks->iov[i] = (struct kvds_iov){k, (size_t)len};
-  }
-  ks->n = n;
-  return 0;
-}
-
-/* Deletes n keys on c's worker (its copies only); absent keys are fine. */
-static int delete_all(kvds_client *c, const struct kvds_iov *keys, size_t n) {
-  for (size_t i = 0; i < n; i += KVDS_BATCH_MAX) {
-    size_t m = n - i < KVDS_BATCH_MAX ? n - i : KVDS_BATCH_MAX;
-    int rc = kvds_mdelete(c, m, keys + i, NULL);
-    if (rc && rc != KVDS_E_NOTFOUND)
-      return rc;
-  }
-  return 0;
-}
 
 /* Stores keys[i] = the size bytes at src + i * size (untimed). */
 static int put_all(kvds_client *c, const struct keyset *ks, const uint8_t *src,
@@ -1176,32 +1198,14 @@ static int free_port(void) {
   return port;
 }
 
-/* The last non-empty line of the worker's log (for an error message). */
-static char *log_tail(const struct rworker *w, char *buf, size_t cap) {
-  buf[0] = '\0';
-  FILE *f = fopen(w->log, "r");
-  if (!f)
-    return buf;
-  char line[512];
-  while (fgets(line, sizeof line, f)) {
-    line[strcspn(line, "\n")] = '\0';
-    if (line[0])
-      snprintf(buf, cap, "%s", line);
-  }
-  fclose(f);
-  return buf;
-}
-
 /* Starts `kvds worker` on w->port peered with peer_port; its output goes to
  * w->log, its Unix socket into r->dir. The child gets its own process group
  * (a terminal's ^C reaches the bench, which stops the worker in order) and
  * dies with the bench. */
 static int worker_spawn(struct remote *r, struct rworker *w, int peer_port) {
-  static char self[PATH_MAX];
-  ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-  if (n <= 0)
+  const char *self = self_exe();
+  if (!self)
     return -errno;
-  self[n] = '\0';
   char peers[64], mem[32], pulls[24], threads[24];
   snprintf(w->addr, sizeof w->addr, "127.0.0.1:%d", w->port);
   snprintf(peers, sizeof peers, "127.0.0.1:%d", peer_port);
@@ -1210,7 +1214,7 @@ static int worker_spawn(struct remote *r, struct rworker *w, int peer_port) {
   snprintf(pulls, sizeof pulls, "%llu", (unsigned long long)r->o->pull_threads);
   snprintf(threads, sizeof threads, "%llu", (unsigned long long)r->o->threads);
   const char *token = getenv("KVDS_AUTH_TOKEN_FILE");
-  char *args[] = {self,
+  char *args[] = {(char *)self,
                   "worker",
                   "--listen",
                   w->addr,
@@ -1239,12 +1243,14 @@ static int worker_spawn(struct remote *r, struct rworker *w, int peer_port) {
     int out = open(w->log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
     if (in < 0 || out < 0)
       _exit(127);
-    dup2(in, STDIN_FILENO);
-    dup2(out, STDOUT_FILENO);
-    dup2(out, STDERR_FILENO);
+    if (dup2(in, STDIN_FILENO) < 0 || dup2(out, STDOUT_FILENO) < 0 ||
+        dup2(out, STDERR_FILENO) < 0)
+      _exit(127);
+    if (in > STDERR_FILENO)
+      close(in);
+    if (out > STDERR_FILENO)
+      close(out);
     setenv("KVDS_RUN_DIR", r->dir, 1);
-    signal(SIGINT, SIG_DFL);
-    signal(SIGTERM, SIG_DFL);
     execv(self, args);
     _exit(127);
   }
@@ -1252,8 +1258,13 @@ static int worker_spawn(struct remote *r, struct rworker *w, int peer_port) {
   return 0;
 }
 
-/* SIGTERM, then waits up to 30 s (SIGKILL after). */
+/* SIGTERM, then waits up to 30 s (SIGKILL after); then removes its log,
+ * also when the worker had already exited and been reaped. */
 static void worker_stop(struct rworker *w) {
+  if (w->log[0]) {
+    unlink(w->log);
+    w->log[0] = '\0';
+  }
   if (w->pid <= 0)
     return;
   kill(w->pid, SIGTERM);
@@ -1272,7 +1283,6 @@ static void worker_stop(struct rworker *w) {
     cli_sleep_ms(10);
   }
   w->pid = 0;
-  unlink(w->log);
 }
 
 /* Polls until the worker answers a ping (or exits, or the deadline). */
@@ -1285,7 +1295,7 @@ static int worker_wait_ready(struct rworker *w, uint64_t deadline_ns) {
       cli_err("bench", "worker %s exited (%s %d) while starting: %s", w->addr,
               WIFEXITED(st) ? "status" : "signal",
               WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st),
-              log_tail(w, tail, sizeof tail));
+              cli_log_tail(w->log, 0, tail, sizeof tail));
       return CLI_FAIL;
     }
     kvds_client *c;
@@ -1300,16 +1310,16 @@ static int worker_wait_ready(struct rworker *w, uint64_t deadline_ns) {
       return CLI_FAIL;
     if (kvds_now_ns() > deadline_ns) {
       cli_err("bench", "worker %s did not start in time: %s", w->addr,
-              log_tail(w, tail, sizeof tail));
+              cli_log_tail(w->log, 0, tail, sizeof tail));
       return CLI_FAIL;
     }
     cli_sleep_ms(20);
   }
 }
 
-/* Members in c's worker's view, and whether every peer has connections
- * open (when the worker reports them). */
-static int cluster_view(kvds_client *c, size_t *members, int *connected) {
+/* c's worker's cluster status: *root (caller decrefs) and its "members"
+ * array (borrowed from *root). 0, the request's error or KVDS_E_PROTO. */
+static int cluster_members(kvds_client *c, json_t **root, json_t **members) {
   char *txt;
   int rc = kvds_cluster_status(c, &txt);
   if (rc)
@@ -1321,35 +1331,55 @@ static int cluster_view(kvds_client *c, size_t *members, int *connected) {
     json_decref(j);
     return KVDS_E_PROTO;
   }
-  *members = json_array_size(ms);
-  *connected = 1;
+  *root = j;
+  *members = ms;
+  return 0;
+}
+
+/* Members in c's worker's view, and whether every peer has connections
+ * open (when the worker reports them). */
+static int cluster_view(kvds_client *c, size_t *members, int *connected) {
+  json_t *j, *ms, *m;
+  int rc = cluster_members(c, &j, &ms);
+  if (rc)
+    return rc;
+  int conn = 1;
   size_t i;
-  json_t *m;
   json_array_foreach(ms, i, m) {
     json_t *conns = json_object_get(m, "connections");
     if (!json_is_true(json_object_get(m, "self")) && conns &&
         json_integer_value(conns) <= 0)
-      *connected = 0;
+      conn = 0;
   }
+  *members = json_array_size(ms);
+  *connected = conn;
   json_decref(j);
   return 0;
 }
 
-/* Bytes c's worker has pulled from its peers since it started. */
-static uint64_t pulled_bytes(kvds_client *c) {
-  char *txt;
-  if (kvds_cluster_status(c, &txt))
-    return 0;
-  json_t *j = json_loads(txt, 0, NULL);
-  free(txt);
+/* Bytes c's worker has pulled from its peers since it started: 0, the
+ * request's error or KVDS_E_PROTO (a bytes_in that is not a count). */
+static int pulled_bytes(kvds_client *c, uint64_t *out) {
+  json_t *j, *ms, *m;
+  int rc = cluster_members(c, &j, &ms);
+  if (rc)
+    return rc;
   uint64_t sum = 0;
   size_t i;
-  json_t *m;
-  json_array_foreach(json_object_get(j, "members"), i, m) {
-    sum += (uint64_t)json_integer_value(json_object_get(m, "bytes_in"));
+  json_array_foreach(ms, i, m) {
+    json_t *in = json_object_get(m, "bytes_in");
+    if (!in) /* itself, or a member it has no connection state for */
+      continue;
+    if (!json_is_integer(in) || json_integer_value(in) < 0) {
+      rc = KVDS_E_PROTO;
+      break;
+    }
+    sum += (uint64_t)json_integer_value(in);
   }
   json_decref(j);
-  return sum;
+  if (rc == 0)
+    *out = sum;
+  return rc;
 }
 
 static int wait_cluster(struct remote *r, uint64_t deadline_ns) {
@@ -1383,12 +1413,15 @@ static int wait_cluster(struct remote *r, uint64_t deadline_ns) {
 
 /* ---- raw TCP ceiling ---- */
 
+/* A timeout (SO_RCVTIMEO / SO_SNDTIMEO) reads as KVDS_E_TIMEOUT. */
 static int send_all(int fd, const void *buf, size_t len) {
   const uint8_t *p = buf;
   while (len) {
     ssize_t w = send(fd, p, len, MSG_NOSIGNAL);
     if (w < 0 && errno == EINTR)
       continue;
+    if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+      return KVDS_E_TIMEOUT;
     if (w <= 0)
       return w < 0 ? -errno : KVDS_E_CLOSED;
     p += w;
@@ -1403,6 +1436,8 @@ static int recv_all(int fd, void *buf, size_t len) {
     ssize_t n = recv(fd, p, len, 0);
     if (n < 0 && errno == EINTR)
       continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+      return KVDS_E_TIMEOUT;
     if (n <= 0)
       return n < 0 ? -errno : KVDS_E_CLOSED;
     p += n;
@@ -1411,7 +1446,9 @@ static int recv_all(int fd, void *buf, size_t len) {
   return 0;
 }
 
-/* Answers requests {len, src_off} from the source buffer until EOF. */
+/* Answers requests {len, src_off} from the source buffer until EOF. On
+ * leaving (EOF, a bad request, a stalled peer) it shuts its end down, so
+ * the receiver fails at once instead of waiting for bytes. */
 static void *tcp_sender(void *arg) {
   struct tcp_stream *s = arg;
   uint64_t req[2];
@@ -1421,73 +1458,78 @@ static void *tcp_sender(void *arg) {
     if (send_all(s->sfd, s->t->src + req[1], (size_t)req[0]))
       break;
   }
+  shutdown(s->sfd, SHUT_RDWR);
   return NULL;
 }
 
-/* Per call: asks for its share and receives it straight into dst. */
+/* Per post of its go semaphore: asks for its share and receives it straight
+ * into dst. */
 static void *tcp_receiver(void *arg) {
   struct tcp_stream *s = arg;
   struct tcp_ceiling *t = s->t;
-  uint64_t seen = 0;
-  pthread_mutex_lock(&t->lock);
   for (;;) {
-    while (!t->quit && t->gen == seen)
-      pthread_cond_wait(&t->go, &t->lock);
+    while (sem_wait(&s->go) && errno == EINTR)
+      ;
     if (t->quit)
       break;
-    seen = t->gen;
-    if (s->idx >= t->active)
-      continue;
     uint64_t req[2] = {s->len, s->src_off};
-    uint8_t *dst = t->dst + s->dst_off;
-    pthread_mutex_unlock(&t->lock);
     int err = send_all(s->rfd, req, sizeof req);
     if (!err)
-      err = recv_all(s->rfd, dst, (size_t)req[0]);
+      err = recv_all(s->rfd, t->dst + s->dst_off, (size_t)req[0]);
     pthread_mutex_lock(&t->lock);
     if (err && !t->err)
       t->err = err;
-    if (++t->ndone == t->active)
-      pthread_cond_signal(&t->done);
+    t->ndone++;
+    pthread_cond_signal(&t->done);
+    pthread_mutex_unlock(&t->lock);
   }
-  pthread_mutex_unlock(&t->lock);
   return NULL;
 }
 
 static void tcp_teardown(struct tcp_ceiling *t) {
-  pthread_mutex_lock(&t->lock);
   t->quit = 1;
-  pthread_cond_broadcast(&t->go);
-  pthread_mutex_unlock(&t->lock);
+  for (int i = 0; i < t->n; i++) {
+    struct tcp_stream *s = &t->s[i];
+    if (s->rfd >= 0)
+      shutdown(s->rfd, SHUT_RDWR); /* the sender sees EOF; a busy receiver
+                                      fails at once */
+    if (s->have_go)
+      sem_post(&s->go);
+  }
   for (int i = 0; i < t->n; i++) {
     struct tcp_stream *s = &t->s[i];
     if (s->have_receiver)
       pthread_join(s->receiver, NULL);
-    if (s->rfd >= 0)
-      shutdown(s->rfd, SHUT_RDWR); /* the sender sees EOF */
     if (s->have_sender)
       pthread_join(s->sender, NULL);
     if (s->rfd >= 0)
       close(s->rfd);
     if (s->sfd >= 0)
       close(s->sfd);
+    if (s->have_go)
+      sem_destroy(&s->go);
   }
-  pthread_cond_destroy(&t->go);
   pthread_cond_destroy(&t->done);
   pthread_mutex_destroy(&t->lock);
   t->n = 0;
 }
 
-/* n connected loopback streams with their threads. */
+/* n connected loopback streams with their threads. Every socket gets
+ * R_IO_TIMEOUT_S send and receive timeouts (the senders' ends a send
+ * timeout only: they wait for requests between cases). */
 static int tcp_setup(struct tcp_ceiling *t, int n, const uint8_t *src,
                      uint8_t *dst, size_t region) {
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
   pthread_mutex_init(&t->lock, NULL);
-  pthread_cond_init(&t->go, NULL);
-  pthread_cond_init(&t->done, NULL);
+  pthread_cond_init(&t->done, &ca);
+  pthread_condattr_destroy(&ca);
   t->src = src;
   t->dst = dst;
   t->region = region;
   int rc = 0, one = 1;
+  struct timeval tv = {.tv_sec = R_IO_TIMEOUT_S};
   int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   struct sockaddr_in sa = {.sin_family = AF_INET,
                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
@@ -1497,7 +1539,7 @@ static int tcp_setup(struct tcp_ceiling *t, int n, const uint8_t *src,
     rc = -errno;
   for (int i = 0; rc == 0 && i < n; i++) {
     struct tcp_stream *s = &t->s[i];
-    *s = (struct tcp_stream){.t = t, .idx = i, .sfd = -1, .rfd = -1};
+    *s = (struct tcp_stream){.t = t, .sfd = -1, .rfd = -1};
     t->n = i + 1;
     s->rfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (s->rfd < 0 || connect(s->rfd, (struct sockaddr *)&sa, sizeof sa) ||
@@ -1506,8 +1548,19 @@ static int tcp_setup(struct tcp_ceiling *t, int n, const uint8_t *src,
       break;
     }
     /* as the kvds client and worker set theirs */
-    setsockopt(s->rfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    setsockopt(s->sfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (setsockopt(s->rfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) ||
+        setsockopt(s->sfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) ||
+        setsockopt(s->rfd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) ||
+        setsockopt(s->rfd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) ||
+        setsockopt(s->sfd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv)) {
+      rc = -errno;
+      break;
+    }
+    if (sem_init(&s->go, 0, 0)) {
+      rc = -errno;
+      break;
+    }
+    s->have_go = 1;
     if ((rc = -pthread_create(&s->sender, NULL, tcp_sender, s)))
       break;
     s->have_sender = 1;
@@ -1531,27 +1584,41 @@ static int streams_for(const struct remote *r, uint64_t batch) {
 
 /* `calls` calls of `batch` values of `size` bytes, walking the set of nkeys
  * slots like the kvds reads do, each call split over the streams as the
- * worker splits a batch over its pull jobs. *ns: time of all calls. */
+ * worker splits a batch over its pull jobs. Only the streams a call uses
+ * are woken. *ns: time of all calls. A call that has not finished within
+ * 2 x R_IO_TIMEOUT_S plus its bytes at 100 MB/s fails with KVDS_E_TIMEOUT
+ * (the sockets' own timeouts normally report a stall first). */
 static int tcp_run(struct tcp_ceiling *t, int streams, size_t size,
                    size_t batch, size_t nkeys, uint64_t calls, uint64_t *ns) {
   size_t j = 0;
   int rc = 0;
+  uint64_t limit_ns = 2ull * R_IO_TIMEOUT_S * 1000000000ull +
+                      (uint64_t)batch * size * 10; /* 100 MB/s */
   uint64_t t0 = kvds_now_ns();
   for (uint64_t c = 0; c < calls && rc == 0 && !g_stop; c++) {
-    pthread_mutex_lock(&t->lock);
     for (int k = 0; k < streams; k++) {
       size_t lo = batch * (size_t)k / (size_t)streams;
       size_t hi = batch * (size_t)(k + 1) / (size_t)streams;
       t->s[k].len = (hi - lo) * size;
       t->s[k].src_off = t->s[k].dst_off = (j + lo) * size;
     }
-    t->active = streams;
+    pthread_mutex_lock(&t->lock);
     t->ndone = 0;
-    t->gen++;
-    pthread_cond_broadcast(&t->go);
-    while (t->ndone < t->active)
-      pthread_cond_wait(&t->done, &t->lock);
-    rc = t->err;
+    pthread_mutex_unlock(&t->lock);
+    for (int k = 0; k < streams; k++)
+      sem_post(&t->s[k].go);
+    struct timespec dl;
+    clock_gettime(CLOCK_MONOTONIC, &dl);
+    uint64_t dl_ns = (uint64_t)dl.tv_nsec + limit_ns;
+    dl.tv_sec += (time_t)(dl_ns / 1000000000ull);
+    dl.tv_nsec = (long)(dl_ns % 1000000000ull);
+    pthread_mutex_lock(&t->lock);
+    while (t->ndone < streams && rc == 0)
+      if (pthread_cond_timedwait(&t->done, &t->lock, &dl) == ETIMEDOUT &&
+          t->ndone < streams)
+        rc = KVDS_E_TIMEOUT;
+    if (rc == 0)
+      rc = t->err;
     pthread_mutex_unlock(&t->lock);
     j += batch;
     if (j == nkeys)
@@ -1602,8 +1669,7 @@ static int run_rpoint(struct remote *r, const char *via, size_t size,
     return 0;
   }
   if (r->o->json)
-    fprintf(stderr, "kvds bench remote: %s %s x %zu\n", via,
-            kvds_fmt_bytes(size, sz, sizeof sz), batch);
+    progress("%s %s x %zu", via, kvds_fmt_bytes(size, sz, sizeof sz), batch);
   size_t nkeys = (size_t)(r->o->max_bytes / size);
   if (nkeys > KEYS_MAX)
     nkeys = KEYS_MAX;
@@ -1615,6 +1681,7 @@ static int run_rpoint(struct remote *r, const char *via, size_t size,
   char tag[48];
   snprintf(tag, sizeof tag, "%s-%zu-%zu", via, size, batch);
   int rc = -ENOMEM, put = 0;
+  const char *what = ""; /* names the failing step when not a read */
   if (!v || !res || keyset_make(&ks, r->prefix, tag, nkeys))
     goto out;
   put = 1;
@@ -1624,7 +1691,11 @@ static int run_rpoint(struct remote *r, const char *via, size_t size,
     goto out;
   struct kvds_get_opts go = {
       .wait_ms = 0, .hint = strcmp(via, "hint") == 0 ? r->addr_a : NULL};
-  uint64_t pulled0 = pulled_bytes(r->cb);
+  uint64_t pulled0, pulled1;
+  if ((rc = pulled_bytes(r->cb, &pulled0))) {
+    what = "pulled-bytes count of B: ";
+    goto out;
+  }
   uint64_t wall0 = kvds_now_ns();
   size_t j = 0;
   while (!g_stop) {
@@ -1645,30 +1716,38 @@ static int run_rpoint(struct remote *r, const char *via, size_t size,
     j += batch;
     if (j == nkeys) {
       /* B now holds every key: drop its copies (A keeps its own). */
-      if ((rc = delete_all(r->cb, ks.iov, nkeys)))
+      if ((rc = delete_keys(r->cb, ks.iov, nkeys)))
         break;
       j = 0;
     }
-    if ((s.total_ns >= r->phase_ns && s.n >= 3) ||
-        t1 - wall0 >= 10 * r->phase_ns + 2000000000ull)
+    if (s.n >= 3 && (s.total_ns >= r->phase_ns ||
+                     t1 - wall0 >= 10 * r->phase_ns + 2000000000ull))
       break;
   }
   if (rc || g_stop)
     goto out;
-  /* B counts a pull's bytes just after the seal that answers the call:
-   * poll (bounded) until the count has caught up. */
-  uint64_t want = s.n * batch * size, poll_end = kvds_now_ns() + 1000000000ull;
-  while ((p->pulled = pulled_bytes(r->cb) - pulled0) < want &&
-         kvds_now_ns() < poll_end)
-    cli_sleep_ms(1);
-  qsort(s.ns, s.n, sizeof *s.ns, cmp_u64);
+  /* B counts a pull's bytes before the seal that answers the call, so the
+   * count is complete once the last call has returned. */
+  if ((rc = pulled_bytes(r->cb, &pulled1))) {
+    what = "pulled-bytes count of B: ";
+    goto out;
+  }
+  if (pulled1 < pulled0) {
+    rc = KVDS_E_PROTO;
+    what = "B's pulled-bytes count went backwards: ";
+    goto out;
+  }
+  p->pulled = pulled1 - pulled0;
   p->calls = s.n;
   p->bytes = s.n * batch * size;
   p->gbps = (double)p->bytes / (double)s.total_ns;
-  p->p50_us = samples_pct_us(&s, 0.5);
-  p->p99_us = samples_pct_us(&s, 0.99);
+  samples_p50_p99(&s, &p->p50_us, &p->p99_us);
   uint64_t tcp_ns = 0;
   rc = tcp_run(&r->tcp, p->streams, size, batch, nkeys, p->calls, &tcp_ns);
+  if (rc == KVDS_E_TIMEOUT)
+    what = "raw TCP: a stream stalled: ";
+  else if (rc)
+    what = "raw TCP: ";
   if (rc || g_stop)
     goto out;
   p->tcp_gbps = tcp_ns ? (double)p->bytes / (double)tcp_ns : 0;
@@ -1676,9 +1755,9 @@ static int run_rpoint(struct remote *r, const char *via, size_t size,
     print_rpoint(p, r);
 out:
   if (put) {
-    int drc = delete_all(r->cb, ks.iov, ks.n);
+    int drc = delete_keys(r->cb, ks.iov, ks.n);
     if (drc == 0)
-      drc = delete_all(r->ca, ks.iov, ks.n);
+      drc = delete_keys(r->ca, ks.iov, ks.n);
     if (rc == 0)
       rc = drc;
   }
@@ -1687,8 +1766,9 @@ out:
   free(v);
   free(res);
   if (rc)
-    cli_err("bench", "remote %s %s x %zu: %s", via,
-            kvds_fmt_bytes(size, sz, sizeof sz), batch, kvds_strerror(rc));
+    cli_err("bench", "remote %s %s x %zu: %s%s", via,
+            kvds_fmt_bytes(size, sz, sizeof sz), batch, what,
+            kvds_strerror(rc));
   return rc;
 }
 
@@ -1717,9 +1797,8 @@ static int lookup_lat(struct remote *r, kvds_client *c, const struct keyset *ks,
       break;
   }
   if (rc == 0) {
-    qsort(s.ns, s.n, sizeof *s.ns, cmp_u64);
-    *out =
-        (struct rlat){s.n, samples_pct_us(&s, 0.5), samples_pct_us(&s, 0.99)};
+    out->n = s.n;
+    samples_p50_p99(&s, &out->p50_us, &out->p99_us);
   }
   free(s.ns);
   return rc;
@@ -1754,9 +1833,9 @@ static int run_lookups(struct remote *r) {
   if (rc == 0)
     rc = lookup_lat(r, r->ca, &chain, 1, &r->pre_local);
   if (put) {
-    int drc = delete_all(r->ca, one.iov, one.n);
+    int drc = delete_keys(r->ca, one.iov, one.n);
     if (drc == 0)
-      drc = delete_all(r->ca, chain.iov, chain.n);
+      drc = delete_keys(r->ca, chain.iov, chain.n);
     if (rc == 0)
       rc = drc;
   }
@@ -1890,8 +1969,8 @@ static int remote_start_workers(struct remote *r) {
     return CLI_FAIL;
   }
   char mem[32];
-  fprintf(stderr, "kvds bench remote: starting two workers (%s pools)...\n",
-          kvds_fmt_bytes(r->o->memory, mem, sizeof mem));
+  progress("starting two workers (%s pools)...",
+           kvds_fmt_bytes(r->o->memory, mem, sizeof mem));
   r->started = 1;
   for (int i = 0; i < 2; i++) {
     int rc = worker_spawn(r, &r->w[i], r->w[1 - i].port);
@@ -1902,7 +1981,8 @@ static int remote_start_workers(struct remote *r) {
   }
   r->addr_a = r->w[0].addr;
   r->addr_b = r->w[1].addr;
-  /* as `kvds worker --daemon` waits: 30 s + 0.5 s per GiB, generously */
+  /* 30 s + 4 s per GiB of pool: generously more than `kvds worker --daemon`
+   * allows (30 s + 0.5 s per GiB), as two pools start at once */
   uint64_t deadline =
       kvds_now_ns() + 30000000000ull + 4 * (r->o->memory >> 30) * 1000000000ull;
   for (int i = 0; i < 2; i++)
@@ -1920,29 +2000,19 @@ static void remote_cleanup(struct remote *r) {
   for (int i = 0; i < 2; i++)
     worker_stop(&r->w[i]);
   if (r->dir[0]) {
-    /* a worker killed hard may have left its socket */
-    for (int i = 0; i < 2; i++) {
-      char sock[PATH_MAX + 32];
-      snprintf(sock, sizeof sock, "%s/kvds-%d.sock", r->dir, r->w[i].port);
-      unlink(sock);
-    }
+    /* The directory is the bench's own (mkdtemp) and its workers are gone:
+     * whatever they left there (a socket after a hard kill, a pidfile)
+     * goes with it. */
+    DIR *d = opendir(r->dir);
+    struct dirent *e;
+    while (d && (e = readdir(d)))
+      if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
+        unlinkat(dirfd(d), e->d_name, 0);
+    if (d)
+      closedir(d);
     if (rmdir(r->dir))
       cli_err("bench", "cannot remove %s: %s", r->dir, strerror(errno));
-  }
-}
-
-/* Deletes anything left under the bench's prefix on a running worker. */
-static void remote_sweep(kvds_client *c, const char *prefix) {
-  for (int pass = 0; c && pass < 100; pass++) {
-    struct kvds_list *l;
-    if (kvds_list(c, prefix, strlen(prefix), NULL, 0, 1000, &l))
-      return;
-    size_t n = l->n;
-    for (size_t i = 0; i < l->n; i++)
-      kvds_delete(c, l->entries[i].key, l->entries[i].klen);
-    kvds_list_free(l);
-    if (n == 0)
-      return;
+    r->dir[0] = '\0';
   }
 }
 
@@ -1959,7 +2029,7 @@ static int remote_measure(struct remote *r) {
                     (size_t)r->o->batches[j]);
   if (rc == 0 && !g_stop) {
     if (r->o->json)
-      fprintf(stderr, "kvds bench remote: lookup latency\n");
+      progress("lookup latency");
     rc = run_lookups(r);
   }
   return rc;
@@ -1982,18 +2052,10 @@ static int run_remote(int argc, char **argv) {
   /* source of the puts and of raw TCP, destination of raw TCP: as large as
    * a case's set of values, touched before timing */
   r.region = (size_t)o.max_bytes;
-  void *s = NULL, *d = NULL;
-  if (posix_memalign(&s, 4096, r.region) ||
-      posix_memalign(&d, 4096, r.region)) {
-    free(s);
+  if (alloc_buffers(r.region, &r.src, &r.dst)) {
     cli_err("bench", "cannot allocate 2 x %zu MiB of buffers", r.region >> 20);
     return CLI_FAIL;
   }
-  r.src = s;
-  r.dst = d;
-  for (size_t i = 0; i < r.region; i += 8)
-    kvds_put_u64(r.src + i, i * 0x9e3779b97f4a7c15ull);
-  memset(r.dst, 0, r.region);
 
   uint64_t t0 = kvds_now_ns();
   if (!o.addr_a && remote_start_workers(&r))
@@ -2004,8 +2066,8 @@ static int run_remote(int argc, char **argv) {
   if (wait_cluster(&r, kvds_now_ns() + 20000000000ull))
     goto out;
   if (r.started)
-    fprintf(stderr, "kvds bench remote: workers %s and %s up in %.1f s\n",
-            r.addr_a, r.addr_b, (double)(kvds_now_ns() - t0) / 1e9);
+    progress("workers %s and %s up in %.1f s", r.addr_a, r.addr_b,
+             (double)(kvds_now_ns() - t0) / 1e9);
   if ((rc = tcp_setup(&r.tcp, (int)o.pull_threads, r.src, r.dst, r.region))) {
     cli_err("bench", "raw TCP streams: %s", kvds_strerror(rc));
     goto out;
@@ -2013,8 +2075,8 @@ static int run_remote(int argc, char **argv) {
   r.tcp_up = 1;
   rc = remote_measure(&r);
   if ((rc || g_stop) && !r.started) {
-    remote_sweep(r.cb, r.prefix);
-    remote_sweep(r.ca, r.prefix);
+    sweep(r.cb, r.prefix);
+    sweep(r.ca, r.prefix);
   }
   if (g_stop) {
     fflush(stdout);
@@ -2066,7 +2128,7 @@ int cmd_bench(int argc, char **argv) {
   sigaction(SIGTERM, &sa, NULL);
   rc = run_all(&b);
   if (rc || g_stop)
-    sweep(&b);
+    sweep(b.c, b.prefix);
   if (g_stop) {
     fprintf(stderr, "kvds bench: interrupted; the bench's keys were "
                     "removed\n");
@@ -2078,7 +2140,6 @@ out:
   kvds_client_close(b.c);
   free(b.src);
   free(b.dst);
-  free(b.keys);
-  free(b.iov);
+  keyset_free(&b.ks);
   return ret;
 }

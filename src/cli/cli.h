@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/types.h>
 
 #include "kvds/kvds.h"
 
@@ -103,6 +104,12 @@ int cli_parse_double_opt(const char *cmd, const char *opt, const char *s,
 
 /* 1 if the host of a "host:port" address is a loopback address. */
 int cli_addr_is_loopback(const char *addr);
+
+/* The last non-empty line written to the log at path after offset `from`
+ * (0: the whole file; only its last 4 KiB are read), without a leading
+ * "kvds worker [LEVEL] " tag, into out (cap bytes; "" when there is none).
+ * Returns out. */
+char *cli_log_tail(const char *path, off_t from, char *out, size_t cap);
 
 /* Sleeps ms milliseconds (for polling a process that is not ours). */
 void cli_sleep_ms(int ms);

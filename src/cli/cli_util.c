@@ -3,10 +3,12 @@
 #include "cli/cli.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -274,4 +276,32 @@ int cli_parse_double_opt(const char *cmd, const char *opt, const char *s,
   }
   *out = v;
   return CLI_OK;
+}
+
+char *cli_log_tail(const char *path, off_t from, char *out, size_t cap) {
+  out[0] = 0;
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return out;
+  char buf[4096];
+  struct stat st;
+  off_t start = fstat(fd, &st) == 0 && st.st_size - from > (off_t)sizeof buf
+                    ? st.st_size - (off_t)(sizeof buf - 1)
+                    : from;
+  ssize_t r = pread(fd, buf, sizeof buf - 1, start);
+  close(fd);
+  if (r <= 0)
+    return out;
+  buf[r] = 0;
+  while (r > 0 && (buf[r - 1] == '\n' || buf[r - 1] == '\r'))
+    buf[--r] = 0;
+  char *line = strrchr(buf, '\n');
+  line = line ? line + 1 : buf;
+  /* "kvds worker [ERROR] msg" -> "msg": our own prefix says who. */
+  char *tag =
+      strncmp(line, "kvds worker [", 13) == 0 ? strstr(line, "] ") : NULL;
+  if (tag)
+    line = tag + 2;
+  snprintf(out, cap, "%.*s", (int)cap - 1, line);
+  return out;
 }

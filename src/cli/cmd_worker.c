@@ -350,34 +350,6 @@ static int default_log_path(const struct kvds_worker_config *cfg, char *out,
   return 0;
 }
 
-/* Last non-empty line written to the log after offset `from`. */
-static void log_tail(const char *path, off_t from, char *out, size_t cap) {
-  out[0] = 0;
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0)
-    return;
-  char buf[4096];
-  struct stat st;
-  off_t start = fstat(fd, &st) == 0 && st.st_size - from > (off_t)sizeof buf
-                    ? st.st_size - (off_t)(sizeof buf - 1)
-                    : from;
-  ssize_t r = pread(fd, buf, sizeof buf - 1, start);
-  close(fd);
-  if (r <= 0)
-    return;
-  buf[r] = 0;
-  while (r > 0 && (buf[r - 1] == '\n' || buf[r - 1] == '\r'))
-    buf[--r] = 0;
-  char *line = strrchr(buf, '\n');
-  line = line ? line + 1 : buf;
-  /* "kvds worker [ERROR] msg" -> "msg": our own prefix says who. */
-  char *tag =
-      strncmp(line, "kvds worker [", 13) == 0 ? strstr(line, "] ") : NULL;
-  if (tag)
-    line = tag + 2;
-  snprintf(out, cap, "%.*s", (int)cap - 1, line);
-}
-
 /* Parent side of --daemon: waits for the child's "1" on the ready pipe. */
 static int await_ready(pid_t pid, int rfd, const char *log, off_t log_from,
                        int timeout_s) {
@@ -421,7 +393,7 @@ static int await_ready(pid_t pid, int rfd, const char *log, off_t log_from,
     snprintf(why, sizeof why, "killed by signal %d", WTERMSIG(status));
   else
     snprintf(why, sizeof why, "exit status %d", WEXITSTATUS(status));
-  log_tail(log, log_from, line, sizeof line);
+  cli_log_tail(log, log_from, line, sizeof line);
   if (line[0])
     cli_err(CMD, "worker failed to start: %s (%s; log: %s)", line, why, log);
   else

@@ -16,11 +16,13 @@
  *  - kvds stop succeeds once the worker has exited, even before its parent
  *    reaped it;
  *  - kvds bench local and kvds bench remote produce well-formed reports
- *    (remote starts and stops its own pair of workers).
+ *    (remote starts and stops its own pair of workers and leaves its
+ *    $TMPDIR empty, also when a worker fails to start).
  * The test is a child subreaper, so the daemonized worker becomes its child:
  * it reaps it (as init would) and checks its exit status.
  */
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
@@ -33,6 +35,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -572,22 +575,86 @@ static void bench_smoke(void) {
   kvh_worker_stop(&w);
 }
 
+/* A fresh empty directory under the test's run directory (for $TMPDIR). */
+static void fresh_dir(char *path, size_t cap, const char *name) {
+  snprintf(path, cap, "%s/%s", kvh_run_dir(), name);
+  KVH_CHECK(mkdir(path, 0700) == 0, "mkdir %s: %s", path, strerror(errno));
+}
+
+/* Entries in path besides . and .. (-1 if it cannot be read). */
+static int dir_entries(const char *path, char *first, size_t cap) {
+  DIR *d = opendir(path);
+  if (!d)
+    return -1;
+  int n = 0;
+  struct dirent *e;
+  first[0] = 0;
+  while ((e = readdir(d)))
+    if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") && n++ == 0)
+      snprintf(first, cap, "%s", e->d_name);
+  closedir(d);
+  return n;
+}
+
+static void expect_empty_dir(const char *path, const char *what) {
+  char first[256];
+  int n = dir_entries(path, first, sizeof first);
+  KVH_CHECK(n == 0, "%s: %s holds %d entries (first: %s)", what, path, n,
+            first);
+}
+
 /* `kvds bench remote --quick --json`: the bench starts its own pair of
- * peered workers, reports every size x batch (measured ones with a kvds and
- * a raw TCP figure, the bytes B pulled equal to the bytes read) and the
- * lookup latencies, and stops its workers: nothing answers at their
- * addresses afterwards. No speed is asserted. */
+ * peered workers in a fresh directory under $TMPDIR, reports every size x
+ * batch (measured ones with at least the 3 calls the bench guarantees, the
+ * bytes they read, the bytes B pulled equal to them, the streams B uses,
+ * p50 <= p99 and a ratio that is kvds over raw TCP) and the lookup
+ * latencies (at least 100 calls each), and stops its workers: nothing
+ * answers at their addresses afterwards and $TMPDIR is empty again. A
+ * worker that fails to start (a pool below the minimum) fails the bench
+ * with exit 1 and one stderr line, and leaves $TMPDIR empty too. No speed
+ * is asserted. */
 static void bench_remote_smoke(void) {
   static struct res r;
+  char tmp[1200];
+  fresh_dir(tmp, sizeof tmp, "bench-remote-fail");
+  setenv("TMPDIR", tmp, 1);
+  KVDS(&r, NULL, 0, "bench", "remote", "--quick", "--memory", "1KiB");
+  /* progress lines, then exactly one error line */
+  KVH_CHECK(r.code == 1, "bench remote with a 1 KiB pool: exit %d (%s)", r.code,
+            r.err);
+  int errors = 0;
+  for (const char *l = r.err; *l;) {
+    const char *nl = strchr(l, '\n');
+    size_t len = nl ? (size_t)(nl - l) : strlen(l);
+    if (strncmp(l, "kvds bench remote: ", 19) != 0) {
+      errors++;
+      KVH_CHECK(memmem(l, len, "while starting", 14),
+                "bench remote with a 1 KiB pool: unexpected line '%.*s'",
+                (int)len, l);
+    }
+    l += len + (nl != NULL);
+  }
+  KVH_CHECK(errors == 1, "bench remote with a 1 KiB pool: %d error lines: %s",
+            errors, r.err);
+  KVH_CHECK(r.out_len == 0, "bench remote with a 1 KiB pool printed '%s'",
+            r.out);
+  expect_empty_dir(tmp, "bench remote with a 1 KiB pool");
+
+  fresh_dir(tmp, sizeof tmp, "bench-remote");
+  setenv("TMPDIR", tmp, 1);
   KVDS(&r, NULL, 0, "bench", "remote", "--quick", "--json", "--sizes",
        "256KiB,1MiB", "--batch", "1,8", "--memory", "128MiB");
+  unsetenv("TMPDIR");
   KVH_CHECK(r.code == 0, "bench remote exited %d: %s", r.code, r.err);
+  expect_empty_dir(tmp, "bench remote");
   json_error_t je;
   json_t *j = json_loads(r.out, 0, &je);
   KVH_CHECK(j, "bench remote --json is not JSON: %s", je.text);
   KVH_CHECK(json_is_true(json_object_get(j, "started")) &&
                 json_is_true(json_object_get(j, "shared_memory")),
             "bench remote did not start workers or use shared memory");
+  json_int_t pulls = json_integer_value(json_object_get(j, "pull_threads"));
+  KVH_CHECK(pulls == 4, "bench remote pull_threads %lld", (long long)pulls);
   json_t *reads = json_object_get(j, "reads");
   /* 2 sizes x 2 batches with a hint, 2 batches through the directory */
   KVH_CHECK(json_array_size(reads) == 6, "bench remote rows: %zu",
@@ -596,24 +663,46 @@ static void bench_remote_smoke(void) {
   json_t *row;
   json_array_foreach(reads, i, row) {
     KVH_CHECK(!json_object_get(row, "skipped"), "row %zu skipped", i);
+    json_int_t size = json_integer_value(json_object_get(row, "size"));
+    json_int_t batch = json_integer_value(json_object_get(row, "batch"));
+    json_int_t calls = json_integer_value(json_object_get(row, "calls"));
     json_int_t bytes = json_integer_value(json_object_get(row, "bytes"));
-    KVH_CHECK(json_real_value(json_object_get(row, "gbps")) > 0 &&
-                  json_real_value(json_object_get(row, "tcp_gbps")) > 0 &&
-                  bytes > 0,
-              "row %zu: no measurement", i);
+    json_int_t streams = json_integer_value(json_object_get(row, "streams"));
+    json_int_t want_streams = (batch + 3) / 4 < pulls ? (batch + 3) / 4 : pulls;
+    KVH_CHECK(
+        calls >= 3 && size > 0 && batch > 0 && bytes == calls * size * batch,
+        "row %zu: %lld calls of %lld x %lld B but %lld bytes", i,
+        (long long)calls, (long long)batch, (long long)size, (long long)bytes);
+    KVH_CHECK(streams == want_streams, "row %zu: %lld streams, want %lld", i,
+              (long long)streams, (long long)want_streams);
     KVH_CHECK(
         json_integer_value(json_object_get(row, "pulled_bytes")) == bytes,
         "row %zu: B pulled %lld bytes for %lld read", i,
         (long long)json_integer_value(json_object_get(row, "pulled_bytes")),
         (long long)bytes);
+    double gbps = json_real_value(json_object_get(row, "gbps"));
+    double tcp = json_real_value(json_object_get(row, "tcp_gbps"));
+    double ratio = json_real_value(json_object_get(row, "ratio"));
+    double p50 = json_real_value(json_object_get(row, "p50_us"));
+    double p99 = json_real_value(json_object_get(row, "p99_us"));
+    double q = tcp > 0 ? gbps / tcp : 0; /* the JSON keeps 6 digits */
+    KVH_CHECK(q > 0 && ratio >= q * (1 - 1e-4) && ratio <= q * (1 + 1e-4),
+              "row %zu: ratio %g is not %g / %g", i, ratio, gbps, tcp);
+    KVH_CHECK(p50 > 0 && p50 <= p99, "row %zu: p50 %g us, p99 %g us", i, p50,
+              p99);
   }
   json_t *lk = json_object_get(j, "lookup");
   const char *names[] = {"exists_remote", "exists_local", "prefix_remote",
                          "prefix_local"};
-  for (i = 0; i < 4; i++)
-    KVH_CHECK(json_real_value(
-                  json_object_get(json_object_get(lk, names[i]), "p50_us")) > 0,
-              "no %s latency", names[i]);
+  for (i = 0; i < 4; i++) {
+    json_t *l = json_object_get(lk, names[i]);
+    json_int_t calls = json_integer_value(json_object_get(l, "calls"));
+    double p50 = json_real_value(json_object_get(l, "p50_us"));
+    double p99 = json_real_value(json_object_get(l, "p99_us"));
+    KVH_CHECK(calls >= 100 && p50 > 0 && p50 <= p99,
+              "%s latency: %lld calls, p50 %g us, p99 %g us", names[i],
+              (long long)calls, p50, p99);
+  }
   const char *addrs[] = {json_string_value(json_object_get(j, "worker_a")),
                          json_string_value(json_object_get(j, "worker_b"))};
   for (i = 0; i < 2; i++) {
