@@ -704,3 +704,36 @@ void kvh_etcd_kill9(struct kvh_etcd *e) {
 void kvh_etcd_stop(struct kvh_etcd *e) {
   etcd_end(e, SIGTERM);
 }
+
+/* ---- hand-made frames ---------------------------------------------------- */
+
+void kvh_frame_init(struct kvh_frame *f, uint8_t op, uint64_t req_id) {
+  memset(f, 0, sizeof *f);
+  f->h = (struct kvds_proto_hdr){.magic = KVDS_PROTO_MAGIC,
+                                 .version = KVDS_PROTO_VERSION,
+                                 .opcode = op,
+                                 .req_id = req_id};
+  f->len = KVDS_PROTO_HDR_LEN;
+}
+
+void kvh_frame_item(struct kvh_frame *f, uint64_t a, const void *key,
+                    size_t klen) {
+  struct kvds_proto_item it = {.klen = (uint32_t)klen, .a = a};
+  KVH_CHECK(f->len + kvds_proto_item_size(klen) <= sizeof f->b, "frame full");
+  f->len += kvds_proto_item_encode(&it, key, f->b + f->len);
+  f->h.count++;
+}
+
+void kvh_frame_seal(struct kvh_frame *f) {
+  if (!f->h.meta_len)
+    f->h.meta_len = (uint32_t)(f->len - KVDS_PROTO_HDR_LEN);
+  kvds_proto_hdr_encode(&f->h, f->b);
+  kvds_proto_seal_frame(f->b, f->b + KVDS_PROTO_HDR_LEN,
+                        f->len - KVDS_PROTO_HDR_LEN);
+}
+
+void kvh_frame_data(struct kvh_frame *f, size_t n) {
+  KVH_CHECK(f->len + n <= sizeof f->b, "frame full");
+  memset(f->b + f->len, 0x77, n);
+  f->len += n;
+}

@@ -21,6 +21,7 @@
 #include <sys/types.h>
 
 #include "kvds/kvds.h"
+#include "proto/proto.h"
 
 struct kvh_worker {
   pid_t pid;           /* 0 once stopped */
@@ -136,6 +137,26 @@ int kvh_raw_partial_put(int port, const char *key, uint64_t size,
  * timeout_ms; *len gets the bytes read (extra bytes past cap are dropped).
  * Returns 0 at EOF, -1 on timeout. */
 int kvh_read_to_eof(int fd, void *buf, size_t cap, size_t *len, int timeout_ms);
+
+/* ---- hand-made frames ----------------------------------------------------
+ * For tests that speak the wire format themselves (hostile bytes, frames
+ * the client library never sends). kvh_frame_init starts a request frame,
+ * kvh_frame_item appends an item (fails the test if the buffer is full),
+ * kvh_frame_seal encodes the header (meta_len from the items unless the
+ * caller preset h.meta_len) and its checksum, kvh_frame_data appends n
+ * bytes of 0x77 after the meta (the data part; h.data_len is the caller's
+ * to set before sealing). */
+struct kvh_frame {
+  uint8_t b[16384];
+  size_t len;
+  struct kvds_proto_hdr h;
+};
+
+void kvh_frame_init(struct kvh_frame *f, uint8_t op, uint64_t req_id);
+void kvh_frame_item(struct kvh_frame *f, uint64_t a, const void *key,
+                    size_t klen);
+void kvh_frame_seal(struct kvh_frame *f);
+void kvh_frame_data(struct kvh_frame *f, size_t n);
 
 /* Monotonic milliseconds. */
 uint64_t kvh_now_ms(void);

@@ -1,15 +1,25 @@
 # Integration tests: real worker processes on 127.0.0.1 with free ports and a
 # private KVDS_RUN_DIR each (tests/integration/harness.c). Every test gets the
-# kvds binary as its first argument. Tests that craft frames themselves link
-# kvds_proto.
+# kvds binary as its first argument. The harness links kvds_proto (its
+# kvh_frame_* helpers craft frames by hand).
 add_library(kvds_it_harness STATIC ${CMAKE_CURRENT_LIST_DIR}/harness.c)
-target_link_libraries(kvds_it_harness PUBLIC kvds_static)
+target_link_libraries(kvds_it_harness PUBLIC kvds_static kvds_proto)
 target_include_directories(kvds_it_harness PUBLIC ${CMAKE_CURRENT_LIST_DIR})
+# Cluster views (CLUSTER request, parsed with jansson) for the tests that
+# follow membership: linked into the tests named here.
+add_library(kvds_it_harness_cluster STATIC
+            ${CMAKE_CURRENT_LIST_DIR}/harness_cluster.c)
+target_link_libraries(kvds_it_harness_cluster PUBLIC kvds_it_harness
+                      PkgConfig::JANSSON)
+set(KVDS_IT_CLUSTER_VIEW_TESTS test_cluster test_membership)
 
 function(kvds_integration_test name)
   cmake_parse_arguments(T "" "TIMEOUT" "LIBS" ${ARGN})
   add_executable(${name} ${CMAKE_CURRENT_LIST_DIR}/${name}.c)
   target_link_libraries(${name} PRIVATE kvds_it_harness ${T_LIBS})
+  if(name IN_LIST KVDS_IT_CLUSTER_VIEW_TESTS)
+    target_link_libraries(${name} PRIVATE kvds_it_harness_cluster)
+  endif()
   add_dependencies(${name} kvds_bin)
   add_test(NAME ${name} COMMAND ${name} $<TARGET_FILE:kvds_bin>)
   if(NOT T_TIMEOUT)
@@ -37,7 +47,8 @@ kvds_integration_test(test_auth LIBS kvds_proto)
 # The cluster data path: reads resolved through the directory and pulled
 # from peers (replicas, checksums), cluster-wide EXISTS / LOOKUP_PREFIX /
 # LOCATE, hints, an owner killed mid-pull, etcd outage, a home restarted,
-# ANNOUNCE garbage, static --peers, and (as root) a network partition
-# between network namespaces.
+# ANNOUNCE garbage, static --peers, an evicted replica, wrong tokens
+# between workers, and (as root) a network partition between network
+# namespaces.
 kvds_integration_test(test_cluster LIBS kvds_proto PkgConfig::JANSSON
                       TIMEOUT 300)

@@ -79,43 +79,6 @@ static void good_client(const char *addr, int who, int stop_fd, int out_fd) {
   _exit(0);
 }
 
-/* ---- frames -------------------------------------------------------------- */
-
-struct frame {
-  uint8_t b[8192];
-  size_t len;
-  struct kvds_proto_hdr h;
-};
-
-static void f_init(struct frame *f, uint8_t op, uint64_t req_id) {
-  memset(f, 0, sizeof *f);
-  f->h = (struct kvds_proto_hdr){.magic = KVDS_PROTO_MAGIC,
-                                 .version = KVDS_PROTO_VERSION,
-                                 .opcode = op,
-                                 .req_id = req_id};
-  f->len = KVDS_PROTO_HDR_LEN;
-}
-
-static void f_item(struct frame *f, uint64_t a, const void *key, size_t klen) {
-  struct kvds_proto_item it = {.klen = (uint32_t)klen, .a = a};
-  f->len += kvds_proto_item_encode(&it, key, f->b + f->len);
-  f->h.count++;
-}
-
-/* Encodes the header (meta_len from the items unless preset) and seals. */
-static void f_seal(struct frame *f) {
-  if (!f->h.meta_len)
-    f->h.meta_len = (uint32_t)(f->len - KVDS_PROTO_HDR_LEN);
-  kvds_proto_hdr_encode(&f->h, f->b);
-  kvds_proto_seal_frame(f->b, f->b + KVDS_PROTO_HDR_LEN,
-                        f->len - KVDS_PROTO_HDR_LEN);
-}
-
-static void f_data(struct frame *f, size_t n) {
-  memset(f->b + f->len, 0x77, n);
-  f->len += n;
-}
-
 enum { ANY = 1 }; /* an error reply or a plain close */
 
 struct gcase {
@@ -126,7 +89,7 @@ struct gcase {
 };
 
 /* Builds case i into f; returns its description (NULL past the last). */
-static int build_case(int i, struct frame *f, struct gcase *gc) {
+static int build_case(int i, struct kvh_frame *f, struct gcase *gc) {
   static char bigkey[2000];
   memset(bigkey, 'k', sizeof bigkey);
   memset(gc, 0, sizeof *gc);
@@ -143,19 +106,19 @@ static int build_case(int i, struct frame *f, struct gcase *gc) {
     return 1;
   }
   case 1:
-    f_init(f, KVDS_OP_PING, 11);
+    kvh_frame_init(f, KVDS_OP_PING, 11);
     f->h.magic = 0x12345678u;
-    f_seal(f);
+    kvh_frame_seal(f);
     *gc = (struct gcase){.name = "bad magic", .expect = KVDS_E_PROTO};
     return 1;
   case 2:
-    f_init(f, KVDS_OP_PING, 12);
+    kvh_frame_init(f, KVDS_OP_PING, 12);
     f->h.version = KVDS_PROTO_VERSION + 1;
-    f_seal(f);
+    kvh_frame_seal(f);
     *gc = (struct gcase){.name = "bad version", .expect = KVDS_E_VERSION};
     return 1;
   case 3:
-    f_init(f, KVDS_OP_GET, 13);
+    kvh_frame_init(f, KVDS_OP_GET, 13);
     f->h.meta_len = KVDS_PROTO_META_MAX + 1;
     f->h.count = 1;
     kvds_proto_hdr_encode(&f->h, f->b);
@@ -163,119 +126,119 @@ static int build_case(int i, struct frame *f, struct gcase *gc) {
                          .expect = KVDS_E_PROTO};
     return 1;
   case 4:
-    f_init(f, KVDS_OP_GET, 14);
-    f_item(f, 0, "truncated-key", 13);
-    f_seal(f);
+    kvh_frame_init(f, KVDS_OP_GET, 14);
+    kvh_frame_item(f, 0, "truncated-key", 13);
+    kvh_frame_seal(f);
     *gc = (struct gcase){.name = "truncated frame, then close",
                          .expect = ANY,
                          .half = KVDS_PROTO_HDR_LEN + 20};
     return 1;
   case 5:
-    f_init(f, KVDS_OP_GET, 15);
-    f_item(f, 0, "some-key", 8);
-    f_seal(f);
+    kvh_frame_init(f, KVDS_OP_GET, 15);
+    kvh_frame_item(f, 0, "some-key", 8);
+    kvh_frame_seal(f);
     f->b[40] ^= 0x01; /* low byte of the checksum */
     *gc = (struct gcase){.name = "wrong checksum", .expect = KVDS_E_CHECKSUM};
     return 1;
   case 6:
-    f_init(f, 99, 0x1234567890ull);
-    f_seal(f);
+    kvh_frame_init(f, 99, 0x1234567890ull);
+    kvh_frame_seal(f);
     *gc = (struct gcase){.name = "unknown opcode",
                          .expect = KVDS_E_BADOP,
                          .echo = 0x1234567890ull};
     return 1;
   case 7:
-    f_init(f, KVDS_OP_PUT, 17);
-    f_item(f, 100, "put-mismatch", 12);
+    kvh_frame_init(f, KVDS_OP_PUT, 17);
+    kvh_frame_item(f, 100, "put-mismatch", 12);
     f->h.data_len = 50;
-    f_seal(f);
-    f_data(f, 50);
+    kvh_frame_seal(f);
+    kvh_frame_data(f, 50);
     *gc = (struct gcase){.name = "PUT data_len disagrees with its items",
                          .expect = KVDS_E_PROTO};
     return 1;
   case 8:
-    f_init(f, KVDS_OP_GET, 18);
-    f_item(f, 0, bigkey, sizeof bigkey);
-    f_seal(f);
+    kvh_frame_init(f, KVDS_OP_GET, 18);
+    kvh_frame_item(f, 0, bigkey, sizeof bigkey);
+    kvh_frame_seal(f);
     *gc = (struct gcase){.name = "2000-byte key", .expect = KVDS_E_PROTO};
     return 1;
   case 9:
-    f_init(f, KVDS_OP_PUT, 19);
-    f_item(f, 10, bigkey, sizeof bigkey);
+    kvh_frame_init(f, KVDS_OP_PUT, 19);
+    kvh_frame_item(f, 10, bigkey, sizeof bigkey);
     f->h.data_len = 10;
-    f_seal(f);
-    f_data(f, 10);
+    kvh_frame_seal(f);
+    kvh_frame_data(f, 10);
     *gc = (struct gcase){.name = "2000-byte key in a PUT",
                          .expect = KVDS_E_PROTO};
     return 1;
   case 10:
-    f_init(f, KVDS_OP_PING, 20);
+    kvh_frame_init(f, KVDS_OP_PING, 20);
     f->h.flags = KVDS_PF_REPLY;
-    f_seal(f);
+    kvh_frame_seal(f);
     *gc = (struct gcase){.name = "a reply sent as a request",
                          .expect = KVDS_E_PROTO};
     return 1;
   case 11:
-    f_init(f, KVDS_OP_PING, 21);
+    kvh_frame_init(f, KVDS_OP_PING, 21);
     f->h.flags = 0x8000;
-    f_seal(f);
+    kvh_frame_seal(f);
     *gc = (struct gcase){.name = "unknown flags", .expect = KVDS_E_PROTO};
     return 1;
   case 12:
-    f_init(f, KVDS_OP_PING, 22);
+    kvh_frame_init(f, KVDS_OP_PING, 22);
     kvds_proto_hdr_encode(&f->h, f->b);
     f->b[44] = 1; /* reserved */
     kvds_proto_seal_frame(f->b, f->b + KVDS_PROTO_HDR_LEN, 0);
     *gc = (struct gcase){.name = "reserved field set", .expect = KVDS_E_PROTO};
     return 1;
   case 13:
-    f_init(f, KVDS_OP_GET, 23);
-    f_item(f, 0, "k", 1);
+    kvh_frame_init(f, KVDS_OP_GET, 23);
+    kvh_frame_item(f, 0, "k", 1);
     f->h.count = 5;
-    f_seal(f);
+    kvh_frame_seal(f);
     *gc = (struct gcase){.name = "count larger than meta",
                          .expect = KVDS_E_PROTO};
     return 1;
   case 14:
-    f_init(f, KVDS_OP_GET, 24);
-    f_item(f, 0, "k", 1);
+    kvh_frame_init(f, KVDS_OP_GET, 24);
+    kvh_frame_item(f, 0, "k", 1);
     f->h.data_len = 16;
-    f_seal(f);
-    f_data(f, 16);
+    kvh_frame_seal(f);
+    kvh_frame_data(f, 16);
     *gc = (struct gcase){.name = "data on a GET", .expect = KVDS_E_PROTO};
     return 1;
   case 15:
-    f_init(f, KVDS_OP_STAT, 25);
-    f_item(f, 0, "k1", 2);
-    f_item(f, 0, "k2", 2);
-    f_seal(f);
+    kvh_frame_init(f, KVDS_OP_STAT, 25);
+    kvh_frame_item(f, 0, "k1", 2);
+    kvh_frame_item(f, 0, "k2", 2);
+    kvh_frame_seal(f);
     *gc = (struct gcase){.name = "STAT with two keys", .expect = KVDS_E_PROTO};
     return 1;
   case 16:
-    f_init(f, KVDS_OP_PUT, 26);
-    f_item(f, 1ull << 41, "huge", 4);
+    kvh_frame_init(f, KVDS_OP_PUT, 26);
+    kvh_frame_item(f, 1ull << 41, "huge", 4);
     f->h.data_len = 1ull << 41;
-    f_seal(f);
+    kvh_frame_seal(f);
     *gc = (struct gcase){.name = "data_len over the limit",
                          .expect = KVDS_E_PROTO};
     return 1;
   case 17:
-    f_init(f, KVDS_OP_GET, 27);
-    f_item(f, 0, "k", 1);
+    kvh_frame_init(f, KVDS_OP_GET, 27);
+    kvh_frame_item(f, 0, "k", 1);
     f->h.meta_len = (uint32_t)(f->len - KVDS_PROTO_HDR_LEN + 7);
-    f_seal(f);
-    f_data(f, 7); /* meta with 7 stray bytes after the last item */
+    kvh_frame_seal(f);
+    kvh_frame_data(f, 7); /* meta with 7 stray bytes after the last item */
     kvds_proto_seal_frame(f->b, f->b + KVDS_PROTO_HDR_LEN,
                           f->len - KVDS_PROTO_HDR_LEN);
     *gc = (struct gcase){.name = "meta longer than its items",
                          .expect = KVDS_E_PROTO};
     return 1;
   case 18:
-    f_init(f, KVDS_OP_PUT, 28);
-    f_item(f, 1u << 20, "big-truncated", 13);
+    kvh_frame_init(f, KVDS_OP_PUT, 28);
+    kvh_frame_item(f, 1u << 20, "big-truncated", 13);
     f->h.data_len = 1u << 20;
-    f_seal(f);
-    f_data(f, 1000);
+    kvh_frame_seal(f);
+    kvh_frame_data(f, 1000);
     *gc = (struct gcase){.name = "PUT cut short, then close",
                          .expect = ANY,
                          .half = (int)f->len};
@@ -286,7 +249,7 @@ static int build_case(int i, struct frame *f, struct gcase *gc) {
 
 /* Sends case i on fd and checks the worker's answer. */
 static void run_case(int fd, int i, const char *transport) {
-  struct frame f;
+  struct kvh_frame f;
   struct gcase gc;
   build_case(i, &f, &gc);
   size_t n = gc.half ? (size_t)gc.half : f.len;
@@ -335,24 +298,24 @@ static void run_case(int fd, int i, const char *transport) {
 /* Requests that are wrong but well-formed get per-item errors and leave the
  * connection usable. */
 static void run_item_errors(int fd, const char *transport) {
-  struct frame f;
+  struct kvh_frame f;
   /* WRITE and SEAL with handles this connection never had, a RELEASE
    * (no reply), a PUT of an empty value, then a PING. */
-  f_init(&f, KVDS_OP_SEAL, 31);
-  f_item(&f, 0xdeadbeef00000001ull, NULL, 0);
-  f_seal(&f);
+  kvh_frame_init(&f, KVDS_OP_SEAL, 31);
+  kvh_frame_item(&f, 0xdeadbeef00000001ull, NULL, 0);
+  kvh_frame_seal(&f);
   KVH_CHECK(kvh_write_all(fd, f.b, f.len) == 0, "send");
-  f_init(&f, KVDS_OP_RELEASE, 32);
+  kvh_frame_init(&f, KVDS_OP_RELEASE, 32);
   f.h.flags = KVDS_PF_NOREPLY;
-  f_item(&f, 0x77ull, NULL, 0);
-  f_seal(&f);
+  kvh_frame_item(&f, 0x77ull, NULL, 0);
+  kvh_frame_seal(&f);
   KVH_CHECK(kvh_write_all(fd, f.b, f.len) == 0, "send");
-  f_init(&f, KVDS_OP_PUT, 33);
-  f_item(&f, 0, "empty-value", 11);
-  f_seal(&f);
+  kvh_frame_init(&f, KVDS_OP_PUT, 33);
+  kvh_frame_item(&f, 0, "empty-value", 11);
+  kvh_frame_seal(&f);
   KVH_CHECK(kvh_write_all(fd, f.b, f.len) == 0, "send");
-  f_init(&f, KVDS_OP_PING, 34);
-  f_seal(&f);
+  kvh_frame_init(&f, KVDS_OP_PING, 34);
+  kvh_frame_seal(&f);
   KVH_CHECK(kvh_write_all(fd, f.b, f.len) == 0, "send");
   /* Read the three replies (RELEASE has none); the worker keeps the
    * connection open. */
@@ -445,11 +408,11 @@ static struct kvds_proto_item first_item(const uint8_t *buf,
  * and a GET item with an empty key is a per-item KVDS_E_KEYLEN. */
 static void run_handles(const struct kvh_worker *w, kvds_client *c) {
   static uint8_t in[1 << 16];
-  struct frame f;
+  struct kvh_frame f;
   int a = kvh_raw_tcp(w->port), b = kvh_raw_unix(w->sock);
-  f_init(&f, KVDS_OP_CREATE, 41);
-  f_item(&f, 16, "hijack", 6);
-  f_seal(&f);
+  kvh_frame_init(&f, KVDS_OP_CREATE, 41);
+  kvh_frame_item(&f, 16, "hijack", 6);
+  kvh_frame_seal(&f);
   KVH_CHECK(kvh_write_all(a, f.b, f.len) == 0, "send");
   struct kvds_proto_hdr h = read_reply(a, in, sizeof in, "create");
   struct kvds_proto_item it = first_item(in, &h, "create");
@@ -461,15 +424,15 @@ static void run_handles(const struct kvh_worker *w, kvds_client *c) {
   static const uint8_t ops[] = {KVDS_OP_SEAL, KVDS_OP_ABORT, KVDS_OP_RELEASE,
                                 KVDS_OP_WRITE};
   for (int i = 0; i < 4; i++) {
-    f_init(&f, ops[i], 50 + (uint64_t)i);
+    kvh_frame_init(&f, ops[i], 50 + (uint64_t)i);
     struct kvds_proto_item wi = {.a = handle, .b = 0, .c = 16};
     f.len += kvds_proto_item_encode(&wi, NULL, f.b + f.len);
     f.h.count = 1;
     if (ops[i] == KVDS_OP_WRITE)
       f.h.data_len = 16;
-    f_seal(&f);
+    kvh_frame_seal(&f);
     if (ops[i] == KVDS_OP_WRITE)
-      f_data(&f, 16);
+      kvh_frame_data(&f, 16);
     KVH_CHECK(kvh_write_all(b, f.b, f.len) == 0, "send");
     h = read_reply(b, in, sizeof in, kvds_proto_op_name(ops[i]));
     it = first_item(in, &h, kvds_proto_op_name(ops[i]));
@@ -483,11 +446,11 @@ static void run_handles(const struct kvh_worker *w, kvds_client *c) {
 
   /* An empty key in a GET batch: that item fails, the others and the
    * connection do not. */
-  f_init(&f, KVDS_OP_GET, 60);
+  kvh_frame_init(&f, KVDS_OP_GET, 60);
   f.h.flags = KVDS_PF_INLINE;
-  f_item(&f, 0, NULL, 0);
-  f_item(&f, 0, "pinned-elsewhere", 16);
-  f_seal(&f);
+  kvh_frame_item(&f, 0, NULL, 0);
+  kvh_frame_item(&f, 0, "pinned-elsewhere", 16);
+  kvh_frame_seal(&f);
   KVH_CHECK(kvh_write_all(b, f.b, f.len) == 0, "send");
   h = read_reply(b, in, sizeof in, "get with an empty key");
   it = first_item(in, &h, "get with an empty key");
@@ -532,7 +495,7 @@ int main(int argc, char **argv) {
 
   kvds_client *c = kvh_connect(w.tcp);
   int ncases = 0, nreplies = 0;
-  struct frame f;
+  struct kvh_frame f;
   struct gcase gc;
   for (int round = 0; round < 4; round++) {
     for (int i = 0; build_case(i, &f, &gc); i++) {

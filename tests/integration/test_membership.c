@@ -25,7 +25,7 @@
 #include <unistd.h>
 
 #include "cluster/membership.h"
-#include "harness.h"
+#include "harness_cluster.h"
 
 #define TTL_S 2
 /* Allowance on top of the TTL for a loaded 2-core CI machine: it tells
@@ -34,83 +34,6 @@
 #define JOIN_MS 15000
 
 static const char TTL[] = "2";
-
-/* The worker's cluster object (caller json_decref's), or NULL if it does
- * not answer. */
-static json_t *cluster_of(const char *addr) {
-  kvds_client *c = NULL;
-  if (kvds_client_connect(addr, 2000, &c))
-    return NULL;
-  char *text = NULL;
-  int rc = kvds_cluster_status(c, &text);
-  kvds_client_close(c);
-  if (rc)
-    return NULL;
-  json_error_t jerr;
-  json_t *j = json_loads(text, 0, &jerr);
-  KVH_CHECK(j, "CLUSTER reply from %s is not JSON (%s): %s", addr, jerr.text,
-            text);
-  free(text);
-  return j;
-}
-
-/* The member with this id in a cluster object, or NULL. */
-static json_t *member(json_t *cl, const char *id) {
-  size_t i;
-  json_t *m;
-  json_array_foreach(json_object_get(cl, "members"), i, m) {
-    const char *mid = json_string_value(json_object_get(m, "id"));
-    if (mid && strcmp(mid, id) == 0)
-      return m;
-  }
-  return NULL;
-}
-
-static uint64_t epoch_of(json_t *cl, const char *id) {
-  json_t *m = member(cl, id);
-  return m ? (uint64_t)json_integer_value(json_object_get(m, "epoch")) : 0;
-}
-
-/* 1 iff the view of `addr` holds exactly the ids in want[0..n). */
-static int view_is(const char *addr, const char *const *want, size_t n) {
-  json_t *cl = cluster_of(addr);
-  if (!cl)
-    return 0;
-  int ok = json_array_size(json_object_get(cl, "members")) == n;
-  for (size_t i = 0; ok && i < n; i++)
-    ok = member(cl, want[i]) != NULL;
-  json_decref(cl);
-  return ok;
-}
-
-static void dump_view(const char *addr) {
-  json_t *cl = cluster_of(addr);
-  char *s = cl ? json_dumps(cl, JSON_COMPACT) : NULL;
-  fprintf(stderr, "view of %s: %s\n", addr, s ? s : "(no answer)");
-  free(s);
-  json_decref(cl);
-}
-
-/* Waits until every worker in who[0..nw) sees exactly want[0..n); returns
- * the ms it took, fails the test after timeout_ms. */
-static uint64_t await_views(struct kvh_worker *const *who, size_t nw,
-                            const char *const *want, size_t n, int timeout_ms,
-                            const char *what) {
-  uint64_t t0 = kvh_now_ms();
-  for (;;) {
-    size_t ok = 0;
-    for (size_t i = 0; i < nw; i++)
-      ok += (size_t)view_is(who[i]->addr, want, n);
-    if (ok == nw)
-      return kvh_now_ms() - t0;
-    if (kvh_now_ms() - t0 > (uint64_t)timeout_ms) {
-      for (size_t i = 0; i < nw; i++)
-        dump_view(who[i]->addr);
-      KVH_CHECK(0, "%s: views not right after %d ms", what, timeout_ms);
-    }
-    kvh_sleep_ms(50);
-  }
-}
 
 static void put_get(const char *addr, const char *key) {
   kvds_client *c = kvh_connect(addr);
@@ -260,23 +183,23 @@ int main(int argc, char **argv) {
   /* 1. Everyone sees everyone. */
   struct kvh_worker *abc[] = {&a, &b, &c};
   const char *ids3[] = {a.addr, b.addr, c.addr};
-  uint64_t ms = await_views(abc, 3, ids3, 3, JOIN_MS, "three workers join");
+  uint64_t ms = kvh_await_views(abc, 3, ids3, 3, JOIN_MS, "three workers join");
   fprintf(stderr, "three views complete after %llu ms\n",
           (unsigned long long)ms);
-  json_t *cl = cluster_of(a.addr);
+  json_t *cl = kvh_cluster_of(a.addr);
   KVH_CHECK(cl, "no cluster object from %s", a.addr);
   KVH_CHECK(
       strcmp(json_string_value(json_object_get(cl, "mode")), "etcd") == 0 &&
           strcmp(json_string_value(json_object_get(cl, "name")), "t1") == 0,
       "mode/name wrong");
-  json_t *mc = member(cl, c.addr);
+  json_t *mc = kvh_member(cl, c.addr);
   KVH_CHECK(json_integer_value(json_object_get(mc, "capacity")) == 32 << 20,
             "capacity of %s not 32MiB", c.addr);
   KVH_CHECK(strcmp(json_string_value(
                        json_object_get(json_object_get(cl, "etcd"), "state")),
                    "up") == 0,
             "etcd state not up");
-  uint64_t c_epoch = epoch_of(cl, c.addr);
+  uint64_t c_epoch = kvh_epoch_of(cl, c.addr);
   KVH_CHECK(c_epoch > 0, "no epoch for %s", c.addr);
   json_decref(cl);
 
@@ -286,7 +209,7 @@ int main(int argc, char **argv) {
   kvh_worker_kill9(&c);
   struct kvh_worker *ab[] = {&a, &b};
   const char *ids2[] = {a.addr, b.addr};
-  await_views(ab, 2, ids2, 2, TTL_S * 1000 + SLACK_MS, "kill -9 of C");
+  kvh_await_views(ab, 2, ids2, 2, TTL_S * 1000 + SLACK_MS, "kill -9 of C");
   fprintf(stderr, "killed worker dropped after %llu ms (TTL %d s)\n",
           (unsigned long long)(kvh_now_ms() - t0), TTL_S);
 
@@ -296,9 +219,9 @@ int main(int argc, char **argv) {
       "--etcd_address", etcd.addr, "--lease-ttl", "30",
       "--cluster",      "t1",      NULL};
   kvh_worker_start_port(&c, c_port, "32MiB", ext_long);
-  await_views(abc, 3, ids3, 3, JOIN_MS, "C restarted");
-  cl = cluster_of(a.addr);
-  uint64_t c_epoch2 = epoch_of(cl, c.addr);
+  kvh_await_views(abc, 3, ids3, 3, JOIN_MS, "C restarted");
+  cl = kvh_cluster_of(a.addr);
+  uint64_t c_epoch2 = kvh_epoch_of(cl, c.addr);
   json_decref(cl);
   KVH_CHECK(c_epoch2 > c_epoch,
             "restarted C has epoch %llu, not newer than %llu",
@@ -308,7 +231,7 @@ int main(int argc, char **argv) {
    * before its 30 s TTL). */
   t0 = kvh_now_ms();
   kvh_worker_stop(&c);
-  await_views(ab, 2, ids2, 2, SLACK_MS, "SIGTERM of C (lease revoked)");
+  kvh_await_views(ab, 2, ids2, 2, SLACK_MS, "SIGTERM of C (lease revoked)");
   fprintf(stderr, "stopped worker dropped after %llu ms (TTL 30 s)\n",
           (unsigned long long)(kvh_now_ms() - t0));
 
@@ -324,9 +247,9 @@ int main(int argc, char **argv) {
   uint64_t until = kvh_now_ms() + (TTL_S * 1000) + 1500;
   int saw_down = 0;
   while (kvh_now_ms() < until) {
-    KVH_CHECK(view_is(a.addr, ids2, 2) && view_is(b.addr, ids2, 2),
+    KVH_CHECK(kvh_view_is(a.addr, ids2, 2) && kvh_view_is(b.addr, ids2, 2),
               "a view changed while etcd was down");
-    cl = cluster_of(a.addr);
+    cl = kvh_cluster_of(a.addr);
     const char *st = json_string_value(
         json_object_get(json_object_get(cl, "etcd"), "state"));
     saw_down |= st && strcmp(st, "down") == 0;
@@ -338,14 +261,14 @@ int main(int argc, char **argv) {
   put_get(b.addr, "outage-b");
   put_get(d.addr, "outage-d");
   const char *idd[] = {d.addr};
-  KVH_CHECK(view_is(d.addr, idd, 1), "D's view during the outage is not "
-                                     "just itself");
+  KVH_CHECK(kvh_view_is(d.addr, idd, 1), "D's view during the outage is not "
+                                         "just itself");
 
   /* 6. etcd returns: D is seen by everyone, and sees everyone. */
   kvh_etcd_restart(&etcd);
   struct kvh_worker *abd[] = {&a, &b, &d};
   const char *ids_abd[] = {a.addr, b.addr, d.addr};
-  ms = await_views(abd, 3, ids_abd, 3, JOIN_MS, "after etcd returned");
+  ms = kvh_await_views(abd, 3, ids_abd, 3, JOIN_MS, "after etcd returned");
   fprintf(stderr, "views complete %llu ms after etcd returned\n",
           (unsigned long long)ms);
 
@@ -375,8 +298,8 @@ int main(int argc, char **argv) {
   const char *const st_ext[] = {"--peers", "127.0.0.1:1,127.0.0.1:2", NULL};
   kvh_worker_start(&s, "32MiB", st_ext);
   const char *ids_s[] = {s.addr, "127.0.0.1:1", "127.0.0.1:2"};
-  KVH_CHECK(view_is(s.addr, ids_s, 3), "static view wrong");
-  cl = cluster_of(s.addr);
+  KVH_CHECK(kvh_view_is(s.addr, ids_s, 3), "static view wrong");
+  cl = kvh_cluster_of(s.addr);
   KVH_CHECK(strcmp(json_string_value(json_object_get(cl, "mode")), "static") ==
                 0,
             "static mode not reported");
@@ -395,7 +318,7 @@ int main(int argc, char **argv) {
   kvh_worker_start_port(&s1, p1, "32MiB", ext1);
   kvh_worker_start_port(&s2, p2, "32MiB", ext2);
   const char *pair[] = {a1, a2};
-  KVH_CHECK(view_is(s1.addr, pair, 2) && view_is(s2.addr, pair, 2),
+  KVH_CHECK(kvh_view_is(s1.addr, pair, 2) && kvh_view_is(s2.addr, pair, 2),
             "static peers do not list each other");
   const char *const st1[] = {"status", "-w", s1.addr, NULL};
   KVH_CHECK(run_kvds(st1, out, sizeof out) == 0, "kvds status: %s", out);
