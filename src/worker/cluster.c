@@ -40,6 +40,10 @@
 #define ANNOUNCE_BATCH 4096
 #define ANNOUNCE_QUEUE_MAX (1u << 20)
 #define LOCATE_MAX_OWNERS 8
+/* A directory query to one home gets at most this long (and at most the
+ * request's deadline): a stalled home must not eat the time of the keys
+ * homed elsewhere, which are asked after it. */
+#define LOCATE_MS 1000
 #define LAT_BUCKETS 15
 
 static const uint64_t lat_le_us[LAT_BUCKETS] = {
@@ -1032,12 +1036,13 @@ static void locate(struct kvds_cluster *cl, const struct view *v,
       keys[i] = grp[i]->key;
     }
     int err = 0, rc;
-    uint64_t gen;
-    kvds_client *c = pconn_get(cl, v->m[h].peer, deadline_us, &gen, &err);
+    uint64_t gen, cap = kvds_now_us() + LOCATE_MS * 1000ull;
+    uint64_t until = deadline_us < cap ? deadline_us : cap;
+    kvds_client *c = pconn_get(cl, v->m[h].peer, until, &gen, &err);
     if (c) {
       uint64_t now = kvds_now_us();
-      kvds_client_set_timeout(
-          c, deadline_us > now ? (int)((deadline_us - now) / 1000) + 1 : 1);
+      kvds_client_set_timeout(c, until > now ? (int)((until - now) / 1000) + 1
+                                             : 1);
       struct loc_ctx lc = {grp, g, 0, 0};
       rc = kvds__call(c, KVDS_OP_LOCATE, KVDS_PF_LOCAL, 0, g, it, keys,
                       loc_item, &lc);
