@@ -202,10 +202,16 @@ struct kvds_get_opts {
 };
 /* Read this worker's own objects only (no directory, no pulls). */
 #define KVDS_GET_LOCAL 0x1u
+/* kvds_mget_ex: pin the values without moving their bytes (also over TCP):
+ * each found vals[i] has data == NULL, its len and checksum, and a handle
+ * that keeps the object from being evicted or freed until kvds_release().
+ * For holding what a lookup found until it is read by another client. */
+#define KVDS_GET_PIN 0x2u
 
 /* kvds_get with options (o may be NULL). Errors as kvds_get, plus those of a
  * pull that failed (KVDS_E_CHECKSUM, KVDS_E_TIMEOUT, KVDS_E_NOTFOUND when no
- * live worker has the key). */
+ * live worker has the key); KVDS_E_INVAL for unknown flags or
+ * KVDS_GET_PIN (which only kvds_mget_ex takes). */
 int kvds_get_ex(kvds_client *c, const void *key, size_t klen, void *buf,
                 size_t cap, size_t *len, const struct kvds_get_opts *o);
 

@@ -142,8 +142,9 @@ void kvdspy_res_free(struct kvdspy_res *res);
 void kvdspy_errmsg(ClientObject *cl, char *buf, size_t cap);
 
 /* ---- children ---- */
+/* Takes vals (malloc'd). nodata: pinned by Client.pin(), no bytes to view. */
 PyObject *kvdspy_pinned_new(ClientObject *cl, size_t n, struct kvds_value *vals,
-                            int *results);
+                            int *results, int nodata);
 PyObject *kvdspy_wbuf_new(ClientObject *cl, const void *key, size_t klen,
                           const struct kvds_wbuf *wb);
 /* Client.mseal: seals WriteBuffers of `cl`; returns a list of checksums. */

@@ -701,16 +701,17 @@ static PyObject *client_get_into_raw(ClientObject *cl, PyObject *args,
   return do_get_into(cl, ko, ptr, cap, &o);
 }
 
-static PyObject *client_mget_views(ClientObject *cl, PyObject *args,
-                                   PyObject *kw) {
+/* mget_views and pin: pin_flag is 0 or KVDS_GET_PIN. */
+static PyObject *pin_many(ClientObject *cl, PyObject *args, PyObject *kw,
+                          const char *fmt, unsigned pin_flag) {
   static char *kwlist[] = {"keys", "wait_ms", "hint", "local", NULL};
   PyObject *ko;
   struct kvds_get_opts o = {0};
   int local = 0;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "O|i$zp:mget_views", kwlist, &ko,
-                                   &o.wait_ms, &o.hint, &local))
+  if (!PyArg_ParseTupleAndKeywords(args, kw, fmt, kwlist, &ko, &o.wait_ms,
+                                   &o.hint, &local))
     return NULL;
-  o.flags = local ? KVDS_GET_LOCAL : 0;
+  o.flags = (local ? KVDS_GET_LOCAL : 0) | pin_flag;
   struct kvdspy_batch keys = {0};
   if (kvdspy_batch_keys(&keys, ko))
     return NULL;
@@ -736,7 +737,7 @@ static PyObject *client_mget_views(ClientObject *cl, PyObject *args,
     kvdspy_raise(results[bad], NULL, bad);
     goto exit;
   }
-  out = kvdspy_pinned_new(cl, n, vals, results);
+  out = kvdspy_pinned_new(cl, n, vals, results, pin_flag != 0);
   vals = NULL; /* the Pinned object (or, on failure, the client) owns it */
 exit:
   kvdspy_op_exit(cl);
@@ -745,6 +746,15 @@ free:
   PyMem_Free(results);
   kvdspy_batch_fini(&keys);
   return out;
+}
+
+static PyObject *client_mget_views(ClientObject *cl, PyObject *args,
+                                   PyObject *kw) {
+  return pin_many(cl, args, kw, "O|i$zp:mget_views", 0);
+}
+
+static PyObject *client_pin(ClientObject *cl, PyObject *args, PyObject *kw) {
+  return pin_many(cl, args, kw, "O|i$zp:pin", KVDS_GET_PIN);
 }
 
 /* ---- two-phase writes --------------------------------------------------- */
@@ -1288,6 +1298,12 @@ static PyMethodDef client_methods[] = {
      "local client its memoryviews point straight into the worker's pool, "
      "over TCP into a buffer owned by the client. Keys still absent after "
      "wait_ms are None in it; other item errors raise with .index set."},
+    {"pin", (PyCFunction)(void (*)(void))client_pin, KW,
+     "pin(keys, wait_ms=0, *, hint=None, local=False) -> Pinned\n\nLike "
+     "mget_views, but no bytes move (also over TCP): the values found are "
+     "pinned — never evicted or freed — until the Pinned object is released; "
+     "its sizes, checksums and missing tell what was there. For holding a "
+     "lookup's hits until another client reads them."},
     {"create", (PyCFunction)(void (*)(void))client_create, KW,
      "create(key, size) -> WriteBuffer\n\nStarts a two-phase write of `size` "
      "bytes: fill the WriteBuffer (view / write), then seal() it. The object "

@@ -18,6 +18,7 @@ typedef struct {
   int *results;   /* per-item status (0, NOTFOUND, TIMEOUT) */
   size_t *lens;   /* sizes, kept after release */
   uint64_t *sums; /* checksums, kept after release */
+  int nodata;     /* Client.pin(): pinned, no bytes to view */
 } PinnedObject;
 
 typedef struct {
@@ -27,7 +28,7 @@ typedef struct {
 } PinnedViewObject;
 
 PyObject *kvdspy_pinned_new(ClientObject *cl, size_t n, struct kvds_value *vals,
-                            int *results) {
+                            int *results, int nodata) {
   struct kvdspy_res *res = calloc(1, sizeof *res);
   PinnedObject *p = NULL;
   if (!res) {
@@ -42,6 +43,7 @@ PyObject *kvdspy_pinned_new(ClientObject *cl, size_t n, struct kvds_value *vals,
   memset((char *)p + sizeof(PyObject), 0, sizeof *p - sizeof(PyObject));
   p->head.client = (ClientObject *)Py_NewRef((PyObject *)cl);
   p->n = (Py_ssize_t)n;
+  p->nodata = nodata;
   p->results = PyMem_Malloc((n ? n : 1) * sizeof *p->results);
   p->lens = PyMem_Malloc((n ? n : 1) * sizeof *p->lens);
   p->sums = PyMem_Malloc((n ? n : 1) * sizeof *p->sums);
@@ -117,6 +119,12 @@ static PyObject *pinned_item(PinnedObject *p, Py_ssize_t i) {
   }
   if (p->results[i])
     Py_RETURN_NONE;
+  if (p->nodata) {
+    PyErr_SetString(PyExc_TypeError,
+                    "values pinned by Client.pin() have no bytes to view "
+                    "(use mget_views)");
+    return NULL;
+  }
   if (!p->head.res) {
     PyErr_SetString(PyExc_ValueError,
                     "the values were released (or their client closed)");
@@ -217,10 +225,12 @@ PyTypeObject KvdsPinned_Type = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "kvds.Pinned",
     .tp_basicsize = sizeof(PinnedObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Values pinned by Client.mget_views().\n\np[i] is a read-only "
-              "memoryview of value i (None for a missing key), valid as long "
-              "as the memoryview lives: the pins cannot be released while one "
-              "exists. Release with release(), a with block, or by dropping "
+    .tp_doc = "Values pinned by Client.mget_views() or Client.pin().\n\n"
+              "p[i] is a read-only memoryview of value i (None for a missing "
+              "key; TypeError for values pinned by pin(), which moved no "
+              "bytes), valid as long as the memoryview lives: the pins cannot "
+              "be released while one exists. Release with release(), a with "
+              "block, or by dropping "
               "the object (its finalizer releases). Closing the client "
               "releases it too.",
     .tp_dealloc = (destructor)pinned_dealloc,

@@ -1105,6 +1105,8 @@ static void release_send(kvds_client *c, const uint64_t *handles, size_t n) {
 /* Request flags and hint item of a GET with options. */
 static uint16_t get_flags(kvds_client *c, const struct kvds_get_opts *o) {
   uint16_t f = c->local ? 0 : KVDS_PF_INLINE;
+  if (o && (o->flags & KVDS_GET_PIN))
+    f = KVDS_PF_PIN;
   if (o && (o->flags & KVDS_GET_LOCAL))
     f |= KVDS_PF_LOCAL;
   if (o && o->hint && *o->hint)
@@ -1155,12 +1157,19 @@ static int mget_chunk(kvds_client *c, size_t n, const struct kvds_iov *keys,
     return broken(c, -ENOMEM, "get");
   memcpy(it, c->rit, n * sizeof *it);
   uint64_t total = 0;
+  int pin = o && (o->flags & KVDS_GET_PIN);
   for (size_t i = 0; i < n; i++) {
     memset(&vals[i], 0, sizeof vals[i]);
     results[i] = it[i].status;
     if (it[i].status)
       continue;
-    if (c->local) {
+    if (pin) { /* handles only: no bytes follow, none are mapped */
+      if (!it[i].d || (it[i].d & TCP_VALUE_HANDLE)) {
+        free(it);
+        return broken(c, KVDS_E_PROTO, "get reply handle");
+      }
+      vals[i] = (struct kvds_value){NULL, it[i].a, it[i].c, it[i].d};
+    } else if (c->local) {
       if (!kvds_pool_contains(&c->pool, it[i].b, it[i].a) || !it[i].d) {
         free(it);
         return broken(c, KVDS_E_PROTO, "get reply range");
@@ -1169,7 +1178,7 @@ static int mget_chunk(kvds_client *c, size_t n, const struct kvds_iov *keys,
                                     it[i].c, it[i].d};
     }
   }
-  if (!c->local)
+  if (!c->local && !pin)
     total = values_total(it, n, c->rh.data_len);
   if (!c->local && total != c->rh.data_len) {
     free(it);
@@ -1212,7 +1221,9 @@ static int mget_chunk(kvds_client *c, size_t n, const struct kvds_iov *keys,
 /* A hint names a member (id or address): at most 255 bytes. */
 #define HINT_MAX 255
 
-static int check_hint(kvds_client *c, const struct kvds_get_opts *o) {
+static int check_opts(kvds_client *c, const struct kvds_get_opts *o) {
+  if (o && (o->flags & ~(KVDS_GET_LOCAL | KVDS_GET_PIN)))
+    return fail(c, KVDS_E_INVAL, "unknown get flags 0x%x", o->flags);
   if (o && o->hint && strlen(o->hint) > HINT_MAX)
     return fail(c, KVDS_E_INVAL, "hint longer than %d bytes", HINT_MAX);
   return 0;
@@ -1229,7 +1240,7 @@ int kvds_mget_ex(kvds_client *c, size_t n, const struct kvds_iov *keys,
                  int *results) {
   int rc = check_keys(c, n, keys);
   if (!rc)
-    rc = check_hint(c, o);
+    rc = check_opts(c, o);
   if (rc)
     return rc;
   for (size_t off = 0; off < n; off += chunk_of(n - off)) {
@@ -1276,7 +1287,9 @@ int kvds_get_ex(kvds_client *c, const void *key, size_t klen, void *buf,
   int res, wait_ms = o ? o->wait_ms : 0;
   int rc = check_key(c, &k);
   if (!rc)
-    rc = check_hint(c, o);
+    rc = check_opts(c, o);
+  if (!rc && o && (o->flags & KVDS_GET_PIN))
+    rc = fail(c, KVDS_E_INVAL, "KVDS_GET_PIN needs kvds_mget_ex");
   if (rc)
     return rc;
   if (c->local) {

@@ -80,7 +80,11 @@ enum kvds_op {
  * address of a worker that holds the keys): missing keys are pulled from
  * there first, with no directory round trip. */
 #define KVDS_PF_HINT 0x0040u
-#define KVDS_PF_ALL 0x007fu
+/* GET: pin the values and answer with handles and sizes only, over TCP too
+ * (no INLINE, no data): the client learns what is there and keeps it from
+ * being evicted without moving its bytes. RELEASE drops the pins. */
+#define KVDS_PF_PIN 0x0080u
+#define KVDS_PF_ALL 0x00ffu
 
 struct kvds_proto_hdr {
   uint32_t magic;

@@ -583,7 +583,9 @@ static int op_get(struct conn *c, const struct req_items *ri,
                   const uint8_t *meta) {
   struct kvds_server *s = c->th->srv;
   uint16_t flags = c->h.flags & KVDS_PF_INLINE;
-  if (!c->is_unix)
+  if (c->h.flags & KVDS_PF_PIN)
+    flags = 0; /* pins and handles only, whatever the transport */
+  else if (!c->is_unix)
     flags |= KVDS_PF_INLINE; /* TCP clients cannot map the pool */
   uint32_t n = ri->n;
   const uint8_t *hint = NULL;

@@ -1,7 +1,9 @@
 /*
  * test_eviction — a 16 MiB pool with watermarks 0.9 / 0.1 takes four times
  * its size in puts: older objects are evicted, pinned objects survive intact
- * (through their zero-copy views and through fresh reads), the newest keys
+ * (through their zero-copy views and through fresh reads), so do objects
+ * pinned without their bytes (KVDS_GET_PIN, over TCP and shared memory),
+ * the newest keys
  * stay, an object larger than the pool is refused, and once every byte is
  * pinned or being written a put fails with KVDS_E_NOSPACE instead of
  * hanging.
@@ -88,6 +90,46 @@ int main(int argc, char **argv) {
   KVH_CHECK(st.pinned_objects == NPIN, "%llu pinned, want %d",
             (unsigned long long)st.pinned_objects, NPIN);
 
+  /* Pins without bytes (KVDS_GET_PIN): over TCP nothing is sent, the
+   * handle alone holds the object; a missing key is reported, not pinned. */
+  struct kvds_value hp[3];
+  int hres[3];
+  for (int i = 0; i < 2; i++)
+    put_derived(c, "hpin", i, VAL / 2 + (size_t)i);
+  char hk[3][32];
+  struct kvds_iov hkeys[3];
+  for (int i = 0; i < 3; i++)
+    hkeys[i] = (struct kvds_iov){hk[i], key_of(hk[i], sizeof hk[i], "hpin", i)};
+  struct kvds_get_opts pin_opts = {.flags = KVDS_GET_PIN};
+  struct kvds_stats s_before, s_after;
+  kvh_stats(c, &s_before);
+  KVH_OK(kvds_mget_ex(t, 2, hkeys, &pin_opts, hp, hres));
+  KVH_OK(kvds_mget_ex(c, 1, hkeys + 2, &pin_opts, hp + 2, hres + 2));
+  KVH_CHECK(hres[0] == 0 && hres[1] == 0 && hres[2] == KVDS_E_NOTFOUND,
+            "pin-only results %s %s %s", kvds_err_name(hres[0]),
+            kvds_err_name(hres[1]), kvds_err_name(hres[2]));
+  for (int i = 0; i < 2; i++)
+    KVH_CHECK(!hp[i].data && hp[i].len == VAL / 2 + (size_t)i && hp[i].handle &&
+                  hp[i].checksum,
+              "pin-only value %d: data %p len %zu handle %llu", i, hp[i].data,
+              hp[i].len, (unsigned long long)hp[i].handle);
+  KVH_CHECK(!hp[2].handle, "a missing key got a handle");
+  kvh_stats(c, &s_after);
+  /* (The client refuses a reply that carries data for a pin-only GET.) */
+  KVH_CHECK(s_after.pinned_objects == s_before.pinned_objects + 2,
+            "pin-only: pinned %llu -> %llu",
+            (unsigned long long)s_before.pinned_objects,
+            (unsigned long long)s_after.pinned_objects);
+  {
+    size_t got;
+    KVH_EXPECT_RC(
+        kvds_get_ex(t, hk[0], hkeys[0].len, buf, VAL, &got, &pin_opts),
+        KVDS_E_INVAL);
+    struct kvds_get_opts bad = {.flags = 0x80};
+    KVH_EXPECT_RC(kvds_mget_ex(c, 1, hkeys, &bad, hp + 2, hres + 2),
+                  KVDS_E_INVAL);
+  }
+
   /* Deleting a pinned object: it leaves the index at once (the key can be
    * put again, with other bytes), the view keeps the old bytes, and its
    * memory comes back only when the pin is released. */
@@ -107,7 +149,7 @@ int main(int argc, char **argv) {
     KVH_EXPECT_RC(kvds_get(t, dk.base, dk.len, buf, VAL, &got, 0),
                   KVDS_E_NOTFOUND);
     kvh_stats(c, &s1);
-    KVH_CHECK(s1.pool_used == s0.pool_used && s1.pinned_objects == NPIN + 1,
+    KVH_CHECK(s1.pool_used == s0.pool_used && s1.pinned_objects == NPIN + 3,
               "pinned + deleted: used %llu -> %llu, pinned %llu",
               (unsigned long long)s0.pool_used,
               (unsigned long long)s1.pool_used,
@@ -125,7 +167,7 @@ int main(int argc, char **argv) {
     KVH_OK(kvds_ping(c));
     kvh_stats(c, &s1);
     KVH_CHECK(
-        s1.pinned_objects == NPIN && s1.pool_used + old_len <= s0.pool_used,
+        s1.pinned_objects == NPIN + 2 && s1.pool_used + old_len <= s0.pool_used,
         "release of a deleted object: used %llu -> %llu, pinned %llu",
         (unsigned long long)s0.pool_used, (unsigned long long)s1.pool_used,
         (unsigned long long)s1.pinned_objects);
@@ -148,9 +190,17 @@ int main(int argc, char **argv) {
   KVH_CHECK(st.pool_used <= capacity * 9 / 10 + VAL,
             "used %llu is above the high watermark",
             (unsigned long long)st.pool_used);
-  KVH_CHECK(st.pinned_objects == NPIN && st.nospace == 0,
+  KVH_CHECK(st.pinned_objects == NPIN + 2 && st.nospace == 0,
             "pinned %llu nospace %llu", (unsigned long long)st.pinned_objects,
             (unsigned long long)st.nospace);
+  /* Pinned without bytes: the fill did not evict them. */
+  for (int i = 0; i < 2; i++)
+    check_get(c, "hpin", i, VAL / 2 + (size_t)i, buf);
+  KVH_OK(kvds_release(t, 2, hp));
+  KVH_OK(kvds_ping(t));
+  kvh_stats(c, &st);
+  KVH_CHECK(st.pinned_objects == NPIN, "pinned %llu after the pin-only release",
+            (unsigned long long)st.pinned_objects);
 
   /* Pinned objects: still intact through the views and readable anew. */
   for (int i = 0; i < NPIN; i++) {

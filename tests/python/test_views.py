@@ -231,3 +231,38 @@ def test_pinned_value_survives_delete(client, key):
 def test_views_wait(client, key):
     with client.mget_views([key("w0")], wait_ms=30) as p:
         assert p.missing == [0] and p[0] is None
+
+
+@pytest.mark.parametrize("transport", ["shm", "tcp"])
+def test_pin_holds_without_moving_bytes(worker, key, transport):
+    """Client.pin: the values found are pinned (sizes, checksums, missing
+    known) but no bytes move, also over TCP; release() or closing the client
+    drops the pins."""
+    c = connect(worker, transport)
+    vals = [b"a" * 1000, b"b" * 5]
+    keys = [key("p0"), key("p1"), key("absent")]
+    c.mput(keys[:2], vals)
+    before = c.stats()["pinned_objects"]
+    p = c.pin(keys)
+    assert len(p) == 3 and p.missing == [2]
+    assert p.sizes == [1000, 5, None]
+    assert p.checksums == [kvds.checksum(v) for v in vals] + [None]
+    assert c.stats()["pinned_objects"] == before + 2
+    with pytest.raises(TypeError, match="no bytes to view"):
+        p[0]
+    assert p[2] is None
+    p.release()
+    assert p.released and c.stats()["pinned_objects"] == before
+    # waits like a get, and closing the client drops its pins
+    d = connect(worker, transport)
+    p2 = d.pin([key("late")], wait_ms=100)
+    assert p2.missing == [0]
+    c.put(key("late"), b"z")
+    p3 = d.pin([key("late")], wait_ms=2000)
+    assert p3.sizes == [1] and c.stats()["pinned_objects"] == before + 1
+    d.close()
+    deadline = time.monotonic() + 5
+    while c.stats()["pinned_objects"] != before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert c.stats()["pinned_objects"] == before
+    c.close()
