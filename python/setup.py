@@ -66,7 +66,7 @@ WARNINGS = [
 ]
 
 setup(
-    packages=["kvds"],
+    packages=["kvds", "kvds.vllm"],
     ext_modules=[
         Extension(
             "kvds._kvds",

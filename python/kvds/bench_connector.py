@@ -13,8 +13,10 @@ length it times, per request:
 
 - save: get_num_new_matched_tokens (a miss) + update_state_after_alloc +
   build_connector_meta (+ the pickling vLLM does to ship it to the worker)
-  + bind + start_load_kv + save_kv_layer per layer + wait_for_save (every
-  block sealed);
+  + bind + start_load_kv + save_kv_layer per layer + wait_for_save — the
+  time the step spends in the connector ("step") — and on until the saver
+  thread has sealed every block and get_finished reports the request in
+  finished_sending (polled every 1 ms, as an idle engine steps);
 - load (async, the default config): get_num_new_matched_tokens (a hit) +
   update_state_after_alloc + build_connector_meta + bind + start_load_kv +
   wait_for_save + polling get_finished (every 1 ms, as an idle engine
@@ -285,6 +287,8 @@ class Bench:
         sched = v.KvdsConnector(cfg, v.KVConnectorRole.SCHEDULER, kvcc)
         work = v.KvdsConnector(cfg, v.KVConnectorRole.WORKER, kvcc)
         work.register_kv_caches(self.caches)
+        # as vLLM's EngineCore: the worker's key prefix to the scheduler side
+        sched.set_xfer_handshake_metadata_pp_aware({(0, 0): work.get_handshake_metadata()})
         return sched, work
 
     def close(self):
@@ -356,9 +360,13 @@ class Bench:
     # the phases
 
     def save(self, req, ids, ntok):
+        """(step s, scheduler s, sealed s, blocks saved, reported): the step
+        (lookup .. wait_for_save) queues the saves; the request finishes
+        and is reported in finished_sending once they are sealed."""
         sched, work = self.conn["async"]
         kvb = self._kvblocks(ids)
-        so = self._sched_output([(req, ids, 0)], {req.request_id: ntok})
+        rid = req.request_id
+        so = self._sched_output([(req, ids, 0)], {rid: ntok})
         before = work.stats["blocks_saved"]
         t0 = time.perf_counter()
         n_ext, _ = sched.get_num_new_matched_tokens(req, 0)
@@ -372,14 +380,29 @@ class Bench:
             work.save_kv_layer(name, self.caches[name], None)
         work.wait_for_save()
         t2 = time.perf_counter()
+        work.get_finished(set())
+        work.clear_connector_metadata()
         if n_ext:
             raise BenchError(f"save: a fresh prompt matched {n_ext} tokens in kvds")
         req.num_computed_tokens = ntok
         delay, _ = sched.request_finished(req, ids)
-        sending, _ = work.get_finished({req.request_id})
+        # the next steps: the delayed free reaches the worker side, which
+        # reports the request once its saves are sealed
+        meta = pickle.loads(pickle.dumps(sched.build_connector_meta(self._sched_output())))
+        work.bind_connector_metadata(meta)
+        deadline = time.monotonic() + LOAD_DEADLINE_S
+        while True:
+            sending, _ = work.get_finished({rid} if not delay else set())
+            if not delay or (sending and rid in sending):
+                break
+            if time.monotonic() > deadline:
+                raise BenchError(f"save not reported finished in {LOAD_DEADLINE_S} s")
+            time.sleep(POLL_S)
+        t3 = time.perf_counter()
         work.clear_connector_metadata()
+        sched.update_connector_output(self.v.KVConnectorOutput(finished_sending={rid}))
         saved = work.stats["blocks_saved"] - before
-        return t2 - t0, t1 - t0, saved, bool(delay) and req.request_id in (sending or ())
+        return t2 - t0, t1 - t0, t3 - t0, saved, bool(delay)
 
     def load_async(self, req, ids, nblk):
         sched, work = self.conn["async"]
@@ -394,6 +417,7 @@ class Bench:
         work.bind_connector_metadata(meta)
         work.start_load_kv(None)
         work.wait_for_save()
+        t_step = time.perf_counter()
         deadline = time.monotonic() + LOAD_DEADLINE_S
         while True:
             _, recv = work.get_finished(set())
@@ -414,7 +438,7 @@ class Bench:
                              f"expected {nblk * self.bs}, async")
         if errors:
             raise BenchError(f"async load: {len(errors)} blocks failed to load")
-        return t1 - t0, work.stats["blocks_loaded"] - before
+        return t1 - t0, t_step - t0, work.stats["blocks_loaded"] - before
 
     def load_sync(self, req, ids, nblk):
         sched, work = self.conn["sync"]
@@ -433,6 +457,7 @@ class Bench:
         errors = work.get_block_ids_with_load_errors()
         t1 = time.perf_counter()
         work.clear_connector_metadata()
+        sched.update_connector_output(self.v.KVConnectorOutput(invalid_block_ids=errors))
         sched.request_finished(req, ids)
         if n_ext != ntok or is_async:
             raise BenchError(f"sync load: matched {n_ext} tokens (async={is_async}); "
@@ -496,14 +521,15 @@ class Bench:
         ref = torch.empty(nblk, B, dtype=torch.uint8)
         dst = torch.zeros(nblk, B, dtype=torch.uint8)
         ref_np = ref.numpy()
-        samples = {k: [] for k in ("save", "save_sched", "load_async", "load_sync",
+        samples = {k: [] for k in ("save", "save_step", "save_sched", "load_async",
+                                   "load_async_step", "load_sync",
                                    "raw_put", "raw_get", "memcpy")}
         for it in range(self.a.warmup + self.a.iters):
             timed = it >= self.a.warmup
             tokens = [self.rng.randrange(1, 150000) for _ in range(ntok + 1)]
             # save
             req = self._request(tokens)
-            dt, dt_sched, saved, reported = self.save(req, ids, ntok + 1)
+            dt_step, dt_sched, dt, saved, reported = self.save(req, ids, ntok + 1)
             if saved != nblk:
                 raise BenchError(f"{ntok} tokens: the connector saved {saved} blocks, "
                                  f"expected {nblk}")
@@ -522,16 +548,18 @@ class Bench:
             self._check_cache(ref, nblk, "save")
             if timed:
                 samples["save"].append(dt)
+                samples["save_step"].append(dt_step)
                 samples["save_sched"].append(dt_sched)
             # loads, each into zeroed blocks
             self._zero_blocks(nblk)
-            dt, loaded = self.load_async(self._request(tokens), ids, nblk)
+            dt, dt_step, loaded = self.load_async(self._request(tokens), ids, nblk)
             if loaded != nblk:
                 raise BenchError(f"{ntok} tokens: async load loaded {loaded} blocks, "
                                  f"expected {nblk}")
             self._check_cache(ref, nblk, "async load")
             if timed:
                 samples["load_async"].append(dt)
+                samples["load_async_step"].append(dt_step)
             if self.a.sync:
                 self._zero_blocks(nblk)
                 dt, loaded = self.load_sync(self._request(tokens), ids, nblk)
@@ -580,14 +608,17 @@ class Bench:
         case = {"tokens": ntok, "blocks": nblk, "block_bytes": self.block_nbytes,
                 "bytes": nbytes, "memcpy_gbps": mem_gbps,
                 "save": dict(fig("save"), blocks_saved=nblk,
-                             scheduler_ms=med["save_sched"] * 1e3),
+                             scheduler_ms=med["save_sched"] * 1e3,
+                             step_ms=med["save_step"] * 1e3),
                 "raw_put": fig("raw_put"),
-                "load_async": dict(fig("load_async"), blocks_loaded=nblk),
+                "load_async": dict(fig("load_async"), blocks_loaded=nblk,
+                                   step_ms=med["load_async_step"] * 1e3),
                 "raw_get": fig("raw_get")}
         case["save_overhead"] = med["save"] / med["raw_put"]
         case["load_async_overhead"] = med["load_async"] / med["raw_get"]
         if self.a.sync:
-            case["load_sync"] = dict(fig("load_sync"), blocks_loaded=nblk)
+            case["load_sync"] = dict(fig("load_sync"), blocks_loaded=nblk,
+                                     step_ms=med["load_sync"] * 1e3)
             case["load_sync_overhead"] = med["load_sync"] / med["raw_get"]
         return case
 
@@ -656,16 +687,16 @@ def print_header(res, out):
     print(f"median of {res['iters']} iterations after {res['warmup']} warm-up; GB/s = 10^9 "
           f"B/s; memcpy: one thread, a buffer the size of the request, this run; "
           f"torch threads {res['torch_threads']}", file=out)
-    print("save: get_num_new_matched_tokens .. build_connector_meta .. wait_for_save "
-          "(sealed);  raw put: mput of the same objects", file=out)
-    print("load: get_num_new_matched_tokens .. start_load_kv .. get_finished reports it "
-          "(async, polled every 1 ms) / start_load_kv returns (sync);", file=out)
+    print("save: get_num_new_matched_tokens .. wait_for_save returns (step) .. get_finished "
+          "reports it sealed (ms);  raw put: mput of the same objects", file=out)
+    print("load: get_num_new_matched_tokens .. start_load_kv returns (step) .. get_finished "
+          "reports it (async, polled every 1 ms) / start_load_kv returns (sync);", file=out)
     print("      raw get: mget_views + memcpy into buffers;  overhead = connector ms / "
           "raw ms", file=out)
     print(file=out)
     print(f"{'tokens':>6} {'blocks':>6} {'bytes':>10} {'memcpy':>7}  {'op':<11}"
-          f"{'ms':>8} {'GB/s':>7} {'xmemcpy':>8}   {'raw ms':>7} {'GB/s':>7} {'xmemcpy':>8}"
-          f" {'overhead':>9}", file=out)
+          f"{'step ms':>8}{'ms':>8} {'GB/s':>7} {'xmemcpy':>8}   {'raw ms':>7} {'GB/s':>7} "
+          f"{'xmemcpy':>8} {'overhead':>9}", file=out)
     out.flush()
 
 
@@ -678,7 +709,7 @@ def print_case(c, out):
         lead = (f"{c['tokens']:>6} {c['blocks']:>6} {_mib(c['bytes']):>10} "
                 f"{_f3(c['memcpy_gbps']):>7}" if i == 0 else " " * 32)
         x, r = c[k], c[raw]
-        print(f"{lead}  {label:<11}{_f3(x['ms']):>8} {_f3(x['gbps']):>7} "
+        print(f"{lead}  {label:<11}{_f3(x['step_ms']):>8}{_f3(x['ms']):>8} {_f3(x['gbps']):>7} "
               f"{x['of_memcpy']:>8.2f}   {_f3(r['ms']):>7} {_f3(r['gbps']):>7} "
               f"{r['of_memcpy']:>8.2f} {c[ov]:>8.2f}x", file=out)
     out.flush()

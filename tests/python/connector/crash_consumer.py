@@ -4,30 +4,31 @@
 
 For each job {"layout", "namespace", "params"} it builds a kv_consumer
 engine (vllm_driver.Engine) and schedules the prompt with the producer's
-kv_transfer_params; the load thread pins the blocks (mget_views), prints
-"PINNED <layout>" and stops there, as if the process hung or were killed
-mid-copy. The test kills it with SIGKILL.
+kv_transfer_params (loads between steps); the load thread pins the blocks
+(mget_views), prints "PINNED <layout>" and stops there, as if the process
+hung or were killed mid-copy. The test kills it with SIGKILL.
 """
 import json
 import sys
 import time
 
-from kvds.vllm import KvdsConnector
+from kvds.vllm.worker import WorkerSide
 from vllm_driver import Engine, make_request
 
 
-def stuck_load(self, client, spec):
+def stuck_load(self, link, spec):
     keys = [self.key_prefix + h for h in spec.hashes]
-    pinned = client.mget_views(keys, wait_ms=spec.wait_ms)
+    pinned = link.get().mget_views(keys, local=True)
     print("PINNED", self.layout_name, len(pinned), flush=True)
     time.sleep(600)
 
 
 def main(addr, jobs, toks):
-    KvdsConnector._load_blocks = stuck_load
+    WorkerSide._load = stuck_load
     engines = []
     for job in json.loads(jobs):
-        e = Engine(addr, job["layout"], role="kv_consumer", namespace=job["namespace"])
+        e = Engine(addr, job["layout"], role="kv_consumer", namespace=job["namespace"],
+                   load_async=True)
         e.add(make_request("r", json.loads(toks), kv_transfer_params=job["params"]))
         e.step()
         engines.append(e)

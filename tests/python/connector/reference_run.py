@@ -10,7 +10,9 @@ tiny_model.TinyTransformer (namespace NAMESPACE-<layout>) and runs:
   consume:  the prompt on a kv_consumer with the producer's
             kv_transfer_params (PARAMS_JSON: {layout: params}) — the PD
             path —, then the same prompt again without params — the
-            prefix-cache path (a lookup);
+            prefix-cache path (a lookup) —, both loaded inside the step
+            (load_async "auto", small hits), then once more on a consumer
+            that loads between steps (load_async true);
   colocate: the prompt on a kv_both instance in a namespace of its own.
 It prints one line "RESULT <json>": per layout and request the sampled
 tokens, the logits' bytes (hex), the first lookup's result, the tokens
@@ -47,6 +49,13 @@ def run(role, addr, namespace, prompt, max_tokens, params=None):
             e.add(make_request("reuse", prompt, max_tokens=max_tokens))
             e.run(timeout=60)
             out = {"pd": report(e, "pd"), "reuse": report(e, "reuse")}
+            a = Engine(addr, layout, role=kv_role, namespace=f"{namespace}-{layout}",
+                       model=TinyTransformer(layout), load_async=True)
+            a.add(make_request("async", prompt, max_tokens=max_tokens))
+            a.run(timeout=60)
+            out["async"] = report(a, "async")
+            out["async_stats"] = dict(a.work.stats)
+            a.close()
         else:
             e.add(make_request("r", prompt, max_tokens=1 if role == "produce" else max_tokens))
             e.run(timeout=60)

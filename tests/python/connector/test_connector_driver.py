@@ -3,10 +3,11 @@
 import itertools
 import json
 import os
+import re
 import selectors
+import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -32,8 +33,19 @@ def prompt(n, seed=1):
 
 def objects(addr, namespace):
     with kvds.Client(addr) as c:
-        return [k for k, _ in c.list(f"{namespace}/".encode(), limit=None)
-                if b"/_prefix/" not in k]
+        return [k for k, _ in c.list(f"{namespace}/".encode(), limit=None)]
+
+
+def pinned(addr):
+    with kvds.Client(addr) as c:
+        return c.stats()["pinned_objects"]
+
+
+def wait_for(cond, timeout=10, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
 
 
 @pytest.fixture
@@ -52,9 +64,11 @@ def engines(worker):
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_partial_tail_hit_data_equal(worker, engines, ns, layout):
-    """3 full blocks + a 5-token tail: the second instance loads the 3 blocks
-    (async), recomputes only the tail, and its paged cache equals the first's
-    byte for byte; the partial tail block is never stored."""
+    """3 full blocks + a 5-token tail: the second instance finds the 3
+    blocks in its worker's pool, loads them inside the step (load_async
+    "auto": a small hit), recomputes only the tail, and its paged cache
+    equals the first's byte for byte; the partial tail block is never
+    stored. The scheduler side's pins are all gone afterwards."""
     toks = prompt(3 * BS + 5)
     a = engines(layout, namespace=ns)
     a.add(make_request("a1", toks))
@@ -67,36 +81,42 @@ def test_partial_tail_hit_data_equal(worker, engines, ns, layout):
     b = engines(layout, namespace=ns)
     b.add(make_request("b1", toks))
     b.run()
-    assert b.matched["b1"] == (3 * BS, True)
+    assert b.matched["b1"] == (3 * BS, False)
     assert b.scheduled["b1"] == [5]                  # only the tail computed
-    assert b.recv_reports == {"b1": 1}
+    assert b.recv_reports == {} and b.send_reports == {}
     assert b.work.stats["blocks_loaded"] == 3 and not b.invalid_seen
     assert b.expected_ok(b.done["b1"])
     for i in range(3):
         assert b.block_bytes(b.blocks["b1"][i]) == a.block_bytes(a.blocks["a1"][i])
     assert len(objects(worker.addr, ns)) == 3        # nothing saved twice
+    assert pinned(worker.addr) == 0
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_full_prompt_hit(worker, engines, ns, layout):
-    """A prompt of exactly 2 blocks: async full hit; vLLM then recomputes the
-    last token only."""
+@pytest.mark.parametrize("mode", [True, "auto"])
+def test_full_prompt_hit(worker, engines, ns, layout, mode):
+    """A prompt of exactly 2 blocks: an async full hit (vLLM recomputes the
+    last token), or a sync hit of every token but the last (whole blocks
+    are copied; the last token's KV is computed again): one token computed
+    either way."""
     toks = prompt(2 * BS, seed=2)
     a = engines(layout, namespace=ns)
     a.add(make_request("a", toks))
     a.run()
-    b = engines(layout, namespace=ns)
+    b = engines(layout, namespace=ns, load_async=mode)
     b.add(make_request("b", toks))
     b.run()
-    assert b.matched["b"] == (2 * BS, True)
+    assert b.matched["b"] == ((2 * BS, True) if mode is True else (2 * BS - 1, False))
     assert b.scheduled["b"] == [1]
+    assert b.recv_reports == ({"b": 1} if mode is True else {})
+    assert b.work.stats["blocks_loaded"] == 2
     assert b.expected_ok(b.done["b"])
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_sync_load_leaves_a_token(worker, engines, ns, layout):
-    """load_async=false: a full-prompt hit is trimmed to leave one token
-    (whole blocks), and the load happens inside the step."""
+    """load_async=false: the hit leaves exactly one token to compute (vLLM
+    asserts one), the load happens inside the step."""
     toks = prompt(2 * BS, seed=3)
     a = engines(layout, namespace=ns, load_async=False)
     a.add(make_request("a", toks))
@@ -104,21 +124,39 @@ def test_sync_load_leaves_a_token(worker, engines, ns, layout):
     b = engines(layout, namespace=ns, load_async=False)
     b.add(make_request("b", toks))
     b.run()
-    assert b.matched["b"] == (BS, False)
-    assert b.scheduled["b"] == [BS]
+    assert b.matched["b"] == (2 * BS - 1, False)
+    assert b.scheduled["b"] == [1]
     assert b.expected_ok(b.done["b"])
-    assert b.work.stats["blocks_loaded"] == 1
+    assert b.work.stats["blocks_loaded"] == 2
+
+
+def test_auto_mode_loads_large_hits_between_steps(worker, engines, ns):
+    """load_async "auto": a hit larger than sync_load_max_mb is loaded on a
+    load thread between steps, a smaller one inside the step."""
+    toks = prompt(3 * BS + 1, seed=31)
+    a = engines("bhnc", namespace=ns)
+    a.add(make_request("a", toks))
+    a.run()
+    big = engines("bhnc", namespace=ns, sync_load_max_mb=0)
+    big.add(make_request("b", toks))
+    big.run()
+    assert big.matched["b"] == (3 * BS, True) and big.recv_reports == {"b": 1}
+    small = engines("bhnc", namespace=ns)
+    small.add(make_request("c", toks))
+    small.run()
+    assert small.matched["c"] == (3 * BS, False) and small.recv_reports == {}
+    assert big.expected_ok(big.done["b"]) and small.expected_ok(small.done["c"])
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_abort_while_waiting_for_kv(worker, engines, ns, layout):
-    """An aborted request whose load is in flight is still reported finished
-    exactly once; its blocks stay held until then."""
+    """An aborted request whose async load is in flight is still reported
+    finished exactly once; its blocks stay held until then; its pins go."""
     toks = prompt(3 * BS, seed=4)
     a = engines(layout, namespace=ns)
     a.add(make_request("a", toks))
     a.run()
-    b = engines(layout, namespace=ns)
+    b = engines(layout, namespace=ns, load_async=True)
     b.add(make_request("b", toks))
     b.step()                                   # lookup + load order
     assert "b" in b.remote
@@ -129,45 +167,72 @@ def test_abort_while_waiting_for_kv(worker, engines, ns, layout):
         b.step()
     assert b.recv_reports == {"b": 1}
     assert len(b.free) == 63
+    assert pinned(worker.addr) == 0
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_load_failure_missing_block(worker, engines, ns, layout):
-    """A block deleted between lookup and load is reported through
-    get_block_ids_with_load_errors in the pass that finishes the request;
-    vLLM recomputes from it and the result is right."""
+@pytest.mark.parametrize("mode", [True, False])
+def test_load_failure_missing_block(worker, engines, ns, layout, mode):
+    """A block deleted between lookup and load (a delete is not stopped by
+    the lookup's pin) is reported through get_block_ids_with_load_errors —
+    in the pass that finishes the async load, or in the step of a sync
+    load; vLLM recomputes from it and the result is right."""
     toks = prompt(4 * BS + 3, seed=5)
-    a = engines(layout, namespace=ns, load_timeout_ms=200)
+    a = engines(layout, namespace=ns)
     a.add(make_request("a", toks))
     a.run()
-    b = engines(layout, namespace=ns, load_timeout_ms=200)
+    b = engines(layout, namespace=ns, load_async=mode)
     r = make_request("b", toks)
-    lookup = b.sched.get_num_new_matched_tokens
-
-    def lookup_then_evict(req, n):     # the block goes after the lookup
-        res = lookup(req, n)
-        with kvds.Client(worker.addr) as c:
-            c.delete(b.work.key_prefix + req.block_hashes[2].hex())
-        return res
-
-    b.sched.get_num_new_matched_tokens = lookup_then_evict
+    _delete_after_lookup(b, worker.addr, 2)
     b.add(r)
     b.run()
-    assert b.matched["b"] == (4 * BS, True)
-    assert b.recv_reports == {"b": 1}
+    assert b.matched["b"] == ((4 * BS, True) if mode else (4 * BS, False))
+    assert b.recv_reports == ({"b": 1} if mode else {})
     assert b.invalid_seen == {b.blocks["b"][2]}
-    assert b.scheduled["b"] == [2 * BS + 3]        # recompute from block 2
+    assert b.scheduled["b"] == ([2 * BS + 3] if mode else [3, 2 * BS + 3])
     assert b.expected_ok(b.done["b"])
+
+
+def test_lookup_pins_hold_against_eviction(make_worker, engines, ns):
+    """What a lookup found stays in the pool until it is loaded: the pool
+    is filled up twice over between the lookup and the load, and the load
+    still gets every block (vLLM's default policy would fail the request
+    otherwise)."""
+    w = make_worker("8MiB")
+    toks = prompt(3 * BS + 1, seed=32)
+    a = engines("bhnc", addr=w.addr, namespace=ns)
+    a.add(make_request("a", toks))
+    a.run()
+    b = engines("bhnc", addr=w.addr, namespace=ns, load_async=True, policy="fail")
+    lookup = b.sched.get_num_new_matched_tokens
+
+    def lookup_then_flood(req, n):
+        res = lookup(req, n)
+        with kvds.Client(w.addr) as c:
+            for i in range(64):
+                c.put(f"{ns}-junk/{i}".encode(), bytes(256 << 10))
+            assert c.stats()["evictions"] > 0
+        return res
+
+    b.sched.get_num_new_matched_tokens = lookup_then_flood
+    b.add(make_request("b", toks))
+    b.run()
+    assert b.matched["b"] == (3 * BS, True)
+    assert not b.invalid_seen and not b.errored and b.work.stats["blocks_loaded"] == 3
+    assert b.expected_ok(b.done["b"])
+    assert pinned(w.addr) == 0
+    w.stop()
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_load_failure_corrupt_block(worker, engines, ns, layout):
-    """A block object with the right size but a wrong header is refused."""
+    """A block object that is not a kvds block (the right size, a wrong
+    header) is refused, deleted, recomputed and saved again intact."""
     toks = prompt(2 * BS + 1, seed=6)
     a = engines(layout, namespace=ns)
     a.add(make_request("a", toks))
     a.run()
-    b = engines(layout, namespace=ns)
+    b = engines(layout, namespace=ns, load_async=True)
     r = make_request("b", toks)
     key = b.work.key_prefix + r.block_hashes[0].hex()
     with kvds.Client(worker.addr) as c:
@@ -183,19 +248,43 @@ def test_load_failure_corrupt_block(worker, engines, ns, layout):
     assert b.expected_ok(b.done["b"])
     with kvds.Client(worker.addr) as c:            # the corrupt object is gone
         assert c.exists([key]) == [True]           # ... and saved again, intact
-        assert c.get(key)[:8] == b"KVDSKV01"
+        assert c.get(key)[:8] == b"KVDSKV02"
+
+
+def test_foreign_geometry_is_a_miss_not_a_deletion(worker, engines, ns):
+    """An object under this instance's key whose header describes other
+    tensors (a kvds block, but not of this geometry) is not used and not
+    deleted."""
+    toks = prompt(2 * BS + 1, seed=33)
+    a = engines("bhnc", namespace=ns)
+    a.add(make_request("a", toks))
+    a.run()
+    b = engines("bhnc", namespace=ns, load_async=True)
+    r = make_request("b", toks)
+    key = b.work.key_prefix + r.block_hashes[0].hex()
+    with kvds.Client(worker.addr) as c:
+        good = c.get(key)
+        c.delete(key)
+        c.put(key, good[:16] + bytes(8) + good[24:])    # another descriptor checksum
+    b.add(r)
+    b.run()
+    assert b.invalid_seen == {b.blocks["b"][0]} and b.expected_ok(b.done["b"])
+    with kvds.Client(worker.addr) as c:
+        assert c.get(key)[16:24] == bytes(8)            # still there, untouched
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_load_failure_worker_stopped(make_worker, engines, ns, layout):
     """The kvds worker goes away after the lookup: every block is reported,
-    the request finishes receiving and is recomputed in full."""
+    the request finishes receiving and is recomputed in full; the next
+    requests are served without the store (misses, skipped saves) with no
+    wait."""
     w = make_worker("32MiB")
     toks = prompt(3 * BS, seed=7)
-    a = engines(layout, addr=w.addr, namespace=ns, load_timeout_ms=200, client_timeout_ms=1000)
+    a = engines(layout, addr=w.addr, namespace=ns, client_timeout_ms=1000)
     a.add(make_request("a", toks))
     a.run()
-    b = engines(layout, addr=w.addr, namespace=ns, load_timeout_ms=200, client_timeout_ms=1000)
+    b = engines(layout, addr=w.addr, namespace=ns, load_async=True, client_timeout_ms=1000)
     r = make_request("b", toks)
     lookup = b.sched.get_num_new_matched_tokens
 
@@ -212,54 +301,306 @@ def test_load_failure_worker_stopped(make_worker, engines, ns, layout):
     assert b.invalid_seen == set(b.blocks["b"])
     assert b.scheduled["b"] == [3 * BS]
     assert b.expected_ok(b.done["b"])
+    b.sched.get_num_new_matched_tokens = lookup
+    t0 = time.monotonic()
+    b.add(make_request("b2", prompt(3 * BS, seed=34)))
+    b.run()
+    assert time.monotonic() - t0 < 2 and b.send_reports["b2"] == 1 and not b.held
+
+
+# ---- hand-offs (prefill -> decode) ------------------------------------------
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_pd_producer_consumer_race(worker, engines, ns, layout):
-    """Prefill (kv_producer) / decode (kv_consumer): the producer holds its
-    blocks until saved and names its worker in kv_transfer_params; the
-    consumer, given those params before the producer has sealed, waits for
-    the blocks (get-with-wait) and loads them."""
+    """Prefill (kv_producer) / decode (kv_consumer): the consumer is handed
+    the producer's kv_transfer_params before the producer has sealed
+    anything. Its lookup answers "not yet" (None: vLLM schedules the rest)
+    while a probe waits for the seals; it then claims exactly the sealed
+    blocks and loads them."""
     toks = prompt(3 * BS + 2, seed=8)
     p = engines(layout, role="kv_producer", namespace=ns)
-    c = engines(layout, role="kv_consumer", namespace=ns, load_timeout_ms=5000)
-    # the consumer is handed the params the producer will return
-    params = {"kvds_worker": worker.addr, "kvds_namespace": ns,
-              "kvds_prefix": p.work.key_prefix}
+    c = engines(layout, role="kv_consumer", namespace=ns, load_timeout_ms=10000)
+    r = make_request("r", toks)
+    params = p.handoff_params(r, 3)
     c.add(make_request("r", toks, kv_transfer_params=params))
-    c.step()                                   # load starts: blocks absent yet
-    assert c.matched["r"] == (3 * BS, True)
-    time.sleep(0.2)
-    p.add(make_request("r", toks))
+    for _ in range(3):
+        c.step()                               # blocks absent yet: asked again
+    assert "r" not in c.matched and c.lookups["r"] >= 3 and c.waiting
+    p.add(r)
     p.step()
-    assert p.params["r"]["kvds_worker"] == worker.addr
-    assert "r" in p.held                      # delayed free
+    assert p.params["r"] == params and "r" in p.held     # delayed free
     p.run()
     assert p.send_reports == {"r": 1} and "r" not in p.held
     c.run()
-    assert c.recv_reports == {"r": 1} and not c.invalid_seen
+    assert c.matched["r"] == (3 * BS, False)
+    assert not c.invalid_seen and c.work.stats["blocks_loaded"] == 3
     assert c.scheduled["r"] == [2]
     assert c.expected_ok(c.done["r"])
     assert p.matched["r"] == (0, False)        # a producer never loads
     assert c.work.stats["blocks_saved"] == 0   # a consumer never saves
+    assert pinned(worker.addr) == 0
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
-def test_pd_consumer_deadline(worker, engines, ns, layout):
-    """Params naming blocks that never come: the load ends at its deadline,
-    every block is reported and the request is recomputed."""
-    toks = prompt(2 * BS + 2, seed=9)
-    p = engines(layout, role="kv_producer", namespace=ns)
-    c = engines(layout, role="kv_consumer", namespace=ns, load_timeout_ms=300)
-    params = {"kvds_worker": worker.addr, "kvds_namespace": ns,
-              "kvds_prefix": p.work.key_prefix}
-    c.add(make_request("r", toks, kv_transfer_params=params))
+@pytest.mark.parametrize("policy", ["recompute", "fail"])
+def test_pd_handoff_partly_missing(worker, engines, ns, policy):
+    """The producer stored 3 blocks but the 2nd is gone (its save failed,
+    or it was evicted): the consumer claims the one block before the gap,
+    loads it and computes the rest — also under vLLM's default policy
+    "fail", which a claimed-but-missing block would turn into an error."""
+    toks = prompt(3 * BS + 2, seed=35)
+    p = engines("bhnc", role="kv_producer", namespace=ns)
+    r = make_request("r", toks)
+    p.add(r)
+    p.run()
+    with kvds.Client(worker.addr) as cl:
+        cl.delete(p.work.key_prefix + r.block_hashes[1].hex())
+    c = engines("bhnc", role="kv_consumer", namespace=ns, policy=policy,
+                load_timeout_ms=300)
     t0 = time.monotonic()
+    c.add(make_request("r", toks, kv_transfer_params=p.params["r"]))
     c.run()
     assert time.monotonic() - t0 < 5
-    assert c.recv_reports == {"r": 1}
-    assert c.invalid_seen == set(c.blocks["r"][:2])
-    assert c.expected_ok(c.done["r"])
+    assert c.matched["r"] == (BS, False) and not c.errored and not c.invalid_seen
+    assert c.scheduled["r"] == [2 * BS + 2] and c.expected_ok(c.done["r"])
+
+
+@pytest.mark.parametrize("policy", ["recompute", "fail"])
+def test_pd_consumer_deadline(worker, engines, ns, policy):
+    """Params naming blocks that never come: the wait ends at its deadline,
+    nothing is claimed, the request computes everything (no error under
+    either policy)."""
+    toks = prompt(2 * BS + 2, seed=9)
+    p = engines("bhnc", role="kv_producer", namespace=ns)
+    c = engines("bhnc", role="kv_consumer", namespace=ns, load_timeout_ms=300, policy=policy)
+    r = make_request("r", toks)
+    c.add(make_request("r", toks, kv_transfer_params=p.handoff_params(r, 2)))
+    t0 = time.monotonic()
+    c.run()
+    assert 0.25 < time.monotonic() - t0 < 5
+    assert c.matched["r"] == (0, False) and not c.invalid_seen and not c.errored
+    assert c.scheduled["r"] == [2 * BS + 2] and c.expected_ok(c.done["r"])
+
+
+def test_loads_are_independent(worker, engines, ns):
+    """One hand-off whose blocks never come (a 4 s deadline) holds up no
+    other request: a second hand-off, sealed meanwhile, and a plain prefix
+    hit are loaded and finished long before the first one's deadline."""
+    tw, tg, th = prompt(2 * BS + 1, seed=36), prompt(2 * BS + 1, seed=37), prompt(2 * BS + 1,
+                                                                                   seed=38)
+    p = engines("bhnc", role="kv_producer", namespace=ns)
+    for rid, t in (("good", tg), ("hit", th)):
+        p.add(make_request(rid, t))
+    p.run()
+    c = engines("bhnc", role="kv_both", namespace=ns, load_timeout_ms=4000, load_async=True)
+    c.add(make_request("wait", tw, kv_transfer_params=p.handoff_params(make_request("x", tw), 2)))
+    c.add(make_request("good", tg, kv_transfer_params=p.params["good"]))
+    c.add(make_request("hit", th))
+    t0 = time.monotonic()
+    c.run(until=lambda: {"good", "hit"} <= set(c.done))
+    assert time.monotonic() - t0 < 2
+    assert c.matched["good"] == (2 * BS, True) and c.matched["hit"] == (2 * BS, True)
+    assert "wait" not in c.done and "wait" not in c.matched
+    c.run()
+    assert 3.5 < time.monotonic() - t0 < 10 and c.matched["wait"] == (0, False)
+    for rid in ("wait", "good", "hit"):
+        assert c.expected_ok(c.done[rid])
+
+
+def test_pd_params_name_blocks_and_hash(worker, engines, ns):
+    """The producer's kv_transfer_params: its worker's member id, this
+    instance's fingerprint, how many blocks it planned and the last one's
+    hash; a consumer whose hashes differ (another PYTHONHASHSEED) does not
+    wait for blocks that will never come."""
+    toks = prompt(3 * BS + 2, seed=26)
+    p = engines("bhnc", role="kv_producer", namespace=ns)
+    r = make_request("r", toks)
+    p.add(r)
+    p.run()
+    params = p.params["r"]
+    with kvds.Client(worker.addr) as cl:
+        me = json.loads(cl.cluster_status())["self"]["id"]
+    assert params["kvds_worker"] == me and params["kvds_addr"] == worker.addr
+    assert params["kvds_blocks"] == 3 and params["kvds_hash"] == r.block_hashes[2].hex()
+    assert re.fullmatch(r"[0-9a-f]{16}", params["kvds_fp"])
+    c = engines("bhnc", role="kv_consumer", namespace=ns, load_timeout_ms=30000)
+    c.add(make_request("r", toks, kv_transfer_params=params))
+    c.run()
+    assert c.matched["r"] == (3 * BS, False) and c.expected_ok(c.done["r"])
+    bad = dict(params, kvds_hash="00" * 32)             # hashed differently
+    c2 = engines("bhnc", role="kv_consumer", namespace=ns + "-other", load_timeout_ms=30000)
+    t0 = time.monotonic()
+    c2.add(make_request("r2", toks, kv_transfer_params=bad))
+    c2.run()
+    assert time.monotonic() - t0 < 10                   # did not wait 30 s
+    assert c2.matched["r2"] == (0, False) and c2.expected_ok(c2.done["r2"])
+
+
+def test_hint_that_names_no_member_is_ignored(worker, engines, ns, caplog):
+    """A hand-off may name any worker: one that is not a live member of the
+    consumer's cluster is ignored with a warning (nothing connects to it)
+    and the blocks are found the usual way."""
+    toks = prompt(2 * BS + 1, seed=39)
+    p = engines("bhnc", role="kv_producer", namespace=ns)
+    r = make_request("r", toks)
+    c = engines("bhnc", role="kv_consumer", namespace=ns, load_timeout_ms=10000)
+    bad = dict(p.handoff_params(r, 2), kvds_worker="10.255.255.1:9")
+    c.add(make_request("r", toks, kv_transfer_params=bad))
+    for _ in range(3):
+        c.step()                      # waiting for the blocks, through its own worker
+    assert "r" not in c.matched
+    assert "'10.255.255.1:9', which is not a live member" in caplog.text
+    p.add(r)
+    p.run()
+    c.run()
+    assert c.matched["r"] == (2 * BS, False) and c.expected_ok(c.done["r"])
+
+
+# ---- producers: saves off the step, delayed frees always end ---------------
+
+
+def test_saves_do_not_wait_for_the_worker(make_worker, engines, ns):
+    """wait_for_save only queues: with the kvds worker frozen (SIGSTOP) the
+    steps go on; the request's blocks stay held until its saves end —
+    failed at the client deadline — and it is then reported finished
+    exactly once. After SIGCONT (and the reconnect back-off) saves work
+    again."""
+    w = make_worker("32MiB")
+    a = engines("bhnc", addr=w.addr, role="kv_producer", namespace=ns, client_timeout_ms=1500,
+                reconnect_ms=200)
+    a.add(make_request("warm", prompt(BS + 1, seed=40)))
+    a.run()
+    os.kill(w.proc.pid, signal.SIGSTOP)
+    try:
+        a.add(make_request("a", prompt(3 * BS + 1, seed=41)))
+        t0 = time.monotonic()
+        for _ in range(3):
+            a.step()
+        assert time.monotonic() - t0 < 0.5          # the steps did not wait
+        assert "a" in a.held                        # ... the free does
+        a.run(timeout=20)
+        assert a.send_reports == {"warm": 1, "a": 1} and not a.held
+        assert time.monotonic() - t0 < 10
+    finally:
+        os.kill(w.proc.pid, signal.SIGCONT)
+    assert a.work.stats["blocks_saved"] == 1            # warm's; a's saves failed
+    time.sleep(0.5)                                     # past the reconnect back-off
+    a.add(make_request("b", prompt(2 * BS + 1, seed=42)))
+    a.run(timeout=20)
+    assert a.send_reports["b"] == 1 and a.work.stats["blocks_saved"] == 3
+    wait_for(lambda: len(objects(w.addr, ns)) == 1 + 2, what="b's blocks saved")
+    w.stop()
+
+
+def test_frozen_worker_costs_one_lookup_timeout(make_worker, engines, ns):
+    """A lookup inside the scheduler's step waits at most step_timeout_ms
+    for a frozen worker; the requests after it are served as misses at
+    once (the link backs off) until the worker answers again, and then
+    hit."""
+    w = make_worker("32MiB")
+    toks = prompt(2 * BS + 1, seed=49)
+    a = engines("bhnc", addr=w.addr, namespace=ns, step_timeout_ms=200, reconnect_ms=300)
+    a.add(make_request("a", toks))
+    a.run()
+    os.kill(w.proc.pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        a.add(make_request("b", toks))
+        a.step()
+        assert 0.15 < time.monotonic() - t0 < 1.0         # one timeout
+        t1 = time.monotonic()
+        for i in range(5):
+            a.add(make_request(f"c{i}", toks))
+        a.step()
+        assert time.monotonic() - t1 < 0.1                # backing off: no waits
+        assert all(a.matched[f"c{i}"] == (0, False) for i in range(5))
+    finally:
+        os.kill(w.proc.pid, signal.SIGCONT)
+    time.sleep(0.8)
+    a.add(make_request("d", toks))
+    a.run(timeout=20)
+    assert a.matched["d"] == (2 * BS, False) and a.expected_ok(a.done["d"])
+    w.stop()
+
+
+@pytest.mark.parametrize("fault", ["stopped", "killed", "pool-full"])
+def test_producer_never_holds_blocks(make_worker, engines, ns, fault):
+    """Whatever happens to the saves — the worker stopped before them, the
+    worker killed while they run, a pool with no room — every request
+    whose free was delayed is reported in finished_sending exactly once,
+    and once the worker is back (restarted on the same address) saves
+    work again."""
+    w = make_worker("8MiB")
+    port = w.port
+    p = engines("bhnc", addr=w.addr, role="kv_producer", namespace=ns, client_timeout_ms=1000,
+                reconnect_ms=200)
+    n = 12
+    if fault == "stopped":
+        w.stop()
+    elif fault == "pool-full":
+        with kvds.Client(w.addr) as c:       # every byte being written: no room at all
+            bufs = []
+            while True:
+                try:
+                    bufs.append(c.create(f"{ns}-fill/{len(bufs)}".encode(), 256 << 10))
+                except kvds.NoSpace:
+                    break
+            for i in range(n):
+                p.add(make_request(f"r{i}", prompt(3 * BS + 1, seed=100 + i)))
+            p.run(timeout=30)
+            for b in bufs:
+                b.abort()
+    for i in range(n if fault != "pool-full" else 0):
+        p.add(make_request(f"r{i}", prompt(3 * BS + 1, seed=100 + i)))
+        p.step()
+        if fault == "killed" and i == n // 2:
+            w.proc.kill()
+            w.proc.wait()
+    p.run(timeout=30)
+    assert p.send_reports == {f"r{i}": 1 for i in range(n)}
+    assert not p.held and len(p.free) == 63
+    if fault != "pool-full":
+        from conftest import Worker
+        w = Worker(w.run_dir, "8MiB", port=port)
+    time.sleep(0.3)                           # past the reconnect back-off
+    p.add(make_request("after", prompt(2 * BS + 1, seed=99)))
+    p.run(timeout=30)
+    assert p.send_reports["after"] == 1
+    wait_for(lambda: any(k.endswith(make_request("x", prompt(2 * BS + 1, seed=99))
+                                    .block_hashes[1].hex().encode())
+                         for k in objects(w.addr, ns)), what="saves after the restart")
+    w.stop()
+
+
+def test_instance_starts_before_its_worker(tmp_path, ns):
+    """The worker is not up when the instance starts: registration works
+    (a warning, no exception), requests are served without the store, and
+    once the worker appears the instance saves and loads through it."""
+    from conftest import Worker, free_port
+    port = free_port()
+    addr = f"127.0.0.1:{port}"
+    a = Engine(addr, "bhnc", namespace=ns, reconnect_ms=100)
+    try:
+        toks = prompt(2 * BS + 1, seed=43)
+        a.add(make_request("before", toks))
+        a.run()
+        assert a.matched["before"] == (0, False) and a.send_reports == {"before": 1}
+        w = Worker(tmp_path, "32MiB", port=port)
+        try:
+            time.sleep(0.2)
+            a.add(make_request("after", toks))
+            a.run()
+            assert a.send_reports["after"] == 1
+            wait_for(lambda: len(objects(w.addr, ns)) == 2, what="saves once the worker is up")
+            b = Engine(addr, "bhnc", namespace=ns)
+            b.add(make_request("b", toks))
+            b.run()
+            assert b.matched["b"] == (2 * BS, False) and b.expected_ok(b.done["b"])
+            b.close()
+        finally:
+            w.stop()
+    finally:
+        a.close()
 
 
 def test_mla_one_copy_for_all_tp_ranks(worker, engines, ns):
@@ -282,8 +623,9 @@ def test_mla_one_copy_for_all_tp_ranks(worker, engines, ns):
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_layerwise_save(worker, engines, ns, layout):
-    """use_layerwise: layers are written as save_kv_layer is called and the
-    object sealed at wait_for_save; the data round-trips."""
+    """use_layerwise: each layer is queued as save_kv_layer is called (the
+    saver copies it while the next layer computes) and the objects are
+    sealed after wait_for_save; the data round-trips."""
     toks = prompt(2 * BS + 1, seed=11)
     a = engines(layout, namespace=ns, use_layerwise=True)
     a.add(make_request("a", toks))
@@ -295,14 +637,58 @@ def test_layerwise_save(worker, engines, ns, layout):
     assert b.work.stats["blocks_loaded"] == 2 and b.expected_ok(b.done["b"])
 
 
+# ---- keys: a fleet of configurations on one worker ---------------------------
+
+
 def test_key_scheme(worker, engines, ns):
     e = engines("bhnc", namespace=ns)
     r = make_request("x", prompt(BS))
-    assert e.work.key_prefix == f"{ns}/model/float32/bhnc/tp0/pp0/"
+    m = re.fullmatch(rf"{re.escape(ns)}/model/([0-9a-f]{{16}})/tp0/pp0/", e.work.key_prefix)
+    assert m, e.work.key_prefix
     assert isinstance(r.block_hashes[0], bytes)
     e.add(r)
     e.run()
     assert objects(worker.addr, ns) == [(e.work.key_prefix + r.block_hashes[0].hex()).encode()]
+
+
+def test_mixed_fleet_never_shares_or_deletes(worker, engines, ns):
+    """Instances that differ in TP size, KV dtype, fp8 cache format, layout
+    or model id store under different keys on one worker: none reads
+    another's blocks, none deletes them, and a hand-off from another
+    configuration is computed instead of waited for."""
+    import torch
+    toks = prompt(2 * BS + 1, seed=44)
+    kinds = {"base": {}, "tp2": {"tp_size": 2}, "f16": {"dtype": torch.float16},
+             "fp8": {"cache_dtype": "fp8_e4m3"}, "kv2": {"layout": "kv2-nhd"},
+             "other-model": {"model_id": "other/model"}}
+    made = {}
+    for name, kw in kinds.items():
+        kw = dict(kw)
+        e = engines(kw.pop("layout", "bhnc"), namespace=ns, **kw)
+        e.add(make_request(name, toks))
+        e.run()
+        made[name] = e
+        assert e.matched[name] == (0, False), f"{name} read another configuration's blocks"
+    prefixes = {e.work.key_prefix for e in made.values()}
+    assert len(prefixes) == len(kinds)
+    assert len(objects(worker.addr, ns)) == 2 * len(kinds)
+    # the same configuration again: its own blocks, and only those
+    for name, kw in kinds.items():
+        kw = dict(kw)
+        e = engines(kw.pop("layout", "bhnc"), namespace=ns, **kw)
+        e.add(make_request(name + "-again", toks))
+        e.run()
+        assert e.matched[name + "-again"] == (2 * BS, False) and not e.invalid_seen
+        assert e.expected_ok(e.done[name + "-again"])
+    # a hand-off from another configuration: no wait, no load
+    c = engines("bhnc", namespace=ns, role="kv_consumer", dtype=torch.float16,
+                load_timeout_ms=30000)
+    params = made["base"].handoff_params(make_request("y", toks), 2)
+    t0 = time.monotonic()
+    c.add(make_request("y", prompt(2 * BS + 1, seed=45), kv_transfer_params=params))
+    c.run()
+    assert time.monotonic() - t0 < 10 and c.matched["y"] == (0, False)
+    assert len(objects(worker.addr, ns)) == 2 * len(kinds)
 
 
 @pytest.mark.parametrize("layout", ["bhnc", "bhnc-strided"])   # gather and torch paths
@@ -322,18 +708,21 @@ def test_object_holds_no_stale_pool_bytes(make_worker, engines, ns, layout):
     with kvds.Client(w.addr) as c:
         for h in r.block_hashes[:3]:
             obj = c.get(e.work.key_prefix + h.hex())
-            assert obj[:8] == b"KVDSKV01" and obj[24:64] == bytes(40)
+            assert obj[:8] == b"KVDSKV02" and obj[24:64] == bytes(40)
 
 
 def test_config_errors(tmp_path, monkeypatch):
     from kvds.vllm import parse_config
     with pytest.raises(ValueError, match="unknown config key 'bogus'"):
         parse_config({"bogus": 1}, env={})
-    with pytest.raises(ValueError, match="'load_async' must be a boolean"):
+    with pytest.raises(ValueError, match="'load_async' must be true, false or \"auto\""):
         parse_config({"load_async": "yes"}, env={})
     with pytest.raises(ValueError, match="'load_timeout_ms'"):
         parse_config({"load_timeout_ms": -1}, env={})
+    with pytest.raises(ValueError, match="'max_parallel_loads' must be an integer >= 1"):
+        parse_config({"max_parallel_loads": 0}, env={})
     assert parse_config({}, env={}).worker_addr == "127.0.0.1:31501"
+    assert parse_config({}, env={}).load_async == "auto"
     assert parse_config({}, env={"DS_WORKER_ADDR": "h:1"}).worker_addr == "h:1"
     f = tmp_path / "kvds.json"
     f.write_text(json.dumps({"namespace": "fromfile", "load_timeout_ms": 7}))
@@ -376,25 +765,34 @@ def test_chunked_prefill(worker, engines, ns, layout):
     b = engines(layout, namespace=ns, chunk=20)
     b.add(make_request("b", toks))
     b.run()
-    assert b.matched["b"] == (4 * BS, True) and b.scheduled["b"] == [7]
+    assert b.matched["b"] == (4 * BS, False) and b.scheduled["b"] == [7]
     assert b.expected_ok(b.done["b"])
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_tp2(worker, engines, ns, layout):
-    """TP=2: each rank stores its own objects (MLA: rank 0 only, shared);
-    vLLM's KVOutputAggregator sees every request finished on both ranks."""
+@pytest.mark.parametrize("mode", [True, "auto"])
+def test_tp2(worker, engines, ns, layout, mode):
+    """TP=2: each rank stores its own objects (MLA: rank 0 only, shared); a
+    block counts as found only when every rank's object is there; vLLM's
+    KVOutputAggregator sees every request finished on both ranks."""
     toks = prompt(3 * BS + 1, seed=13)
     a = engines(layout, namespace=ns, tp=2)
     a.add(make_request("a", toks))
     a.run()
     assert a.send_reports == {"a": 1}
     assert len(objects(worker.addr, ns)) == (3 if layout == "mla" else 6)
-    b = engines(layout, namespace=ns, tp=2)
+    if layout != "mla":        # rank 1's copy of block 2 goes: 2 blocks found
+        r = make_request("x", toks)
+        with kvds.Client(worker.addr) as c:
+            c.delete(a.works[1].key_prefix + r.block_hashes[2].hex())
+    b = engines(layout, namespace=ns, tp=2, load_async=mode)
     b.add(make_request("b", toks))
     b.run()
-    assert b.recv_reports == {"b": 1} and b.scheduled["b"] == [1]
-    assert [w.stats["blocks_loaded"] for w in b.works] == [3, 3]
+    n = 3 if layout == "mla" else 2
+    assert b.matched["b"] == (n * BS, mode is True) and not b.invalid_seen
+    assert b.recv_reports == ({"b": 1} if mode is True else {})
+    assert b.scheduled["b"] == [len(toks) - n * BS]
+    assert [w.stats["blocks_loaded"] for w in b.works] == [n, n]
     assert b.expected_ok(b.done["b"])
 
 
@@ -411,13 +809,13 @@ def test_abort_before_scheduling(worker, engines, ns, layout):
     assert e.work.stats == {"blocks_loaded": 0, "blocks_saved": 0, "load_errors": 0}
 
 
-def _evict_after_lookup(engine, addr, index):
+def _delete_after_lookup(engine, addr, index):
     """Makes the engine's lookups delete block `index` of the request right
-    after the lookup found it (the race of an eviction between lookup and
-    load)."""
+    after the lookup found it (a delete, unlike an eviction, is not held
+    off by the lookup's pin)."""
     lookup = engine.sched.get_num_new_matched_tokens
 
-    def lookup_then_evict(req, n):
+    def lookup_then_delete(req, n):
         res = lookup(req, n)
         if res[0]:
             with kvds.Client(addr) as c:
@@ -427,7 +825,7 @@ def _evict_after_lookup(engine, addr, index):
                     pass
         return res
 
-    engine.sched.get_num_new_matched_tokens = lookup_then_evict
+    engine.sched.get_num_new_matched_tokens = lookup_then_delete
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -440,9 +838,9 @@ def test_load_failure_policy_fail(worker, engines, ns, layout):
     a = engines(layout, namespace=ns)
     a.add(make_request("a", toks))
     a.run()
-    b = engines(layout, namespace=ns, policy="fail", load_timeout_ms=200)
+    b = engines(layout, namespace=ns, policy="fail", load_async=True)
     assert b.policy == "fail"
-    _evict_after_lookup(b, worker.addr, 2)
+    _delete_after_lookup(b, worker.addr, 2)
     b.add(make_request("b", toks))
     b.run()
     assert b.errored == {"b"} and b.done["b"].status == RequestStatus.FINISHED_ERROR
@@ -468,7 +866,7 @@ def test_load_failure_both_policies_sync_and_async(worker, engines, ns, policy, 
     a.run()
     b = engines("bhnc", namespace=ns, policy=policy, load_async=load_async,
                 load_timeout_ms=200)
-    _evict_after_lookup(b, worker.addr, 1)
+    _delete_after_lookup(b, worker.addr, 1)
     b.add(make_request("b", toks))
     b.run()
     assert b.matched["b"] == (3 * BS, load_async)
@@ -482,15 +880,10 @@ def test_load_failure_both_policies_sync_and_async(worker, engines, ns, policy, 
         assert b.expected_ok(b.done["b"])
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
-def test_preemption_during_inflight_save(worker, engines, ns, layout):
+def _preempt_in_flight(e, ta, tb):
     """Async scheduling: A's first chunk is scheduled (its two full blocks
     planned for saving); before that step has run, a higher-priority B
-    preempts A and is given A's blocks. The step that computes A's chunk
-    runs (and saves) before the step that overwrites the blocks with B's KV,
-    so A's objects hold A's KV; A resumes by loading them back."""
-    ta, tb = prompt(3 * BS + 4, seed=22), prompt(2 * BS + 4, seed=23)
-    e = engines(layout, namespace=ns, chunk=2 * BS)
+    preempts A and is given A's blocks. Returns (a, st1, st2)."""
     a = make_request("a", ta, max_tokens=2)
     e.add(a)
     st1 = e.schedule()                                  # step 1: A's blocks 0-1
@@ -505,20 +898,61 @@ def test_preemption_during_inflight_save(worker, engines, ns, layout):
     assert e.blocks["b"][:2] == a_blocks[:2]
     assert st2.so.preempted_req_ids == {"a"}
     e.waiting.insert(0, a)
-    out1 = e.execute(st1)                               # A computed + saved
+    return a, st1, st2
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_preemption_during_inflight_save(worker, engines, ns, layout):
+    """A's saves were queued by step 1; step 2 preempted A and hands its
+    blocks to B. The saver has copied A's blocks before step 2 overwrites
+    them (waited for here), so A's objects hold A's KV and A resumes by
+    loading them; a third instance loads all of A's blocks, right."""
+    ta, tb = prompt(3 * BS + 4, seed=22), prompt(2 * BS + 4, seed=23)
+    e = engines(layout, namespace=ns, chunk=2 * BS)
+    a, st1, st2 = _preempt_in_flight(e, ta, tb)
+    out1 = e.execute(st1)                               # A computed, saves queued
+    wait_for(e.saver_idle, what="A's saves")
     e.update(st1, out1)
     out2 = e.execute(st2)                               # B overwrites
     e.run(async_sched=True, prev=(st2, out2))           # step 2's output: after step 3 is scheduled
     assert a.num_preemptions == 1 and e.done["a"].num_output_tokens == 2
     assert e.matched["a"] == (0, False)
-    assert e.recv_reports.get("a") == 1                 # A reloaded its 2 saved blocks
+    assert e.work.stats["blocks_loaded"] == 2           # A reloaded its 2 saved blocks
     assert e.expected_ok(e.done["b"]) and e.expected_ok(e.done["a"])
-    # a third instance loads all of A's full blocks: the saves were right
     c = engines(layout, namespace=ns)
     c.add(make_request("c", ta))
     c.run()
-    assert c.matched["c"] == (3 * BS, True) and c.work.stats["load_errors"] == 0
+    assert c.matched["c"] == (3 * BS, False) and c.work.stats["load_errors"] == 0
     assert c.expected_ok(c.done["c"])
+
+
+def test_preemption_cancels_saves_stuck_on_the_worker(make_worker, engines, ns):
+    """The saver of A's blocks is stuck on a frozen worker when step 2
+    preempts A and reuses its blocks: handle_preemptions cancels those
+    copies without waiting for the worker, step 2 goes on at once, and no
+    object with B's bytes under A's keys is ever sealed."""
+    w = make_worker("32MiB")
+    ta, tb = prompt(3 * BS + 4, seed=46), prompt(2 * BS + 4, seed=47)
+    e = engines("bhnc", addr=w.addr, namespace=ns, chunk=2 * BS, client_timeout_ms=1500)
+    e.add(make_request("warm", prompt(BS + 1, seed=48)))
+    e.run()
+    a, st1, st2 = _preempt_in_flight(e, ta, tb)
+    os.kill(w.proc.pid, signal.SIGSTOP)
+    try:
+        out1 = e.execute(st1)                           # saves queued, stuck
+        e.update(st1, out1)
+        t0 = time.monotonic()
+        out2 = e.execute(st2)                           # fence: cancel, no wait
+        assert time.monotonic() - t0 < 0.5
+    finally:
+        os.kill(w.proc.pid, signal.SIGCONT)
+    e.run(async_sched=True, prev=(st2, out2))
+    assert e.expected_ok(e.done["a"]) and e.expected_ok(e.done["b"])
+    c = engines("bhnc", addr=w.addr, namespace=ns)
+    c.add(make_request("c", ta))
+    c.run()
+    assert c.work.stats["load_errors"] == 0 and c.expected_ok(c.done["c"])
+    w.stop()
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -531,45 +965,25 @@ def test_async_scheduling(worker, engines, ns, layout):
     a.run(async_sched=True)
     assert a.scheduled["a"] == [24, 24, 21, 1, 1, 1] and a.done["a"].num_output_tokens == 4
     assert a.send_reports == {"a": 1} and not a.held and len(objects(worker.addr, ns)) == 4
-    b = engines(layout, namespace=ns, chunk=24)
-    b.add(make_request("b", toks, max_tokens=4))
-    b.add(make_request("b-other", prompt(2 * BS, seed=25), max_tokens=2))
-    b.run(async_sched=True)
-    assert b.matched["b"] == (4 * BS, True) and b.recv_reports == {"b": 1}
-    assert b.scheduled["b"] == [5, 1, 1, 1]
-    assert b.expected_ok(b.done["b"]) and b.expected_ok(b.done["b-other"])
-    assert list(b.done["b"].output_token_ids) == list(a.done["a"].output_token_ids)
-
-
-def test_pd_params_name_blocks_and_hash(worker, engines, ns):
-    """The producer's kv_transfer_params say how many blocks it stored and
-    the last one's hash; a consumer whose hashes differ (another
-    PYTHONHASHSEED) does not wait for blocks that will never come."""
-    toks = prompt(3 * BS + 2, seed=26)
-    p = engines("bhnc", role="kv_producer", namespace=ns)
-    r = make_request("r", toks)
-    p.add(r)
-    p.run()
-    params = p.params["r"]
-    assert params["kvds_blocks"] == 3 and params["kvds_hash"] == r.block_hashes[2].hex()
-    c = engines("bhnc", role="kv_consumer", namespace=ns, load_timeout_ms=30000)
-    c.add(make_request("r", toks, kv_transfer_params=params))
-    c.run()
-    assert c.matched["r"] == (3 * BS, True) and c.expected_ok(c.done["r"])
-    bad = dict(params, kvds_hash="00" * 32)             # hashed differently
-    c2 = engines("bhnc", role="kv_consumer", namespace=ns + "-other", load_timeout_ms=30000)
-    t0 = time.monotonic()
-    c2.add(make_request("r2", toks, kv_transfer_params=bad))
-    c2.run()
-    assert time.monotonic() - t0 < 10                   # did not wait 30 s
-    assert c2.matched["r2"] == (0, False) and c2.expected_ok(c2.done["r2"])
+    for mode in (True, "auto"):
+        b = engines(layout, namespace=ns, chunk=24, load_async=mode)
+        b.add(make_request("b", toks, max_tokens=4))
+        b.add(make_request("b-other", prompt(2 * BS, seed=25), max_tokens=2))
+        b.run(async_sched=True)
+        assert b.matched["b"] == (4 * BS, mode is True)
+        assert b.recv_reports == ({"b": 1} if mode is True else {})
+        assert b.scheduled["b"] == [5, 1, 1, 1]
+        assert b.expected_ok(b.done["b"]) and b.expected_ok(b.done["b-other"])
+        assert list(b.done["b"].output_token_ids) == list(a.done["a"].output_token_ids)
+    assert pinned(worker.addr) == 0
 
 
 def test_consumer_crash_releases_pins(worker, engines, ns, tmp_path):
     """A decode instance killed (-9) in the middle of its loads, for every
     layout at once: the producer released its blocks as soon as they were
     sealed, never waiting for the consumer; the worker drops the dead
-    consumer's pins; a new consumer loads the same blocks."""
+    consumer's pins (its lookup's and its load's); a new consumer loads the
+    same blocks."""
     toks = prompt(3 * BS + 1, seed=27)
     jobs = []
     for layout in LAYOUTS:
@@ -578,41 +992,35 @@ def test_consumer_crash_releases_pins(worker, engines, ns, tmp_path):
         p.run()
         assert p.send_reports == {"r": 1} and not p.held and len(p.free) == 63
         jobs.append({"layout": layout, "namespace": f"{ns}-{layout}", "params": p.params["r"]})
-    with kvds.Client(worker.addr) as c:
-        assert c.stats()["pinned_objects"] == 0
+    assert pinned(worker.addr) == 0
     err_path = tmp_path / "consumer.err"
     with open(err_path, "w") as err:
         proc = subprocess.Popen([sys.executable, CRASH_SCRIPT, worker.addr, json.dumps(jobs),
                                  json.dumps(toks)], stdout=subprocess.PIPE, stderr=err,
                                 text=True, cwd=HERE)
     try:
-        pinned, buf = 0, ""
+        n, buf = 0, ""
         deadline = time.monotonic() + 120
         sel = selectors.DefaultSelector()
         sel.register(proc.stdout, selectors.EVENT_READ)
-        while pinned < len(LAYOUTS):
+        while n < len(LAYOUTS):
             left = deadline - time.monotonic()
             assert left > 0 and sel.select(left), \
                 f"consumer did not pin in time:\n{err_path.read_text()[-3000:]}"
             chunk = os.read(proc.stdout.fileno(), 4096).decode()
             assert chunk, f"consumer exited early:\n{err_path.read_text()[-3000:]}"
             buf += chunk
-            pinned = sum(ln.startswith("PINNED") for ln in buf.splitlines())
-        with kvds.Client(worker.addr) as c:
-            assert c.stats()["pinned_objects"] == 3 * len(LAYOUTS)
+            n = sum(ln.startswith("PINNED") for ln in buf.splitlines())
+        assert pinned(worker.addr) == 3 * len(LAYOUTS)
     finally:
         proc.kill()
         proc.wait()
-    deadline = time.monotonic() + 10
-    with kvds.Client(worker.addr) as c:
-        while c.stats()["pinned_objects"] and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert c.stats()["pinned_objects"] == 0
+    wait_for(lambda: pinned(worker.addr) == 0, what="the dead consumer's pins dropped")
     for job in jobs:
         d = engines(job["layout"], role="kv_consumer", namespace=job["namespace"])
         d.add(make_request("r", toks, kv_transfer_params=job["params"]))
         d.run()
-        assert d.recv_reports == {"r": 1} and d.work.stats["blocks_loaded"] == 3
+        assert d.work.stats["blocks_loaded"] == 3
         assert d.expected_ok(d.done["r"])
 
 
@@ -633,17 +1041,17 @@ def test_cuda_pool_registration(worker, monkeypatch):
     monkeypatch.setattr(torch.cuda, "check_error", lambda rc: None)
     w = KvdsConnector(vllm_config("kv_both", {"worker_addr": worker.addr, "load_async": False}),
                       KVConnectorRole.WORKER, _types.SimpleNamespace(num_blocks=4))
-    w._cuda = True
-    c = w.client()
+    w._work._cuda = True
+    c = w._work.client()
     base, size = c.pool_region()
     assert calls == [("reg", base, size)]
-    assert w.client() is c and len(calls) == 1          # once per client
+    assert w._work.client() is c and len(calls) == 1    # once per client
     w.shutdown()
     assert calls == [("reg", base, size), ("unreg", base)]
     t = KvdsConnector(vllm_config("kv_both", {"worker_addr": worker.tcp, "load_async": False}),
                       KVConnectorRole.WORKER, _types.SimpleNamespace(num_blocks=4))
-    t._cuda = True
-    t.client()                                           # TCP: no mapping to register
+    t._work._cuda = True
+    t._work.client()                                     # TCP: no mapping to register
     t.shutdown()
     assert len(calls) == 2
 
@@ -664,27 +1072,24 @@ def test_save_skips_a_block_being_written_elsewhere(worker, engines, ns):
     assert len(objects(worker.addr, ns)) == 2
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
-def test_load_failure_worker_killed_mid_load(make_worker, engines, ns, layout):
-    """kill -9 of the kvds worker while a load is in flight (waiting, with a
-    20 s deadline, for blocks a prefill has not sealed yet): the load fails
-    at once, every block is reported, the request finishes receiving and is
-    recomputed, and the cache is right."""
+def test_worker_killed_during_a_handoff_wait(make_worker, engines, ns):
+    """kill -9 of the kvds worker while a consumer waits (20 s deadline) for
+    blocks a prefill has not sealed: the wait ends at once, nothing is
+    claimed, the request computes everything."""
     w = make_worker("32MiB")
     toks = prompt(3 * BS + 2, seed=29)
-    p = engines(layout, addr=w.addr, role="kv_producer", namespace=ns)
-    params = {"kvds_worker": w.addr, "kvds_namespace": ns, "kvds_prefix": p.work.key_prefix}
-    c = engines(layout, addr=w.addr, role="kv_consumer", namespace=ns,
+    p = engines("bhnc", addr=w.addr, role="kv_producer", namespace=ns)
+    c = engines("bhnc", addr=w.addr, role="kv_consumer", namespace=ns,
                 load_timeout_ms=20000, client_timeout_ms=2000)
-    c.add(make_request("r", toks, kv_transfer_params=params))
-    c.step()                                   # the load starts and waits
-    assert c.matched["r"] == (3 * BS, True)
+    c.add(make_request("r", toks, kv_transfer_params=p.handoff_params(make_request("x", toks),
+                                                                       3)))
+    c.step()                                   # the probe starts and waits
+    assert "r" not in c.matched
     time.sleep(0.3)
     t0 = time.monotonic()
     w.proc.kill()
     w.proc.wait()
     c.run()
-    assert time.monotonic() - t0 < 10          # not the 20 s load deadline
-    assert c.recv_reports == {"r": 1}
-    assert c.invalid_seen == set(c.blocks["r"][:3])
+    assert time.monotonic() - t0 < 10          # not the 20 s deadline
+    assert c.matched["r"] == (0, False) and not c.invalid_seen
     assert c.scheduled["r"] == [len(toks)] and c.expected_ok(c.done["r"])

@@ -10,7 +10,9 @@ PYTHONHASHSEED and therefore its own vLLM block hashes:
 - consumer with the test's PYTHONHASHSEED: given the producer's
   kv_transfer_params it loads every full block from kvds, computes only the
   tail, and its tokens and logits are bit-identical to the colocated run;
-  the same prompt again without params hits the prefix cache by lookup;
+  the same prompt again without params hits the prefix cache by lookup
+  (both loaded inside the step), and so does a consumer that loads between
+  steps;
 - consumer with another PYTHONHASHSEED (the negative control): other block
   hashes, so both the PD path and the lookup miss — nothing is loaded, all
   is recomputed, and the answer is still the same.
@@ -56,17 +58,20 @@ def test_split_equals_colocated_and_hashseed_control(worker):
         assert prod[lay]["stats"]["blocks_saved"] == 3, lay
         assert prod[lay]["r"]["tokens"] == ref["tokens"][:1], lay
         # same seed: PD load, then prefix-cache hit; bit-identical results
-        pd, reuse = same[lay]["pd"], same[lay]["reuse"]
-        assert pd["matched"] == [3 * BS, True] and pd["scheduled"][0] == 5, lay
-        assert reuse["matched"] == [3 * BS, True], lay
+        pd, reuse, asy = same[lay]["pd"], same[lay]["reuse"], same[lay]["async"]
+        assert pd["matched"] == [3 * BS, False] and pd["scheduled"][0] == 5, lay
+        assert reuse["matched"] == [3 * BS, False], lay
+        assert asy["matched"] == [3 * BS, True] and asy["scheduled"][0] == 5, lay
         assert same[lay]["stats"] == {"blocks_loaded": 6, "blocks_saved": 0,
                                       "load_errors": 0}, lay
-        for r in (pd, reuse):
+        assert same[lay]["async_stats"]["blocks_loaded"] == 3, lay
+        for r in (pd, reuse, asy):
             assert r["tokens"] == ref["tokens"], (lay, r["tokens"], ref["tokens"])
             assert r["logits"] == ref["logits"], f"{lay}: logits differ from colocated"
         # other seed: other hashes, nothing found, everything recomputed
-        for name in ("pd", "reuse"):
+        for name in ("pd", "reuse", "async"):
             r = other[lay][name]
             assert r["matched"] == [0, False] and r["scheduled"][0] == len(PROMPT), (lay, name)
             assert r["tokens"] == ref["tokens"] and r["logits"] == ref["logits"], lay
         assert other[lay]["stats"]["blocks_loaded"] == 0, lay
+        assert other[lay]["async_stats"]["blocks_loaded"] == 0, lay

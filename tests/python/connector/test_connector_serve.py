@@ -24,6 +24,7 @@ the same uniform logprobs and tokens, which would prove nothing about the KV.
   of the loaded blocks.
 """
 import itertools
+import json
 import os
 import re
 import subprocess
@@ -61,8 +62,21 @@ def namespace(tag):
 def objects(addr, ns):
     """{key: size} of the namespace's block objects."""
     with kvds.Client(addr) as c:
-        return {k.decode(): n for k, n in c.list(f"{ns}/".encode(), limit=None)
-                if b"/_prefix/" not in k}
+        return {k.decode(): n for k, n in c.list(f"{ns}/".encode(), limit=None)}
+
+
+def wait_objects(addr, ns, n, timeout=10):
+    """The namespace's objects once there are n (saves end after the
+    response: they are sealed off the step)."""
+    deadline = time.monotonic() + timeout
+    while len(got := objects(addr, ns)) < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return got
+
+
+def member_id(addr):
+    with kvds.Client(addr) as c:
+        return json.loads(c.cluster_status())["self"]["id"]
 
 
 def worker_hits(addr):
@@ -164,8 +178,9 @@ def kv_both(make_worker, model, tmp_path_factory):
         start_all(servers)
         check_block_size(a)
         resp = complete(a, PROMPT, GEN)
-        stored = objects(w.addr, ns)
+        stored = wait_objects(w.addr, ns, N_FULL)
         control = complete(a, CONTROL, GEN)
+        wait_objects(w.addr, ns, 2 * N_FULL)
         yield {"worker": w, "ns": ns, "a": a, "b": b, "ref": answer(resp), "stored": stored,
                "control": answer(control)}
     finally:
@@ -191,12 +206,12 @@ def test_serve_prefill_decode(make_worker, model, tmp_path, request):
         params = pr.get("kv_transfer_params")
         assert isinstance(params, dict), f"prefill returned no kv_transfer_params: {pr}\n" \
             f"{prefill.tail()}"
-        assert params["kvds_worker"] == w.addr and params["kvds_namespace"] == ns, params
+        assert params["kvds_worker"] == member_id(w.addr) and params["kvds_addr"] == w.addr, \
+            params
         assert params.get("kvds_blocks") == N_FULL, params
-        stored = objects(w.addr, ns)
-        assert len(stored) == N_FULL and all(k.startswith(params["kvds_prefix"]) for k in stored), \
-            f"prefill should store the {N_FULL} full blocks under {params['kvds_prefix']}: " \
-            f"{stored}\n{prefill.tail()}"
+        stored = wait_objects(w.addr, ns, N_FULL)
+        assert len(stored) == N_FULL, \
+            f"prefill should store the {N_FULL} full blocks: {stored}\n{prefill.tail()}"
         assert loads(prefill) == [], "a producer never loads"
         hits0 = worker_hits(w.addr)
 

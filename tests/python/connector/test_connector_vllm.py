@@ -2,7 +2,8 @@
 
 Three separate vLLM instances, one after the other, on one kvds worker:
 a prefill instance (kv_producer) stores the prompt's full blocks and returns
-kv_transfer_params naming its kvds worker; a decode instance (kv_consumer)
+kv_transfer_params naming its kvds worker (member id) and its configuration
+fingerprint; a decode instance (kv_consumer)
 with the same PYTHONHASHSEED, given those params with its request, loads the
 blocks from kvds and must generate exactly the producer's tokens; a kv_both instance with another
 PYTHONHASHSEED (so other block hashes) must miss and compute for itself.
@@ -49,12 +50,14 @@ def test_real_vllm_producer_consumer(make_worker, tmp_path):
     prod = vllm_run(model, prompt_file, w.addr, "kv_producer", 0, tmp_path)
     assert prod["connector"] == {"blocks_loaded": 0, "blocks_saved": 2, "load_errors": 0}
     with kvds.Client(w.addr) as c:
-        keys = [k for k, _ in c.list(b"e2e/", limit=None) if b"/_prefix/" not in k]
+        keys = [k for k, _ in c.list(b"e2e/", limit=None)]
         assert len(keys) == 2, keys
+        me = json.loads(c.cluster_status())["self"]["id"]
         hits_before = c.stats()["hits"]
 
     params = prod["kv_transfer_params"]
-    assert params["kvds_worker"] == w.addr and params["kvds_namespace"] == "e2e"
+    assert params["kvds_worker"] == me and params["kvds_blocks"] == 2, params
+    assert len(params["kvds_fp"]) == 16
     cons = vllm_run(model, prompt_file, w.addr, "kv_consumer", 0, tmp_path, params)
     assert cons["connector"] == {"blocks_loaded": 2, "blocks_saved": 0, "load_errors": 0}
     assert cons["tokens"] == prod["tokens"]

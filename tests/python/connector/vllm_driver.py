@@ -5,7 +5,10 @@ connector per TP rank (separate objects, as in vLLM), a paged KV cache in
 the layout under test, and a scheduler loop that follows
 vllm/v1/core/sched/scheduler.py and kv_connector_model_runner_mixin.py:
 
-    schedule:  promote finished async loads → get_num_new_matched_tokens →
+    start:     each rank's register_kv_caches, then their handshake metadata
+               to the scheduler side (set_xfer_handshake_metadata_pp_aware)
+    schedule:  promote finished async loads → get_num_new_matched_tokens
+               (None: skipped this step, asked again) →
                update_state_after_alloc → SchedulerOutput (new, cached and
                resumed requests, finished and preempted ids) →
                build_connector_meta; num_computed_tokens advances here, as
@@ -36,7 +39,7 @@ import time
 import types
 
 import torch
-from vllm.config import CacheConfig, KVTransferConfig, VllmConfig
+from vllm.config import CacheConfig, KVTransferConfig, ParallelConfig, VllmConfig
 from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorRole
 from vllm.sampling_params import SamplingParams
 from vllm.utils.hashing import sha256
@@ -129,13 +132,14 @@ def make_request(req_id, tokens, kv_transfer_params=None, max_tokens=1):
     return r
 
 
-def vllm_config(role, extra, policy="recompute"):
+def vllm_config(role, extra, policy="recompute", tp=1, block_size=BS, cache_dtype="auto"):
     return VllmConfig(
         kv_transfer_config=KVTransferConfig(
             kv_connector="KvdsConnector", kv_connector_module_path="kvds.vllm",
             kv_role=role, kv_connector_extra_config=dict(extra),
             kv_load_failure_policy=policy),
-        cache_config=CacheConfig(block_size=BS))
+        cache_config=CacheConfig(block_size=block_size, cache_dtype=cache_dtype),
+        parallel_config=ParallelConfig(tensor_parallel_size=tp))
 
 
 class Engine:
@@ -146,11 +150,14 @@ class Engine:
     is vLLM's kv_load_failure_policy. `model` defaults to StandInModel."""
 
     def __init__(self, addr, layout, role="kv_both", namespace="t", tp=1, tp_rank=0,
-                 chunk=1 << 30, model=None, policy="recompute", **extra):
+                 chunk=1 << 30, model=None, policy="recompute", tp_size=None,
+                 cache_dtype="auto", dtype=None, handshake=True, **extra):
         self.layout = layout
         self.chunk = chunk
         self.model = model or StandInModel(layout)
-        cfg = vllm_config(role, dict(worker_addr=addr, namespace=namespace, **extra), policy)
+        self.dtype = dtype
+        cfg = vllm_config(role, dict(worker_addr=addr, namespace=namespace, **extra), policy,
+                          tp=tp_size or tp, cache_dtype=cache_dtype)
         self.policy = cfg.kv_transfer_config.kv_load_failure_policy
         kvcc = types.SimpleNamespace(num_blocks=NB)   # stand-in: only num_blocks is read
         self.sched = KvdsConnector(cfg, KVConnectorRole.SCHEDULER, kvcc)
@@ -158,11 +165,16 @@ class Engine:
         self.works, self.rank_caches = [], []
         for rank in self.ranks:
             w = KvdsConnector(cfg, KVConnectorRole.WORKER, kvcc)
-            w._tp_rank = rank
+            w._work._tp_rank = rank
             caches = {name: make_cache(layout) for name in LAYERS}
+            if dtype is not None:
+                caches = {n: t.to(dtype) for n, t in caches.items()}
             w.register_kv_caches(caches)
             self.works.append(w)
             self.rank_caches.append(caches)
+        if handshake:       # EngineCore: every rank's metadata to the scheduler side
+            self.sched.set_xfer_handshake_metadata_pp_aware(
+                {(0, rank): w.get_handshake_metadata() for rank, w in zip(self.ranks, self.works)})
         self.work, self.caches = self.works[0], self.rank_caches[0]
         self.aggregator = KVOutputAggregator(tp)
         self.free = list(range(1, NB))                # block 0 is the null block
@@ -181,6 +193,7 @@ class Engine:
         self.errored: set[str] = set()                # FINISHED_ERROR (policy "fail")
         self.scheduled: dict[str, list[int]] = {}     # req -> tokens computed per step
         self.matched: dict[str, tuple] = {}
+        self.lookups: dict[str, int] = {}             # get_num_new_matched_tokens calls
         self.params: dict[str, dict] = {}
         self.invalid_seen: set[int] = set()
         self.steps = 0
@@ -262,14 +275,20 @@ class Engine:
             r.status = RequestStatus.WAITING
             self.waiting.insert(0, r)
         for r in list(self.waiting):
-            self.waiting.remove(r)
             rid = r.request_id
             if r.num_computed_tokens == 0:
                 n_ext, is_async = self.sched.get_num_new_matched_tokens(r, 0)
-                assert n_ext % BS == 0 and (n_ext > 0 or not is_async)
-                self.matched.setdefault(rid, (n_ext, is_async))   # the first lookup
+                self.lookups[rid] = self.lookups.get(rid, 0) + 1
+                if n_ext is None:       # still looking: skipped this step
+                    assert not is_async
+                    continue
+                # async hits are whole blocks; a sync hit leaves a token
+                assert n_ext > 0 or not is_async
+                assert (n_ext % BS == 0) if is_async else n_ext < r.num_tokens
+                self.matched.setdefault(rid, (n_ext, is_async))   # the first answer
             else:                       # promoted after an async load
                 n_ext, is_async = 0, False
+            self.waiting.remove(r)
             if is_async:
                 self._ensure_blocks(rid, n_ext)
                 self.sched.update_state_after_alloc(r, self._kvblocks(self.blocks[rid]), n_ext)
@@ -443,13 +462,22 @@ class Engine:
                 for pos in range(req.num_prompt_tokens):
                     s = slot(self.layout, t, ids[pos // BS], pos % BS)
                     want = token_kv(req.prompt_token_ids, pos, self.model.seed(li, rank), s.shape)
-                    if not torch.equal(s, want):
+                    if not torch.equal(s, want.to(s.dtype)):
                         return False
         return True
 
     def block_bytes(self, block):
         return [block_view(self.layout, self.caches[n], block).contiguous().numpy().tobytes()
                 for n in LAYERS]
+
+    def handoff_params(self, req, nblocks):
+        """The kv_transfer_params this (producer) instance's request_finished
+        returns for req once nblocks blocks are planned for saving —
+        computed ahead, to hand a consumer before the producer has run."""
+        return self.sched._sched.handoff_params(req, nblocks)
+
+    def saver_idle(self):
+        return all(w._work.saver is None or not w._work.saver._jobs for w in self.works)
 
     def close(self):
         for w in self.works:
