@@ -1093,3 +1093,83 @@ def test_worker_killed_during_a_handoff_wait(make_worker, engines, ns):
     assert time.monotonic() - t0 < 10          # not the 20 s deadline
     assert c.matched["r"] == (0, False) and not c.invalid_seen
     assert c.scheduled["r"] == [len(toks)] and c.expected_ok(c.done["r"])
+
+
+# ---- a cluster of two workers: reads through the node's own worker -----------
+
+
+@pytest.fixture(scope="module")
+def pair(make_worker):
+    from conftest import free_port
+    pa, pb = free_port(), free_port()
+    a = make_worker("64MiB", ["--peers", f"127.0.0.1:{pb}"], port=pa)
+    b = make_worker("64MiB", ["--peers", f"127.0.0.1:{pa}"], port=pb)
+    yield a, b
+    a.stop()
+    b.stop()
+
+
+def member(addr):
+    with kvds.Client(addr) as c:
+        return json.loads(c.cluster_status())["self"]["id"]
+
+
+def pulled_from(addr, peer):
+    with kvds.Client(addr) as c:
+        st = json.loads(c.cluster_status())
+    return sum(m.get("pulls", 0) for m in st["members"] if m["id"] == peer)
+
+
+@pytest.mark.parametrize("layout", ["bhnc", "mla"])
+def test_pd_reads_through_the_consumers_worker(pair, engines, ns, layout):
+    """Prefill on worker A, decode on worker B: the decode side is handed
+    the prefill's params before anything is sealed, waits through its own
+    worker B with A as the hint (B pulls the blocks into its pool as they
+    are sealed: replicas), then loads from B's pool. A later request with
+    the same prefix on B is a local hit, with no pull."""
+    a, b = pair
+    toks = prompt(3 * BS + 2, seed=50)
+    p = engines(layout, addr=a.addr, role="kv_producer", namespace=ns)
+    c = engines(layout, addr=b.addr, role="kv_consumer", namespace=ns, load_timeout_ms=10000)
+    r = make_request("r", toks)
+    params = p.handoff_params(r, 3)
+    assert params["kvds_worker"] == member(a.addr)
+    c.add(make_request("r", toks, kv_transfer_params=params))
+    for _ in range(3):
+        c.step()
+    assert "r" not in c.matched
+    pulls0 = pulled_from(b.addr, member(a.addr))
+    p.add(r)
+    p.run()
+    c.run()
+    assert c.matched["r"] == (3 * BS, False) and c.work.stats["blocks_loaded"] == 3
+    assert c.expected_ok(c.done["r"])
+    assert pulled_from(b.addr, member(a.addr)) > pulls0
+    with kvds.Client(b.addr) as cb:          # replicas in B's own pool
+        keys = [c.work.key_prefix + h.hex() for h in r.block_hashes[:3]]
+        assert all(cb.get(k, local=True)[:8] == b"KVDSKV02" for k in keys)
+    pulls1 = pulled_from(b.addr, member(a.addr))
+    d = engines(layout, addr=b.addr, role="kv_consumer", namespace=ns)
+    d.add(make_request("again", toks))
+    d.run()
+    assert d.matched["again"] == (3 * BS, False) and d.expected_ok(d.done["again"])
+    assert pulled_from(b.addr, member(a.addr)) == pulls1      # local: nothing pulled
+
+
+def test_prefix_hit_from_another_worker(pair, engines, ns):
+    """kv_both instances on two workers: what the instance on A stored is a
+    hit for the instance on B — found through the directory, pulled into
+    B's pool by a probe, loaded from there."""
+    a, b = pair
+    toks = prompt(4 * BS + 1, seed=51)
+    ea = engines("bhnc", addr=a.addr, namespace=ns)
+    ea.add(make_request("a", toks))
+    ea.run()
+    eb = engines("bhnc", addr=b.addr, namespace=ns)
+    last = ea.work.key_prefix + make_request("x", toks).block_hashes[3].hex()
+    with kvds.Client(b.addr) as cb:
+        wait_for(lambda: cb.exists([last]) == [True], what="the directory")
+    eb.add(make_request("b", toks))
+    eb.run()
+    assert eb.matched["b"] == (4 * BS, False) and eb.lookups["b"] >= 2
+    assert eb.work.stats["blocks_loaded"] == 4 and eb.expected_ok(eb.done["b"])
