@@ -5,7 +5,8 @@
 # (the vLLM connector's save/load per request) against the first worker, in
 # $KVDS_PYTHON (make bench: .venv/bin/python). Extra arguments go to `bench
 # local`; $BENCH_CONNECTOR_ARGS to `bench connector`; BENCH_CONNECTOR=0
-# skips it.
+# skips it; then `kvds bench connector --ttft` (time to first token with
+# real vLLM servers; $BENCH_TTFT_ARGS, BENCH_TTFT=0 skips it).
 set -euo pipefail
 KVDS=${1:-build/release/kvds}
 shift || true
@@ -27,4 +28,10 @@ if [ "${BENCH_CONNECTOR:-1}" != 0 ]; then
   echo
   # shellcheck disable=SC2086  # word splitting of the extra arguments is wanted
   KVDS_PYTHON=${KVDS_PYTHON:-python3} "$KVDS" bench connector --addr "$ADDR" ${BENCH_CONNECTOR_ARGS:-}
+fi
+if [ "${BENCH_TTFT:-1}" != 0 ]; then
+  echo
+  # real vLLM servers (a few minutes); BENCH_TTFT=0 skips it
+  # shellcheck disable=SC2086  # word splitting of the extra arguments is wanted
+  KVDS_PYTHON=${KVDS_PYTHON:-python3} "$KVDS" bench connector --ttft --addr "$ADDR" ${BENCH_TTFT_ARGS:-}
 fi

@@ -128,7 +128,28 @@ def parse_args(argv):
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads (default 1, as memcpy)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead")
+    t = p.add_argument_group("time to first token (--ttft): real vLLM servers")
+    t.add_argument("--ttft", action="store_true",
+                   help="instead of the per-request figures: start three vLLM servers (plain, "
+                        "and two through kvds) with a tiny local model and print the TTFT of "
+                        "recompute, vLLM's prefix-cache hit, a kvds local hit and kvds PD "
+                        "(see python/kvds/bench_ttft.py)")
+    t.add_argument("--ttft-tokens", type=_int_list, default=[1000, 2000],
+                   help="prompt lengths (default 1000,2000)")
+    t.add_argument("--requests", type=int, default=8,
+                   help="timed requests per case and length (default 8)")
+    t.add_argument("--model-layers", type=int, default=6, help="layers (default 6)")
+    t.add_argument("--model-hidden", type=int, default=512,
+                   help="hidden size (default 512; 8 heads, 4 KV heads)")
+    t.add_argument("--start-timeout", type=int, default=600,
+                   help="seconds the servers may take to start (default 600)")
+    t.add_argument("--seed", type=int, default=0, help="prompt generator seed (default 0)")
     a = p.parse_args(argv)
+    if a.ttft:
+        if a.requests <= 0 or a.model_layers <= 0 or a.model_hidden % 64:
+            p.error("--requests and --model-layers must be > 0, --model-hidden a multiple "
+                    "of 64")
+        return a
     for name in ("layers", "kv_heads", "head_size", "block_size", "iters", "threads"):
         if getattr(a, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be > 0")
@@ -788,6 +809,38 @@ def _on_sigterm(signum, frame):
     raise KeyboardInterrupt
 
 
+def run_ttft(args, out):
+    from . import bench_ttft
+    own = None
+    try:
+        addr = args.addr
+        if not addr:
+            own = OwnWorker(find_kvds_bin(args.kvds_bin), args.memory or (2 << 30))
+            addr = own.addr
+        first = [True]
+
+        def on_case(c):
+            if args.json:
+                return
+            if first[0]:
+                bench_ttft.print_header({"model": {
+                    "layers": args.model_layers, "hidden": args.model_hidden, "kv_heads": 4,
+                    "head_size": args.model_hidden // 8, "dtype": "float32"}}, addr, out)
+                first[0] = False
+            bench_ttft.print_case(c, out)
+
+        try:
+            res = bench_ttft.run(args, addr, on_case)
+        except bench_ttft.TtftError as e:
+            raise BenchError(str(e)) from e
+        res["worker"] = {"addr": addr, "started": own is not None}
+        res["vllm"] = _vllm_version()
+        return res
+    finally:
+        if own is not None:
+            own.stop()
+
+
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     out = sys.stdout
@@ -798,7 +851,7 @@ def main(argv=None):
                                             lambda c: print_case(c, out))
     import kvds
     try:
-        res = run(args, *hooks)
+        res = run_ttft(args, out) if args.ttft else run(args, *hooks)
     except (BenchError, kvds.KvdsError) as e:     # e.g. a dead --addr, a full pool
         print(f"kvds bench connector: {e}", file=sys.stderr)
         return 1
@@ -810,7 +863,7 @@ def main(argv=None):
     if args.json:
         json.dump(res, out, indent=2)
         out.write("\n")
-    else:
+    elif not args.ttft:
         print_footer(out)
     out.flush()
     return 0

@@ -123,7 +123,10 @@ static const char HELP[] =
     "in $KVDS_PYTHON (else python3), which needs the kvds package (make\n"
     "python) and vLLM 0.32.0; without --addr it starts a worker of this\n"
     "binary and stops it at the end. `kvds bench connector --help` lists its\n"
-    "options (--addr, --tokens, --layers, --iters, --layout, --json, ...).\n";
+    "options (--addr, --tokens, --layers, --iters, --layout, --json, ...).\n"
+    "With --ttft it starts three vLLM servers instead (plain vLLM and two\n"
+    "through kvds, a tiny local model) and prints the time to first token of\n"
+    "recompute, vLLM's prefix-cache hit, a kvds local hit and kvds PD.\n";
 
 #define MAX_LIST 16
 #define REGION_MIN (256ull << 20) /* per direction; larger than any LLC */
