@@ -5,7 +5,8 @@
 #   make test     unit + integration tests, also under ASan+UBSan, Python tests,
 #                 fuzz smoke
 #   make python   the Python package (kvds._kvds) into .venv
-#   make test-python  pytest (tests/python) against a real worker
+#   make test-python  pytest (tests/python) against a real worker, then the
+#                 connector's driver tests with the newest vLLM as well
 #   make bench    full `kvds bench local` against a fresh worker, then
 #                 `kvds bench connector` (vLLM connector save/load per request)
 #   make fuzz     longer libFuzzer campaign (FUZZ_SECONDS, default 600)
@@ -23,7 +24,8 @@ VENV ?= .venv
 PYTEST_ARGS ?=
 
 .PHONY: all deps deps-system build build-asan build-fuzz test test-release test-asan \
-        fuzz-smoke fuzz demo bench format format-check clean python test-python
+        fuzz-smoke fuzz demo bench format format-check clean python test-python \
+        test-vllm-latest
 
 all: build
 
@@ -81,6 +83,15 @@ python: deps build
 
 test-python: python
 	KVDS_BIN=$(abspath $(BUILD))/kvds $(VENV)/bin/python -m pytest -q tests/python $(PYTEST_ARGS)
+	@$(MAKE) test-vllm-latest
+
+# The connector's driver tests against the newest vLLM on PyPI as well
+# (.venv/vllm-latest, python/requirements-vllm-latest.txt).
+test-vllm-latest: python
+	@echo "driver tests with $$(PYTHONPATH=$(abspath $(VENV))/vllm-latest $(VENV)/bin/python -c \
+	  'import vllm; print("vLLM", vllm.__version__)' 2>/dev/null)"
+	KVDS_BIN=$(abspath $(BUILD))/kvds PYTHONPATH=$(abspath $(VENV))/vllm-latest \
+	  $(VENV)/bin/python -m pytest -q tests/python/connector/test_connector_driver.py $(PYTEST_ARGS)
 
 test: format-check test-release test-python test-asan fuzz-smoke
 	@echo "make test: all suites passed"

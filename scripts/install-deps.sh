@@ -2,7 +2,8 @@
 # Installs every Debian package kvds needs to build, test, fuzz and bench,
 # and the project's Python virtual environment (.venv at the repository root,
 # with the pinned packages of python/requirements-dev.txt and, for the vLLM
-# connector, python/requirements-vllm.txt plus CUDA library stubs).
+# connector, python/requirements-vllm.txt plus CUDA library stubs, and the
+# newest vLLM of python/requirements-vllm-latest.txt in .venv/vllm-latest).
 # Idempotent: does nothing (and needs no network) when everything is present.
 # --system-only: the Debian packages only (what building the C code needs),
 # no .venv.
@@ -60,25 +61,42 @@ stamp="$venv/.kvds-requirements"
 # no network.
 want="$("$python" -c 'import sys; print(sys.version)' | head -1)
 $(cat "$reqs" "$vllm_reqs" "$stubs")"
-if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
-  exit 0
+if ! { [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; }; then
+  if [ ! -x "$venv/bin/python" ] ||
+     [ "$("$venv/bin/python" -c 'import sys; print(sys.version)' | head -1)" != "$(echo "$want" | head -1)" ]; then
+    echo "install-deps: creating $venv"
+    rm -rf "$venv"
+    "$python" -m venv "$venv"
+  fi
+  echo "install-deps: installing python/requirements-dev.txt into .venv"
+  rm -f "$stamp"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$reqs"
+  # vLLM (CPU) for the connector tests: every dependency is pinned in the file,
+  # and --no-deps keeps pip from adding torch's nvidia-* CUDA wheels (~4 GB);
+  # make_cuda_stubs.py builds stand-ins for the CUDA libraries torch links to.
+  echo "install-deps: installing python/requirements-vllm.txt into .venv (--no-deps)"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -r "$vllm_reqs"
+  site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+  "$venv/bin/python" "$stubs" "$site" >/dev/null
+  "$venv/bin/python" -c 'import torch, vllm' ||
+    { echo "install-deps: torch/vllm do not import in $venv" >&2; exit 1; }
+  printf '%s' "$want" > "$stamp"
 fi
-if [ ! -x "$venv/bin/python" ] ||
-   [ "$("$venv/bin/python" -c 'import sys; print(sys.version)' | head -1)" != "$(echo "$want" | head -1)" ]; then
-  echo "install-deps: creating $venv"
-  rm -rf "$venv"
-  "$python" -m venv "$venv"
+
+# ---- the newest vLLM on PyPI, for the connector's driver tests --------------
+# An overlay directory (first on PYTHONPATH) with vLLM and the torch it pins;
+# everything else comes from the .venv above (python/requirements-vllm-latest.txt).
+latest_reqs="$root/python/requirements-vllm-latest.txt"
+latest="$venv/vllm-latest"
+lstamp="$latest/.kvds-requirements"
+lwant="$(cat "$latest_reqs" "$stubs")"
+if [ ! -f "$lstamp" ] || [ "$(cat "$lstamp")" != "$lwant" ]; then
+  echo "install-deps: installing python/requirements-vllm-latest.txt into .venv/vllm-latest (--no-deps)"
+  rm -rf "$latest"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
+    --target "$latest" -r "$latest_reqs"
+  "$venv/bin/python" "$stubs" "$latest" >/dev/null
+  PYTHONPATH="$latest" "$venv/bin/python" -c 'import torch, vllm.config' ||
+    { echo "install-deps: torch/vllm of .venv/vllm-latest do not import" >&2; exit 1; }
+  printf '%s' "$lwant" > "$lstamp"
 fi
-echo "install-deps: installing python/requirements-dev.txt into .venv"
-rm -f "$stamp"
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$reqs"
-# vLLM (CPU) for the connector tests: every dependency is pinned in the file,
-# and --no-deps keeps pip from adding torch's nvidia-* CUDA wheels (~4 GB);
-# make_cuda_stubs.py builds stand-ins for the CUDA libraries torch links to.
-echo "install-deps: installing python/requirements-vllm.txt into .venv (--no-deps)"
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -r "$vllm_reqs"
-site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-"$venv/bin/python" "$stubs" "$site" >/dev/null
-"$venv/bin/python" -c 'import torch, vllm' ||
-  { echo "install-deps: torch/vllm do not import in $venv" >&2; exit 1; }
-printf '%s' "$want" > "$stamp"

@@ -73,6 +73,17 @@ class KvdsConnector(KVConnectorBase_V1):
                                       getattr(self._kv_cache_config, "num_blocks", None),
                                       self._config_desc, self.model)
 
+    def unregister_kv_caches(self):
+        """vLLM >= 0.33, before sleep mode releases the KV cache: no queued
+        save reads it any more (those not copied yet are dropped)."""
+        if self._work is not None:
+            self._work.unregister()
+
+    def restore_kv_caches(self):
+        """vLLM >= 0.33, after wake-up: the cache's addresses are read again."""
+        if self._work is not None:
+            self._work.restore()
+
     def get_handshake_metadata(self):
         return self._work.handshake() if self._work else None
 
@@ -151,6 +162,11 @@ class KvdsConnector(KVConnectorBase_V1):
 
     def request_finished(self, request, block_ids):
         return self._sched.request_finished(request, block_ids)
+
+    def may_load_async(self, request):
+        """vLLM >= 0.33: whether get_num_new_matched_tokens may answer
+        load_kv_async=True for this request (admission of async loads)."""
+        return self._sched.may_load_async(request) if self._sched else False
 
     def has_pending_block_frees(self):
         return self._sched.has_pending_block_frees() if self._sched else False

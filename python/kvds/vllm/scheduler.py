@@ -328,6 +328,16 @@ class SchedulerSide:
             return n + found, None, 0
         return 0, None, 0
 
+    def may_load_async(self, request):
+        mode = self.cfg.load_async
+        if mode is True or mode is False:
+            return mode
+        params = getattr(request, "kv_transfer_params", None) or {}
+        nb = params.get("kvds_blocks") if params.get("kvds_fp") == self._instance_fp else None
+        if not isinstance(nb, int):
+            nb = len(request.block_hashes)    # an upper bound of a prefix hit
+        return self._is_async(nb)
+
     def _is_async(self, n):
         mode = self.cfg.load_async
         if mode == "auto":
@@ -379,13 +389,14 @@ class SchedulerSide:
                 self._plan_saves(meta, nr.req_id, st, nr.num_computed_tokens,
                                  scheduler_output.num_scheduled_tokens.get(nr.req_id, 0))
         cached = scheduler_output.scheduled_cached_reqs
+        resumed = getattr(cached, "resumed_req_ids", None) or ()   # vLLM <= 0.32
         for i, rid in enumerate(cached.req_ids):
             st = self._reqs.get(rid)
             if st is None:
                 continue
             new = cached.new_block_ids[i]
             if new is not None:
-                if rid in cached.resumed_req_ids:
+                if rid in resumed:
                     st.block_ids = list(new[0])
                 else:
                     st.block_ids.extend(new[0])

@@ -129,6 +129,10 @@ class Saver(threading.Thread):
             import torch
             torch.cuda.current_stream().wait_stream(self._stream)
 
+    def pending_requests(self):
+        with self._cv:
+            return set(self._pending)
+
     def idle(self, rid):
         with self._cv:
             return self._pending.get(rid, 0) == 0
@@ -346,6 +350,7 @@ class WorkerSide:
         self._load_errors: set[int] = set()
         self._awaiting: set[str] = set()
         self._job = None                  # this step's layer-wise save
+        self._asleep = False              # KV cache released (vLLM sleep mode)
         self._warned: set[str] = set()
         self._closed = False
         self.link = self.make_link(self.cfg.step_timeout_ms)   # loads inside the step
@@ -438,6 +443,15 @@ class WorkerSide:
         if self.conn.is_consumer:
             self.loads = Pool("kvds-load", self.cfg.max_parallel_loads, self.make_link)
             self.loads.prestart(1)
+
+    def unregister(self):
+        if self.saver is not None:
+            self.saver.fence(self.saver.pending_requests())
+        self._asleep = True
+
+    def restore(self):
+        self._segments_init()
+        self._asleep = False
 
     def handshake(self):
         if self.key_prefix is None:
@@ -611,6 +625,15 @@ class WorkerSide:
 
     def start_load_kv(self, meta):
         for spec in meta.loads:
+            if self._asleep:
+                log.warning("kvds: load of %s while the KV cache is released (sleep "
+                            "mode); not loading", spec.req_id)
+                if spec.is_async:
+                    self._finish_async(spec.req_id, set(spec.block_ids))
+                else:
+                    with self._lock:
+                        self._load_errors |= set(spec.block_ids)
+                continue
             if spec.is_async:
                 if self._closed or self.loads is None:
                     self._finish_async(spec.req_id, set(spec.block_ids))
@@ -626,7 +649,7 @@ class WorkerSide:
                 self._load_errors |= failed
 
     def _step_items(self, meta):
-        if not self.save_enabled or not self.kv_caches or self.saver is None:
+        if not self.save_enabled or not self.kv_caches or self.saver is None or self._asleep:
             return []
         return [(rid, self.key_prefix + h, b) for rid, blocks in meta.saves.items()
                 for h, b in blocks]

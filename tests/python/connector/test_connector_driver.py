@@ -1173,3 +1173,27 @@ def test_prefix_hit_from_another_worker(pair, engines, ns):
     eb.run()
     assert eb.matched["b"] == (4 * BS, False) and eb.lookups["b"] >= 2
     assert eb.work.stats["blocks_loaded"] == 4 and eb.expected_ok(eb.done["b"])
+
+
+def test_sleep_mode_and_may_load_async(worker, engines, ns):
+    """vLLM >= 0.33's hooks: unregister_kv_caches (sleep) drops queued
+    saves that have not copied yet and refuses loads and saves until
+    restore_kv_caches; after it everything works. may_load_async says
+    which requests may load between steps."""
+    toks = prompt(2 * BS + 1, seed=52)
+    a = engines("bhnc", namespace=ns)
+    w = a.works[0]
+    w.unregister_kv_caches()
+    a.add(make_request("asleep", toks))
+    a.run()
+    assert a.work.stats["blocks_saved"] == 0 and a.send_reports == {"asleep": 1}
+    w.restore_kv_caches()
+    a.add(make_request("awake", prompt(2 * BS + 1, seed=53)))
+    a.run()
+    assert a.work.stats["blocks_saved"] == 2
+    b = engines("bhnc", namespace=ns, load_async=True)
+    assert b.sched.may_load_async(make_request("x", toks))
+    c = engines("bhnc", namespace=ns)                      # auto: a small hit loads in the step
+    assert not c.sched.may_load_async(make_request("y", toks))
+    big = engines("bhnc", namespace=ns, sync_load_max_mb=0)
+    assert big.sched.may_load_async(make_request("z", toks))

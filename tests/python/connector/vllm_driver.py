@@ -1,4 +1,5 @@
-"""A driver that calls kvds.vllm.KvdsConnector the way vLLM 0.32.0 does.
+"""A driver that calls kvds.vllm.KvdsConnector the way vLLM 0.32.0 does (and
+0.33/0.34, where resumed requests are scheduled as new ones).
 
 One `Engine` is one vLLM instance: a scheduler-side and a worker-side
 connector per TP rank (separate objects, as in vLLM), a paged KV cache in
@@ -34,12 +35,13 @@ tiny_model.TinyTransformer is a real decoder that attends over the paged
 cache.
 """
 import copy
+import dataclasses
 import pickle
 import time
 import types
 
 import torch
-from vllm.config import CacheConfig, KVTransferConfig, ParallelConfig, VllmConfig
+from vllm.config import CacheConfig, DeviceConfig, KVTransferConfig, ParallelConfig, VllmConfig
 from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorRole
 from vllm.sampling_params import SamplingParams
 from vllm.utils.hashing import sha256
@@ -64,6 +66,20 @@ LAYOUTS = ["bhnc", "bhnc-strided", "kv2-nhd", "b2-nhd", "mla"]
 torch.set_num_threads(1)
 init_none_hash(sha256)
 _HASHER = get_request_block_hasher(BS, sha256)
+
+
+# vLLM 0.32 lists resumed requests with the cached ones (resumed_req_ids);
+# from 0.33 on they come back as new requests (with prefill_token_ids).
+RESUMED_AS_CACHED = "resumed_req_ids" in {f.name for f in dataclasses.fields(CachedRequestData)}
+_NEW_REQ_FIELDS = {f.name for f in dataclasses.fields(NewRequestData)}
+
+
+def _new_request_data(r, block_ids):
+    kw = {}
+    if "prefill_token_ids" in _NEW_REQ_FIELDS:
+        kw["prefill_token_ids"] = list(r.all_token_ids)
+    return NewRequestData(r.request_id, r.prompt_token_ids, [], r.sampling_params, None,
+                          (list(block_ids),), r.num_computed_tokens, None, **kw)
 
 
 def make_cache(layout):
@@ -139,7 +155,10 @@ def vllm_config(role, extra, policy="recompute", tp=1, block_size=BS, cache_dtyp
             kv_role=role, kv_connector_extra_config=dict(extra),
             kv_load_failure_policy=policy),
         cache_config=CacheConfig(block_size=block_size, cache_dtype=cache_dtype),
-        parallel_config=ParallelConfig(tensor_parallel_size=tp))
+        parallel_config=ParallelConfig(tensor_parallel_size=tp),
+        # named, not inferred: a GPU build of vLLM (the newest on PyPI) finds
+        # no platform on this machine
+        device_config=DeviceConfig(device="cpu"))
 
 
 class Engine:
@@ -308,21 +327,23 @@ class Engine:
             r.status = RequestStatus.RUNNING
             self.running[rid] = r
             num_sched[rid] = n
-        cached_all = [(r, new) for r, new in cached] + [(r, self.blocks[r.request_id])
-                                                        for r in resumed]
+        if RESUMED_AS_CACHED:
+            cached_all = [(r, new) for r, new in cached] + [(r, self.blocks[r.request_id])
+                                                            for r in resumed]
+        else:   # vLLM >= 0.33: a resumed request is scheduled as a new one
+            cached_all, new_reqs = list(cached), new_reqs + resumed
+        extra = ({"resumed_req_ids": {r.request_id for r in resumed},
+                  "all_token_ids": {r.request_id: list(r.all_token_ids) for r in resumed}}
+                 if RESUMED_AS_CACHED else {})
         so = SchedulerOutput(
-            scheduled_new_reqs=[
-                NewRequestData(r.request_id, r.prompt_token_ids, [], r.sampling_params, None,
-                               (list(self.blocks[r.request_id]),), r.num_computed_tokens, None)
-                for r in new_reqs],
+            scheduled_new_reqs=[_new_request_data(r, self.blocks[r.request_id])
+                                for r in new_reqs],
             scheduled_cached_reqs=CachedRequestData(
                 req_ids=[r.request_id for r, _ in cached_all],
-                resumed_req_ids={r.request_id for r in resumed},
                 new_token_ids=[[] for _ in cached_all],
-                all_token_ids={r.request_id: list(r.all_token_ids) for r in resumed},
                 new_block_ids=[(list(new),) if new else None for _, new in cached_all],
                 num_computed_tokens=[r.num_computed_tokens for r, _ in cached_all],
-                num_output_tokens=[r.num_output_tokens for r, _ in cached_all]),
+                num_output_tokens=[r.num_output_tokens for r, _ in cached_all], **extra),
             num_scheduled_tokens=num_sched, total_num_scheduled_tokens=sum(num_sched.values()),
             scheduled_spec_decode_tokens={}, scheduled_encoder_inputs={},
             finished_req_ids=self.finished_ids, free_encoder_mm_hashes=[],
