@@ -1197,3 +1197,27 @@ def test_sleep_mode_and_may_load_async(worker, engines, ns):
     assert not c.sched.may_load_async(make_request("y", toks))
     big = engines("bhnc", namespace=ns, sync_load_max_mb=0)
     assert big.sched.may_load_async(make_request("z", toks))
+
+
+def test_several_kv_cache_groups_are_refused_at_start():
+    """A hybrid model (several KV-cache groups: sliding window + full
+    attention) is refused when the connector is built, with what to do —
+    not a failure at the first save. (vLLM turns its hybrid allocator off
+    for connectors without SupportsHMA, so this is only met when that
+    is forced.)"""
+    import types as _types
+    from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorRole
+    from vllm.v1.kv_cache_interface import FullAttentionSpec, SlidingWindowSpec
+    import torch
+    from kvds.vllm import KvdsConnector
+    from vllm_driver import vllm_config
+    full = FullAttentionSpec(block_size=BS, num_kv_heads=2, head_size=8, dtype=torch.float32)
+    swa = SlidingWindowSpec(block_size=BS, num_kv_heads=2, head_size=8, dtype=torch.float32,
+                            sliding_window=64)
+    kvcc = _types.SimpleNamespace(num_blocks=8, kv_cache_groups=[
+        _types.SimpleNamespace(kv_cache_spec=full, layer_names=["a"]),
+        _types.SimpleNamespace(kv_cache_spec=swa, layer_names=["b"])])
+    for role in (KVConnectorRole.SCHEDULER, KVConnectorRole.WORKER):
+        with pytest.raises(ValueError, match="2 KV-cache groups .*FullAttentionSpec, "
+                                             "SlidingWindowSpec.*disable-hybrid-kv-cache"):
+            KvdsConnector(vllm_config("kv_both", {"worker_addr": "127.0.0.1:1"}), role, kvcc)
