@@ -125,6 +125,9 @@ def parse_args(argv):
                    help="untimed iterations first (default 1)")
     p.add_argument("--no-sync", dest="sync", action="store_false",
                    help="skip the synchronous load (load_async: false)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where the paged cache lives (default cpu; cuda: the connector's "
+                        "device copies through the pinned pool and its side streams)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads (default 1, as memcpy)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead")
@@ -282,7 +285,7 @@ class Bench:
         h, d, bs, nb = a.kv_heads, a.head_size, self.bs, self.nb
         shape = {"bhnc": (nb, h, bs, 2 * d), "kv2-nhd": (2, nb, bs, h, d),
                  "b2-nhd": (nb, 2, bs, h, d)}[a.layout]
-        raw = torch.empty(nb * self.layer_bytes, dtype=torch.uint8)
+        raw = torch.empty(nb * self.layer_bytes, dtype=torch.uint8, device=self.a.device)
         raw.random_(0, 256)
         return raw.view(self.dtype).view(shape)
 
@@ -364,7 +367,7 @@ class Bench:
     def _cache_blocks(self, name, nblk):
         """Blocks 1..nblk of one layer as [nblk, layer_bytes] uint8 (a copy)."""
         t = self.caches[name].narrow(self._block_dim(), 1, nblk).movedim(self._block_dim(), 0)
-        return t.contiguous().view(self.torch.uint8).reshape(nblk, -1)
+        return t.contiguous().view(self.torch.uint8).reshape(nblk, -1).cpu()
 
     def _check_cache(self, ref, nblk, what):
         off = HEADER_SIZE
@@ -702,7 +705,8 @@ def print_header(res, out):
     print(f"kvds bench connector: worker {w['addr']} ({how}, "
           f"{'shared memory' if w['shared_memory'] else 'TCP: values are copied'})", file=out)
     print(f"KV cache: {g['layers']} layers x {g['kv_heads']} KV heads x {g['head_size']}, "
-          f"{g['dtype']}, block {g['block_size']} tokens, layout {g['layout']}: "
+          f"{g['dtype']}, block {g['block_size']} tokens, layout {g['layout']}, "
+          f"on {g['device']}: "
           f"{g['block_bytes']} B per block object ({g['block_bytes'] - HEADER_SIZE} B of KV "
           f"+ {HEADER_SIZE} B header)", file=out)
     print(f"median of {res['iters']} iterations after {res['warmup']} warm-up; GB/s = 10^9 "
@@ -753,8 +757,11 @@ def run(args, on_start=None, on_case=None):
     vllm = import_vllm()
     import torch
     torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise BenchError("--device cuda: torch sees no CUDA device here")
     geometry = {"layers": args.layers, "kv_heads": args.kv_heads, "head_size": args.head_size,
-                "dtype": args.dtype, "block_size": args.block_size, "layout": args.layout}
+                "dtype": args.dtype, "block_size": args.block_size, "layout": args.layout,
+                "device": args.device}
     elem = torch.empty((), dtype=getattr(torch, args.dtype)).element_size()
     block_bytes = HEADER_SIZE + args.layers * 2 * args.kv_heads * args.head_size \
         * args.block_size * elem

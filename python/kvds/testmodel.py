@@ -2,7 +2,7 @@
 BPE tokenizer trained here, a config, and seeded random weights — nothing
 is downloaded.
 
-    python -m kvds.testmodel DIR [--layers N] [--hidden H] [--max-len L]
+    python -m kvds.testmodel DIR [--layers N] [--hidden H] [--max-len L] [--mla]
 
 Not vLLM's dummy weights (uniform +-1e-3): with those every prompt gets
 logits of ~0 and the same tokens, so an answer could not tell a right KV
@@ -84,6 +84,29 @@ def make_weights(model_dir, seed=0):
     save_file(w, os.path.join(model_dir, "model.safetensors"))
 
 
+def make_mla_model(out, llama, layers=3, hidden=256):
+    """A tiny DeepSeek-V2 (MLA: a 512 + 64 latent per token, the same on
+    every TP rank) with seeded random weights, every layer dense (no MoE
+    routing), and the tokenizer of the Llama in `llama`. Needs transformers
+    with DeepseekV2Config."""
+    import shutil
+    import torch
+    import transformers
+    cfg = transformers.DeepseekV2Config(
+        vocab_size=512, hidden_size=hidden, intermediate_size=2 * hidden,
+        moe_intermediate_size=hidden // 2, num_hidden_layers=layers, num_attention_heads=8,
+        num_key_value_heads=8, n_shared_experts=1, n_routed_experts=4, num_experts_per_tok=2,
+        first_k_dense_replace=layers, kv_lora_rank=512, q_lora_rank=None,
+        qk_rope_head_dim=64, qk_nope_head_dim=64, v_head_dim=64,
+        max_position_embeddings=2048, torch_dtype="float32",
+        bos_token_id=1, eos_token_id=2, pad_token_id=3)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(cfg)
+    model.save_pretrained(out, safe_serialization=True)
+    for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        shutil.copy(os.path.join(llama, f), os.path.join(out, f))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m kvds.testmodel",
                                 description="Writes a tiny Llama (tokenizer, config, seeded "
@@ -93,7 +116,15 @@ def main(argv=None):
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--max-len", type=int, default=1024)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mla", action="store_true",
+                   help="a tiny DeepSeek-V2 (MLA) instead, in DIR (its tokenizer: a Llama's, "
+                        "made in DIR/llama)")
     a = p.parse_args(argv)
+    if a.mla:
+        llama = os.path.join(a.dir, "llama")
+        make_model(llama, max_len=a.max_len, seed=a.seed)
+        make_mla_model(a.dir, llama, layers=a.layers, hidden=a.hidden)
+        return 0
     make_model(a.dir, layers=a.layers, hidden=a.hidden, max_len=a.max_len, seed=a.seed)
     return 0
 

@@ -29,6 +29,14 @@ def _check_groups(kv_cache_config):
             "blocks), or run without the connector")
 
 
+def _uses_mla(vllm_config, kv_cache_config):
+    """An MLA model: one latent per token, the same on every TP rank."""
+    if getattr(getattr(vllm_config, "model_config", None), "use_mla", False):
+        return True
+    groups = getattr(kv_cache_config, "kv_cache_groups", None) or ()
+    return any("MLA" in type(getattr(g, "kv_cache_spec", None)).__name__ for g in groups)
+
+
 class KvdsConnector(KVConnectorBase_V1):
     """vLLM v1 KV connector storing blocks in kvds (docs/vllm.md)."""
 
@@ -48,6 +56,7 @@ class KvdsConnector(KVConnectorBase_V1):
         self.model = keymod.model_name(vllm_config, self.cfg.model_id)
         self._config_desc = keymod.config_descriptor(vllm_config, kv_cache_config,
                                                      self.cfg.model_id)
+        self.use_mla = _uses_mla(vllm_config, kv_cache_config)
         self.health = Health(self.cfg.worker_addr)
         self.stats = {"blocks_loaded": 0, "blocks_saved": 0, "load_errors": 0}
         self._sched = self._work = None

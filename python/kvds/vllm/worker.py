@@ -198,7 +198,8 @@ class Saver(threading.Thread):
             if side._cuda:
                 import torch
                 if self._stream is None:
-                    self._stream = torch.cuda.Stream()
+                    # on the cache's device: threads start on device 0
+                    self._stream = torch.cuda.Stream(device=side._device)
             if not todo:
                 return
             if not job.layerwise and side._seg is not None:
@@ -318,7 +319,7 @@ class _LoadJob:
     def run(self, link):
         failed = set(self.spec.block_ids)
         try:
-            failed = self.side.load(link, self.spec, thread_stream=True)
+            failed = self.side.load(link, self.spec)
         finally:
             self.side._finish_async(self.spec.req_id, failed)
 
@@ -342,6 +343,7 @@ class WorkerSide:
         self.save_enabled = True
         self._tp_rank, self._pp_rank = _ranks()
         self._cuda = False
+        self._device = None
         self._seg = None
         self._pinned_pools: dict[int, int] = {}
         self._streams = threading.local()
@@ -402,6 +404,7 @@ class WorkerSide:
     def register_kv_caches(self, kv_caches, num_blocks, config_desc, model):
         self.kv_caches = dict(kv_caches)
         self._cuda = any(t.is_cuda for t in self.kv_caches.values())
+        self._device = next(iter(self.kv_caches.values())).device if self.kv_caches else None
         names = set()
         total = HEADER_SIZE
         for name, t in self.kv_caches.items():
@@ -413,7 +416,9 @@ class WorkerSide:
             raise ValueError(f"kvds.vllm: layers have different layouts {sorted(names)}")
         self.layout_name = names.pop()
         tdesc = layoutmod.tensor_descriptor(self.kv_caches, self.layouts)
-        mla = self.layout_name == "mla"
+        # MLA latents are the same on every TP rank, whatever shape the
+        # backend gives them (vLLM's CPU MLA backend: [blocks, 1, block, 576])
+        mla = self.layout_name == "mla" or self.conn.use_mla
         fp = keymod.rank_fingerprint(config_desc, tdesc)
         self.key_prefix = keymod.rank_prefix(self.cfg.namespace, model, fp,
                                              None if mla else self._tp_rank, self._pp_rank)
@@ -525,15 +530,21 @@ class WorkerSide:
         s = getattr(self._streams, "s", None)
         if s is None:
             import torch
-            s = self._streams.s = torch.cuda.Stream()
+            s = self._streams.s = torch.cuda.Stream(device=self._device)
         return s
 
-    def load(self, link, spec, thread_stream=False):
+    def load(self, link, spec, main=None):
         """Copies the spec's blocks into the paged cache; returns the ids of
-        the blocks that could not be loaded."""
-        if self._cuda and thread_stream:
+        the blocks that could not be loaded. On CUDA the copies run on a
+        stream of this thread's, after the work already queued on the
+        compute stream `main` (the caller's, for a load inside the step),
+        and are finished before the pins go."""
+        if self._cuda:
             import torch
-            with torch.cuda.stream(self._load_stream()):
+            s = self._load_stream()
+            if main is not None:
+                s.wait_stream(main)
+            with torch.cuda.stream(s):
                 return self._load(link, spec)
         return self._load(link, spec)
 
@@ -641,7 +652,11 @@ class WorkerSide:
                     self.loads.submit(_LoadJob(self, spec))
                 continue
             try:
-                failed = self.load(self.link, spec)
+                main = None
+                if self._cuda:
+                    import torch
+                    main = torch.cuda.current_stream(self._device)
+                failed = self.load(self.link, spec, main)
             except Exception as e:
                 log.warning("kvds: load of %s failed: %s", spec.req_id, e)
                 failed = set(spec.block_ids)

@@ -69,3 +69,31 @@ def test_real_vllm_producer_consumer(make_worker, tmp_path):
     assert other["connector"] == {"blocks_loaded": 0, "blocks_saved": 2, "load_errors": 0}
     assert other["tokens"] == prod["tokens"]
     w.stop()
+
+
+def test_real_vllm_mla_producer_consumer(make_worker, tmp_path):
+    """An MLA model (a tiny DeepSeek-V2, random weights) in real vLLM: the
+    paged cache holds one latent per token, the same on every TP rank, so
+    the producer stores one copy per block under a tp* key, and the
+    consumer, given its params, loads every full block and generates the
+    producer's tokens."""
+    from kvds.testmodel import make_mla_model
+    w = make_worker("256MiB")
+    llama = str(tmp_path / "llama")
+    subprocess.run([sys.executable, SCRIPT, "make-model", llama], check=True)
+    model = str(tmp_path / "mla")
+    make_mla_model(model, llama)
+    prompt_file = str(tmp_path / "prompt.json")
+    with open(prompt_file, "w") as f:
+        json.dump([(i * 41) % 500 + 4 for i in range(300)], f)
+    prod = vllm_run(model, prompt_file, w.addr, "kv_producer", 0, tmp_path)
+    nb = prod["kv_transfer_params"]["kvds_blocks"]
+    assert nb >= 2 and prod["connector"]["blocks_saved"] == nb, prod
+    with kvds.Client(w.addr) as c:
+        keys = [k.decode() for k, _ in c.list(b"e2e/", limit=None)]
+    assert len(keys) == nb and all("/tp*/pp0/" in k for k in keys), keys
+    cons = vllm_run(model, prompt_file, w.addr, "kv_consumer", 0, tmp_path,
+                    prod["kv_transfer_params"])
+    assert cons["connector"] == {"blocks_loaded": nb, "blocks_saved": 0, "load_errors": 0}
+    assert cons["tokens"] == prod["tokens"]
+    w.stop()
