@@ -143,15 +143,16 @@ def parse_args(argv):
                    help="timed requests per case and length (default 8)")
     t.add_argument("--model-layers", type=int, default=6, help="layers (default 6)")
     t.add_argument("--model-hidden", type=int, default=512,
-                   help="hidden size (default 512; 8 heads, 4 KV heads)")
+                   help="hidden size, a multiple of 128 (default 512; heads of 64, half as "
+                        "many KV heads)")
     t.add_argument("--start-timeout", type=int, default=600,
                    help="seconds the servers may take to start (default 600)")
     t.add_argument("--seed", type=int, default=0, help="prompt generator seed (default 0)")
     a = p.parse_args(argv)
     if a.ttft:
-        if a.requests <= 0 or a.model_layers <= 0 or a.model_hidden % 64:
+        if a.requests <= 0 or a.model_layers <= 0 or a.model_hidden <= 0 or a.model_hidden % 128:
             p.error("--requests and --model-layers must be > 0, --model-hidden a multiple "
-                    "of 64")
+                    "of 128")
         return a
     for name in ("layers", "kv_heads", "head_size", "block_size", "iters", "threads"):
         if getattr(a, name) <= 0:
@@ -831,8 +832,9 @@ def run_ttft(args, out):
                 return
             if first[0]:
                 bench_ttft.print_header({"model": {
-                    "layers": args.model_layers, "hidden": args.model_hidden, "kv_heads": 4,
-                    "head_size": args.model_hidden // 8, "dtype": "float32"}}, addr, out)
+                    "layers": args.model_layers, "hidden": args.model_hidden,
+                    "kv_heads": args.model_hidden // 128, "head_size": 64, "dtype": "float32"}},
+                    addr, out)
                 first[0] = False
             bench_ttft.print_case(c, out)
 

@@ -139,17 +139,19 @@ class Server:
         c, r = self._post(body)
         if r.status != 200:
             raise TtftError(f"{self.name}: HTTP {r.status}: {r.read()[:500]!r}")
-        first, rid = None, None
+        first, rid, err = None, None, None
         for line in r:
             if not line.startswith(b"data:") or line.strip() == b"data: [DONE]":
                 continue
             ev = json.loads(line[5:])
+            err = err or ev.get("error")
             if ev.get("choices") and first is None:
                 first = time.perf_counter() - t0
                 rid = ev.get("id")
         c.close()
         if first is None:
-            raise TtftError(f"{self.name}: the stream ended without a token")
+            raise TtftError(f"{self.name}: the stream ended without a token"
+                            + (f": {err}" if err else ""))
         return first, rid
 
     def prefill(self, prompt):
@@ -211,8 +213,9 @@ def run(args, addr, on_case=None):
     tmp = tempfile.mkdtemp(prefix="kvds-bench-ttft.")
     max_len = max(args.ttft_tokens) + 64
     model = os.path.join(tmp, "model")
-    make_model(model, layers=args.model_layers, hidden=args.model_hidden, heads=8, kv_heads=4,
-               max_len=max(4096, max_len))
+    heads = args.model_hidden // 64                 # head size 64
+    make_model(model, layers=args.model_layers, hidden=args.model_hidden, heads=heads,
+               kv_heads=heads // 2, max_len=max(4096, max_len))
     ns = f"bench-ttft-{os.getpid()}-{int(time.time())}"
     servers = []
     try:
@@ -225,8 +228,8 @@ def run(args, addr, on_case=None):
             s.wait_ready(deadline)
         rng = random.Random(args.seed)
         res = {"model": {"layers": args.model_layers, "hidden": args.model_hidden,
-                         "kv_heads": 4, "head_size": args.model_hidden // 8,
-                         "dtype": "float32"}, "logs": tmp, "cases": []}
+                         "kv_heads": heads // 2, "head_size": 64, "dtype": "float32"},
+               "logs": tmp, "cases": []}
         # warm-up: one of each path, untimed
         warm = [rng.randrange(4, 500) for _ in range(min(args.ttft_tokens))]
         v.ttft(warm)

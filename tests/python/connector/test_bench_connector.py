@@ -111,3 +111,23 @@ def test_help_names_connector_mode():
                        timeout=60)
     assert p.returncode == 0
     assert "kvds bench connector" in p.stdout and "KVDS_PYTHON" in p.stdout
+
+
+def test_ttft_mode(worker):
+    """`kvds bench connector --ttft` with one request per case on a 2-layer
+    model: three real vLLM servers start and stop, every case has its one
+    sample, the kvds hit really loaded (its transfer is in the figures) and
+    was checked against its bound. No time is asserted."""
+    res = run([sys.executable, "-m", "kvds.bench_connector", "--ttft", "--json",
+               "--requests", "1", "--ttft-tokens", "300", "--model-layers", "2",
+               "--model-hidden", "128", "--addr", worker.addr])
+    assert res["worker"]["addr"] == worker.addr and res["model"]["layers"] == 2
+    [c] = res["cases"]
+    assert c["tokens"] == 300
+    for k in ("recompute", "vllm_hit", "kvds_hit", "pd_decode", "pd_e2e"):
+        assert c[k]["n"] == 1 and c[k]["p50"] > 0 and len(c[k]["samples_ms"]) == 1, k
+    assert c["pd_e2e"]["p50"] > c["pd_decode"]["p50"]
+    # 300 tokens, block 128: two full blocks loaded
+    assert c["transfer_bytes"] > 0 and c["transfer_ms"]["n"] == 1
+    assert c["over_bound"] in (0, 1) and len(c["bound_ms"]) == 1
+    assert c["bound_ms"][0] > c["transfer_ms"]["p50"]
