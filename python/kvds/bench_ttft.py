@@ -73,14 +73,18 @@ def _free_port():
 
 
 class Server:
-    """One `python -m vllm.entrypoints.openai.api_server` in its own
-    process group, on 127.0.0.1:<free port>."""
+    """One `python -m vllm.entrypoints.openai.api_server` (CPU, float32,
+    eager, world size 1) in its own process group, on 127.0.0.1:<free
+    port>; its output in tmp/vllm-<name>-<port>.log. Starts at
+    construction: call wait_ready() (several may start at once)."""
 
-    def __init__(self, name, model, tmp, max_len, kv=None):
+    def __init__(self, name, model, tmp, max_len, kv=None, hashseed=0):
         self.name = name
         self.port = _free_port()
-        self.log_path = os.path.join(tmp, f"vllm-{name}.log")
-        env = dict(os.environ, PYTHONHASHSEED="0", HF_HUB_OFFLINE="1",
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = os.path.join(str(tmp), f"vllm-{name}-{self.port}.log")
+        tmp = str(tmp)
+        env = dict(os.environ, PYTHONHASHSEED=str(hashseed), HF_HUB_OFFLINE="1",
                    TRANSFORMERS_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="1",
                    VLLM_CPU_OMP_THREADS_BIND="nobind", VLLM_LOGGING_LEVEL="INFO",
                    VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1",

@@ -121,6 +121,26 @@ def fresh_worker(make_worker):
     w.stop()
 
 
+@pytest.fixture(scope="module")
+def static_pair(make_worker):
+    """Two workers naming each other with --peers (a static cluster), for
+    the module; stopped (exit 0 asserted) at its end."""
+    pa, pb = free_port(), free_port()
+    a = make_worker("64MiB", ["--peers", f"127.0.0.1:{pb}"], port=pa)
+    b = make_worker("64MiB", ["--peers", f"127.0.0.1:{pa}"], port=pb)
+    yield a, b
+    a.stop()
+    b.stop()
+
+
+def wait_for(pred, what, timeout=10.0, poll=0.01):
+    """Polls pred() until it is true; fails naming `what` after timeout s."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(poll)
+
+
 @pytest.fixture(params=["shm", "tcp"])
 def transport(request):
     return request.param

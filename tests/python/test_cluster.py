@@ -5,29 +5,16 @@ A key stored on A is read on B — pulled into B's pool and checksummed on
 the way — with or without a hint, and exists / lookup_prefix / locate
 answer for the whole cluster."""
 import json
-import time
 
 import pytest
 
 import kvds
-from conftest import free_port
+from conftest import free_port, wait_for
 
 
 @pytest.fixture(scope="module")
-def pair(make_worker):
-    pa, pb = free_port(), free_port()
-    a = make_worker("64MiB", ["--peers", f"127.0.0.1:{pb}"], port=pa)
-    b = make_worker("64MiB", ["--peers", f"127.0.0.1:{pa}"], port=pb)
-    yield a, b
-    a.stop()
-    b.stop()
-
-
-def wait_for(pred, what, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
+def pair(static_pair):
+    return static_pair
 
 
 def test_static_view(pair):

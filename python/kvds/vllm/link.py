@@ -18,6 +18,31 @@ log = logging.getLogger("vllm.kvds")
 CONNECT_TIMEOUT_MS = 2000     # a stopped worker must not hold a connect for long
 
 
+class WarnOnce:
+    """Logs each kind of warning once. At most `cap` kinds are remembered
+    (a kind may come from a request: a hint naming some worker); past that,
+    new kinds are logged at most once a minute."""
+
+    def __init__(self, cap=256):
+        self._seen = set()
+        self._cap = cap
+        self._last = 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self, what, msg, *args):
+        with self._lock:
+            if what in self._seen:
+                return
+            if len(self._seen) < self._cap:
+                self._seen.add(what)
+            else:
+                now = time.monotonic()
+                if now - self._last < 60:
+                    return
+                self._last = now
+        log.warning(msg, *args)
+
+
 class Health:
     def __init__(self, addr):
         self.addr = addr

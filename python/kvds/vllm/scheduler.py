@@ -22,7 +22,7 @@ from typing import Any
 import kvds
 
 from . import keys as keymod
-from .link import Link, Pool
+from .link import Link, Pool, WarnOnce
 from .meta import KvdsConnectorMetadata, LoadSpec
 from .stats import Recorder
 
@@ -141,7 +141,7 @@ class SchedulerSide:
         self._bad: dict[str, float] = {}                  # hash hex -> retry after
         self._metas = 0                      # metadata built
         self._updates = 0                    # outputs processed
-        self._warned: set[str] = set()
+        self._warn_once = WarnOnce()
 
     # ---- connections ------------------------------------------------------
 
@@ -168,11 +168,6 @@ class SchedulerSide:
         self._members.discard(None)
         self._cluster = len(members) > 1
         self._members_at = time.monotonic()
-
-    def _warn_once(self, what, msg, *args):
-        if what not in self._warned:
-            self._warned.add(what)
-            log.warning(msg, *args)
 
     def set_handshake(self, metadata):
         """{(pp, tp): KvdsHandshake} from every worker rank."""

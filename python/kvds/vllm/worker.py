@@ -16,6 +16,7 @@ inside the step (start_load_kv) or, between steps, on load threads that
 each have their own connection and deadline.
 """
 import collections
+import contextlib
 import ctypes
 import logging
 import threading
@@ -27,7 +28,7 @@ import kvds
 from . import keys as keymod
 from . import layout as layoutmod
 from .layout import HEADER_SIZE, detect_layout
-from .link import Link, Pool
+from .link import Link, Pool, WarnOnce
 from .meta import KvdsHandshake
 from .stats import Recorder
 
@@ -273,24 +274,7 @@ class Saver(threading.Thread):
     def _copy_layer(self, job, todo, name):
         side = self.side
         off, lay = side._offsets[name], side.layouts[name]
-        t = side.kv_caches[name]
-        if side._cuda:
-            import torch
-            ev = job.events.get(name) or job.events.get(None)
-            with torch.cuda.stream(self._stream):
-                if ev is not None:
-                    self._stream.wait_event(ev)
-                for w, b, rid in todo:
-                    with job.lock:
-                        if rid in job.cancelled:
-                            continue
-                        src = side._block_view(name, t, b)
-                        buf = torch.frombuffer(w, dtype=torch.uint8)
-                        buf[off:off + lay.nbytes].view(t.dtype).view(src.shape).copy_(
-                            src, non_blocking=True)
-                        del buf
-            return
-        if side._seg is not None:
+        if side._seg is not None:        # whole planes of host memory: no torch
             addrs = side._layer_segments(name)
             for w, b, rid in todo:
                 with job.lock:
@@ -302,14 +286,23 @@ class Saver(threading.Thread):
                         o += length
             return
         import torch
-        for w, b, rid in todo:
-            with job.lock:
-                if rid in job.cancelled:
-                    continue
-                src = side._block_view(name, t, b)
-                buf = torch.frombuffer(w, dtype=torch.uint8)
-                buf[off:off + lay.nbytes].view(t.dtype).view(src.shape).copy_(src)
-                del buf
+        t = side.kv_caches[name]
+        ctx = contextlib.nullcontext()
+        if side._cuda:                   # on the side stream, after the layer's forward
+            ev = job.events.get(name) or job.events.get(None)
+            if ev is not None:
+                self._stream.wait_event(ev)
+            ctx = torch.cuda.stream(self._stream)
+        with ctx:
+            for w, b, rid in todo:
+                with job.lock:
+                    if rid in job.cancelled:
+                        continue
+                    src = side._block_view(name, t, b)
+                    buf = torch.frombuffer(w, dtype=torch.uint8)
+                    buf[off:off + lay.nbytes].view(t.dtype).view(src.shape).copy_(
+                        src, non_blocking=side._cuda)
+                    del buf
 
 
 class _LoadJob:
@@ -353,16 +346,11 @@ class WorkerSide:
         self._awaiting: set[str] = set()
         self._job = None                  # this step's layer-wise save
         self._asleep = False              # KV cache released (vLLM sleep mode)
-        self._warned: set[str] = set()
+        self._warn_once = WarnOnce()
         self._closed = False
         self.link = self.make_link(self.cfg.step_timeout_ms)   # loads inside the step
         self.loads = None
         self.saver = None
-
-    def _warn_once(self, what, msg, *args):
-        if what not in self._warned:
-            self._warned.add(what)
-            log.warning(msg, *args)
 
     # ---- connections ------------------------------------------------------
 

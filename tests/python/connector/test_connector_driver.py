@@ -14,6 +14,7 @@ import pytest
 from vllm.v1.request import RequestStatus
 
 import kvds
+from conftest import wait_for
 from vllm_driver import BS, LAYOUTS, Engine, make_request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -41,11 +42,6 @@ def pinned(addr):
         return c.stats()["pinned_objects"]
 
 
-def wait_for(cond, timeout=10, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 @pytest.fixture
@@ -1099,14 +1095,8 @@ def test_worker_killed_during_a_handoff_wait(make_worker, engines, ns):
 
 
 @pytest.fixture(scope="module")
-def pair(make_worker):
-    from conftest import free_port
-    pa, pb = free_port(), free_port()
-    a = make_worker("64MiB", ["--peers", f"127.0.0.1:{pb}"], port=pa)
-    b = make_worker("64MiB", ["--peers", f"127.0.0.1:{pa}"], port=pb)
-    yield a, b
-    a.stop()
-    b.stop()
+def pair(static_pair):
+    return static_pair
 
 
 def member(addr):

@@ -27,6 +27,7 @@ import uuid
 import pytest
 
 import kvds
+import conftest
 from conftest import Worker, free_port
 from serve_util import Server, metric, start_all
 
@@ -56,10 +57,7 @@ def objects(addr, ns):
 
 
 def wait_for(cond, what, timeout=20):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
+    conftest.wait_for(cond, what, timeout, poll=0.1)
 
 
 def usage(server):

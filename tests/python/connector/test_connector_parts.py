@@ -136,3 +136,20 @@ def test_stats_add_up_and_reset():
     red = s.reduce()
     assert red["blocks_saved"] == 5 and red["save ms max"] == 4.0
     assert KvdsStats().is_empty() and not s.is_empty()
+
+
+def test_warn_once_is_bounded(caplog):
+    """A warning's kind may come from a request (a hint naming any worker):
+    each kind is logged once, and past the remembered kinds at most once a
+    minute, so a flood of distinct kinds neither floods the log nor grows
+    memory."""
+    from kvds.vllm.link import WarnOnce
+    w = WarnOnce(cap=3)
+    with caplog.at_level(logging.WARNING, logger="vllm.kvds"):
+        for i in range(100):
+            w(f"hint:{i % 5}", "kvds: hint %d", i % 5)
+        for i in range(1000):
+            w(f"flood:{i}", "kvds: flood %d", i)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[:3] == ["kvds: hint 0", "kvds: hint 1", "kvds: hint 2"]
+    assert len(lines) == 4 and len(w._seen) == 3       # then one line for the rest
