@@ -303,7 +303,10 @@ class Bench:
                                            "load_async": load_async,
                                            "client_timeout_ms": 60000,
                                            "load_timeout_ms": 0}),
-            cache_config=v.CacheConfig(block_size=self.bs))
+            cache_config=v.CacheConfig(block_size=self.bs),
+            # named, not inferred: a GPU build of vLLM finds no platform on a
+            # machine without one
+            device_config=v.DeviceConfig(device=self.a.device))
 
     def _connectors(self, load_async):
         v = self.v
@@ -354,11 +357,9 @@ class Bench:
         return v.SchedulerOutput(
             scheduled_new_reqs=[
                 v.NewRequestData(r.request_id, r.prompt_token_ids, [], r.sampling_params, None,
-                                 (list(ids),), nc, None)
+                                 (list(ids),), nc, None, **_prefill_ids(v, r))
                 for r, ids, nc in new],
-            scheduled_cached_reqs=v.CachedRequestData(
-                req_ids=[], resumed_req_ids=set(), new_token_ids=[], all_token_ids={},
-                new_block_ids=[], num_computed_tokens=[], num_output_tokens=[]),
+            scheduled_cached_reqs=v.CachedRequestData(**_cached_fields(v)),
             num_scheduled_tokens=num_sched, total_num_scheduled_tokens=sum(num_sched.values()),
             scheduled_spec_decode_tokens={}, scheduled_encoder_inputs={},
             finished_req_ids=set(), free_encoder_mm_hashes=[])
@@ -652,12 +653,30 @@ class Bench:
 # vLLM
 
 
+def _cached_fields(v):
+    """An empty CachedRequestData's fields (0.33 dropped resumed_req_ids and
+    all_token_ids)."""
+    import dataclasses
+    empty = {"req_ids": [], "resumed_req_ids": set(), "new_token_ids": [],
+             "all_token_ids": {}, "new_block_ids": [], "num_computed_tokens": [],
+             "num_output_tokens": []}
+    return {f.name: empty[f.name] for f in dataclasses.fields(v.CachedRequestData)
+            if f.name in empty}
+
+
+def _prefill_ids(v, r):
+    import dataclasses
+    if "prefill_token_ids" in {f.name for f in dataclasses.fields(v.NewRequestData)}:
+        return {"prefill_token_ids": list(r.all_token_ids)}     # 0.33+
+    return {}
+
+
 def import_vllm():
     """vLLM's classes the bench needs, as a namespace; BenchError if missing."""
     os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")   # keep stdout for our output
     try:
         import torch  # noqa: F401
-        from vllm.config import CacheConfig, KVTransferConfig, VllmConfig
+        from vllm.config import CacheConfig, DeviceConfig, KVTransferConfig, VllmConfig
         from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorRole
         from vllm.sampling_params import SamplingParams
         from vllm.utils.hashing import sha256

@@ -16,6 +16,11 @@ from kvds import bench_ttft
 
 START_TIMEOUT_S = 240        # two servers start at once on a 2-core machine
 HTTP_TIMEOUT_S = 120
+LOGPROBS = 3
+LOGPROB_TOL = 1e-4           # loaded vs computed KV differ by float noise (~3e-6 seen)
+METRICS_TIMEOUT_S = 20
+LOADED = re.compile(r"kvds: request (\S+): loaded (\d+) of (\d+) blocks \((\d+) bytes\) "
+                    r"from kvds (\S+) in [\d.]+ ms(.*)$", re.M)
 SERVED_NAME = "tiny"
 
 
@@ -87,3 +92,51 @@ def start_all(servers):
     deadline = time.monotonic() + START_TIMEOUT_S
     for s in servers:
         s.wait_ready(deadline)
+
+
+def answer(resp):
+    ch = resp["choices"][0]
+    return {"token_ids": ch["token_ids"], "text": ch["text"],
+            "logprobs": ch["logprobs"]["token_logprobs"] if ch.get("logprobs") else None}
+
+
+def max_logprob_diff(a, b):
+    return max(abs(x - y) for x, y in zip(a["logprobs"], b["logprobs"]))
+
+
+def loads(server):
+    return [{"req": m.group(1), "loaded": int(m.group(2)), "of": int(m.group(3)),
+             "bytes": int(m.group(4)), "addr": m.group(5), "rest": m.group(6)}
+            for m in LOADED.finditer(server.log())]
+
+
+def prompt_metrics(server):
+    """The counters of prompt-token accounting, as ints."""
+    text = server.metrics()
+
+    def m(name, **labels):
+        v = metric(text, name, **labels)
+        assert v is not None, f"{server.name}: {name}{labels or ''} missing from /metrics"
+        return int(v)
+    return {
+        "requests": m("vllm:request_success"),
+        "prompt_tokens": m("vllm:prompt_tokens"),
+        "external_queries": m("vllm:external_prefix_cache_queries"),
+        "external_hits": m("vllm:external_prefix_cache_hits"),
+        "local_hits": m("vllm:prefix_cache_hits"),
+        "by_source_local_compute": m("vllm:prompt_tokens_by_source", source="local_compute"),
+        "by_source_external": m("vllm:prompt_tokens_by_source", source="external_kv_transfer"),
+        "cached_by_source_host": m("vllm:prompt_tokens_cached_by_source", source="host"),
+    }
+
+
+def wait_metrics(server, expect):
+    """Polls /metrics until the counters in `expect` have those values (the
+    stats of the last step may be recorded just after the response), at
+    most METRICS_TIMEOUT_S; returns the last reading for the assertion."""
+    deadline = time.monotonic() + METRICS_TIMEOUT_S
+    while True:
+        got = prompt_metrics(server)
+        if all(got[k] == v for k, v in expect.items()) or time.monotonic() > deadline:
+            return {k: got[k] for k in expect}
+        time.sleep(0.2)

@@ -8,17 +8,18 @@ kvds workers, through the faults a fleet meets:
   usage comes back to where it started (no request's blocks are held
   forever: each delayed free was reported in finished_sending), one warning
   per outage, and saves resume after each restart;
-- prefill on worker A, decode (server D) on worker B: D is handed P's
-  kv_transfer_params and reads through its own worker B with A as the
-  hint — B pulls the blocks (replicas) — and answers exactly as P does for
-  the whole request; a hand-off naming a worker outside the cluster is
-  ignored with a warning and the blocks are found through the directory;
+- prefill on worker A, decode (server D) on worker B, as a PD proxy drives
+  them: D is handed P's kv_transfer_params and reads through its own worker
+  B with A as the hint — B pulls the blocks (replicas) — loads every full
+  block, counts exactly those tokens as external hits in its /metrics, and
+  answers (tokens and logprobs) as P does computing the whole request; a
+  hand-off naming a worker outside the cluster is ignored with a warning
+  and the blocks are found through the directory;
 - the connector's figures reach vLLM's /metrics (vllm:kvds_*).
 """
 import concurrent.futures
 import itertools
 import json
-import re
 import subprocess
 import sys
 import time
@@ -29,7 +30,8 @@ import pytest
 import kvds
 import conftest
 from conftest import Worker, free_port
-from serve_util import Server, metric, start_all
+from serve_util import (LOGPROB_TOL, LOGPROBS, Server, answer, loads, max_logprob_diff,
+                        metric, prompt_metrics, start_all, wait_metrics)
 
 BLOCK = 128
 N_FULL = 2
@@ -160,6 +162,13 @@ def test_prefill_server_rides_out_worker_outages(fleet):
 
 
 def test_decode_reads_through_its_own_worker(fleet):
+    """The proxy's two legs: prefill on P (worker A) with max_tokens=1 and
+    do_remote_decode, then the original request with P's params to D
+    (worker B). D waits through B with A as the hint, B pulls the blocks,
+    D loads them from B: its log names B, its /metrics count exactly the
+    full blocks as external (host) hits and only the tail as computed, it
+    saves nothing, and its greedy tokens and logprobs are P's when P
+    computes the whole request itself."""
     p, d, b = fleet["p"], fleet["d"], fleet["b"]
     a = fleet["workers"].get("a")
     if a is None or a.proc.poll() is not None:
@@ -169,14 +178,22 @@ def test_decode_reads_through_its_own_worker(fleet):
     assert params["kvds_worker"] == a.addr and params["kvds_blocks"] == N_FULL, params
     with kvds.Client(b.addr) as c:
         pulls0 = sum(m.get("pulls", 0) for m in json.loads(c.cluster_status())["members"])
-    dr = d.complete(prompt, 8, params)
-    wanted = p.complete(prompt, 8, None)               # P's own answer
-    assert dr["choices"][0]["token_ids"] == wanted["choices"][0]["token_ids"]
-    loaded = [(rq, int(n), int(m), w) for rq, n, m, w in re.findall(
-        r"kvds: request (\S+): loaded (\d+) of (\d+) blocks \(\d+ bytes\) from kvds (\S+) in",
-        d.log())]
-    assert any(rq.startswith(dr["id"] + "-") and (n, m, w) == (N_FULL, N_FULL, b.addr)
-               for rq, n, m, w in loaded), (dr["id"], loaded)
+    before = prompt_metrics(d)
+    dr = d.complete(prompt, 8, params, logprobs=LOGPROBS)
+    wanted = p.complete(prompt, 8, None, logprobs=LOGPROBS)     # P computing it all
+    got, ref = answer(dr), answer(wanted)
+    assert got["token_ids"] == ref["token_ids"] and got["text"] == ref["text"], (got, ref)
+    assert max_logprob_diff(got, ref) < LOGPROB_TOL, (got["logprobs"], ref["logprobs"])
+    ld = [x for x in loads(d) if x["req"].startswith(dr["id"] + "-")]
+    assert [(x["loaded"], x["of"], x["addr"], x["rest"]) for x in ld] == \
+        [(N_FULL, N_FULL, b.addr, "")], (dr["id"], loads(d))
+    n = len(prompt)
+    want = {k: before[k] + v for k, v in {
+        "requests": 1, "prompt_tokens": n, "external_queries": n,
+        "external_hits": N_FULL * BLOCK, "by_source_external": N_FULL * BLOCK,
+        "cached_by_source_host": N_FULL * BLOCK,
+        "by_source_local_compute": n - N_FULL * BLOCK}.items()}
+    assert wait_metrics(d, want) == want, d.tail()
     with kvds.Client(b.addr) as c:
         pulls1 = sum(m.get("pulls", 0) for m in json.loads(c.cluster_status())["members"])
     assert pulls1 > pulls0, "B pulled the blocks from A"
@@ -191,3 +208,4 @@ def test_decode_reads_through_its_own_worker(fleet):
     text = d.metrics()
     assert metric(text, "vllm:kvds_loaded_blocks") >= 2 * N_FULL
     assert metric(text, "vllm:kvds_load_failed_blocks") in (None, 0.0)
+    assert metric(text, "vllm:kvds_saved_blocks") in (None, 0.0)     # a consumer saves nothing

@@ -12,10 +12,9 @@ here, seeded random weights; not vLLM's dummy weights, whose ~0 logits give
 every prompt the same answer).
 """
 import json
-import os
 import sys
 
-from kvds.testmodel import make_model, make_weights  # noqa: F401 (used by the tests)
+from kvds.testmodel import make_model
 
 
 def run(model, kvt, prompt_file, params_json=None):
