@@ -174,17 +174,24 @@ class Saver(threading.Thread):
         finally:
             self.link.close()
 
-    def _wait_layer(self, job, k):
-        """The name of layer k once it is ready (None: the step ended
-        without it, or it never came)."""
+    def _next_layer(self, job, done):
+        """The next layer to copy: one the forward has finished (in the
+        order save_kv_layer named them), or once the step is over any layer
+        not copied yet (layers vLLM never named, e.g. ones sharing another
+        layer's KV, are final then too); None when all are copied. Raises
+        if the step never ends."""
         deadline = time.monotonic() + LAYER_WAIT_S
         with self._cv:
-            while len(job.ready) <= k and not job.closed and not self._quit:
+            while True:
+                for name in job.ready:
+                    if name not in done:
+                        return name
+                if job.closed:
+                    return next((n for n in self.side.kv_caches if n not in done), None)
                 left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
+                if left <= 0 or self._quit:
+                    raise kvds.KvdsError("the step did not end: layer-wise save given up")
                 self._cv.wait(left)
-            return job.ready[k] if len(job.ready) > k else None
 
     def _save(self, job):
         side = self.side
@@ -213,14 +220,10 @@ class Saver(threading.Thread):
             else:
                 for w, _, _ in todo:
                     w.write(0, side._hdr)
-                k = 0
-                names = list(side.kv_caches)
-                while k < len(names):
-                    name = job.ready[k] if not job.layerwise else self._wait_layer(job, k)
-                    if name is None:
-                        raise kvds.KvdsError("the step ended before every layer was saved")
+                done = set()
+                while (name := self._next_layer(job, done)) is not None:
                     self._copy_layer(job, todo, name)
-                    k += 1
+                    done.add(name)
                 if side._cuda:
                     self._stream.synchronize()
             keep = [w for w, _, rid in todo if rid not in job.cancelled]
@@ -673,7 +676,7 @@ class WorkerSide:
             job = self.saver.submit(items, layerwise=True) if items else None
             self._job = (meta, job)
         job = self._job[1]
-        if job is not None:
+        if job is not None and layer_name not in job.ready:
             self.saver.layer_ready(job, layer_name, self._event())
 
     def wait_for_save(self, meta):

@@ -1211,3 +1211,22 @@ def test_several_kv_cache_groups_are_refused_at_start():
         with pytest.raises(ValueError, match="2 KV-cache groups .*FullAttentionSpec, "
                                              "SlidingWindowSpec.*disable-hybrid-kv-cache"):
             KvdsConnector(vllm_config("kv_both", {"worker_addr": "127.0.0.1:1"}), role, kvcc)
+
+
+def test_layerwise_save_of_layers_never_named(worker, engines, ns):
+    """use_layerwise when vLLM calls save_kv_layer for some layers only (a
+    layer sharing another's KV, say): the others are copied once the step
+    is over, so the objects are whole and load back right."""
+    toks = prompt(2 * BS + 1, seed=54)
+    a = engines("bhnc", namespace=ns, use_layerwise=True)
+    w = a.works[0]
+    real = w.save_kv_layer
+    w.save_kv_layer = lambda name, *args, **kw: (
+        None if name.endswith("1.self_attn.attn") else real(name, *args, **kw))
+    a.add(make_request("a", toks))
+    a.run()
+    assert a.work.stats["blocks_saved"] == 2
+    b = engines("bhnc", namespace=ns)
+    b.add(make_request("b", toks))
+    b.run()
+    assert b.work.stats["blocks_loaded"] == 2 and b.expected_ok(b.done["b"])
