@@ -126,6 +126,9 @@ class KvdsConnector(KVConnectorBase_V1):
     def get_finished(self, finished_req_ids):
         return self._work.get_finished(finished_req_ids)
 
+    def build_connector_worker_meta(self):
+        return self._work.build_worker_meta() if self._work else None
+
     def get_block_ids_with_load_errors(self):
         return self._work.get_block_ids_with_load_errors()
 

@@ -195,7 +195,8 @@ class Pool:
             if self._closed:
                 raise RuntimeError("pool closed")
             self._jobs.append(job)
-            if self._idle == 0 and len(self._threads) < self.size:
+            # every queued job gets a thread of its own, up to size
+            if len(self._jobs) > self._idle and len(self._threads) < self.size:
                 t = _Worker(self, f"{self.name}-{len(self._threads)}")
                 self._threads.append(t)
                 t.start()

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from vllm.distributed.kv_transfer.kv_connector.v1.base import (
     KVConnectorHandshakeMetadata,
     KVConnectorMetadata,
+    KVConnectorWorkerMetadata,
 )
 
 
@@ -25,6 +26,16 @@ class KvdsConnectorMetadata(KVConnectorMetadata):
     delayed: set[str] = field(default_factory=set)
     # requests preempted since the last step: saves reading their blocks end first
     preempted: set[str] = field(default_factory=set)
+
+
+@dataclass
+class KvdsWorkerMetadata(KVConnectorWorkerMetadata):
+    """Worker ranks -> scheduler, each step: the requests whose loads ran
+    inside the step (all ranks' steps are over when vLLM hands it over)."""
+    loaded: set[str] = field(default_factory=set)
+
+    def aggregate(self, other):
+        return KvdsWorkerMetadata(self.loaded | other.loaded)
 
 
 @dataclass

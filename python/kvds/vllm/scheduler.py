@@ -48,7 +48,6 @@ class _Hit:
     n: int
     pins: list = field(default_factory=list)
     is_async: bool = False
-    meta_no: int = 0           # the metadata that carries its load (0: not admitted yet)
 
     def release(self):
         for p in self.pins:
@@ -139,8 +138,6 @@ class SchedulerSide:
         self._sending: set[str] = set()      # delayed, not reported finished yet
         self._loading: dict[int, tuple[str, str]] = {}   # block id -> (req, hash hex)
         self._bad: dict[str, float] = {}                  # hash hex -> retry after
-        self._metas = 0                      # metadata built
-        self._updates = 0                    # outputs processed
         self._warn_once = WarnOnce()
 
     # ---- connections ------------------------------------------------------
@@ -359,7 +356,6 @@ class SchedulerSide:
         for h, b in zip(hashes, ids):
             self._loading[b] = (rid, h)
         self._pending_loads.append(LoadSpec(rid, hashes, ids, hit.is_async))
-        hit.meta_no = self._metas + 1
         old = self._held.pop(rid, None)
         if old is not None:
             old.release()
@@ -371,7 +367,14 @@ class SchedulerSide:
         meta = KvdsConnectorMetadata(loads=self._pending_loads, delayed=self._delayed,
                                      preempted=set(scheduler_output.preempted_req_ids or ()))
         self._pending_loads, self._delayed = [], set()
-        self._metas += 1
+        for rid in meta.preempted:
+            st = self._reqs.get(rid)
+            if st is not None:
+                # its blocks are gone (the worker side cancels the copies not
+                # run yet): saved again once recomputed, and no save holds
+                # its new blocks until then
+                st.saved_upto = 0
+                st.had_saves = False
         # Found but not admitted (no room this step): looked up again later.
         for hit in self._hits.values():
             hit.release()
@@ -414,7 +417,6 @@ class SchedulerSide:
         st.had_saves = True
 
     def update_connector_output(self, out):
-        self._updates += 1
         # A block that failed to load is not offered again for a while, or
         # vLLM would look it up and fail on it again and again.
         retry = time.monotonic() + BAD_BLOCK_RETRY_S
@@ -426,17 +428,14 @@ class SchedulerSide:
                 if st is not None and b in st.block_ids:
                     # recomputed from here on, so saved again
                     st.saved_upto = min(st.saved_upto, st.block_ids.index(b))
-        done = set(out.finished_recving or ())
+        # async loads end with finished_recving; loads inside a step are
+        # reported by the worker ranks (KvdsWorkerMetadata) in its output
+        wm = getattr(out, "kv_connector_worker_meta", None)
+        done = set(out.finished_recving or ()) | set(getattr(wm, "loaded", None) or ())
         for rid in done:
             hit = self._held.pop(rid, None)
             if hit is not None:
                 hit.release()
-        # Loads inside a step are over once that step's output is here.
-        for rid, hit in list(self._held.items()):
-            if not hit.is_async and hit.meta_no <= self._updates:
-                hit.release()
-                del self._held[rid]
-                done.add(rid)
         if done:
             self._loading = {b: v for b, v in self._loading.items() if v[0] not in done}
         self._sending -= set(out.finished_sending or ())
@@ -456,6 +455,10 @@ class SchedulerSide:
             probe.abandon()
         self._probed.discard(rid)
         if not self.conn.is_producer or st is None or not st.had_saves:
+            return False, None
+        if hit is not None and hit.is_async:
+            # still loading: vLLM frees its blocks at finished_recving (no
+            # save can read them: none is planned before a load is done)
             return False, None
         # The worker side reports the request in finished_sending once its
         # saves are sealed (or failed); vLLM keeps its blocks until then.

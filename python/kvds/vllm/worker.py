@@ -29,12 +29,13 @@ from . import keys as keymod
 from . import layout as layoutmod
 from .layout import HEADER_SIZE, detect_layout
 from .link import Link, Pool, WarnOnce
-from .meta import KvdsHandshake
+from .meta import KvdsHandshake, KvdsWorkerMetadata
 from .stats import Recorder
 
 log = logging.getLogger("vllm.kvds")
 
 LAYER_WAIT_S = 120.0       # a layer-wise save gives up if its step never ends
+CUDA_HOST_REGISTER_PORTABLE = 1
 
 
 def _ranks():
@@ -242,6 +243,8 @@ class Saver(threading.Thread):
             log.warning("kvds: save of %d blocks failed: %s", len(job.items), e)
             side.rec.add(save_failures=len(job.items))
             self.link.failed()
+            if self._stream is not None:    # device copies still writing into them
+                self._stream.synchronize()
             for w in bufs:       # those not sealed (aborting a sealed one fails)
                 try:
                     w.abort()
@@ -309,17 +312,21 @@ class Saver(threading.Thread):
 
 
 class _LoadJob:
+    """One async load; ends (finished_recving) exactly once, whatever
+    happens."""
+
     def __init__(self, side, spec):
         self.side, self.spec = side, spec
 
     def run(self, link):
-        failed = set(self.spec.block_ids)
         try:
             failed = self.side.load(link, self.spec)
-        finally:
-            self.side._finish_async(self.spec.req_id, failed)
+        except Exception as e:     # never lose a request: report it failed
+            log.warning("kvds: load of %s failed: %s", self.spec.req_id, e)
+            failed = set(self.spec.block_ids)
+        self.side._finish_async(self.spec.req_id, failed)
 
-    def fail(self, exc):
+    def fail(self, exc):           # never run (pool closed)
         log.warning("kvds: load of %s failed: %s", self.spec.req_id, exc)
         self.side._finish_async(self.spec.req_id, set(self.spec.block_ids))
 
@@ -347,6 +354,7 @@ class WorkerSide:
         self._done_recv: dict[str, set[int]] = {}
         self._load_errors: set[int] = set()
         self._awaiting: set[str] = set()
+        self._sync_done: set[str] = set()   # loads run in this step
         self._job = None                  # this step's layer-wise save
         self._asleep = False              # KV cache released (vLLM sleep mode)
         self._warn_once = WarnOnce()
@@ -374,7 +382,12 @@ class WorkerSide:
         import torch
         base, size = c.pool_region()
         try:
-            torch.cuda.check_error(torch.cuda.cudart().cudaHostRegister(base, size, 0))
+            # from the rank's device (threads start on device 0), portable:
+            # pinned for every context of the process
+            with torch.cuda.device(self._device) if self._device is not None \
+                    else contextlib.nullcontext():
+                torch.cuda.check_error(torch.cuda.cudart().cudaHostRegister(
+                    base, size, CUDA_HOST_REGISTER_PORTABLE))
             self._pinned_pools[id(c)] = base
         except Exception as e:
             log.warning("kvds: cannot register the kvds pool as pinned memory (%s); "
@@ -653,6 +666,15 @@ class WorkerSide:
                 failed = set(spec.block_ids)
             with self._lock:
                 self._load_errors |= failed
+            self._sync_done.add(spec.req_id)
+
+    def build_worker_meta(self):
+        """The requests whose loads ran inside this step: the scheduler side
+        then drops the pins that held their blocks."""
+        if not self._sync_done:
+            return None
+        done, self._sync_done = self._sync_done, set()
+        return KvdsWorkerMetadata(loaded=done)
 
     def _step_items(self, meta):
         if not self.save_enabled or not self.kv_caches or self.saver is None or self._asleep:

@@ -1230,3 +1230,48 @@ def test_layerwise_save_of_layers_never_named(worker, engines, ns):
     b.add(make_request("b", toks))
     b.run()
     assert b.work.stats["blocks_loaded"] == 2 and b.expected_ok(b.done["b"])
+
+
+def test_preempted_saver_aborted_while_loading(worker, engines, ns):
+    """A kv_both request saved blocks, was preempted, came back with an
+    async hit on what it had saved, and is aborted while that load runs:
+    its free is not delayed (a delayed free and a finished load would both
+    free its blocks, and vLLM asserts), it is reported finished receiving
+    once, and every block comes back."""
+    toks = prompt(3 * BS + 4, seed=55)
+    e = engines("bhnc", namespace=ns, chunk=2 * BS, load_async=True)
+    a = make_request("a", toks, max_tokens=2)
+    e.add(a)
+    st1 = e.schedule()                                  # blocks 0-1 planned for saving
+    e.update(st1, e.execute(st1))
+    wait_for(e.saver_idle, what="a's saves")
+    e.preempt("a")
+    st2 = e.schedule()                                  # looked up again: an async hit
+    assert "a" in e.remote and e.matched["a"] == (0, False)
+    e.update(st2, e.execute(st2))
+    e.abort("a")
+    assert e.params["a"] is None and "a" in e.held      # held for the load only
+    e.run()
+    assert e.recv_reports == {"a": 1} and e.send_reports == {}
+    assert not e.held and len(e.free) == 63
+
+
+def test_lookup_pins_go_once_the_load_ran(worker, engines, ns):
+    """The pins a lookup took are dropped as soon as the step that loaded
+    the blocks is over (the worker ranks report it with their output), not
+    when the request ends: a long decode holds no pool memory against
+    eviction. vLLM passes the scheduler side only non-empty outputs, as the
+    driver does."""
+    toks = prompt(3 * BS + 2, seed=56)
+    a = engines("bhnc", namespace=ns)
+    a.add(make_request("a", toks))
+    a.run()
+    b = engines("bhnc", role="kv_consumer", namespace=ns)
+    b.add(make_request("b", toks, max_tokens=30))
+    b.step()                                  # lookup, pins, load inside the step
+    assert b.matched["b"] == (3 * BS, False) and "b" in b.running
+    assert b.work.stats["blocks_loaded"] == 3
+    for _ in range(3):
+        b.step()                              # decoding
+    assert "b" in b.running and pinned(worker.addr) == 0
+    b.run()

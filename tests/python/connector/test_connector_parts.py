@@ -153,3 +153,30 @@ def test_warn_once_is_bounded(caplog):
     lines = [r.getMessage() for r in caplog.records]
     assert lines[:3] == ["kvds: hint 0", "kvds: hint 1", "kvds: hint 2"]
     assert len(lines) == 4 and len(w._seen) == 3       # then one line for the rest
+
+
+def test_pool_gives_a_burst_a_thread_each():
+    """Jobs submitted together while one thread idles each get a thread (up
+    to the size): a burst of waits runs side by side, not one after
+    another."""
+    class Job:
+        def __init__(self):
+            self.ran = None
+
+        def run(self, link):
+            self.ran = time.monotonic()
+            time.sleep(0.5)
+
+        def fail(self, exc):
+            pass
+
+    pool = Pool("t", 4, lambda: types.SimpleNamespace(get=lambda: None, close=lambda: None))
+    pool.prestart(1)
+    time.sleep(0.1)                                # the thread is idle now
+    jobs = [Job() for _ in range(3)]
+    t0 = time.monotonic()
+    for j in jobs:
+        pool.submit(j)
+    time.sleep(0.3)
+    assert all(j.ran is not None and j.ran - t0 < 0.3 for j in jobs)
+    pool.close(5)

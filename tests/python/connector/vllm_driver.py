@@ -385,7 +385,8 @@ class Engine:
         res = w.get_transfer_results(so.finished_req_ids)
         out = KVConnectorOutput(finished_sending=res.finished_sending or None,
                                 finished_recving=res.finished_recving or None,
-                                invalid_block_ids=w.get_block_ids_with_load_errors())
+                                invalid_block_ids=w.get_block_ids_with_load_errors(),
+                                kv_connector_worker_meta=w.build_connector_worker_meta())
         w.clear_connector_metadata()
         return out
 
@@ -420,7 +421,8 @@ class Engine:
                     self.errored.add(rid)
                     self._finish(r, RequestStatus.FINISHED_ERROR)
         # _update_from_kv_xfer_finished
-        self.sched.update_connector_output(out)
+        if not out.is_empty():      # vLLM passes only a non-empty output on
+            self.sched.update_connector_output(out)
         for rid in out.finished_recving or ():
             self.recv_reports[rid] = self.recv_reports.get(rid, 0) + 1
             if rid in self.held:
