@@ -512,6 +512,12 @@ int kvds__etcd_parse_watch(const char *body, size_t len,
     rc = KVDS_E_PROTO;
     goto out;
   }
+  json_t *cid = json_object_get(h, "cluster_id");
+  if (json_is_string(cid) && json_string_length(cid) < sizeof w.cluster_id)
+    memcpy(w.cluster_id, json_string_value(cid), json_string_length(cid) + 1);
+  else if (json_is_integer(cid))
+    snprintf(w.cluster_id, sizeof w.cluster_id, "%llu",
+             (unsigned long long)json_integer_value(cid));
   w.created = json_is_true(json_object_get(r, "created"));
   w.canceled = json_is_true(json_object_get(r, "canceled"));
   size_t n = evs ? json_array_size(evs) : 0;
@@ -605,6 +611,7 @@ struct conn {
   CURL *easy;
   CURLM *multi;
   atomic_int *stop;
+  atomic_int *kick; /* NULL, or: set = break off a perform (watch resync) */
   struct curl_slist *hdrs;
   char curlerr[CURL_ERROR_SIZE];
   char msg[1024];
@@ -676,7 +683,7 @@ static CURLcode perform(struct conn *c) {
   CURLcode res = CURLE_ABORTED_BY_CALLBACK;
   for (;;) {
     int running = 0, q;
-    if (atomic_load(c->stop))
+    if (atomic_load(c->stop) || (c->kick && atomic_load(c->kick)))
       break;
     if (curl_multi_perform(c->multi, &running) != CURLM_OK) {
       res = CURLE_OUT_OF_MEMORY;
@@ -691,7 +698,7 @@ static CURLcode perform(struct conn *c) {
       res = CURLE_RECV_ERROR;
       break;
     }
-    if (atomic_load(c->stop))
+    if (atomic_load(c->stop) || (c->kick && atomic_load(c->kick)))
       break;
     curl_multi_poll(c->multi, NULL, 0, POLL_MS, NULL);
   }
@@ -1067,7 +1074,9 @@ struct kvds_etcd_watch {
   void *arg;
   int64_t next_rev; /* 0: from now on (until the stream says where "now" is) */
   int need_resync;
-  int down; /* a DOWN note was sent and no UP yet */
+  atomic_int resync_req; /* kvds_etcd_watch_resync asked for one */
+  char cluster_id[24];   /* of the etcd that served the last stream */
+  int down;              /* a DOWN note was sent and no UP yet */
   int created;
   long status;   /* the stream's HTTP status, 0 until its first bytes */
   int abort_why; /* why the write callback ended the stream */
@@ -1111,6 +1120,23 @@ static int watch_line(kvds_etcd_watch *w, const char *s, size_t len) {
     goto out;
   }
   if (m.created) {
+    /* A new etcd cluster, or one whose revision went backwards (rebuilt
+     * from an empty data directory on the same address): what we resume
+     * from means nothing there, and events would be missed. Read it all. */
+    int other = m.cluster_id[0] && w->cluster_id[0] &&
+                strcmp(m.cluster_id, w->cluster_id) != 0;
+    int behind =
+        w->next_rev > 0 && m.revision > 0 && m.revision < w->next_rev - 1;
+    if (m.cluster_id[0])
+      memcpy(w->cluster_id, m.cluster_id, sizeof w->cluster_id);
+    if (other || behind) {
+      snprintf(w->c.msg, sizeof w->c.msg,
+               "etcd %s (revision %lld, resuming at %lld): resync",
+               other ? "cluster id changed" : "history went backwards",
+               (long long)m.revision, (long long)w->next_rev);
+      rc = STREAM_RESYNC;
+      goto out;
+    }
     w->created = 1;
     if (w->next_rev == 0)
       w->next_rev = m.revision + 1;
@@ -1193,10 +1219,14 @@ static int watch_stream(kvds_etcd_watch *w) {
   w->created = 0;
   w->status = 0;
   setup(&w->c, url, body, w->c.timeout_ms, 0, watch_write, w);
+  w->c.kick = &w->resync_req; /* only the stream is broken off */
   CURLcode cc = perform(&w->c);
+  w->c.kick = NULL;
   free(body);
   if (atomic_load(&w->stop))
     return KVDS_E_SHUTDOWN;
+  if (atomic_exchange(&w->resync_req, 0))
+    return STREAM_RESYNC;
   if (cc == CURLE_WRITE_ERROR && w->abort_why)
     return w->abort_why;
   int rc = cc == CURLE_OK ? -ECONNRESET : map_curl(&w->c, cc, &w->line);
@@ -1246,7 +1276,7 @@ static int watch_pause(kvds_etcd_watch *w, int ms) {
     ts.tv_nsec -= 1000000000L;
   }
   pthread_mutex_lock(&w->mu);
-  while (!atomic_load(&w->stop) &&
+  while (!atomic_load(&w->stop) && !atomic_load(&w->resync_req) &&
          pthread_cond_timedwait(&w->cv, &w->mu, &ts) == 0)
     ;
   pthread_mutex_unlock(&w->mu);
@@ -1257,6 +1287,8 @@ static void *watch_main(void *arg) {
   kvds_etcd_watch *w = arg;
   int backoff = BACKOFF_MIN_MS;
   while (!atomic_load(&w->stop)) {
+    if (atomic_exchange(&w->resync_req, 0))
+      w->need_resync = 1;
     int rc = w->need_resync ? watch_resync(w) : 0;
     if (rc == 0 && !w->need_resync) {
       rc = watch_stream(w);
@@ -1310,6 +1342,7 @@ int kvds_etcd_watch_open(kvds_etcd *e, const void *prefix, size_t plen,
   w->next_rev = start_revision;
   w->refs = 2;
   atomic_init(&w->stop, 0);
+  atomic_init(&w->resync_req, 0);
   pthread_mutex_init(&w->mu, NULL);
   pthread_condattr_t ca;
   pthread_condattr_init(&ca);
@@ -1330,6 +1363,16 @@ fail:
   free(w->end);
   free(w);
   return rc;
+}
+
+void kvds_etcd_watch_resync(kvds_etcd_watch *w) {
+  if (!w)
+    return;
+  pthread_mutex_lock(&w->mu);
+  atomic_store(&w->resync_req, 1);
+  pthread_cond_broadcast(&w->cv);
+  pthread_mutex_unlock(&w->mu);
+  curl_multi_wakeup(w->c.multi);
 }
 
 int kvds_etcd_watch_close(kvds_etcd_watch *w) {

@@ -193,6 +193,12 @@ int kvds_etcd_watch_open(kvds_etcd *e, const void *prefix, size_t plen,
  * this returns 0. Returns 0, or KVDS_E_TIMEOUT if the thread was left
  * running. NULL is a no-op. */
 int kvds_etcd_watch_close(kvds_etcd_watch *w);
+/* Asks the watch to read the whole prefix again (a RESYNC note) and resume
+ * after it, as soon as its thread can: the owner learned that etcd may
+ * have lost or rewritten its history (e.g. our lease vanished). A stream in
+ * progress is broken off. Callable from any thread, also from the
+ * callback; never blocks. */
+void kvds_etcd_watch_resync(kvds_etcd_watch *w);
 
 /* ---- building blocks (pure functions; tested on their own) -------------- */
 
@@ -255,6 +261,7 @@ struct kvds__etcd_watch_msg {
   int canceled;                   /* etcd cancelled it (see compact_revision) */
   int64_t compact_revision;       /* > 0: the start revision was compacted */
   int64_t revision;               /* header revision (0 if absent) */
+  char cluster_id[24];            /* header cluster_id ("" if absent) */
   struct kvds_etcd_event *events; /* malloc'd; the keys/values in it too */
   size_t n;
 };

@@ -698,11 +698,23 @@ static void *keeper_main(void *arg) {
         next_renew = kvds_now_us() / 1000u + interval_ms;
         pthread_mutex_lock(&m->mu);
         m->lease = lease;
-        uint64_t rj = m->ever_ok ? ++m->rejoins : m->rejoins;
+        int again = m->ever_ok;
+        uint64_t rj = again ? ++m->rejoins : m->rejoins;
+        /* Our lease vanished: we were dropped by everyone (a stall past
+         * the TTL) or etcd lost its data (rebuilt). The watch may have
+         * missed changes either way: read the whole prefix again; and the
+         * others forgot where our keys are (on_change with the rejoin
+         * counter up: the worker announces every key again). */
+        kvds_etcd_watch *w = again ? m->watch : NULL;
+        uint64_t gen = again ? ++m->gen : m->gen;
         pthread_mutex_unlock(&m->mu);
         mlog(m, 2, "%s cluster %s as %s (lease %" PRIx64 ", TTL %d s)",
              rj ? "rejoined" : "joined", m->cluster, m->self.id,
              (uint64_t)lease, m->ttl_s);
+        if (again) {
+          kvds_etcd_watch_resync(w);
+          notify(m, gen);
+        }
       }
     } else if (need_put) {
       what = "put";
@@ -881,6 +893,13 @@ int kvds_membership_view(kvds_membership *m, struct kvds_member **out,
   if (generation)
     *generation = gen;
   return 0;
+}
+
+uint64_t kvds_membership_rejoins(kvds_membership *m) {
+  pthread_mutex_lock(&m->mu);
+  uint64_t r = m->rejoins;
+  pthread_mutex_unlock(&m->mu);
+  return r;
 }
 
 uint64_t kvds_membership_generation(kvds_membership *m) {

@@ -110,6 +110,11 @@ void kvds_membership_destroy(kvds_membership *m);
 int kvds_membership_view(kvds_membership *m, struct kvds_member **out,
                          size_t *n, uint64_t *generation);
 uint64_t kvds_membership_generation(kvds_membership *m);
+/* How often this worker joined again after its lease vanished (a stall
+ * past the TTL, etcd rebuilt). Each rejoin also calls on_change (with a
+ * new generation) and re-reads the whole member prefix: whoever keeps
+ * state in other workers about this one (the directory) tells it again. */
+uint64_t kvds_membership_rejoins(kvds_membership *m);
 enum kvds_membership_mode kvds_membership_mode(const kvds_membership *m);
 /* 1 when etcd answered the last call and the watch is connected (etcd mode
  * only; 0 otherwise). */

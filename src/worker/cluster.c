@@ -119,6 +119,7 @@ struct kvds_cluster {
   size_t nann;
   int view_dirty;     /* cl->lock: the membership changed */
   int reannounce_all; /* cl->lock: announce every key again (lost batch) */
+  uint64_t rejoins;   /* maintenance thread: the membership's, last seen */
   int stopping;
   pthread_t *pullers;
   int npullers;
@@ -733,6 +734,16 @@ static void open_connections(struct kvds_cluster *cl) {
  * are no longer home of, connect to newcomers. */
 static void view_changed(struct kvds_cluster *cl) {
   struct view old = {0};
+  uint64_t rj = kvds_membership_rejoins(cl->s->members);
+  if (rj != cl->rejoins) {
+    /* We were dropped by the others (or etcd lost everything): the homes
+     * forgot our keys, whether or not our view or epoch changed. */
+    cl->rejoins = rj;
+    kvds__logf(2, "cluster: rejoined; announcing every key again");
+    pthread_mutex_lock(&cl->lock);
+    cl->reannounce_all = 1;
+    pthread_mutex_unlock(&cl->lock);
+  }
   if (view_refresh(cl, &old)) {
     pthread_mutex_lock(&cl->lock);
     cl->view_dirty = 1; /* try again */
@@ -1543,6 +1554,19 @@ void kvds__cluster_stop(struct kvds_server *s) {
 }
 
 /* ---- observability ------------------------------------------------------- */
+
+int kvds__cluster_is_live(struct kvds_server *s, const char *id,
+                          uint64_t epoch) {
+  struct kvds_cluster *cl = s->cluster;
+  if (!cl)
+    return 0;
+  pthread_mutex_lock(&cl->lock);
+  struct kvds_peer *p = peer_find_locked(cl, id, strlen(id));
+  /* a static peer's epoch is not known (0): its id must do */
+  int live = p && p->live && (p->epoch == 0 || p->epoch == epoch);
+  pthread_mutex_unlock(&cl->lock);
+  return live;
+}
 
 struct kvds_peer *kvds__cluster_peer(struct kvds_server *s, const uint8_t *id,
                                      uint32_t len) {

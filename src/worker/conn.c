@@ -617,5 +617,6 @@ void kvds__conn_close(struct conn *c) {
   free(c->pstatus);
   free(c->meta);
   free(c->ib);
+  free(c->peer_name);
   free(c);
 }

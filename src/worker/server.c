@@ -382,8 +382,15 @@ static int op_hello(struct conn *c, const struct req_items *ri) {
   struct kvds_server *s = c->th->srv;
   int want_shm = ri->n > 0 && (ri->it[0].a & 1);
   int fd = (want_shm && c->is_unix) ? s->pool.fd : -1;
-  if (ri->n > 1 && ri->it[1].klen) /* a peer worker's connection */
+  if (ri->n > 1 && ri->it[1].klen &&
+      ri->it[1].klen < KVDS_MEMBER_ID_MAX) { /* a peer worker's connection */
     c->peer = kvds__cluster_peer(s, ri->key[1], ri->it[1].klen);
+    free(c->peer_name);
+    if ((c->peer_name = malloc(ri->it[1].klen + 1))) {
+      memcpy(c->peer_name, ri->key[1], ri->it[1].klen);
+      c->peer_name[ri->it[1].klen] = 0;
+    }
+  }
   struct reply r;
   kvds__reply_init(&r);
   kvds__reply_item(&r, 0, s->pool.total_size, s->pool.data_offset,
@@ -574,6 +581,12 @@ static void wait_submit(struct kvds_server *s, struct wait_req *wr,
   }
 }
 
+/* A request the cluster works on is answered by its jobs, which stop at
+ * the deadline (a pull past it is aborted, its object never visible); the
+ * request's own timer waits this much longer, so that the answer comes
+ * after that clean-up, and only a job stuck beyond it is overtaken. */
+#define JOB_GRACE_MS 250
+
 static uint32_t remote_ms(struct kvds_server *s, uint32_t arg) {
   uint32_t t = (uint32_t)s->cfg.pull_timeout_ms;
   return arg > t ? arg : t;
@@ -651,7 +664,7 @@ static int op_get(struct conn *c, const struct req_items *ri,
       wr->jobs = kvds__cluster_njobs(s, wr);
     UNLOCK(s);
     uint32_t ms = remote ? remote_ms(s, c->h.arg) : c->h.arg;
-    wait_arm(c, wr, ms);
+    wait_arm(c, wr, remote ? ms + JOB_GRACE_MS : ms);
     if (remote)
       wait_submit(s, wr, hint, hlen, ms, (int)c->h.arg);
     return 0;
@@ -717,7 +730,7 @@ static int wait_cluster(struct conn *c, struct wait_req *wr) {
   wr->jobs = kvds__cluster_njobs(s, wr);
   UNLOCK(s);
   uint32_t ms = remote_ms(s, 0);
-  wait_arm(c, wr, ms);
+  wait_arm(c, wr, ms + JOB_GRACE_MS);
   wait_submit(s, wr, NULL, 0, ms, 0);
   return 0;
 }
@@ -954,15 +967,26 @@ static int op_cluster(struct conn *c) {
 }
 
 /* ANNOUNCE: item 0 names the owner (key = member id, a = epoch), the rest
- * are its location changes. */
+ * are its location changes. Taken only on a connection whose HELLO named
+ * that owner, and only while the owner is live in our view with that
+ * epoch: a client cannot forge another worker's locations or removals. */
 static int op_announce(struct conn *c, const struct req_items *ri) {
   char id[KVDS_MEMBER_ID_MAX];
   if (ri->n < 1 || ri->it[0].klen == 0 || ri->it[0].klen >= sizeof id)
     return KVDS_E_PROTO;
   memcpy(id, ri->key[0], ri->it[0].klen);
   id[ri->it[0].klen] = 0;
-  int rc = kvds__cluster_announce(c->th->srv, id, ri->it[0].a, ri->n - 1,
-                                  ri->it + 1, ri->key + 1);
+  struct kvds_server *s = c->th->srv;
+  int rc;
+  if (!c->peer_name || strcmp(c->peer_name, id) != 0)
+    rc = KVDS_E_PERM; /* only a peer, about itself */
+  else if (!kvds__cluster_is_live(s, id, ri->it[0].a))
+    rc = KVDS_E_STATE; /* not (yet) in our view: it tries again */
+  else
+    rc = kvds__cluster_announce(s, id, ri->it[0].a, ri->n - 1, ri->it + 1,
+                                ri->key + 1);
+  if (!c->peer && !rc)
+    c->peer = kvds__cluster_peer(s, ri->key[0], ri->it[0].klen);
   kvds__reply_status(c, KVDS_OP_ANNOUNCE, c->h.req_id, rc);
   return 0;
 }

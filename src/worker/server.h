@@ -109,6 +109,7 @@ struct conn {
   uint8_t writing;           /* write event armed */
   uint8_t authed;            /* may send requests (Unix, or proved the token) */
   struct kvds_peer *peer;    /* a peer worker's connection (HELLO named it) */
+  char *peer_name;           /* the member id its HELLO gave, or NULL */
   uint8_t auth_step;         /* 1: challenge sent, client proof expected */
   uint64_t auth_deadline_us; /* close if not authenticated by then */
   uint8_t auth_wn[KVDS_AUTH_NONCE_LEN], auth_cn[KVDS_AUTH_NONCE_LEN];
@@ -278,6 +279,10 @@ int kvds__cluster_announce(struct kvds_server *s, const char *owner,
 void kvds__cluster_locate_local(struct kvds_server *s, struct reply *r,
                                 uint32_t n, const uint8_t *const *keys,
                                 const uint32_t *klens);
+/* 1 iff id (len bytes) is a live member of this worker's view with this
+ * epoch (an ANNOUNCE is taken only from such a peer about itself). */
+int kvds__cluster_is_live(struct kvds_server *s, const char *id,
+                          uint64_t epoch);
 /* The peer a HELLO names (NULL if not a member), for its byte counters. */
 struct kvds_peer *kvds__cluster_peer(struct kvds_server *s, const uint8_t *id,
                                      uint32_t len);

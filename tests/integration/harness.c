@@ -697,6 +697,12 @@ static void etcd_end(struct kvh_etcd *e, int sig) {
   e->pid = 0;
 }
 
+void kvh_etcd_wipe(struct kvh_etcd *e) {
+  KVH_CHECK(e->pid == 0, "etcd on port %d is still running", e->port);
+  nftw(e->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+  KVH_CHECK(access(e->dir, F_OK) != 0, "%s is still there", e->dir);
+}
+
 void kvh_etcd_kill9(struct kvh_etcd *e) {
   etcd_end(e, SIGKILL);
 }
@@ -736,4 +742,37 @@ void kvh_frame_data(struct kvh_frame *f, size_t n) {
   KVH_CHECK(f->len + n <= sizeof f->b, "frame full");
   memset(f->b + f->len, 0x77, n);
   f->len += n;
+}
+
+int kvh_read_reply(int fd, struct kvds_proto_hdr *h, uint8_t **body,
+                   int timeout_ms) {
+  uint8_t hdr[KVDS_PROTO_HDR_LEN];
+  uint64_t t0 = kvh_now_ms();
+  size_t got = 0;
+  while (got < sizeof hdr) {
+    KVH_CHECK(kvh_now_ms() - t0 < (uint64_t)timeout_ms,
+              "no reply and no close within %d ms", timeout_ms);
+    ssize_t r = recv(fd, hdr + got, sizeof hdr - got, MSG_DONTWAIT);
+    if (r == 0 || (r < 0 && errno == ECONNRESET))
+      return -1;
+    if (r < 0) {
+      KVH_CHECK(errno == EAGAIN || errno == EINTR, "recv: %s", strerror(errno));
+      kvh_sleep_ms(5);
+      continue;
+    }
+    got += (size_t)r;
+  }
+  int rc = kvds_proto_hdr_decode(hdr, sizeof hdr, h);
+  KVH_CHECK(rc == 0 && (h->flags & KVDS_PF_REPLY), "malformed reply header: %s",
+            kvds_err_name(rc));
+  size_t rest = h->meta_len + (size_t)h->data_len;
+  KVH_CHECK(rest <= (1u << 20), "reply of %zu bytes", rest);
+  uint8_t *tmp = malloc(rest ? rest : 1);
+  KVH_CHECK(tmp, "out of memory");
+  int r = kvh_read_all(fd, tmp, rest, timeout_ms);
+  if (r == 0 && body)
+    *body = tmp;
+  else
+    free(tmp);
+  return r == 0 ? 0 : -1;
 }

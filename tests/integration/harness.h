@@ -91,6 +91,9 @@ void kvh_etcd_start(struct kvh_etcd *e);
 void kvh_etcd_restart(struct kvh_etcd *e);
 /* SIGKILL and reap (a crash; the data directory stays). */
 void kvh_etcd_kill9(struct kvh_etcd *e);
+/* Removes the data directory of a stopped etcd: the next restart is a new,
+ * empty etcd on the same address (revisions start over). */
+void kvh_etcd_wipe(struct kvh_etcd *e);
 /* SIGTERM, then waits (bounded; SIGKILL after 10 s) and reaps. */
 void kvh_etcd_stop(struct kvh_etcd *e);
 /* Prints the last `bytes` of its log to stderr. */
@@ -137,6 +140,12 @@ int kvh_raw_partial_put(int port, const char *key, uint64_t size,
  * timeout_ms; *len gets the bytes read (extra bytes past cap are dropped).
  * Returns 0 at EOF, -1 on timeout. */
 int kvh_read_to_eof(int fd, void *buf, size_t cap, size_t *len, int timeout_ms);
+/* Reads one reply frame from fd within timeout_ms: its header into *h and,
+ * if body is not NULL, meta + data into a malloc'd *body (<= 1 MiB).
+ * Returns 0, or -1 if the worker closed the connection; fails the test on
+ * a timeout or a malformed header. */
+int kvh_read_reply(int fd, struct kvds_proto_hdr *h, uint8_t **body,
+                   int timeout_ms);
 
 /* ---- hand-made frames ----------------------------------------------------
  * For tests that speak the wire format themselves (hostile bytes, frames

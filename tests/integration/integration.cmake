@@ -11,7 +11,7 @@ add_library(kvds_it_harness_cluster STATIC
             ${CMAKE_CURRENT_LIST_DIR}/harness_cluster.c)
 target_link_libraries(kvds_it_harness_cluster PUBLIC kvds_it_harness
                       PkgConfig::JANSSON)
-set(KVDS_IT_CLUSTER_VIEW_TESTS test_cluster test_membership)
+set(KVDS_IT_CLUSTER_VIEW_TESTS test_cluster test_membership test_heal)
 
 function(kvds_integration_test name)
   cmake_parse_arguments(T "" "TIMEOUT" "LIBS" ${ARGN})
@@ -52,3 +52,7 @@ kvds_integration_test(test_auth LIBS kvds_proto)
 # namespaces.
 kvds_integration_test(test_cluster LIBS kvds_proto PkgConfig::JANSSON
                       TIMEOUT 300)
+# Healing: a worker stalled past its lease, forged ANNOUNCEs, etcd rebuilt
+# from an empty data directory, a pull past its deadline.
+kvds_integration_test(test_heal LIBS kvds_proto PkgConfig::JANSSON
+                      TIMEOUT 240)

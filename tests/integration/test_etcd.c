@@ -335,6 +335,69 @@ static void test_watch_compacted(const char *addr) {
   kvds_etcd_close(e);
 }
 
+/* etcd rebuilt from an empty data directory on the same address: its
+ * revisions start over below where the watch resumes. The watch sees that
+ * the history went backwards and reads the whole prefix (a RESYNC), then
+ * delivers what follows. And a resync asked for by the owner. */
+static void test_watch_rebuilt(struct kvh_etcd *etcd) {
+  kvds_etcd *e = open_etcd(etcd->addr, TIMEOUT_MS);
+  for (int i = 0; i < 40; i++)
+    put_str(e, "old/filler", "x", 0);
+  struct seen s = {.mu = PTHREAD_MUTEX_INITIALIZER};
+  kvds_etcd_watch *w = NULL;
+  struct kvds_etcd_range r;
+  KVH_OK(kvds_etcd_range_prefix(e, "r/", 2, &r));
+  int64_t from = r.revision + 1;
+  kvds_etcd_range_free(&r);
+  KVH_OK(kvds_etcd_watch_open(e, "r/", 2, from, on_note, &s, &w));
+  put_str(e, "r/old", "1", 0);
+  wait_seen(&s, 0, 1, 5000);
+  kvh_etcd_kill9(etcd);
+  wait_seen(&s, 1, 1, 5000);
+  kvh_etcd_wipe(etcd);
+  kvh_etcd_restart(etcd);
+  put_str(e, "r/new1", "2", 0);
+  put_str(e, "r/new2", "3", 0);
+  wait_seen(&s, 3, 1, 10000);
+  /* The resync holds what was there when the watch came back; what was
+   * put after that arrives as events. Together: both keys, once. */
+  uint64_t deadline = kvh_now_ms() + 5000;
+  int rn, ne;
+  for (;;) {
+    pthread_mutex_lock(&s.mu);
+    rn = s.resync_n;
+    ne = s.n - 1;
+    pthread_mutex_unlock(&s.mu);
+    if (rn + ne >= 2 || kvh_now_ms() > deadline)
+      break;
+    kvh_sleep_ms(10);
+  }
+  KVH_CHECK(rn + ne == 2 && rn >= 1,
+            "after the rebuild: %d keys in the resync, %d events", rn, ne);
+  pthread_mutex_lock(&s.mu);
+  int keys_ok = strcmp(s.resync_keys[0], "r/new1") == 0 &&
+                strcmp(rn == 2 ? s.resync_keys[1] : s.ev[1].key, "r/new2") == 0;
+  pthread_mutex_unlock(&s.mu);
+  KVH_CHECK(keys_ok, "after the rebuild: not r/new1 then r/new2");
+  put_str(e, "r/after", "4", 0);
+  wait_seen(&s, 0, ne + 2, 5000);
+  check_ev(&s, ne + 1, KVDS_ETCD_PUT, "r/after", "4");
+  /* Asked for: the prefix again, then events as before. */
+  kvds_etcd_watch_resync(w);
+  wait_seen(&s, 3, 2, 5000);
+  pthread_mutex_lock(&s.mu);
+  KVH_CHECK(s.resync_n == 3, "asked resync: %d keys, want 3", s.resync_n);
+  pthread_mutex_unlock(&s.mu);
+  put_str(e, "r/last", "5", 0);
+  wait_seen(&s, 0, ne + 3, 5000);
+  check_ev(&s, ne + 2, KVDS_ETCD_PUT, "r/last", "5");
+  kvh_sleep_ms(200); /* give a duplicate the chance to show up */
+  KVH_CHECK(seen_count(&s, 0) == ne + 3, "%d events, want %d",
+            seen_count(&s, 0), ne + 3);
+  KVH_OK(kvds_etcd_watch_close(w));
+  kvds_etcd_close(e);
+}
+
 /* ---- failures --------------------------------------------------------------
  */
 
@@ -552,6 +615,7 @@ int main(int argc, char **argv) {
   STEP(test_leases(etcd.addr));
   STEP(test_watch_restart(&etcd));
   STEP(test_watch_compacted(etcd.addr));
+  STEP(test_watch_rebuilt(&etcd));
   STEP(test_failover(etcd.addr));
   STEP(test_down_and_stalled(&etcd));
   kvh_etcd_stop(&etcd);

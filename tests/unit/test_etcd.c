@@ -384,6 +384,7 @@ static void watch_messages(void **st) {
   assert_int_equal(
       kvds__etcd_parse_watch(created, strlen(created), &m, msg, sizeof msg), 0);
   assert_true(m.created && !m.canceled && m.n == 0 && m.revision == 12);
+  assert_string_equal(m.cluster_id, "15118495548433857066");
   kvds__etcd_watch_msg_free(&m);
 
   const char *evs =
