@@ -85,9 +85,10 @@ char *cli_fmt_key(const void *key, size_t klen, char *buf, size_t cap);
  * ("2024-05-01T12:00:00.123Z"). Returns buf. */
 char *cli_fmt_time_us(uint64_t us, char *buf, size_t cap);
 
-/* Reads all of fd into a malloc'd buffer (*buf, *len; caller frees).
- * Returns 0 or -errno. */
-int cli_read_all(int fd, uint8_t **buf, size_t *len);
+/* Reads fd to EOF into a malloc'd *buf (*len bytes), but stops with
+ * KVDS_E_TOOBIG (freeing what it read) as soon as more than limit bytes
+ * came: a stream cannot grow memory without bound. Returns 0 or -errno. */
+int cli_read_capped(int fd, uint64_t limit, uint8_t **buf, size_t *len);
 /* Writes all of buf to fd, retrying short writes. Returns 0 or -errno. */
 int cli_write_all(int fd, const void *buf, size_t len);
 

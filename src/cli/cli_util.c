@@ -98,9 +98,15 @@ int cli_connect(const char *cmd, const char *addr, unsigned flags,
   int rc = cli_try_connect(addr, CLI_TIMEOUT_MS, flags, out, via, vcap);
   if (rc == 0)
     return CLI_OK;
+  const char *tok = getenv("KVDS_AUTH_TOKEN_FILE");
   if (rc == -ECONNREFUSED || rc == -ENOENT)
     cli_err(cmd, "no worker at %s (%s); start one with 'kvds worker'", addr,
             kvds_strerror(rc));
+  else if (rc == KVDS_E_AUTH && tok && *tok && access(tok, R_OK) != 0)
+    cli_err(cmd,
+            "cannot connect to worker at %s: the auth token file %s "
+            "(KVDS_AUTH_TOKEN_FILE) cannot be read: %s",
+            addr, tok, strerror(errno));
   else
     cli_err(cmd, "cannot connect to worker at %s: %s", addr, kvds_strerror(rc));
   return CLI_FAIL;
@@ -200,7 +206,7 @@ char *cli_fmt_time_us(uint64_t us, char *buf, size_t cap) {
   return buf;
 }
 
-int cli_read_all(int fd, uint8_t **buf, size_t *len) {
+int cli_read_capped(int fd, uint64_t limit, uint8_t **buf, size_t *len) {
   size_t cap = 1 << 16, n = 0;
   uint8_t *b = malloc(cap);
   if (!b)
@@ -215,7 +221,11 @@ int cli_read_all(int fd, uint8_t **buf, size_t *len) {
       b = nb;
       cap *= 2;
     }
-    ssize_t r = read(fd, b + n, cap - n);
+    /* never more than one byte past the limit: enough to know */
+    size_t want = cap - n;
+    if ((uint64_t)want > limit + 1 - n)
+      want = (size_t)(limit + 1 - n);
+    ssize_t r = read(fd, b + n, want);
     if (r == 0)
       break;
     if (r < 0) {
@@ -226,6 +236,10 @@ int cli_read_all(int fd, uint8_t **buf, size_t *len) {
       return e;
     }
     n += (size_t)r;
+    if (n > limit) {
+      free(b);
+      return KVDS_E_TOOBIG;
+    }
   }
   *buf = b;
   *len = n;

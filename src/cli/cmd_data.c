@@ -4,6 +4,7 @@
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "cli/cli.h"
@@ -49,10 +50,43 @@ static const char PUT_HELP[] =
     "\n"
     "Stores the bytes of FILE (or stdin for '-') under KEY. The key is taken\n"
     "as the argument's bytes. Keys are write-once: putting an existing key\n"
-    "fails unless --force is given.\n"
+    "fails unless --force is given. A regular file is read straight into\n"
+    "the new object; a stream (stdin, a pipe) is read up to the worker's\n"
+    "pool size and refused beyond it.\n"
     "\n" WORKER_OPT_HELP
     "  -f, --force         replace an existing key (delete, then put)\n"
     "  -h, --help          this text\n";
+
+/* Reads all of a regular file of `size` bytes into a new object (the pool
+ * itself on a local client, the client's staging buffer over TCP) and
+ * seals it: the file is never held twice. */
+static int put_file(kvds_client *cl, const char *key, size_t klen, int fd,
+                    size_t size, const char *file) {
+  struct kvds_wbuf b;
+  int rc = kvds_create(cl, key, klen, size, &b);
+  if (rc)
+    return rc;
+  size_t off = 0;
+  while (off < size) {
+    ssize_t r = read(fd, (uint8_t *)b.data + off, size - off);
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r <= 0) {
+      if (r < 0)
+        cli_err("put", "cannot read %s: %s", file, strerror(errno));
+      else
+        cli_err("put", "%s shrank while it was read (%zu of %zu bytes)", file,
+                off, size);
+      kvds_abort(cl, &b);
+      return 1; /* said */
+    }
+    off += (size_t)r;
+  }
+  rc = kvds_seal(cl, &b);
+  if (rc && b.handle)
+    kvds_abort(cl, &b);
+  return rc;
+}
 
 int cmd_put(int argc, char **argv) {
   static const struct option lo[] = {{"worker", required_argument, NULL, 'w'},
@@ -81,47 +115,85 @@ int cmd_put(int argc, char **argv) {
     return CLI_USAGE;
   const char *key = argv[optind], *file = argv[optind + 1];
   size_t klen = strlen(key);
+  int is_stdin = strcmp(file, "-") == 0;
+  const char *name = is_stdin ? "stdin" : file;
 
-  int fd =
-      strcmp(file, "-") == 0 ? STDIN_FILENO : open(file, O_RDONLY | O_CLOEXEC);
+  int fd = is_stdin ? STDIN_FILENO : open(file, O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     cli_err("put", "cannot open %s: %s", file, strerror(errno));
     return CLI_FAIL;
   }
-  uint8_t *val;
-  size_t vlen;
-  int rc = cli_read_all(fd, &val, &vlen);
-  if (fd != STDIN_FILENO)
-    close(fd);
-  if (rc) {
-    cli_err("put", "cannot read %s: %s", file, kvds_strerror(rc));
-    return CLI_FAIL;
-  }
-  kvds_client *cl;
+  uint8_t *val = NULL;
+  size_t vlen = 0;
+  kvds_client *cl = NULL;
   int ret = cli_connect("put", cli_worker_addr(addr), KVDS_CONNECT_LAZY_MAP,
                         &cl, NULL, 0);
   if (ret)
     goto out;
-  rc = kvds_put(cl, key, klen, val, vlen);
-  if (rc == KVDS_E_EXISTS && force) {
-    rc = kvds_delete(cl, key, klen);
-    if (rc == 0 || rc == KVDS_E_NOTFOUND)
-      rc = kvds_put(cl, key, klen, val, vlen);
+  ret = CLI_FAIL;
+  /* Nothing larger than the worker's pool can be stored: a stream (a pipe,
+   * /dev/zero) is read up to that much and no further. */
+  struct kvds_stats st;
+  int rc = kvds_stats(cl, &st);
+  if (rc) {
+    cli_err("put", "cannot ask the worker its pool size: %s",
+            kvds_strerror(rc));
+    goto out;
   }
-  if (rc == KVDS_E_EXISTS) {
+  uint64_t cap = st.pool_capacity;
+  struct stat sb;
+  int regular = fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode);
+  if (regular) {
+    vlen = (size_t)sb.st_size;
+    if ((uint64_t)sb.st_size > cap) {
+      cli_err("put",
+              "%s is %llu bytes, more than the worker's pool can hold "
+              "(%llu bytes); nothing was stored",
+              file, (unsigned long long)sb.st_size, (unsigned long long)cap);
+      goto out;
+    }
+  } else {
+    rc = cli_read_capped(fd, cap, &val, &vlen);
+    if (rc == KVDS_E_TOOBIG) {
+      cli_err("put",
+              "%s holds more than the worker's pool can hold (%llu "
+              "bytes); stopped reading, nothing was stored",
+              name, (unsigned long long)cap);
+      goto out;
+    }
+    if (rc) {
+      cli_err("put", "cannot read %s: %s", name, kvds_strerror(rc));
+      goto out;
+    }
+  }
+  if (vlen == 0) {
+    cli_err("put", "%s is empty; empty values are not supported", name);
+    goto out;
+  }
+  for (int again = force;; again = 0) {
+    rc = regular ? put_file(cl, key, klen, fd, vlen, file)
+                 : kvds_put(cl, key, klen, val, vlen);
+    if (rc != KVDS_E_EXISTS || !again)
+      break;
+    rc = kvds_delete(cl, key, klen);
+    if (rc && rc != KVDS_E_NOTFOUND)
+      break;
+  }
+  if (rc == 1) {
+    /* put_file said what went wrong */
+  } else if (rc == KVDS_E_EXISTS) {
     char k[256];
     cli_err("put", "key '%s' already exists (use --force to replace it)",
             cli_fmt_key(key, klen, k, sizeof k));
-    ret = CLI_FAIL;
-  } else if (rc == KVDS_E_INVAL && vlen == 0) {
-    cli_err("put", "%s is empty; empty values are not supported", file);
-    ret = CLI_FAIL;
   } else if (rc) {
     key_err("put", key, klen, rc);
-    ret = CLI_FAIL;
+  } else {
+    ret = CLI_OK;
   }
-  kvds_client_close(cl);
 out:
+  kvds_client_close(cl);
+  if (!is_stdin)
+    close(fd);
   free(val);
   return ret;
 }
@@ -230,8 +302,15 @@ int cmd_get(int argc, char **argv) {
     rc = res;
   if (rc == KVDS_E_TIMEOUT) {
     char kb[256];
-    cli_err("get", "key '%s' not found after waiting %llu ms",
-            cli_fmt_key(key, klen, kb, sizeof kb), (unsigned long long)wait_ms);
+    if (wait_ms)
+      cli_err("get", "key '%s' not found after waiting %llu ms",
+              cli_fmt_key(key, klen, kb, sizeof kb),
+              (unsigned long long)wait_ms);
+    else /* no wait asked: a cluster pull ran out of time */
+      cli_err("get",
+              "key '%s': deadline exceeded (the worker could not copy it "
+              "from a peer within its --pull-timeout-ms)",
+              cli_fmt_key(key, klen, kb, sizeof kb));
     goto out;
   }
   if (rc) {

@@ -244,6 +244,45 @@ static void kvds_commands(void) {
                 strchr(r.out, '\n') == r.out + r.out_len - 1,
             "ls text/: '%s'", r.out);
 
+  /* An endless stream is refused once it passes the pool's size (64 MiB),
+   * without growing the client's memory; a file that big, before reading
+   * it; a file of 512 KiB goes straight into the object, also over TCP. */
+  KVDS(&r, NULL, 0, "put", "zero", "/dev/zero", "--worker", A);
+  expect_fail(&r, 1, "more than the worker's pool can hold", "put /dev/zero");
+  char bigp[600];
+  snprintf(bigp, sizeof bigp, "%s/big.bin", kvh_run_dir());
+  {
+    int fd = open(bigp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    KVH_CHECK(fd >= 0 && ftruncate(fd, 65 << 20) == 0, "big file: %s",
+              strerror(errno));
+    close(fd);
+  }
+  KVDS(&r, NULL, 0, "put", "big", bigp, "--worker", A);
+  expect_fail(&r, 1, "more than the worker's pool can hold", "put of 65 MiB");
+  uint8_t *mib = kvh_val_new("mib", 3, 512 << 10);
+  write_file(bigp, mib, 512 << 10);
+  KVDS(&r, NULL, 0, "put", "mib", bigp, "--worker", w.tcp);
+  expect_ok(&r, "put of a 512 KiB file over TCP");
+  KVDS(&r, NULL, 0, "get", "mib", "--worker", A);
+  KVH_CHECK(r.code == 0 && r.out_len == (512u << 10) &&
+                memcmp(r.out, mib, 512 << 10) == 0,
+            "get of the 512 KiB file");
+  free(mib);
+  KVDS(&r, NULL, 0, "ls", "zero", "--worker", A);
+  KVH_CHECK(r.code == 0 && !strstr(r.out, "zero"), "a refused put left '%s'",
+            r.out);
+  KVDS(&r, NULL, 0, "rm", "mib", "--worker", A);
+  expect_ok(&r, "rm mib");
+
+  /* A token file that is not there is named as such. */
+  setenv("KVDS_AUTH_TOKEN_FILE", "/nonexistent/kvds.token", 1);
+  KVDS(&r, NULL, 0, "ls", "--worker", w.tcp);
+  unsetenv("KVDS_AUTH_TOKEN_FILE");
+  expect_fail(&r, 1,
+              "auth token file /nonexistent/kvds.token (KVDS_AUTH_TOKEN_FILE) "
+              "cannot be read: No such file or directory",
+              "a missing token file");
+
   /* stat shows the size, the state and the checksum. */
   KVDS(&r, NULL, 0, "stat", "bin/one", "--worker", A);
   expect_ok(&r, "stat");
