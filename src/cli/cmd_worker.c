@@ -78,6 +78,10 @@ static const char HELP[] =
     "                           4; each peer gets as many connections)\n"
     "      --pull-timeout-ms MS deadline of a read the cluster resolves\n"
     "                           (directory query + pull; default 4000)\n"
+    "      --replicas N         keep N copies of each object sealed here:\n"
+    "                           N - 1 other workers (rendezvous hashing)\n"
+    "                           pull a copy in the background (default 1;\n"
+    "                           --replica_num is the same)\n"
     "  -h, --help               this text\n";
 
 enum {
@@ -101,6 +105,7 @@ enum {
   OPT_ADVERTISE,
   OPT_PULL_THREADS,
   OPT_PULL_TIMEOUT,
+  OPT_REPLICAS,
 };
 
 static const struct option LONGOPTS[] = {
@@ -135,6 +140,8 @@ static const struct option LONGOPTS[] = {
     {"advertise_address", required_argument, NULL, OPT_ADVERTISE},
     {"pull-threads", required_argument, NULL, OPT_PULL_THREADS},
     {"pull-timeout-ms", required_argument, NULL, OPT_PULL_TIMEOUT},
+    {"replicas", required_argument, NULL, OPT_REPLICAS},
+    {"replica_num", required_argument, NULL, OPT_REPLICAS},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -265,6 +272,8 @@ static int parse_opt(struct worker_opts *o, int c, const char *v) {
     return parse_int("--pull-threads", v, &cfg->pull_threads);
   case OPT_PULL_TIMEOUT:
     return parse_int("--pull-timeout-ms", v, &cfg->pull_timeout_ms);
+  case OPT_REPLICAS:
+    return parse_int("--replicas", v, &cfg->replicas);
   default:
     return CLI_USAGE;
   }

@@ -155,6 +155,7 @@ int kvds_store_create(struct kvds_store *st, const void *key, size_t klen,
   o->pins = 0;
   o->state = KVDS_STATE_WRITING;
   o->indexed = 1;
+  o->replica = 0;
   kvds_index_insert(&st->index, &o->inode);
   st->ctr.writing_objects++;
   *out = o;
@@ -175,7 +176,7 @@ void kvds_store_seal(struct kvds_store *st, struct kvds_object *o,
   if (o->pins == 0)
     lru_add(st, o);
   if (st->notify)
-    st->notify(o->key, o->inode.klen, 1, st->notify_ud);
+    st->notify(o->key, o->inode.klen, o->replica ? 2 : 1, st->notify_ud);
   if (!st->n_waiters)
     return;
   struct kvds_waiter **b = &st->waits[o->inode.hash % KVDS_STORE_WAIT_BUCKETS];

@@ -35,6 +35,7 @@ struct kvds_object {
   uint32_t pins;
   uint8_t state;   /* KVDS_STATE_WRITING / KVDS_STATE_SEALED */
   uint8_t indexed; /* 1 while reachable by key */
+  uint8_t replica; /* a copy pulled from a peer (set before the seal) */
   uint8_t key[];   /* klen bytes */
 };
 
@@ -55,9 +56,11 @@ struct kvds_waiter {
 typedef void (*kvds_store_wake_fn)(struct kvds_waiter *w,
                                    struct kvds_object *obj, void *ud);
 
-/* Called (with the lock held) when a key becomes readable (sealed = 1) or a
- * sealed key stops being readable here (sealed = 0: deleted or evicted). The
- * cluster uses it to tell the keys' homes; it must not call into the store. */
+/* Called (with the lock held) when a key becomes readable (sealed = 1 for
+ * an object written here, 2 for a replica: o->replica was set) or a sealed
+ * key stops being readable here (sealed = 0: deleted or evicted). The
+ * cluster uses it to tell the keys' homes and to queue copies; it must not
+ * call into the store. */
 typedef void (*kvds_store_notify_fn)(const uint8_t *key, uint32_t klen,
                                      int sealed, void *ud);
 

@@ -125,6 +125,7 @@ struct kvds_cluster {
   int npullers;
   pthread_t maint;
   int maint_started;
+  struct kvds_replicator *repl; /* --replicas > 1, else NULL */
   atomic_size_t nlive; /* cl->view.n, read without the lock (GET path) */
   atomic_uint_fast64_t announced, announce_errors, remote_found, remote_missed;
 };
@@ -358,6 +359,8 @@ void kvds__cluster_locate_local(struct kvds_server *s, struct reply *r,
 static void on_store_change(const uint8_t *key, uint32_t klen, int sealed,
                             void *ud) {
   struct kvds_cluster *cl = ud;
+  if (sealed == 1 && cl->repl) /* written here: copies go out */
+    kvds__repl_queue_locked(cl->repl, key, klen);
   struct ann *a = malloc(sizeof *a + klen);
   pthread_mutex_lock(&cl->lock);
   if (!a || cl->nann >= ANNOUNCE_QUEUE_MAX) {
@@ -368,7 +371,7 @@ static void on_store_change(const uint8_t *key, uint32_t klen, int sealed,
     return;
   }
   a->next = NULL;
-  a->add = (uint8_t)sealed;
+  a->add = sealed != 0;
   a->klen = klen;
   memcpy(a->key, key, klen);
   if (cl->atail)
@@ -899,6 +902,7 @@ static void pull_done(void *ud, size_t i, int status, uint64_t checksum) {
       /* counted before the seal wakes the reader */
       atomic_fetch_add(&pc->peer->bytes_in, o->size);
       atomic_fetch_add(&pc->peer->objects_in, 1);
+      o->replica = 1; /* a copy: not copied on by --replicas */
       kvds_store_seal(&s->store, o, checksum); /* wakes the request */
     } else {
       kvds_store_abort(&s->store, o); /* never visible */
@@ -1435,6 +1439,87 @@ int kvds__cluster_submit(struct kvds_server *s, struct wait_req *wr,
   return 0;
 }
 
+/* ---- replicas (the queue and its thread: replicate.c) ------------------- */
+
+void kvds__cluster_replicate(struct kvds_server *s, size_t n,
+                             const struct kvds_iov *keys, int copies,
+                             uint64_t deadline_us, size_t *made,
+                             size_t *failed) {
+  struct kvds_cluster *cl = s->cluster;
+  struct view v;
+  *made = *failed = 0;
+  pthread_mutex_lock(&cl->lock);
+  int rc = view_copy_locked(cl, &v);
+  pthread_mutex_unlock(&cl->lock);
+  if (rc) {
+    *failed = n * (size_t)(copies - 1);
+    return;
+  }
+  /* target[i * k + j]: the j-th member (index in v) to copy key i to. */
+  size_t k = (size_t)copies - 1;
+  size_t *target = malloc((n ? n : 1) * k * sizeof *target);
+  struct kvds_iov *sub = malloc((n ? n : 1) * sizeof *sub);
+  struct kvds_value *vals = calloc(n ? n : 1, sizeof *vals);
+  int *res = malloc((n ? n : 1) * sizeof *res);
+  if (!target || !sub || !vals || !res) {
+    *failed = n * k;
+    goto out;
+  }
+  for (size_t i = 0; i < n; i++) {
+    size_t top[9], got = kvds_hrw_top(kvds_checksum(keys[i].base, keys[i].len),
+                                      v.seeds, v.n, top, k + 1);
+    size_t t = 0;
+    for (size_t j = 0; j < got && t < k; j++)
+      if (v.m[top[j]].peer)
+        target[i * k + t++] = top[j];
+    for (; t < k; t++)
+      target[i * k + t] = SIZE_MAX; /* fewer live members than copies */
+  }
+  struct kvds_get_opts opts = {0, cl->self_id, KVDS_GET_PIN};
+  for (size_t m = 0; m < v.n; m++) {
+    struct kvds_peer *p = v.m[m].peer;
+    if (!p)
+      continue;
+    size_t ns = 0;
+    for (size_t i = 0; i < n; i++)
+      for (size_t j = 0; j < k; j++)
+        if (target[i * k + j] == m)
+          sub[ns++] = keys[i];
+    if (!ns)
+      continue;
+    int err = 0;
+    uint64_t gen;
+    kvds_client *c = pconn_get(cl, p, deadline_us, &gen, &err);
+    uint64_t now = kvds_now_us();
+    if (!c || now >= deadline_us) {
+      if (c)
+        pconn_put(cl, p, c, gen);
+      *failed += ns;
+      continue;
+    }
+    kvds_client_set_timeout(c, (int)((deadline_us - now) / 1000) + 1);
+    rc = kvds_mget_ex(c, ns, sub, &opts, vals, res);
+    for (size_t i = 0; i < ns; i++) {
+      if (!rc && res[i] == 0)
+        (*made)++;
+      else
+        (*failed)++;
+    }
+    if (!rc)
+      kvds_release(c, ns, vals);
+    pconn_put(cl, p, c, gen);
+    if (rc)
+      kvds__logf(3, "cluster: copies of %zu keys to %s failed: %s", ns, p->id,
+                 kvds_strerror(rc));
+  }
+out:
+  free(target);
+  free(sub);
+  free(vals);
+  free(res);
+  view_free(&v);
+}
+
 /* ---- life cycle ---------------------------------------------------------- */
 
 int kvds__cluster_active(struct kvds_server *s) {
@@ -1497,6 +1582,11 @@ int kvds__cluster_start(struct kvds_server *s) {
     return rc;
   }
   cl->maint_started = 1;
+  if (s->cfg.replicas > 1 &&
+      (rc = kvds__repl_start(s, s->cfg.replicas, &cl->repl))) {
+    kvds__cluster_stop(s);
+    return rc;
+  }
   pthread_mutex_lock(&s->store.lock);
   kvds_store_set_notify(&s->store, on_store_change, cl);
   pthread_mutex_unlock(&s->store.lock);
@@ -1524,6 +1614,7 @@ void kvds__cluster_stop(struct kvds_server *s) {
     pthread_join(cl->pullers[i], NULL);
   if (cl->maint_started)
     pthread_join(cl->maint, NULL);
+  kvds__repl_stop(cl->repl); /* its call in flight was shut down above */
   s->cluster = NULL;
   for (struct job *j = cl->jhead, *nx; j; j = nx) {
     nx = j->next;
@@ -1616,6 +1707,14 @@ void kvds__cluster_annotate(struct kvds_server *s, json_t *cluster) {
                 (json_int_t)atomic_load(&cl->announced), "remote_found",
                 (json_int_t)atomic_load(&cl->remote_found), "remote_missed",
                 (json_int_t)atomic_load(&cl->remote_missed)));
+  uint64_t q = 0, made = 0, failed = 0, skipped = 0;
+  if (cl->repl)
+    kvds__repl_counts(cl->repl, &q, &made, &failed, &skipped);
+  json_object_set_new(
+      cluster, "replicas",
+      json_pack("{s:i,s:I,s:I,s:I,s:I}", "copies", cl->s->cfg.replicas,
+                "queued", (json_int_t)q, "made", (json_int_t)made, "failed",
+                (json_int_t)failed, "skipped", (json_int_t)skipped));
 }
 
 void kvds__cluster_metrics(struct kvds_server *s, FILE *f) {
@@ -1647,6 +1746,27 @@ void kvds__cluster_metrics(struct kvds_server *s, FILE *f) {
           (unsigned long long)atomic_load(&cl->announce_errors),
           (unsigned long long)atomic_load(&cl->remote_found),
           (unsigned long long)atomic_load(&cl->remote_missed));
+  uint64_t q = 0, made = 0, failed = 0, skipped = 0;
+  if (cl->repl)
+    kvds__repl_counts(cl->repl, &q, &made, &failed, &skipped);
+  fprintf(f,
+          "# HELP kvds_replica_copies Copies kept of each object sealed "
+          "here (--replicas).\n# TYPE kvds_replica_copies gauge\n"
+          "kvds_replica_copies %d\n"
+          "# HELP kvds_replica_queued Objects waiting to be copied.\n"
+          "# TYPE kvds_replica_queued gauge\nkvds_replica_queued %llu\n"
+          "# HELP kvds_replica_made_total Copies made on other workers.\n"
+          "# TYPE kvds_replica_made_total counter\n"
+          "kvds_replica_made_total %llu\n"
+          "# HELP kvds_replica_failed_total Copies that failed (target "
+          "unreachable or full, object gone).\n"
+          "# TYPE kvds_replica_failed_total counter\n"
+          "kvds_replica_failed_total %llu\n"
+          "# HELP kvds_replica_skipped_total Objects not copied (queue "
+          "full).\n# TYPE kvds_replica_skipped_total counter\n"
+          "kvds_replica_skipped_total %llu\n",
+          cl->s->cfg.replicas, (unsigned long long)q, (unsigned long long)made,
+          (unsigned long long)failed, (unsigned long long)skipped);
   pthread_mutex_lock(&cl->lock);
   static const struct {
     const char *name, *type, *help;

@@ -261,6 +261,30 @@ void kvds__cluster_on_view(void *arg, uint64_t generation);
 /* 1 when requests should look beyond this worker: a cluster with another
  * live member. */
 int kvds__cluster_active(struct kvds_server *s);
+
+/* ---- replicas (replicate.c; --replicas N > 1) ----------------------------
+ * kvds__cluster_replicate (cluster.c) copies keys[0..n), sealed here, to
+ * the other members of each key's replica set: the `copies` best members
+ * by rendezvous hashing over the live view, this worker left out and the
+ * rest cut to copies - 1. Each copy is a GET with this worker as hint and
+ * KVDS_GET_PIN sent to the target: the target pulls the value into its
+ * pool (a replica it announces) and only a pin comes back, released at
+ * once. Bounded by deadline_us; *made / *failed count the copies. */
+struct kvds_replicator;
+void kvds__cluster_replicate(struct kvds_server *s, size_t n,
+                             const struct kvds_iov *keys, int copies,
+                             uint64_t deadline_us, size_t *made,
+                             size_t *failed);
+int kvds__repl_start(struct kvds_server *s, int copies,
+                     struct kvds_replicator **out);
+/* Joins the thread; call after the cluster's connections were shut down
+ * (a copy in flight then fails at once). NULL is a no-op. */
+void kvds__repl_stop(struct kvds_replicator *r);
+/* Queues a key sealed here (store lock held: the notify hook). */
+void kvds__repl_queue_locked(struct kvds_replicator *r, const uint8_t *key,
+                             uint32_t klen);
+void kvds__repl_counts(struct kvds_replicator *r, uint64_t *queued,
+                       uint64_t *made, uint64_t *failed, uint64_t *skipped);
 /* Queues the jobs that resolve wr (GET: pulls of its missing keys; other
  * kinds: directory queries) with wr->jobs already counting them. hint may
  * be NULL. Returns 0, or -ENOMEM (nothing queued). */

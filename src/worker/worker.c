@@ -63,6 +63,7 @@ void kvds_worker_config_default(struct kvds_worker_config *cfg) {
   cfg->log_level = 2;
   cfg->pull_threads = 4;
   cfg->pull_timeout_ms = 4000;
+  cfg->replicas = 1;
 }
 
 int kvds_worker_socket_path(const char *listen, char *out, size_t cap) {
@@ -208,6 +209,16 @@ int kvds_worker_config_check(const struct kvds_worker_config *cfg, char *err,
   }
   if (cfg->pull_timeout_ms < 10 || cfg->pull_timeout_ms > 600000) {
     snprintf(err, errcap, "--pull-timeout-ms must be 10..600000");
+    return KVDS_E_INVAL;
+  }
+  if (cfg->replicas < 1 || cfg->replicas > 8) {
+    snprintf(err, errcap, "--replicas must be 1..8");
+    return KVDS_E_INVAL;
+  }
+  if (cfg->replicas > 1 && !cfg->etcd_address[0] && !cfg->peers[0]) {
+    snprintf(err, errcap,
+             "--replicas %d needs a cluster (--etcd_address or --peers)",
+             cfg->replicas);
     return KVDS_E_INVAL;
   }
   struct kvds_membership_config mc;

@@ -40,6 +40,7 @@ struct kvds_worker_config {
   char advertise[256]; /* data address peers use; "" = listen */
   int pull_threads;    /* threads that pull from peers (default 4) */
   int pull_timeout_ms; /* deadline of a read resolved by the cluster */
+  int replicas;        /* copies of each object sealed here (1 = none) */
 };
 
 /* Fills the defaults: listen 127.0.0.1:31501, 4 GiB, 1 thread, no HTTP,

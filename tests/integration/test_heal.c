@@ -13,7 +13,10 @@
  *     same address): every worker, and one started afterwards, converges
  *     on the same view, and the old keys are read from the new worker;
  *  4. a pull that runs past its deadline leaves nothing being written on
- *     the reader once the reader's answer arrived.
+ *     the reader once the reader's answer arrived;
+ *  5. --replicas 2: each object sealed on a worker is copied to one other
+ *     in the background; removing one copy leaves the other; the only
+ *     original holder killed, every key is read from its copy.
  *
  * Values are derived from their keys (kvh_val_*): every read checks every
  * byte. Waits are polls with deadlines; no assertion is about speed.
@@ -305,6 +308,120 @@ static void test_pull_timeout(void) {
   fprintf(stderr, "4. pull past its deadline: ok\n");
 }
 
+/* ---- 5. replicas ----------------------------------------------------------
+ */
+
+/* Where key lives, asked through w (its home answers). */
+static size_t holders(const struct kvh_worker *w, const char *key,
+                      char ids[][256], size_t cap) {
+  kvds_client *c = tcp_client(w);
+  struct kvds_location *l = NULL;
+  size_t n = 0;
+  int rc = kvds_locate(c, key, strlen(key), &l, &n);
+  KVH_CHECK(rc == 0, "locate %s through %s: %s", key, w->addr,
+            kvds_err_name(rc));
+  for (size_t i = 0; i < n && i < cap; i++)
+    snprintf(ids[i], 256, "%s", l[i].id);
+  free(l);
+  kvds_client_close(c);
+  return n;
+}
+
+#define RN 60
+
+static void test_replicas(void) {
+  struct kvh_etcd re;
+  kvh_etcd_start(&re);
+  const char *e[] = {"--etcd_address", re.addr, "--lease-ttl", "2",
+                     "--cluster",      "trep",  "--replicas",  "2",
+                     "--log-level",    "debug", NULL};
+  struct kvh_worker P, Q, R;
+  kvh_worker_start(&P, "128MiB", e);
+  kvh_worker_start(&Q, "128MiB", e);
+  kvh_worker_start(&R, "128MiB", e);
+  struct kvh_worker *pqr[] = {&P, &Q, &R};
+  await_views(pqr, 3, "replica cluster");
+  put_set(&P, "rp", RN);
+  /* Every key gets one copy besides P's, on Q or R, in the background. */
+  char ids[8][256];
+  uint64_t deadline = kvh_now_ms() + JOIN_MS;
+  unsigned on_q = 0, on_r = 0;
+  for (unsigned i = 0; i < RN; i++) {
+    char k[64];
+    kname(k, sizeof k, "rp", i);
+    size_t n;
+    for (;;) {
+      n = holders(&Q, k, ids, 8);
+      if (n >= 2 || kvh_now_ms() > deadline)
+        break;
+      kvh_sleep_ms(50);
+    }
+    KVH_CHECK(n == 2, "%s has %zu holders, want 2 (P and one copy)", k, n);
+    int p_there = strcmp(ids[0], P.addr) == 0 || strcmp(ids[1], P.addr) == 0;
+    KVH_CHECK(p_there, "%s: P is not among its holders", k);
+    const char *other = strcmp(ids[0], P.addr) == 0 ? ids[1] : ids[0];
+    on_q += strcmp(other, Q.addr) == 0;
+    on_r += strcmp(other, R.addr) == 0;
+  }
+  KVH_CHECK(on_q + on_r == RN, "copies on a worker that is not Q or R");
+  fprintf(stderr, "5. replicas: %u copies on Q, %u on R\n", on_q, on_r);
+  /* kvds status shows what was made. */
+  json_t *cl = kvh_cluster_of(P.addr);
+  json_t *rep = json_object_get(cl, "replicas");
+  KVH_CHECK(json_integer_value(json_object_get(rep, "copies")) == 2 &&
+                json_integer_value(json_object_get(rep, "made")) >= RN,
+            "P's status: replicas copies %lld made %lld",
+            (long long)json_integer_value(json_object_get(rep, "copies")),
+            (long long)json_integer_value(json_object_get(rep, "made")));
+  json_decref(cl);
+  /* Removing one copy leaves the others: key rp/0000's copy goes. */
+  char k0[64];
+  kname(k0, sizeof k0, "rp", 0);
+  holders(&Q, k0, ids, 8);
+  struct kvh_worker *cw =
+      strcmp(ids[0], Q.addr) == 0 || strcmp(ids[1], Q.addr) == 0 ? &Q : &R;
+  kvds_client *cc = kvh_connect(cw->addr);
+  KVH_OK(kvds_delete(cc, k0, strlen(k0)));
+  kvds_client_close(cc);
+  deadline = kvh_now_ms() + JOIN_MS;
+  for (;;) {
+    size_t n = holders(&Q, k0, ids, 8);
+    if (n == 1 && strcmp(ids[0], P.addr) == 0)
+      break;
+    KVH_CHECK(kvh_now_ms() < deadline, "%s: %zu holders after its copy went",
+              k0, n);
+    kvh_sleep_ms(50);
+  }
+  /* The only original holder dies: every other key is read from a copy,
+   * through both survivors. */
+  kvh_worker_kill9(&P);
+  struct kvh_worker *qr[] = {&Q, &R};
+  await_views(qr, 2, "P gone");
+  unsigned read = 0;
+  for (int w = 0; w < 2; w++) {
+    kvds_client *c = tcp_client(qr[w]);
+    void *buf = malloc(VMAX);
+    for (unsigned i = 1; i < RN; i++) {
+      char k[64];
+      size_t kl = kname(k, sizeof k, "rp", i), len = 0;
+      int rc = kvds_get(c, k, kl, buf, VMAX, &len, 0);
+      KVH_CHECK(rc == 0, "%s through %s after P died: %s", k, qr[w]->addr,
+                kvds_err_name(rc));
+      KVH_CHECK(kvh_val_ok(k, kl, kvh_val_size(k, kl, VMAX), buf, len),
+                "%s: wrong bytes", k);
+      read++;
+    }
+    free(buf);
+    kvds_client_close(c);
+  }
+  fprintf(stderr, "5. replicas: %u reads after the original holder died\n",
+          read);
+  kvh_worker_stop(&R);
+  kvh_worker_stop(&Q);
+  kvh_etcd_stop(&re);
+  fprintf(stderr, "5. replicas: ok\n");
+}
+
 int main(int argc, char **argv) {
   kvh_init(argc, argv, "test_heal");
   kvh_etcd_start(&etcd);
@@ -329,5 +446,6 @@ int main(int argc, char **argv) {
   kvh_etcd_stop(&etcd);
 
   test_pull_timeout();
+  test_replicas();
   return kvh_finish();
 }
