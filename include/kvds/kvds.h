@@ -10,9 +10,13 @@
  *    kvds_strerror() describes either kind.
  *  - Out-parameters are written only on success.
  *  - Keys are binary-safe byte strings of 1..KVDS_KEY_MAX bytes.
- *  - Every call that talks to the worker is bounded by the client's I/O
- *    timeout (kvds_client_set_timeout(), default 5000 ms); calls that may
- *    wait for a key additionally take wait_ms. No call blocks forever.
+ *  - Every call that talks to the worker is bounded by one deadline: the
+ *    client's I/O timeout (kvds_client_set_timeout(), default 5000 ms)
+ *    counted once from the start of the call, plus wait_ms for calls that
+ *    may wait for a key. It covers every request the call makes (a put is a
+ *    CREATE and a SEAL on a local client; a batch over KVDS_BATCH_MAX is
+ *    several requests) and every retry after a signal: the call returns by
+ *    then, with KVDS_E_TIMEOUT if it is not done. No call blocks forever.
  *  - A kvds_client is NOT thread-safe: use one client per thread, or guard
  *    it with a lock. Distinct clients are independent.
  *  - The library never prints; kvds_client_errmsg() gives detail about the
@@ -59,7 +63,8 @@ extern "C" {
   X(HANDLE, -30019, "invalid or stale handle")                                 \
   X(ADDR, -30020, "invalid address")                                           \
   X(AUTH, -30021, "authentication failed or required (KVDS_AUTH_TOKEN_FILE)")  \
-  X(PEER, -30022, "peer worker unreachable, or failed during the transfer")
+  X(PEER, -30022, "peer worker unreachable, or failed during the transfer")    \
+  X(INTR, -30023, "interrupted while waiting for the worker")
 
 enum kvds_errno {
 #define KVDS__ERR_ENUM(name, val, msg) KVDS_E_##name = val,
@@ -89,8 +94,10 @@ typedef struct kvds_client kvds_client;
  *   "host:port", "tcp://host:port", "[v6]:port"          -> TCP
  * Over a Unix socket the worker passes its pool fd once and data moves
  * through shared memory; over TCP values travel inline.
- * `timeout_ms` bounds the connect and becomes the client's I/O timeout
- * (<= 0 means the default, 5000 ms).
+ * `timeout_ms` bounds the whole connect — TCP connect, authentication,
+ * HELLO, the switch to the Unix socket and the mapping of the pool (pages
+ * not pre-faulted by the deadline fault in on first use) — and becomes the
+ * client's I/O timeout (<= 0 means the default, 5000 ms).
  * Authentication: a worker started with --auth-token-file (required when it
  * listens on a non-loopback address) accepts TCP clients only after they
  * prove the shared token. Over TCP the library reads the token from the
@@ -128,6 +135,26 @@ void kvds_client_close(kvds_client *c);
 
 /* Sets the I/O timeout applied to every later call (ms, > 0). */
 void kvds_client_set_timeout(kvds_client *c, int timeout_ms);
+
+/*
+ * Interrupt check for calls that wait (for language bindings: Python runs
+ * its signal handlers from it). While a call on `c` waits for a reply,
+ * fn(ud) is called on the calling thread when the wait is interrupted by a
+ * signal (EINTR) and at least every 100 ms. A non-zero return gives the
+ * call up: it returns KVDS_E_INTR at once, and the client stays connected
+ * and usable. The request is abandoned, not cancelled (the worker still
+ * carries it out: a put may be stored, a waiting get still waits there);
+ * its reply is read and discarded by a later call when it arrives, and
+ * what the reply holds is given back (a GET's pins are released, objects a
+ * CREATE made are aborted), so nothing stays pinned or half-written on the
+ * worker. Only waits for a reply are interrupted — never a half-sent
+ * request or a value being received. At most 64 requests may be abandoned
+ * and still unanswered: an interrupt beyond that disconnects the client
+ * (KVDS_E_INTR, then KVDS_E_CLOSED). fn must not call into `c`; it is not
+ * called during kvds_client_connect. fn == NULL removes the check.
+ */
+typedef int (*kvds_interrupt_fn)(void *ud);
+void kvds_client_set_interrupt(kvds_client *c, kvds_interrupt_fn fn, void *ud);
 
 /* 1 when the client maps the worker's pool (Unix socket), else 0. */
 int kvds_client_is_local(const kvds_client *c);

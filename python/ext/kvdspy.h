@@ -11,6 +11,14 @@
  *    moves only and may be taken with or without the GIL.
  *  - Everything else (children list, counters, flags) is guarded by the GIL.
  *
+ * Signals: a call made from the main thread of the main interpreter lets
+ * libkvds interrupt its waits (kvds_client_set_interrupt): the hook takes
+ * the GIL back on the calling thread, runs PyErr_CheckSignals, and when a
+ * handler raised (KeyboardInterrupt) the call returns KVDS_E_INTR with that
+ * exception set, which the method then raises as it is. The client lock is
+ * still held meanwhile, so a handler must not use the same client: such a
+ * call raises RuntimeError instead of deadlocking (hook_thread).
+ *
  * Lifetime rules:
  *  - Pinned and WriteBuffer objects ("children") hold a strong reference to
  *    their Client and own a `struct kvdspy_res`: the pins to release or the
@@ -65,6 +73,9 @@ typedef struct {
   int local; /* kvds_client_is_local(), fixed at connect */
   pid_t pid; /* the process that connected */
   int timeout_ms;
+  unsigned long main_thread; /* ident of the main thread; 0 = no hook */
+  PyThreadState *call_ts;    /* the interruptible call's thread (lock held) */
+  unsigned long hook_thread; /* running signal handlers in a call (GIL) */
 } ClientObject;
 
 /* Common head of Pinned and WriteBuffer. */
@@ -129,6 +140,10 @@ void kvdspy_op_exit(ClientObject *cl);
 /* Without the GIL: takes / gives back the client lock (draining pending). */
 void kvdspy_lock(ClientObject *cl);
 void kvdspy_unlock(ClientObject *cl);
+/* Without the GIL, lock held: lets the libkvds calls that follow (until
+ * kvdspy_unlock) be interrupted by Python's signal handlers. ts: this
+ * thread's state, from PyEval_SaveThread. */
+void kvdspy_interruptible(ClientObject *cl, PyThreadState *ts);
 /* Under the GIL: links a child that owns res. */
 void kvdspy_child_attach(ClientObject *cl, struct kvdspy_child *ch,
                          struct kvdspy_res *res);

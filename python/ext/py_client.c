@@ -17,11 +17,13 @@
 #define DEFAULT_ADDRESS "127.0.0.1:31501"
 #define LIST_PAGE 1000
 
-/* Runs `stmt` on the client with the GIL released and the lock held. */
+/* Runs `stmt` on the client with the GIL released and the lock held; its
+ * waits wake for signal handlers. */
 #define KVDSPY_CALL(cl, stmt)                                                  \
   do {                                                                         \
     PyThreadState *ts_ = PyEval_SaveThread();                                  \
     kvdspy_lock(cl);                                                           \
+    kvdspy_interruptible(cl, ts_);                                             \
     stmt;                                                                      \
     kvdspy_unlock(cl);                                                         \
     PyEval_RestoreThread(ts_);                                                 \
@@ -73,7 +75,37 @@ void kvdspy_lock(ClientObject *cl) {
   drain_locked(cl);
 }
 
+/* libkvds's interrupt check, called on the thread of a waiting call (GIL
+ * released, lock held): runs Python's signal handlers there. A handler that
+ * raised gives the call up (KVDS_E_INTR), its exception left set for the
+ * method to raise. Once one is set, later checks of the same call (the
+ * clean-up of a batch) let it finish. */
+static int check_signals(void *ud) {
+  ClientObject *cl = ud;
+  int stop = 0;
+  PyEval_RestoreThread(cl->call_ts);
+  if (!PyErr_Occurred()) {
+    cl->hook_thread = PyThread_get_thread_ident();
+    stop = PyErr_CheckSignals() < 0;
+    cl->hook_thread = 0;
+  }
+  cl->call_ts = PyEval_SaveThread();
+  return stop;
+}
+
+void kvdspy_interruptible(ClientObject *cl, PyThreadState *ts) {
+  /* Signal handlers run only in the main thread of the main interpreter:
+   * elsewhere the check would only take the GIL for nothing. */
+  if (!cl->c || !cl->main_thread ||
+      PyThread_get_thread_ident() != cl->main_thread)
+    return;
+  cl->call_ts = ts;
+  kvds_client_set_interrupt(cl->c, check_signals, cl);
+}
+
 void kvdspy_unlock(ClientObject *cl) {
+  if (cl->c)
+    kvds_client_set_interrupt(cl->c, NULL, NULL);
   for (;;) {
     drain_locked(cl);
     PyThread_release_lock(cl->lock);
@@ -168,6 +200,12 @@ int kvdspy_op_enter(ClientObject *cl) {
     kvdspy_raise_closed();
     return -1;
   }
+  if (cl->hook_thread && cl->hook_thread == PyThread_get_thread_ident()) {
+    PyErr_SetString(PyExc_RuntimeError,
+                    "a signal handler cannot use the kvds.Client whose call "
+                    "it interrupted");
+    return -1;
+  }
   if (forked(cl)) {
     PyErr_SetString(PyExc_RuntimeError,
                     "a kvds.Client cannot be used in a forked child process; "
@@ -227,6 +265,28 @@ static PyObject *client_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
   return (PyObject *)cl;
 }
 
+/* The ident of the thread that runs signal handlers (the main thread), when
+ * this is the main interpreter; else 0 (calls are never interrupted). */
+static unsigned long main_thread_ident(void) {
+  if (PyThreadState_GetInterpreter(PyThreadState_Get()) !=
+      PyInterpreterState_Main())
+    return 0;
+  unsigned long id = 0;
+  PyObject *mod = PyImport_ImportModule("threading");
+  PyObject *t = mod ? PyObject_CallMethod(mod, "main_thread", NULL) : NULL;
+  PyObject *v = t ? PyObject_GetAttrString(t, "ident") : NULL;
+  if (v && PyLong_Check(v))
+    id = PyLong_AsUnsignedLong(v);
+  Py_XDECREF(v);
+  Py_XDECREF(t);
+  Py_XDECREF(mod);
+  if (PyErr_Occurred()) { /* no interrupts then; the client still works */
+    PyErr_Clear();
+    id = 0;
+  }
+  return id;
+}
+
 static int client_init(ClientObject *cl, PyObject *args, PyObject *kw) {
   static char *kwlist[] = {"address", "timeout_ms", "lazy_map", "tcp_only",
                            NULL};
@@ -275,6 +335,7 @@ static int client_init(ClientObject *cl, PyObject *args, PyObject *kw) {
   cl->pid = getpid();
   cl->address = addr;
   cl->timeout_ms = timeout_ms > 0 ? timeout_ms : 5000;
+  cl->main_thread = main_thread_ident();
   cl->closing = 0;
   return 0;
 }
@@ -1368,7 +1429,9 @@ PyTypeObject KvdsClient_Type = {
         "then '127.0.0.1:31501'. timeout_ms bounds the connect and every "
         "later call. lazy_map maps pool pages on first use; tcp_only stays on "
         "TCP. Safe to share between threads (calls are serialised); the GIL "
-        "is released while a call blocks. Raises KvdsOSError "
+        "is released while a call blocks, and a call in the main thread "
+        "wakes for signal handlers (Ctrl-C raises KeyboardInterrupt at once; "
+        "the client stays usable). Raises KvdsOSError "
         "(ECONNREFUSED...), Timeout, InvalidArgument (bad address).",
     .tp_new = client_new,
     .tp_init = (initproc)client_init,

@@ -84,6 +84,7 @@ static const struct {
     {KVDS_E_SHUTDOWN, CLS_CLOSED},   {KVDS_E_LIMIT, CLS_PROTO},
     {KVDS_E_HANDLE, CLS_BASE},       {KVDS_E_ADDR, CLS_INVAL},
     {KVDS_E_AUTH, CLS_AUTH},         {KVDS_E_PEER, CLS_PEER},
+    {KVDS_E_INTR, CLS_BASE},
 };
 
 #define COUNT_CODE(name, val, msg) +1
@@ -230,6 +231,10 @@ PyObject *kvdspy_error_new(int code, const char *detail, Py_ssize_t index) {
 }
 
 PyObject *kvdspy_raise(int code, const char *detail, Py_ssize_t index) {
+  /* A signal handler's exception (KeyboardInterrupt) gave the call up: it
+   * is what the call raises. */
+  if (code == KVDS_E_INTR && PyErr_Occurred())
+    return NULL;
   PyObject *exc = kvdspy_error_new(code, detail, index);
   if (exc) {
     PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);

@@ -276,6 +276,7 @@ PyObject *kvdspy_wbuf_mseal(ClientObject *cl, PyObject *seq) {
       results[i] = 0;
     }
     kvdspy_lock(cl);
+    kvdspy_interruptible(cl, ts);
     rc = kvds_mseal_sums(cl->c, (size_t)n, bufs, sums, results);
     if (rc)
       kvdspy_errmsg(cl, msg, sizeof msg);
@@ -358,6 +359,7 @@ static PyObject *wbuf_abort(WriteBufferObject *w, PyObject *unused) {
   char msg[256] = "";
   PyThreadState *ts = PyEval_SaveThread();
   kvdspy_lock(cl);
+  kvdspy_interruptible(cl, ts);
   rc = kvds_abort(cl->c, &r->wbuf);
   if (rc)
     kvdspy_errmsg(cl, msg, sizeof msg);

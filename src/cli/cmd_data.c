@@ -829,11 +829,13 @@ static void print_cluster(json_t *cluster) {
       (long long)json_integer_value(json_object_get(rep, "copies"));
   if (json_is_object(rep) && copies > 1)
     printf("replicas     %lld copies of each object sealed here: %lld made, "
-           "%lld failed, %lld queued, %lld skipped\n",
+           "%lld failed (tried again), %lld queued, %lld skipped, %lld "
+           "given up\n",
            copies, (long long)json_integer_value(json_object_get(rep, "made")),
            (long long)json_integer_value(json_object_get(rep, "failed")),
            (long long)json_integer_value(json_object_get(rep, "queued")),
-           (long long)json_integer_value(json_object_get(rep, "skipped")));
+           (long long)json_integer_value(json_object_get(rep, "skipped")),
+           (long long)json_integer_value(json_object_get(rep, "gave_up")));
 }
 
 static int print_status_json(const char *addr, const char *via,

@@ -45,12 +45,36 @@ static const char HELP[] =
     "      --busy-poll-us N     spin N us for more requests before sleeping\n"
     "                           (default 200)\n"
     "      --frame-timeout-ms N close a connection that stalls in the middle\n"
-    "                           of a request this long (default 30000)\n"
+    "                           of a request, or of a reply it is owed, this\n"
+    "                           long (default 30000)\n"
+    "      --min-rate SIZE      bytes/s a request or reply in progress must\n"
+    "                           move over each --frame-timeout-ms window once\n"
+    "                           it lasts longer than that; else the "
+    "connection\n"
+    "                           is closed and its writes aborted (default\n"
+    "                           1MiB; 0: no minimum)\n"
+    "      --max-writing-per-conn SIZE\n"
+    "                           bytes one connection may hold in objects\n"
+    "                           being written (created and not sealed, PUTs\n"
+    "                           in flight); more is KVDS_E_NOSPACE, but one\n"
+    "                           object alone always fits (default: a quarter\n"
+    "                           of the pool)\n"
+    "      --idle-timeout-s N   close a connection that holds nothing (no\n"
+    "                           pins, writes or waiting GETs) after N s\n"
+    "                           without traffic (default 300; 0: never)\n"
+    "      --max-connections N  at N open connections, close the least\n"
+    "                           recently active idle one for a new one, or\n"
+    "                           refuse it (KVDS_E_LIMIT) if none is idle\n"
+    "                           (default: RLIMIT_NOFILE less a reserve)\n"
     "      --max-object SIZE    largest value accepted (default: pool size)\n"
     "      --auth-token-file F  TCP clients and peers must prove this shared\n"
     "                           secret (file of >= 16 bytes, mode 0600;\n"
     "                           clients read $KVDS_AUTH_TOKEN_FILE); required\n"
     "                           when --listen is not a loopback address\n"
+    "      --allow-group G      besides this worker's user (and root), the\n"
+    "                           members of group G may use its Unix socket\n"
+    "                           and loopback TCP without the token (default:\n"
+    "                           nobody else; others must prove the token)\n"
     "      --log-level L        error, warn, info or debug (default info)\n"
     "  -d, --daemon             detach; returns 0 once the worker serves\n"
     "                           (waits up to 30 s + 0.5 s per GiB of pool),\n"
@@ -93,6 +117,10 @@ enum {
   OPT_HUGE,
   OPT_BUSY,
   OPT_FRAME_TIMEOUT,
+  OPT_MIN_RATE,
+  OPT_MAX_WRITING,
+  OPT_IDLE_TIMEOUT,
+  OPT_MAX_CONNS,
   OPT_MAXOBJ,
   OPT_LOGLEVEL,
   OPT_PIDFILE,
@@ -106,6 +134,7 @@ enum {
   OPT_PULL_THREADS,
   OPT_PULL_TIMEOUT,
   OPT_REPLICAS,
+  OPT_ALLOW_GROUP,
 };
 
 static const struct option LONGOPTS[] = {
@@ -123,6 +152,10 @@ static const struct option LONGOPTS[] = {
     {"huge-pages", required_argument, NULL, OPT_HUGE},
     {"busy-poll-us", required_argument, NULL, OPT_BUSY},
     {"frame-timeout-ms", required_argument, NULL, OPT_FRAME_TIMEOUT},
+    {"min-rate", required_argument, NULL, OPT_MIN_RATE},
+    {"max-writing-per-conn", required_argument, NULL, OPT_MAX_WRITING},
+    {"idle-timeout-s", required_argument, NULL, OPT_IDLE_TIMEOUT},
+    {"max-connections", required_argument, NULL, OPT_MAX_CONNS},
     {"max-object", required_argument, NULL, OPT_MAXOBJ},
     {"log-level", required_argument, NULL, OPT_LOGLEVEL},
     {"daemon", no_argument, NULL, 'd'},
@@ -142,6 +175,7 @@ static const struct option LONGOPTS[] = {
     {"pull-timeout-ms", required_argument, NULL, OPT_PULL_TIMEOUT},
     {"replicas", required_argument, NULL, OPT_REPLICAS},
     {"replica_num", required_argument, NULL, OPT_REPLICAS},
+    {"allow-group", required_argument, NULL, OPT_ALLOW_GROUP},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -233,6 +267,15 @@ static int parse_opt(struct worker_opts *o, int c, const char *v) {
     return parse_int("--busy-poll-us", v, &cfg->busy_poll_us);
   case OPT_FRAME_TIMEOUT:
     return parse_int("--frame-timeout-ms", v, &cfg->frame_timeout_ms);
+  case OPT_MIN_RATE:
+    return cli_parse_size_opt(CMD, "--min-rate", v, &cfg->min_rate);
+  case OPT_MAX_WRITING:
+    return cli_parse_size_opt(CMD, "--max-writing-per-conn", v,
+                              &cfg->max_writing);
+  case OPT_IDLE_TIMEOUT:
+    return parse_int("--idle-timeout-s", v, &cfg->idle_timeout_s);
+  case OPT_MAX_CONNS:
+    return parse_int("--max-connections", v, &cfg->max_connections);
   case OPT_MAXOBJ:
     return cli_parse_size_opt(CMD, "--max-object", v, &cfg->max_object);
   case OPT_LOGLEVEL:
@@ -274,6 +317,9 @@ static int parse_opt(struct worker_opts *o, int c, const char *v) {
     return parse_int("--pull-timeout-ms", v, &cfg->pull_timeout_ms);
   case OPT_REPLICAS:
     return parse_int("--replicas", v, &cfg->replicas);
+  case OPT_ALLOW_GROUP:
+    return copy_str("--allow-group", v, cfg->allow_group,
+                    sizeof cfg->allow_group);
   default:
     return CLI_USAGE;
   }

@@ -11,6 +11,16 @@
  * Any I/O error, protocol error or deadline overrun leaves the byte stream in
  * an unknown state, so the client disconnects itself: later calls fail with
  * KVDS_E_CLOSED, and the worker releases everything this client held.
+ *
+ * Deadlines: each public call fixes one deadline when it starts and hands it
+ * to every request, wait and retry inside it; nothing restarts the clock.
+ *
+ * Interrupts (kvds_client_set_interrupt): a call waiting for a reply header
+ * may give up. Its request id goes on the abandoned list; the worker answers
+ * it some time later — possibly after replies to later requests, since a
+ * waiting GET is parked there — and whichever call then reads that reply
+ * discards it, giving back the pins or objects it carries. Nothing else is
+ * interruptible, so the stream is always left at a frame boundary.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -23,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -46,6 +57,18 @@
 /* Receive buffers for TCP values are kept for reuse up to this many bytes:
  * fresh memory costs a page fault per 4 KiB on first touch (~0.7 GB/s). */
 #define RXBUF_KEEP (256ull << 20)
+/* With an interrupt hook, a waiting call asks it at least this often. */
+#define INTR_POLL_MS 100
+/* Requests abandoned by interrupts and not answered yet, at most. */
+#define ABANDON_MAX 64
+/* The pool is pre-faulted in slices, the deadline checked between them. */
+#define PREFAULT_SLICE (8ull << 20)
+
+/* A request given up by an interrupt: its reply is discarded on arrival. */
+struct abandoned {
+  uint64_t id;
+  uint8_t op;
+};
 
 /* One GET reply's values over TCP; freed (or kept) when all are released. */
 struct rxbuf {
@@ -84,6 +107,11 @@ struct kvds_client {
   int recv_fd;          /* fd received with SCM_RIGHTS, -1 if none */
   struct rxbuf *rxbufs; /* TCP value buffers, in use and idle */
   size_t rx_idle_bytes;
+  kvds_interrupt_fn intr_fn; /* kvds_client_set_interrupt */
+  void *intr_ud;
+  int intr_ok; /* the wait under way may be interrupted */
+  uint32_t nab;
+  struct abandoned ab[ABANDON_MAX];
 };
 
 static void rxbuf_unlink(kvds_client *c, struct rxbuf *b) {
@@ -155,23 +183,28 @@ static int broken(kvds_client *c, int rc, const char *what) {
   return fail(c, rc, "%s: %s (disconnected)", what, kvds_strerror(rc));
 }
 
-static uint64_t deadline_after(int ms) {
-  return kvds_now_us() + (uint64_t)ms * 1000u;
-}
-
-/* Waits for fd readiness until the deadline. 0, KVDS_E_TIMEOUT or -errno. */
-static int wait_fd(int fd, short ev, uint64_t deadline) {
+/* Waits for fd readiness until the deadline (a signal does not restart the
+ * clock). With `intr` (a client whose interrupt hook applies to this wait)
+ * the hook is asked on EINTR and every INTR_POLL_MS. 0, KVDS_E_TIMEOUT,
+ * KVDS_E_INTR or -errno. */
+static int wait_fd(int fd, short ev, uint64_t deadline, kvds_client *intr) {
   for (;;) {
     uint64_t now = kvds_now_us();
     if (now >= deadline)
       return KVDS_E_TIMEOUT;
     uint64_t left_ms = (deadline - now + 999) / 1000;
+    if (left_ms > 3600000)
+      left_ms = 3600000;
+    if (intr && left_ms > INTR_POLL_MS)
+      left_ms = INTR_POLL_MS;
     struct pollfd p = {.fd = fd, .events = ev};
-    int n = poll(&p, 1, left_ms > 3600000 ? 3600000 : (int)left_ms);
+    int n = poll(&p, 1, (int)left_ms);
     if (n > 0)
       return 0;
     if (n < 0 && errno != EINTR)
       return -errno;
+    if (intr && intr->intr_fn(intr->intr_ud))
+      return KVDS_E_INTR;
   }
 }
 
@@ -220,7 +253,7 @@ static int send_all(kvds_client *c, struct iovec *iov, int n,
       if (errno == EINTR)
         continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) {
-        int rc = wait_fd(c->fd, POLLOUT, deadline);
+        int rc = wait_fd(c->fd, POLLOUT, deadline, NULL);
         if (rc)
           return rc;
         continue;
@@ -335,7 +368,8 @@ static ssize_t read_some(kvds_client *c, struct iovec *iov, int n,
       sched_yield(); /* the worker may share this CPU */
       continue;
     }
-    int rc = wait_fd(c->fd, POLLIN, deadline);
+    int rc =
+        wait_fd(c->fd, POLLIN, deadline, c->intr_ok && c->intr_fn ? c : NULL);
     if (rc)
       return rc;
   }
@@ -371,29 +405,34 @@ static int rb_fill(kvds_client *c, size_t need, uint64_t deadline) {
 }
 
 /*
- * Reads the reply to request `id`: header and meta, decoded into rh, rit[]
- * and rkey[] (valid until the next call). Data (rh.data_len bytes) is left
- * for recv_data/skip_data. Returns the reply's status, or an error after
- * which the client is disconnected.
+ * Reads the next reply frame's header and meta, decoded into rh, rit[] and
+ * rkey[] (valid until the next frame); its data (rh.data_len bytes) is left
+ * for recv_data/skip. Returns 0; KVDS_E_INTR when the interrupt hook gave up
+ * the wait (nothing consumed: the frame stays buffered for the next call);
+ * or an error after which the client is disconnected.
  */
-static int recv_reply(kvds_client *c, int64_t id, uint8_t op,
-                      uint64_t deadline) {
-  if (id < 0)
-    return (int)id;
+static int recv_frame(kvds_client *c, uint64_t deadline) {
   int rc;
   if (c->rpos == c->rlen)
     c->rpos = c->rlen = 0;
-  if ((rc = rb_fill(c, KVDS_PROTO_HDR_LEN, deadline)))
+  c->intr_ok = 1;
+  rc = rb_fill(c, KVDS_PROTO_HDR_LEN, deadline);
+  if (!rc) {
+    if ((rc = kvds_proto_hdr_decode(c->rb + c->rpos, KVDS_PROTO_HDR_LEN,
+                                    &c->rh))) {
+      c->intr_ok = 0;
+      return broken(c, rc, "reply header");
+    }
+    rc = rb_fill(c, KVDS_PROTO_HDR_LEN + c->rh.meta_len, deadline);
+  }
+  c->intr_ok = 0;
+  if (rc == KVDS_E_INTR)
+    return rc;
+  if (rc)
     return broken(c, rc, "receive");
-  const uint8_t *hraw = c->rb + c->rpos;
-  if ((rc = kvds_proto_hdr_decode(hraw, KVDS_PROTO_HDR_LEN, &c->rh)))
-    return broken(c, rc, "reply header");
-  if (!(c->rh.flags & KVDS_PF_REPLY) || c->rh.req_id != (uint64_t)id ||
-      (c->rh.opcode != op && c->rh.status == 0))
+  if (!(c->rh.flags & KVDS_PF_REPLY))
     return broken(c, KVDS_E_PROTO, "unexpected reply");
-  if ((rc = rb_fill(c, KVDS_PROTO_HDR_LEN + c->rh.meta_len, deadline)))
-    return broken(c, rc, "receive");
-  hraw = c->rb + c->rpos;
+  const uint8_t *hraw = c->rb + c->rpos;
   const uint8_t *meta = hraw + KVDS_PROTO_HDR_LEN;
   if ((rc = kvds_proto_verify(hraw, meta, c->rh.meta_len)) ||
       (rc = kvds_proto_meta_validate(meta, c->rh.meta_len, c->rh.count)))
@@ -415,6 +454,93 @@ static int recv_reply(kvds_client *c, int64_t id, uint8_t op,
     kvds_proto_item_decode(meta, c->rh.meta_len, &pos, &c->rit[i], &c->rkey[i]);
   c->rpos += KVDS_PROTO_HDR_LEN + c->rh.meta_len;
   c->rdata_left = c->rh.data_len;
+  return 0;
+}
+
+static int recv_data(kvds_client *c, uint8_t *dst, uint64_t len,
+                     uint64_t deadline);
+
+/* Gives request `id` up (an interrupt): its reply is discarded when it comes.
+ * Returns KVDS_E_INTR; the client is disconnected when too many replies are
+ * outstanding already. */
+static int abandon(kvds_client *c, int64_t id, uint8_t op) {
+  if (c->nab == ABANDON_MAX)
+    return broken(c, KVDS_E_INTR,
+                  "interrupted, with too many requests "
+                  "abandoned and unanswered");
+  c->ab[c->nab++] = (struct abandoned){(uint64_t)id, op};
+  return fail(c, KVDS_E_INTR, "interrupted; the request was abandoned");
+}
+
+/*
+ * The frame in rh/rit[] answers abandoned request ab[k]: skips its data and
+ * gives back what it holds — the pins of a GET answered with handles
+ * (shared memory, KVDS_PF_PIN), the objects of a CREATE (aborted; that
+ * ABORT's reply is abandoned in turn). 0, or an error after which the
+ * client is disconnected.
+ */
+static int discard(kvds_client *c, uint32_t k, uint64_t deadline) {
+  struct abandoned a = c->ab[k];
+  c->ab[k] = c->ab[--c->nab];
+  if (c->rh.opcode != a.op && c->rh.status == 0)
+    return broken(c, KVDS_E_PROTO, "unexpected reply");
+  int rc = c->rdata_left ? recv_data(c, NULL, c->rdata_left, deadline) : 0;
+  if (rc || c->rh.status)
+    return rc;
+  uint8_t op = 0;
+  if (a.op == KVDS_OP_GET && !(c->rh.flags & KVDS_PF_INLINE))
+    op = KVDS_OP_RELEASE;
+  else if (a.op == KVDS_OP_CREATE)
+    op = KVDS_OP_ABORT;
+  if (!op)
+    return 0;
+  req_begin(c);
+  for (uint32_t i = 0; i < c->rh.count; i++) {
+    uint64_t h = op == KVDS_OP_RELEASE ? c->rit[i].d : c->rit[i].a;
+    if (!c->rit[i].status && h)
+      req_item(c, h, 0, 0, 0, NULL, 0);
+  }
+  if (!c->wcount)
+    return 0;
+  int64_t id = req_send(c, op, op == KVDS_OP_RELEASE ? KVDS_PF_NOREPLY : 0, 0,
+                        NULL, 0, deadline);
+  if (id < 0)
+    return (int)id;
+  if (op == KVDS_OP_ABORT) /* room: ab[k] was just freed */
+    c->ab[c->nab++] = (struct abandoned){(uint64_t)id, op};
+  return 0;
+}
+
+/*
+ * Reads the reply to request `id` (op), discarding on the way the replies
+ * of abandoned requests. Header and meta are decoded into rh, rit[] and
+ * rkey[] (valid until the next call); data (rh.data_len bytes) is left for
+ * recv_data. Returns the reply's status; KVDS_E_INTR (the request is
+ * abandoned, the client still connected); or an error after which the
+ * client is disconnected.
+ */
+static int recv_reply(kvds_client *c, int64_t id, uint8_t op,
+                      uint64_t deadline) {
+  if (id < 0)
+    return (int)id;
+  for (;;) {
+    int rc = recv_frame(c, deadline);
+    if (rc == KVDS_E_INTR)
+      return abandon(c, id, op);
+    if (rc)
+      return rc;
+    if (c->rh.req_id == (uint64_t)id)
+      break;
+    uint32_t k = 0;
+    while (k < c->nab && c->ab[k].id != c->rh.req_id)
+      k++;
+    if (k == c->nab)
+      return broken(c, KVDS_E_PROTO, "unexpected reply");
+    if ((rc = discard(c, k, deadline)))
+      return rc;
+  }
+  if (c->rh.opcode != op && c->rh.status == 0)
+    return broken(c, KVDS_E_PROTO, "unexpected reply");
   if (c->rh.status)
     fail(c, c->rh.status, "worker: %s", kvds_strerror(c->rh.status));
   return c->rh.status;
@@ -477,35 +603,53 @@ static int rpc(kvds_client *c, uint8_t op, uint16_t flags, uint32_t arg,
   return rc;
 }
 
+/* The deadline of a call without a wait, fixed when it starts. */
 static uint64_t io_deadline(kvds_client *c) {
-  return deadline_after(c->timeout_ms);
+  return kvds_now_us() + (uint64_t)c->timeout_ms * 1000u;
 }
 
 /* ---- connection --------------------------------------------------------- */
 
+/* A Unix-socket connect waits while the worker's accept queue is full (a
+ * non-blocking one would fail with EAGAIN at once): blocking, bounded by
+ * SO_SNDTIMEO set to what is left of the deadline, then non-blocking. */
 static int connect_unix(const char *path, int *out, uint64_t deadline) {
   struct sockaddr_un sa = {.sun_family = AF_UNIX};
   size_t pl = strlen(path);
   if (pl == 0 || pl >= sizeof sa.sun_path)
     return KVDS_E_ADDR;
   memcpy(sa.sun_path, path, pl + 1);
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0)
     return -errno;
-  if (connect(fd, (struct sockaddr *)&sa, sizeof sa)) {
-    int e = -errno;
-    if (e == -EAGAIN || e == -EINPROGRESS) {
-      e = wait_fd(fd, POLLOUT, deadline);
-      if (!e) {
-        socklen_t l = sizeof e;
-        getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &l);
-        e = -e;
-      }
+  int e = 0;
+  for (;;) {
+    uint64_t now = kvds_now_us();
+    if (now >= deadline) {
+      e = KVDS_E_TIMEOUT;
+      break;
     }
-    if (e) {
-      close(fd);
-      return e;
+    uint64_t left = deadline - now; /* > 0: a zero timeout never expires */
+    struct timeval tv = {.tv_sec = (time_t)(left / 1000000),
+                         .tv_usec = (suseconds_t)(left % 1000000)};
+    if (setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv)) {
+      e = -errno;
+      break;
     }
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0)
+      break;
+    if (errno == EINTR)
+      continue;
+    e = errno == EAGAIN ? KVDS_E_TIMEOUT : -errno;
+    break;
+  }
+  struct timeval none = {0, 0};
+  if (!e && (setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &none, sizeof none) ||
+             fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)))
+    e = -errno;
+  if (e) {
+    close(fd);
+    return e;
   }
   *out = fd;
   return 0;
@@ -535,7 +679,7 @@ static int connect_tcp(const char *addr, int *out, uint64_t deadline) {
     if (connect(fd, p->ai_addr, p->ai_addrlen) == 0) {
       rc = 0;
     } else if (errno == EINPROGRESS) {
-      rc = wait_fd(fd, POLLOUT, deadline);
+      rc = wait_fd(fd, POLLOUT, deadline, NULL);
       if (!rc) {
         int e = 0;
         socklen_t l = sizeof e;
@@ -553,6 +697,31 @@ static int connect_tcp(const char *addr, int *out, uint64_t deadline) {
   }
   freeaddrinfo(ai);
   return rc;
+}
+
+/*
+ * Maps the pool's pages writable now, as kvds_pool_attach's prefault does,
+ * but in slices while the connect's deadline allows: on a busy machine
+ * mapping a large pool takes seconds of CPU, and the connect must still
+ * return in time. Pages left fault in on first use (slower, still correct),
+ * as they do where the kernel cannot populate (EINVAL).
+ */
+static int prefault(kvds_client *c, uint64_t deadline) {
+  uint64_t total = c->pool.total_size;
+  for (uint64_t off = 0; off < total && kvds_now_us() < deadline;) {
+    size_t len =
+        (size_t)(total - off < PREFAULT_SLICE ? total - off : PREFAULT_SLICE);
+    if (madvise(c->pool.base + off, len, MADV_POPULATE_WRITE) == 0) {
+      off += len;
+      continue;
+    }
+    if (errno == EINTR || errno == EAGAIN)
+      continue;
+    if (errno == EINVAL)
+      break;
+    return errno == EFAULT ? -ENOMEM : -errno;
+  }
+  return 0;
 }
 
 /* HELLO: learns the worker's identity; over a Unix socket maps the pool. */
@@ -582,12 +751,15 @@ static int hello(kvds_client *c, int want_shm, uint64_t deadline) {
       rc = fail(c, KVDS_E_PROTO, "worker did not pass its pool");
       goto out;
     }
-    if ((rc = kvds_pool_attach(&c->pool, fd,
-                               !(c->flags & KVDS_CONNECT_LAZY_MAP)))) {
+    if ((rc = kvds_pool_attach(&c->pool, fd, 0))) {
       fail(c, rc, "cannot map the worker's pool: %s", kvds_strerror(rc));
       goto out;
     }
     fd = -1;
+    if (!(c->flags & KVDS_CONNECT_LAZY_MAP) && (rc = prefault(c, deadline))) {
+      fail(c, rc, "cannot map the worker's pool: %s", kvds_strerror(rc));
+      goto out;
+    }
     c->local = 1;
   }
 out:
@@ -740,6 +912,11 @@ void kvds_client_close(kvds_client *c) {
   free(c);
 }
 
+void kvds_client_set_interrupt(kvds_client *c, kvds_interrupt_fn fn, void *ud) {
+  c->intr_fn = fn;
+  c->intr_ud = ud;
+}
+
 void kvds_client_set_timeout(kvds_client *c, int timeout_ms) {
   if (timeout_ms > 0)
     c->timeout_ms = timeout_ms;
@@ -794,10 +971,12 @@ static size_t chunk_of(size_t left) {
 
 /* ---- create / seal / abort ---------------------------------------------- */
 
+static int mabort(kvds_client *c, size_t n, struct kvds_wbuf *bufs,
+                  uint64_t deadline);
+
 static int mcreate_chunk(kvds_client *c, size_t n, const struct kvds_iov *keys,
                          const size_t *sizes, struct kvds_wbuf *bufs,
-                         int *results) {
-  uint64_t deadline = io_deadline(c);
+                         int *results, uint64_t deadline) {
   req_begin(c);
   for (size_t i = 0; i < n; i++) {
     int rc = req_item(c, sizes[i], 0, 0, 0, keys[i].base, keys[i].len);
@@ -841,14 +1020,16 @@ int kvds_mcreate(kvds_client *c, size_t n, const struct kvds_iov *keys,
   for (size_t i = 0; i < n; i++)
     if (sizes[i] == 0)
       return fail(c, KVDS_E_INVAL, "object size 0");
+  uint64_t deadline = io_deadline(c);
   for (size_t off = 0; off < n; off += chunk_of(n - off)) {
     if ((rc = mcreate_chunk(c, chunk_of(n - off), keys + off, sizes + off,
-                            bufs + off, results + off))) {
+                            bufs + off, results + off, deadline))) {
       /* The whole call fails: give back what earlier chunks created,
-       * keeping the message of the failure itself. */
+       * keeping the message of the failure itself. (Past the deadline the
+       * ABORT times out and disconnects, which aborts them too.) */
       char msg[sizeof c->errmsg];
       memcpy(msg, c->errmsg, sizeof msg);
-      kvds_mabort(c, off, bufs);
+      mabort(c, off, bufs, deadline);
       memcpy(c->errmsg, msg, sizeof msg);
       return rc;
     }
@@ -880,8 +1061,7 @@ int kvds_write(kvds_client *c, const struct kvds_wbuf *buf, size_t off,
 }
 
 static int mseal_chunk(kvds_client *c, size_t n, struct kvds_wbuf *bufs,
-                       const uint64_t *sums, int *results) {
-  uint64_t deadline = io_deadline(c);
+                       const uint64_t *sums, int *results, uint64_t deadline) {
   int rc;
   if (!c->local) {
     /* Send the staged bytes first; WRITE and SEAL are pipelined. */
@@ -911,9 +1091,12 @@ static int mseal_chunk(kvds_client *c, size_t n, struct kvds_wbuf *bufs,
     int64_t sid = req_send(c, KVDS_OP_SEAL, 0, 0, NULL, 0, deadline);
     if (sid < 0)
       return (int)sid;
-    if ((rc = recv_reply(c, wid, KVDS_OP_WRITE, deadline)))
+    if ((rc = recv_reply(c, wid, KVDS_OP_WRITE, deadline))) {
+      if (rc == KVDS_E_INTR && c->fd >= 0) /* both replies are still due */
+        return abandon(c, sid, KVDS_OP_SEAL);
       /* The SEAL reply is still on its way: the stream is out of step. */
       return c->fd >= 0 ? broken(c, rc, "write") : rc;
+    }
     if ((rc = recv_reply(c, sid, KVDS_OP_SEAL, deadline)))
       return rc;
   } else {
@@ -954,9 +1137,10 @@ int kvds_mseal_sums(kvds_client *c, size_t n, struct kvds_wbuf *bufs,
   int *res = results ? results : malloc((n ? n : 1) * sizeof *res);
   if (!res)
     return fail(c, -ENOMEM, "out of memory");
+  uint64_t deadline = io_deadline(c);
   for (size_t off = 0; off < n && !rc; off += chunk_of(n - off))
     rc = mseal_chunk(c, chunk_of(n - off), bufs + off, sums ? sums + off : NULL,
-                     res + off);
+                     res + off, deadline);
   for (size_t i = 0; i < n && !rc; i++)
     rc = res[i];
   if (res != results)
@@ -974,7 +1158,8 @@ int kvds_seal(kvds_client *c, struct kvds_wbuf *buf) {
   return rc ? rc : res;
 }
 
-int kvds_mabort(kvds_client *c, size_t n, struct kvds_wbuf *bufs) {
+static int mabort(kvds_client *c, size_t n, struct kvds_wbuf *bufs,
+                  uint64_t deadline) {
   int first = 0;
   for (size_t off = 0; off < n; off += chunk_of(n - off)) {
     size_t m = chunk_of(n - off);
@@ -982,7 +1167,7 @@ int kvds_mabort(kvds_client *c, size_t n, struct kvds_wbuf *bufs) {
     for (size_t i = off; i < off + m; i++)
       if (bufs[i].handle)
         req_item(c, bufs[i].handle, 0, 0, 0, NULL, 0);
-    int rc = rpc(c, KVDS_OP_ABORT, 0, 0, io_deadline(c));
+    int rc = rpc(c, KVDS_OP_ABORT, 0, 0, deadline);
     for (size_t i = off; i < off + m; i++) {
       if (!c->local)
         free(bufs[i].data);
@@ -997,6 +1182,10 @@ int kvds_mabort(kvds_client *c, size_t n, struct kvds_wbuf *bufs) {
   return first;
 }
 
+int kvds_mabort(kvds_client *c, size_t n, struct kvds_wbuf *bufs) {
+  return mabort(c, n, bufs, io_deadline(c));
+}
+
 int kvds_abort(kvds_client *c, struct kvds_wbuf *buf) {
   return kvds_mabort(c, 1, buf);
 }
@@ -1004,7 +1193,8 @@ int kvds_abort(kvds_client *c, struct kvds_wbuf *buf) {
 /* ---- put ---------------------------------------------------------------- */
 
 static int mput_local(kvds_client *c, size_t n, const struct kvds_iov *keys,
-                      const struct kvds_iov *vals, int *results) {
+                      const struct kvds_iov *vals, int *results,
+                      uint64_t deadline) {
   size_t *sizes = malloc(n * sizeof *sizes);
   struct kvds_wbuf *bufs = malloc(n * sizeof *bufs);
   int rc = -ENOMEM;
@@ -1012,9 +1202,8 @@ static int mput_local(kvds_client *c, size_t n, const struct kvds_iov *keys,
     goto out;
   for (size_t i = 0; i < n; i++)
     sizes[i] = vals[i].len;
-  if ((rc = mcreate_chunk(c, n, keys, sizes, bufs, results)))
+  if ((rc = mcreate_chunk(c, n, keys, sizes, bufs, results, deadline)))
     goto out;
-  uint64_t deadline = io_deadline(c);
   req_begin(c);
   for (size_t i = 0; i < n; i++) {
     if (results[i])
@@ -1037,8 +1226,8 @@ out:
 }
 
 static int mput_tcp(kvds_client *c, size_t n, const struct kvds_iov *keys,
-                    const struct kvds_iov *vals, int *results) {
-  uint64_t deadline = io_deadline(c);
+                    const struct kvds_iov *vals, int *results,
+                    uint64_t deadline) {
   struct iovec *iov = malloc(n * sizeof *iov);
   if (!iov)
     return fail(c, -ENOMEM, "out of memory");
@@ -1071,10 +1260,12 @@ int kvds_mput(kvds_client *c, size_t n, const struct kvds_iov *keys,
   int *res = results ? results : malloc((n ? n : 1) * sizeof *res);
   if (!res)
     return fail(c, -ENOMEM, "out of memory");
+  uint64_t deadline = io_deadline(c);
   for (size_t off = 0; off < n && !rc; off += chunk_of(n - off)) {
     size_t m = chunk_of(n - off);
-    rc = c->local ? mput_local(c, m, keys + off, vals + off, res + off)
-                  : mput_tcp(c, m, keys + off, vals + off, res + off);
+    rc = c->local
+             ? mput_local(c, m, keys + off, vals + off, res + off, deadline)
+             : mput_tcp(c, m, keys + off, vals + off, res + off, deadline);
   }
   for (size_t i = 0; i < n && !rc; i++)
     if (res[i])
@@ -1093,12 +1284,16 @@ int kvds_put(kvds_client *c, const void *key, size_t klen, const void *val,
 
 /* ---- get / release ------------------------------------------------------ */
 
-static void release_send(kvds_client *c, const uint64_t *handles, size_t n) {
+static int release(kvds_client *c, size_t n, struct kvds_value *vals,
+                   uint64_t deadline);
+
+static void release_send(kvds_client *c, const uint64_t *handles, size_t n,
+                         uint64_t deadline) {
   for (size_t off = 0; off < n && c->fd >= 0; off += chunk_of(n - off)) {
     req_begin(c);
     for (size_t i = off; i < off + chunk_of(n - off); i++)
       req_item(c, handles[i], 0, 0, 0, NULL, 0);
-    req_send(c, KVDS_OP_RELEASE, KVDS_PF_NOREPLY, 0, NULL, 0, io_deadline(c));
+    req_send(c, KVDS_OP_RELEASE, KVDS_PF_NOREPLY, 0, NULL, 0, deadline);
   }
 }
 
@@ -1134,18 +1329,40 @@ static uint64_t values_total(const struct kvds_proto_item *it, size_t n,
   return total;
 }
 
+/* The deadlines of one read: its wait for keys ends at `wait`, the whole
+ * call at `io` (the I/O timeout later). */
+struct read_deadline {
+  uint64_t wait, io;
+};
+
+static struct read_deadline read_deadline(kvds_client *c, int wait_ms) {
+  uint64_t now = kvds_now_us();
+  uint64_t w = wait_ms > 0 ? (uint64_t)wait_ms * 1000u : 0;
+  return (struct read_deadline){now + w,
+                                now + w + (uint64_t)c->timeout_ms * 1000u};
+}
+
+/* The wait (ms) of the read's next request: what is left of it, and at
+ * least 1 ms once one was asked for (0 would answer NOTFOUND, not
+ * TIMEOUT). */
+static uint32_t wait_left(const struct read_deadline *d, int wait_ms) {
+  if (wait_ms <= 0)
+    return 0;
+  uint64_t now = kvds_now_us();
+  uint64_t ms = d->wait > now ? (d->wait - now + 999) / 1000 : 1;
+  return ms < (uint64_t)wait_ms ? (uint32_t)ms : (uint32_t)wait_ms;
+}
+
 static int mget_chunk(kvds_client *c, size_t n, const struct kvds_iov *keys,
                       const struct kvds_get_opts *o, struct kvds_value *vals,
-                      int *results) {
-  int wait_ms = o ? o->wait_ms : 0;
-  uint64_t deadline =
-      deadline_after(c->timeout_ms + (wait_ms > 0 ? wait_ms : 0));
+                      int *results, const struct read_deadline *dl) {
+  uint64_t deadline = dl->io;
   req_begin(c);
   for (size_t i = 0; i < n; i++)
     req_item(c, 0, 0, 0, 0, keys[i].base, keys[i].len);
   get_hint_item(c, o);
   int64_t id = req_send(c, KVDS_OP_GET, get_flags(c, o),
-                        wait_ms > 0 ? (uint32_t)wait_ms : 0, NULL, 0, deadline);
+                        wait_left(dl, o ? o->wait_ms : 0), NULL, 0, deadline);
   int rc = recv_reply(c, id, KVDS_OP_GET, deadline);
   if (rc)
     return rc;
@@ -1243,17 +1460,19 @@ int kvds_mget_ex(kvds_client *c, size_t n, const struct kvds_iov *keys,
     rc = check_opts(c, o);
   if (rc)
     return rc;
+  struct read_deadline dl = read_deadline(c, o ? o->wait_ms : 0);
   for (size_t off = 0; off < n; off += chunk_of(n - off)) {
     if ((rc = mget_chunk(c, chunk_of(n - off), keys + off, o, vals + off,
-                         results + off))) {
-      kvds_release(c, off, vals);
+                         results + off, &dl))) {
+      release(c, off, vals, dl.io);
       return rc;
     }
   }
   return 0;
 }
 
-int kvds_release(kvds_client *c, size_t n, struct kvds_value *vals) {
+static int release(kvds_client *c, size_t n, struct kvds_value *vals,
+                   uint64_t deadline) {
   uint64_t stack[64], *h = stack;
   if (n > 64 && !(h = malloc(n * sizeof *h)))
     return fail(c, -ENOMEM, "out of memory");
@@ -1268,10 +1487,14 @@ int kvds_release(kvds_client *c, size_t n, struct kvds_value *vals) {
     memset(&vals[i], 0, sizeof vals[i]);
   }
   if (k)
-    release_send(c, h, k);
+    release_send(c, h, k, deadline);
   if (h != stack)
     free(h);
   return 0;
+}
+
+int kvds_release(kvds_client *c, size_t n, struct kvds_value *vals) {
+  return release(c, n, vals, io_deadline(c));
 }
 
 int kvds_get(kvds_client *c, const void *key, size_t klen, void *buf,
@@ -1285,6 +1508,7 @@ int kvds_get_ex(kvds_client *c, const void *key, size_t klen, void *buf,
   struct kvds_iov k = {(void *)key, klen};
   struct kvds_value v;
   int res, wait_ms = o ? o->wait_ms : 0;
+  struct read_deadline dl = read_deadline(c, wait_ms);
   int rc = check_key(c, &k);
   if (!rc)
     rc = check_opts(c, o);
@@ -1293,7 +1517,7 @@ int kvds_get_ex(kvds_client *c, const void *key, size_t klen, void *buf,
   if (rc)
     return rc;
   if (c->local) {
-    if ((rc = mget_chunk(c, 1, &k, o, &v, &res)))
+    if ((rc = mget_chunk(c, 1, &k, o, &v, &res, &dl)))
       return rc;
     if (res)
       return fail(c, res, "get: %s", kvds_strerror(res));
@@ -1303,19 +1527,18 @@ int kvds_get_ex(kvds_client *c, const void *key, size_t klen, void *buf,
     else
       memcpy(buf, v.data, v.len);
     size_t l = v.len;
-    kvds_release(c, 1, &v);
+    release(c, 1, &v, dl.io);
     if (!rc)
       *len = l;
     return rc;
   }
   /* TCP: receive straight into the caller's buffer when it fits. */
-  uint64_t deadline =
-      deadline_after(c->timeout_ms + (wait_ms > 0 ? wait_ms : 0));
+  uint64_t deadline = dl.io;
   req_begin(c);
   req_item(c, 0, 0, 0, 0, key, klen);
   get_hint_item(c, o);
   int64_t id = req_send(c, KVDS_OP_GET, get_flags(c, o),
-                        wait_ms > 0 ? (uint32_t)wait_ms : 0, NULL, 0, deadline);
+                        wait_left(&dl, wait_ms), NULL, 0, deadline);
   if ((rc = recv_reply(c, id, KVDS_OP_GET, deadline)))
     return rc;
   if (c->rh.count != 1)
@@ -1340,11 +1563,11 @@ int kvds_get_ex(kvds_client *c, const void *key, size_t klen, void *buf,
 /* ---- index operations --------------------------------------------------- */
 
 static int keys_rpc(kvds_client *c, uint8_t op, size_t n,
-                    const struct kvds_iov *keys) {
+                    const struct kvds_iov *keys, uint64_t deadline) {
   req_begin(c);
   for (size_t i = 0; i < n; i++)
     req_item(c, 0, 0, 0, 0, keys[i].base, keys[i].len);
-  int rc = rpc(c, op, 0, 0, io_deadline(c));
+  int rc = rpc(c, op, 0, 0, deadline);
   if (!rc && c->rh.count != n && op != KVDS_OP_LOOKUP_PREFIX)
     return broken(c, KVDS_E_PROTO, "reply count");
   return rc;
@@ -1355,9 +1578,10 @@ int kvds_mdelete(kvds_client *c, size_t n, const struct kvds_iov *keys,
   int rc = check_keys(c, n, keys), first = 0;
   if (rc)
     return rc;
+  uint64_t deadline = io_deadline(c);
   for (size_t off = 0; off < n; off += chunk_of(n - off)) {
     size_t m = chunk_of(n - off);
-    if ((rc = keys_rpc(c, KVDS_OP_DELETE, m, keys + off)))
+    if ((rc = keys_rpc(c, KVDS_OP_DELETE, m, keys + off, deadline)))
       return rc;
     for (size_t i = 0; i < m; i++) {
       if (results)
@@ -1379,9 +1603,10 @@ int kvds_exists(kvds_client *c, size_t n, const struct kvds_iov *keys,
   int rc = check_keys(c, n, keys);
   if (rc)
     return rc;
+  uint64_t deadline = io_deadline(c);
   for (size_t off = 0; off < n; off += chunk_of(n - off)) {
     size_t m = chunk_of(n - off);
-    if ((rc = keys_rpc(c, KVDS_OP_EXISTS, m, keys + off)))
+    if ((rc = keys_rpc(c, KVDS_OP_EXISTS, m, keys + off, deadline)))
       return rc;
     for (size_t i = 0; i < m; i++)
       present[off + i] = c->rit[i].status == 0;
@@ -1395,9 +1620,10 @@ int kvds_lookup_prefix(kvds_client *c, size_t n, const struct kvds_iov *keys,
   if (rc)
     return rc;
   size_t total = 0;
+  uint64_t deadline = io_deadline(c);
   for (size_t off = 0; off < n; off += chunk_of(n - off)) {
     size_t m = chunk_of(n - off);
-    if ((rc = keys_rpc(c, KVDS_OP_LOOKUP_PREFIX, m, keys + off)))
+    if ((rc = keys_rpc(c, KVDS_OP_LOOKUP_PREFIX, m, keys + off, deadline)))
       return rc;
     if (c->rh.count != 1 || c->rit[0].a > m)
       return broken(c, KVDS_E_PROTO, "lookup reply");
@@ -1626,8 +1852,7 @@ int kvds__pull(kvds_client *c, size_t n, const struct kvds_iov *keys,
                int wait_ms, const struct kvds__pull_ops *ops) {
   size_t i = 0;
   int rc = n > KVDS_BATCH_MAX ? KVDS_E_LIMIT : 0;
-  uint64_t deadline =
-      deadline_after(c->timeout_ms + (wait_ms > 0 ? wait_ms : 0));
+  uint64_t deadline = read_deadline(c, wait_ms).io;
   struct kvds_proto_item *it = NULL;
   if (!rc) {
     req_begin(c);
@@ -1688,8 +1913,8 @@ uint64_t kvds__client_nonce(const kvds_client *c) {
 }
 
 int kvds__client_stale(const kvds_client *c) {
-  if (c->fd < 0 || c->rpos != c->rlen || c->rdata_left)
-    return 1; /* broken, or bytes nobody asked for are buffered */
+  if (c->fd < 0 || c->rpos != c->rlen || c->rdata_left || c->nab)
+    return 1; /* broken, bytes nobody asked for, or replies still due */
   struct pollfd p = {.fd = c->fd, .events = POLLIN};
   return poll(&p, 1, 0) != 0; /* input, hang-up or error while idle */
 }

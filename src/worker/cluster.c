@@ -1443,25 +1443,27 @@ int kvds__cluster_submit(struct kvds_server *s, struct wait_req *wr,
 
 void kvds__cluster_replicate(struct kvds_server *s, size_t n,
                              const struct kvds_iov *keys, int copies,
-                             uint64_t deadline_us, size_t *made,
+                             uint64_t deadline_us, uint8_t *done, size_t *made,
                              size_t *failed) {
   struct kvds_cluster *cl = s->cluster;
   struct view v;
+  size_t k = (size_t)copies - 1;
   *made = *failed = 0;
+  memset(done, 0, n);
   pthread_mutex_lock(&cl->lock);
   int rc = view_copy_locked(cl, &v);
   pthread_mutex_unlock(&cl->lock);
   if (rc) {
-    *failed = n * (size_t)(copies - 1);
+    *failed = n * k;
     return;
   }
   /* target[i * k + j]: the j-th member (index in v) to copy key i to. */
-  size_t k = (size_t)copies - 1;
   size_t *target = malloc((n ? n : 1) * k * sizeof *target);
+  size_t *subi = malloc((n ? n : 1) * sizeof *subi);
   struct kvds_iov *sub = malloc((n ? n : 1) * sizeof *sub);
   struct kvds_value *vals = calloc(n ? n : 1, sizeof *vals);
   int *res = malloc((n ? n : 1) * sizeof *res);
-  if (!target || !sub || !vals || !res) {
+  if (!target || !subi || !sub || !vals || !res) {
     *failed = n * k;
     goto out;
   }
@@ -1472,6 +1474,7 @@ void kvds__cluster_replicate(struct kvds_server *s, size_t n,
     for (size_t j = 0; j < got && t < k; j++)
       if (v.m[top[j]].peer)
         target[i * k + t++] = top[j];
+    done[i] = t == k; /* unless a copy fails below */
     for (; t < k; t++)
       target[i * k + t] = SIZE_MAX; /* fewer live members than copies */
   }
@@ -1483,37 +1486,44 @@ void kvds__cluster_replicate(struct kvds_server *s, size_t n,
     size_t ns = 0;
     for (size_t i = 0; i < n; i++)
       for (size_t j = 0; j < k; j++)
-        if (target[i * k + j] == m)
+        if (target[i * k + j] == m) {
+          subi[ns] = i;
           sub[ns++] = keys[i];
+        }
     if (!ns)
       continue;
     int err = 0;
     uint64_t gen;
     kvds_client *c = pconn_get(cl, p, deadline_us, &gen, &err);
     uint64_t now = kvds_now_us();
-    if (!c || now >= deadline_us) {
-      if (c)
-        pconn_put(cl, p, c, gen);
-      *failed += ns;
-      continue;
+    rc = c ? 0 : err;
+    if (c && now >= deadline_us)
+      rc = KVDS_E_TIMEOUT;
+    if (!rc) {
+      kvds_client_set_timeout(c, (int)((deadline_us - now) / 1000) + 1);
+      rc = kvds_mget_ex(c, ns, sub, &opts, vals, res);
     }
-    kvds_client_set_timeout(c, (int)((deadline_us - now) / 1000) + 1);
-    rc = kvds_mget_ex(c, ns, sub, &opts, vals, res);
     for (size_t i = 0; i < ns; i++) {
-      if (!rc && res[i] == 0)
+      if (!rc && res[i] == 0) {
         (*made)++;
-      else
+      } else {
         (*failed)++;
+        done[subi[i]] = 0;
+      }
     }
     if (!rc)
       kvds_release(c, ns, vals);
-    pconn_put(cl, p, c, gen);
+    if (c)
+      pconn_put(cl, p, c, gen);
     if (rc)
-      kvds__logf(3, "cluster: copies of %zu keys to %s failed: %s", ns, p->id,
-                 kvds_strerror(rc));
+      kvds__logf(2,
+                 "cluster: copies of %zu keys to %s failed (tried again): "
+                 "%s",
+                 ns, p->id, kvds_strerror(rc));
   }
 out:
   free(target);
+  free(subi);
   free(sub);
   free(vals);
   free(res);
@@ -1707,14 +1717,15 @@ void kvds__cluster_annotate(struct kvds_server *s, json_t *cluster) {
                 (json_int_t)atomic_load(&cl->announced), "remote_found",
                 (json_int_t)atomic_load(&cl->remote_found), "remote_missed",
                 (json_int_t)atomic_load(&cl->remote_missed)));
-  uint64_t q = 0, made = 0, failed = 0, skipped = 0;
+  struct kvds_repl_counts rc = {0};
   if (cl->repl)
-    kvds__repl_counts(cl->repl, &q, &made, &failed, &skipped);
+    kvds__repl_counts(cl->repl, &rc);
   json_object_set_new(
       cluster, "replicas",
-      json_pack("{s:i,s:I,s:I,s:I,s:I}", "copies", cl->s->cfg.replicas,
-                "queued", (json_int_t)q, "made", (json_int_t)made, "failed",
-                (json_int_t)failed, "skipped", (json_int_t)skipped));
+      json_pack("{s:i,s:I,s:I,s:I,s:I,s:I}", "copies", cl->s->cfg.replicas,
+                "queued", (json_int_t)rc.queued, "made", (json_int_t)rc.made,
+                "failed", (json_int_t)rc.failed, "skipped",
+                (json_int_t)rc.skipped, "gave_up", (json_int_t)rc.gave_up));
 }
 
 void kvds__cluster_metrics(struct kvds_server *s, FILE *f) {
@@ -1746,27 +1757,33 @@ void kvds__cluster_metrics(struct kvds_server *s, FILE *f) {
           (unsigned long long)atomic_load(&cl->announce_errors),
           (unsigned long long)atomic_load(&cl->remote_found),
           (unsigned long long)atomic_load(&cl->remote_missed));
-  uint64_t q = 0, made = 0, failed = 0, skipped = 0;
+  struct kvds_repl_counts rc = {0};
   if (cl->repl)
-    kvds__repl_counts(cl->repl, &q, &made, &failed, &skipped);
+    kvds__repl_counts(cl->repl, &rc);
   fprintf(f,
           "# HELP kvds_replica_copies Copies kept of each object sealed "
           "here (--replicas).\n# TYPE kvds_replica_copies gauge\n"
           "kvds_replica_copies %d\n"
-          "# HELP kvds_replica_queued Objects waiting to be copied.\n"
+          "# HELP kvds_replica_queued Objects waiting to be copied (or "
+          "copied again).\n"
           "# TYPE kvds_replica_queued gauge\nkvds_replica_queued %llu\n"
           "# HELP kvds_replica_made_total Copies made on other workers.\n"
           "# TYPE kvds_replica_made_total counter\n"
           "kvds_replica_made_total %llu\n"
           "# HELP kvds_replica_failed_total Copies that failed (target "
-          "unreachable or full, object gone).\n"
+          "unreachable or full; tried again).\n"
           "# TYPE kvds_replica_failed_total counter\n"
           "kvds_replica_failed_total %llu\n"
           "# HELP kvds_replica_skipped_total Objects not copied (queue "
           "full).\n# TYPE kvds_replica_skipped_total counter\n"
-          "kvds_replica_skipped_total %llu\n",
-          cl->s->cfg.replicas, (unsigned long long)q, (unsigned long long)made,
-          (unsigned long long)failed, (unsigned long long)skipped);
+          "kvds_replica_skipped_total %llu\n"
+          "# HELP kvds_replica_gave_up_total Objects whose copies still "
+          "failed after a minute of tries.\n"
+          "# TYPE kvds_replica_gave_up_total counter\n"
+          "kvds_replica_gave_up_total %llu\n",
+          cl->s->cfg.replicas, (unsigned long long)rc.queued,
+          (unsigned long long)rc.made, (unsigned long long)rc.failed,
+          (unsigned long long)rc.skipped, (unsigned long long)rc.gave_up);
   pthread_mutex_lock(&cl->lock);
   static const struct {
     const char *name, *type, *help;

@@ -36,32 +36,157 @@ enum { RX_HDR, RX_META, RX_DATA };
 #define DISCARD_SIZE (64u << 10)
 /* Bulk bytes one connection may read per turn of the event loop. */
 #define DATA_BUDGET (8u << 20)
+/* Longest wait for the first request of a connection refused at
+ * --max-connections (or the frame timeout if that is shorter). */
+#define REFUSE_WAIT_MAX_MS 1000u
 
 static void on_read(evutil_socket_t fd, short what, void *arg);
 static void on_write(evutil_socket_t fd, short what, void *arg);
 
 static void set_reading(struct conn *c, int on) {
-  if (on && !c->reading)
+  if (on && !c->reading) {
     event_add(c->rev, NULL);
-  else if (!on && c->reading)
+    /* Paused by us (output backpressure): the rate window starts again. */
+    if (c->rx_win_us) {
+      c->rx_win_us = kvds_now_us();
+      c->rx_win_bytes = 0;
+    }
+  } else if (!on && c->reading) {
     event_del(c->rev);
+  }
   c->reading = (uint8_t)on;
 }
 
-struct conn *kvds__conn_new(struct io_thread *th, int fd, int is_unix) {
+/* ---- idleness ----------------------------------------------------------- */
+
+enum { IDLE_NONE, IDLE_FRESH, IDLE_USED };
+
+/* Holds something a client may come back for: pins, objects being written
+ * (a PUT in flight included), waiting requests. */
+static int conn_holds(const struct conn *c) {
+  return c->nheld || c->npending || c->waits;
+}
+
+/* Holds nothing and has nothing in progress: may be closed as idle. */
+static int conn_idle(const struct conn *c) {
+  return !c->closing && !c->refusing && !conn_holds(c) && c->rx == RX_HDR &&
+         c->ilen == c->ipos && !c->oq_head;
+}
+
+/* Keeps th->idle_fresh / idle_used (read by other threads) in step with c,
+ * ignoring what is only in progress for a moment (a frame, output). */
+static void idle_publish(struct conn *c, int gone) {
+  struct io_thread *th = c->th;
+  uint8_t k = (gone || c->closing || c->refusing || conn_holds(c)) ? IDLE_NONE
+              : c->nreq                                            ? IDLE_USED
+                                                                   : IDLE_FRESH;
+  if (k == c->idle_class)
+    return;
+  if (c->idle_class == IDLE_FRESH)
+    atomic_fetch_sub(&th->idle_fresh, 1);
+  else if (c->idle_class == IDLE_USED)
+    atomic_fetch_sub(&th->idle_used, 1);
+  if (k == IDLE_FRESH)
+    atomic_fetch_add(&th->idle_fresh, 1);
+  else if (k == IDLE_USED)
+    atomic_fetch_add(&th->idle_used, 1);
+  c->idle_class = k;
+}
+
+static void conn_unlink(struct conn *c) {
+  struct io_thread *th = c->th;
+  if (c->prev)
+    c->prev->next = c->next;
+  else
+    th->conns = c->next;
+  if (c->next)
+    c->next->prev = c->prev;
+  else
+    th->conns_tail = c->prev;
+  c->prev = c->next = NULL;
+}
+
+static void conn_link_head(struct conn *c) {
+  struct io_thread *th = c->th;
+  c->prev = NULL;
+  c->next = th->conns;
+  if (th->conns)
+    th->conns->prev = c;
+  else
+    th->conns_tail = c;
+  th->conns = c;
+}
+
+/* c moved bytes: most recently active now. */
+static void touch(struct conn *c, uint64_t now) {
+  c->active_us = now;
+  if (c->th->conns != c) {
+    conn_unlink(c);
+    conn_link_head(c);
+  }
+}
+
+struct conn *kvds__conn_victim(struct io_thread *th) {
+  struct conn *used = NULL;
+  for (struct conn *c = th->conns_tail; c; c = c->prev) {
+    if (!conn_idle(c))
+      continue;
+    if (!c->nreq)
+      return c;
+    if (!used)
+      used = c;
+  }
+  return used;
+}
+
+struct conn *kvds__conn_new(struct io_thread *th, int fd, int is_unix,
+                            int refuse) {
   struct conn *c = calloc(1, sizeof *c);
   if (!c)
     return NULL;
   c->th = th;
   c->fd = fd;
   c->is_unix = (uint8_t)is_unix;
-  /* The Unix socket is guarded by its file permissions; TCP by the token. */
-  c->authed = (uint8_t)(is_unix || !th->srv->auth);
+  /* The owner's (root's, --allow-group's) Unix and token-less loopback
+   * TCP connections may go on; TCP with a token set, and anyone else, must
+   * prove the token first (refused where there is none). */
+  struct kvds_server *srv = th->srv;
+  int allowed = 1;
+  if (!refuse && (is_unix || !srv->auth)) {
+    uid_t uid = (uid_t)-1;
+    int r = kvds__peer_uid(fd, is_unix, &uid);
+    allowed = r == 0 && kvds__uid_allowed(&srv->access, uid);
+    if (!allowed) {
+      /* counted always, logged at most every 10 s */
+      static atomic_uint_fast64_t last_log_us;
+      uint64_t now = kvds_now_us(), last = atomic_load(&last_log_us);
+      atomic_fetch_add(&srv->access_refused, 1);
+      char who[64];
+      if (r)
+        snprintf(who, sizeof who, "an unknown user (%s)", kvds_strerror(r));
+      else
+        snprintf(who, sizeof who, "uid %u", (unsigned)uid);
+      if (now - last > 10000000u &&
+          atomic_compare_exchange_strong(&last_log_us, &last, now))
+        kvds__logf(1,
+                   "refused a %s connection from %s: not this worker's "
+                   "user%s%s",
+                   is_unix ? "Unix" : "TCP", who,
+                   srv->access.has_group ? " nor in --allow-group" : "",
+                   srv->auth ? " (it may still prove the token)" : "");
+    }
+  }
+  c->authed = (uint8_t)(allowed && !refuse && (is_unix || !srv->auth));
+  c->refusing = (uint8_t)refuse;
+  c->active_us = kvds_now_us();
   if (!c->authed) {
+    /* Refused at the cap, or not authenticated yet: a small buffer, and
+     * closed by the sweep if the request does not come in time. */
     uint64_t wait_ms = (uint64_t)th->srv->cfg.frame_timeout_ms;
-    if (wait_ms > AUTH_WAIT_MAX_MS)
-      wait_ms = AUTH_WAIT_MAX_MS;
-    c->auth_deadline_us = kvds_now_us() + wait_ms * 1000u;
+    uint64_t max_ms = refuse ? REFUSE_WAIT_MAX_MS : AUTH_WAIT_MAX_MS;
+    if (wait_ms > max_ms)
+      wait_ms = max_ms;
+    c->auth_deadline_us = c->active_us + wait_ms * 1000u;
   }
   c->icap = c->authed ? IBUF_SIZE : IBUF_AUTH_SIZE;
   c->ib = malloc(c->icap);
@@ -77,12 +202,14 @@ struct conn *kvds__conn_new(struct io_thread *th, int fd, int is_unix) {
     free(c);
     return NULL;
   }
-  c->next = th->conns;
-  if (th->conns)
-    th->conns->prev = c;
-  th->conns = c;
-  atomic_fetch_add(&th->srv->connections, 1);
-  atomic_fetch_add(&th->srv->connections_total, 1);
+  conn_link_head(c);
+  if (refuse) {
+    atomic_fetch_add(&srv->refusing, 1);
+  } else {
+    atomic_fetch_add(&srv->connections, 1);
+    atomic_fetch_add(&srv->connections_total, 1);
+  }
+  idle_publish(c, 0);
   set_reading(c, 1);
   return c;
 }
@@ -107,6 +234,7 @@ uint64_t kvds__ref_add(struct conn *c, struct kvds_object *o, int kind) {
     c->refs[i].gen = 0;
   }
   struct ref *r = &c->refs[i];
+  c->nheld++;
   r->obj = o;
   r->kind = (uint8_t)kind;
   r->gen++;
@@ -126,6 +254,7 @@ struct ref *kvds__ref_get(struct conn *c, uint64_t handle, int kind) {
 }
 
 void kvds__ref_drop(struct conn *c, struct ref *r) {
+  c->nheld--;
   r->obj = NULL;
   r->kind = REF_NONE;
   r->next_free = c->free_ref;
@@ -159,6 +288,8 @@ int kvds__conn_queue(struct conn *c, const uint8_t *p, size_t len, uint8_t *own,
   c->oq_bytes += len;
   if (!c->tx_since_us)
     c->tx_since_us = kvds_now_us();
+  if (!c->tx_win_us)
+    c->tx_win_us = c->tx_since_us;
   return 0;
 }
 
@@ -232,6 +363,7 @@ void kvds__conn_flush(struct conn *c) {
           event_add(c->wev, NULL);
           c->writing = 1;
         }
+        idle_publish(c, 0);
         return;
       }
       kvds__conn_close(c);
@@ -241,6 +373,8 @@ void kvds__conn_flush(struct conn *c) {
     if (c->peer)
       kvds__peer_count_out(c->peer, (uint64_t)w);
     c->tx_since_us = kvds_now_us();
+    c->tx_win_bytes += (uint64_t)w;
+    touch(c, c->tx_since_us);
     size_t left = (size_t)w;
     struct ochunk *k = c->oq_head;
     while (k && left >= k->len - k->off) {
@@ -257,6 +391,7 @@ void kvds__conn_flush(struct conn *c) {
     chunks_free(c, done, k);
   }
   c->tx_since_us = 0;
+  c->tx_win_us = c->tx_win_bytes = 0;
   if (c->writing) {
     event_del(c->wev);
     c->writing = 0;
@@ -272,6 +407,7 @@ void kvds__conn_flush(struct conn *c) {
     if (c->ilen > c->ipos)
       event_active(c->rev, EV_READ, 0);
   }
+  idle_publish(c, 0);
 }
 
 /* ---- input -------------------------------------------------------------- */
@@ -319,6 +455,7 @@ static ssize_t ib_fill(struct conn *c) {
     ssize_t n = recv(c->fd, c->ib + c->ilen, c->icap - c->ilen, 0);
     if (n > 0) {
       c->ilen += (size_t)n;
+      c->rx_win_bytes += (uint64_t)n;
       atomic_fetch_add(&c->th->srv->bytes_in, (uint64_t)n);
       return n;
     }
@@ -387,6 +524,7 @@ static ssize_t data_direct(struct conn *c) {
     ssize_t r = readv(c->fd, iov, n);
     if (r > 0) {
       atomic_fetch_add(&c->th->srv->bytes_in, (uint64_t)r);
+      c->rx_win_bytes += (uint64_t)r;
       uint64_t left = (uint64_t)r;
       while (left) {
         segs_skip_done(c);
@@ -445,6 +583,14 @@ static int process(struct conn *c) {
         return 1;
       }
       c->h = h;
+      /* Over --max-connections with nothing idle to close: the first
+       * request learns why (its id echoed), then the connection goes. */
+      if (c->refusing) {
+        kvds__reply_status(c, c->h.opcode, c->h.req_id, KVDS_E_LIMIT);
+        c->closing = 1;
+        set_reading(c, 0);
+        return 1;
+      }
       if (rc) {
         protocol_error(c, rc);
         return 1;
@@ -484,6 +630,7 @@ static int process(struct conn *c) {
         return 1;
       }
       c->ipos += ml;
+      c->nreq++;
       atomic_fetch_add(&c->th->srv->requests, 1);
       rc = kvds__server_request(c, meta);
       if (rc < 0) {
@@ -525,24 +672,69 @@ static int process(struct conn *c) {
   }
 }
 
-/* A frame is incomplete when data is pending or unparsed bytes remain. */
+/* A frame is incomplete when data is pending or unparsed bytes remain. Its
+ * --min-rate window opens with it (counting the bytes of the read that
+ * started it) and closes when no frame is in progress. */
 static void note_progress(struct conn *c, uint64_t now) {
   int partial = c->rx != RX_HDR || c->ilen > c->ipos;
   c->rx_since_us = partial ? now : 0;
+  if (!partial)
+    c->rx_win_us = c->rx_win_bytes = 0;
+  else if (!c->rx_win_us)
+    c->rx_win_us = now;
+}
+
+/* A transfer in progress since *since (0: none) must move `rate` bytes per
+ * second over each window of `win` us; a window that did starts the next.
+ * Returns the rate of a window that fell short (bytes/s), else 0. */
+static uint64_t too_slow(uint64_t *since, uint64_t *bytes, uint64_t now,
+                         uint64_t win, uint64_t rate) {
+  if (!rate || !*since || now - *since < win)
+    return 0;
+  double secs = (double)(now - *since) / 1e6;
+  if ((double)*bytes < (double)rate * secs)
+    return (uint64_t)((double)*bytes / secs) + 1;
+  *since = now;
+  *bytes = 0;
+  return 0;
 }
 
 void kvds__conn_sweep(struct io_thread *th, uint64_t now_us) {
-  uint64_t limit = (uint64_t)th->srv->cfg.frame_timeout_ms * 1000u;
+  struct kvds_server *s = th->srv;
+  uint64_t limit = (uint64_t)s->cfg.frame_timeout_ms * 1000u;
+  uint64_t idle = (uint64_t)s->cfg.idle_timeout_s * 1000000u;
+  uint64_t rate = s->cfg.min_rate;
   struct conn *c = th->conns, *next;
   for (; c; c = next) {
     next = c->next;
     if (!c->authed && now_us > c->auth_deadline_us) {
-      kvds__conn_close(c); /* never authenticated: auth_failures */
+      /* never authenticated (auth_failures), or refused at the cap */
+      kvds__conn_close(c);
       continue;
     }
-    if ((c->rx_since_us && now_us - c->rx_since_us > limit) ||
-        (c->tx_since_us && now_us - c->tx_since_us > limit)) {
-      atomic_fetch_add(&th->srv->protocol_errors, 1);
+    int stalled = (c->rx_since_us && now_us - c->rx_since_us > limit) ||
+                  (c->tx_since_us && now_us - c->tx_since_us > limit);
+    uint64_t slow = 0;
+    if (!stalled && c->reading)
+      slow = too_slow(&c->rx_win_us, &c->rx_win_bytes, now_us, limit, rate);
+    if (!stalled && !slow)
+      slow = too_slow(&c->tx_win_us, &c->tx_win_bytes, now_us, limit, rate);
+    if (stalled || slow) {
+      /* Its WRITING objects are aborted, its pins released by the close. */
+      atomic_fetch_add(&s->protocol_errors, 1);
+      atomic_fetch_add(&s->closed_slow, 1);
+      if (slow && now_us - th->limit_log_us > 10000000u) {
+        th->limit_log_us = now_us;
+        kvds__logf(1,
+                   "closed a connection moving %llu bytes/s, under "
+                   "--min-rate %llu",
+                   (unsigned long long)slow, (unsigned long long)rate);
+      }
+      kvds__conn_close(c);
+      continue;
+    }
+    if (idle && conn_idle(c) && now_us - c->active_us > idle) {
+      atomic_fetch_add(&s->closed_idle, 1);
       kvds__conn_close(c);
     }
   }
@@ -554,6 +746,7 @@ static void on_read(evutil_socket_t fd, short what, void *arg) {
   (void)what;
   uint64_t now = kvds_now_us();
   c->th->last_activity_us = now;
+  touch(c, now);
   int r = 0;
   if (c->rx == RX_DATA && (r = process(c)) < 0)
     return; /* closed and freed */
@@ -602,15 +795,15 @@ void kvds__conn_close(struct conn *c) {
       kvds_store_abort(st, c->pending[i]);
   pthread_mutex_unlock(&st->lock);
   chunks_free(c, c->oq_head, NULL);
-  if (c->prev)
-    c->prev->next = c->next;
-  else
-    th->conns = c->next;
-  if (c->next)
-    c->next->prev = c->prev;
-  atomic_fetch_sub(&th->srv->connections, 1);
-  if (!c->authed && !atomic_load(&th->srv->stopping))
-    atomic_fetch_add(&th->srv->auth_failures, 1);
+  idle_publish(c, 1);
+  conn_unlink(c);
+  if (c->refusing) {
+    atomic_fetch_sub(&th->srv->refusing, 1);
+  } else {
+    atomic_fetch_sub(&th->srv->connections, 1);
+    if (!c->authed && !atomic_load(&th->srv->stopping))
+      atomic_fetch_add(&th->srv->auth_failures, 1);
+  }
   free(c->refs);
   free(c->segs);
   free(c->pending);

@@ -23,6 +23,7 @@ struct kvds_http {
   struct event_base *base;
   struct evhttp *http;
   pthread_t tid;
+  int need_token; /* /status and /metrics want "Authorization: Bearer" */
 };
 
 struct snapshot {
@@ -30,6 +31,8 @@ struct snapshot {
   struct kvds_store_counters ct;
   uint64_t objects, connections, connections_total, protocol_errors;
   uint64_t bytes_in, bytes_out, requests, uptime_s, auth_failures;
+  uint64_t closed_idle, closed_for_room, closed_slow, refused;
+  uint64_t writing_refused, access_refused;
 };
 
 static void snap(struct kvds_server *s, struct snapshot *sn) {
@@ -45,6 +48,12 @@ static void snap(struct kvds_server *s, struct snapshot *sn) {
   sn->bytes_out = atomic_load(&s->bytes_out);
   sn->requests = atomic_load(&s->requests);
   sn->auth_failures = atomic_load(&s->auth_failures);
+  sn->closed_idle = atomic_load(&s->closed_idle);
+  sn->closed_for_room = atomic_load(&s->closed_for_room);
+  sn->closed_slow = atomic_load(&s->closed_slow);
+  sn->refused = atomic_load(&s->refused);
+  sn->writing_refused = atomic_load(&s->writing_refused);
+  sn->access_refused = atomic_load(&s->access_refused);
   sn->uptime_s = (kvds_now_us() - s->start_us) / 1000000u;
 }
 
@@ -73,6 +82,21 @@ char *kvds__server_status_json(struct kvds_server *s) {
                 "bytes_out", (json_int_t)sn.bytes_out, "protocol_errors",
                 (json_int_t)sn.protocol_errors, "auth_required", s->auth,
                 "auth_failures", (json_int_t)sn.auth_failures);
+  if (net) { /* limits (docs/worker.md), as in STATS */
+    json_object_set_new(net, "max_connections", json_integer(s->max_conns));
+    json_object_set_new(net, "connections_closed_idle",
+                        json_integer((json_int_t)sn.closed_idle));
+    json_object_set_new(net, "connections_closed_for_room",
+                        json_integer((json_int_t)sn.closed_for_room));
+    json_object_set_new(net, "connections_refused",
+                        json_integer((json_int_t)sn.refused));
+    json_object_set_new(net, "connections_closed_slow",
+                        json_integer((json_int_t)sn.closed_slow));
+    json_object_set_new(net, "writing_refused",
+                        json_integer((json_int_t)sn.writing_refused));
+    json_object_set_new(net, "access_refused",
+                        json_integer((json_int_t)sn.access_refused));
+  }
   json_t *root = json_pack(
       "{s:s,s:s,s:s,s:I,s:I,s:I,s:f,s:f,s:o,s:o,s:o}", "version",
       KVDS_VERSION_STRING, "listen", s->cfg.listen, "socket", s->socket_path,
@@ -129,6 +153,24 @@ char *kvds__server_metrics_text(struct kvds_server *s) {
   C("nospace_total", "Creates refused for lack of space.", sn.ct.nospace);
   G("connections", "Open client connections.", sn.connections);
   C("connections_total", "Client connections accepted.", sn.connections_total);
+  G("max_connections", "Connections admitted at most (--max-connections).",
+    s->max_conns);
+  C("connections_closed_idle_total",
+    "Connections closed after --idle-timeout-s holding nothing.",
+    sn.closed_idle);
+  C("connections_closed_for_room_total",
+    "Idle connections closed at --max-connections to admit new ones.",
+    sn.closed_for_room);
+  C("connections_refused_total",
+    "New connections refused at --max-connections (none idle).", sn.refused);
+  C("connections_closed_slow_total",
+    "Connections closed mid-transfer: no progress for --frame-timeout-ms, "
+    "or slower than --min-rate.",
+    sn.closed_slow);
+  C("writing_refused_total",
+    "Creates (and PUT items) refused with KVDS_E_NOSPACE: their connection "
+    "held --max-writing-per-conn bytes being written.",
+    sn.writing_refused);
   C("requests_total", "Request frames received.", sn.requests);
   C("received_bytes_total", "Bytes received on client sockets.", sn.bytes_in);
   C("sent_bytes_total", "Bytes sent on client sockets.", sn.bytes_out);
@@ -137,6 +179,10 @@ char *kvds__server_metrics_text(struct kvds_server *s) {
     s->auth);
   C("auth_failures_total", "TCP connections closed before they authenticated.",
     sn.auth_failures);
+  C("access_refused_total",
+    "Connections from users other than the worker's (root, --allow-group) "
+    "that could not go on without the token.",
+    sn.access_refused);
   G("uptime_seconds", "Seconds since start.", sn.uptime_s);
   if (s->members) {
     G("cluster_members",
@@ -171,8 +217,27 @@ static void send_text(struct evhttp_request *req, int code, const char *ctype,
   free(body);
   evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
                     ctype);
-  evhttp_send_reply(req, code, code == 200 ? "OK" : "Error", b);
+  evhttp_send_reply(req, code,
+                    code == 200   ? "OK"
+                    : code == 401 ? "Unauthorized"
+                                  : "Error",
+                    b);
   evbuffer_free(b);
+}
+
+/* "Bearer <the token>", compared in constant time. */
+static int bearer_ok(struct kvds_http *h, struct evhttp_request *req) {
+  const char *v = evhttp_find_header(evhttp_request_get_input_headers(req),
+                                     "Authorization");
+  const struct kvds_auth_token *t = &h->srv->token;
+  if (!v || strncmp(v, "Bearer ", 7) != 0)
+    return 0;
+  v += 7;
+  size_t n = strlen(v);
+  unsigned diff = n != t->len;
+  for (size_t i = 0; i < t->len; i++)
+    diff |= (unsigned)(uint8_t)(i < n ? v[i] : 0) ^ t->bytes[i];
+  return diff == 0;
 }
 
 static void on_request(struct evhttp_request *req, void *arg) {
@@ -180,6 +245,15 @@ static void on_request(struct evhttp_request *req, void *arg) {
   const char *path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(req));
   if (!path)
     path = "/";
+  if (h->need_token && strcmp(path, "/health") != 0 && !bearer_ok(h, req)) {
+    evhttp_add_header(evhttp_request_get_output_headers(req),
+                      "WWW-Authenticate", "Bearer");
+    send_text(req, 401, "text/plain",
+              strdup("401: this endpoint is not on a loopback address: send "
+                     "'Authorization: Bearer <the --auth-token-file "
+                     "token>'\n"));
+    return;
+  }
   if (strcmp(path, "/health") == 0) {
     int ok = !atomic_load(&h->srv->stopping);
     send_text(
@@ -202,11 +276,12 @@ static void *http_main(void *arg) {
 }
 
 int kvds__http_start(struct kvds_server *s, const char *host, int port,
-                     struct kvds_http **out) {
+                     int need_token, struct kvds_http **out) {
   struct kvds_http *h = calloc(1, sizeof *h);
   if (!h)
     return -ENOMEM;
   h->srv = s;
+  h->need_token = need_token;
   h->base = event_base_new();
   h->http = h->base ? evhttp_new(h->base) : NULL;
   if (!h->http)

@@ -4,7 +4,10 @@
  * here by a client (not a copy pulled from a peer) is queued; one thread
  * takes batches off the queue and has the cluster copy them to the other
  * members of each key's replica set (kvds__cluster_replicate: rendezvous
- * hashing, the copy is a pull made by the target). The queue is bounded:
+ * hashing, the copy is a pull made by the target). A key whose copies did
+ * not all succeed (a target that died but is still in the view, a full
+ * pool) is tried again with backoff, its targets chosen again each time,
+ * for up to a minute while it is still sealed here. The queue is bounded:
  * beyond it, objects are counted as skipped, never blocking a seal.
  *
  * Locks: the notify hook runs under store.lock and takes r->lock (store
@@ -22,11 +25,24 @@
 
 #define QUEUE_MAX 65536
 #define BATCH 256
+/* A copy that failed (target dead but still in the view, full, ...) is
+ * tried again, with the targets chosen again from the view of that time,
+ * after 0.5 s, 1 s, 2 s, ... (at most 5 s apart) for this long. */
+#define RETRY_FIRST_US 500000u
+#define RETRY_MAX_US 5000000u
+#define RETRY_FOR_US 60000000u
 
 struct rkey {
   struct rkey *next;
+  uint64_t first_us; /* when it was first queued */
+  uint64_t due_us;   /* not before (retries) */
+  uint64_t backoff_us;
   uint32_t klen;
   uint8_t key[];
+};
+
+struct rlist {
+  struct rkey *head, *tail;
 };
 
 struct kvds_replicator {
@@ -34,12 +50,29 @@ struct kvds_replicator {
   int copies; /* N of --replicas: this one + N - 1 */
   pthread_mutex_t lock;
   pthread_cond_t cv;
-  struct rkey *head, *tail;
+  struct rlist fresh, retry; /* retry: in due order (appended later = due
+                                later or about as late) */
   size_t n;
   int stopping;
   pthread_t th;
-  atomic_uint_fast64_t made, failed, skipped;
+  atomic_uint_fast64_t made, failed, skipped, gave_up;
 };
+
+static void rl_push(struct rlist *l, struct rkey *k) {
+  k->next = NULL;
+  if (l->tail)
+    l->tail->next = k;
+  else
+    l->head = k;
+  l->tail = k;
+}
+
+static struct rkey *rl_pop(struct rlist *l) {
+  struct rkey *k = l->head;
+  if (k && !(l->head = k->next))
+    l->tail = NULL;
+  return k;
+}
 
 void kvds__repl_queue_locked(struct kvds_replicator *r, const uint8_t *key,
                              uint32_t klen) {
@@ -51,50 +84,86 @@ void kvds__repl_queue_locked(struct kvds_replicator *r, const uint8_t *key,
     atomic_fetch_add(&r->skipped, 1);
     return;
   }
-  k->next = NULL;
+  k->first_us = k->due_us = kvds_now_us();
+  k->backoff_us = RETRY_FIRST_US;
   k->klen = klen;
   memcpy(k->key, key, klen);
-  if (r->tail)
-    r->tail->next = k;
-  else
-    r->head = k;
-  r->tail = k;
+  rl_push(&r->fresh, k);
   if (r->n++ == 0)
     pthread_cond_signal(&r->cv);
   pthread_mutex_unlock(&r->lock);
+}
+
+/* Still sealed here? A key deleted or evicted meanwhile is not copied. */
+static int still_here(struct kvds_server *s, const struct rkey *k) {
+  pthread_mutex_lock(&s->store.lock);
+  struct kvds_object *o = kvds_store_find(&s->store, k->key, k->klen);
+  int here = o && o->state == KVDS_STATE_SEALED;
+  pthread_mutex_unlock(&s->store.lock);
+  return here;
 }
 
 static void *repl_main(void *arg) {
   struct kvds_replicator *r = arg;
   struct kvds_iov iov[BATCH];
   struct rkey *taken[BATCH];
+  uint8_t done[BATCH];
   pthread_mutex_lock(&r->lock);
   for (;;) {
-    while (!r->stopping && !r->head)
-      pthread_cond_wait(&r->cv, &r->lock);
+    uint64_t now = kvds_now_us();
+    while (!r->stopping && !r->fresh.head &&
+           !(r->retry.head && r->retry.head->due_us <= now)) {
+      if (r->retry.head) {
+        uint64_t at = r->retry.head->due_us;
+        struct timespec ts = {(time_t)(at / 1000000u),
+                              (long)(at % 1000000u) * 1000};
+        pthread_cond_timedwait(&r->cv, &r->lock, &ts);
+      } else {
+        pthread_cond_wait(&r->cv, &r->lock);
+      }
+      now = kvds_now_us();
+    }
     if (r->stopping)
       break;
     size_t m = 0;
-    while (r->head && m < BATCH) {
-      struct rkey *k = r->head;
-      r->head = k->next;
-      taken[m] = k;
-      iov[m] = (struct kvds_iov){k->key, k->klen};
-      m++;
-    }
-    if (!r->head)
-      r->tail = NULL;
+    while (m < BATCH && r->retry.head && r->retry.head->due_us <= now)
+      taken[m++] = rl_pop(&r->retry);
+    while (m < BATCH && r->fresh.head)
+      taken[m++] = rl_pop(&r->fresh);
     r->n -= m;
     pthread_mutex_unlock(&r->lock);
+    for (size_t i = 0; i < m; i++)
+      iov[i] = (struct kvds_iov){taken[i]->key, taken[i]->klen};
     size_t made = 0, failed = 0;
     uint64_t deadline =
         kvds_now_us() + (uint64_t)r->s->cfg.pull_timeout_ms * 1000u + 1000000u;
-    kvds__cluster_replicate(r->s, m, iov, r->copies, deadline, &made, &failed);
+    kvds__cluster_replicate(r->s, m, iov, r->copies, deadline, done, &made,
+                            &failed);
     atomic_fetch_add(&r->made, made);
     atomic_fetch_add(&r->failed, failed);
-    for (size_t i = 0; i < m; i++)
-      free(taken[i]);
+    now = kvds_now_us();
     pthread_mutex_lock(&r->lock);
+    for (size_t i = 0; i < m; i++) {
+      struct rkey *k = taken[i];
+      if (done[i] || r->stopping) {
+        free(k);
+        continue;
+      }
+      pthread_mutex_unlock(&r->lock);
+      int again = now - k->first_us < RETRY_FOR_US && still_here(r->s, k);
+      pthread_mutex_lock(&r->lock);
+      if (!again) {
+        if (now - k->first_us >= RETRY_FOR_US)
+          atomic_fetch_add(&r->gave_up, 1);
+        free(k);
+        continue;
+      }
+      k->due_us = now + k->backoff_us;
+      k->backoff_us =
+          k->backoff_us * 2 > RETRY_MAX_US ? RETRY_MAX_US : k->backoff_us * 2;
+      rl_push(&r->retry, k);
+      r->n++;
+    }
   }
   pthread_mutex_unlock(&r->lock);
   return NULL;
@@ -108,7 +177,11 @@ int kvds__repl_start(struct kvds_server *s, int copies,
   r->s = s;
   r->copies = copies;
   pthread_mutex_init(&r->lock, NULL);
-  pthread_cond_init(&r->cv, NULL);
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  pthread_cond_init(&r->cv, &ca);
+  pthread_condattr_destroy(&ca);
   int rc = -pthread_create(&r->th, NULL, repl_main, r);
   if (rc) {
     pthread_cond_destroy(&r->cv);
@@ -128,21 +201,20 @@ void kvds__repl_stop(struct kvds_replicator *r) {
   pthread_cond_broadcast(&r->cv);
   pthread_mutex_unlock(&r->lock);
   pthread_join(r->th, NULL);
-  for (struct rkey *k = r->head, *nx; k; k = nx) {
-    nx = k->next;
+  for (struct rkey *k; (k = rl_pop(&r->fresh)) || (k = rl_pop(&r->retry));)
     free(k);
-  }
   pthread_cond_destroy(&r->cv);
   pthread_mutex_destroy(&r->lock);
   free(r);
 }
 
-void kvds__repl_counts(struct kvds_replicator *r, uint64_t *queued,
-                       uint64_t *made, uint64_t *failed, uint64_t *skipped) {
+void kvds__repl_counts(struct kvds_replicator *r,
+                       struct kvds_repl_counts *out) {
   pthread_mutex_lock(&r->lock);
-  *queued = r->n;
+  out->queued = r->n;
   pthread_mutex_unlock(&r->lock);
-  *made = atomic_load(&r->made);
-  *failed = atomic_load(&r->failed);
-  *skipped = atomic_load(&r->skipped);
+  out->made = atomic_load(&r->made);
+  out->failed = atomic_load(&r->failed);
+  out->skipped = atomic_load(&r->skipped);
+  out->gave_up = atomic_load(&r->gave_up);
 }

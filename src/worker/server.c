@@ -444,20 +444,49 @@ refuse:
   return 0;
 }
 
+/* 0 if c may start writing one more object of `size` bytes: within
+ * --max-writing-per-conn, or the only object it writes (so any value up to
+ * --max-object can be stored). Objects created and not sealed count, and
+ * those of a PUT in flight. Else KVDS_E_NOSPACE (no space for this
+ * connection: clients already skip such an object, as for a full pool),
+ * counted (in nospace too) and logged. Store lock held. */
+static int writing_admit(struct conn *c, uint64_t size) {
+  struct kvds_server *s = c->th->srv;
+  uint64_t cap = s->max_writing;
+  if (c->writing_bytes == 0 || (size <= cap && c->writing_bytes <= cap - size))
+    return 0;
+  atomic_fetch_add(&s->writing_refused, 1);
+  s->store.ctr.nospace++; /* store lock held: a create answered NOSPACE */
+  uint64_t now = kvds_now_us();
+  if (now - c->th->limit_log_us > 10000000u) {
+    c->th->limit_log_us = now;
+    kvds__logf(1,
+               "a connection writing %llu bytes asked for %llu more: over "
+               "--max-writing-per-conn %llu (KVDS_E_NOSPACE)",
+               (unsigned long long)c->writing_bytes, (unsigned long long)size,
+               (unsigned long long)cap);
+  }
+  return KVDS_E_NOSPACE;
+}
+
 static int op_create(struct conn *c, const struct req_items *ri) {
   struct kvds_server *s = c->th->srv;
   struct reply r;
   kvds__reply_init(&r);
   LOCK(s);
   for (uint32_t i = 0; i < ri->n; i++) {
-    struct kvds_object *o;
-    int rc = kvds_store_create(&s->store, ri->key[i], ri->it[i].klen,
-                               ri->it[i].a, &o);
+    struct kvds_object *o = NULL;
+    int rc = writing_admit(c, ri->it[i].a);
+    if (!rc)
+      rc = kvds_store_create(&s->store, ri->key[i], ri->it[i].klen, ri->it[i].a,
+                             &o);
     uint64_t h = 0;
     if (!rc && !(h = kvds__ref_add(c, o, REF_WRITER))) {
       kvds_store_abort(&s->store, o);
       rc = -ENOMEM;
     }
+    if (!rc)
+      c->writing_bytes += o->size;
     if (rc)
       kvds__reply_item(&r, rc, 0, 0, 0, 0, NULL, 0);
     else
@@ -494,6 +523,7 @@ static int op_seal(struct conn *c, const struct req_items *ri) {
         continue;
       }
     }
+    c->writing_bytes -= o->size;
     LOCK(s);
     kvds_store_seal(&s->store, o, sum);
     UNLOCK(s);
@@ -515,6 +545,7 @@ static int op_abort(struct conn *c, const struct req_items *ri) {
       kvds__reply_item(&r, KVDS_E_HANDLE, 0, 0, 0, 0, NULL, 0);
       continue;
     }
+    c->writing_bytes -= rf->obj->size;
     kvds_store_abort(&s->store, rf->obj);
     kvds__ref_drop(c, rf);
     kvds__reply_item(&r, 0, 0, 0, 0, 0, NULL, 0);
@@ -927,6 +958,12 @@ static int op_stats(struct conn *c) {
   STAT("puts", ct.puts);
   STAT("nospace", ct.nospace);
   STAT("connections", atomic_load(&s->connections));
+  STAT("max_connections", s->max_conns);
+  STAT("connections_closed_idle", atomic_load(&s->closed_idle));
+  STAT("connections_closed_for_room", atomic_load(&s->closed_for_room));
+  STAT("connections_refused", atomic_load(&s->refused));
+  STAT("connections_closed_slow", atomic_load(&s->closed_slow));
+  STAT("writing_refused", atomic_load(&s->writing_refused));
   STAT("protocol_errors", atomic_load(&s->protocol_errors));
   STAT("uptime_s", (kvds_now_us() - s->start_us) / 1000000u);
   STAT("pid", getpid());
@@ -1029,8 +1066,13 @@ static int op_put(struct conn *c, const struct req_items *ri) {
   LOCK(s);
   for (uint32_t i = 0; i < ri->n; i++) {
     struct kvds_object *o = NULL;
-    int rc = kvds_store_create(&s->store, ri->key[i], ri->it[i].klen,
-                               ri->it[i].a, &o);
+    /* Refused items are read into the discard buffer like any other. */
+    int rc = writing_admit(c, ri->it[i].a);
+    if (!rc)
+      rc = kvds_store_create(&s->store, ri->key[i], ri->it[i].klen, ri->it[i].a,
+                             &o);
+    if (!rc)
+      c->writing_bytes += o->size;
     c->pstatus[i] = rc;
     c->pending[i] = rc ? NULL : o;
     c->segs[i].len = ri->it[i].a;
@@ -1092,6 +1134,7 @@ void kvds__server_data_done(struct conn *c) {
       struct kvds_object *o = c->pending[i];
       if (!o)
         continue;
+      c->writing_bytes -= o->size;
       if (sums) {
         kvds_store_seal(&s->store, o, sums[i]);
       } else {

@@ -24,6 +24,7 @@
 #include "pool/pool.h"
 #include "proto/proto.h"
 #include "store/store.h"
+#include "worker/peercred.h"
 #include "worker/worker.h"
 
 struct event_base;
@@ -32,6 +33,14 @@ struct conn;
 struct wait_req;
 struct kvds_cluster;
 struct kvds_peer;
+
+/* A connection accepted by one thread at --max-connections and handed to
+ * another that has an idle connection to close for it. */
+struct handoff {
+  int fd;
+  uint8_t is_unix;
+};
+#define HANDOFF_MAX 64
 
 struct io_thread {
   struct kvds_server *srv;
@@ -45,8 +54,18 @@ struct io_thread {
   uint64_t accept_log_us;  /* last "accept failed" log line */
   uint8_t *discard;        /* sink for bulk bytes that have nowhere to go */
   struct wait_req *inbox;  /* guarded by store.lock */
-  struct conn *conns;      /* this thread's connections */
+  /* This thread's connections, most recently active first. */
+  struct conn *conns, *conns_tail;
   uint64_t last_activity_us;
+  /* Its connections that hold nothing (no pins, writes or waits), read by
+   * other threads at --max-connections: ones that never sent a request,
+   * and the others (conn.c keeps them current). */
+  atomic_uint idle_fresh, idle_used;
+  pthread_mutex_t handoff_lock;
+  struct handoff handoff[HANDOFF_MAX]; /* handoff_lock */
+  int nhandoff;                        /* handoff_lock */
+  struct event *handoff_ev;            /* activated by other threads */
+  uint64_t limit_log_us;               /* last log line about a limit */
 };
 
 struct kvds_server {
@@ -65,6 +84,20 @@ struct kvds_server {
   /* TCP connections closed before they authenticated (refused, wrong or
    * missing proof, garbage, silence) */
   atomic_uint_fast64_t auth_failures;
+  /* Connections from users other than the owner, root and --allow-group
+   * (they may still prove the token, if there is one) */
+  atomic_uint_fast64_t access_refused;
+  /* Limits (docs/worker.md): the effective --max-connections and
+   * --max-writing-per-conn; connections closed for being idle, to make room
+   * at the cap, or for stalling or moving slower than --min-rate; new ones
+   * refused at the cap (of which `refusing` are still being answered);
+   * creates refused by --max-writing-per-conn. */
+  int max_conns;
+  uint64_t max_writing;
+  atomic_uint_fast64_t closed_idle, closed_for_room, closed_slow, refused;
+  atomic_uint_fast64_t writing_refused;
+  atomic_int refusing;
+  struct kvds_access access;
   int auth;                     /* TCP connections must authenticate */
   struct kvds_auth_token token; /* when auth */
   struct kvds_http *http;
@@ -113,8 +146,15 @@ struct conn {
   uint8_t auth_step;         /* 1: challenge sent, client proof expected */
   uint64_t auth_deadline_us; /* close if not authenticated by then */
   uint8_t auth_wn[KVDS_AUTH_NONCE_LEN], auth_cn[KVDS_AUTH_NONCE_LEN];
+  uint8_t refusing;     /* over --max-connections: answer KVDS_E_LIMIT, close */
+  uint8_t idle_class;   /* IDLE_* it is counted under in th->idle_* */
   uint64_t rx_since_us; /* last progress while a frame is incomplete, else 0 */
   uint64_t tx_since_us; /* last output progress while output waits, else 0 */
+  /* --min-rate windows: since when (0 = no transfer in progress) and how
+   * many bytes moved since then, for input and output. */
+  uint64_t rx_win_us, rx_win_bytes, tx_win_us, tx_win_bytes;
+  uint64_t active_us; /* last byte read or written (idle timeout) */
+  uint64_t nreq;      /* request frames received */
   struct event *rev, *wev;
   /* input buffer: bytes [ipos, ilen) not consumed yet */
   uint8_t *ib;
@@ -136,13 +176,24 @@ struct conn {
   /* handle table */
   struct ref *refs;
   uint32_t nrefs, caprefs, free_ref;
+  uint32_t nheld;         /* entries in use (pins, objects being written) */
+  uint64_t writing_bytes; /* bytes of its WRITING objects (and PUT's) */
   /* waiting GETs */
   struct wait_req *waits;
 };
 
-struct conn *kvds__conn_new(struct io_thread *th, int fd, int is_unix);
+/* A new connection on fd, owned by th. With `refuse` it is over
+ * --max-connections: its first request is answered KVDS_E_LIMIT and it is
+ * closed (within a second if it sends none); it is not counted in
+ * srv->connections but in srv->refusing. */
+struct conn *kvds__conn_new(struct io_thread *th, int fd, int is_unix,
+                            int refuse);
 /* Closes now: aborts its writes, releases its pins, cancels its waits. */
 void kvds__conn_close(struct conn *c);
+/* The connection of th to close to make room for a new one: the least
+ * recently active one that holds nothing and has nothing in progress,
+ * preferring one that never sent a request; NULL if there is none. */
+struct conn *kvds__conn_victim(struct io_thread *th);
 
 /* Queues bytes, taking ownership of `own` (freed once sent) and of the pin
  * on `pin` (dropped once sent). On -ENOMEM both are given up and the
@@ -152,7 +203,9 @@ int kvds__conn_queue(struct conn *c, const uint8_t *p, size_t len, uint8_t *own,
 /* Writes as much as the socket takes; arms the write event if needed. */
 void kvds__conn_flush(struct conn *c);
 /* Closes this thread's connections that made no progress on an incomplete
- * frame for the frame timeout. */
+ * frame (or on output they are owed) for the frame timeout, that moved less
+ * than --min-rate over a frame-timeout window of such a transfer, and
+ * those idle for --idle-timeout-s. */
 void kvds__conn_sweep(struct io_thread *th, uint64_t now_us);
 
 /* Handle table. */
@@ -269,11 +322,13 @@ int kvds__cluster_active(struct kvds_server *s);
  * rest cut to copies - 1. Each copy is a GET with this worker as hint and
  * KVDS_GET_PIN sent to the target: the target pulls the value into its
  * pool (a replica it announces) and only a pin comes back, released at
- * once. Bounded by deadline_us; *made / *failed count the copies. */
+ * once. Bounded by deadline_us; *made / *failed count the copies, and
+ * done[i] = 1 when key i has all its copies (0: a target failed, or there
+ * are fewer live members than copies - 1). */
 struct kvds_replicator;
 void kvds__cluster_replicate(struct kvds_server *s, size_t n,
                              const struct kvds_iov *keys, int copies,
-                             uint64_t deadline_us, size_t *made,
+                             uint64_t deadline_us, uint8_t *done, size_t *made,
                              size_t *failed);
 int kvds__repl_start(struct kvds_server *s, int copies,
                      struct kvds_replicator **out);
@@ -283,8 +338,10 @@ void kvds__repl_stop(struct kvds_replicator *r);
 /* Queues a key sealed here (store lock held: the notify hook). */
 void kvds__repl_queue_locked(struct kvds_replicator *r, const uint8_t *key,
                              uint32_t klen);
-void kvds__repl_counts(struct kvds_replicator *r, uint64_t *queued,
-                       uint64_t *made, uint64_t *failed, uint64_t *skipped);
+struct kvds_repl_counts {
+  uint64_t queued, made, failed, skipped, gave_up;
+};
+void kvds__repl_counts(struct kvds_replicator *r, struct kvds_repl_counts *out);
 /* Queues the jobs that resolve wr (GET: pulls of its missing keys; other
  * kinds: directory queries) with wr->jobs already counting them. hint may
  * be NULL. Returns 0, or -ENOMEM (nothing queued). */
@@ -320,8 +377,12 @@ void kvds__cluster_metrics(struct kvds_server *s, FILE *f);
 
 /* ---- http.c --------------------------------------------------------------*/
 struct kvds_http;
+/* Serves /health, /status and /metrics on host:port. need_token (a
+ * listener that is not on a loopback address, with a token set): /status
+ * and /metrics answer 401 unless the request carries "Authorization:
+ * Bearer <token>" (/health stays open for liveness probes). */
 int kvds__http_start(struct kvds_server *s, const char *host, int port,
-                     struct kvds_http **out);
+                     int need_token, struct kvds_http **out);
 void kvds__http_stop(struct kvds_http *h);
 /* JSON / Prometheus snapshots, malloc'd strings (NULL on -ENOMEM). */
 char *kvds__server_status_json(struct kvds_server *s);

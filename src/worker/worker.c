@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -59,6 +60,8 @@ void kvds_worker_config_default(struct kvds_worker_config *cfg) {
   cfg->huge_pages = KVDS_POOL_HUGE_OFF;
   cfg->busy_poll_us = 200;
   cfg->frame_timeout_ms = 30000;
+  cfg->min_rate = 1u << 20;
+  cfg->idle_timeout_s = 300;
   cfg->ready_fd = -1;
   cfg->log_level = 2;
   cfg->pull_threads = 4;
@@ -195,6 +198,20 @@ int kvds_worker_config_check(const struct kvds_worker_config *cfg, char *err,
     snprintf(err, errcap, "--frame-timeout-ms must be at least 100");
     return KVDS_E_INVAL;
   }
+  if (cfg->min_rate > (1ull << 40)) {
+    snprintf(err, errcap, "--min-rate must be at most 1TiB (per second)");
+    return KVDS_E_INVAL;
+  }
+  if (cfg->idle_timeout_s < 0 || cfg->idle_timeout_s > 7 * 86400) {
+    snprintf(err, errcap, "--idle-timeout-s must be 0..604800 (0: never)");
+    return KVDS_E_INVAL;
+  }
+  if (cfg->max_connections < 0 || cfg->max_connections > (1 << 24)) {
+    snprintf(err, errcap,
+             "--max-connections must be 0..16777216 (0: from the file "
+             "descriptor limit)");
+    return KVDS_E_INVAL;
+  }
   if (strlen(cfg->socket_path) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
     snprintf(err, errcap, "--socket path is too long");
     return KVDS_E_INVAL;
@@ -209,6 +226,11 @@ int kvds_worker_config_check(const struct kvds_worker_config *cfg, char *err,
   }
   if (cfg->pull_timeout_ms < 10 || cfg->pull_timeout_ms > 600000) {
     snprintf(err, errcap, "--pull-timeout-ms must be 10..600000");
+    return KVDS_E_INVAL;
+  }
+  gid_t gid;
+  if (cfg->allow_group[0] && kvds__group_lookup(cfg->allow_group, &gid)) {
+    snprintf(err, errcap, "--allow-group %s: no such group", cfg->allow_group);
     return KVDS_E_INVAL;
   }
   if (cfg->replicas < 1 || cfg->replicas > 8) {
@@ -278,9 +300,9 @@ out:
 
 /* Binds the Unix socket. A stale socket file (nobody answers) is replaced;
  * a live one means another worker owns the path. */
-/* mode != 0: the socket file gets it before anyone can connect (chmod
- * between bind and listen). */
-static int listen_unix(const char *path, mode_t mode, int *out) {
+/* mode != 0: the socket file gets it (and group, unless (gid_t)-1) before
+ * anyone can connect (chmod between bind and listen). */
+static int listen_unix(const char *path, mode_t mode, gid_t group, int *out) {
   struct sockaddr_un sa = {.sun_family = AF_UNIX};
   size_t pl = strlen(path);
   if (pl >= sizeof sa.sun_path)
@@ -305,7 +327,8 @@ static int listen_unix(const char *path, mode_t mode, int *out) {
       return live ? -EADDRINUSE : e;
     }
   }
-  if (mode && chmod(path, mode)) {
+  if ((mode && chmod(path, mode)) ||
+      (group != (gid_t)-1 && chown(path, (uid_t)-1, group))) {
     int e = -errno;
     close(fd);
     unlink(path);
@@ -332,6 +355,131 @@ static uint64_t mem_available(void) {
       break;
   fclose(f);
   return (uint64_t)kb * 1024u;
+}
+
+/* The connection cap when --max-connections is not given: RLIMIT_NOFILE
+ * less a reserve (1/16 of it, 32..4096, at most half) for what else needs
+ * descriptors: listeners, the pool, event loops, HTTP clients, connections
+ * to peers and etcd, connections being refused. */
+static int default_max_conns(uint64_t *nofile) {
+  struct rlimit rl;
+  uint64_t n = 1024;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
+    n = rl.rlim_cur == RLIM_INFINITY ? (1u << 24) : (uint64_t)rl.rlim_cur;
+  if (n > (1u << 24))
+    n = 1u << 24;
+  uint64_t reserve = n / 16;
+  if (reserve < 32)
+    reserve = 32;
+  if (reserve > 4096)
+    reserve = 4096;
+  if (reserve > n / 2)
+    reserve = n / 2;
+  *nofile = n;
+  return n - reserve > 0 ? (int)(n - reserve) : 1;
+}
+
+/* Connections refused at the cap that may wait for their first request at
+ * once (each holds a descriptor for up to a second); more are closed
+ * without an answer. */
+#define REFUSING_MAX 8
+
+/* At most one log line per thread and 10 s about the connection cap. */
+static void limit_log(struct io_thread *th, const char *what) {
+  uint64_t now = kvds_now_us();
+  if (now - th->limit_log_us < 10000000u)
+    return;
+  th->limit_log_us = now;
+  logf_(1, "%d connections open (--max-connections): %s", th->srv->max_conns,
+        what);
+}
+
+/* Another thread with an idle connection to close (one that never sent a
+ * request, if `fresh_only`), the one with the most; NULL if none. */
+static struct io_thread *thread_with_idle(struct io_thread *th,
+                                          int fresh_only) {
+  struct kvds_server *s = th->srv;
+  struct io_thread *best = NULL;
+  unsigned most = 0;
+  for (int pass = 0; pass < (fresh_only ? 1 : 2) && !best; pass++) {
+    for (int i = 0; i < s->nthreads; i++) {
+      struct io_thread *o = &s->threads[i];
+      unsigned n = atomic_load(pass ? &o->idle_used : &o->idle_fresh);
+      if (o != th && n > most) {
+        most = n;
+        best = o;
+      }
+    }
+  }
+  return best;
+}
+
+/* Queues a new connection for thread `to`; 0 if its queue is full. */
+static int handoff(struct io_thread *to, int fd, int is_unix) {
+  pthread_mutex_lock(&to->handoff_lock);
+  int ok = to->nhandoff < HANDOFF_MAX;
+  if (ok)
+    to->handoff[to->nhandoff++] = (struct handoff){fd, (uint8_t)is_unix};
+  pthread_mutex_unlock(&to->handoff_lock);
+  if (ok)
+    event_active(to->handoff_ev, EV_READ, 0);
+  return ok;
+}
+
+/*
+ * Takes a new connection on th. At --max-connections the least recently
+ * active idle connection is closed for it — one that never sent a request
+ * before any other — th's own, or another thread's (which then takes the
+ * new connection: a thread closes only its own). With none idle the new
+ * connection is refused: its first request is answered KVDS_E_LIMIT (a few
+ * at a time; beyond that it is closed at once). `handed`: it came from
+ * another thread, which looked already.
+ */
+static void admit(struct io_thread *th, int fd, int is_unix, int handed) {
+  struct kvds_server *s = th->srv;
+  int refuse = 0;
+  if (atomic_load(&s->connections) >= (uint64_t)s->max_conns) {
+    struct conn *v = kvds__conn_victim(th);
+    struct io_thread *to = NULL;
+    if (!handed && (!v || v->nreq))
+      to = thread_with_idle(th, v != NULL);
+    if (to && handoff(to, fd, is_unix))
+      return;
+    if (v) {
+      atomic_fetch_add(&s->closed_for_room, 1);
+      limit_log(th, "closing the least recently active idle ones for new");
+      kvds__conn_close(v);
+    } else {
+      refuse = 1;
+      atomic_fetch_add(&s->refused, 1);
+      limit_log(th, "none idle, refusing new ones (KVDS_E_LIMIT)");
+      if (atomic_load(&s->refusing) >= REFUSING_MAX) {
+        close(fd);
+        return;
+      }
+    }
+  }
+  if (!kvds__conn_new(th, fd, is_unix, refuse)) {
+    logf_(1, "out of memory for a new connection");
+    close(fd);
+  }
+}
+
+/* Connections handed over by other threads at the cap. */
+static void on_handoff(evutil_socket_t fd, short what, void *arg) {
+  struct io_thread *th = arg;
+  (void)fd;
+  (void)what;
+  for (;;) {
+    pthread_mutex_lock(&th->handoff_lock);
+    struct handoff h = {.fd = -1};
+    if (th->nhandoff)
+      h = th->handoff[--th->nhandoff];
+    pthread_mutex_unlock(&th->handoff_lock);
+    if (h.fd < 0)
+      break;
+    admit(th, h.fd, h.is_unix, 1);
+  }
 }
 
 static void on_accept(evutil_socket_t lfd, short what, void *arg) {
@@ -371,10 +519,7 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg) {
       setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt);
       setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &uto, sizeof uto);
     }
-    if (!kvds__conn_new(th, fd, is_unix)) {
-      logf_(1, "out of memory for a new connection");
-      close(fd);
-    }
+    admit(th, fd, is_unix, 0);
   }
 }
 
@@ -401,6 +546,7 @@ static void on_sweep(evutil_socket_t fd, short what, void *arg) {
 
 static int thread_setup(struct kvds_server *s, struct io_thread *th) {
   th->srv = s;
+  pthread_mutex_init(&th->handoff_lock, NULL);
   th->base = event_base_new();
   th->discard = malloc(64u << 10);
   if (!th->base || !th->discard)
@@ -417,8 +563,9 @@ static int thread_setup(struct kvds_server *s, struct io_thread *th) {
   th->inbox_ev = event_new(th->base, -1, 0, kvds__server_on_inbox, th);
   th->sweep_ev = event_new(th->base, -1, EV_PERSIST, on_sweep, th);
   th->resume_ev = evtimer_new(th->base, on_resume, th);
+  th->handoff_ev = event_new(th->base, -1, 0, on_handoff, th);
   struct timeval tv = {.tv_sec = 1};
-  if (!th->inbox_ev || !th->sweep_ev || !th->resume_ev ||
+  if (!th->inbox_ev || !th->sweep_ev || !th->resume_ev || !th->handoff_ev ||
       event_add(th->sweep_ev, &tv))
     return -ENOMEM;
   return 0;
@@ -448,6 +595,13 @@ static void *thread_main(void *arg) {
 static void thread_teardown(struct io_thread *th) {
   while (th->conns)
     kvds__conn_close(th->conns);
+  for (int i = 0; i < th->nhandoff; i++)
+    close(th->handoff[i].fd);
+  th->nhandoff = 0;
+  if (th->handoff_ev)
+    event_free(th->handoff_ev);
+  if (th->srv)
+    pthread_mutex_destroy(&th->handoff_lock);
   for (int i = 0; i < 2; i++)
     if (th->listen_ev[i])
       event_free(th->listen_ev[i]);
@@ -501,11 +655,21 @@ int kvds_worker_run(const struct kvds_worker_config *cfg) {
     logf_(0, "cannot listen on %s: %s", cfg->listen, kvds_strerror(rc));
     goto out;
   }
-  /* Unix-socket clients skip the token: with auth on, only the worker's
-   * user and group may connect, whatever the umask. */
-  if ((rc = listen_unix(s->socket_path, s->auth ? 0660 : 0, &s->unix_fd))) {
+  /* The worker's user only (and --allow-group), whatever the umask; every
+   * connection's user is checked as well (peercred.h). */
+  s->access.owner = geteuid();
+  s->access.has_group =
+      cfg->allow_group[0] &&
+      kvds__group_lookup(cfg->allow_group, &s->access.group) == 0;
+  if ((rc = listen_unix(s->socket_path, s->access.has_group ? 0660 : 0600,
+                        s->access.has_group ? s->access.group : (gid_t)-1,
+                        &s->unix_fd))) {
     logf_(0, "cannot listen on %s: %s%s", s->socket_path, kvds_strerror(rc),
-          rc == -EADDRINUSE ? " (another worker is running there)" : "");
+          rc == -EADDRINUSE ? " (another worker is running there)"
+          : rc == -EPERM && s->access.has_group
+              ? " (to give the socket to --allow-group, this user must be "
+                "a member of the group)"
+              : "");
     goto out;
   }
 
@@ -538,6 +702,28 @@ int kvds_worker_run(const struct kvds_worker_config *cfg) {
         kvds_fmt_bytes(s->pool.data_size, sz, sizeof sz),
         (unsigned long long)(kvds_now_us() - t0) / 1000,
         s->pool.huge ? " (huge pages)" : "");
+
+  uint64_t nofile;
+  s->max_conns = default_max_conns(&nofile);
+  if (cfg->max_connections > 0) {
+    if (cfg->max_connections > s->max_conns)
+      logf_(1,
+            "--max-connections %d is more than RLIMIT_NOFILE %llu leaves "
+            "room for (%d): new connections may fail to be accepted",
+            cfg->max_connections, (unsigned long long)nofile, s->max_conns);
+    s->max_conns = cfg->max_connections;
+  }
+  s->max_writing = cfg->max_writing ? cfg->max_writing : s->pool.data_size / 4;
+  char mw[32], rate[32], mr[40] = "none", it[32] = "none";
+  if (cfg->idle_timeout_s)
+    snprintf(it, sizeof it, "%d s", cfg->idle_timeout_s);
+  if (cfg->min_rate)
+    snprintf(mr, sizeof mr, "%s/s",
+             kvds_fmt_bytes(cfg->min_rate, rate, sizeof rate));
+  logf_(2,
+        "limits: %d connections, idle timeout %s, min rate %s, %s being "
+        "written per connection",
+        s->max_conns, it, mr, kvds_fmt_bytes(s->max_writing, mw, sizeof mw));
 
   s->nthreads = cfg->threads;
   s->threads = calloc((size_t)s->nthreads, sizeof *s->threads);
@@ -579,7 +765,8 @@ int kvds_worker_run(const struct kvds_worker_config *cfg) {
     uint16_t port;
     if (cfg->listen[0])
       kvds_split_hostport(cfg->listen, host, sizeof host, &port);
-    if ((rc = kvds__http_start(s, host, cfg->http_port, &s->http))) {
+    if ((rc = kvds__http_start(s, host, cfg->http_port,
+                               s->auth && !host_is_loopback(host), &s->http))) {
       logf_(0, "cannot serve HTTP on %s:%d: %s", host, cfg->http_port,
             kvds_strerror(rc));
       goto out;

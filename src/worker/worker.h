@@ -25,9 +25,20 @@ struct kvds_worker_config {
   int huge_pages;        /* 0 off, 1 try, 2 on (enum kvds_pool_huge) */
   int busy_poll_us;      /* spin this long for more requests before sleeping */
   int frame_timeout_ms;  /* close a connection stuck mid-frame this long */
-  uint64_t max_object;   /* largest value accepted (0 = pool size) */
-  int ready_fd;          /* >= 0: write "1" here once serving, then close */
-  int log_level;         /* 0 error, 1 warn, 2 info, 3 debug */
+  /* Limits per connection (docs/worker.md "Limits"). A transfer in
+   * progress (a frame coming in, or output it is owed) must move min_rate
+   * bytes/s over every frame-timeout window (0 = no minimum). A connection
+   * may hold max_writing bytes in objects being written (0 = a quarter of
+   * the pool; one object of any size when it writes nothing else). One
+   * holding nothing is closed after idle_timeout_s without traffic (0 =
+   * never). At most max_connections (0 = from RLIMIT_NOFILE) are open. */
+  uint64_t min_rate;
+  uint64_t max_writing;
+  int idle_timeout_s;
+  int max_connections;
+  uint64_t max_object; /* largest value accepted (0 = pool size) */
+  int ready_fd;        /* >= 0: write "1" here once serving, then close */
+  int log_level;       /* 0 error, 1 warn, 2 info, 3 debug */
   /* Shared secret TCP clients and peers must prove ("" = none; then the
    * TCP listener must be on a loopback address). */
   char auth_token_file[256];
@@ -41,11 +52,16 @@ struct kvds_worker_config {
   int pull_threads;    /* threads that pull from peers (default 4) */
   int pull_timeout_ms; /* deadline of a read resolved by the cluster */
   int replicas;        /* copies of each object sealed here (1 = none) */
+  /* Local access (docs/worker.md): besides the owner and root, members of
+   * this group (name or number; "" = none) may use the Unix socket and
+   * token-less loopback TCP. */
+  char allow_group[64];
 };
 
 /* Fills the defaults: listen 127.0.0.1:31501, 4 GiB, 1 thread, no HTTP,
  * watermark 0.95, ratio 0.05, huge pages off, busy poll 200 us,
- * frame timeout 30 s. */
+ * frame timeout 30 s, min rate 1 MiB/s, idle timeout 300 s, max writing
+ * and max connections derived at start (0). */
 void kvds_worker_config_default(struct kvds_worker_config *cfg);
 
 /* Default socket path for a TCP listen address: $KVDS_RUN_DIR (or /tmp) +

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <grp.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -209,12 +210,39 @@ pid_t kvh_fork(void) {
 
 /* Starts bin with argv, stdin from /dev/null and stdout/stderr appended to
  * log; returns the child's pid (a process of the harness: kvh_fork). */
+/* Who the next workers run as (kvh_worker_run_as). */
+static struct {
+  int set;
+  uid_t uid;
+  gid_t gid, also;
+  mode_t umask;
+} as_user;
+
+void kvh_worker_run_as(int set, uid_t uid, gid_t gid, gid_t also, mode_t mask) {
+  as_user.set = set;
+  as_user.uid = uid;
+  as_user.gid = gid;
+  as_user.also = also;
+  as_user.umask = mask;
+}
+
 static pid_t spawn_logged(const char *bin, const char *const *argv,
                           const char *log) {
   int logfd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   KVH_CHECK(logfd >= 0, "open %s: %s", log, strerror(errno));
+  int as = as_user.set && strcmp(argv[1] ? argv[1] : "", "worker") == 0;
   pid_t pid = kvh_fork();
   if (pid == 0) {
+    if (as) {
+      umask(as_user.umask);
+      gid_t also = as_user.also;
+      if (setgroups(also == (gid_t)-1 ? 0 : 1, &also) || setgid(as_user.gid) ||
+          setuid(as_user.uid)) {
+        fprintf(stderr, "run as %u:%u: %s\n", (unsigned)as_user.uid,
+                (unsigned)as_user.gid, strerror(errno));
+        _exit(126);
+      }
+    }
     int devnull = open("/dev/null", O_RDONLY);
     if (devnull >= 0)
       dup2(devnull, STDIN_FILENO);

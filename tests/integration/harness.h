@@ -56,6 +56,11 @@ void kvh_worker_start(struct kvh_worker *w, const char *memory,
 /* The same on a given port (e.g. to restart a worker where one died). */
 void kvh_worker_start_port(struct kvh_worker *w, int port, const char *memory,
                            const char *const *extra);
+/* With set = 1, the workers started from now on run as uid:gid, with
+ * `also` as their only supplementary group ((gid_t)-1: none) and this
+ * umask (the test must be root, and the run directory reachable by that
+ * user); set = 0 goes back to this process's user. */
+void kvh_worker_run_as(int set, uid_t uid, gid_t gid, gid_t also, mode_t umask);
 /* SIGKILL and reap, without judging the exit (the worker is meant to die). */
 void kvh_worker_kill9(struct kvh_worker *w);
 /* SIGTERM, then waits (bounded; SIGKILL after the deadline) and fails the

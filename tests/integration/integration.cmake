@@ -56,3 +56,25 @@ kvds_integration_test(test_cluster LIBS kvds_proto PkgConfig::JANSSON
 # from an empty data directory, a pull past its deadline.
 kvds_integration_test(test_heal LIBS kvds_proto PkgConfig::JANSSON
                       TIMEOUT 240)
+# Deadlines under load: 200 client processes against one worker; every call
+# (connect included) returns within its timeout (+ wait) and a margin.
+kvds_integration_test(test_deadlines TIMEOUT 180)
+# Local access: the Unix socket and loopback TCP serve the worker's user
+# (root, --allow-group) only; other users are refused (run as root: workers
+# as "daemon", clients as "bin" / "sys").
+kvds_integration_test(test_access LIBS kvds_proto)
+# Bounded resources (docs/worker.md "Limits"): --min-rate for frames in
+# progress, --max-writing-per-conn, --idle-timeout-s, --max-connections.
+# Their counters are read by name (STATS items, /metrics samples).
+add_library(kvds_it_counters STATIC
+            ${CMAKE_CURRENT_LIST_DIR}/harness_counters.c)
+target_link_libraries(kvds_it_counters PUBLIC kvds_it_harness kvds_proto)
+kvds_integration_test(test_min_rate LIBS kvds_it_counters)
+kvds_integration_test(test_writing_cap LIBS kvds_it_counters)
+kvds_integration_test(test_conn_limits LIBS kvds_it_counters)
+# kvds_client_set_interrupt: waits given up on a signal, the client still
+# usable, the abandoned replies' pins and objects given back.
+kvds_integration_test(test_interrupt)
+# One deadline per call: a slow fake worker; a put over shared memory and
+# batches of two requests fail by the call's deadline.
+kvds_integration_test(test_call_deadline)

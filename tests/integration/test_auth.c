@@ -30,17 +30,23 @@ static void write_file(const char *path, const char *text, mode_t mode) {
   close(fd);
 }
 
-/* GET path on 127.0.0.1:port; the response (headers and body) in out. */
-static void http_get(int port, const char *path, char *out, size_t cap) {
+/* GET path on 127.0.0.1:port (with extra header lines, "" for none); the
+ * response (headers and body) in out. */
+static void http_get_h(int port, const char *path, const char *hdrs, char *out,
+                       size_t cap) {
   int fd = kvh_raw_tcp(port);
-  char req[256];
-  int n = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\n\r\n", path);
+  char req[512];
+  int n = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\n%s\r\n", path, hdrs);
   KVH_CHECK(kvh_write_all(fd, req, (size_t)n) == 0, "send http request");
   size_t len = 0;
   KVH_CHECK(kvh_read_to_eof(fd, out, cap - 1, &len, 5000) == 0,
             "http response");
   out[len] = 0;
   close(fd);
+}
+
+static void http_get(int port, const char *path, char *out, size_t cap) {
+  http_get_h(port, path, "", out, cap);
 }
 
 static unsigned long long metric(int hport, const char *name) {
@@ -173,9 +179,31 @@ int main(int argc, char **argv) {
   /* With a token it starts (the harness's readiness ping authenticates). */
   setenv(ENV, token, 1);
   struct kvh_worker wide;
-  const char *wide_args[] = {"--listen", listen, "--auth-token-file", token,
+  char wport[16];
+  int whp = kvh_free_port();
+  snprintf(wport, sizeof wport, "%d", whp);
+  const char *wide_args[] = {"--listen", listen,        "--auth-token-file",
+                             token,      "--http-port", wport,
                              NULL};
   kvh_worker_start_port(&wide, port, "16MiB", wide_args);
+  /* Its HTTP endpoint is not on loopback either: /status and /metrics
+   * want the token as a bearer, /health does not. */
+  static char hbody[1 << 16];
+  http_get(whp, "/metrics", hbody, sizeof hbody);
+  KVH_CHECK(strncmp(hbody, "HTTP/1.1 401", 12) == 0 ||
+                strncmp(hbody, "HTTP/1.0 401", 12) == 0,
+            "/metrics without a token: %.60s", hbody);
+  KVH_CHECK(!strstr(hbody, "kvds_pool"), "/metrics leaked without a token");
+  http_get_h(whp, "/status", "Authorization: Bearer correct horse battery\r\n",
+             hbody, sizeof hbody);
+  KVH_CHECK(strstr(hbody, " 401 "), "/status with a wrong token: %.60s", hbody);
+  http_get_h(whp, "/metrics",
+             "Authorization: Bearer correct horse battery staple\r\n", hbody,
+             sizeof hbody);
+  KVH_CHECK(strstr(hbody, " 200 ") && strstr(hbody, "kvds_auth_required 1"),
+            "/metrics with the token: %.60s", hbody);
+  http_get(whp, "/health", hbody, sizeof hbody);
+  KVH_CHECK(strstr(hbody, " 200 "), "/health: %.60s", hbody);
   kvds_client *c = kvh_connect(wide.tcp);
   put_get(c, "wide");
   /* After AUTH the connection's small pre-auth input buffer grows: large
@@ -247,11 +275,12 @@ int main(int argc, char **argv) {
   expect_refused(w.tcp);
   expect_failures(hport, ++failures);
 
-  /* Unix-socket clients need no token; the socket is theirs (user and
-   * group only, whatever the umask the worker started with). */
+  /* Unix-socket clients of the worker's user need no token; the socket is
+   * theirs (the user only, whatever the umask the worker started with;
+   * test_access covers other users and --allow-group). */
   struct stat sst;
   KVH_CHECK(stat(w.sock, &sst) == 0, "stat %s: %s", w.sock, strerror(errno));
-  KVH_CHECK((sst.st_mode & 0777) == 0660, "socket mode %o, want 0660",
+  KVH_CHECK((sst.st_mode & 0777) == 0600, "socket mode %o, want 0600",
             (unsigned)(sst.st_mode & 0777));
   unsetenv(ENV);
   c = kvh_connect(w.unix_addr);

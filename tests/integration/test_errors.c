@@ -303,8 +303,12 @@ int main(int argc, char **argv) {
   messages();
   connect_errors();
   struct kvh_worker w;
+  /* One connection fills the pool with objects being written (run()): no
+   * per-connection cap below the pool. */
   kvh_worker_start(&w, "12MiB",
-                   (const char *const[]){"--max-object", "1MiB", NULL});
+                   (const char *const[]){"--max-object", "1MiB",
+                                         "--max-writing-per-conn", "12MiB",
+                                         NULL});
   run(&w, w.addr, "shm");
   run(&w, w.tcp, "tcp");
   timeouts(&w);

@@ -53,9 +53,12 @@ static void check_get(kvds_client *c, const char *kind, int i, size_t len,
 int main(int argc, char **argv) {
   kvh_init(argc, argv, "eviction");
   struct kvh_worker w;
+  /* Two connections fill the pool with objects being written: no
+   * per-connection cap below the pool. */
   kvh_worker_start(&w, "16MiB",
                    (const char *const[]){"--eviction_high_watermark_ratio",
                                          "0.9", "--eviction_ratio", "0.1",
+                                         "--max-writing-per-conn", "16MiB",
                                          NULL});
   kvds_client *c = kvh_connect(w.addr); /* shared memory */
   kvds_client *t = kvh_connect(w.tcp);  /* TCP */

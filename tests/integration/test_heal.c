@@ -346,6 +346,7 @@ static void test_replicas(void) {
   char ids[8][256];
   uint64_t deadline = kvh_now_ms() + JOIN_MS;
   unsigned on_q = 0, on_r = 0;
+  uint8_t copy_on_r[RN];
   for (unsigned i = 0; i < RN; i++) {
     char k[64];
     kname(k, sizeof k, "rp", i);
@@ -362,18 +363,10 @@ static void test_replicas(void) {
     const char *other = strcmp(ids[0], P.addr) == 0 ? ids[1] : ids[0];
     on_q += strcmp(other, Q.addr) == 0;
     on_r += strcmp(other, R.addr) == 0;
+    copy_on_r[i] = strcmp(other, R.addr) == 0;
   }
   KVH_CHECK(on_q + on_r == RN, "copies on a worker that is not Q or R");
   fprintf(stderr, "5. replicas: %u copies on Q, %u on R\n", on_q, on_r);
-  /* kvds status shows what was made. */
-  json_t *cl = kvh_cluster_of(P.addr);
-  json_t *rep = json_object_get(cl, "replicas");
-  KVH_CHECK(json_integer_value(json_object_get(rep, "copies")) == 2 &&
-                json_integer_value(json_object_get(rep, "made")) >= RN,
-            "P's status: replicas copies %lld made %lld",
-            (long long)json_integer_value(json_object_get(rep, "copies")),
-            (long long)json_integer_value(json_object_get(rep, "made")));
-  json_decref(cl);
   /* Removing one copy leaves the others: key rp/0000's copy goes. */
   char k0[64];
   kname(k0, sizeof k0, "rp", 0);
@@ -392,8 +385,41 @@ static void test_replicas(void) {
               k0, n);
     kvh_sleep_ms(50);
   }
-  /* The only original holder dies: every other key is read from a copy,
-   * through both survivors. */
+  /* A copy whose target died (still in the views for up to the TTL) is
+   * made again, on whoever is its target once the views changed: Q is
+   * killed, keys are put on P at once, Q comes back. */
+  int qport = Q.port;
+  kvh_worker_kill9(&Q);
+  put_set(&P, "rq", RN);
+  kvh_worker_start_port(&Q, qport, "128MiB", e);
+  await_views(pqr, 3, "Q back");
+  deadline = kvh_now_ms() + JOIN_MS;
+  for (unsigned i = 0; i < RN; i++) {
+    char k[64];
+    kname(k, sizeof k, "rq", i);
+    size_t n;
+    for (;;) {
+      n = holders(&R, k, ids, 8);
+      if (n >= 2 || kvh_now_ms() > deadline)
+        break;
+      kvh_sleep_ms(100);
+    }
+    KVH_CHECK(n == 2, "%s, put while its copy's target was dead: %zu holders",
+              k, n);
+  }
+  fprintf(stderr, "5. replicas: copies aimed at a dead worker made again\n");
+  /* kvds status shows what was made. */
+  json_t *cl = kvh_cluster_of(P.addr);
+  json_t *rep = json_object_get(cl, "replicas");
+  KVH_CHECK(json_integer_value(json_object_get(rep, "copies")) == 2 &&
+                json_integer_value(json_object_get(rep, "made")) >= 2 * RN &&
+                json_integer_value(json_object_get(rep, "failed")) > 0,
+            "P's status: replicas copies %lld made %lld",
+            (long long)json_integer_value(json_object_get(rep, "copies")),
+            (long long)json_integer_value(json_object_get(rep, "made")));
+  json_decref(cl);
+  /* The only original holder dies: every key whose copy lives is read
+   * from it, through both survivors. */
   kvh_worker_kill9(&P);
   struct kvh_worker *qr[] = {&Q, &R};
   await_views(qr, 2, "P gone");
@@ -401,9 +427,13 @@ static void test_replicas(void) {
   for (int w = 0; w < 2; w++) {
     kvds_client *c = tcp_client(qr[w]);
     void *buf = malloc(VMAX);
-    for (unsigned i = 1; i < RN; i++) {
+    for (unsigned i = 1; i < 2 * RN; i++) {
       char k[64];
-      size_t kl = kname(k, sizeof k, "rp", i), len = 0;
+      if (i < RN && !copy_on_r[i])
+        continue; /* its copy was on Q, killed above: two holders lost */
+      size_t kl = i < RN ? kname(k, sizeof k, "rp", i)
+                         : kname(k, sizeof k, "rq", i - RN),
+             len = 0;
       int rc = kvds_get(c, k, kl, buf, VMAX, &len, 0);
       KVH_CHECK(rc == 0, "%s through %s after P died: %s", k, qr[w]->addr,
                 kvds_err_name(rc));

@@ -132,7 +132,11 @@ static void attempt(const struct kvh_worker *w, int i, uint8_t *data) {
 int main(int argc, char **argv) {
   kvh_init(argc, argv, "wait_reset");
   struct kvh_worker w;
-  kvh_worker_start(&w, "256MiB", (const char *const[]){"--threads", "1", NULL});
+  /* Two 48 MiB objects being written on one connection. */
+  kvh_worker_start(&w, "256MiB",
+                   (const char *const[]){"--threads", "1",
+                                         "--max-writing-per-conn", "256MiB",
+                                         NULL});
   uint8_t *data = malloc(OBJ);
   KVH_CHECK(data, "out of memory");
   kvh_val_fill("reset", 5, data, OBJ);

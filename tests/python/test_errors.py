@@ -16,7 +16,7 @@ EXPECTED = {
     "RANGE": kvds.InvalidArgument, "BADOP": kvds.ProtocolError,
     "SHUTDOWN": kvds.ConnectionClosed, "LIMIT": kvds.ProtocolError,
     "HANDLE": kvds.KvdsError, "ADDR": kvds.InvalidArgument,
-    "AUTH": kvds.AuthError, "PEER": kvds.PeerError,
+    "AUTH": kvds.AuthError, "PEER": kvds.PeerError, "INTR": kvds.KvdsError,
 }
 
 
@@ -133,7 +133,8 @@ def test_bad_address():
 
 @pytest.fixture(scope="module")
 def small_worker(make_worker):
-    return make_worker("8MiB", ["--max-object", "2MiB"])
+    # test_no_space fills the pool from one connection: no per-connection cap
+    return make_worker("8MiB", ["--max-object", "2MiB", "--max-writing-per-conn", "8MiB"])
 
 
 @pytest.mark.parametrize("transport", ["shm", "tcp"])

@@ -62,7 +62,7 @@ static void test_strerror_codes(void **state) {
 
 static void test_strerror_unknown(void **state) {
   (void)state;
-  const int unknown[] = {-30000, KVDS_E_PEER - 1, -30100,  -29999,
+  const int unknown[] = {-30000, KVDS_E_INTR - 1, -30100,  -29999,
                          -5000,  -4096,           1,       2,
                          42,     30001,           INT_MAX, INT_MIN};
   for (size_t i = 0; i < sizeof unknown / sizeof unknown[0]; i++) {

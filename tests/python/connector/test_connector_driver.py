@@ -691,7 +691,8 @@ def test_mixed_fleet_never_shares_or_deletes(worker, engines, ns):
 def test_object_holds_no_stale_pool_bytes(make_worker, engines, ns, layout):
     """The header's padding is written (zeros), so a block object never
     carries bytes a previous object left in the pool."""
-    w = make_worker("8MiB")
+    # one PUT of half the pool: no per-connection cap below the pool
+    w = make_worker("8MiB", ["--max-writing-per-conn", "8MiB"])
     e = engines(layout, addr=w.addr, namespace=ns)
     size = e.work.block_nbytes
     with kvds.Client(w.addr) as c:            # fill the pool with 0xff, free it
