@@ -804,3 +804,14 @@ int kvh_read_reply(int fd, struct kvds_proto_hdr *h, uint8_t **body,
     free(tmp);
   return r == 0 ? 0 : -1;
 }
+
+int kvh_peer_closed(int fd) {
+  uint8_t buf[4096];
+  for (;;) {
+    ssize_t r = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+    if (r == 0 || (r < 0 && (errno == ECONNRESET || errno == EPIPE)))
+      return 1;
+    if (r < 0)
+      return 0;
+  }
+}

@@ -145,6 +145,9 @@ int kvh_raw_partial_put(int port, const char *key, uint64_t size,
  * timeout_ms; *len gets the bytes read (extra bytes past cap are dropped).
  * Returns 0 at EOF, -1 on timeout. */
 int kvh_read_to_eof(int fd, void *buf, size_t cap, size_t *len, int timeout_ms);
+/* 1 once the worker closed fd (EOF or reset), reading (and dropping)
+ * whatever it sent before; 0 while it is open. Never blocks. */
+int kvh_peer_closed(int fd);
 /* Reads one reply frame from fd within timeout_ms: its header into *h and,
  * if body is not NULL, meta + data into a malloc'd *body (<= 1 MiB).
  * Returns 0, or -1 if the worker closed the connection; fails the test on

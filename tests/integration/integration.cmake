@@ -59,10 +59,6 @@ kvds_integration_test(test_heal LIBS kvds_proto PkgConfig::JANSSON
 # Deadlines under load: 200 client processes against one worker; every call
 # (connect included) returns within its timeout (+ wait) and a margin.
 kvds_integration_test(test_deadlines TIMEOUT 180)
-# Local access: the Unix socket and loopback TCP serve the worker's user
-# (root, --allow-group) only; other users are refused (run as root: workers
-# as "daemon", clients as "bin" / "sys").
-kvds_integration_test(test_access LIBS kvds_proto)
 # Bounded resources (docs/worker.md "Limits"): --min-rate for frames in
 # progress, --max-writing-per-conn, --idle-timeout-s, --max-connections.
 # Their counters are read by name (STATS items, /metrics samples).
@@ -78,3 +74,7 @@ kvds_integration_test(test_interrupt)
 # One deadline per call: a slow fake worker; a put over shared memory and
 # batches of two requests fail by the call's deadline.
 kvds_integration_test(test_call_deadline)
+# Local access: the Unix socket and loopback TCP serve the worker's user
+# (root, --allow-group) only; other users are refused (run as root: workers
+# as "daemon", clients as "bin" / "sys").
+kvds_integration_test(test_access LIBS kvds_it_counters)

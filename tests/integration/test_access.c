@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "harness_counters.h"
 
 #define OWNER_UID 1 /* daemon */
 #define OWNER_GID 1
@@ -82,26 +83,6 @@ static int try_as(uid_t uid, gid_t gid, const char *addr, int stop_too,
   return WEXITSTATUS(st);
 }
 
-/* The value of a counter line "name value" in the worker's /metrics. */
-static long long metric(int http_port, const char *name) {
-  int fd = kvh_raw_tcp(http_port);
-  char req[128];
-  int n = snprintf(req, sizeof req,
-                   "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-  KVH_CHECK(kvh_write_all(fd, req, (size_t)n) == 0, "send /metrics");
-  static char body[1 << 18];
-  size_t len = 0;
-  KVH_CHECK(kvh_read_to_eof(fd, body, sizeof body - 1, &len, 5000) == 0,
-            "read /metrics");
-  close(fd);
-  body[len] = 0;
-  char want[128];
-  snprintf(want, sizeof want, "\n%s ", name);
-  const char *at = strstr(body, want);
-  KVH_CHECK(at, "/metrics has no %s", name);
-  return atoll(at + strlen(want));
-}
-
 static void check_mode(const char *sock, mode_t want, gid_t gid) {
   struct stat st;
   KVH_CHECK(stat(sock, &st) == 0, "stat %s: %s", sock, strerror(errno));
@@ -143,7 +124,7 @@ static void as_root(void) {
             "another user through the 0600 socket: step %d, %s", r - 10,
             kvds_err_name(err));
   /* ... nor over loopback TCP (put, get and stop never run) ... */
-  long long before = metric(hp, "kvds_access_refused_total");
+  long long before = (long long)kvh_metric(hp, "kvds_access_refused_total");
   r = try_as(OTHER_UID, OTHER_GID, w.tcp, 1, &err);
   KVH_CHECK(r == 11 && err == KVDS_E_AUTH,
             "another user over loopback TCP: step %d, %s", r - 10,
@@ -157,7 +138,7 @@ static void as_root(void) {
   KVH_CHECK(r == 11 && err == KVDS_E_AUTH,
             "another user through a 0777 socket: step %d, %s", r - 10,
             kvds_err_name(err));
-  long long after = metric(hp, "kvds_access_refused_total");
+  long long after = (long long)kvh_metric(hp, "kvds_access_refused_total");
   KVH_CHECK(after - before == 3,
             "kvds_access_refused_total grew by %lld, "
             "want 3",

@@ -28,21 +28,9 @@
 #include "harness_counters.h"
 #include "proto/proto.h"
 
-/* 1 once the worker closed fd (EOF or reset), reading what it sent. */
-static int peer_closed(int fd) {
-  uint8_t buf[256];
-  for (;;) {
-    ssize_t r = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
-    if (r == 0 || (r < 0 && (errno == ECONNRESET || errno == EPIPE)))
-      return 1;
-    if (r < 0)
-      return 0;
-  }
-}
-
 static int wait_closed(int fd, int timeout_ms) {
   uint64_t t0 = kvh_now_ms();
-  while (!peer_closed(fd)) {
+  while (!kvh_peer_closed(fd)) {
     if (kvh_now_ms() - t0 > (uint64_t)timeout_ms)
       return 0;
     kvh_sleep_ms(10);
@@ -183,7 +171,7 @@ static void part_cap(void) {
   /* At the cap: the oldest connection that never sent a request goes. */
   kvds_client *n1 = kvh_connect(w.unix_addr);
   KVH_CHECK(wait_closed(r_old, 5000), "r_old not closed to make room");
-  KVH_CHECK(!peer_closed(r_new) && !peer_closed(r_used),
+  KVH_CHECK(!kvh_peer_closed(r_new) && !kvh_peer_closed(r_used),
             "closed the wrong connection");
   kvds_client *n2 = kvh_connect(w.unix_addr);
   KVH_CHECK(wait_closed(r_new, 5000), "r_new not closed to make room");

@@ -33,18 +33,6 @@
 #define STEADY_CHUNK (512u << 10)
 #define STEADY_CHUNKS 24
 
-/* 1 once the worker closed fd (EOF or reset), reading what it sent. */
-static int peer_closed(int fd) {
-  uint8_t buf[4096];
-  for (;;) {
-    ssize_t r = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
-    if (r == 0 || (r < 0 && (errno == ECONNRESET || errno == EPIPE)))
-      return 1;
-    if (r < 0)
-      return 0;
-  }
-}
-
 static void wait_writing(kvds_client *c, uint64_t want) {
   struct kvds_stats st;
   uint64_t t0 = kvh_now_ms();
@@ -77,7 +65,7 @@ static void trickling_puts(struct kvh_worker *w, kvds_client *c) {
         continue;
       uint8_t b = 0x5a;
       ssize_t r = send(fd[i], &b, 1, MSG_NOSIGNAL | MSG_DONTWAIT);
-      if ((r < 0 && errno != EAGAIN) || peer_closed(fd[i])) {
+      if ((r < 0 && errno != EAGAIN) || kvh_peer_closed(fd[i])) {
         close(fd[i]);
         fd[i] = -1;
         open_n--;
