@@ -40,20 +40,6 @@ static struct kvds_pool pool;
 /* ---- the fake worker ------------------------------------------------------
  */
 
-static int read_exact(int fd, void *buf, size_t len) {
-  uint8_t *p = buf;
-  while (len) {
-    ssize_t r = read(fd, p, len);
-    if (r < 0 && errno == EINTR)
-      continue;
-    if (r <= 0)
-      return -1;
-    p += r;
-    len -= (size_t)r;
-  }
-  return 0;
-}
-
 struct reply {
   uint8_t *b;
   size_t len, cap;
@@ -96,16 +82,19 @@ static void reply_send(int cfd, struct reply *r, int fd) {
   (void)w;
 }
 
+/* A client silent this long is gone (the fake never waits unbounded). */
+#define SERVE_IDLE_MS 60000
+
 /* Serves one connection until the client hangs up. */
 static void serve(int cfd, int is_unix) {
   struct reply r = {0};
   uint8_t hraw[KVDS_PROTO_HDR_LEN];
-  while (read_exact(cfd, hraw, sizeof hraw) == 0) {
+  while (kvh_read_all(cfd, hraw, sizeof hraw, SERVE_IDLE_MS) == 0) {
     struct kvds_proto_hdr h;
     KVH_CHECK(kvds_proto_hdr_decode(hraw, sizeof hraw, &h) == 0, "bad frame");
     uint8_t *rest = malloc(h.meta_len + h.data_len + 1);
     KVH_CHECK(rest, "out of memory");
-    if (read_exact(cfd, rest, h.meta_len + h.data_len)) {
+    if (kvh_read_all(cfd, rest, h.meta_len + h.data_len, SERVE_IDLE_MS)) {
       free(rest);
       break;
     }
