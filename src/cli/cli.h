@@ -33,6 +33,7 @@ int cmd_ls(int argc, char **argv);
 int cmd_stat(int argc, char **argv);
 int cmd_rm(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_proxy(int argc, char **argv);
 /* The `dscli` front (argv[0] is "dscli"). */
 int dscli_main(int argc, char **argv);
 

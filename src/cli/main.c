@@ -23,6 +23,7 @@ static const struct command commands[] = {
     {"stat", cmd_stat, "show one key's metadata"},
     {"rm", cmd_rm, "delete keys"},
     {"bench", cmd_bench, "measure put/get throughput against memcpy"},
+    {"proxy", cmd_proxy, "PD proxy (XpYd) in front of vLLM instances"},
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 

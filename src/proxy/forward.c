@@ -1,0 +1,807 @@
+/*
+ * forward.c — one client request through the proxy.
+ *
+ * A px_req lives from the client's request until its answer is sent or the
+ * client goes away. It runs at most one hop (one backend request) at a
+ * time:
+ *
+ *   PD:         prefill hop (JSON answer, kept) -> decode hop (streamed)
+ *   colocated:  one hop to a "both" instance (streamed)
+ *   /v1/models: one GET hop (streamed)
+ *
+ * A hop owns a self-freeing evhttp connection, a deadline timer and a
+ * connect timer. It ends in exactly one of: hop_done (the backend answered
+ * in full), hop_fail (connection error, 5xx before the first byte passed
+ * on, deadline) or hop_cancel (the client went away or shutdown). A failed
+ * hop is retried on another backend of its role, up to cfg.retries more
+ * times. Bytes of a streamed answer go to the client as they arrive; once
+ * one has gone, a failure can only cut the client's connection.
+ */
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/keyvalq_struct.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "common/util.h"
+#include "proxy/internal.h"
+
+#define MAX_CHAIN 4096 /* prefix-affinity blocks looked at */
+#define MAX_PREFILL_ANSWER (64u << 20)
+#define MAX_ERROR_BODY 4096 /* of a failed backend's answer, for logs */
+
+struct px_hop {
+  struct px_req *rq;
+  struct px_backend *b;
+  struct evhttp_request *req;    /* NULL once ended */
+  struct evhttp_connection *con; /* owned; NULL once released */
+  struct event *deadline, *conn_timer;
+  uint64_t start_us;
+  int status;
+  int timed_out;
+  int canceled;
+  struct evbuffer *body; /* prefill answer / error text */
+  char ctype[128];
+  char clen[32];
+};
+
+struct px_req {
+  struct kvds_proxy *px;
+  struct px_req *next, *prev; /* px->reqs */
+  enum px_kind kind;
+  struct evhttp_request *creq; /* NULL once answered or gone */
+  struct evhttp_connection *ccon;
+  struct event *cwatch; /* EOF on the client's socket */
+  json_t *body;         /* the client's request (NULL for GETs) */
+  char rid[80];
+  char auth[512];
+  uint64_t chain[MAX_CHAIN];
+  size_t nchain;
+  uint8_t *tried[2];
+  uint32_t tries[2];
+  struct px_hop *hop;
+  json_t *kvp; /* the prefill answer's kv_transfer_params */
+  uint64_t recv_us;
+  int started; /* reply headers sent to the client */
+  char last_err[512];
+  int last_timeout;
+};
+
+static void hop_start(struct px_req *rq, int pool);
+static void req_finish(struct px_req *rq);
+
+/* ---- helpers ------------------------------------------------------------ */
+
+static double secs_since(uint64_t us) {
+  return (double)(kvds_now_us() - us) / 1e6;
+}
+
+static void random_id(char *out, size_t cap) {
+  unsigned char r[12];
+  FILE *f = fopen("/dev/urandom", "rb");
+  size_t got = f ? fread(r, 1, sizeof r, f) : 0;
+  if (f)
+    fclose(f);
+  if (got != sizeof r) {
+    uint64_t t = kvds_now_ns() ^ ((uint64_t)getpid() << 32);
+    memcpy(r, &t, 8);
+    memset(r + 8, 0x5a, 4);
+  }
+  int n = snprintf(out, cap, "kvdsproxy-");
+  for (size_t i = 0; i < sizeof r && (size_t)n + 2 < cap; i++)
+    n += snprintf(out + n, cap - (size_t)n, "%02x", r[i]);
+}
+
+/* Appends the prompt's routing text: a string as is, token ids as 4-byte
+ * values, chat messages as role and text parts in order. */
+static void prompt_bytes(const json_t *v, struct evbuffer *out, int depth) {
+  if (depth > 4 || !v)
+    return;
+  if (json_is_string(v)) {
+    evbuffer_add(out, json_string_value(v), json_string_length(v));
+  } else if (json_is_integer(v)) {
+    uint32_t t = (uint32_t)json_integer_value(v);
+    evbuffer_add(out, &t, sizeof t);
+  } else if (json_is_array(v)) {
+    /* A batch of prompts routes by its first one; a token list whole. */
+    const json_t *first = json_array_get(v, 0);
+    if (first && (json_is_string(first) || json_is_array(first))) {
+      prompt_bytes(first, out, depth + 1);
+      return;
+    }
+    size_t i;
+    const json_t *e;
+    json_array_foreach(v, i, e) prompt_bytes(e, out, depth + 1);
+  }
+}
+
+static void chat_bytes(const json_t *msgs, struct evbuffer *out) {
+  size_t i;
+  const json_t *m;
+  json_array_foreach(msgs, i, m) {
+    const json_t *role = json_object_get(m, "role");
+    const json_t *c = json_object_get(m, "content");
+    if (json_is_string(role))
+      evbuffer_add_printf(out, "<%s>", json_string_value(role));
+    if (json_is_string(c)) {
+      evbuffer_add(out, json_string_value(c), json_string_length(c));
+    } else if (json_is_array(c)) {
+      size_t j;
+      const json_t *part;
+      json_array_foreach(c, j, part) {
+        const json_t *t = json_object_get(part, "text");
+        if (json_is_string(t))
+          evbuffer_add(out, json_string_value(t), json_string_length(t));
+      }
+    }
+  }
+}
+
+static void compute_chain(struct px_req *rq) {
+  struct evbuffer *b = evbuffer_new();
+  if (!b)
+    return;
+  if (rq->kind == PX_CHAT)
+    chat_bytes(json_object_get(rq->body, "messages"), b);
+  else
+    prompt_bytes(json_object_get(rq->body, "prompt"), b, 0);
+  size_t len = evbuffer_get_length(b);
+  const json_t *p = json_object_get(rq->body, "prompt");
+  size_t block = rq->px->cfg.affinity_block;
+  if (rq->kind == PX_COMPLETIONS && json_is_array(p) &&
+      json_is_integer(json_array_get(p, 0)))
+    block *= 4; /* token ids: 4 bytes each */
+  rq->nchain = kvds_route_chain(evbuffer_pullup(b, -1), len, block, rq->chain,
+                                MAX_CHAIN);
+  evbuffer_free(b);
+}
+
+/* ---- the client's side -------------------------------------------------- */
+
+static void client_gone(struct evhttp_connection *c, void *arg);
+
+static void detach_client(struct px_req *rq) {
+  if (rq->cwatch) {
+    event_free(rq->cwatch);
+    rq->cwatch = NULL;
+  }
+  if (rq->ccon)
+    evhttp_connection_set_closecb(rq->ccon, NULL, NULL);
+  rq->ccon = NULL;
+  rq->creq = NULL;
+}
+
+/* Cuts the client's connection (a stream that cannot be completed):
+ * libevent sees the error on its next I/O and frees the connection. */
+static void cut_client(struct px_req *rq) {
+  if (rq->ccon) {
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(rq->ccon);
+    evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
+    if (fd >= 0)
+      shutdown(fd, SHUT_RDWR);
+  }
+  detach_client(rq);
+}
+
+static void send_error(struct px_req *rq, int code, const char *type,
+                       const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void send_error(struct px_req *rq, int code, const char *type,
+                       const char *fmt, ...) {
+  char msg[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  if (rq->creq) {
+    if (rq->started) {
+      cut_client(rq);
+      return;
+    }
+    struct evhttp_request *creq = rq->creq;
+    detach_client(rq); /* sending may free the connection at once */
+    px_send_error(rq->px, creq, code, type, NULL, "%s", msg);
+  }
+}
+
+/* ---- hops --------------------------------------------------------------- */
+
+static void hop_free(struct px_hop *h) {
+  if (h->deadline)
+    event_free(h->deadline);
+  if (h->conn_timer)
+    event_free(h->conn_timer);
+  if (h->body)
+    evbuffer_free(h->body);
+  free(h);
+}
+
+/* Ends the hop's accounting (in flight, latency) and detaches it. */
+static void hop_end(struct px_hop *h) {
+  struct px_backend *b = h->b;
+  if (b->outstanding)
+    b->outstanding--;
+  if (h->con) /* not from its own callbacks: drops the request silently */
+    evhttp_connection_free(h->con);
+  h->con = NULL;
+  h->req = NULL;
+  if (h->rq->hop == h)
+    h->rq->hop = NULL;
+}
+
+static void hop_fail(struct px_hop *h, const char *why) {
+  struct px_req *rq = h->rq;
+  struct px_backend *b = h->b;
+  int pool = b->role == PX_DECODE ? 1 : 0;
+  b->failures++;
+  px_backend_down(b, why);
+  snprintf(rq->last_err, sizeof rq->last_err, "%s instance %s: %s",
+           px_role_name(b->role), b->name, why);
+  rq->last_timeout = h->timed_out;
+  hop_end(h);
+  hop_free(h);
+  if (!rq->creq) {
+    req_finish(rq);
+    return;
+  }
+  if (rq->started) { /* bytes already went out: cannot replay */
+    cut_client(rq);
+    req_finish(rq);
+    return;
+  }
+  if (rq->tries[pool] <= rq->px->cfg.retries) {
+    rq->px->retries[b->role]++;
+    hop_start(rq, pool);
+    return;
+  }
+  send_error(rq, rq->last_timeout ? 504 : 502, "server_error",
+             "no %s instance answered: %s (tried %u)", px_role_name(b->role),
+             rq->last_err, rq->tries[pool]);
+  req_finish(rq);
+}
+
+/* Client gone or shutdown: the hop's request is cancelled; its connection
+ * frees itself. */
+static void hop_cancel(struct px_hop *h) {
+  h->canceled = 1;
+  hop_end(h);
+  hop_free(h);
+}
+
+static void on_deadline(evutil_socket_t fd, short what, void *arg) {
+  (void)fd;
+  (void)what;
+  struct px_hop *h = arg;
+  h->timed_out = 1;
+  hop_fail(h, "deadline exceeded");
+}
+
+static void on_conn_timer(evutil_socket_t fd, short what, void *arg) {
+  (void)fd;
+  (void)what;
+  struct px_hop *h = arg;
+  if (!h->req)
+    return;
+  struct evhttp_connection *c = evhttp_request_get_connection(h->req);
+  struct bufferevent *bev = c ? evhttp_connection_get_bufferevent(c) : NULL;
+  evutil_socket_t s = bev ? bufferevent_getfd(bev) : -1;
+  struct sockaddr_storage ss;
+  socklen_t sl = sizeof ss;
+  if (s >= 0 && getpeername(s, (struct sockaddr *)&ss, &sl) == 0)
+    return; /* connected */
+  h->timed_out = 1;
+  hop_fail(h, "connect timed out");
+}
+
+static void on_error(enum evhttp_request_error err, void *arg) {
+  struct px_hop *h = arg;
+  if (h->canceled)
+    return;
+  if (err == EVREQ_HTTP_TIMEOUT)
+    h->timed_out = 1;
+}
+
+/* The first bytes of a streamed answer: the client's reply starts with the
+ * backend's status and content headers. */
+static void start_client_reply(struct px_req *rq, struct px_hop *h) {
+  struct evkeyvalq *out = evhttp_request_get_output_headers(rq->creq);
+  if (h->ctype[0])
+    evhttp_add_header(out, "Content-Type", h->ctype);
+  if (h->clen[0])
+    evhttp_add_header(out, "Content-Length", h->clen);
+  evhttp_add_header(out, "X-Request-Id", rq->rid);
+  if (strncmp(h->ctype, "text/event-stream", 17) == 0) {
+    evhttp_add_header(out, "Cache-Control", "no-cache");
+    evhttp_add_header(out, "X-Accel-Buffering", "no");
+  }
+  evhttp_send_reply_start(rq->creq, h->status, NULL);
+  rq->started = 1;
+  if (rq->kind != PX_MODELS) {
+    kvds_hist_observe(&rq->px->ttft, secs_since(rq->recv_us));
+    if (h->b->role != PX_PREFILL)
+      kvds_hist_observe(&h->b->lat, secs_since(h->start_us));
+  }
+}
+
+static int streams(const struct px_req *rq, const struct px_hop *h) {
+  return h->b->role != PX_PREFILL && h->status < 500 && rq->creq;
+}
+
+static int on_header(struct evhttp_request *req, void *arg) {
+  struct px_hop *h = arg;
+  h->status = evhttp_request_get_response_code(req);
+  struct evkeyvalq *in = evhttp_request_get_input_headers(req);
+  const char *ct = evhttp_find_header(in, "Content-Type");
+  const char *cl = evhttp_find_header(in, "Content-Length");
+  snprintf(h->ctype, sizeof h->ctype, "%s", ct ? ct : "");
+  snprintf(h->clen, sizeof h->clen, "%s", cl ? cl : "");
+  return 0;
+}
+
+static void on_chunk(struct evhttp_request *req, void *arg) {
+  struct px_hop *h = arg;
+  struct px_req *rq = h->rq;
+  struct evbuffer *in = evhttp_request_get_input_buffer(req);
+  if (streams(rq, h)) {
+    if (!rq->started)
+      start_client_reply(rq, h);
+    evhttp_send_reply_chunk(rq->creq, in);
+    evbuffer_drain(in, evbuffer_get_length(in));
+    return;
+  }
+  size_t have = evbuffer_get_length(h->body);
+  size_t cap = h->b->role == PX_PREFILL && h->status < 300 ? MAX_PREFILL_ANSWER
+                                                           : MAX_ERROR_BODY;
+  size_t n = evbuffer_get_length(in);
+  if (have < cap)
+    evbuffer_remove_buffer(in, h->body, n < cap - have ? n : cap - have);
+  evbuffer_drain(in, evbuffer_get_length(in));
+}
+
+/* A prefill answered in full: pass a 4xx on, else read kv_transfer_params
+ * and start the decode. */
+static void prefill_done(struct px_hop *h) {
+  struct px_req *rq = h->rq;
+  struct px_backend *b = h->b;
+  kvds_hist_observe(&b->lat, secs_since(h->start_us));
+  if (h->status >= 300) { /* the request itself is wrong: pass it on */
+    if (rq->creq) {
+      struct evkeyvalq *out = evhttp_request_get_output_headers(rq->creq);
+      if (h->ctype[0])
+        evhttp_add_header(out, "Content-Type", h->ctype);
+      rq->px->errors[h->status < PX_MAX_CODE ? h->status : 0]++;
+      struct evhttp_request *creq = rq->creq;
+      detach_client(rq); /* sending may free the connection at once */
+      evhttp_send_reply(creq, h->status, NULL, h->body);
+    }
+    hop_end(h);
+    hop_free(h);
+    req_finish(rq);
+    return;
+  }
+  json_error_t je;
+  size_t len = evbuffer_get_length(h->body);
+  json_t *ans =
+      json_loadb((const char *)evbuffer_pullup(h->body, -1), len, 0, &je);
+  json_t *kvp = ans ? json_object_get(ans, "kv_transfer_params") : NULL;
+  if (!ans) {
+    json_decref(ans);
+    hop_fail(h, "answer is not JSON");
+    return;
+  }
+  if (json_is_object(kvp)) {
+    rq->kvp = json_incref(kvp);
+  } else {
+    static int warned;
+    if (!warned++)
+      fprintf(stderr,
+              "kvds proxy: prefill instance %s returned no kv_transfer_params "
+              "(is it started with --kv-transfer-config and KvdsConnector?); "
+              "decoders will compute the prompt again\n",
+              b->name);
+    rq->kvp = json_null();
+  }
+  json_decref(ans);
+  hop_end(h);
+  hop_free(h);
+  if (!rq->creq) {
+    req_finish(rq);
+    return;
+  }
+  hop_start(rq, 1);
+}
+
+static void on_done(struct evhttp_request *req, void *arg) {
+  struct px_hop *h = arg;
+  if (h->canceled)
+    return;
+  px_conn_release(h->rq->px, h->con); /* libevent still uses it */
+  h->con = NULL;
+  struct px_req *rq = h->rq;
+  int code = req ? evhttp_request_get_response_code(req) : 0;
+  if (code == 0) {
+    hop_fail(h, h->timed_out ? "timed out" : "connection failed or closed");
+    return;
+  }
+  if (h->status == 0)
+    h->status = code;
+  if (h->status >= 500 && !rq->started) {
+    char why[96];
+    snprintf(why, sizeof why, "HTTP %d", h->status);
+    hop_fail(h, why);
+    return;
+  }
+  if (h->b->role == PX_PREFILL) {
+    prefill_done(h);
+    return;
+  }
+  /* A streamed answer is complete. */
+  if (rq->creq) {
+    if (!rq->started)
+      start_client_reply(rq, h);
+    if (h->status >= 400)
+      rq->px->errors[h->status < PX_MAX_CODE ? h->status : 0]++;
+    struct evhttp_request *creq = rq->creq;
+    detach_client(rq); /* ending may free the connection at once */
+    evhttp_send_reply_end(creq);
+  }
+  hop_end(h);
+  hop_free(h);
+  req_finish(rq);
+}
+
+/* The body sent to a prefill instance: the request with max_tokens 1, no
+ * streaming and do_remote_decode. NULL when out of memory. */
+static char *prefill_body(const struct px_req *rq) {
+  json_t *p = json_deep_copy(rq->body);
+  if (!p)
+    return NULL;
+  json_object_set_new(p, "max_tokens", json_integer(1));
+  if (rq->kind == PX_CHAT || json_object_get(p, "max_completion_tokens"))
+    json_object_set_new(p, "max_completion_tokens", json_integer(1));
+  json_object_set_new(p, "stream", json_false());
+  json_object_del(p, "stream_options");
+  json_object_del(p, "min_tokens");
+  json_object_set_new(p, "kv_transfer_params",
+                      json_pack("{s:b}", "do_remote_decode", 1));
+  char *s = json_dumps(p, JSON_COMPACT);
+  json_decref(p);
+  return s;
+}
+
+static char *decode_body(const struct px_req *rq) {
+  if (rq->kvp && !json_is_null(rq->kvp))
+    json_object_set(rq->body, "kv_transfer_params", rq->kvp);
+  return json_dumps(rq->body, JSON_COMPACT);
+}
+
+static void hop_start(struct px_req *rq, int pool) {
+  struct kvds_proxy *px = rq->px;
+  struct px_pool *pl = &px->pool[pool];
+  struct kvds_route_cand cands[pl->n ? pl->n : 1];
+  int any_up = 0;
+  for (size_t i = 0; i < pl->n; i++)
+    any_up |= pl->b[i].up && !rq->tried[pool][i];
+  for (size_t i = 0; i < pl->n; i++) {
+    /* A down backend is tried only when no untried one is up. */
+    cands[i].usable = !rq->tried[pool][i] && (pl->b[i].up || !any_up);
+    cands[i].outstanding = pl->b[i].outstanding;
+  }
+  int aff = 0;
+  int i = kvds_route_pick(&pl->route, cands, pl->n,
+                          rq->kind == PX_MODELS ? NULL : rq->chain,
+                          rq->kind == PX_MODELS ? 0 : rq->nchain, &aff);
+  if (i < 0) {
+    if (rq->last_err[0])
+      send_error(rq, rq->last_timeout ? 504 : 502, "server_error",
+                 "no %s instance answered: %s", px_role_name(pl->role),
+                 rq->last_err);
+    else
+      send_error(rq, 503, "server_error", "no healthy %s instance",
+                 px_role_name(pl->role));
+    req_finish(rq);
+    return;
+  }
+  struct px_backend *b = &pl->b[i];
+  rq->tried[pool][i] = 1;
+  rq->tries[pool]++;
+  int prefill = b->role == PX_PREFILL;
+  uint32_t tmo =
+      prefill ? px->cfg.prefill_timeout_ms : px->cfg.decode_timeout_ms;
+
+  struct px_hop *h = calloc(1, sizeof *h);
+  char *body = NULL;
+  struct evhttp_connection *c = NULL;
+  if (!h || !(h->body = evbuffer_new()))
+    goto fail;
+  h->rq = rq;
+  h->b = b;
+  h->start_us = kvds_now_us();
+  if (rq->kind != PX_MODELS) {
+    body = prefill ? prefill_body(rq) : decode_body(rq);
+    if (!body)
+      goto fail;
+  }
+  c = px_backend_connect(b, tmo);
+  if (!c) {
+    free(body);
+    b->outstanding++; /* hop_fail gives it back */
+    b->requests++;
+    rq->hop = h;
+    hop_fail(h, "cannot resolve its host");
+    return;
+  }
+  h->con = c;
+  c = NULL;
+  h->req = evhttp_request_new(on_done, h);
+  if (!h->req)
+    goto fail;
+  evhttp_request_set_header_cb(h->req, on_header);
+  evhttp_request_set_chunked_cb(h->req, on_chunk);
+  evhttp_request_set_error_cb(h->req, on_error);
+  struct evkeyvalq *hd = evhttp_request_get_output_headers(h->req);
+  char hosthdr[300];
+  snprintf(hosthdr, sizeof hosthdr, "%s:%u", b->host, (unsigned)b->port);
+  evhttp_add_header(hd, "Host", hosthdr);
+  evhttp_add_header(hd, "X-Request-Id", rq->rid);
+  /* One request per connection: libevent keeps an idle keep-alive
+   * connection (and its socket) until the backend closes it. */
+  evhttp_add_header(hd, "Connection", "close");
+  if (rq->auth[0])
+    evhttp_add_header(hd, "Authorization", rq->auth);
+  const char *path = rq->kind == PX_MODELS ? "/v1/models"
+                     : rq->kind == PX_CHAT ? "/v1/chat/completions"
+                                           : "/v1/completions";
+  if (body) {
+    char clen[32];
+    size_t blen = strlen(body);
+    snprintf(clen, sizeof clen, "%zu", blen);
+    evhttp_add_header(hd, "Content-Type", "application/json");
+    evhttp_add_header(hd, "Content-Length", clen);
+    evbuffer_add(evhttp_request_get_output_buffer(h->req), body, blen);
+    free(body);
+    body = NULL;
+  }
+  h->deadline = evtimer_new(px->base, on_deadline, h);
+  h->conn_timer = evtimer_new(px->base, on_conn_timer, h);
+  if (!h->deadline || !h->conn_timer)
+    goto fail_req;
+  struct timeval dl = {tmo / 1000, (tmo % 1000) * 1000};
+  uint32_t ct = px->cfg.connect_timeout_ms;
+  struct timeval ctv = {ct / 1000, (ct % 1000) * 1000};
+  evtimer_add(h->deadline, &dl);
+  evtimer_add(h->conn_timer, &ctv);
+  b->outstanding++;
+  b->requests++;
+  rq->hop = h;
+  if (evhttp_make_request(h->con, h->req,
+                          rq->kind == PX_MODELS ? EVHTTP_REQ_GET
+                                                : EVHTTP_REQ_POST,
+                          path) != 0) {
+    h->req = NULL;
+    hop_fail(h, "cannot send the request");
+    return;
+  }
+  if (px->cfg.verbose)
+    fprintf(stderr, "kvds proxy: %s -> %s %s%s\n", rq->rid,
+            px_role_name(b->role), b->name, aff ? " (prefix affinity)" : "");
+  return;
+
+fail_req:
+  evhttp_request_free(h->req);
+  h->req = NULL;
+fail:
+  free(body);
+  if (c)
+    evhttp_connection_free(c);
+  if (h && h->con)
+    evhttp_connection_free(h->con);
+  if (h)
+    hop_free(h);
+  send_error(rq, 500, "server_error", "out of memory");
+  req_finish(rq);
+}
+
+/* ---- requests ----------------------------------------------------------- */
+
+static void req_finish(struct px_req *rq) {
+  struct kvds_proxy *px = rq->px;
+  if (rq->hop)
+    hop_cancel(rq->hop);
+  if (rq->creq) /* never answered: the client gets an error */
+    send_error(rq, 500, "server_error", "internal error");
+  detach_client(rq);
+  if (rq->kind != PX_MODELS)
+    kvds_hist_observe(&px->total, secs_since(rq->recv_us));
+  if (rq->prev)
+    rq->prev->next = rq->next;
+  else
+    px->reqs = rq->next;
+  if (rq->next)
+    rq->next->prev = rq->prev;
+  json_decref(rq->body);
+  json_decref(rq->kvp);
+  free(rq->tried[0]);
+  free(rq->tried[1]);
+  free(rq);
+  px->in_flight--;
+  px_maybe_exit(px);
+}
+
+static void client_gone(struct evhttp_connection *c, void *arg) {
+  (void)c;
+  struct px_req *rq = arg;
+  rq->px->disconnects++;
+  if (rq->cwatch) {
+    event_free(rq->cwatch);
+    rq->cwatch = NULL;
+  }
+  rq->ccon = NULL; /* being freed by libevent */
+  rq->creq = NULL;
+  req_finish(rq);
+}
+
+/* libevent 2.1 does not read an incoming connection while its request is
+ * being answered, so it would notice a client that went away only when
+ * writing the answer. This watches the socket: EOF or an error frees the
+ * connection, whose close callback (client_gone) cancels the hops. Data
+ * (a pipelined request) ends the watch. */
+static void on_client_readable(evutil_socket_t fd, short what, void *arg) {
+  (void)what;
+  struct px_req *rq = arg;
+  char c;
+  ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+    return;
+  if (n > 0) {
+    event_free(rq->cwatch);
+    rq->cwatch = NULL;
+    return;
+  }
+  evhttp_connection_free(rq->ccon); /* calls client_gone */
+}
+
+static void watch_client(struct px_req *rq) {
+  struct bufferevent *bev = evhttp_connection_get_bufferevent(rq->ccon);
+  evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
+  if (fd < 0)
+    return;
+  rq->cwatch =
+      event_new(rq->px->base, fd, EV_READ | EV_PERSIST, on_client_readable, rq);
+  if (rq->cwatch && event_add(rq->cwatch, NULL) != 0) {
+    event_free(rq->cwatch);
+    rq->cwatch = NULL;
+  }
+}
+
+void px_forward_abort_all(struct kvds_proxy *px) {
+  while (px->reqs) {
+    struct px_req *rq = px->reqs;
+    if (rq->creq && !rq->started) {
+      send_error(rq, 503, "server_error", "the proxy is shutting down");
+    } else if (rq->creq) {
+      cut_client(rq);
+    }
+    req_finish(rq);
+  }
+}
+
+static const char *validate(struct px_req *rq, const char **param) {
+  if (!json_is_object(rq->body))
+    return "the body must be a JSON object";
+  const json_t *model = json_object_get(rq->body, "model");
+  if (model && !json_is_string(model)) {
+    *param = "model";
+    return "'model' must be a string";
+  }
+  if (rq->kind == PX_CHAT) {
+    const json_t *m = json_object_get(rq->body, "messages");
+    *param = "messages";
+    if (!m)
+      return "'messages' is required";
+    if (!json_is_array(m) || json_array_size(m) == 0)
+      return "'messages' must be a non-empty array";
+  } else {
+    const json_t *p = json_object_get(rq->body, "prompt");
+    *param = "prompt";
+    if (!p)
+      return "'prompt' is required";
+    if (!json_is_string(p) && !(json_is_array(p) && json_array_size(p) > 0))
+      return "'prompt' must be a string or a non-empty array";
+  }
+  const json_t *s = json_object_get(rq->body, "stream");
+  if (s && !json_is_boolean(s) && !json_is_null(s)) {
+    *param = "stream";
+    return "'stream' must be a boolean";
+  }
+  *param = NULL;
+  return NULL;
+}
+
+void px_forward(struct kvds_proxy *px, struct evhttp_request *creq,
+                enum px_kind kind) {
+  struct px_req *rq = calloc(1, sizeof *rq);
+  if (rq) {
+    rq->tried[0] = calloc(px->pool[0].n + 1, 1);
+    rq->tried[1] = calloc(px->pool[1].n + 1, 1);
+  }
+  if (!rq || !rq->tried[0] || !rq->tried[1]) {
+    if (rq) {
+      free(rq->tried[0]);
+      free(rq->tried[1]);
+    }
+    free(rq);
+    px_send_error(px, creq, 500, "server_error", NULL, "out of memory");
+    return;
+  }
+  rq->px = px;
+  rq->kind = kind;
+  rq->creq = creq;
+  rq->recv_us = kvds_now_us();
+  struct evkeyvalq *in = evhttp_request_get_input_headers(creq);
+  const char *rid = evhttp_find_header(in, "X-Request-Id");
+  if (rid && rid[0] && strlen(rid) < sizeof rq->rid &&
+      strspn(rid, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                  "0123456789-_.:") == strlen(rid))
+    snprintf(rq->rid, sizeof rq->rid, "%s", rid);
+  else
+    random_id(rq->rid, sizeof rq->rid);
+  const char *auth = evhttp_find_header(in, "Authorization");
+  if (px->cfg.api_key)
+    snprintf(rq->auth, sizeof rq->auth, "Bearer %s", px->cfg.api_key);
+  else if (auth && strlen(auth) < sizeof rq->auth)
+    snprintf(rq->auth, sizeof rq->auth, "%s", auth);
+
+  if (kind != PX_MODELS) {
+    px->requests[kind]++;
+    struct evbuffer *b = evhttp_request_get_input_buffer(creq);
+    size_t len = evbuffer_get_length(b);
+    if (len > px->cfg.max_body) {
+      px_send_error(px, creq, 413, "invalid_request_error", NULL,
+                    "the request body has %zu bytes, more than the limit of "
+                    "%llu (--max-body)",
+                    len, (unsigned long long)px->cfg.max_body);
+      goto drop;
+    }
+    json_error_t je;
+    rq->body = json_loadb((const char *)evbuffer_pullup(b, -1), len,
+                          JSON_REJECT_DUPLICATES, &je);
+    if (!rq->body) {
+      px_send_error(px, creq, 400, "invalid_request_error", NULL,
+                    "the body is not valid JSON: %s (line %d, column %d)",
+                    je.text, je.line, je.column);
+      goto drop;
+    }
+    const char *param = NULL;
+    const char *bad = validate(rq, &param);
+    if (bad) {
+      px_send_error(px, creq, 400, "invalid_request_error", param, "%s", bad);
+      goto drop;
+    }
+    compute_chain(rq);
+  }
+  /* With every instance of a role down, hop_start still tries them (a
+   * check may lag a restart); the client gets 502 when none answers. */
+  int first = kind == PX_MODELS ? (px->pd ? 1 : 0) : 0;
+  rq->ccon = evhttp_request_get_connection(creq);
+  evhttp_connection_set_closecb(rq->ccon, client_gone, rq);
+  watch_client(rq);
+  rq->next = px->reqs;
+  if (px->reqs)
+    px->reqs->prev = rq;
+  px->reqs = rq;
+  px->in_flight++;
+  hop_start(rq, first);
+  return;
+
+drop:
+  json_decref(rq->body);
+  free(rq->tried[0]);
+  free(rq->tried[1]);
+  free(rq);
+}
