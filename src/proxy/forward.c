@@ -96,70 +96,6 @@ static void random_id(char *out, size_t cap) {
     n += snprintf(out + n, cap - (size_t)n, "%02x", r[i]);
 }
 
-/* Appends the prompt's routing text: a string as is, token ids as 4-byte
- * values, chat messages as role and text parts in order. */
-static void prompt_bytes(const json_t *v, struct evbuffer *out, int depth) {
-  if (depth > 4 || !v)
-    return;
-  if (json_is_string(v)) {
-    evbuffer_add(out, json_string_value(v), json_string_length(v));
-  } else if (json_is_integer(v)) {
-    uint32_t t = (uint32_t)json_integer_value(v);
-    evbuffer_add(out, &t, sizeof t);
-  } else if (json_is_array(v)) {
-    /* A batch of prompts routes by its first one; a token list whole. */
-    const json_t *first = json_array_get(v, 0);
-    if (first && (json_is_string(first) || json_is_array(first))) {
-      prompt_bytes(first, out, depth + 1);
-      return;
-    }
-    size_t i;
-    const json_t *e;
-    json_array_foreach(v, i, e) prompt_bytes(e, out, depth + 1);
-  }
-}
-
-static void chat_bytes(const json_t *msgs, struct evbuffer *out) {
-  size_t i;
-  const json_t *m;
-  json_array_foreach(msgs, i, m) {
-    const json_t *role = json_object_get(m, "role");
-    const json_t *c = json_object_get(m, "content");
-    if (json_is_string(role))
-      evbuffer_add_printf(out, "<%s>", json_string_value(role));
-    if (json_is_string(c)) {
-      evbuffer_add(out, json_string_value(c), json_string_length(c));
-    } else if (json_is_array(c)) {
-      size_t j;
-      const json_t *part;
-      json_array_foreach(c, j, part) {
-        const json_t *t = json_object_get(part, "text");
-        if (json_is_string(t))
-          evbuffer_add(out, json_string_value(t), json_string_length(t));
-      }
-    }
-  }
-}
-
-static void compute_chain(struct px_req *rq) {
-  struct evbuffer *b = evbuffer_new();
-  if (!b)
-    return;
-  if (rq->kind == PX_CHAT)
-    chat_bytes(json_object_get(rq->body, "messages"), b);
-  else
-    prompt_bytes(json_object_get(rq->body, "prompt"), b, 0);
-  size_t len = evbuffer_get_length(b);
-  const json_t *p = json_object_get(rq->body, "prompt");
-  size_t block = rq->px->cfg.affinity_block;
-  if (rq->kind == PX_COMPLETIONS && json_is_array(p) &&
-      json_is_integer(json_array_get(p, 0)))
-    block *= 4; /* token ids: 4 bytes each */
-  rq->nchain = kvds_route_chain(evbuffer_pullup(b, -1), len, block, rq->chain,
-                                MAX_CHAIN);
-  evbuffer_free(b);
-}
-
 /* ---- the client's side -------------------------------------------------- */
 
 static void client_gone(struct evhttp_connection *c, void *arg);
@@ -691,38 +627,6 @@ void px_forward_abort_all(struct kvds_proxy *px) {
   }
 }
 
-static const char *validate(struct px_req *rq, const char **param) {
-  if (!json_is_object(rq->body))
-    return "the body must be a JSON object";
-  const json_t *model = json_object_get(rq->body, "model");
-  if (model && !json_is_string(model)) {
-    *param = "model";
-    return "'model' must be a string";
-  }
-  if (rq->kind == PX_CHAT) {
-    const json_t *m = json_object_get(rq->body, "messages");
-    *param = "messages";
-    if (!m)
-      return "'messages' is required";
-    if (!json_is_array(m) || json_array_size(m) == 0)
-      return "'messages' must be a non-empty array";
-  } else {
-    const json_t *p = json_object_get(rq->body, "prompt");
-    *param = "prompt";
-    if (!p)
-      return "'prompt' is required";
-    if (!json_is_string(p) && !(json_is_array(p) && json_array_size(p) > 0))
-      return "'prompt' must be a string or a non-empty array";
-  }
-  const json_t *s = json_object_get(rq->body, "stream");
-  if (s && !json_is_boolean(s) && !json_is_null(s)) {
-    *param = "stream";
-    return "'stream' must be a boolean";
-  }
-  *param = NULL;
-  return NULL;
-}
-
 void px_forward(struct kvds_proxy *px, struct evhttp_request *creq,
                 enum px_kind kind) {
   struct px_req *rq = calloc(1, sizeof *rq);
@@ -778,12 +682,13 @@ void px_forward(struct kvds_proxy *px, struct evhttp_request *creq,
       goto drop;
     }
     const char *param = NULL;
-    const char *bad = validate(rq, &param);
+    const char *bad = px_prompt_check(rq->body, kind == PX_CHAT, &param);
     if (bad) {
       px_send_error(px, creq, 400, "invalid_request_error", param, "%s", bad);
       goto drop;
     }
-    compute_chain(rq);
+    rq->nchain = px_prompt_chain(rq->body, kind == PX_CHAT,
+                                 px->cfg.affinity_block, rq->chain, MAX_CHAIN);
   }
   /* With every instance of a role down, hop_start still tries them (a
    * check may lag a restart); the client gets 502 when none answers. */

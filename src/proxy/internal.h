@@ -5,6 +5,7 @@
  *   backend.c  the backend pools, address resolution, health checks
  *   forward.c  one client request: prefill hop, decode hop, streaming,
  *              retries, deadlines, cancellation
+ *   prompt.c   request-body checks, the prompt's routing text
  *   route.c    which backend (pure)
  *   metrics.c  histograms, Prometheus text (pure)
  *
@@ -107,6 +108,20 @@ void px_forward(struct kvds_proxy *px, struct evhttp_request *creq,
                 enum px_kind kind);
 /* Cancels every in-flight request (shutdown). */
 void px_forward_abort_all(struct kvds_proxy *px);
+
+/* ---- prompt.c ----------------------------------------------------------- */
+
+/* NULL when the body of a completions (chat 0) or chat request is usable;
+ * else what is wrong, and *param the field (or NULL). */
+const char *px_prompt_check(const json_t *body, int chat, const char **param);
+/*
+ * Prefix-affinity chain hashes (kvds_route_chain) of the prompt: a string
+ * in blocks of `block` bytes, token ids in blocks of `block` ids, a batch by
+ * its first prompt, chat messages by role and text in order. Returns how
+ * many were written to out[0..cap).
+ */
+size_t px_prompt_chain(const json_t *body, int chat, uint32_t block,
+                       uint64_t *out, size_t cap);
 
 /* ---- proxy.c ------------------------------------------------------------ */
 
