@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "cli/cli.h"
 #include "proxy/proxy.h"
@@ -286,6 +287,12 @@ int cmd_proxy(int argc, char **argv) {
   }
   kvds_proxy *px = NULL;
   if (rc == CLI_OK) {
+    /* Each request in flight holds two sockets (client, backend). */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+      rl.rlim_cur = rl.rlim_max;
+      setrlimit(RLIMIT_NOFILE, &rl);
+    }
     cfg.port = (uint16_t)port;
     cfg.prefill = pre.v;
     cfg.nprefill = pre.n;
