@@ -322,8 +322,8 @@ static void prefill_done(struct px_hop *h) {
   }
   json_error_t je;
   size_t len = evbuffer_get_length(h->body);
-  json_t *ans =
-      json_loadb((const char *)evbuffer_pullup(h->body, -1), len, 0, &je);
+  json_t *ans = json_loadb((const char *)evbuffer_pullup(h->body, -1), len,
+                           JSON_ALLOW_NUL, &je);
   json_t *kvp = ans ? json_object_get(ans, "kv_transfer_params") : NULL;
   if (!ans) {
     json_decref(ans);
@@ -674,7 +674,7 @@ void px_forward(struct kvds_proxy *px, struct evhttp_request *creq,
     }
     json_error_t je;
     rq->body = json_loadb((const char *)evbuffer_pullup(b, -1), len,
-                          JSON_REJECT_DUPLICATES, &je);
+                          JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &je);
     if (!rq->body) {
       px_send_error(px, creq, 400, "invalid_request_error", NULL,
                     "the body is not valid JSON: %s (line %d, column %d)",
