@@ -111,16 +111,69 @@ static void detach_client(struct px_req *rq) {
   rq->creq = NULL;
 }
 
-/* Cuts the client's connection (a stream that cannot be completed):
- * libevent sees the error on its next I/O and frees the connection. */
-static void cut_client(struct px_req *rq) {
-  if (rq->ccon) {
-    struct bufferevent *bev = evhttp_connection_get_bufferevent(rq->ccon);
-    evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
-    if (fd >= 0)
-      shutdown(fd, SHUT_RDWR);
+/*
+ * Cutting a client's connection (a stream that cannot be completed): what
+ * was passed on so far is still delivered, then the connection is freed,
+ * so the client sees the answer end without its terminating chunk. A timer
+ * polls the connection's output (libevent 2.1 has no "drained" callback
+ * for a reply in progress) for up to CUT_WAIT_MS; if libevent frees the
+ * connection first (the client left), the close callback drops the timer.
+ */
+#define CUT_POLL_MS 10
+#define CUT_WAIT_MS 5000
+
+struct px_cut {
+  struct evhttp_connection *c;
+  struct event *ev;
+  uint64_t until_us;
+};
+
+static void cut_closed(struct evhttp_connection *c, void *arg) {
+  (void)c;
+  struct px_cut *k = arg;
+  event_free(k->ev);
+  free(k);
+}
+
+static void cut_poll(evutil_socket_t fd, short what, void *arg) {
+  (void)fd;
+  (void)what;
+  struct px_cut *k = arg;
+  struct bufferevent *bev = evhttp_connection_get_bufferevent(k->c);
+  if (bev && evbuffer_get_length(bufferevent_get_output(bev)) > 0 &&
+      kvds_now_us() < k->until_us) {
+    struct timeval tv = {0, CUT_POLL_MS * 1000};
+    evtimer_add(k->ev, &tv);
+    return;
   }
+  struct evhttp_connection *c = k->c;
+  evhttp_connection_set_closecb(c, NULL, NULL);
+  event_free(k->ev);
+  free(k);
+  evhttp_connection_free(c);
+}
+
+static void cut_client(struct px_req *rq) {
+  struct evhttp_connection *c = rq->ccon;
   detach_client(rq);
+  if (!c)
+    return;
+  struct px_cut *k = calloc(1, sizeof *k);
+  if (k)
+    k->ev = evtimer_new(rq->px->base, cut_poll, k);
+  if (!k || !k->ev) {
+    free(k);
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(c);
+    evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
+    if (fd >= 0) /* libevent notices on its next I/O */
+      shutdown(fd, SHUT_RDWR);
+    return;
+  }
+  k->c = c;
+  k->until_us = kvds_now_us() + CUT_WAIT_MS * 1000ull;
+  evhttp_connection_set_closecb(c, cut_closed, k);
+  struct timeval tv = {0, 0};
+  evtimer_add(k->ev, &tv);
 }
 
 static void send_error(struct px_req *rq, int code, const char *type,

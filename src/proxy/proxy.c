@@ -294,9 +294,11 @@ int kvds_proxy_new(const struct kvds_proxy_config *cfg, kvds_proxy **out,
   uint64_t hard = cfg->max_body * 2 + (1u << 20);
   evhttp_set_max_body_size(px->http, (ev_ssize_t)hard);
   evhttp_set_max_headers_size(px->http, MAX_HEADERS);
-  evhttp_set_allowed_methods(px->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST |
-                                           EVHTTP_REQ_HEAD | EVHTTP_REQ_PUT |
-                                           EVHTTP_REQ_DELETE);
+  /* Every method reaches on_request, which answers 405 in JSON. */
+  evhttp_set_allowed_methods(
+      px->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
+                    EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS |
+                    EVHTTP_REQ_TRACE | EVHTTP_REQ_CONNECT | EVHTTP_REQ_PATCH);
   /* A client waits for a whole prefill and decode without I/O. */
   evhttp_set_timeout(
       px->http,
