@@ -25,7 +25,7 @@ PYTEST_ARGS ?=
 
 .PHONY: all deps deps-system build build-asan build-fuzz test test-release test-asan \
         fuzz-smoke fuzz demo bench format format-check clean python test-python \
-        test-vllm-latest soak
+        test-vllm-latest soak test-proxy-asan
 
 all: build
 
@@ -93,7 +93,14 @@ test-vllm-latest: python
 	KVDS_BIN=$(abspath $(BUILD))/kvds PYTHONPATH=$(abspath $(VENV))/vllm-latest \
 	  $(VENV)/bin/python -m pytest -q tests/python/connector/test_connector_driver.py $(PYTEST_ARGS)
 
-test: format-check test-release test-python test-asan fuzz-smoke
+# The proxy's stand-in tests against the ASan+UBSan binary: every proxy
+# must exit 0 on SIGTERM, so a leak or a sanitizer report fails the test.
+test-proxy-asan: build-asan python
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  KVDS_BIN=$(abspath $(ASAN_BUILD))/kvds $(VENV)/bin/python -m pytest -q \
+	  tests/python/proxy/test_proxy_standin.py $(PYTEST_ARGS)
+
+test: format-check test-release test-python test-asan test-proxy-asan fuzz-smoke
 	@echo "make test: all suites passed"
 
 # Soak (not part of make test): a real etcd and 3 workers under mixed load

@@ -122,8 +122,11 @@ static void detach_client(struct px_req *rq) {
 #define CUT_POLL_MS 10
 #define CUT_WAIT_MS 5000
 
+static void free_orphan(struct evhttp_request *creq);
+
 struct px_cut {
   struct evhttp_connection *c;
+  struct evhttp_request *creq;
   struct event *ev;
   uint64_t until_us;
 };
@@ -131,6 +134,7 @@ struct px_cut {
 static void cut_closed(struct evhttp_connection *c, void *arg) {
   (void)c;
   struct px_cut *k = arg;
+  free_orphan(k->creq);
   event_free(k->ev);
   free(k);
 }
@@ -155,6 +159,7 @@ static void cut_poll(evutil_socket_t fd, short what, void *arg) {
 
 static void cut_client(struct px_req *rq) {
   struct evhttp_connection *c = rq->ccon;
+  struct evhttp_request *creq = rq->creq;
   detach_client(rq);
   if (!c)
     return;
@@ -170,6 +175,7 @@ static void cut_client(struct px_req *rq) {
     return;
   }
   k->c = c;
+  k->creq = creq;
   k->until_us = kvds_now_us() + CUT_WAIT_MS * 1000ull;
   evhttp_connection_set_closecb(c, cut_closed, k);
   struct timeval tv = {0, 0};
@@ -223,12 +229,17 @@ static void hop_end(struct px_hop *h) {
     h->rq->hop = NULL;
 }
 
-static void hop_fail(struct px_hop *h, const char *why) {
+/* The hop failed: retried elsewhere or answered with an error. `down`:
+ * the failure says the backend is broken (refused, reset, 5xx), not only
+ * this request (a deadline, an answer that does not parse), so it is
+ * skipped until a health check succeeds. */
+static void hop_fail(struct px_hop *h, int down, const char *why) {
   struct px_req *rq = h->rq;
   struct px_backend *b = h->b;
   int pool = b->role == PX_DECODE ? 1 : 0;
   b->failures++;
-  px_backend_down(b, why);
+  if (down)
+    px_backend_down(b, why);
   snprintf(rq->last_err, sizeof rq->last_err, "%s instance %s: %s",
            px_role_name(b->role), b->name, why);
   rq->last_timeout = h->timed_out;
@@ -267,7 +278,7 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg) {
   (void)what;
   struct px_hop *h = arg;
   h->timed_out = 1;
-  hop_fail(h, "deadline exceeded");
+  hop_fail(h, 0, "deadline exceeded");
 }
 
 static void on_conn_timer(evutil_socket_t fd, short what, void *arg) {
@@ -284,7 +295,7 @@ static void on_conn_timer(evutil_socket_t fd, short what, void *arg) {
   if (s >= 0 && getpeername(s, (struct sockaddr *)&ss, &sl) == 0)
     return; /* connected */
   h->timed_out = 1;
-  hop_fail(h, "connect timed out");
+  hop_fail(h, 1, "connect timed out");
 }
 
 static void on_error(enum evhttp_request_error err, void *arg) {
@@ -380,7 +391,7 @@ static void prefill_done(struct px_hop *h) {
   json_t *kvp = ans ? json_object_get(ans, "kv_transfer_params") : NULL;
   if (!ans) {
     json_decref(ans);
-    hop_fail(h, "answer is not JSON");
+    hop_fail(h, 0, "answer is not JSON");
     return;
   }
   if (json_is_object(kvp)) {
@@ -389,9 +400,10 @@ static void prefill_done(struct px_hop *h) {
     static int warned;
     if (!warned++)
       fprintf(stderr,
-              "kvds proxy: prefill instance %s returned no kv_transfer_params "
-              "(is it started with --kv-transfer-config and KvdsConnector?); "
-              "decoders will compute the prompt again\n",
+              "kvds proxy: prefill instance %s returned no kv_transfer_params:"
+              " the decoder computes the prompt itself (normal for a prompt "
+              "shorter than one KV block; otherwise, is the instance started "
+              "with KvdsConnector?); said once\n",
               b->name);
     rq->kvp = json_null();
   }
@@ -414,7 +426,8 @@ static void on_done(struct evhttp_request *req, void *arg) {
   struct px_req *rq = h->rq;
   int code = req ? evhttp_request_get_response_code(req) : 0;
   if (code == 0) {
-    hop_fail(h, h->timed_out ? "timed out" : "connection failed or closed");
+    hop_fail(h, !h->timed_out,
+             h->timed_out ? "timed out" : "connection failed or closed");
     return;
   }
   if (h->status == 0)
@@ -422,7 +435,7 @@ static void on_done(struct evhttp_request *req, void *arg) {
   if (h->status >= 500 && !rq->started) {
     char why[96];
     snprintf(why, sizeof why, "HTTP %d", h->status);
-    hop_fail(h, why);
+    hop_fail(h, 1, why);
     return;
   }
   if (h->b->role == PX_PREFILL) {
@@ -522,7 +535,7 @@ static void hop_start(struct px_req *rq, int pool) {
     b->outstanding++; /* hop_fail gives it back */
     b->requests++;
     rq->hop = h;
-    hop_fail(h, "cannot resolve its host");
+    hop_fail(h, 1, "cannot resolve its host");
     return;
   }
   h->con = c;
@@ -573,7 +586,7 @@ static void hop_start(struct px_req *rq, int pool) {
                                                 : EVHTTP_REQ_POST,
                           path) != 0) {
     h->req = NULL;
-    hop_fail(h, "cannot send the request");
+    hop_fail(h, 1, "cannot send the request");
     return;
   }
   if (px->cfg.verbose)
@@ -622,6 +635,15 @@ static void req_finish(struct px_req *rq) {
   px_maybe_exit(px);
 }
 
+/* The client's connection is being freed (its close callback). When
+ * libevent itself saw the connection fail (a write error, a timeout), it
+ * has already detached the request from the connection and leaves it for
+ * the user to free; otherwise freeing the connection frees the request. */
+static void free_orphan(struct evhttp_request *creq) {
+  if (creq && !evhttp_request_get_connection(creq))
+    evhttp_request_free(creq);
+}
+
 static void client_gone(struct evhttp_connection *c, void *arg) {
   (void)c;
   struct px_req *rq = arg;
@@ -630,6 +652,7 @@ static void client_gone(struct evhttp_connection *c, void *arg) {
     event_free(rq->cwatch);
     rq->cwatch = NULL;
   }
+  free_orphan(rq->creq);
   rq->ccon = NULL; /* being freed by libevent */
   rq->creq = NULL;
   req_finish(rq);
@@ -727,7 +750,7 @@ void px_forward(struct kvds_proxy *px, struct evhttp_request *creq,
     }
     json_error_t je;
     rq->body = json_loadb((const char *)evbuffer_pullup(b, -1), len,
-                          JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &je);
+                          JSON_ALLOW_NUL, &je);
     if (!rq->body) {
       px_send_error(px, creq, 400, "invalid_request_error", NULL,
                     "the body is not valid JSON: %s (line %d, column %d)",
