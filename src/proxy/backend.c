@@ -182,9 +182,10 @@ static void health_tick(evutil_socket_t fd, short what, void *arg) {
   struct px_backend *b = arg;
   if (b->health_con)
     return; /* the last one has not answered yet: its timeout will */
-  uint32_t t = b->px->cfg.health_interval_ms;
-  struct evhttp_connection *c =
-      px_backend_connect(b, t < HEALTH_TIMEOUT_MS ? t : HEALTH_TIMEOUT_MS);
+  /* A check may take longer than the interval (a loaded engine): the next
+   * tick skips while one is in flight, and only no answer in
+   * HEALTH_TIMEOUT_MS (or a refusal, or a non-200) marks the backend down. */
+  struct evhttp_connection *c = px_backend_connect(b, HEALTH_TIMEOUT_MS);
   if (!c) {
     px_backend_down(b, "cannot resolve its host");
     return;
