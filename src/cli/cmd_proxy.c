@@ -110,7 +110,7 @@ static int pair(const char *what, const struct list *hosts,
       cli_err(CMD, "out of memory");
       return CLI_FAIL;
     }
-    if (strchr(h, ':'))
+    if (strchr(h, ':') && h[0] != '[')
       snprintf(s, len, "[%s]:%s", h, p);
     else
       snprintf(s, len, "%s:%s", h, p);
@@ -202,6 +202,25 @@ int cmd_proxy(int argc, char **argv) {
     else if (strcmp(name, "--decoder-port") == 0 ||
              strcmp(name, "--decoder-ports") == 0)
       multi = &dp;
+    static const char *const single[] = {"--host",
+                                         "--port",
+                                         "--policy",
+                                         "--affinity-block",
+                                         "--affinity-slack",
+                                         "--prefill-timeout-s",
+                                         "--decode-timeout-s",
+                                         "--connect-timeout-ms",
+                                         "--health-interval-ms",
+                                         "--retries",
+                                         "--max-body",
+                                         "--api-key-env"};
+    int known = multi != NULL;
+    for (size_t k = 0; !known && k < sizeof single / sizeof single[0]; k++)
+      known = strcmp(name, single[k]) == 0;
+    if (!known) {
+      cli_err(CMD, "unknown option %s (see kvds proxy --help)", name);
+      return CLI_USAGE;
+    }
     if (nv == 0) {
       cli_err(CMD, "%s needs a value (see kvds proxy --help)", name);
       return CLI_USAGE;
@@ -273,9 +292,9 @@ int cmd_proxy(int argc, char **argv) {
   }
   if (rc == CLI_OK && pre.n == 0) {
     cli_err(CMD,
-            "no %s instance given: use --prefill HOST:PORT (or "
+            "no %s given: use --prefill HOST:PORT (or "
             "--prefiller-host/--prefiller-port)",
-            dec.n ? "prefill" : "");
+            dec.n ? "prefill instance" : "instance");
     rc = CLI_USAGE;
   }
   if (rc == CLI_OK && api_env) {

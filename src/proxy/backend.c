@@ -12,6 +12,7 @@
 #include "proxy/internal.h"
 
 #define HEALTH_TIMEOUT_MS 5000
+#define RESOLVE_EVERY_MS 30000
 
 const char *px_role_name(enum px_role r) {
   switch (r) {
@@ -46,6 +47,7 @@ static int resolve(struct px_backend *b) {
           : (const void *)&((struct sockaddr_in6 *)pick->ai_addr)->sin6_addr;
   int ok = inet_ntop(pick->ai_family, src, b->ip, sizeof b->ip) != NULL;
   freeaddrinfo(res);
+  b->resolved_us = kvds_now_us();
   return ok ? 0 : -1;
 }
 
@@ -172,7 +174,6 @@ static void health_done(struct evhttp_request *req, void *arg) {
     else
       snprintf(why, sizeof why, "health check: HTTP %d", code);
     px_backend_down(b, why);
-    b->ip[0] = 0; /* resolve again on the next try */
   }
 }
 
@@ -180,8 +181,21 @@ static void health_tick(evutil_socket_t fd, short what, void *arg) {
   (void)fd;
   (void)what;
   struct px_backend *b = arg;
-  if (b->health_con)
-    return; /* the last one has not answered yet: its timeout will */
+  uint64_t now = kvds_now_us();
+  if (b->health_con) {
+    /* libevent's timeout is per read or write: a backend that trickles
+     * bytes would keep a check in flight for ever. */
+    if (now - b->health_sent_us < HEALTH_TIMEOUT_MS * 1000ull)
+      return;
+    evhttp_connection_free(b->health_con); /* no callback */
+    b->health_con = NULL;
+    px_backend_down(b, "health check: no answer in time");
+  }
+  /* A down backend's name is resolved again (blocking getaddrinfo, so at
+   * most every RESOLVE_EVERY_MS): it may have moved. */
+  if (!b->up && now - b->resolved_us > RESOLVE_EVERY_MS * 1000ull &&
+      resolve(b) != 0)
+    b->ip[0] = 0;
   /* A check may take longer than the interval (a loaded engine): the next
    * tick skips while one is in flight, and only no answer in
    * HEALTH_TIMEOUT_MS (or a refusal, or a non-200) marks the backend down. */
@@ -201,6 +215,7 @@ static void health_tick(evutil_socket_t fd, short what, void *arg) {
   evhttp_add_header(evhttp_request_get_output_headers(r), "Connection",
                     "close");
   b->health_con = c;
+  b->health_sent_us = now;
   if (evhttp_make_request(c, r, EVHTTP_REQ_GET, "/health") != 0) {
     b->health_con = NULL;
     evhttp_connection_free(c);

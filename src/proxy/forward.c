@@ -20,6 +20,8 @@
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/http.h>
+#include <event2/http_struct.h>
 #include <event2/keyvalq_struct.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -58,7 +60,7 @@ struct px_req {
   struct event *cwatch; /* EOF on the client's socket */
   json_t *body;         /* the client's request (NULL for GETs) */
   char rid[80];
-  char auth[512];
+  char auth[8192];
   uint64_t chain[MAX_CHAIN];
   size_t nchain;
   uint8_t *tried[2];
@@ -315,6 +317,11 @@ static void start_client_reply(struct px_req *rq, struct px_hop *h) {
   if (h->clen[0])
     evhttp_add_header(out, "Content-Length", h->clen);
   evhttp_add_header(out, "X-Request-Id", rq->rid);
+  /* HTTP/1.0 has no chunked encoding: an answer of unknown length ends
+   * when the connection closes, so a keep-alive request is not kept. */
+  if (!h->clen[0] && rq->creq->major == 1 && rq->creq->minor == 0)
+    evhttp_remove_header(evhttp_request_get_input_headers(rq->creq),
+                         "Connection");
   if (strncmp(h->ctype, "text/event-stream", 17) == 0) {
     evhttp_add_header(out, "Cache-Control", "no-cache");
     evhttp_add_header(out, "X-Accel-Buffering", "no");
@@ -355,8 +362,9 @@ static void on_chunk(struct evhttp_request *req, void *arg) {
     return;
   }
   size_t have = evbuffer_get_length(h->body);
-  size_t cap = h->b->role == PX_PREFILL && h->status < 300 ? MAX_PREFILL_ANSWER
-                                                           : MAX_ERROR_BODY;
+  /* A prefill's answer (or its 4xx, passed on whole) is kept; a 5xx body
+   * only for the log. */
+  size_t cap = h->status < 500 ? MAX_PREFILL_ANSWER : MAX_ERROR_BODY;
   size_t n = evbuffer_get_length(in);
   if (have < cap)
     evbuffer_remove_buffer(in, h->body, n < cap - have ? n : cap - have);
@@ -377,6 +385,7 @@ static void prefill_done(struct px_hop *h) {
       rq->px->errors[h->status < PX_MAX_CODE ? h->status : 0]++;
       struct evhttp_request *creq = rq->creq;
       detach_client(rq); /* sending may free the connection at once */
+      px_track_reply(rq->px, creq);
       evhttp_send_reply(creq, h->status, NULL, h->body);
     }
     hop_end(h);
@@ -450,6 +459,7 @@ static void on_done(struct evhttp_request *req, void *arg) {
       rq->px->errors[h->status < PX_MAX_CODE ? h->status : 0]++;
     struct evhttp_request *creq = rq->creq;
     detach_client(rq); /* ending may free the connection at once */
+    px_track_reply(rq->px, creq);
     evhttp_send_reply_end(creq);
   }
   hop_end(h);
@@ -581,6 +591,11 @@ static void hop_start(struct px_req *rq, int pool) {
   b->outstanding++;
   b->requests++;
   rq->hop = h;
+  if (px->cfg.verbose)
+    fprintf(stderr, "kvds proxy: %s -> %s %s%s\n", rq->rid,
+            px_role_name(b->role), b->name, aff ? " (prefix affinity)" : "");
+  /* Nothing of rq or h may be used after this call: a connect that fails
+   * at once runs on_done inside it, which may finish the request. */
   if (evhttp_make_request(h->con, h->req,
                           rq->kind == PX_MODELS ? EVHTTP_REQ_GET
                                                 : EVHTTP_REQ_POST,
@@ -589,9 +604,6 @@ static void hop_start(struct px_req *rq, int pool) {
     hop_fail(h, 1, "cannot send the request");
     return;
   }
-  if (px->cfg.verbose)
-    fprintf(stderr, "kvds proxy: %s -> %s %s%s\n", rq->rid,
-            px_role_name(b->role), b->name, aff ? " (prefix affinity)" : "");
   return;
 
 fail_req:

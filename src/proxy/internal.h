@@ -34,8 +34,10 @@ struct px_backend {
   char host[256]; /* as given (the Host header) */
   char ip[64];    /* resolved numeric address; "" when unresolved */
   uint16_t port;
-  int up;        /* last health check (or request) succeeded */
-  char why[160]; /* why it is down */
+  int up;                  /* last health check (or request) succeeded */
+  uint64_t resolved_us;    /* when ip was last resolved */
+  uint64_t health_sent_us; /* when the check in flight was sent */
+  char why[160];           /* why it is down */
   uint32_t outstanding;
   uint64_t requests, failures;
   struct kvds_hist lat; /* prefill: whole answer; decode: first byte */
@@ -67,6 +69,7 @@ struct kvds_proxy {
   uint64_t retries[3];
   uint64_t disconnects;
   uint64_t in_flight;
+  uint64_t writing; /* final replies not yet written out (px_track_reply) */
   struct kvds_hist ttft, total;
   struct px_req *reqs; /* in flight, for shutdown */
   struct event *sig[2], *drain;
@@ -129,7 +132,11 @@ size_t px_prompt_chain(const json_t *body, int chat, uint32_t block,
 void px_send_error(struct kvds_proxy *px, struct evhttp_request *creq, int code,
                    const char *type, const char *param, const char *fmt, ...)
     __attribute__((format(printf, 6, 7)));
-/* Called when the last in-flight request finished while stopping. */
+/* Called before a final evhttp_send_reply / evhttp_send_reply_end: the
+ * proxy, when stopping, exits only once every such reply is written out
+ * (libevent writes it on a later loop pass). */
+void px_track_reply(struct kvds_proxy *px, struct evhttp_request *creq);
+/* Exits the loop when stopping and nothing is in flight or being written. */
 void px_maybe_exit(struct kvds_proxy *px);
 
 #endif

@@ -62,7 +62,10 @@ size_t px_prompt_chain(const json_t *body, int chat, uint32_t block,
     chat_bytes(json_object_get(body, "messages"), b);
   } else {
     prompt_bytes(p, b, 0);
-    if (json_is_array(p) && json_is_integer(json_array_get(p, 0)))
+    const json_t *first = json_array_get(p, 0);
+    if (json_is_array(first)) /* a batch of token lists */
+      first = json_array_get(first, 0);
+    if (json_is_integer(first))
       bl *= 4; /* token ids: 4 bytes each */
   }
   size_t len = evbuffer_get_length(b);

@@ -39,12 +39,26 @@ void px_send_error(struct kvds_proxy *px, struct evhttp_request *creq, int code,
     evbuffer_free(b);
 }
 
+static void reply_written(struct evhttp_request *creq, void *arg) {
+  (void)creq;
+  struct kvds_proxy *px = arg;
+  if (px->writing)
+    px->writing--;
+  px_maybe_exit(px);
+}
+
+void px_track_reply(struct kvds_proxy *px, struct evhttp_request *creq) {
+  evhttp_request_set_on_complete_cb(creq, reply_written, px);
+  px->writing++;
+}
+
 void px_maybe_exit(struct kvds_proxy *px) {
-  if (px->stopping && px->in_flight == 0)
+  if (px->stopping && px->in_flight == 0 && px->writing == 0)
     event_base_loopexit(px->base, NULL);
 }
 
-static void send_json(struct evhttp_request *creq, int code, json_t *j) {
+static void send_json(struct kvds_proxy *px, struct evhttp_request *creq,
+                      int code, json_t *j) {
   char *s = j ? json_dumps(j, JSON_COMPACT | JSON_INDENT(0)) : NULL;
   json_decref(j);
   struct evbuffer *b = evbuffer_new();
@@ -55,6 +69,7 @@ static void send_json(struct evhttp_request *creq, int code, json_t *j) {
   free(s);
   evhttp_add_header(evhttp_request_get_output_headers(creq), "Content-Type",
                     "application/json");
+  px_track_reply(px, creq);
   evhttp_send_reply(creq, code, NULL, b);
   if (b)
     evbuffer_free(b);
@@ -76,7 +91,7 @@ static void on_health(struct kvds_proxy *px, struct evhttp_request *creq) {
       px_pool_up(&px->pool[0]) > 0 && (!px->pd || px_pool_up(&px->pool[1]));
   if (px->stopping)
     ok = 0;
-  send_json(creq, ok ? 200 : 503,
+  send_json(px, creq, ok ? 200 : 503,
             json_pack("{s:s,s:s,s:s,s:o}", "status",
                       px->stopping ? "stopping"
                       : ok         ? "ok"
@@ -162,6 +177,7 @@ static void on_metrics(struct kvds_proxy *px, struct evhttp_request *creq) {
     }
   evhttp_add_header(evhttp_request_get_output_headers(creq), "Content-Type",
                     "text/plain; version=0.0.4");
+  px_track_reply(px, creq);
   evhttp_send_reply(creq, 200, NULL, b);
   evbuffer_free(b);
 }
@@ -204,6 +220,9 @@ static void on_request(struct evhttp_request *creq, void *arg) {
         on_health(px, creq);
       } else if (i == 1) {
         on_metrics(px, creq);
+      } else if (px->stopping) {
+        px_send_error(px, creq, 503, "server_error", NULL,
+                      "the proxy is shutting down");
       } else {
         px_forward(px, creq, PX_MODELS);
       }
@@ -254,8 +273,8 @@ int kvds_proxy_new(const struct kvds_proxy_config *cfg, kvds_proxy **out,
                    char *err, size_t ecap) {
   *out = NULL;
   if (cfg->nprefill == 0) {
-    snprintf(err, ecap, "no %s instance given (--prefill HOST:PORT)",
-             cfg->ndecode ? "prefill" : "backend");
+    snprintf(err, ecap, "no %s given (--prefill HOST:PORT)",
+             cfg->ndecode ? "prefill instance" : "instance");
     return -1;
   }
   struct kvds_proxy *px = calloc(1, sizeof *px);
@@ -291,7 +310,9 @@ int kvds_proxy_new(const struct kvds_proxy_config *cfg, kvds_proxy **out,
   }
   /* libevent answers bodies above its own limit with a bare 413; up to
    * twice ours (and at least 1 MiB more) the client gets our JSON error. */
-  uint64_t hard = cfg->max_body * 2 + (1u << 20);
+  uint64_t hard = cfg->max_body > (UINT64_MAX >> 2)
+                      ? (UINT64_MAX >> 2)
+                      : cfg->max_body * 2 + (1u << 20);
   evhttp_set_max_body_size(px->http, (ev_ssize_t)hard);
   evhttp_set_max_headers_size(px->http, MAX_HEADERS);
   /* Every method reaches on_request, which answers 405 in JSON. */
@@ -304,6 +325,8 @@ int kvds_proxy_new(const struct kvds_proxy_config *cfg, kvds_proxy **out,
       px->http,
       (int)((cfg->prefill_timeout_ms + cfg->decode_timeout_ms) / 1000 + 60));
   evhttp_set_gencb(px->http, on_request, px);
+  /* No text/html default for an answer whose backend sent no type. */
+  evhttp_set_default_content_type(px->http, NULL);
   px->sock = evhttp_bind_socket_with_handle(px->http, px->cfg.host, cfg->port);
   if (!px->sock) {
     snprintf(err, ecap, "cannot listen on %s:%u: %s", px->cfg.host,
@@ -342,6 +365,12 @@ void kvds_proxy_free(kvds_proxy *px) {
     return;
   px->stopping = 1;
   px_forward_abort_all(px);
+  if (px->writing && px->base) {
+    /* Let the answers just sent (503s, cut streams) go out: up to 1 s. */
+    struct timeval tv = {1, 0};
+    event_base_loopexit(px->base, &tv);
+    event_base_dispatch(px->base);
+  }
   if (px->http)
     evhttp_free(px->http);
   for (int p = 0; p < 2; p++)
