@@ -6,6 +6,7 @@ health, the seeds' command line, and the routing policies step by step.
 Routing, hand-off and load against real vLLM engines: test_proxy_vllm.py.
 """
 import json
+import signal
 import subprocess
 import threading
 import time
@@ -632,3 +633,79 @@ def test_prefix_affinity_slack(make_proxy, standins):
     finally:
         gate.set()
         t.join(30)
+
+
+# ------------------------------------------------- regressions (code review)
+
+def _raw(port, path, body, ver="1.1", extra="", timeout=10):
+    """Sends one request on a raw socket; everything read until the proxy
+    closes (b"<<timeout>>" appended when it does not in time)."""
+    import socket
+    b = json.dumps(body).encode()
+    data = (f"POST {path} HTTP/{ver}\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(b)}\r\n{extra}\r\n").encode() + b
+    s = socket.create_connection(("127.0.0.1", port))
+    s.settimeout(timeout)
+    s.sendall(data)
+    out = b""
+    try:
+        while True:
+            got = s.recv(65536)
+            if not got:
+                break
+            out += got
+    except socket.timeout:
+        out += b"<<timeout>>"
+    s.close()
+    return out
+
+
+def test_sigterm_lets_a_stream_in_flight_finish(make_proxy, standins):
+    """SIGTERM while a stream is in flight: the stream's last chunks and its
+    terminating chunk still reach the client, then the proxy exits 0."""
+    (p1,), (d1,) = standins(1, "P"), standins(1, "D")
+    gate = threading.Event()
+    chunks = [b"data: first\n\n", b"data: " + b"x" * 100000 + b"\n\n", b"data: [DONE]\n\n"]
+    d1.plan(Act.sse(chunks, gates=[None, gate, None]))
+    px = start(make_proxy, [p1], [d1])
+    res = {}
+    t = threading.Thread(target=lambda: res.setdefault("out", _raw(
+        px.port, "/v1/completions", cbody(stream=True), extra="Connection: close\r\n")))
+    t.start()
+    d1.wait_posts(1)
+    time.sleep(0.3)
+    px.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    gate.set()
+    t.join(20)
+    out = res["out"]
+    assert out.endswith(b"0\r\n\r\n"), out[-200:]
+    assert b"data: [DONE]" in out and out.count(b"x") >= 100000
+    assert px.proc.wait(20) == 0
+
+
+def test_http10_keepalive_stream_ends_with_the_connection(make_proxy, standins):
+    """HTTP/1.0 has no chunked encoding: a stream of unknown length is sent
+    as is and ends when the proxy closes, even if the client asked for
+    keep-alive (no bogus Content-Length: 0)."""
+    (p1,), (d1,) = standins(1, "P"), standins(1, "D")
+    px = start(make_proxy, [p1], [d1])
+    out = _raw(px.port, "/v1/completions", cbody(stream=True), ver="1.0",
+               extra="Connection: keep-alive\r\n", timeout=5)
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert not out.endswith(b"<<timeout>>"), out
+    assert b"Content-Length: 0" not in head, head
+    assert b"Transfer-Encoding" not in head, head
+    assert body.endswith(b"data: [DONE]\n\n"), body[-200:]
+
+
+def test_long_prefill_4xx_passed_on_whole(make_proxy, standins):
+    (p1,), (d1,) = standins(1, "P"), standins(1, "D")
+    err = json.dumps({"error": {"message": "bad " + "y" * 10000, "type": "BadRequestError",
+                                "param": None, "code": 400}}).encode()
+    p1.plan(Act.body(err, status=400))
+    px = start(make_proxy, [p1], [d1])
+    r = post(px.port, "/v1/completions", cbody())
+    assert r.status == 400
+    assert r.body == err
+    assert d1.posts() == []
