@@ -9,6 +9,8 @@
 #                 connector's driver tests with the newest vLLM as well
 #   make bench    full `kvds bench local` against a fresh worker, then
 #                 `kvds bench connector` (vLLM connector save/load per request)
+#   make bench-ttft  seed 004's TTFT steps and PD through `kvds proxy` with
+#                 real vLLM servers (`kvds bench ttft`), LMCache side by side
 #   make fuzz     longer libFuzzer campaign (FUZZ_SECONDS, default 600)
 
 MAKEFLAGS += --no-print-directory
@@ -25,7 +27,7 @@ PYTEST_ARGS ?=
 
 .PHONY: all deps deps-system build build-asan build-fuzz test test-release test-asan \
         fuzz-smoke fuzz demo bench format format-check clean python test-python \
-        test-vllm-latest soak test-proxy-asan
+        test-vllm-latest soak test-proxy-asan bench-ttft
 
 all: build
 
@@ -111,11 +113,21 @@ soak: python
 	KVDS_BIN=$(abspath $(BUILD))/kvds $(VENV)/bin/python scripts/soak.py \
 	  --minutes $(or $(SOAK_MINUTES),5) $(SOAK_ARGS)
 
-demo: build
-	bash scripts/demo.sh $(BUILD)/kvds
+# The demo's second half runs vLLM servers: it needs the .venv.
+demo: python
+	KVDS_PYTHON=$(abspath $(VENV))/bin/python bash scripts/demo.sh $(BUILD)/kvds
 
 bench: python
 	KVDS_PYTHON=$(abspath $(VENV))/bin/python bash scripts/bench.sh $(BUILD)/kvds $(BENCH_ARGS)
+
+# `kvds bench ttft` in full (about 10 minutes on 2 cores): LMCache 0.5.6 goes
+# into the overlay .venv/lmcache (python/requirements-lmcache.txt, checked to
+# shadow nothing of .venv); the plot into $(BUILD)/bench-ttft.png.
+# TTFT_ARGS: more options (e.g. --quick, --json, --steps 1,2,3).
+bench-ttft: python
+	bash scripts/install-lmcache.sh
+	KVDS_PYTHON=$(abspath $(VENV))/bin/python $(BUILD)/kvds bench ttft \
+	  --lmcache-path $(abspath $(VENV))/lmcache --plot $(BUILD)/bench-ttft.png $(TTFT_ARGS)
 
 SOURCES = $(shell git ls-files '*.c' '*.h' 2>/dev/null)
 

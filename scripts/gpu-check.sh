@@ -10,9 +10,15 @@
 # then runs scripts/gpu_check.py (producer -> consumer through kvds vs a
 # colocated run, greedy tokens equal, for FlashAttention, FlashInfer if
 # installed, and an MLA model) and `kvds bench connector --device cuda`
-# (save/load through pinned pool memory and side streams, next to memcpy).
+# (save/load through pinned pool memory and side streams, next to memcpy),
+# then `kvds bench ttft` at seed 004's counts (1024 tokens in, 10 out, 100
+# requests, concurrency 25) with LMCache 0.5.6 side by side (installed
+# --no-deps into OUT_DIR/lmcache, an overlay that shadows nothing of
+# $PYTHON; lmcache's CUDA dependencies — cupy, cuda-python, nvtx — must be
+# in $PYTHON already, else its row names what failed).
 # Results: OUT_DIR (default gpu-check-out/): one JSON per check, vLLM logs,
-# bench.json. Exit status 0 when every check that could run passed.
+# bench.json, ttft.json and ttft.png. Exit status 0 when every check that
+# could run passed.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 out="${1:-$root/gpu-check-out}"
@@ -48,4 +54,11 @@ KVDS_PYTHON="$py" build/release/kvds bench connector --addr "127.0.0.1:$port" \
   --device cuda --json --tokens 1024,4096,16384 >"$out/bench.json" || rc=$?
 KVDS_PYTHON="$py" build/release/kvds bench connector --addr "127.0.0.1:$port" \
   --device cuda --tokens 1024,4096,16384 | tee "$out/bench.txt" || rc=$?
+# TTFT steps 1-3 and PD, kvds and LMCache side by side, with a larger model
+# (8 layers, 1024 wide: 32 KiB of KV per token, 3.4 GB per set of 100
+# prompts; the four workers' pools take about 30 GB of host memory)
+PYTHON="$py" bash scripts/install-lmcache.sh "$out/lmcache" || rc=$?
+KVDS_PYTHON="$py" build/release/kvds bench ttft --lmcache-path "$out/lmcache" \
+  --input-len 1024 --output-len 10 --num-prompts 100 --concurrency 25 \
+  --model-layers 8 --model-hidden 1024 --json --plot "$out/ttft.png" >"$out/ttft.json" || rc=$?
 exit $rc

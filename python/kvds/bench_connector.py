@@ -176,17 +176,18 @@ def _free_port():
 
 
 class OwnWorker:
-    """A `kvds worker` started (and stopped) by the bench."""
+    """A `kvds worker` started (and stopped) by the bench; extra: more
+    worker arguments (e.g. --peers), port: its port (default a free one)."""
 
-    def __init__(self, binary, memory):
+    def __init__(self, binary, memory, extra=(), port=None):
         import kvds
         self.run_dir = tempfile.mkdtemp(prefix="kvds-bench-connector.")
-        self.addr = f"127.0.0.1:{_free_port()}"
+        self.addr = f"127.0.0.1:{port or _free_port()}"
         self.log_path = os.path.join(self.run_dir, "worker.log")
         env = dict(os.environ, KVDS_RUN_DIR=self.run_dir)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [binary, "worker", "--listen", self.addr, "--memory", str(memory)],
+                [binary, "worker", "--listen", self.addr, "--memory", str(memory), *extra],
                 stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
         try:
             self._wait_ready(kvds, 30 + 0.5 * memory / (1 << 30))

@@ -76,9 +76,12 @@ class Server:
     """One `python -m vllm.entrypoints.openai.api_server` (CPU, float32,
     eager, world size 1) in its own process group, on 127.0.0.1:<free
     port>; its output in tmp/vllm-<name>-<port>.log. Starts at
-    construction: call wait_ready() (several may start at once)."""
+    construction: call wait_ready() (several may start at once). extra:
+    more server arguments; extra_env: more environment variables; cpus:
+    the CPUs its processes may run on (default all)."""
 
-    def __init__(self, name, model, tmp, max_len, kv=None, hashseed=0):
+    def __init__(self, name, model, tmp, max_len, kv=None, hashseed=0, extra=(),
+                 extra_env=None, cpus=None):
         self.name = name
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -91,6 +94,7 @@ class Server:
                    VLLM_CONFIG_ROOT=os.path.join(tmp, "vllm-cfg"),
                    VLLM_CACHE_ROOT=os.path.join(tmp, "vllm-cache"))
         env.pop("DS_WORKER_ADDR", None)
+        env.update(extra_env or {})
         args = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
                 "--served-model-name", "tiny", "--host", "127.0.0.1", "--port", str(self.port),
                 "--load-format", "safetensors", "--dtype", "float32",
@@ -98,10 +102,12 @@ class Server:
                 "--disable-uvicorn-access-log", "--distributed-executor-backend", "uni"]
         if kv is not None:
             args += ["--kv-transfer-config", json.dumps(kv)]
+        args += list(extra)
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                         cwd=tmp, start_new_session=True,
-                                         stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp,
+                start_new_session=True, stdin=subprocess.DEVNULL,
+                preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
 
     def log(self):
         try:

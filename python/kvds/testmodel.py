@@ -1,8 +1,8 @@
 """A tiny local Llama for benchmarks and tests of the vLLM connector: a
-BPE tokenizer trained here, a config, and seeded random weights — nothing
-is downloaded.
+BPE (or word-level) tokenizer made here, a config, and seeded random
+weights — nothing is downloaded.
 
-    python -m kvds.testmodel DIR [--layers N] [--hidden H] [--max-len L] [--mla]
+    python -m kvds.testmodel DIR [--layers N] [--hidden H] [--max-len L] [--vocab V] [--mla]
 
 Not vLLM's dummy weights (uniform +-1e-3): with those every prompt gets
 logits of ~0 and the same tokens, so an answer could not tell a right KV
@@ -17,21 +17,28 @@ import os
 import sys
 
 
-def make_model(out, layers=2, hidden=128, heads=4, kv_heads=2, max_len=1024, seed=0):
-    """Writes tokenizer, config and weights of a tiny Llama into out."""
+SPECIAL = ["<unk>", "<s>", "</s>", "<pad>"]
+
+
+def make_model(out, layers=2, hidden=128, heads=4, kv_heads=2, max_len=1024, seed=0,
+               vocab=None):
+    """Writes tokenizer, config and weights of a tiny Llama into out.
+
+    vocab None: a byte-level BPE trained here (383 tokens, embedding rows
+    512). vocab V: a word-level tokenizer of V tokens (the 4 special ones,
+    then words of 3 or 4 letters: "aaa", "aab", ...) that decodes to
+    space-separated words and encodes them back to the same ids — what
+    `vllm bench serve --dataset-name random` needs: its prompts start at a
+    random token id, so a small vocabulary makes two prompts of a set
+    identical (~n^2 / 2V pairs); short words keep a prompt under vLLM's
+    bound of 5 characters per token."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     os.makedirs(out, exist_ok=True)
-    text = ["the quick brown fox jumps over the lazy dog",
-            "hello world this is a tiny model for testing kv cache connectors",
-            "vllm serves large language models with paged attention",
-            "a b c d e f g h i j k l m n o p q r s t u v w x y z 0 1 2 3 4 5 6 7 8 9"] * 10
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(text, trainer)
-    tok.save(os.path.join(out, "tokenizer.json"))
+    if vocab is not None:
+        _word_tokenizer(out, vocab)
+    else:
+        _bpe_tokenizer(out, decoders, models, pre_tokenizers, trainers, Tokenizer)
+    rows = vocab or 512
 
     def dump(name, obj):
         with open(os.path.join(out, name), "w") as f:
@@ -45,12 +52,45 @@ def make_model(out, layers=2, hidden=128, heads=4, kv_heads=2, max_len=1024, see
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
         "hidden_size": hidden, "intermediate_size": 2 * hidden, "num_hidden_layers": layers,
         "num_attention_heads": heads, "num_key_value_heads": kv_heads,
-        "head_dim": hidden // heads, "vocab_size": 512, "max_position_embeddings": max_len,
+        "head_dim": hidden // heads, "vocab_size": rows, "max_position_embeddings": max_len,
         "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "hidden_act": "silu",
         "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2,
         "pad_token_id": 3, "torch_dtype": "float32"})
     dump("generation_config.json", {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 3})
     make_weights(out, seed)
+
+
+def _word_tokenizer(out, vocab):
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
+    if vocab <= len(SPECIAL):
+        raise ValueError(f"vocab must be > {len(SPECIAL)}")
+    width = 3 if vocab <= 26 ** 3 else 4
+    if vocab > 26 ** 4:
+        raise ValueError(f"vocab must be <= {26 ** 4}")
+
+    def word(i):
+        return "".join(chr(97 + i // 26 ** k % 26) for k in reversed(range(width)))
+
+    words = {t: i for i, t in enumerate(SPECIAL)}
+    words.update({word(i): i for i in range(len(SPECIAL), vocab)})
+    tok = Tokenizer(models.WordLevel(vocab=words, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.add_special_tokens([AddedToken(t, special=True) for t in SPECIAL])
+    tok.save(os.path.join(out, "tokenizer.json"))
+
+
+def _bpe_tokenizer(out, decoders, models, pre_tokenizers, trainers, Tokenizer):
+    text = ["the quick brown fox jumps over the lazy dog",
+            "hello world this is a tiny model for testing kv cache connectors",
+            "vllm serves large language models with paged attention",
+            "a b c d e f g h i j k l m n o p q r s t u v w x y z 0 1 2 3 4 5 6 7 8 9"] * 10
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=SPECIAL,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(text, trainer)
+    tok.save(os.path.join(out, "tokenizer.json"))
 
 
 def make_weights(model_dir, seed=0):
@@ -116,6 +156,8 @@ def main(argv=None):
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--max-len", type=int, default=1024)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vocab", type=int, default=None,
+                   help="a word-level tokenizer of this many tokens instead of the BPE")
     p.add_argument("--mla", action="store_true",
                    help="a tiny DeepSeek-V2 (MLA) instead, in DIR (its tokenizer: a Llama's, "
                         "made in DIR/llama)")
@@ -125,7 +167,8 @@ def main(argv=None):
         make_model(llama, max_len=a.max_len, seed=a.seed)
         make_mla_model(a.dir, llama, layers=a.layers, hidden=a.hidden)
         return 0
-    make_model(a.dir, layers=a.layers, hidden=a.hidden, max_len=a.max_len, seed=a.seed)
+    make_model(a.dir, layers=a.layers, hidden=a.hidden, max_len=a.max_len, seed=a.seed,
+               vocab=a.vocab)
     return 0
 
 

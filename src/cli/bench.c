@@ -3,7 +3,9 @@
  * running worker, each figure printed next to memcpy measured in the same
  * run, plus batched exists throughput and small-get latency.
  * `kvds bench connector` runs the Python bench of the vLLM connector
- * (python/kvds/bench_connector.py) in $KVDS_PYTHON, else python3.
+ * (python/kvds/bench_connector.py) in $KVDS_PYTHON, else python3, and
+ * `kvds bench ttft` the TTFT bench with real vLLM servers
+ * (python/kvds/bench_serve.py) the same way.
  * `kvds bench remote` starts two workers peered with each other and
  * measures reads on one of values that live on the other (pulled over the
  * peer connections during the call) against raw loopback TCP moving the
@@ -43,6 +45,7 @@ static const char HELP[] =
     "usage: kvds bench local [options]\n"
     "       kvds bench remote [options]\n"
     "       kvds bench connector [options]\n"
+    "       kvds bench ttft [options]\n"
     "\n"
     "kvds bench local:\n"
     "Measures a running worker (start one first; the bench spawns nothing):\n"
@@ -126,7 +129,23 @@ static const char HELP[] =
     "options (--addr, --tokens, --layers, --iters, --layout, --json, ...).\n"
     "With --ttft it starts three vLLM servers instead (plain vLLM and two\n"
     "through kvds, a tiny local model) and prints the time to first token of\n"
-    "recompute, vLLM's prefix-cache hit, a kvds local hit and kvds PD.\n";
+    "recompute, vLLM's prefix-cache hit, a kvds local hit and kvds PD.\n"
+    "\n"
+    "kvds bench ttft:\n"
+    "Seed 004's TTFT steps with real vLLM servers through the kvds connector,\n"
+    "timed by vLLM's own `vllm bench serve` (random prompts; default 2048\n"
+    "tokens in, 10 out, 24 requests, concurrency 6): 1 baseline (set A,\n"
+    "nothing cached), 2 local DRAM hit (set B evicts A from vLLM's own\n"
+    "cache, then A again: loaded from the node's worker), 3 cross-node hit\n"
+    "(A on a second instance with its own worker, pulled from the first),\n"
+    "then PD 1P1D and 2P2D through `kvds proxy` of this binary. Prints the\n"
+    "TTFT median and p99 per step, the hits and bytes read from the\n"
+    "connector's log and the workers, the ratios TTFT3/TTFT2 and\n"
+    "TTFT2/TTFT1, and LMCache's row (run side by side when it starts). Runs\n"
+    "the Python module kvds.bench_serve in $KVDS_PYTHON (else python3); it\n"
+    "starts and stops its own workers, servers and proxies. `kvds bench ttft\n"
+    "--help` lists its options (--quick, --steps, --json, --plot FILE.png,\n"
+    "...).\n";
 
 #define MAX_LIST 16
 #define REGION_MIN (256ull << 20) /* per direction; larger than any LLC */
@@ -266,9 +285,11 @@ static int parse_opts(int argc, char **argv, struct bench_opts *o) {
     o->seconds = 0.45;
   if (optind >= argc || strcmp(argv[optind], "local") != 0 ||
       optind + 1 != argc) {
-    cli_err("bench", "%s (usage: kvds bench local|remote|connector [options])",
-            optind >= argc ? "missing the mode 'local', 'remote' or 'connector'"
-                           : "unknown mode or extra argument");
+    cli_err("bench",
+            "%s (usage: kvds bench local|remote|connector|ttft [options])",
+            optind >= argc
+                ? "missing the mode 'local', 'remote', 'connector' or 'ttft'"
+                : "unknown mode or extra argument");
     return CLI_USAGE;
   }
   return CLI_OK;
@@ -829,28 +850,33 @@ static int print_json(const struct bench *b) {
 
 /* ---- entry -------------------------------------------------------------- */
 
-/* The Python side of `kvds bench connector`: a clear message when the
- * interpreter lacks the kvds package, then kvds.bench_connector.main(). */
-static const char CONNECTOR_BOOT[] =
-    "import sys\n"
+/* The Python side of `kvds bench connector` and `kvds bench ttft`: a
+ * clear message when the interpreter lacks the kvds package, then the
+ * module's main(). argv[1] names the module and argv[2] the mode; both are
+ * removed before main() parses sys.argv. */
+static const char PYTHON_BOOT[] =
+    "import importlib, sys\n"
+    "mod, prog = sys.argv[1], sys.argv[2]\n"
+    "del sys.argv[1:3]\n"
     "try:\n"
-    "    from kvds.bench_connector import main\n"
+    "    main = importlib.import_module(mod).main\n"
     "except ImportError as e:\n"
-    "    sys.exit(f'kvds bench connector: {sys.executable} cannot import '\n"
-    "             f'kvds.bench_connector ({e}); set $KVDS_PYTHON to the '\n"
-    "             f'Python the kvds package is installed in (make python: '\n"
-    "             f'.venv/bin/python)')\n"
+    "    sys.exit(f'{prog}: {sys.executable} cannot import {mod} ({e}); '\n"
+    "             f'set $KVDS_PYTHON to the Python the kvds package is '\n"
+    "             f'installed in (make python: .venv/bin/python)')\n"
     "sys.exit(main())\n";
 
-/* `kvds bench connector ARGS...`: replaces this process with
- * $KVDS_PYTHON -c CONNECTOR_BOOT --kvds-bin <this binary> ARGS...; returns
- * only on failure. */
-static int run_connector(int argc, char **argv) {
+/* `kvds bench MODE ARGS...` for a mode written in Python: replaces this
+ * process with $KVDS_PYTHON -c PYTHON_BOOT MODULE "kvds bench MODE"
+ * --kvds-bin <this binary> ARGS...; returns only on failure. */
+static int run_python(const char *module, int argc, char **argv) {
   const char *py = getenv("KVDS_PYTHON");
   if (!py || !*py)
     py = "python3";
   const char *self = self_exe();
-  char **args = calloc((size_t)argc + 6, sizeof *args);
+  char prog[64];
+  snprintf(prog, sizeof prog, "kvds bench %s", argv[0]);
+  char **args = calloc((size_t)argc + 8, sizeof *args);
   if (!args) {
     cli_err("bench", "out of memory");
     return CLI_FAIL;
@@ -858,7 +884,9 @@ static int run_connector(int argc, char **argv) {
   int k = 0;
   args[k++] = (char *)py;
   args[k++] = "-c";
-  args[k++] = (char *)CONNECTOR_BOOT;
+  args[k++] = (char *)PYTHON_BOOT;
+  args[k++] = (char *)module;
+  args[k++] = prog;
   if (self) {
     args[k++] = "--kvds-bin";
     args[k++] = (char *)self;
@@ -866,7 +894,7 @@ static int run_connector(int argc, char **argv) {
   for (int i = 1; i < argc; i++)
     args[k++] = argv[i];
   args[k] = NULL;
-  setenv("KVDS_BENCH_PROG", "kvds bench connector", 1);
+  setenv("KVDS_BENCH_PROG", prog, 1);
   fflush(NULL);
   execvp(py, args);
   int err = errno;
@@ -2101,7 +2129,9 @@ out:
 
 int cmd_bench(int argc, char **argv) {
   if (argc > 1 && strcmp(argv[1], "connector") == 0)
-    return run_connector(argc - 1, argv + 1);
+    return run_python("kvds.bench_connector", argc - 1, argv + 1);
+  if (argc > 1 && strcmp(argv[1], "ttft") == 0)
+    return run_python("kvds.bench_serve", argc - 1, argv + 1);
   if (argc > 1 && strcmp(argv[1], "remote") == 0)
     return run_remote(argc - 1, argv + 1);
   struct bench_opts o = {0};
