@@ -9,10 +9,11 @@
  *   colocated:  one hop to a "both" instance (streamed)
  *   /v1/models: one GET hop (streamed)
  *
- * A hop owns a self-freeing evhttp connection, a deadline timer and a
- * connect timer. It ends in exactly one of: hop_done (the backend answered
- * in full), hop_fail (connection error, 5xx before the first byte passed
- * on, deadline) or hop_cancel (the client went away or shutdown). A failed
+ * A hop owns its evhttp connection (released after its own callbacks,
+ * freed at once elsewhere), a deadline timer and a connect timer. It ends
+ * in exactly one of: on_done (the backend answered in full), hop_fail
+ * (connection error, 5xx before the first byte passed on, deadline) or
+ * hop_cancel (the client went away, or shutdown). A failed
  * hop is retried on another backend of its role, up to cfg.retries more
  * times. Bytes of a streamed answer go to the client as they arrive; once
  * one has gone, a failure can only cut the client's connection.
@@ -45,7 +46,6 @@ struct px_hop {
   uint64_t start_us;
   int status;
   int timed_out;
-  int canceled;
   struct evbuffer *body; /* prefill answer / error text */
   char ctype[128];
   char clen[32];
@@ -267,10 +267,9 @@ static void hop_fail(struct px_hop *h, int down, const char *why) {
   req_finish(rq);
 }
 
-/* Client gone or shutdown: the hop's request is cancelled; its connection
- * frees itself. */
+/* Client gone or shutdown: freeing the hop's connection drops its request
+ * without calling back. */
 static void hop_cancel(struct px_hop *h) {
-  h->canceled = 1;
   hop_end(h);
   hop_free(h);
 }
@@ -287,10 +286,9 @@ static void on_conn_timer(evutil_socket_t fd, short what, void *arg) {
   (void)fd;
   (void)what;
   struct px_hop *h = arg;
-  if (!h->req)
+  if (!h->con)
     return;
-  struct evhttp_connection *c = evhttp_request_get_connection(h->req);
-  struct bufferevent *bev = c ? evhttp_connection_get_bufferevent(c) : NULL;
+  struct bufferevent *bev = evhttp_connection_get_bufferevent(h->con);
   evutil_socket_t s = bev ? bufferevent_getfd(bev) : -1;
   struct sockaddr_storage ss;
   socklen_t sl = sizeof ss;
@@ -302,8 +300,6 @@ static void on_conn_timer(evutil_socket_t fd, short what, void *arg) {
 
 static void on_error(enum evhttp_request_error err, void *arg) {
   struct px_hop *h = arg;
-  if (h->canceled)
-    return;
   if (err == EVREQ_HTTP_TIMEOUT)
     h->timed_out = 1;
 }
@@ -382,7 +378,7 @@ static void prefill_done(struct px_hop *h) {
       struct evkeyvalq *out = evhttp_request_get_output_headers(rq->creq);
       if (h->ctype[0])
         evhttp_add_header(out, "Content-Type", h->ctype);
-      rq->px->errors[h->status < PX_MAX_CODE ? h->status : 0]++;
+      px_count_error(rq->px, h->status);
       struct evhttp_request *creq = rq->creq;
       detach_client(rq); /* sending may free the connection at once */
       px_track_reply(rq->px, creq);
@@ -397,12 +393,11 @@ static void prefill_done(struct px_hop *h) {
   size_t len = evbuffer_get_length(h->body);
   json_t *ans = json_loadb((const char *)evbuffer_pullup(h->body, -1), len,
                            JSON_ALLOW_NUL, &je);
-  json_t *kvp = ans ? json_object_get(ans, "kv_transfer_params") : NULL;
   if (!ans) {
-    json_decref(ans);
     hop_fail(h, 0, "answer is not JSON");
     return;
   }
+  json_t *kvp = json_object_get(ans, "kv_transfer_params");
   if (json_is_object(kvp)) {
     rq->kvp = json_incref(kvp);
   } else {
@@ -428,8 +423,6 @@ static void prefill_done(struct px_hop *h) {
 
 static void on_done(struct evhttp_request *req, void *arg) {
   struct px_hop *h = arg;
-  if (h->canceled)
-    return;
   px_conn_release(h->rq->px, h->con); /* libevent still uses it */
   h->con = NULL;
   struct px_req *rq = h->rq;
@@ -456,7 +449,7 @@ static void on_done(struct evhttp_request *req, void *arg) {
     if (!rq->started)
       start_client_reply(rq, h);
     if (h->status >= 400)
-      rq->px->errors[h->status < PX_MAX_CODE ? h->status : 0]++;
+      px_count_error(rq->px, h->status);
     struct evhttp_request *creq = rq->creq;
     detach_client(rq); /* ending may free the connection at once */
     px_track_reply(rq->px, creq);
@@ -508,14 +501,10 @@ static void hop_start(struct px_req *rq, int pool) {
   int i = kvds_route_pick(&pl->route, cands, pl->n,
                           rq->kind == PX_MODELS ? NULL : rq->chain,
                           rq->kind == PX_MODELS ? 0 : rq->nchain, &aff);
-  if (i < 0) {
-    if (rq->last_err[0])
-      send_error(rq, rq->last_timeout ? 504 : 502, "server_error",
-                 "no %s instance answered: %s", px_role_name(pl->role),
-                 rq->last_err);
-    else
-      send_error(rq, 503, "server_error", "no healthy %s instance",
-                 px_role_name(pl->role));
+  if (i < 0) { /* every instance tried (--retries >= the pool's size) */
+    send_error(rq, rq->last_timeout ? 504 : 502, "server_error",
+               "no %s instance answered: %s", px_role_name(pl->role),
+               rq->last_err);
     req_finish(rq);
     return;
   }
@@ -528,7 +517,6 @@ static void hop_start(struct px_req *rq, int pool) {
 
   struct px_hop *h = calloc(1, sizeof *h);
   char *body = NULL;
-  struct evhttp_connection *c = NULL;
   if (!h || !(h->body = evbuffer_new()))
     goto fail;
   h->rq = rq;
@@ -539,8 +527,10 @@ static void hop_start(struct px_req *rq, int pool) {
     if (!body)
       goto fail;
   }
-  c = px_backend_connect(b, tmo);
-  if (!c) {
+  /* The connection's own timeout is per read or write; the deadline timer
+   * bounds the whole hop. */
+  h->con = px_backend_connect(b, tmo);
+  if (!h->con) {
     free(body);
     b->outstanding++; /* hop_fail gives it back */
     b->requests++;
@@ -548,8 +538,6 @@ static void hop_start(struct px_req *rq, int pool) {
     hop_fail(h, 1, "cannot resolve its host");
     return;
   }
-  h->con = c;
-  c = NULL;
   h->req = evhttp_request_new(on_done, h);
   if (!h->req)
     goto fail;
@@ -611,8 +599,6 @@ fail_req:
   h->req = NULL;
 fail:
   free(body);
-  if (c)
-    evhttp_connection_free(c);
   if (h && h->con)
     evhttp_connection_free(h->con);
   if (h)

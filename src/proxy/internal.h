@@ -128,6 +128,10 @@ size_t px_prompt_chain(const json_t *body, int chat, uint32_t block,
 
 /* ---- proxy.c ------------------------------------------------------------ */
 
+/* Counts an error answer (by HTTP status) in /metrics. */
+static inline void px_count_error(struct kvds_proxy *px, int code) {
+  px->errors[code > 0 && code < PX_MAX_CODE ? code : 0]++;
+}
 /* Sends an OpenAI-style error body and counts it. */
 void px_send_error(struct kvds_proxy *px, struct evhttp_request *creq, int code,
                    const char *type, const char *param, const char *fmt, ...)

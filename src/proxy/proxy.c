@@ -22,7 +22,7 @@ void px_send_error(struct kvds_proxy *px, struct evhttp_request *creq, int code,
   va_start(ap, fmt);
   vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
-  px->errors[code > 0 && code < PX_MAX_CODE ? code : 0]++;
+  px_count_error(px, code);
   json_t *e = json_pack("{s:{s:s,s:s,s:o,s:i}}", "error", "message", msg,
                         "type", type, "param",
                         param ? json_string(param) : json_null(), "code", code);
@@ -290,7 +290,13 @@ int kvds_proxy_new(const struct kvds_proxy_config *cfg, kvds_proxy **out,
   if (px->cfg.affinity_block == 0)
     px->cfg.affinity_block = 128;
   px->pd = cfg->ndecode > 0;
-  px->base = event_base_new();
+  /* Deadlines on the precise monotonic clock: the default coarse one
+   * (1-4 ms ticks) lets a timer fire before its time has passed. */
+  struct event_config *ec = event_config_new();
+  if (ec && event_config_set_flag(ec, EVENT_BASE_FLAG_PRECISE_TIMER) == 0)
+    px->base = event_base_new_with_config(ec);
+  if (ec)
+    event_config_free(ec);
   if (!px->base || !px->host_copy) {
     snprintf(err, ecap, "out of memory");
     goto fail;
