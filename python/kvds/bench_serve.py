@@ -75,7 +75,7 @@ import threading
 import time
 
 from .bench_connector import BenchError, OwnWorker, _free_port, _size, find_kvds_bin
-from .bench_ttft import LOADED, QUIET_S, Server, TtftError
+from .bench_ttft import LOADED, QUIET_S, Server, TtftError, wait_health
 
 STEPS = ("1", "2", "3", "1p1d", "2p2d")
 SHORT = {"1": "baseline", "2b": "set B", "2": "local hit", "3": "cross-node", "1p1d": "PD",
@@ -271,22 +271,7 @@ class Proxy(_Child):
         self._spawn(args)
 
     def wait_ready(self, timeout_s=60):
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if self.proc.poll() is not None:
-                raise BenchError(f"kvds proxy exited with {self.proc.returncode}:\n"
-                                 f"{self.log()[-2000:]}")
-            try:
-                c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-                c.request("GET", "/health")
-                if c.getresponse().status == 200:
-                    return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise BenchError(f"kvds proxy not healthy in {timeout_s} s:\n"
-                                 f"{self.log()[-2000:]}")
-            time.sleep(0.3)
+        wait_health(self, "kvds proxy", time.monotonic() + timeout_s, BenchError, 2000, 0.3)
 
     def legs(self):
         """Seconds summed and counts of the proxy's hops by role: prefill

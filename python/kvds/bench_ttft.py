@@ -72,6 +72,25 @@ def _free_port():
         return s.getsockname()[1]
 
 
+def wait_health(srv, what, deadline, error, tail, poll_s):
+    """Until GET /health of srv (.port, .proc, .log()) answers 200; raises
+    error with the last `tail` characters of its log if the process exits
+    or the monotonic deadline passes."""
+    while True:
+        if srv.proc.poll() is not None:
+            raise error(f"{what} exited with {srv.proc.returncode}:\n{srv.log()[-tail:]}")
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=5)
+            c.request("GET", "/health")
+            if c.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise error(f"{what} not ready in time:\n{srv.log()[-tail:]}")
+        time.sleep(poll_s)
+
+
 class Server:
     """One `python -m vllm.entrypoints.openai.api_server` (CPU, float32,
     eager, world size 1) in its own process group, on 127.0.0.1:<free
@@ -117,21 +136,7 @@ class Server:
             return ""
 
     def wait_ready(self, deadline):
-        while True:
-            if self.proc.poll() is not None:
-                raise TtftError(f"vLLM server {self.name} exited with "
-                                f"{self.proc.returncode}:\n{self.log()[-3000:]}")
-            try:
-                c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-                c.request("GET", "/health")
-                if c.getresponse().status == 200:
-                    return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise TtftError(f"vLLM server {self.name} not ready in time:\n"
-                                f"{self.log()[-3000:]}")
-            time.sleep(0.5)
+        wait_health(self, f"vLLM server {self.name}", deadline, TtftError, 3000, 0.5)
 
     def _post(self, body):
         c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=HTTP_TIMEOUT_S)
