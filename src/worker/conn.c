@@ -13,6 +13,7 @@
 
 #include "common/util.h"
 #include "kvds/kvds.h"
+#include "worker/cluster/cluster.h"
 #include "worker/server.h"
 
 enum { RX_HDR, RX_META, RX_DATA };
@@ -782,7 +783,7 @@ void kvds__conn_close(struct conn *c) {
   event_free(c->wev);
   close(c->fd);
   pthread_mutex_lock(&st->lock);
-  kvds__server_cancel_waits_locked(c);
+  kvds_wait_cancel_all_locked(st, &c->waits);
   for (uint32_t i = 0; i < c->nrefs; i++) {
     struct ref *r = &c->refs[i];
     if (r->kind == REF_PIN)

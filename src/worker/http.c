@@ -16,6 +16,7 @@
 
 #include "common/util.h"
 #include "kvds/kvds.h"
+#include "worker/cluster/cluster.h"
 #include "worker/server.h"
 
 struct kvds_http {

@@ -1,8 +1,9 @@
 /*
  * server.c — request dispatch of the worker: one function per opcode over
- * the object store, waits for keys that are not sealed yet, and the reply
- * builder. Framing and sockets are in conn.c; threads and start-up in
- * worker.c.
+ * the object store, and the reply builder. A request that misses keys
+ * waits (wait.c) for local seals and asks the resolver (resolver.h: the
+ * cluster) for them. Framing and sockets are in conn.c; threads and
+ * start-up in worker.c.
  */
 #include <errno.h>
 #include <event2/event.h>
@@ -13,6 +14,7 @@
 
 #include "common/util.h"
 #include "kvds/kvds.h"
+#include "worker/cluster/cluster.h"
 #include "worker/server.h"
 
 /* ---- replies ------------------------------------------------------------ */
@@ -127,104 +129,6 @@ static void items_free(struct req_items *ri) {
 #define LOCK(s) pthread_mutex_lock(&(s)->store.lock)
 #define UNLOCK(s) pthread_mutex_unlock(&(s)->store.lock)
 
-/* ---- waits -------------------------------------------------------------- */
-
-static void wait_free(struct wait_req *wr) {
-  if (wr->timer)
-    event_free(wr->timer);
-  free(wr->meta);
-  free(wr->keys);
-  free(wr->klens);
-  free(wr->objs);
-  free(wr->status);
-  free(wr->w);
-  free(wr->out.buf);
-  free(wr);
-}
-
-/* The connection is done with wr (store lock held): freed now, or left to
- * the cluster jobs still holding it. Its timer goes now (owner thread). */
-static void wait_release_locked(struct wait_req *wr) {
-  if (!wr->jobs) {
-    wait_free(wr);
-    return;
-  }
-  wr->dead = 1;
-  wr->c = NULL;
-  if (wr->timer) {
-    event_free(wr->timer);
-    wr->timer = NULL;
-  }
-}
-
-void kvds__wait_job_done(struct kvds_server *s, struct wait_req *wr) {
-  pthread_mutex_lock(&s->store.lock);
-  int last = --wr->jobs == 0 && wr->dead;
-  pthread_mutex_unlock(&s->store.lock);
-  if (last)
-    wait_free(wr);
-}
-
-void kvds__wait_inbox_locked(struct wait_req *wr) {
-  if (wr->in_inbox || wr->dead || wr->frozen)
-    return;
-  struct io_thread *th = wr->c->th;
-  wr->inbox_next = th->inbox;
-  th->inbox = wr;
-  wr->in_inbox = 1;
-  event_active(th->inbox_ev, EV_READ, 0);
-}
-
-static void wait_unlink(struct wait_req *wr) {
-  struct conn *c = wr->c;
-  if (wr->prev)
-    wr->prev->next = wr->next;
-  else
-    c->waits = wr->next;
-  if (wr->next)
-    wr->next->prev = wr->prev;
-}
-
-static void inbox_remove_locked(struct io_thread *th, struct wait_req *wr) {
-  if (!wr->in_inbox)
-    return;
-  struct wait_req **p = &th->inbox;
-  while (*p && *p != wr)
-    p = &(*p)->inbox_next;
-  if (*p)
-    *p = wr->inbox_next;
-  wr->in_inbox = 0;
-}
-
-/* Store callback, any thread, store lock held: a waited key was sealed. */
-void kvds__server_on_wake(struct kvds_waiter *w, struct kvds_object *obj,
-                          void *ud) {
-  (void)ud;
-  struct wait_req *wr = w->req;
-  wr->objs[w->idx] = obj; /* the pin taken by the store is ours now */
-  wr->status[w->idx] = 0;
-  if (--wr->remaining == 0)
-    kvds__wait_inbox_locked(wr);
-}
-
-void kvds__server_cancel_waits_locked(struct conn *c) {
-  struct kvds_store *st = &c->th->srv->store;
-  struct wait_req *wr = c->waits, *next;
-  for (; wr; wr = next) {
-    next = wr->next;
-    for (uint32_t i = 0; wr->kind == WR_GET && i < wr->n; i++) {
-      kvds_store_wait_remove(st, &wr->w[i]);
-      if (wr->objs[i]) {
-        kvds_store_unpin(st, wr->objs[i]);
-        wr->objs[i] = NULL;
-      }
-    }
-    inbox_remove_locked(c->th, wr);
-    wait_release_locked(wr);
-  }
-  c->waits = NULL;
-}
-
 /* Queues the reply of a GET whose objects are pinned in objs[] (NULL where
  * status[] says why not). Pins move to the handle table (local) or to the
  * data chunks (inline). */
@@ -303,77 +207,34 @@ static void get_reply(struct conn *c, uint64_t req_id, uint16_t flags,
     }
 }
 
-static const uint8_t wr_op[] = {[WR_GET] = KVDS_OP_GET,
-                                [WR_EXISTS] = KVDS_OP_EXISTS,
-                                [WR_LOOKUP] = KVDS_OP_LOOKUP_PREFIX,
-                                [WR_LOCATE] = KVDS_OP_LOCATE};
+static const uint8_t wait_op[] = {[KVDS_WAIT_GET] = KVDS_OP_GET,
+                                  [KVDS_WAIT_EXISTS] = KVDS_OP_EXISTS,
+                                  [KVDS_WAIT_LOOKUP] = KVDS_OP_LOOKUP_PREFIX,
+                                  [KVDS_WAIT_LOCATE] = KVDS_OP_LOCATE};
 
-/* Answers wr (its waiters already removed, store lock not held). */
-static void wait_complete(struct wait_req *wr) {
-  struct conn *c = wr->c;
-  struct kvds_server *s = c->th->srv;
-  if (wr->kind == WR_GET) {
-    get_reply(c, wr->req_id, wr->flags, wr->n, wr->objs, wr->status);
-  } else if (wr->remaining) { /* the cluster did not answer in time */
-    kvds__reply_status(c, wr_op[wr->kind], wr->req_id, KVDS_E_TIMEOUT);
-  } else if (wr->kind == WR_EXISTS) {
+/* The wait module's answer hook (owner thread, no lock held). */
+void kvds__server_on_answer(void *owner, const struct kvds_wait_answer *a) {
+  struct conn *c = owner;
+  if (a->kind == KVDS_WAIT_GET) {
+    get_reply(c, a->req_id, a->flags, a->n, a->objs, a->status);
+  } else if (a->timed_out) { /* the resolver did not answer in time */
+    kvds__reply_status(c, wait_op[a->kind], a->req_id, KVDS_E_TIMEOUT);
+  } else if (a->kind == KVDS_WAIT_EXISTS) {
     struct reply r;
     kvds__reply_init(&r);
-    for (uint32_t i = 0; i < wr->n; i++)
-      kvds__reply_item(&r, wr->status[i], 0, 0, 0, 0, NULL, 0);
-    kvds__reply_send(c, &r, KVDS_OP_EXISTS, wr->req_id, 0, 0, 0, -1);
+    for (uint32_t i = 0; i < a->n; i++)
+      kvds__reply_item(&r, a->status[i], 0, 0, 0, 0, NULL, 0);
+    kvds__reply_send(c, &r, KVDS_OP_EXISTS, a->req_id, 0, 0, 0, -1);
   } else {
-    kvds__reply_send(c, &wr->out, wr_op[wr->kind], wr->req_id, 0, 0, 0, -1);
-    wr->out.buf = NULL;
+    struct reply r = {a->out, a->out_len, a->out_len, a->out_count, 0};
+    *a->out_taken = 1;
+    kvds__reply_send(c, &r, wait_op[a->kind], a->req_id, 0, 0, 0, -1);
   }
-  wait_unlink(wr);
-  LOCK(s);
-  wait_release_locked(wr);
-  UNLOCK(s);
 }
 
-static void on_wait_timeout(evutil_socket_t fd, short what, void *arg) {
-  struct wait_req *wr = arg;
-  struct conn *c = wr->c;
-  struct kvds_server *s = c->th->srv;
-  (void)fd;
-  (void)what;
-  LOCK(s);
-  for (uint32_t i = 0; wr->kind == WR_GET && i < wr->n; i++)
-    if (wr->w[i].armed) { /* still waiting: that is the answer */
-      kvds_store_wait_remove(&s->store, &wr->w[i]);
-      wr->status[i] = KVDS_E_TIMEOUT;
-    }
-  inbox_remove_locked(c->th, wr);
-  wr->frozen = 1; /* jobs that finish now leave the results alone */
-  UNLOCK(s);
-  wait_complete(wr);
-  kvds__conn_flush(c);
-}
-
-/* Inbox event of a thread: GETs completed by seals (maybe elsewhere). */
-void kvds__server_on_inbox(int fd, short what, void *arg) {
-  struct io_thread *th = arg;
-  struct kvds_server *s = th->srv;
-  (void)fd;
-  (void)what;
-  /* One at a time: flushing may close a connection, which frees its other
-   * waiting requests — they must not sit in a list of ours meanwhile. */
-  for (;;) {
-    LOCK(s);
-    struct wait_req *wr = th->inbox;
-    if (wr) {
-      th->inbox = wr->inbox_next;
-      wr->in_inbox = 0;
-      wr->frozen = 1;
-    }
-    UNLOCK(s);
-    if (!wr)
-      break;
-    struct conn *c = wr->c;
-    wait_complete(wr);
-    kvds__conn_flush(c); /* may close c; wr is already freed */
-  }
+/* The wait module's hook after an answer: send it. */
+void kvds__server_after_answer(void *owner) {
+  kvds__conn_flush(owner);
 }
 
 /* ---- ops without bulk data ---------------------------------------------- */
@@ -555,64 +416,16 @@ static int op_abort(struct conn *c, const struct req_items *ri) {
   return 0;
 }
 
-/* A wait_req for the first n items of the request (keys copied). NULL on
- * -ENOMEM. */
-static struct wait_req *wait_new(struct conn *c, const struct req_items *ri,
-                                 const uint8_t *meta, uint32_t n, int kind) {
-  struct wait_req *wr = calloc(1, sizeof *wr);
-  if (!wr)
-    return NULL;
-  size_t m = n ? n : 1;
-  wr->meta = malloc(c->h.meta_len ? c->h.meta_len : 1);
-  wr->keys = calloc(m, sizeof *wr->keys);
-  wr->klens = calloc(m, sizeof *wr->klens);
-  wr->status = calloc(m, sizeof *wr->status);
-  if (kind == WR_GET) {
-    wr->objs = calloc(m, sizeof *wr->objs);
-    wr->w = calloc(m, sizeof *wr->w);
-  }
-  wr->timer = evtimer_new(c->th->base, on_wait_timeout, wr);
-  if (!wr->meta || !wr->keys || !wr->klens || !wr->status || !wr->timer ||
-      (kind == WR_GET && (!wr->objs || !wr->w))) {
-    wait_free(wr);
-    return NULL;
-  }
-  memcpy(wr->meta, meta, c->h.meta_len);
-  for (uint32_t i = 0; i < n; i++) {
-    wr->keys[i] = wr->meta + (ri->key[i] - meta);
-    wr->klens[i] = ri->it[i].klen;
-  }
-  wr->c = c;
-  wr->kind = (uint8_t)kind;
-  wr->req_id = c->h.req_id;
-  wr->n = n;
-  return wr;
-}
-
-/* Links wr to its connection and arms its deadline. */
-static void wait_arm(struct conn *c, struct wait_req *wr, uint32_t ms) {
-  wr->next = c->waits;
-  if (c->waits)
-    c->waits->prev = wr;
-  c->waits = wr;
-  struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
-  evtimer_add(wr->timer, &tv);
-}
-
-/* Hands wr to the cluster (store lock not held); on failure it just waits
- * for local seals until its deadline. */
-static void wait_submit(struct kvds_server *s, struct wait_req *wr,
+/* Hands the open keys of w to the resolver (no lock held); if it takes
+ * nothing, w just waits for local seals until its deadline. */
+static void wait_submit(struct kvds_server *s, struct kvds_wait *w,
                         const uint8_t *hint, uint32_t hlen, uint32_t ms,
                         int wait_ms) {
-  if (kvds__cluster_submit(s, wr, hint, hlen, kvds_now_us() + ms * 1000ull,
-                           wait_ms)) {
-    LOCK(s);
-    wr->jobs = 0;
-    UNLOCK(s);
-  }
+  struct kvds_miss m = {w, hint, hlen, kvds_now_us() + ms * 1000ull, wait_ms};
+  kvds_resolver_submit(&s->resolver, &m);
 }
 
-/* A request the cluster works on is answered by its jobs, which stop at
+/* A request the resolver works on is answered by it, and its jobs stop at
  * the deadline (a pull past it is aborted, its object never visible); the
  * request's own timer waits this much longer, so that the answer comes
  * after that clean-up, and only a job stuck beyond it is overtaken. */
@@ -623,8 +436,13 @@ static uint32_t remote_ms(struct kvds_server *s, uint32_t arg) {
   return arg > t ? arg : t;
 }
 
-static int op_get(struct conn *c, const struct req_items *ri,
-                  const uint8_t *meta) {
+/* 1 when the request's misses go to the resolver. */
+static int remote(struct conn *c) {
+  return !(c->h.flags & KVDS_PF_LOCAL) &&
+         kvds_resolver_active(&c->th->srv->resolver);
+}
+
+static int op_get(struct conn *c, const struct req_items *ri) {
   struct kvds_server *s = c->th->srv;
   uint16_t flags = c->h.flags & KVDS_PF_INLINE;
   if (c->h.flags & KVDS_PF_PIN)
@@ -641,7 +459,7 @@ static int op_get(struct conn *c, const struct req_items *ri,
     hint = ri->key[n];
     hlen = ri->it[n].klen;
   }
-  int remote = !(c->h.flags & KVDS_PF_LOCAL) && kvds__cluster_active(s);
+  int far = remote(c);
   struct kvds_object **objs = calloc(n ? n : 1, sizeof *objs);
   int32_t *status = calloc(n ? n : 1, sizeof *status);
   if (!objs || !status) {
@@ -663,9 +481,17 @@ static int op_get(struct conn *c, const struct req_items *ri,
       missing++;
     }
   }
-  if (missing && (c->h.arg > 0 || remote)) {
-    struct wait_req *wr = wait_new(c, ri, meta, n, WR_GET);
-    if (!wr) {
+  if (missing && (c->h.arg > 0 || far)) {
+    uint32_t *klens = malloc(n * sizeof *klens);
+    struct kvds_wait *w = NULL;
+    if (klens) {
+      for (uint32_t i = 0; i < n; i++)
+        klens[i] = ri->it[i].klen;
+      w = kvds_wait_create(c->th->waits, c, &c->waits, KVDS_WAIT_GET,
+                           c->h.req_id, flags, n, ri->key, klens, objs, status);
+      free(klens);
+    }
+    if (!w) {
       for (uint32_t i = 0; i < n; i++)
         if (objs[i])
           kvds_store_unpin(&s->store, objs[i]);
@@ -674,30 +500,12 @@ static int op_get(struct conn *c, const struct req_items *ri,
       free(status);
       return -ENOMEM;
     }
-    free(wr->objs);
-    free(wr->status);
-    wr->flags = flags;
-    wr->remaining = missing;
-    wr->objs = objs;
-    wr->status = status;
-    for (uint32_t i = 0; i < n; i++) {
-      if (objs[i] || status[i] != KVDS_E_NOTFOUND)
-        continue;
-      struct kvds_waiter *w = &wr->w[i];
-      w->key = wr->keys[i];
-      w->klen = wr->klens[i];
-      w->hash = kvds_index_hash(w->key, w->klen);
-      w->req = wr;
-      w->idx = i;
-      kvds_store_wait_add(&s->store, w);
-    }
-    if (remote)
-      wr->jobs = kvds__cluster_njobs(s, wr);
+    kvds_wait_watch_locked(w);
     UNLOCK(s);
-    uint32_t ms = remote ? remote_ms(s, c->h.arg) : c->h.arg;
-    wait_arm(c, wr, remote ? ms + JOB_GRACE_MS : ms);
-    if (remote)
-      wait_submit(s, wr, hint, hlen, ms, (int)c->h.arg);
+    uint32_t ms = far ? remote_ms(s, c->h.arg) : c->h.arg;
+    kvds_wait_arm(w, far ? ms + JOB_GRACE_MS : ms);
+    if (far)
+      wait_submit(s, w, hint, hlen, ms, (int)c->h.arg);
     return 0;
   }
   UNLOCK(s);
@@ -752,73 +560,78 @@ static int sealed(struct kvds_store *st, const uint8_t *key, uint32_t kl) {
   return o && o->state == KVDS_STATE_SEALED;
 }
 
-/* EXISTS / LOOKUP_PREFIX / LOCATE that the cluster must complete: the
- * local answers are in wr->status (0 = sealed here). */
-static int wait_cluster(struct conn *c, struct wait_req *wr) {
-  struct kvds_server *s = c->th->srv;
-  LOCK(s);
-  wr->remaining = 1;
-  wr->jobs = kvds__cluster_njobs(s, wr);
-  UNLOCK(s);
-  uint32_t ms = remote_ms(s, 0);
-  wait_arm(c, wr, ms + JOB_GRACE_MS);
-  wait_submit(s, wr, NULL, 0, ms, 0);
-  return 0;
+/* LOCATE from what this worker knows: the resolver's directory, or just
+ * this worker's store when there is no resolver. */
+static void locate_local(struct kvds_server *s, struct reply *r, uint32_t n,
+                         const uint8_t *const *keys, const uint32_t *klens) {
+  if (s->resolver.ops) {
+    s->resolver.ops->locate_local(s->resolver.self, r, n, keys, klens);
+    return;
+  }
+  for (uint32_t i = 0; i < n; i++) {
+    LOCK(s);
+    int here = sealed(&s->store, keys[i], klens[i]);
+    UNLOCK(s);
+    kvds__reply_item(r, here ? 0 : KVDS_E_NOTFOUND, (uint64_t)here, 0, 0, 0,
+                     NULL, 0);
+    if (here)
+      kvds__reply_item(r, 0, 0, 0, 0, 0, "", 0);
+  }
 }
 
 /* EXISTS, LOOKUP_PREFIX and LOCATE: the local store first; what it lacks
- * is asked of the cluster (one job, the client sees one round trip). */
-static int op_find(struct conn *c, const struct req_items *ri,
-                   const uint8_t *meta, int kind) {
+ * is asked of the resolver (one job, the client sees one round trip). */
+static int op_find(struct conn *c, const struct req_items *ri, int kind) {
   struct kvds_server *s = c->th->srv;
-  int remote = !(c->h.flags & KVDS_PF_LOCAL) && kvds__cluster_active(s);
+  int far = remote(c);
   int32_t stack[64], *st = stack;
-  if (ri->n > 64 && !(st = malloc(ri->n * sizeof *st)))
+  uint32_t kl[64], *klens = kl;
+  if (ri->n > 64 && (!(st = malloc(ri->n * sizeof *st)) ||
+                     !(klens = malloc(ri->n * sizeof *klens)))) {
+    if (st != stack)
+      free(st);
     return -ENOMEM;
+  }
   uint32_t present = 0, prefix = 0;
   LOCK(s);
   for (uint32_t i = 0; i < ri->n; i++) {
-    st[i] = sealed(&s->store, ri->key[i], ri->it[i].klen) ? 0 : KVDS_E_NOTFOUND;
+    klens[i] = ri->it[i].klen;
+    st[i] = sealed(&s->store, ri->key[i], klens[i]) ? 0 : KVDS_E_NOTFOUND;
     present += st[i] == 0;
     if (present == i + 1)
       prefix = i + 1;
   }
   UNLOCK(s);
   int rc = 0;
-  if (remote && (present < ri->n || kind == WR_LOCATE)) {
-    struct wait_req *wr = wait_new(c, ri, meta, ri->n, kind);
-    if (!wr) {
+  if (far && (present < ri->n || kind == KVDS_WAIT_LOCATE)) {
+    struct kvds_wait *w =
+        kvds_wait_create(c->th->waits, c, &c->waits, kind, c->h.req_id, 0,
+                         ri->n, ri->key, klens, NULL, st);
+    if (!w) {
       rc = -ENOMEM;
       goto out;
     }
-    memcpy(wr->status, st, ri->n * sizeof *st);
-    rc = wait_cluster(c, wr);
+    uint32_t ms = remote_ms(s, 0);
+    kvds_wait_arm(w, ms + JOB_GRACE_MS);
+    wait_submit(s, w, NULL, 0, ms, 0);
     goto out;
   }
   struct reply r;
   kvds__reply_init(&r);
-  if (kind == WR_EXISTS) {
+  if (kind == KVDS_WAIT_EXISTS) {
     for (uint32_t i = 0; i < ri->n; i++)
       kvds__reply_item(&r, st[i], 0, 0, 0, 0, NULL, 0);
-  } else if (kind == WR_LOOKUP) {
+  } else if (kind == KVDS_WAIT_LOOKUP) {
     kvds__reply_item(&r, 0, prefix, 0, 0, 0, NULL, 0);
   } else {
-    uint32_t kl[64], *klens = kl;
-    if (ri->n > 64 && !(klens = malloc(ri->n * sizeof *klens))) {
-      free(r.buf);
-      rc = -ENOMEM;
-      goto out;
-    }
-    for (uint32_t i = 0; i < ri->n; i++)
-      klens[i] = ri->it[i].klen;
-    kvds__cluster_locate_local(s, &r, ri->n, ri->key, klens);
-    if (klens != kl)
-      free(klens);
+    locate_local(s, &r, ri->n, ri->key, klens);
   }
-  kvds__reply_send(c, &r, wr_op[kind], c->h.req_id, 0, 0, 0, -1);
+  kvds__reply_send(c, &r, wait_op[kind], c->h.req_id, 0, 0, 0, -1);
 out:
   if (st != stack)
     free(st);
+  if (klens != kl)
+    free(klens);
   return rc;
 }
 
@@ -1017,11 +830,11 @@ static int op_announce(struct conn *c, const struct req_items *ri) {
   int rc;
   if (!c->peer_name || strcmp(c->peer_name, id) != 0)
     rc = KVDS_E_PERM; /* only a peer, about itself */
-  else if (!kvds__cluster_is_live(s, id, ri->it[0].a))
-    rc = KVDS_E_STATE; /* not (yet) in our view: it tries again */
-  else
-    rc = kvds__cluster_announce(s, id, ri->it[0].a, ri->n - 1, ri->it + 1,
-                                ri->key + 1);
+  else if (!s->resolver.ops)
+    rc = KVDS_E_STATE; /* no cluster here */
+  else                 /* KVDS_E_STATE: not (yet) in our view, it tries again */
+    rc = s->resolver.ops->announce(s->resolver.self, id, ri->it[0].a, ri->n - 1,
+                                   ri->it + 1, ri->key + 1);
   if (!c->peer && !rc)
     c->peer = kvds__cluster_peer(s, ri->key[0], ri->it[0].klen);
   kvds__reply_status(c, KVDS_OP_ANNOUNCE, c->h.req_id, rc);
@@ -1190,7 +1003,7 @@ int kvds__server_request(struct conn *c, const uint8_t *meta) {
     rc = op_put(c, &ri);
     break;
   case KVDS_OP_GET:
-    rc = op_get(c, &ri, meta);
+    rc = op_get(c, &ri);
     break;
   case KVDS_OP_RELEASE:
     rc = op_release(c, &ri);
@@ -1199,10 +1012,10 @@ int kvds__server_request(struct conn *c, const uint8_t *meta) {
     rc = op_delete(c, &ri);
     break;
   case KVDS_OP_EXISTS:
-    rc = op_find(c, &ri, meta, WR_EXISTS);
+    rc = op_find(c, &ri, KVDS_WAIT_EXISTS);
     break;
   case KVDS_OP_LOOKUP_PREFIX:
-    rc = op_find(c, &ri, meta, WR_LOOKUP);
+    rc = op_find(c, &ri, KVDS_WAIT_LOOKUP);
     break;
   case KVDS_OP_LIST:
     rc = op_list(c, &ri);
@@ -1220,7 +1033,7 @@ int kvds__server_request(struct conn *c, const uint8_t *meta) {
     rc = op_cluster(c);
     break;
   case KVDS_OP_LOCATE:
-    rc = op_find(c, &ri, meta, WR_LOCATE);
+    rc = op_find(c, &ri, KVDS_WAIT_LOCATE);
     break;
   case KVDS_OP_ANNOUNCE:
     rc = op_announce(c, &ri);
@@ -1242,8 +1055,8 @@ void kvds__server_stop(struct kvds_server *s) {
   /* Activating an event wakes a thread even if it has not entered its loop
    * yet (a loopbreak issued before the loop starts would be forgotten). */
   for (int i = 0; i < s->nthreads; i++) {
-    if (s->threads[i].inbox_ev)
-      event_active(s->threads[i].inbox_ev, EV_READ, 0);
+    if (s->threads[i].wake_ev)
+      event_active(s->threads[i].wake_ev, EV_READ, 0);
     if (s->threads[i].base)
       event_base_loopbreak(s->threads[i].base);
   }

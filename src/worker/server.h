@@ -1,14 +1,15 @@
 /*
- * server.h — internals of the worker daemon shared by its files:
- * server.c (threads, listeners, request dispatch, waits), conn.c (one client
- * connection: framing, buffers, output queue, handle table) and http.c.
+ * server.h — internals of the worker daemon shared by its files: worker.c
+ * (start-up, threads, listeners), server.c (request dispatch, replies),
+ * conn.c (one client connection: framing, buffers, output queue, handle
+ * table) and http.c. Waits are wait.h's, the seam to whatever resolves
+ * misses (the cluster) is resolver.h.
  *
  * Threading: `threads` I/O threads, each with its own event_base, accept from
  * the shared listening sockets and own the connections they accepted. The
  * object store is shared and guarded by store.lock; a connection is touched
- * only by its own thread, except that a seal on another thread may complete
- * one of its waiting GETs by queueing it on the owner thread's inbox (under
- * store.lock) and activating the inbox event.
+ * only by its own thread, except that a seal or a resolver on another thread
+ * may complete one of its waits, through the thread's wait box (wait.h).
  */
 #ifndef KVDS_SERVER_H
 #define KVDS_SERVER_H
@@ -25,12 +26,13 @@
 #include "proto/proto.h"
 #include "store/store.h"
 #include "worker/peercred.h"
+#include "worker/resolver.h"
+#include "worker/wait.h"
 #include "worker/worker.h"
 
 struct event_base;
 struct event;
 struct conn;
-struct wait_req;
 struct kvds_cluster;
 struct kvds_peer;
 
@@ -48,12 +50,12 @@ struct io_thread {
   pthread_t tid;
   struct event_base *base;
   struct event *listen_ev[2];
-  struct event *inbox_ev;
-  struct event *sweep_ev;  /* periodic: closes connections stuck mid-frame */
-  struct event *resume_ev; /* re-arms the listeners after accept failed */
-  uint64_t accept_log_us;  /* last "accept failed" log line */
-  uint8_t *discard;        /* sink for bulk bytes that have nowhere to go */
-  struct wait_req *inbox;  /* guarded by store.lock */
+  struct event *wake_ev;      /* activated to wake the loop (stop) */
+  struct event *sweep_ev;     /* periodic: closes connections stuck mid-frame */
+  struct event *resume_ev;    /* re-arms the listeners after accept failed */
+  uint64_t accept_log_us;     /* last "accept failed" log line */
+  uint8_t *discard;           /* sink for bulk bytes that have nowhere to go */
+  struct kvds_waitbox *waits; /* its connections' waits */
   /* This thread's connections, most recently active first. */
   struct conn *conns, *conns_tail;
   uint64_t last_activity_us;
@@ -102,7 +104,8 @@ struct kvds_server {
   struct kvds_auth_token token; /* when auth */
   struct kvds_http *http;
   kvds_membership *members; /* always set once serving (embedded: just me) */
-  struct kvds_cluster *cluster; /* NULL on a single embedded worker */
+  struct kvds_cluster *cluster;  /* NULL on a single embedded worker */
+  struct kvds_resolver resolver; /* misses: the cluster's, or none */
 };
 
 /* ---- conn.c --------------------------------------------------------------*/
@@ -178,8 +181,8 @@ struct conn {
   uint32_t nrefs, caprefs, free_ref;
   uint32_t nheld;         /* entries in use (pins, objects being written) */
   uint64_t writing_bytes; /* bytes of its WRITING objects (and PUT's) */
-  /* waiting GETs */
-  struct wait_req *waits;
+  /* its requests answered later (wait.h) */
+  struct kvds_wait *waits;
 };
 
 /* A new connection on fd, owned by th. With `refuse` it is over
@@ -223,45 +226,6 @@ struct reply {
   int oom;
 };
 
-/* What a wait_req answers. */
-enum { WR_GET = 0, WR_EXISTS, WR_LOOKUP, WR_LOCATE };
-
-/*
- * A request answered later: a GET waiting for seals (local writers, or the
- * cluster's pulls), or an EXISTS / LOOKUP_PREFIX / LOCATE the cluster
- * resolves. Owned by its connection (c->waits); cluster jobs hold
- * references (`jobs`, under store.lock). When the connection answers or
- * drops it while jobs still hold it, it is marked dead (its timer freed)
- * and the last job frees it.
- */
-struct wait_req {
-  struct conn *c;
-  struct wait_req *prev, *next; /* conn's list */
-  struct wait_req *inbox_next;  /* owner thread's inbox */
-  uint8_t in_inbox;
-  uint8_t kind;   /* WR_* */
-  uint8_t dead;   /* store.lock: answered or dropped; only jobs hold it */
-  uint8_t frozen; /* store.lock: being answered; jobs change nothing */
-  uint16_t flags;
-  uint32_t jobs; /* store.lock: cluster jobs holding it */
-  uint64_t req_id;
-  uint32_t n, remaining;
-  struct event *timer;
-  uint8_t *meta;        /* owned copy: keys[] and waiters point into it */
-  const uint8_t **keys; /* n keys (into meta) */
-  uint32_t *klens;
-  struct kvds_object **objs; /* GET: pinned results */
-  int32_t *status;           /* per key (GET, EXISTS: 0 = present) */
-  struct kvds_waiter *w;     /* GET: one per key */
-  struct reply out;          /* WR_LOOKUP / WR_LOCATE: the reply a job built */
-};
-
-/* Queues wr on its thread's inbox (store lock held). */
-void kvds__wait_inbox_locked(struct wait_req *wr);
-/* A job is done with wr (takes store.lock); frees it if it was the last
- * holder of a dead request. */
-void kvds__wait_job_done(struct kvds_server *s, struct wait_req *wr);
-
 void kvds__reply_init(struct reply *r);
 void kvds__reply_item(struct reply *r, int32_t status, uint64_t a, uint64_t b,
                       uint64_t c, uint64_t d, const void *key, uint32_t klen);
@@ -282,15 +246,11 @@ void kvds__reply_status(struct conn *c, uint8_t op, uint64_t req_id,
  */
 int kvds__server_request(struct conn *c, const uint8_t *meta);
 void kvds__server_data_done(struct conn *c);
-/* Frees conn-owned wait requests (with store.lock held). */
-void kvds__server_cancel_waits_locked(struct conn *c);
 void kvds__server_stop(struct kvds_server *s);
-/* The store's wake hook (store lock held, any thread): a waited key was
- * sealed; queues the waiting GET on its owner thread's inbox when complete. */
-void kvds__server_on_wake(struct kvds_waiter *w, struct kvds_object *obj,
-                          void *ud);
-/* Event callback of a thread's inbox: answers the GETs completed there. */
-void kvds__server_on_inbox(int fd, short what, void *arg);
+/* The wait boxes' hooks (wait.h): answer a wait on its connection, then
+ * flush the connection. */
+void kvds__server_on_answer(void *owner, const struct kvds_wait_answer *a);
+void kvds__server_after_answer(void *owner);
 
 /* ---- worker.c
  * --------------------------------------------------------------*/
@@ -299,81 +259,6 @@ void kvds__server_on_inbox(int fd, short what, void *arg);
  * worker's --log-level (0 error, 1 warn, 2 info, 3 debug). */
 void kvds__logf(int level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
-
-/* ---- cluster.c
- * -------------------------------------------------------------*/
-
-/* Sets up and starts the cluster part (peers, directory, jobs); a no-op for
- * the embedded single node. Call after the membership was created and
- * before it starts (it registers the change callback's target). */
-int kvds__cluster_start(struct kvds_server *s);
-/* Stops its threads (pulls in flight fail at once) and frees it. */
-void kvds__cluster_stop(struct kvds_server *s);
-/* The membership's change callback. */
-void kvds__cluster_on_view(void *arg, uint64_t generation);
-/* 1 when requests should look beyond this worker: a cluster with another
- * live member. */
-int kvds__cluster_active(struct kvds_server *s);
-
-/* ---- replicas (replicate.c; --replicas N > 1) ----------------------------
- * kvds__cluster_replicate (cluster.c) copies keys[0..n), sealed here, to
- * the other members of each key's replica set: the `copies` best members
- * by rendezvous hashing over the live view, this worker left out and the
- * rest cut to copies - 1. Each copy is a GET with this worker as hint and
- * KVDS_GET_PIN sent to the target: the target pulls the value into its
- * pool (a replica it announces) and only a pin comes back, released at
- * once. Bounded by deadline_us; *made / *failed count the copies, and
- * done[i] = 1 when key i has all its copies (0: a target failed, or there
- * are fewer live members than copies - 1). */
-struct kvds_replicator;
-void kvds__cluster_replicate(struct kvds_server *s, size_t n,
-                             const struct kvds_iov *keys, int copies,
-                             uint64_t deadline_us, uint8_t *done, size_t *made,
-                             size_t *failed);
-int kvds__repl_start(struct kvds_server *s, int copies,
-                     struct kvds_replicator **out);
-/* Joins the thread; call after the cluster's connections were shut down
- * (a copy in flight then fails at once). NULL is a no-op. */
-void kvds__repl_stop(struct kvds_replicator *r);
-/* Queues a key sealed here (store lock held: the notify hook). */
-void kvds__repl_queue_locked(struct kvds_replicator *r, const uint8_t *key,
-                             uint32_t klen);
-struct kvds_repl_counts {
-  uint64_t queued, made, failed, skipped, gave_up;
-};
-void kvds__repl_counts(struct kvds_replicator *r, struct kvds_repl_counts *out);
-/* Queues the jobs that resolve wr (GET: pulls of its missing keys; other
- * kinds: directory queries) with wr->jobs already counting them. hint may
- * be NULL. Returns 0, or -ENOMEM (nothing queued). */
-int kvds__cluster_submit(struct kvds_server *s, struct wait_req *wr,
-                         const uint8_t *hint, uint32_t hlen,
-                         uint64_t deadline_us, int wait_ms);
-/* Number of jobs kvds__cluster_submit will queue for wr. */
-uint32_t kvds__cluster_njobs(struct kvds_server *s, const struct wait_req *wr);
-/* ANNOUNCE from a peer: owner (epoch) holds (it[i].a = 1) or no longer
- * holds (0) keys[i]; returns the first error (KVDS_E_STATE: no cluster).
- * LOCATE answered from this worker's directory (and store) alone. */
-int kvds__cluster_announce(struct kvds_server *s, const char *owner,
-                           uint64_t epoch, uint32_t n,
-                           const struct kvds_proto_item *it,
-                           const uint8_t *const *keys);
-void kvds__cluster_locate_local(struct kvds_server *s, struct reply *r,
-                                uint32_t n, const uint8_t *const *keys,
-                                const uint32_t *klens);
-/* 1 iff id (len bytes) is a live member of this worker's view with this
- * epoch (an ANNOUNCE is taken only from such a peer about itself). */
-int kvds__cluster_is_live(struct kvds_server *s, const char *id,
-                          uint64_t epoch);
-/* The peer a HELLO names (NULL if not a member), for its byte counters. */
-struct kvds_peer *kvds__cluster_peer(struct kvds_server *s, const uint8_t *id,
-                                     uint32_t len);
-void kvds__peer_count_out(struct kvds_peer *p, uint64_t bytes);
-/* Adds per-member transfer figures to a membership JSON object (its
- * "members" entries) and a "directory" object. */
-void kvds__cluster_annotate(struct kvds_server *s, struct json_t *cluster);
-/* Writes the cluster's Prometheus lines (per-peer counters, pull latency
- * histograms, directory size) to f; nothing for a single embedded worker. */
-void kvds__cluster_metrics(struct kvds_server *s, FILE *f);
 
 /* ---- http.c --------------------------------------------------------------*/
 struct kvds_http;

@@ -28,6 +28,7 @@
 
 #include "common/util.h"
 #include "kvds/kvds.h"
+#include "worker/cluster/cluster.h"
 #include "worker/server.h"
 
 static int g_log_level = 2;
@@ -544,6 +545,13 @@ static void on_sweep(evutil_socket_t fd, short what, void *arg) {
   kvds__conn_sweep(arg, kvds_now_us());
 }
 
+/* Wakes a thread's loop (kvds__server_stop); nothing else to do. */
+static void on_wake(evutil_socket_t fd, short what, void *arg) {
+  (void)fd;
+  (void)what;
+  (void)arg;
+}
+
 static int thread_setup(struct kvds_server *s, struct io_thread *th) {
   th->srv = s;
   pthread_mutex_init(&th->handoff_lock, NULL);
@@ -560,12 +568,15 @@ static int thread_setup(struct kvds_server *s, struct io_thread *th) {
     if (!th->listen_ev[i] || event_add(th->listen_ev[i], NULL))
       return -ENOMEM;
   }
-  th->inbox_ev = event_new(th->base, -1, 0, kvds__server_on_inbox, th);
+  th->wake_ev = event_new(th->base, -1, 0, on_wake, th);
   th->sweep_ev = event_new(th->base, -1, EV_PERSIST, on_sweep, th);
   th->resume_ev = evtimer_new(th->base, on_resume, th);
   th->handoff_ev = event_new(th->base, -1, 0, on_handoff, th);
   struct timeval tv = {.tv_sec = 1};
-  if (!th->inbox_ev || !th->sweep_ev || !th->resume_ev || !th->handoff_ev ||
+  if (kvds_waitbox_create(th->base, &s->store, kvds__server_on_answer,
+                          kvds__server_after_answer, &th->waits))
+    return -ENOMEM;
+  if (!th->wake_ev || !th->sweep_ev || !th->resume_ev || !th->handoff_ev ||
       event_add(th->sweep_ev, &tv))
     return -ENOMEM;
   return 0;
@@ -605,8 +616,9 @@ static void thread_teardown(struct io_thread *th) {
   for (int i = 0; i < 2; i++)
     if (th->listen_ev[i])
       event_free(th->listen_ev[i]);
-  if (th->inbox_ev)
-    event_free(th->inbox_ev);
+  kvds_waitbox_destroy(th->waits);
+  if (th->wake_ev)
+    event_free(th->wake_ev);
   if (th->sweep_ev)
     event_free(th->sweep_ev);
   if (th->resume_ev)
@@ -617,6 +629,11 @@ static void thread_teardown(struct io_thread *th) {
 }
 
 int kvds_worker_run(const struct kvds_worker_config *cfg) {
+  return kvds__worker_run_with(cfg, NULL);
+}
+
+int kvds__worker_run_with(const struct kvds_worker_config *cfg,
+                          const struct kvds_resolver *resolver) {
   struct kvds_server *s = calloc(1, sizeof *s);
   struct event *sigs[2] = {0};
   char err[256];
@@ -693,7 +710,7 @@ int kvds_worker_run(const struct kvds_worker_config *cfg) {
   }
   struct kvds_evict_policy pol = {cfg->high_watermark, cfg->eviction_ratio};
   if ((rc = kvds_store_init(&s->store, &s->pool, &pol, cfg->max_object,
-                            kvds__server_on_wake, s))) {
+                            kvds_wait_on_seal, s))) {
     logf_(0, "cannot set up the store: %s", kvds_strerror(rc));
     goto out;
   }
@@ -772,6 +789,13 @@ int kvds_worker_run(const struct kvds_worker_config *cfg) {
       goto out;
     }
   }
+  /* The resolver is set before any I/O thread may read it. */
+  if ((rc = kvds__cluster_start(s))) {
+    logf_(0, "cannot start the cluster's threads: %s", kvds_strerror(rc));
+    goto out;
+  }
+  if (resolver)
+    s->resolver = *resolver;
   for (int i = 1; i < s->nthreads; i++) {
     if ((rc = -pthread_create(&s->threads[i].tid, NULL, thread_main,
                               &s->threads[i]))) {
@@ -781,13 +805,6 @@ int kvds_worker_run(const struct kvds_worker_config *cfg) {
         pthread_join(s->threads[k].tid, NULL);
       goto out;
     }
-  }
-  if ((rc = kvds__cluster_start(s))) {
-    logf_(0, "cannot start the cluster's threads: %s", kvds_strerror(rc));
-    kvds__server_stop(s);
-    for (int k = 1; k < s->nthreads; k++)
-      pthread_join(s->threads[k].tid, NULL);
-    goto out;
   }
   if ((rc = kvds_membership_start(s->members))) {
     logf_(0, "cannot set up the cluster membership: %s",

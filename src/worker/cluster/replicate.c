@@ -21,7 +21,8 @@
 
 #include "common/util.h"
 #include "kvds/kvds.h"
-#include "worker/server.h"
+#include "cluster/hrw.h"
+#include "worker/cluster/internal.h"
 
 #define QUEUE_MAX 65536
 #define BATCH 256
@@ -217,4 +218,95 @@ void kvds__repl_counts(struct kvds_replicator *r,
   out->failed = atomic_load(&r->failed);
   out->skipped = atomic_load(&r->skipped);
   out->gave_up = atomic_load(&r->gave_up);
+}
+
+/* ---- one batch of copies ------------------------------------------------ */
+
+void kvds__cluster_replicate(struct kvds_server *s, size_t n,
+                             const struct kvds_iov *keys, int copies,
+                             uint64_t deadline_us, uint8_t *done, size_t *made,
+                             size_t *failed) {
+  struct kvds_cluster *cl = s->cluster;
+  struct kvds_view v;
+  size_t k = (size_t)copies - 1;
+  *made = *failed = 0;
+  memset(done, 0, n);
+  pthread_mutex_lock(&cl->lock);
+  int rc = kvds_view_copy(&v, &cl->view);
+  pthread_mutex_unlock(&cl->lock);
+  if (rc) {
+    *failed = n * k;
+    return;
+  }
+  /* target[i * k + j]: the j-th member (index in v) to copy key i to. */
+  size_t *target = malloc((n ? n : 1) * k * sizeof *target);
+  size_t *subi = malloc((n ? n : 1) * sizeof *subi);
+  struct kvds_iov *sub = malloc((n ? n : 1) * sizeof *sub);
+  struct kvds_value *vals = calloc(n ? n : 1, sizeof *vals);
+  int *res = malloc((n ? n : 1) * sizeof *res);
+  if (!target || !subi || !sub || !vals || !res) {
+    *failed = n * k;
+    goto out;
+  }
+  for (size_t i = 0; i < n; i++) {
+    size_t top[9], got = kvds_hrw_top(kvds_checksum(keys[i].base, keys[i].len),
+                                      v.seeds, v.n, top, k + 1);
+    size_t t = 0;
+    for (size_t j = 0; j < got && t < k; j++)
+      if (vpeer(&v, top[j]))
+        target[i * k + t++] = top[j];
+    done[i] = t == k; /* unless a copy fails below */
+    for (; t < k; t++)
+      target[i * k + t] = SIZE_MAX; /* fewer live members than copies */
+  }
+  struct kvds_get_opts opts = {0, cl->self_id, KVDS_GET_PIN};
+  for (size_t m = 0; m < v.n; m++) {
+    struct kvds_peer *p = vpeer(&v, m);
+    if (!p)
+      continue;
+    size_t ns = 0;
+    for (size_t i = 0; i < n; i++)
+      for (size_t j = 0; j < k; j++)
+        if (target[i * k + j] == m) {
+          subi[ns] = i;
+          sub[ns++] = keys[i];
+        }
+    if (!ns)
+      continue;
+    int err = 0;
+    uint64_t gen;
+    kvds_client *c = kvds__pconn_get(cl, p, deadline_us, &gen, &err);
+    uint64_t now = kvds_now_us();
+    rc = c ? 0 : err;
+    if (c && now >= deadline_us)
+      rc = KVDS_E_TIMEOUT;
+    if (!rc) {
+      kvds_client_set_timeout(c, (int)((deadline_us - now) / 1000) + 1);
+      rc = kvds_mget_ex(c, ns, sub, &opts, vals, res);
+    }
+    for (size_t i = 0; i < ns; i++) {
+      if (!rc && res[i] == 0) {
+        (*made)++;
+      } else {
+        (*failed)++;
+        done[subi[i]] = 0;
+      }
+    }
+    if (!rc)
+      kvds_release(c, ns, vals);
+    if (c)
+      kvds__pconn_put(cl, p, c, gen);
+    if (rc)
+      kvds__logf(2,
+                 "cluster: copies of %zu keys to %s failed (tried again): "
+                 "%s",
+                 ns, p->id, kvds_strerror(rc));
+  }
+out:
+  free(target);
+  free(subi);
+  free(sub);
+  free(vals);
+  free(res);
+  kvds_view_free(&v);
 }
