@@ -104,7 +104,8 @@ int cli_parse_u64_opt(const char *cmd, const char *opt, const char *s,
 int cli_parse_double_opt(const char *cmd, const char *opt, const char *s,
                          double *out);
 
-/* 1 if the host of a "host:port" address is a loopback address. */
+/* 1 if addr is a Unix socket path or the host of its "host:port" is
+ * loopback (kvds_host_is_loopback: every address it resolves to). */
 int cli_addr_is_loopback(const char *addr);
 
 /* The last non-empty line written to the log at path after offset `from`
@@ -113,7 +114,8 @@ int cli_addr_is_loopback(const char *addr);
  * Returns out. */
 char *cli_log_tail(const char *path, off_t from, char *out, size_t cap);
 
-/* Sleeps ms milliseconds (for polling a process that is not ours). */
+/* kvds_sleep_ms (common/clock.h), for the callers in bench.c; the other
+ * commands call kvds_sleep_ms. */
 void cli_sleep_ms(int ms);
 
 #endif

@@ -12,6 +12,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/addr.h"
+#include "common/array.h"
+#include "common/clock.h"
 #include "common/util.h"
 #include "worker/worker.h" /* KVDS_DEFAULT_ADDR */
 
@@ -70,8 +73,7 @@ int cli_addr_is_loopback(const char *addr) {
   uint16_t port;
   if (kvds_split_hostport(addr, host, sizeof host, &port))
     return 0;
-  return strncmp(host, "127.", 4) == 0 || strcmp(host, "localhost") == 0 ||
-         strcmp(host, "::1") == 0;
+  return kvds_host_is_loopback(host);
 }
 
 static void describe(const kvds_client *c, const char *addr, char *via,
@@ -113,9 +115,7 @@ int cli_connect(const char *cmd, const char *addr, unsigned flags,
 }
 
 void cli_sleep_ms(int ms) {
-  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-  while (nanosleep(&ts, &ts) == -1 && errno == EINTR)
-    ;
+  kvds_sleep_ms(ms);
 }
 
 /* Gone, or a zombie nobody has reaped yet (its parent may never do so). */
@@ -151,7 +151,7 @@ int cli_stop_worker(const char *addr, int timeout_ms, uint64_t *pid) {
   if (pid)
     *pid = wpid;
   int local = cli_addr_is_loopback(addr);
-  uint64_t deadline = kvds_now_us() + (uint64_t)timeout_ms * 1000u;
+  uint64_t deadline = kvds_deadline_ms(timeout_ms);
   for (;;) {
     int answers =
         cli_try_connect(addr, 500, KVDS_CONNECT_LAZY_MAP, &c, NULL, 0) == 0;
@@ -161,7 +161,7 @@ int cli_stop_worker(const char *addr, int timeout_ms, uint64_t *pid) {
       return 0;
     if (kvds_now_us() >= deadline)
       return KVDS_E_TIMEOUT;
-    cli_sleep_ms(50);
+    kvds_sleep_ms(50);
   }
 }
 
@@ -212,14 +212,9 @@ int cli_read_capped(int fd, uint64_t limit, uint8_t **buf, size_t *len) {
   if (!b)
     return -ENOMEM;
   for (;;) {
-    if (n == cap) {
-      uint8_t *nb = realloc(b, cap * 2);
-      if (!nb) {
-        free(b);
-        return -ENOMEM;
-      }
-      b = nb;
-      cap *= 2;
+    if (KVDS_ARRAY_GROW(b, cap, n + 1, 0)) {
+      free(b);
+      return -ENOMEM;
     }
     /* never more than one byte past the limit: enough to know */
     size_t want = cap - n;

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "common/array.h"
 #include "common/util.h"
 
 #define WORKER_OPT_HELP                                                        \
@@ -414,14 +415,8 @@ struct ls_set {
 
 static int ls_collect(const struct kvds_list_entry *e, void *ud) {
   struct ls_set *ls = ud;
-  if (ls->n == ls->cap) {
-    size_t nc = ls->cap ? ls->cap * 2 : 256;
-    struct ls_ent *nv = realloc(ls->v, nc * sizeof *nv);
-    if (!nv)
-      return -ENOMEM;
-    ls->v = nv;
-    ls->cap = nc;
-  }
+  if (KVDS_ARRAY_GROW(ls->v, ls->cap, ls->n + 1, 256))
+    return -ENOMEM;
   struct ls_ent *d = &ls->v[ls->n];
   if (!(d->key = malloc(e->klen ? e->klen : 1)))
     return -ENOMEM;

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "common/clock.h"
 #include "common/util.h"
 
 static const char HELP[] =
@@ -170,7 +171,7 @@ static int run_captured(char **argv, char *last, size_t cap) {
 
 /* Waits until the worker at addr answers a ping; fills *pid. */
 static int wait_ping(const char *addr, int timeout_ms, uint64_t *pid) {
-  uint64_t deadline = kvds_now_us() + (uint64_t)timeout_ms * 1000u;
+  uint64_t deadline = kvds_deadline_ms(timeout_ms);
   int rc;
   for (;;) {
     kvds_client *c;
@@ -186,7 +187,7 @@ static int wait_ping(const char *addr, int timeout_ms, uint64_t *pid) {
     }
     if (kvds_now_us() >= deadline)
       return rc;
-    cli_sleep_ms(50);
+    kvds_sleep_ms(50);
   }
 }
 

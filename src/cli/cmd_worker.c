@@ -12,6 +12,8 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "cluster/membership.h"
+#include "common/clock.h"
 #include "common/util.h"
 #include "worker/worker.h"
 
@@ -303,8 +305,9 @@ static int parse_opt(struct worker_opts *o, int c, const char *v) {
   case OPT_TTL:
     if ((rc = parse_int("--lease-ttl", v, &cfg->lease_ttl_s)))
       return rc;
-    if (cfg->lease_ttl_s < 1 || cfg->lease_ttl_s > 3600) {
-      cli_err(CMD, "--lease-ttl must be 1..3600 seconds (got %s)", v);
+    if (!kvds_membership_ttl_ok(cfg->lease_ttl_s)) {
+      cli_err(CMD, "--lease-ttl must be %d..%d seconds (got %s)",
+              KVDS_MEMBERSHIP_TTL_MIN_S, KVDS_MEMBERSHIP_TTL_MAX_S, v);
       return CLI_USAGE;
     }
     return CLI_OK;
@@ -410,7 +413,7 @@ static int default_log_path(const struct kvds_worker_config *cfg, char *out,
 /* Parent side of --daemon: waits for the child's "1" on the ready pipe. */
 static int await_ready(pid_t pid, int rfd, const char *log, off_t log_from,
                        int timeout_s) {
-  uint64_t deadline = kvds_now_us() + (uint64_t)timeout_s * 1000000u;
+  uint64_t deadline = kvds_deadline_ms((int64_t)timeout_s * 1000);
   char c = 0;
   for (;;) {
     uint64_t now = kvds_now_us();
@@ -423,7 +426,7 @@ static int await_ready(pid_t pid, int rfd, const char *log, off_t log_from,
       return CLI_FAIL;
     }
     struct pollfd p = {.fd = rfd, .events = POLLIN};
-    int n = poll(&p, 1, (int)((deadline - now) / 1000u) + 1);
+    int n = poll(&p, 1, kvds_deadline_left_ms(deadline, now));
     if (n < 0 && errno == EINTR)
       continue;
     if (n == 0)
@@ -441,7 +444,7 @@ static int await_ready(pid_t pid, int rfd, const char *log, off_t log_from,
   for (int i = 0; i < 100 && !reaped; i++) {
     reaped = waitpid(pid, &status, WNOHANG) == pid;
     if (!reaped)
-      cli_sleep_ms(20);
+      kvds_sleep_ms(20);
   }
   char why[64], line[512];
   if (!reaped)

@@ -10,29 +10,17 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/util.h"
 #include "kvds/kvds.h"
 
 #define LABEL_LEN 6
 static const char DOMAIN[] = "kvds-auth-v1";
 static const char *const LABELS[2] = {"client", "worker"};
-
-static int load_fail(char *err, size_t errcap, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static int load_fail(char *err, size_t errcap, const char *fmt, ...) {
-  if (err && errcap) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errcap, fmt, ap);
-    va_end(ap);
-  }
-  return KVDS_E_AUTH;
-}
 
 int kvds_auth_token_load(const char *path, struct kvds_auth_token *out,
                          char *err, size_t errcap) {
@@ -43,20 +31,20 @@ int kvds_auth_token_load(const char *path, struct kvds_auth_token *out,
   int rc;
   int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
   if (fd < 0)
-    return load_fail(err, errcap, "auth token file %s: %s", path,
+    return kvds_errf(err, errcap, KVDS_E_AUTH, "auth token file %s: %s", path,
                      strerror(errno));
   if (fstat(fd, &st)) {
-    rc =
-        load_fail(err, errcap, "auth token file %s: %s", path, strerror(errno));
+    rc = kvds_errf(err, errcap, KVDS_E_AUTH, "auth token file %s: %s", path,
+                   strerror(errno));
     goto out;
   }
   if (!S_ISREG(st.st_mode)) {
-    rc = load_fail(err, errcap, "auth token file %s is not a regular file",
-                   path);
+    rc = kvds_errf(err, errcap, KVDS_E_AUTH,
+                   "auth token file %s is not a regular file", path);
     goto out;
   }
   if (st.st_mode & 077) {
-    rc = load_fail(err, errcap,
+    rc = kvds_errf(err, errcap, KVDS_E_AUTH,
                    "auth token file %s is accessible by group or others "
                    "(mode 0%03o); it must be private: chmod 600 it",
                    path, (unsigned)(st.st_mode & 0777));
@@ -67,7 +55,7 @@ int kvds_auth_token_load(const char *path, struct kvds_auth_token *out,
     if (r < 0 && errno == EINTR)
       continue;
     if (r < 0) {
-      rc = load_fail(err, errcap, "auth token file %s: %s", path,
+      rc = kvds_errf(err, errcap, KVDS_E_AUTH, "auth token file %s: %s", path,
                      strerror(errno));
       goto out;
     }
@@ -81,14 +69,15 @@ int kvds_auth_token_load(const char *path, struct kvds_auth_token *out,
                      buf[len - 1] == ' ' || buf[len - 1] == '\t'))
     len--;
   if (len == 0)
-    rc = load_fail(err, errcap, "auth token file %s is empty", path);
+    rc = kvds_errf(err, errcap, KVDS_E_AUTH, "auth token file %s is empty",
+                   path);
   else if (len < KVDS_AUTH_TOKEN_MIN)
-    rc = load_fail(err, errcap,
+    rc = kvds_errf(err, errcap, KVDS_E_AUTH,
                    "auth token file %s holds a token of %zu bytes; it must "
                    "have at least %d",
                    path, len, KVDS_AUTH_TOKEN_MIN);
   else if (len > KVDS_AUTH_TOKEN_MAX)
-    rc = load_fail(err, errcap,
+    rc = kvds_errf(err, errcap, KVDS_E_AUTH,
                    "auth token file %s is too long (more than %d bytes)", path,
                    KVDS_AUTH_TOKEN_MAX);
   else

@@ -3,4 +3,4 @@
 # the client library.
 pkg_check_modules(CRYPTO REQUIRED IMPORTED_TARGET libcrypto)
 add_library(kvds_auth STATIC src/cluster/auth.c)
-target_link_libraries(kvds_auth PUBLIC PkgConfig::CRYPTO)
+target_link_libraries(kvds_auth PUBLIC kvds_common PkgConfig::CRYPTO)

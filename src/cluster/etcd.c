@@ -16,6 +16,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/array.h"
+#include "common/clock.h"
 #include "common/util.h"
 
 #define BACKOFF_MIN_MS 50
@@ -581,16 +583,8 @@ static int buf_add(struct buf *b, const char *d, size_t n) {
     b->over = 1;
     return -1;
   }
-  if (b->len + n + 1 > b->cap) {
-    size_t c = b->cap ? b->cap : 1024;
-    while (c < b->len + n + 1)
-      c *= 2;
-    char *p = realloc(b->p, c);
-    if (!p)
-      return -1;
-    b->p = p;
-    b->cap = c;
-  }
+  if (KVDS_ARRAY_GROW(b->p, b->cap, b->len + n + 1, 1024))
+    return -1;
   memcpy(b->p + b->len, d, n);
   b->len += n;
   b->p[b->len] = 0;
@@ -768,21 +762,21 @@ static int connect_failure(struct conn *c, CURLcode rc) {
  * the reply body and *status the HTTP status. */
 static int conn_post(struct conn *c, const char *path, const char *body,
                      struct buf *out, long *status) {
-  uint64_t deadline = kvds_now_us() / 1000 + (uint64_t)c->timeout_ms;
+  uint64_t deadline = kvds_deadline_ms(c->timeout_ms);
   int err = KVDS_E_TIMEOUT;
   c->msg[0] = 0;
   for (size_t i = 0; i < c->n; i++) {
     size_t idx = (c->cur + i) % c->n;
     char url[400];
     snprintf(url, sizeof url, "%s%s", c->eps[idx].url, path);
-    uint64_t now = kvds_now_us() / 1000;
+    uint64_t now = kvds_now_us();
     if (now >= deadline) {
       err = KVDS_E_TIMEOUT;
       snprintf(c->msg, sizeof c->msg, "%s: deadline of %d ms passed", url,
                c->timeout_ms);
       break;
     }
-    long left = (long)(deadline - now);
+    long left = kvds_deadline_left_ms(deadline, now);
     /* Leave the endpoints after this one a share of the time to connect. */
     long cto = left / (long)(c->n - i);
     struct buf b = {0};
@@ -1267,17 +1261,10 @@ static int watch_resync(kvds_etcd_watch *w) {
 
 /* Waits ms or until close(); returns nonzero once stopping. */
 static int watch_pause(kvds_etcd_watch *w, int ms) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  ts.tv_sec += ms / 1000;
-  ts.tv_nsec += (long)(ms % 1000) * 1000000L;
-  if (ts.tv_nsec >= 1000000000L) {
-    ts.tv_sec++;
-    ts.tv_nsec -= 1000000000L;
-  }
+  uint64_t until = kvds_deadline_ms(ms);
   pthread_mutex_lock(&w->mu);
   while (!atomic_load(&w->stop) && !atomic_load(&w->resync_req) &&
-         pthread_cond_timedwait(&w->cv, &w->mu, &ts) == 0)
+         kvds_cond_wait_until(&w->cv, &w->mu, until) == 0)
     ;
   pthread_mutex_unlock(&w->mu);
   return atomic_load(&w->stop);
@@ -1344,11 +1331,7 @@ int kvds_etcd_watch_open(kvds_etcd *e, const void *prefix, size_t plen,
   atomic_init(&w->stop, 0);
   atomic_init(&w->resync_req, 0);
   pthread_mutex_init(&w->mu, NULL);
-  pthread_condattr_t ca;
-  pthread_condattr_init(&ca);
-  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-  pthread_cond_init(&w->cv, &ca);
-  pthread_condattr_destroy(&ca);
+  kvds_cond_init_mono(&w->cv);
   rc = -pthread_create(&w->th, NULL, watch_main, w);
   if (rc) {
     pthread_cond_destroy(&w->cv);

@@ -16,6 +16,8 @@
 #include <time.h>
 
 #include "cluster/etcd.h"
+#include "common/array.h"
+#include "common/clock.h"
 #include "common/util.h"
 #include "kvds/kvds.h"
 
@@ -252,14 +254,8 @@ int kvds__view_put(struct kvds__member_view *v, const struct kvds_member *m) {
     *cur = *m;
     return 1;
   }
-  if (v->n == v->cap) {
-    size_t nc = v->cap ? v->cap * 2 : 8;
-    struct kvds_member *a = realloc(v->m, nc * sizeof *a);
-    if (!a)
-      return -ENOMEM;
-    v->m = a;
-    v->cap = nc;
-  }
+  if (KVDS_ARRAY_GROW(v->m, v->cap, v->n + 1, 8))
+    return -ENOMEM;
   memmove(&v->m[i + 1], &v->m[i], (v->n - i) * sizeof *v->m);
   v->m[i] = *m;
   v->n++;
@@ -292,17 +288,6 @@ static void mlog(kvds_membership *m, int level, const char *fmt, ...) {
 
 /* ---- life cycle ---------------------------------------------------------- */
 
-static int bad(char *err, size_t errcap, int rc, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int bad(char *err, size_t errcap, int rc, const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  if (err && errcap)
-    vsnprintf(err, errcap, fmt, ap);
-  va_end(ap);
-  return rc;
-}
-
 /* Adds the --peers list to m's view. */
 static int add_peers(kvds_membership *m, const char *peers, char *err,
                      size_t errcap) {
@@ -314,13 +299,13 @@ static int add_peers(kvds_membership *m, const char *peers, char *err,
     uint16_t port;
     memset(&pm, 0, sizeof pm);
     if (n == 0 || n >= sizeof pm.addr)
-      return bad(err, errcap, KVDS_E_ADDR, "--peers: bad item '%.*s'", (int)n,
-                 p);
+      return kvds_errf(err, errcap, KVDS_E_ADDR, "--peers: bad item '%.*s'",
+                       (int)n, p);
     memcpy(pm.addr, p, n);
     pm.addr[n] = 0;
     if (kvds_split_hostport(pm.addr, host, sizeof host, &port))
-      return bad(err, errcap, KVDS_E_ADDR, "--peers: '%s' is not host:port",
-                 pm.addr);
+      return kvds_errf(err, errcap, KVDS_E_ADDR,
+                       "--peers: '%s' is not host:port", pm.addr);
     memcpy(pm.id, pm.addr, n + 1);
     if (strcmp(pm.id, m->self.id) != 0 && kvds__view_put(&m->view, &pm) < 0)
       return -ENOMEM;
@@ -338,35 +323,37 @@ int kvds_membership_create(const struct kvds_membership_config *cfg,
   const char *cluster =
       cfg->cluster[0] ? cfg->cluster : KVDS_MEMBERSHIP_DEFAULT_CLUSTER;
   if (cfg->mode < KVDS_MEMBERSHIP_EMBEDDED || cfg->mode > KVDS_MEMBERSHIP_ETCD)
-    return bad(err, errcap, KVDS_E_INVAL, "bad membership mode");
+    return kvds_errf(err, errcap, KVDS_E_INVAL, "bad membership mode");
   if (!kvds__cluster_name_ok(cluster))
-    return bad(err, errcap, KVDS_E_INVAL,
-               "--cluster '%s': want 1-63 of [A-Za-z0-9._-]", cluster);
+    return kvds_errf(err, errcap, KVDS_E_INVAL,
+                     "--cluster '%s': want 1-63 of [A-Za-z0-9._-]", cluster);
   if (kvds_split_hostport(cfg->self_addr, host, sizeof host, &port))
-    return bad(err, errcap, KVDS_E_ADDR,
-               "advertise address '%s' is not "
-               "host:port",
-               cfg->self_addr);
+    return kvds_errf(err, errcap, KVDS_E_ADDR,
+                     "advertise address '%s' is not "
+                     "host:port",
+                     cfg->self_addr);
   if (strchr(cfg->self_id[0] ? cfg->self_id : cfg->self_addr, '/'))
-    return bad(err, errcap, KVDS_E_INVAL, "member id may not contain '/'");
+    return kvds_errf(err, errcap, KVDS_E_INVAL,
+                     "member id may not contain '/'");
   /* Everything here ends up in JSON (the record, /status), which must be
    * UTF-8: refuse bytes that are not, rather than fail later. */
   if (!kvds__utf8_ok(cfg->self_id) || !kvds__utf8_ok(cfg->self_addr) ||
       (cfg->peers && !kvds__utf8_ok(cfg->peers)) ||
       (cfg->etcd && !kvds__utf8_ok(cfg->etcd)))
-    return bad(err, errcap, KVDS_E_ADDR,
-               "member id, addresses and endpoints must be UTF-8 text");
+    return kvds_errf(err, errcap, KVDS_E_ADDR,
+                     "member id, addresses and endpoints must be UTF-8 text");
   int ttl = cfg->lease_ttl_s ? cfg->lease_ttl_s : KVDS_MEMBERSHIP_DEFAULT_TTL_S;
-  if (ttl < 1 || ttl > 3600)
-    return bad(err, errcap, KVDS_E_INVAL, "--lease-ttl must be 1..3600 s");
+  if (!kvds_membership_ttl_ok(ttl))
+    return kvds_errf(err, errcap, KVDS_E_INVAL, "--lease-ttl must be %d..%d s",
+                     KVDS_MEMBERSHIP_TTL_MIN_S, KVDS_MEMBERSHIP_TTL_MAX_S);
   if (cfg->mode == KVDS_MEMBERSHIP_ETCD) {
     struct kvds__etcd_ep *eps;
     size_t n;
     if (!cfg->etcd || kvds__etcd_parse_endpoints(cfg->etcd, &eps, &n))
-      return bad(err, errcap, KVDS_E_ADDR,
-                 "--etcd_address '%s': want host:port[,host:port...] "
-                 "(etcd:// or http:// allowed)",
-                 cfg->etcd ? cfg->etcd : "");
+      return kvds_errf(err, errcap, KVDS_E_ADDR,
+                       "--etcd_address '%s': want host:port[,host:port...] "
+                       "(etcd:// or http:// allowed)",
+                       cfg->etcd ? cfg->etcd : "");
     free(eps);
   }
   kvds_membership *m = calloc(1, sizeof *m);
@@ -397,11 +384,7 @@ int kvds_membership_create(const struct kvds_membership_config *cfg,
   int n = snprintf(m->key, sizeof m->key, "%s%s", m->prefix, m->self.id);
   m->klen = n > 0 ? (size_t)n : 0;
   pthread_mutex_init(&m->mu, NULL);
-  pthread_condattr_t ca;
-  pthread_condattr_init(&ca);
-  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-  pthread_cond_init(&m->cv, &ca);
-  pthread_condattr_destroy(&ca);
+  kvds_cond_init_mono(&m->cv);
   int rc = kvds__view_put(&m->view, &m->self) < 0 ? -ENOMEM : 0;
   if (!rc && cfg->mode == KVDS_MEMBERSHIP_STATIC && cfg->peers)
     rc = add_peers(m, cfg->peers, err, errcap);
@@ -410,8 +393,8 @@ int kvds_membership_create(const struct kvds_membership_config *cfg,
     rc = m->etcd_eps ? kvds_etcd_open(m->etcd_eps, m->timeout_ms, &m->etcd)
                      : -ENOMEM;
     if (rc)
-      bad(err, errcap, rc, "--etcd_address '%s': %s", cfg->etcd,
-          kvds_strerror(rc));
+      kvds_errf(err, errcap, rc, "--etcd_address '%s': %s", cfg->etcd,
+                kvds_strerror(rc));
   }
   if (rc) {
     kvds_membership_destroy(m);
@@ -774,14 +757,10 @@ static void *keeper_main(void *arg) {
       uint64_t now = kvds_now_us() / 1000u;
       wait_ms = next_renew > now ? next_renew - now : 0;
     }
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    uint64_t ns = (uint64_t)ts.tv_nsec + wait_ms % 1000u * 1000000u;
-    ts.tv_sec += (time_t)(wait_ms / 1000u + ns / 1000000000u);
-    ts.tv_nsec = (long)(ns % 1000000000u);
+    uint64_t until = kvds_deadline_ms((int64_t)wait_ms);
     pthread_mutex_lock(&m->mu);
     while (!m->stopping && !m->need_put)
-      if (pthread_cond_timedwait(&m->cv, &m->mu, &ts) == ETIMEDOUT)
+      if (kvds_cond_wait_until(&m->cv, &m->mu, until) == -ETIMEDOUT)
         break;
   }
   pthread_mutex_unlock(&m->mu);

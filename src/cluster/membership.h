@@ -35,6 +35,15 @@
 #define KVDS_CLUSTER_NAME_MAX 64
 #define KVDS_MEMBERSHIP_DEFAULT_TTL_S 10
 #define KVDS_MEMBERSHIP_DEFAULT_CLUSTER "kvds"
+/* The lease TTLs (--lease-ttl, seconds) a member may ask for. */
+#define KVDS_MEMBERSHIP_TTL_MIN_S 1
+#define KVDS_MEMBERSHIP_TTL_MAX_S 3600
+
+/* 1 if ttl_s is a lease TTL a member may ask for (MIN_S..MAX_S), else 0. */
+static inline int kvds_membership_ttl_ok(int ttl_s) {
+  return ttl_s >= KVDS_MEMBERSHIP_TTL_MIN_S &&
+         ttl_s <= KVDS_MEMBERSHIP_TTL_MAX_S;
+}
 
 enum kvds_membership_mode {
   KVDS_MEMBERSHIP_EMBEDDED = 0,
@@ -79,9 +88,9 @@ struct kvds_membership_config {
 
 /*
  * Checks cfg (cluster name [A-Za-z0-9._-]{1,63}, addresses, endpoint list,
- * TTL 1..3600, peers) and creates the membership; nothing is contacted yet.
- * Errors: KVDS_E_INVAL / KVDS_E_ADDR with a one-line reason in err[errcap],
- * -ENOMEM. The strings of cfg are copied.
+ * TTL kvds_membership_ttl_ok, peers) and creates the membership; nothing is
+ * contacted yet. Errors: KVDS_E_INVAL / KVDS_E_ADDR with a one-line reason in
+ * err[errcap], -ENOMEM. The strings of cfg are copied.
  */
 int kvds_membership_create(const struct kvds_membership_config *cfg,
                            kvds_membership **out, char *err, size_t errcap);

@@ -1,8 +1,10 @@
-/* util.c — size/number parsing, address splitting, checksums. */
+/* util.c — size/number parsing, error texts, address splitting,
+ * checksums. */
 #include "common/util.h"
 
 #include <ctype.h>
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <xxhash.h>
@@ -90,6 +92,20 @@ char *kvds_fmt_bytes(uint64_t n, char *buf, size_t cap) {
   else
     snprintf(buf, cap, "%.1f %s", v, u[i]);
   return buf;
+}
+
+int kvds_verrf(char *err, size_t cap, int rc, const char *fmt, va_list ap) {
+  if (err && cap)
+    vsnprintf(err, cap, fmt, ap);
+  return rc;
+}
+
+int kvds_errf(char *err, size_t cap, int rc, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  kvds_verrf(err, cap, rc, fmt, ap);
+  va_end(ap);
+  return rc;
 }
 
 int kvds_split_hostport(const char *addr, char *host, size_t hcap,

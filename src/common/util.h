@@ -2,6 +2,7 @@
 #ifndef KVDS_UTIL_H
 #define KVDS_UTIL_H
 
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -58,6 +59,16 @@ int kvds_parse_u64(const char *s, uint64_t *out);
 int kvds_parse_ratio(const char *s, double *out);
 /* Formats a byte count as "1.5 GiB" into buf. Returns buf. */
 char *kvds_fmt_bytes(uint64_t n, char *buf, size_t cap);
+
+/* Writes the formatted error text into err[cap] (cut to fit, always
+ * terminated) and returns rc, so that one line both explains and fails:
+ *   return kvds_errf(err, errcap, KVDS_E_INVAL, "--threads must be 1..64");
+ * err may be NULL or cap 0: then nothing is written. */
+int kvds_errf(char *err, size_t cap, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* kvds_errf with a va_list (ap is used up, as by vsnprintf). */
+int kvds_verrf(char *err, size_t cap, int rc, const char *fmt, va_list ap)
+    __attribute__((format(printf, 4, 0)));
 
 /* Splits "host:port" / "[v6]:port" / "tcp://host:port". host gets at most
  * hcap-1 bytes. Returns 0 or KVDS_E_ADDR. */

@@ -59,10 +59,8 @@ int px_pool_init(struct kvds_proxy *px, struct px_pool *pool, enum px_role role,
     return 0;
   pool->b = calloc(n, sizeof *pool->b);
   if (!pool->b || kvds_route_init(&pool->route, px->cfg.policy,
-                                  px->cfg.affinity_slack) != 0) {
-    snprintf(err, ecap, "out of memory");
-    return -1;
-  }
+                                  px->cfg.affinity_slack) != 0)
+    return kvds_errf(err, ecap, -1, "out of memory");
   pool->n = n;
   for (size_t i = 0; i < n; i++) {
     struct px_backend *b = &pool->b[i];
@@ -72,22 +70,17 @@ int px_pool_init(struct kvds_proxy *px, struct px_pool *pool, enum px_role role,
     b->up = 1; /* until a check or a request says otherwise */
     snprintf(b->name, sizeof b->name, "%s", addrs[i]);
     if (kvds_split_hostport(addrs[i], b->host, sizeof b->host, &b->port) != 0 ||
-        b->port == 0) {
-      snprintf(err, ecap, "%s instance '%s' is not host:port",
-               px_role_name(role), addrs[i]);
-      return -1;
-    }
+        b->port == 0)
+      return kvds_errf(err, ecap, -1, "%s instance '%s' is not host:port",
+                       px_role_name(role), addrs[i]);
     for (size_t j = 0; j < i; j++)
-      if (strcmp(pool->b[j].host, b->host) == 0 && pool->b[j].port == b->port) {
-        snprintf(err, ecap, "%s instance %s is given twice", px_role_name(role),
-                 addrs[i]);
-        return -1;
-      }
-    if (resolve(b) != 0) {
-      snprintf(err, ecap, "cannot resolve the host of %s instance %s",
-               px_role_name(role), addrs[i]);
-      return -1;
-    }
+      if (strcmp(pool->b[j].host, b->host) == 0 && pool->b[j].port == b->port)
+        return kvds_errf(err, ecap, -1, "%s instance %s is given twice",
+                         px_role_name(role), addrs[i]);
+    if (resolve(b) != 0)
+      return kvds_errf(err, ecap, -1,
+                       "cannot resolve the host of %s instance %s",
+                       px_role_name(role), addrs[i]);
   }
   return 0;
 }

@@ -30,6 +30,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "common/util.h"
 #include "proxy/internal.h"
 
@@ -178,7 +179,7 @@ static void cut_client(struct px_req *rq) {
   }
   k->c = c;
   k->creq = creq;
-  k->until_us = kvds_now_us() + CUT_WAIT_MS * 1000ull;
+  k->until_us = kvds_deadline_ms(CUT_WAIT_MS);
   evhttp_connection_set_closecb(c, cut_closed, k);
   struct timeval tv = {0, 0};
   evtimer_add(k->ev, &tv);

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "common/util.h"
 #include "proxy/internal.h"
 
 #define DRAIN_S 10
@@ -272,16 +273,12 @@ static char *dup_or_null(const char *s) {
 int kvds_proxy_new(const struct kvds_proxy_config *cfg, kvds_proxy **out,
                    char *err, size_t ecap) {
   *out = NULL;
-  if (cfg->nprefill == 0) {
-    snprintf(err, ecap, "no %s given (--prefill HOST:PORT)",
-             cfg->ndecode ? "prefill instance" : "instance");
-    return -1;
-  }
+  if (cfg->nprefill == 0)
+    return kvds_errf(err, ecap, -1, "no %s given (--prefill HOST:PORT)",
+                     cfg->ndecode ? "prefill instance" : "instance");
   struct kvds_proxy *px = calloc(1, sizeof *px);
-  if (!px) {
-    snprintf(err, ecap, "out of memory");
-    return -1;
-  }
+  if (!px)
+    return kvds_errf(err, ecap, -1, "out of memory");
   px->cfg = *cfg;
   px->cfg.host = px->host_copy =
       dup_or_null(cfg->host ? cfg->host : "127.0.0.1");

@@ -16,21 +16,8 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include "common/addr.h"
 #include "kvds/kvds.h"
-
-static int is_loopback(const struct sockaddr_storage *a) {
-  if (a->ss_family == AF_INET) {
-    const struct sockaddr_in *v4 = (const struct sockaddr_in *)a;
-    return (ntohl(v4->sin_addr.s_addr) >> 24) == 127;
-  }
-  if (a->ss_family == AF_INET6) {
-    const struct in6_addr *v6 = &((const struct sockaddr_in6 *)a)->sin6_addr;
-    if (IN6_IS_ADDR_LOOPBACK(v6))
-      return 1;
-    return IN6_IS_ADDR_V4MAPPED(v6) && v6->s6_addr[12] == 127;
-  }
-  return 0;
-}
 
 /* Fills one side of the diag id from a socket address. */
 static void diag_side(const struct sockaddr_storage *a, __be16 *port,
@@ -123,7 +110,8 @@ int kvds__peer_uid(int fd, int is_unix, uid_t *uid) {
   if (getpeername(fd, (struct sockaddr *)&peer, &pl) ||
       getsockname(fd, (struct sockaddr *)&self, &sl))
     return -errno;
-  if (!is_loopback(&peer) || peer.ss_family != self.ss_family)
+  if (!kvds_sockaddr_is_loopback((const struct sockaddr *)&peer) ||
+      peer.ss_family != self.ss_family)
     return -ENOTSUP;
   /* The client's socket: from its address (our peer) to ours. */
   return tcp_owner(&peer, &self, uid);

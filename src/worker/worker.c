@@ -26,6 +26,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "common/addr.h"
 #include "common/util.h"
 #include "kvds/kvds.h"
 #include "worker/cluster/cluster.h"
@@ -83,32 +84,6 @@ int kvds_worker_socket_path(const char *listen, char *out, size_t cap) {
   return n < 0 || (size_t)n >= cap ? KVDS_E_ADDR : 0;
 }
 
-/* 1 if every address `host` names is a loopback address (127/8, ::1). */
-static int host_is_loopback(const char *host) {
-  struct addrinfo hints = {.ai_family = AF_UNSPEC,
-                           .ai_socktype = SOCK_STREAM,
-                           .ai_flags = AI_PASSIVE};
-  struct addrinfo *ai;
-  if (getaddrinfo(host, "1", &hints, &ai))
-    return 0;
-  int loop = 1;
-  for (struct addrinfo *p = ai; p && loop; p = p->ai_next) {
-    if (p->ai_family == AF_INET) {
-      const struct sockaddr_in *sa = (const void *)p->ai_addr;
-      loop = (ntohl(sa->sin_addr.s_addr) >> 24) == 127;
-    } else if (p->ai_family == AF_INET6) {
-      const struct in6_addr *a =
-          &((const struct sockaddr_in6 *)(const void *)p->ai_addr)->sin6_addr;
-      loop = IN6_IS_ADDR_LOOPBACK(a) ||
-             (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
-    } else {
-      loop = 0;
-    }
-  }
-  freeaddrinfo(ai);
-  return loop;
-}
-
 /* 1 if host is a wildcard address (listening on every interface). */
 static int host_is_wildcard(const char *host) {
   return !host[0] || strcmp(host, "0.0.0.0") == 0 || strcmp(host, "::") == 0 ||
@@ -122,31 +97,27 @@ static int membership_config(const struct kvds_worker_config *cfg,
   char host[256];
   uint16_t port;
   memset(mc, 0, sizeof *mc);
-  if (cfg->etcd_address[0] && cfg->peers[0]) {
-    snprintf(err, errcap,
-             "--etcd_address and --peers exclude each other (etcd finds the "
-             "peers itself; --peers is for a cluster without etcd)");
-    return KVDS_E_INVAL;
-  }
+  if (cfg->etcd_address[0] && cfg->peers[0])
+    return kvds_errf(
+        err, errcap, KVDS_E_INVAL,
+        "--etcd_address and --peers exclude each other (etcd finds the "
+        "peers itself; --peers is for a cluster without etcd)");
   mc->mode = cfg->etcd_address[0] ? KVDS_MEMBERSHIP_ETCD
              : cfg->peers[0]      ? KVDS_MEMBERSHIP_STATIC
                                   : KVDS_MEMBERSHIP_EMBEDDED;
   const char *adv = cfg->advertise[0] ? cfg->advertise : cfg->listen;
   if (mc->mode != KVDS_MEMBERSHIP_EMBEDDED) {
-    if (!adv[0]) {
-      snprintf(err, errcap,
-               "a cluster member needs a TCP address: give "
-               "--listen or --advertise-address");
-      return KVDS_E_INVAL;
-    }
+    if (!adv[0])
+      return kvds_errf(err, errcap, KVDS_E_INVAL,
+                       "a cluster member needs a TCP address: give "
+                       "--listen or --advertise-address");
     if (kvds_split_hostport(adv, host, sizeof host, &port) ||
-        host_is_wildcard(host)) {
-      snprintf(err, errcap,
-               "%s %s is not an address peers can connect to: give "
-               "--advertise-address HOST:PORT",
-               cfg->advertise[0] ? "--advertise-address" : "--listen", adv);
-      return KVDS_E_INVAL;
-    }
+        host_is_wildcard(host))
+      return kvds_errf(err, errcap, KVDS_E_INVAL,
+                       "%s %s is not an address peers can connect to: give "
+                       "--advertise-address HOST:PORT",
+                       cfg->advertise[0] ? "--advertise-address" : "--listen",
+                       adv);
   }
   snprintf(mc->cluster, sizeof mc->cluster, "%s", cfg->cluster);
   snprintf(mc->self_addr, sizeof mc->self_addr, "%s",
@@ -164,86 +135,62 @@ int kvds_worker_config_check(const struct kvds_worker_config *cfg, char *err,
   uint16_t port;
   struct kvds_evict_policy p = {cfg->high_watermark, cfg->eviction_ratio};
   if (cfg->listen[0] &&
-      kvds_split_hostport(cfg->listen, host, sizeof host, &port)) {
-    snprintf(err, errcap, "--listen '%s' is not host:port", cfg->listen);
-    return KVDS_E_INVAL;
-  }
-  if (!cfg->listen[0] && !cfg->socket_path[0]) {
-    snprintf(err, errcap, "need --listen or --socket");
-    return KVDS_E_INVAL;
-  }
-  if (cfg->memory < (1u << 20)) {
-    snprintf(err, errcap, "--memory must be at least 1MiB");
-    return KVDS_E_INVAL;
-  }
-  if (cfg->threads < 1 || cfg->threads > 64) {
-    snprintf(err, errcap, "--threads must be 1..64");
-    return KVDS_E_INVAL;
-  }
-  if (cfg->http_port < 0 || cfg->http_port > 65535) {
-    snprintf(err, errcap, "--http-port must be 0..65535");
-    return KVDS_E_INVAL;
-  }
-  if (kvds_evict_policy_check(&p)) {
-    snprintf(err, errcap,
-             "need 0 < eviction_high_watermark_ratio <= 1 and 0 <= "
-             "eviction_ratio < eviction_high_watermark_ratio (got %g, %g)",
-             cfg->high_watermark, cfg->eviction_ratio);
-    return KVDS_E_INVAL;
-  }
-  if (cfg->busy_poll_us < 0 || cfg->busy_poll_us > 100000) {
-    snprintf(err, errcap, "--busy-poll-us must be 0..100000");
-    return KVDS_E_INVAL;
-  }
-  if (cfg->frame_timeout_ms < 100) {
-    snprintf(err, errcap, "--frame-timeout-ms must be at least 100");
-    return KVDS_E_INVAL;
-  }
-  if (cfg->min_rate > (1ull << 40)) {
-    snprintf(err, errcap, "--min-rate must be at most 1TiB (per second)");
-    return KVDS_E_INVAL;
-  }
-  if (cfg->idle_timeout_s < 0 || cfg->idle_timeout_s > 7 * 86400) {
-    snprintf(err, errcap, "--idle-timeout-s must be 0..604800 (0: never)");
-    return KVDS_E_INVAL;
-  }
-  if (cfg->max_connections < 0 || cfg->max_connections > (1 << 24)) {
-    snprintf(err, errcap,
-             "--max-connections must be 0..16777216 (0: from the file "
-             "descriptor limit)");
-    return KVDS_E_INVAL;
-  }
-  if (strlen(cfg->socket_path) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
-    snprintf(err, errcap, "--socket path is too long");
-    return KVDS_E_INVAL;
-  }
-  if (cfg->lease_ttl_s < 0 || cfg->lease_ttl_s > 3600) {
-    snprintf(err, errcap, "--lease-ttl must be 1..3600 seconds");
-    return KVDS_E_INVAL;
-  }
-  if (cfg->pull_threads < 1 || cfg->pull_threads > 64) {
-    snprintf(err, errcap, "--pull-threads must be 1..64");
-    return KVDS_E_INVAL;
-  }
-  if (cfg->pull_timeout_ms < 10 || cfg->pull_timeout_ms > 600000) {
-    snprintf(err, errcap, "--pull-timeout-ms must be 10..600000");
-    return KVDS_E_INVAL;
-  }
+      kvds_split_hostport(cfg->listen, host, sizeof host, &port))
+    return kvds_errf(err, errcap, KVDS_E_INVAL,
+                     "--listen '%s' is not host:port", cfg->listen);
+  if (!cfg->listen[0] && !cfg->socket_path[0])
+    return kvds_errf(err, errcap, KVDS_E_INVAL, "need --listen or --socket");
+  if (cfg->memory < (1u << 20))
+    return kvds_errf(err, errcap, KVDS_E_INVAL,
+                     "--memory must be at least 1MiB");
+  if (cfg->threads < 1 || cfg->threads > 64)
+    return kvds_errf(err, errcap, KVDS_E_INVAL, "--threads must be 1..64");
+  if (cfg->http_port < 0 || cfg->http_port > 65535)
+    return kvds_errf(err, errcap, KVDS_E_INVAL, "--http-port must be 0..65535");
+  if (kvds_evict_policy_check(&p))
+    return kvds_errf(
+        err, errcap, KVDS_E_INVAL,
+        "need 0 < eviction_high_watermark_ratio <= 1 and 0 <= "
+        "eviction_ratio < eviction_high_watermark_ratio (got %g, %g)",
+        cfg->high_watermark, cfg->eviction_ratio);
+  if (cfg->busy_poll_us < 0 || cfg->busy_poll_us > 100000)
+    return kvds_errf(err, errcap, KVDS_E_INVAL,
+                     "--busy-poll-us must be 0..100000");
+  if (cfg->frame_timeout_ms < 100)
+    return kvds_errf(err, errcap, KVDS_E_INVAL,
+                     "--frame-timeout-ms must be at least 100");
+  if (cfg->min_rate > (1ull << 40))
+    return kvds_errf(err, errcap, KVDS_E_INVAL,
+                     "--min-rate must be at most 1TiB (per second)");
+  if (cfg->idle_timeout_s < 0 || cfg->idle_timeout_s > 7 * 86400)
+    return kvds_errf(err, errcap, KVDS_E_INVAL,
+                     "--idle-timeout-s must be 0..604800 (0: never)");
+  if (cfg->max_connections < 0 || cfg->max_connections > (1 << 24))
+    return kvds_errf(err, errcap, KVDS_E_INVAL,
+                     "--max-connections must be 0..16777216 (0: from the file "
+                     "descriptor limit)");
+  if (strlen(cfg->socket_path) >= sizeof(((struct sockaddr_un *)0)->sun_path))
+    return kvds_errf(err, errcap, KVDS_E_INVAL, "--socket path is too long");
+  if (cfg->lease_ttl_s != 0 && !kvds_membership_ttl_ok(cfg->lease_ttl_s))
+    return kvds_errf(err, errcap, KVDS_E_INVAL,
+                     "--lease-ttl must be %d..%d seconds",
+                     KVDS_MEMBERSHIP_TTL_MIN_S, KVDS_MEMBERSHIP_TTL_MAX_S);
+  if (cfg->pull_threads < 1 || cfg->pull_threads > 64)
+    return kvds_errf(err, errcap, KVDS_E_INVAL, "--pull-threads must be 1..64");
+  if (cfg->pull_timeout_ms < 10 || cfg->pull_timeout_ms > 600000)
+    return kvds_errf(err, errcap, KVDS_E_INVAL,
+                     "--pull-timeout-ms must be 10..600000");
   gid_t gid;
-  if (cfg->allow_group[0] && kvds__group_lookup(cfg->allow_group, &gid)) {
-    snprintf(err, errcap, "--allow-group %s: no such group", cfg->allow_group);
-    return KVDS_E_INVAL;
-  }
-  if (cfg->replicas < 1 || cfg->replicas > 8) {
-    snprintf(err, errcap, "--replicas must be 1..8");
-    return KVDS_E_INVAL;
-  }
-  if (cfg->replicas > 1 && !cfg->etcd_address[0] && !cfg->peers[0]) {
-    snprintf(err, errcap,
-             "--replicas %d needs a cluster (--etcd_address or --peers)",
-             cfg->replicas);
-    return KVDS_E_INVAL;
-  }
+  if (cfg->allow_group[0] && kvds__group_lookup(cfg->allow_group, &gid))
+    return kvds_errf(err, errcap, KVDS_E_INVAL,
+                     "--allow-group %s: no such group", cfg->allow_group);
+  if (cfg->replicas < 1 || cfg->replicas > 8)
+    return kvds_errf(err, errcap, KVDS_E_INVAL, "--replicas must be 1..8");
+  if (cfg->replicas > 1 && !cfg->etcd_address[0] && !cfg->peers[0])
+    return kvds_errf(
+        err, errcap, KVDS_E_INVAL,
+        "--replicas %d needs a cluster (--etcd_address or --peers)",
+        cfg->replicas);
   struct kvds_membership_config mc;
   kvds_membership *mem = NULL;
   if (membership_config(cfg, &mc, err, errcap) ||
@@ -256,13 +203,13 @@ int kvds_worker_config_check(const struct kvds_worker_config *cfg, char *err,
     kvds_auth_token_wipe(&tok);
     if (rc)
       return KVDS_E_INVAL;
-  } else if (cfg->listen[0] && !host_is_loopback(host)) {
-    snprintf(err, errcap,
-             "--listen %s is not a loopback address: anyone who can reach it "
-             "could use the worker, so give --auth-token-file FILE (a shared "
-             "secret of at least %d bytes, mode 0600) or listen on 127.0.0.1",
-             cfg->listen, KVDS_AUTH_TOKEN_MIN);
-    return KVDS_E_INVAL;
+  } else if (cfg->listen[0] && !kvds_host_is_loopback(host)) {
+    return kvds_errf(
+        err, errcap, KVDS_E_INVAL,
+        "--listen %s is not a loopback address: anyone who can reach it "
+        "could use the worker, so give --auth-token-file FILE (a shared "
+        "secret of at least %d bytes, mode 0600) or listen on 127.0.0.1",
+        cfg->listen, KVDS_AUTH_TOKEN_MIN);
   }
   return 0;
 }
@@ -783,7 +730,8 @@ int kvds__worker_run_with(const struct kvds_worker_config *cfg,
     if (cfg->listen[0])
       kvds_split_hostport(cfg->listen, host, sizeof host, &port);
     if ((rc = kvds__http_start(s, host, cfg->http_port,
-                               s->auth && !host_is_loopback(host), &s->http))) {
+                               s->auth && !kvds_host_is_loopback(host),
+                               &s->http))) {
       logf_(0, "cannot serve HTTP on %s:%d: %s", host, cfg->http_port,
             kvds_strerror(rc));
       goto out;

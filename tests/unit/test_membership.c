@@ -6,6 +6,7 @@
  * views.
  */
 #include <errno.h>
+#include <limits.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -361,6 +362,44 @@ static void test_utf8(void **state) {
   kvds_membership_destroy(m);
 }
 
+/* The lease TTLs a member may ask for: one rule for the CLI, the worker's
+ * config check and kvds_membership_create. */
+static void test_lease_ttl(void **state) {
+  (void)state;
+  assert_int_equal(KVDS_MEMBERSHIP_TTL_MIN_S, 1);
+  assert_int_equal(KVDS_MEMBERSHIP_TTL_MAX_S, 3600);
+  const int ok[] = {1, 2, 10, 3599, 3600};
+  const int bad[] = {0, -1, 3601, 86400, INT_MAX, INT_MIN};
+  for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++)
+    assert_int_equal(kvds_membership_ttl_ok(ok[i]), 1);
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+    assert_int_equal(kvds_membership_ttl_ok(bad[i]), 0);
+  assert_true(kvds_membership_ttl_ok(KVDS_MEMBERSHIP_DEFAULT_TTL_S));
+
+  /* create applies it (0 = the default); nothing is contacted. */
+  struct kvds_membership_config c;
+  memset(&c, 0, sizeof c);
+  c.mode = KVDS_MEMBERSHIP_EMBEDDED;
+  snprintf(c.self_addr, sizeof c.self_addr, "127.0.0.1:5");
+  const int create_ok[] = {0, 1, 3600};
+  for (size_t i = 0; i < sizeof create_ok / sizeof create_ok[0]; i++) {
+    kvds_membership *m = NULL;
+    c.lease_ttl_s = create_ok[i];
+    assert_int_equal(kvds_membership_create(&c, &m, NULL, 0), 0);
+    kvds_membership_destroy(m);
+  }
+  const int create_bad[] = {-1, 3601, INT_MAX};
+  for (size_t i = 0; i < sizeof create_bad / sizeof create_bad[0]; i++) {
+    kvds_membership *m = NULL;
+    char err[256] = "";
+    c.lease_ttl_s = create_bad[i];
+    assert_int_equal(kvds_membership_create(&c, &m, err, sizeof err),
+                     KVDS_E_INVAL);
+    assert_null(m);
+    assert_string_equal(err, "--lease-ttl must be 1..3600 s");
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_prefix_and_names),
@@ -370,6 +409,7 @@ int main(void) {
       cmocka_unit_test(test_view_rules),
       cmocka_unit_test(test_modes),
       cmocka_unit_test(test_utf8),
+      cmocka_unit_test(test_lease_ttl),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
