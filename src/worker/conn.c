@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "common/util.h"
 #include "kvds/kvds.h"
 #include "worker/cluster/cluster.h"
@@ -187,7 +188,7 @@ struct conn *kvds__conn_new(struct io_thread *th, int fd, int is_unix,
     uint64_t max_ms = refuse ? REFUSE_WAIT_MAX_MS : AUTH_WAIT_MAX_MS;
     if (wait_ms > max_ms)
       wait_ms = max_ms;
-    c->auth_deadline_us = c->active_us + wait_ms * 1000u;
+    c->auth_deadline_us = kvds_deadline_after(c->active_us, (int64_t)wait_ms);
   }
   c->icap = c->authed ? IBUF_SIZE : IBUF_AUTH_SIZE;
   c->ib = malloc(c->icap);

@@ -12,6 +12,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/array.h"
+#include "common/clock.h"
 #include "common/util.h"
 #include "kvds/kvds.h"
 #include "worker/cluster/cluster.h"
@@ -421,7 +423,7 @@ static int op_abort(struct conn *c, const struct req_items *ri) {
 static void wait_submit(struct kvds_server *s, struct kvds_wait *w,
                         const uint8_t *hint, uint32_t hlen, uint32_t ms,
                         int wait_ms) {
-  struct kvds_miss m = {w, hint, hlen, kvds_now_us() + ms * 1000ull, wait_ms};
+  struct kvds_miss m = {w, hint, hlen, kvds_deadline_ms(ms), wait_ms};
   kvds_resolver_submit(&s->resolver, &m);
 }
 
@@ -659,15 +661,9 @@ static int list_collect(struct kvds_index_node *n, void *arg) {
     return 0;
   if (lc->alen && keycmp(n->key, n->klen, lc->after, lc->alen) <= 0)
     return 0;
-  if (lc->n == lc->cap) {
-    size_t nc = lc->cap ? lc->cap * 2 : 256;
-    struct kvds_object **nv = realloc(lc->v, nc * sizeof *nv);
-    if (!nv) {
-      lc->oom = 1;
-      return 1;
-    }
-    lc->v = nv;
-    lc->cap = nc;
+  if (KVDS_ARRAY_GROW(lc->v, lc->cap, lc->n + 1, 256)) {
+    lc->oom = 1;
+    return 1;
   }
   lc->v[lc->n++] = kvds_store_obj(n);
   return 0;

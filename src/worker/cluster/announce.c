@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/array.h"
+#include "common/clock.h"
 #include "common/util.h"
 #include "worker/cluster/internal.h"
 
@@ -111,23 +113,14 @@ void kvds__announce_on_store(const uint8_t *key, uint32_t klen, int sealed,
 struct abatch {
   struct kvds_proto_item *it;
   const void **keys;
-  size_t n, cap;
+  size_t n, cap, kcap;
 };
 
 static int abatch_add(struct abatch *b, const uint8_t *key, uint32_t klen,
                       int add) {
-  if (b->n == b->cap) {
-    size_t nc = b->cap ? b->cap * 2 : 64;
-    void *a = realloc(b->it, nc * sizeof *b->it);
-    if (!a)
-      return -ENOMEM;
-    b->it = a;
-    void *k = realloc(b->keys, nc * sizeof *b->keys);
-    if (!k)
-      return -ENOMEM;
-    b->keys = k;
-    b->cap = nc;
-  }
+  if (KVDS_ARRAY_GROW(b->it, b->cap, b->n + 1, 64) ||
+      KVDS_ARRAY_GROW(b->keys, b->kcap, b->n + 1, 64))
+    return -ENOMEM;
   b->it[b->n] = (struct kvds_proto_item){.klen = klen, .a = (uint64_t)add};
   b->keys[b->n++] = key;
   return 0;
@@ -138,7 +131,7 @@ static void abatch_send(struct kvds_cluster *cl,
                         const struct kvds_view_member *m, struct abatch *b) {
   if (b->n <= 1)
     return;
-  uint64_t deadline = kvds_now_us() + 2000000;
+  uint64_t deadline = kvds_deadline_ms(2000);
   for (size_t off = 1; off < b->n; off += ANNOUNCE_BATCH - 1) {
     size_t cnt =
         b->n - off < ANNOUNCE_BATCH - 1 ? b->n - off : ANNOUNCE_BATCH - 1;
@@ -263,17 +256,9 @@ static void keyset_add(const struct kvds_object *o, void *ud) {
   size_t need = 4 + o->inode.klen;
   if (ks->oom)
     return;
-  if (ks->len + need > ks->cap) {
-    size_t nc = ks->cap ? ks->cap * 2 : 65536;
-    while (nc < ks->len + need)
-      nc *= 2;
-    uint8_t *nb = realloc(ks->buf, nc);
-    if (!nb) {
-      ks->oom = 1;
-      return;
-    }
-    ks->buf = nb;
-    ks->cap = nc;
+  if (KVDS_ARRAY_GROW(ks->buf, ks->cap, ks->len + need, 65536)) {
+    ks->oom = 1;
+    return;
   }
   kvds_put_u32(ks->buf + ks->len, o->inode.klen);
   memcpy(ks->buf + ks->len + 4, o->key, o->inode.klen);

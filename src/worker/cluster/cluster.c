@@ -10,6 +10,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "common/util.h"
 #include "worker/cluster/internal.h"
 
@@ -63,13 +64,9 @@ int kvds__cluster_start(struct kvds_server *s) {
   cl->conns_per_peer = s->cfg.pull_threads + 1; /* + the announcer's */
   pthread_mutex_init(&cl->lock, NULL);
   /* Timed waits use the monotonic clock, as kvds_now_us does. */
-  pthread_condattr_t ca;
-  pthread_condattr_init(&ca);
-  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-  pthread_cond_init(&cl->job_cv, &ca);
-  pthread_cond_init(&cl->conn_cv, &ca);
-  pthread_cond_init(&cl->maint_cv, &ca);
-  pthread_condattr_destroy(&ca);
+  kvds_cond_init_mono(&cl->job_cv);
+  kvds_cond_init_mono(&cl->conn_cv);
+  kvds_cond_init_mono(&cl->maint_cv);
   struct kvds_member *mm = NULL;
   size_t n = 0;
   int rc = kvds_membership_view(s->members, &mm, &n, NULL);

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "common/util.h"
 #include "worker/cluster/internal.h"
 
@@ -122,7 +123,9 @@ static void pull_from(struct kvds_cluster *cl, struct kvds_peer *p,
   for (size_t i = 0; i < n; i++)
     iov[i] = (struct kvds_iov){(void *)k[i]->key, k[i]->klen};
   uint64_t t0 = kvds_now_us();
-  int left = deadline_us > t0 ? (int)((deadline_us - t0) / 1000) : 1;
+  int left = kvds_deadline_left_ms(deadline_us, t0);
+  if (left < 1)
+    left = 1;
   if (wait_ms > left)
     wait_ms = left;
   /* the client's deadline is its timeout + the wait */
@@ -226,13 +229,12 @@ static void locate(struct kvds_cluster *cl, const struct kvds_view *v,
       keys[i] = grp[i]->key;
     }
     int err = 0, rc;
-    uint64_t gen, cap = kvds_now_us() + LOCATE_MS * 1000ull;
+    uint64_t gen, cap = kvds_deadline_ms(LOCATE_MS);
     uint64_t until = deadline_us < cap ? deadline_us : cap;
     kvds_client *c = kvds__pconn_get(cl, vpeer(v, h), until, &gen, &err);
     if (c) {
       uint64_t now = kvds_now_us();
-      kvds_client_set_timeout(c, until > now ? (int)((until - now) / 1000) + 1
-                                             : 1);
+      kvds_client_set_timeout(c, kvds_deadline_left_ms(until, now) + 1);
       struct loc_ctx lc = {grp, g, 0, 0};
       rc = kvds__call(c, KVDS_OP_LOCATE, KVDS_PF_LOCAL, 0, g, it, keys,
                       loc_item, &lc);
@@ -273,11 +275,6 @@ static struct kvds_peer *hint_peer(const struct kvds_view *v, const uint8_t *h,
       return p;
   }
   return NULL;
-}
-
-static void sleep_ms(int ms) {
-  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
-  nanosleep(&ts, NULL);
 }
 
 /* State for n keys of w (idx[i], or i when idx is NULL) and room for n
@@ -373,9 +370,10 @@ static void run_get(struct kvds_cluster *cl, struct job *j,
       if (now >= j->deadline_us)
         break;
       int ms = backoff;
-      if ((uint64_t)ms * 1000 > j->deadline_us - now)
-        ms = (int)((j->deadline_us - now) / 1000) + 1;
-      sleep_ms(ms);
+      int left = kvds_deadline_left_ms(j->deadline_us, now);
+      if (ms > left)
+        ms = left;
+      kvds_sleep_ms(ms);
       backoff = backoff * 2 > 100 ? 100 : backoff * 2;
       for (size_t i = 0; i < m; i++)
         pk[i]->ntried = 0; /* owners may have it now */

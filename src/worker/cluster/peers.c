@@ -10,13 +10,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/clock.h"
 #include "common/util.h"
 #include "worker/cluster/internal.h"
-
-/* Absolute time for the monotonic condition variables. */
-static struct timespec mono_ts(uint64_t us) {
-  return (struct timespec){(time_t)(us / 1000000), (long)(us % 1000000) * 1000};
-}
 
 struct kvds_peer *kvds__peer_find_locked(struct kvds_cluster *cl,
                                          const char *id, size_t len) {
@@ -96,7 +92,7 @@ kvds_client *kvds__pconn_get(struct kvds_cluster *cl, struct kvds_peer *p,
       memcpy(addr, p->addr, sizeof addr);
       pthread_mutex_unlock(&cl->lock);
       uint64_t now = kvds_now_us();
-      int ms = deadline_us > now ? (int)((deadline_us - now) / 1000) : 1;
+      int ms = kvds_deadline_left_ms(deadline_us, now);
       kvds_client *c = NULL;
       int rc =
           kvds__peer_connect(addr, ms < CONNECT_MS ? (ms ? ms : 1) : CONNECT_MS,
@@ -114,8 +110,8 @@ kvds_client *kvds__pconn_get(struct kvds_cluster *cl, struct kvds_peer *p,
       pthread_mutex_unlock(&cl->lock);
       return c;
     }
-    struct timespec ts = mono_ts(deadline_us);
-    if (pthread_cond_timedwait(&cl->conn_cv, &cl->lock, &ts) == ETIMEDOUT) {
+    if (kvds_cond_wait_until(&cl->conn_cv, &cl->lock, deadline_us) ==
+        -ETIMEDOUT) {
       *err = KVDS_E_TIMEOUT;
       break;
     }

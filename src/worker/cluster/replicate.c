@@ -19,6 +19,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "common/util.h"
 #include "kvds/kvds.h"
 #include "cluster/hrw.h"
@@ -115,10 +116,7 @@ static void *repl_main(void *arg) {
     while (!r->stopping && !r->fresh.head &&
            !(r->retry.head && r->retry.head->due_us <= now)) {
       if (r->retry.head) {
-        uint64_t at = r->retry.head->due_us;
-        struct timespec ts = {(time_t)(at / 1000000u),
-                              (long)(at % 1000000u) * 1000};
-        pthread_cond_timedwait(&r->cv, &r->lock, &ts);
+        kvds_cond_wait_until(&r->cv, &r->lock, r->retry.head->due_us);
       } else {
         pthread_cond_wait(&r->cv, &r->lock);
       }
@@ -136,8 +134,7 @@ static void *repl_main(void *arg) {
     for (size_t i = 0; i < m; i++)
       iov[i] = (struct kvds_iov){taken[i]->key, taken[i]->klen};
     size_t made = 0, failed = 0;
-    uint64_t deadline =
-        kvds_now_us() + (uint64_t)r->s->cfg.pull_timeout_ms * 1000u + 1000000u;
+    uint64_t deadline = kvds_deadline_ms(r->s->cfg.pull_timeout_ms + 1000);
     kvds__cluster_replicate(r->s, m, iov, r->copies, deadline, done, &made,
                             &failed);
     atomic_fetch_add(&r->made, made);
@@ -178,11 +175,7 @@ int kvds__repl_start(struct kvds_server *s, int copies,
   r->s = s;
   r->copies = copies;
   pthread_mutex_init(&r->lock, NULL);
-  pthread_condattr_t ca;
-  pthread_condattr_init(&ca);
-  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-  pthread_cond_init(&r->cv, &ca);
-  pthread_condattr_destroy(&ca);
+  kvds_cond_init_mono(&r->cv);
   int rc = -pthread_create(&r->th, NULL, repl_main, r);
   if (rc) {
     pthread_cond_destroy(&r->cv);
@@ -281,7 +274,7 @@ void kvds__cluster_replicate(struct kvds_server *s, size_t n,
     if (c && now >= deadline_us)
       rc = KVDS_E_TIMEOUT;
     if (!rc) {
-      kvds_client_set_timeout(c, (int)((deadline_us - now) / 1000) + 1);
+      kvds_client_set_timeout(c, kvds_deadline_left_ms(deadline_us, now) + 1);
       rc = kvds_mget_ex(c, ns, sub, &opts, vals, res);
     }
     for (size_t i = 0; i < ns; i++) {

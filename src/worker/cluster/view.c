@@ -10,13 +10,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/array.h"
+#include "common/clock.h"
 #include "common/util.h"
 #include "worker/cluster/internal.h"
-
-/* Absolute time for the monotonic condition variables. */
-static struct timespec mono_ts(uint64_t us) {
-  return (struct timespec){(time_t)(us / 1000000), (long)(us % 1000000) * 1000};
-}
 
 struct keep_ctx {
   struct kvds_cluster *cl;
@@ -56,14 +53,8 @@ static int view_refresh(struct kvds_cluster *cl, struct kvds_view *old) {
       struct kvds_peer *p =
           kvds__peer_find_locked(cl, mm[i].id, strlen(mm[i].id));
       if (!p) {
-        if (cl->npeers == cl->cappeers) {
-          size_t nc = cl->cappeers ? cl->cappeers * 2 : 8;
-          void *np = realloc(cl->peers, nc * sizeof *cl->peers);
-          if (!np)
-            continue;
-          cl->peers = np;
-          cl->cappeers = nc;
-        }
+        if (KVDS_ARRAY_GROW(cl->peers, cl->cappeers, cl->npeers + 1, 8))
+          continue;
         if (!(p = kvds__peer_new(&mm[i], cl->conns_per_peer)))
           continue;
         cl->peers[cl->npeers++] = p;
@@ -186,8 +177,7 @@ void *kvds__maint_main(void *arg) {
       pthread_mutex_lock(&cl->lock);
       continue;
     }
-    struct timespec ts = mono_ts(kvds_now_us() + 200000);
-    pthread_cond_timedwait(&cl->maint_cv, &cl->lock, &ts);
+    kvds_cond_wait_until(&cl->maint_cv, &cl->lock, kvds_deadline_ms(200));
   }
   pthread_mutex_unlock(&cl->lock);
   return NULL;
