@@ -128,10 +128,9 @@ void bench_sweep(kvds_client *c, const char *prefix);
 
 /* ---- buffers (buffers.c) ------------------------------------------------ */
 
-/* Two page-aligned buffers of region bytes (a multiple of 8), every page
- * touched (the source filled with non-zero bytes) so that no timing pays
- * for page faults. The caller frees both. 0 or -ENOMEM (nothing
- * allocated). */
+/* Two page-aligned buffers of region bytes, every page touched (the source
+ * filled with non-zero bytes) so that no timing pays for page faults. The
+ * caller frees both. 0 or -ENOMEM (nothing allocated). */
 int bench_alloc_buffers(size_t region, uint8_t **src, uint8_t **dst);
 
 /* ---- reports (report.c) ------------------------------------------------- */
