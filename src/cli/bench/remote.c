@@ -1,0 +1,1200 @@
+/*
+ * remote.c — `kvds bench remote`: starts two workers peered with each other
+ * (or uses running ones) and measures reads on one of values that live on
+ * the other (pulled over the peer connections during the call) against raw
+ * loopback TCP moving the same bytes over as many streams, plus remote
+ * lookup latency.
+ *
+ * Throughput is computed from the time spent inside the timed calls; the
+ * untimed work between them (putting the values on A, deleting B's copies
+ * before keys are read again) is excluded. Latency is per call; one call
+ * moves `batch` values.
+ */
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <semaphore.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli/bench/bench.h"
+#include "common/util.h"
+
+#define R_STREAMS_MAX 64
+#define R_LAT_KEYS 64     /* keys cycled by the lookup latency probes */
+#define R_CHAIN 32        /* keys of the lookup_prefix chain */
+#define R_PUT_CHUNK 256   /* values per untimed kvds_mput on A */
+#define R_IO_TIMEOUT_S 10 /* raw TCP: a stream stalled this long fails */
+
+struct remote_opts {
+  const char *addr_a, *addr_b; /* running workers; NULL = start them */
+  uint64_t sizes[BENCH_LIST_MAX];
+  int nsizes;
+  uint64_t batches[BENCH_LIST_MAX];
+  int nbatches;
+  uint64_t memory, max_bytes, dir_size;
+  uint64_t pull_threads, threads;
+  double seconds;
+  int json;
+};
+
+/* A progress line "kvds bench remote: ..." on stderr (errors are "kvds
+ * bench: ..."). */
+__attribute__((format(printf, 1, 2))) static void progress(const char *fmt,
+                                                           ...) {
+  char msg[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  fprintf(stderr, "kvds bench remote: %s\n", msg);
+}
+
+/* A worker started by the bench. */
+struct rworker {
+  pid_t pid; /* 0: none (or reaped) */
+  int port;
+  char addr[64];
+  char log[PATH_MAX + 32];
+};
+
+/* Raw TCP over loopback: stream i is a connection between a receiving
+ * thread (asks for len bytes at src_off, receives them at dst_off) and a
+ * sending thread (answers from the source buffer). A call posts the go
+ * semaphore of the streams it uses only, so idle receivers stay asleep. */
+struct tcp_ceiling;
+struct tcp_stream {
+  struct tcp_ceiling *t;
+  int sfd, rfd; /* the sender's and the receiver's ends */
+  pthread_t sender, receiver;
+  int have_sender, have_receiver, have_go;
+  sem_t go;                       /* one post per call, or at quit */
+  uint64_t len, src_off, dst_off; /* this call's transfer */
+};
+
+struct tcp_ceiling {
+  pthread_mutex_t lock;
+  pthread_cond_t done; /* on CLOCK_MONOTONIC */
+  int ndone, err;      /* receivers finished with this call; first error */
+  int quit;            /* written before the posts that wake for it */
+  const uint8_t *src;
+  uint8_t *dst;
+  size_t region;
+  int n; /* streams set up */
+  struct tcp_stream s[R_STREAMS_MAX];
+};
+
+struct rpoint {
+  const char *via; /* "hint" or "directory" */
+  uint64_t size, batch;
+  int streams, skipped;
+  uint64_t calls, bytes, pulled;
+  double gbps, tcp_gbps, p50_us, p99_us;
+};
+
+struct rlat {
+  uint64_t n;
+  double p50_us, p99_us;
+};
+
+struct remote {
+  struct remote_opts *o;
+  int started;
+  char dir[PATH_MAX];
+  struct rworker w[2];
+  const char *addr_a, *addr_b;
+  kvds_client *ca, *cb;
+  char prefix[64];
+  uint8_t *src, *dst;
+  size_t region;
+  uint64_t phase_ns;
+  struct tcp_ceiling tcp;
+  int tcp_up;
+  struct rpoint pts[BENCH_LIST_MAX * BENCH_LIST_MAX + BENCH_LIST_MAX];
+  int npts;
+  struct rlat ex_remote, ex_local, pre_remote, pre_local;
+};
+
+static int remote_parse(int argc, char **argv, struct remote_opts *o) {
+  enum {
+    O_A = 256,
+    O_B,
+    O_PULL,
+    O_THREADS,
+    O_SIZES,
+    O_BATCH,
+    O_MAX,
+    O_DIR,
+    O_SECONDS,
+    O_QUICK,
+    O_JSON
+  };
+  static const struct option lo[] = {
+      {"worker-a", required_argument, NULL, O_A},
+      {"worker-b", required_argument, NULL, O_B},
+      {"memory", required_argument, NULL, 'm'},
+      {"pull-threads", required_argument, NULL, O_PULL},
+      {"threads", required_argument, NULL, O_THREADS},
+      {"sizes", required_argument, NULL, O_SIZES},
+      {"batch", required_argument, NULL, O_BATCH},
+      {"max-bytes", required_argument, NULL, O_MAX},
+      {"dir-size", required_argument, NULL, O_DIR},
+      {"seconds", required_argument, NULL, O_SECONDS},
+      {"quick", no_argument, NULL, O_QUICK},
+      {"json", no_argument, NULL, O_JSON},
+      {"help", no_argument, NULL, 'h'},
+      {NULL, 0, NULL, 0}};
+  int c, first = 1, quick = 0, have_mem = 0, have_max = 0, have_secs = 0,
+         have_threads = 0;
+  bench_parse_list("--sizes", "256KiB,1MiB,4MiB,16MiB", 1, o->sizes,
+                   &o->nsizes);
+  bench_parse_list("--batch", "1,8,64", 0, o->batches, &o->nbatches);
+  o->memory = 2ull << 30;
+  o->max_bytes = 512ull << 20;
+  o->dir_size = 1ull << 20;
+  o->pull_threads = 4;
+  o->threads = 1;
+  o->seconds = 0.3;
+  while ((c = cli_getopt("bench", argc, argv, "m:h", lo, &first)) != -1) {
+    int rc = CLI_OK;
+    switch (c) {
+    case O_A:
+      o->addr_a = optarg;
+      break;
+    case O_B:
+      o->addr_b = optarg;
+      break;
+    case 'm':
+      rc = cli_parse_size_opt("bench", "--memory", optarg, &o->memory);
+      have_mem = 1;
+      break;
+    case O_PULL:
+      rc = bench_parse_u64_in("--pull-threads", optarg, 0, 1, R_STREAMS_MAX,
+                              &o->pull_threads);
+      break;
+    case O_THREADS:
+      rc = bench_parse_u64_in("--threads", optarg, 0, 1, 64, &o->threads);
+      have_threads = 1;
+      break;
+    case O_SIZES:
+      rc = bench_parse_list("--sizes", optarg, 1, o->sizes, &o->nsizes);
+      break;
+    case O_BATCH:
+      rc = bench_parse_list("--batch", optarg, 0, o->batches, &o->nbatches);
+      break;
+    case O_MAX:
+      rc = bench_parse_u64_in("--max-bytes", optarg, 1, 4096, 64ull << 30,
+                              &o->max_bytes);
+      have_max = 1;
+      break;
+    case O_DIR:
+      rc = bench_parse_u64_in("--dir-size", optarg, 1, 1, 1ull << 30,
+                              &o->dir_size);
+      break;
+    case O_SECONDS:
+      rc = bench_parse_double_in("--seconds", optarg, 0.001, 3600, &o->seconds);
+      have_secs = 1;
+      break;
+    case O_QUICK:
+      quick = 1;
+      break;
+    case O_JSON:
+      o->json = 1;
+      break;
+    case 'h':
+      bench_print_help();
+      return -1;
+    default:
+      return CLI_USAGE;
+    }
+    if (rc)
+      return rc;
+  }
+  if (optind != argc) {
+    cli_err("bench", "remote: unexpected argument '%s'", argv[optind]);
+    return CLI_USAGE;
+  }
+  if (!o->addr_a != !o->addr_b) {
+    cli_err("bench", "--worker-a and --worker-b go together");
+    return CLI_USAGE;
+  }
+  if (o->addr_a && (have_mem || have_threads)) {
+    cli_err("bench",
+            "%s applies to started workers only, not with "
+            "--worker-a/--worker-b",
+            have_mem ? "--memory" : "--threads");
+    return CLI_USAGE;
+  }
+  if (quick) {
+    if (!have_mem)
+      o->memory = 256ull << 20;
+    if (!have_max)
+      o->max_bytes = 32ull << 20;
+    if (!have_secs)
+      o->seconds = 0.03;
+  }
+  return CLI_OK;
+}
+
+/* ---- keys ---- */
+
+/* Stores keys[i] = the size bytes at src + i * size (untimed). */
+static int put_all(kvds_client *c, const struct bench_keyset *ks,
+                   const uint8_t *src, size_t size) {
+  struct kvds_iov vals[R_PUT_CHUNK];
+  for (size_t i = 0; i < ks->n; i += R_PUT_CHUNK) {
+    size_t m = ks->n - i < R_PUT_CHUNK ? ks->n - i : R_PUT_CHUNK;
+    for (size_t k = 0; k < m; k++)
+      vals[k] = (struct kvds_iov){(void *)(src + (i + k) * size), size};
+    int rc = kvds_mput(c, m, ks->iov + i, vals, NULL);
+    if (rc)
+      return rc;
+  }
+  return 0;
+}
+
+/* Waits (untimed, up to 10 s) until c's worker finds every key through the
+ * directory: a put on A reaches a key's home asynchronously. */
+static int wait_visible(kvds_client *c, const struct bench_keyset *ks) {
+  uint8_t present[BENCH_EXISTS_BATCH];
+  uint64_t deadline = kvds_now_ns() + 10000000000ull;
+  for (size_t i = 0; i < ks->n && !bench_stopped();) {
+    size_t m = ks->n - i < BENCH_EXISTS_BATCH ? ks->n - i : BENCH_EXISTS_BATCH;
+    int rc = kvds_exists(c, m, ks->iov + i, present);
+    if (rc)
+      return rc;
+    size_t k = 0;
+    while (k < m && present[k])
+      k++;
+    i += k;
+    if (k < m) {
+      if (kvds_now_ns() > deadline)
+        return KVDS_E_NOTFOUND;
+      cli_sleep_ms(1);
+    }
+  }
+  return 0;
+}
+
+/* ---- workers ---- */
+
+/* A TCP port on 127.0.0.1 that was free a moment ago. */
+static int free_port(void) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  struct sockaddr_in sa = {.sin_family = AF_INET,
+                           .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t len = sizeof sa;
+  int port = -1;
+  if (fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
+      getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
+    port = ntohs(sa.sin_port);
+  if (fd >= 0)
+    close(fd);
+  return port;
+}
+
+/* Starts `kvds worker` on w->port peered with peer_port; its output goes to
+ * w->log, its Unix socket into r->dir. The child gets its own process group
+ * (a terminal's ^C reaches the bench, which stops the worker in order) and
+ * dies with the bench. */
+static int worker_spawn(struct remote *r, struct rworker *w, int peer_port) {
+  const char *self = bench_self_exe();
+  if (!self)
+    return -errno;
+  char peers[64], mem[32], pulls[24], threads[24];
+  snprintf(w->addr, sizeof w->addr, "127.0.0.1:%d", w->port);
+  snprintf(peers, sizeof peers, "127.0.0.1:%d", peer_port);
+  snprintf(w->log, sizeof w->log, "%s/worker-%d.log", r->dir, w->port);
+  snprintf(mem, sizeof mem, "%llu", (unsigned long long)r->o->memory);
+  snprintf(pulls, sizeof pulls, "%llu", (unsigned long long)r->o->pull_threads);
+  snprintf(threads, sizeof threads, "%llu", (unsigned long long)r->o->threads);
+  const char *token = getenv("KVDS_AUTH_TOKEN_FILE");
+  char *args[] = {(char *)self,
+                  "worker",
+                  "--listen",
+                  w->addr,
+                  "--peers",
+                  peers,
+                  "--memory",
+                  mem,
+                  "--pull-threads",
+                  pulls,
+                  "--threads",
+                  threads,
+                  token && *token ? "--auth-token-file" : NULL,
+                  (char *)token,
+                  NULL};
+  pid_t parent = getpid();
+  fflush(NULL);
+  pid_t pid = fork();
+  if (pid < 0)
+    return -errno;
+  if (pid == 0) {
+    setpgid(0, 0);
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (getppid() != parent)
+      _exit(127);
+    int in = open("/dev/null", O_RDONLY);
+    int out = open(w->log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    if (in < 0 || out < 0)
+      _exit(127);
+    if (dup2(in, STDIN_FILENO) < 0 || dup2(out, STDOUT_FILENO) < 0 ||
+        dup2(out, STDERR_FILENO) < 0)
+      _exit(127);
+    if (in > STDERR_FILENO)
+      close(in);
+    if (out > STDERR_FILENO)
+      close(out);
+    setenv("KVDS_RUN_DIR", r->dir, 1);
+    execv(self, args);
+    _exit(127);
+  }
+  w->pid = pid;
+  return 0;
+}
+
+/* SIGTERM, then waits up to 30 s (SIGKILL after); then removes its log,
+ * also when the worker had already exited and been reaped. */
+static void worker_stop(struct rworker *w) {
+  if (w->log[0]) {
+    unlink(w->log);
+    w->log[0] = '\0';
+  }
+  if (w->pid <= 0)
+    return;
+  kill(w->pid, SIGTERM);
+  uint64_t deadline = kvds_now_ns() + 30000000000ull;
+  int st;
+  for (;;) {
+    pid_t p = waitpid(w->pid, &st, WNOHANG);
+    if (p == w->pid || (p < 0 && errno != EINTR))
+      break;
+    if (kvds_now_ns() > deadline) {
+      kill(w->pid, SIGKILL);
+      while (waitpid(w->pid, &st, 0) < 0 && errno == EINTR)
+        ;
+      break;
+    }
+    cli_sleep_ms(10);
+  }
+  w->pid = 0;
+}
+
+/* Polls until the worker answers a ping (or exits, or the deadline). */
+static int worker_wait_ready(struct rworker *w, uint64_t deadline_ns) {
+  char tail[512];
+  for (;;) {
+    int st;
+    if (waitpid(w->pid, &st, WNOHANG) == w->pid) {
+      w->pid = 0;
+      cli_err("bench", "worker %s exited (%s %d) while starting: %s", w->addr,
+              WIFEXITED(st) ? "status" : "signal",
+              WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st),
+              cli_log_tail(w->log, 0, tail, sizeof tail));
+      return CLI_FAIL;
+    }
+    kvds_client *c;
+    if (cli_try_connect(w->addr, 1000, KVDS_CONNECT_LAZY_MAP, &c, NULL, 0) ==
+        0) {
+      int rc = kvds_ping(c);
+      kvds_client_close(c);
+      if (rc == 0)
+        return CLI_OK;
+    }
+    if (bench_stopped())
+      return CLI_FAIL;
+    if (kvds_now_ns() > deadline_ns) {
+      cli_err("bench", "worker %s did not start in time: %s", w->addr,
+              cli_log_tail(w->log, 0, tail, sizeof tail));
+      return CLI_FAIL;
+    }
+    cli_sleep_ms(20);
+  }
+}
+
+/* c's worker's cluster status: *root (caller decrefs) and its "members"
+ * array (borrowed from *root). 0, the request's error or KVDS_E_PROTO. */
+static int cluster_members(kvds_client *c, json_t **root, json_t **members) {
+  char *txt;
+  int rc = kvds_cluster_status(c, &txt);
+  if (rc)
+    return rc;
+  json_t *j = json_loads(txt, 0, NULL);
+  free(txt);
+  json_t *ms = json_object_get(j, "members");
+  if (!json_is_array(ms)) {
+    json_decref(j);
+    return KVDS_E_PROTO;
+  }
+  *root = j;
+  *members = ms;
+  return 0;
+}
+
+/* Members in c's worker's view, and whether every peer has connections
+ * open (when the worker reports them). */
+static int cluster_view(kvds_client *c, size_t *members, int *connected) {
+  json_t *j, *ms, *m;
+  int rc = cluster_members(c, &j, &ms);
+  if (rc)
+    return rc;
+  int conn = 1;
+  size_t i;
+  json_array_foreach(ms, i, m) {
+    json_t *conns = json_object_get(m, "connections");
+    if (!json_is_true(json_object_get(m, "self")) && conns &&
+        json_integer_value(conns) <= 0)
+      conn = 0;
+  }
+  *members = json_array_size(ms);
+  *connected = conn;
+  json_decref(j);
+  return 0;
+}
+
+/* Bytes c's worker has pulled from its peers since it started: 0, the
+ * request's error or KVDS_E_PROTO (a bytes_in that is not a count). */
+static int pulled_bytes(kvds_client *c, uint64_t *out) {
+  json_t *j, *ms, *m;
+  int rc = cluster_members(c, &j, &ms);
+  if (rc)
+    return rc;
+  uint64_t sum = 0;
+  size_t i;
+  json_array_foreach(ms, i, m) {
+    json_t *in = json_object_get(m, "bytes_in");
+    if (!in) /* itself, or a member it has no connection state for */
+      continue;
+    if (!json_is_integer(in) || json_integer_value(in) < 0) {
+      rc = KVDS_E_PROTO;
+      break;
+    }
+    sum += (uint64_t)json_integer_value(in);
+  }
+  json_decref(j);
+  if (rc == 0)
+    *out = sum;
+  return rc;
+}
+
+static int wait_cluster(struct remote *r, uint64_t deadline_ns) {
+  kvds_client *cs[2] = {r->ca, r->cb};
+  for (int i = 0; i < 2; i++) {
+    for (;;) {
+      size_t n = 0;
+      int conn = 0;
+      int rc = cluster_view(cs[i], &n, &conn);
+      if (rc) {
+        cli_err("bench", "cluster status of %s: %s", i ? r->addr_b : r->addr_a,
+                kvds_strerror(rc));
+        return CLI_FAIL;
+      }
+      if (n >= 2 && conn)
+        break;
+      if (bench_stopped())
+        return CLI_FAIL;
+      if (kvds_now_ns() > deadline_ns) {
+        cli_err("bench",
+                "worker %s does not see its peer (%zu member%s in its view; "
+                "is it started with --peers?)",
+                i ? r->addr_b : r->addr_a, n, n == 1 ? "" : "s");
+        return CLI_FAIL;
+      }
+      cli_sleep_ms(20);
+    }
+  }
+  return CLI_OK;
+}
+
+/* ---- raw TCP ceiling ---- */
+
+/* A timeout (SO_RCVTIMEO / SO_SNDTIMEO) reads as KVDS_E_TIMEOUT. */
+static int send_all(int fd, const void *buf, size_t len) {
+  const uint8_t *p = buf;
+  while (len) {
+    ssize_t w = send(fd, p, len, MSG_NOSIGNAL);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+      return KVDS_E_TIMEOUT;
+    if (w <= 0)
+      return w < 0 ? -errno : KVDS_E_CLOSED;
+    p += w;
+    len -= (size_t)w;
+  }
+  return 0;
+}
+
+static int recv_all(int fd, void *buf, size_t len) {
+  uint8_t *p = buf;
+  while (len) {
+    ssize_t n = recv(fd, p, len, 0);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+      return KVDS_E_TIMEOUT;
+    if (n <= 0)
+      return n < 0 ? -errno : KVDS_E_CLOSED;
+    p += n;
+    len -= (size_t)n;
+  }
+  return 0;
+}
+
+/* Answers requests {len, src_off} from the source buffer until EOF. On
+ * leaving (EOF, a bad request, a stalled peer) it shuts its end down, so
+ * the receiver fails at once instead of waiting for bytes. */
+static void *tcp_sender(void *arg) {
+  struct tcp_stream *s = arg;
+  uint64_t req[2];
+  while (recv_all(s->sfd, req, sizeof req) == 0) {
+    if (req[0] > s->t->region || req[1] > s->t->region - req[0])
+      break;
+    if (send_all(s->sfd, s->t->src + req[1], (size_t)req[0]))
+      break;
+  }
+  shutdown(s->sfd, SHUT_RDWR);
+  return NULL;
+}
+
+/* Per post of its go semaphore: asks for its share and receives it straight
+ * into dst. */
+static void *tcp_receiver(void *arg) {
+  struct tcp_stream *s = arg;
+  struct tcp_ceiling *t = s->t;
+  for (;;) {
+    while (sem_wait(&s->go) && errno == EINTR)
+      ;
+    if (t->quit)
+      break;
+    uint64_t req[2] = {s->len, s->src_off};
+    int err = send_all(s->rfd, req, sizeof req);
+    if (!err)
+      err = recv_all(s->rfd, t->dst + s->dst_off, (size_t)req[0]);
+    pthread_mutex_lock(&t->lock);
+    if (err && !t->err)
+      t->err = err;
+    t->ndone++;
+    pthread_cond_signal(&t->done);
+    pthread_mutex_unlock(&t->lock);
+  }
+  return NULL;
+}
+
+static void tcp_teardown(struct tcp_ceiling *t) {
+  t->quit = 1;
+  for (int i = 0; i < t->n; i++) {
+    struct tcp_stream *s = &t->s[i];
+    if (s->rfd >= 0)
+      shutdown(s->rfd, SHUT_RDWR); /* the sender sees EOF; a busy receiver
+                                      fails at once */
+    if (s->have_go)
+      sem_post(&s->go);
+  }
+  for (int i = 0; i < t->n; i++) {
+    struct tcp_stream *s = &t->s[i];
+    if (s->have_receiver)
+      pthread_join(s->receiver, NULL);
+    if (s->have_sender)
+      pthread_join(s->sender, NULL);
+    if (s->rfd >= 0)
+      close(s->rfd);
+    if (s->sfd >= 0)
+      close(s->sfd);
+    if (s->have_go)
+      sem_destroy(&s->go);
+  }
+  pthread_cond_destroy(&t->done);
+  pthread_mutex_destroy(&t->lock);
+  t->n = 0;
+}
+
+/* n connected loopback streams with their threads. Every socket gets
+ * R_IO_TIMEOUT_S send and receive timeouts (the senders' ends a send
+ * timeout only: they wait for requests between cases). */
+static int tcp_setup(struct tcp_ceiling *t, int n, const uint8_t *src,
+                     uint8_t *dst, size_t region) {
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  pthread_mutex_init(&t->lock, NULL);
+  pthread_cond_init(&t->done, &ca);
+  pthread_condattr_destroy(&ca);
+  t->src = src;
+  t->dst = dst;
+  t->region = region;
+  int rc = 0, one = 1;
+  struct timeval tv = {.tv_sec = R_IO_TIMEOUT_S};
+  int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  struct sockaddr_in sa = {.sin_family = AF_INET,
+                           .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t len = sizeof sa;
+  if (lfd < 0 || bind(lfd, (struct sockaddr *)&sa, sizeof sa) ||
+      getsockname(lfd, (struct sockaddr *)&sa, &len) || listen(lfd, n))
+    rc = -errno;
+  for (int i = 0; rc == 0 && i < n; i++) {
+    struct tcp_stream *s = &t->s[i];
+    *s = (struct tcp_stream){.t = t, .sfd = -1, .rfd = -1};
+    t->n = i + 1;
+    s->rfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (s->rfd < 0 || connect(s->rfd, (struct sockaddr *)&sa, sizeof sa) ||
+        (s->sfd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC)) < 0) {
+      rc = -errno;
+      break;
+    }
+    /* as the kvds client and worker set theirs */
+    if (setsockopt(s->rfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) ||
+        setsockopt(s->sfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) ||
+        setsockopt(s->rfd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) ||
+        setsockopt(s->rfd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) ||
+        setsockopt(s->sfd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv)) {
+      rc = -errno;
+      break;
+    }
+    if (sem_init(&s->go, 0, 0)) {
+      rc = -errno;
+      break;
+    }
+    s->have_go = 1;
+    if ((rc = -pthread_create(&s->sender, NULL, tcp_sender, s)))
+      break;
+    s->have_sender = 1;
+    if ((rc = -pthread_create(&s->receiver, NULL, tcp_receiver, s)))
+      break;
+    s->have_receiver = 1;
+  }
+  if (lfd >= 0)
+    close(lfd);
+  if (rc)
+    tcp_teardown(t);
+  return rc;
+}
+
+/* Streams B uses for a batch: its pull threads, at least 4 keys each (as
+ * kvds__cluster_njobs splits a batch). */
+static int streams_for(const struct remote *r, uint64_t batch) {
+  uint64_t s = (batch + 3) / 4;
+  return (int)(s < r->o->pull_threads ? s : r->o->pull_threads);
+}
+
+/* `calls` calls of `batch` values of `size` bytes, walking the set of nkeys
+ * slots like the kvds reads do, each call split over the streams as the
+ * worker splits a batch over its pull jobs. Only the streams a call uses
+ * are woken. *ns: time of all calls. A call that has not finished within
+ * 2 x R_IO_TIMEOUT_S plus its bytes at 100 MB/s fails with KVDS_E_TIMEOUT
+ * (the sockets' own timeouts normally report a stall first). */
+static int tcp_run(struct tcp_ceiling *t, int streams, size_t size,
+                   size_t batch, size_t nkeys, uint64_t calls, uint64_t *ns) {
+  size_t j = 0;
+  int rc = 0;
+  uint64_t limit_ns = 2ull * R_IO_TIMEOUT_S * 1000000000ull +
+                      (uint64_t)batch * size * 10; /* 100 MB/s */
+  uint64_t t0 = kvds_now_ns();
+  for (uint64_t c = 0; c < calls && rc == 0 && !bench_stopped(); c++) {
+    for (int k = 0; k < streams; k++) {
+      size_t lo = batch * (size_t)k / (size_t)streams;
+      size_t hi = batch * (size_t)(k + 1) / (size_t)streams;
+      t->s[k].len = (hi - lo) * size;
+      t->s[k].src_off = t->s[k].dst_off = (j + lo) * size;
+    }
+    pthread_mutex_lock(&t->lock);
+    t->ndone = 0;
+    pthread_mutex_unlock(&t->lock);
+    for (int k = 0; k < streams; k++)
+      sem_post(&t->s[k].go);
+    struct timespec dl;
+    clock_gettime(CLOCK_MONOTONIC, &dl);
+    uint64_t dl_ns = (uint64_t)dl.tv_nsec + limit_ns;
+    dl.tv_sec += (time_t)(dl_ns / 1000000000ull);
+    dl.tv_nsec = (long)(dl_ns % 1000000000ull);
+    pthread_mutex_lock(&t->lock);
+    while (t->ndone < streams && rc == 0)
+      if (pthread_cond_timedwait(&t->done, &t->lock, &dl) == ETIMEDOUT &&
+          t->ndone < streams)
+        rc = KVDS_E_TIMEOUT;
+    if (rc == 0)
+      rc = t->err;
+    pthread_mutex_unlock(&t->lock);
+    j += batch;
+    if (j == nkeys)
+      j = 0;
+  }
+  *ns = kvds_now_ns() - t0;
+  return rc;
+}
+
+/* ---- the measurements ---- */
+
+static void print_rpoint(const struct rpoint *p, const struct remote *r) {
+  char sz[32], g[16], tg[16], q[16], p50[16], p99[16];
+  if (p->skipped) {
+    char cap[32];
+    printf("%-9s %9s %6llu  skipped: one call reads more than --max-bytes "
+           "(%s)\n",
+           p->via, kvds_fmt_bytes(p->size, sz, sizeof sz),
+           (unsigned long long)p->batch,
+           kvds_fmt_bytes(r->o->max_bytes, cap, sizeof cap));
+  } else {
+    printf("%-9s %9s %6llu %8d %8s %8s %6s %9s %9s %7llu\n", p->via,
+           kvds_fmt_bytes(p->size, sz, sizeof sz), (unsigned long long)p->batch,
+           p->streams, bench_fmt3(p->gbps, g, sizeof g),
+           bench_fmt3(p->tcp_gbps, tg, sizeof tg),
+           bench_fmt3(p->tcp_gbps > 0 ? p->gbps / p->tcp_gbps : 0, q, sizeof q),
+           bench_fmt3(p->p50_us, p50, sizeof p50),
+           bench_fmt3(p->p99_us, p99, sizeof p99),
+           (unsigned long long)p->calls);
+  }
+  fflush(stdout);
+}
+
+/* Puts a fresh set of values on A, times reads of them on B (hint = A, or
+ * none: through the directory), deleting B's copies between passes, then
+ * raw TCP moving the same bytes. */
+static int run_rpoint(struct remote *r, const char *via, size_t size,
+                      size_t batch) {
+  struct rpoint *p = &r->pts[r->npts++];
+  *p = (struct rpoint){.via = via,
+                       .size = size,
+                       .batch = batch,
+                       .streams = streams_for(r, batch)};
+  char sz[32];
+  if ((uint64_t)size * batch > r->o->max_bytes) {
+    p->skipped = 1;
+    if (!r->o->json)
+      print_rpoint(p, r);
+    return 0;
+  }
+  if (r->o->json)
+    progress("%s %s x %zu", via, kvds_fmt_bytes(size, sz, sizeof sz), batch);
+  size_t nkeys = (size_t)(r->o->max_bytes / size);
+  if (nkeys > BENCH_KEYS_MAX)
+    nkeys = BENCH_KEYS_MAX;
+  nkeys -= nkeys % batch;
+  struct bench_keyset ks = {0};
+  struct kvds_value *v = calloc(batch, sizeof *v);
+  int *res = calloc(batch, sizeof *res);
+  struct bench_samples s = {0};
+  char tag[48];
+  snprintf(tag, sizeof tag, "%s-%zu-%zu", via, size, batch);
+  int rc = -ENOMEM, put = 0;
+  const char *what = ""; /* names the failing step when not a read */
+  if (!v || !res || bench_keyset_make(&ks, r->prefix, tag, nkeys))
+    goto out;
+  put = 1;
+  if ((rc = put_all(r->ca, &ks, r->src, size)))
+    goto out;
+  if (strcmp(via, "directory") == 0 && (rc = wait_visible(r->cb, &ks)))
+    goto out;
+  struct kvds_get_opts go = {
+      .wait_ms = 0, .hint = strcmp(via, "hint") == 0 ? r->addr_a : NULL};
+  uint64_t pulled0, pulled1;
+  if ((rc = pulled_bytes(r->cb, &pulled0))) {
+    what = "pulled-bytes count of B: ";
+    goto out;
+  }
+  uint64_t wall0 = kvds_now_ns();
+  size_t j = 0;
+  while (!bench_stopped()) {
+    uint64_t t0 = kvds_now_ns();
+    rc = kvds_mget_ex(r->cb, batch, ks.iov + j, &go, v, res);
+    uint64_t t1 = kvds_now_ns();
+    for (size_t i = 0; rc == 0 && i < batch; i++)
+      if ((rc = res[i]) == 0 && v[i].len != size)
+        rc = KVDS_E_RANGE;
+    if (rc == 0)
+      kvds_release(r->cb, batch, v);
+    else
+      for (size_t i = 0; i < batch; i++)
+        if (res[i] == 0)
+          kvds_release(r->cb, 1, &v[i]);
+    if (rc || (rc = bench_samples_add(&s, t1 - t0)))
+      break;
+    j += batch;
+    if (j == nkeys) {
+      /* B now holds every key: drop its copies (A keeps its own). */
+      if ((rc = bench_delete_keys(r->cb, ks.iov, nkeys)))
+        break;
+      j = 0;
+    }
+    if (s.n >= 3 && (s.total_ns >= r->phase_ns ||
+                     t1 - wall0 >= 10 * r->phase_ns + 2000000000ull))
+      break;
+  }
+  if (rc || bench_stopped())
+    goto out;
+  /* B counts a pull's bytes before the seal that answers the call, so the
+   * count is complete once the last call has returned. */
+  if ((rc = pulled_bytes(r->cb, &pulled1))) {
+    what = "pulled-bytes count of B: ";
+    goto out;
+  }
+  if (pulled1 < pulled0) {
+    rc = KVDS_E_PROTO;
+    what = "B's pulled-bytes count went backwards: ";
+    goto out;
+  }
+  p->pulled = pulled1 - pulled0;
+  p->calls = s.n;
+  p->bytes = s.n * batch * size;
+  p->gbps = (double)p->bytes / (double)s.total_ns;
+  bench_samples_p50_p99(&s, &p->p50_us, &p->p99_us);
+  uint64_t tcp_ns = 0;
+  rc = tcp_run(&r->tcp, p->streams, size, batch, nkeys, p->calls, &tcp_ns);
+  if (rc == KVDS_E_TIMEOUT)
+    what = "raw TCP: a stream stalled: ";
+  else if (rc)
+    what = "raw TCP: ";
+  if (rc || bench_stopped())
+    goto out;
+  p->tcp_gbps = tcp_ns ? (double)p->bytes / (double)tcp_ns : 0;
+  if (!r->o->json)
+    print_rpoint(p, r);
+out:
+  if (put) {
+    int drc = bench_delete_keys(r->cb, ks.iov, ks.n);
+    if (drc == 0)
+      drc = bench_delete_keys(r->ca, ks.iov, ks.n);
+    if (rc == 0)
+      rc = drc;
+  }
+  bench_keyset_free(&ks);
+  free(s.ns);
+  free(v);
+  free(res);
+  if (rc)
+    cli_err("bench", "remote %s %s x %zu: %s%s", via,
+            kvds_fmt_bytes(size, sz, sizeof sz), batch, what,
+            kvds_strerror(rc));
+  return rc;
+}
+
+/* Latency of single lookups through client c over `keys` (exists of one
+ * key at a time, cycling, when chain is 0; else lookup_prefix of the whole
+ * chain), each checked to find everything. */
+static int lookup_lat(struct remote *r, kvds_client *c,
+                      const struct bench_keyset *ks, int chain,
+                      struct rlat *out) {
+  struct bench_samples s = {0};
+  int rc = 0;
+  uint64_t wall0 = kvds_now_ns(), t1 = wall0;
+  for (size_t i = 0; rc == 0 && !bench_stopped(); i++) {
+    uint64_t t0 = kvds_now_ns();
+    uint8_t present = 0;
+    size_t count = 0;
+    if (chain)
+      rc = kvds_lookup_prefix(c, ks->n, ks->iov, &count);
+    else
+      rc = kvds_exists(c, 1, &ks->iov[i % ks->n], &present);
+    t1 = kvds_now_ns();
+    if (rc == 0 && (chain ? count != ks->n : !present))
+      rc = KVDS_E_NOTFOUND;
+    if (rc == 0)
+      rc = bench_samples_add(&s, t1 - t0);
+    if (s.n >= 100 && t1 - wall0 >= r->phase_ns / 2)
+      break;
+  }
+  if (rc == 0) {
+    out->n = s.n;
+    bench_samples_p50_p99(&s, &out->p50_us, &out->p99_us);
+  }
+  free(s.ns);
+  return rc;
+}
+
+static int run_lookups(struct remote *r) {
+  static uint8_t val[64];
+  struct bench_keyset one = {0}, chain = {0};
+  struct kvds_iov vals[R_LAT_KEYS];
+  for (int i = 0; i < R_LAT_KEYS; i++)
+    vals[i] = (struct kvds_iov){val, sizeof val};
+  int put = 0;
+  int rc = bench_keyset_make(&one, r->prefix, "lookup", R_LAT_KEYS);
+  if (rc == 0)
+    rc = bench_keyset_make(&chain, r->prefix, "chain", R_CHAIN);
+  if (rc == 0) {
+    put = 1;
+    rc = kvds_mput(r->ca, R_LAT_KEYS, one.iov, vals, NULL);
+  }
+  if (rc == 0)
+    rc = kvds_mput(r->ca, R_CHAIN, chain.iov, vals, NULL);
+  if (rc == 0)
+    rc = wait_visible(r->cb, &one);
+  if (rc == 0)
+    rc = wait_visible(r->cb, &chain);
+  if (rc == 0)
+    rc = lookup_lat(r, r->cb, &one, 0, &r->ex_remote);
+  if (rc == 0)
+    rc = lookup_lat(r, r->ca, &one, 0, &r->ex_local);
+  if (rc == 0)
+    rc = lookup_lat(r, r->cb, &chain, 1, &r->pre_remote);
+  if (rc == 0)
+    rc = lookup_lat(r, r->ca, &chain, 1, &r->pre_local);
+  if (put) {
+    int drc = bench_delete_keys(r->ca, one.iov, one.n);
+    if (drc == 0)
+      drc = bench_delete_keys(r->ca, chain.iov, chain.n);
+    if (rc == 0)
+      rc = drc;
+  }
+  bench_keyset_free(&one);
+  bench_keyset_free(&chain);
+  if (rc && !bench_stopped())
+    cli_err("bench", "remote lookups: %s", kvds_strerror(rc));
+  return rc;
+}
+
+/* ---- reporting ---- */
+
+static void print_remote_header(const struct remote *r) {
+  char mem[32], cap[32];
+  printf("kvds bench remote: worker A %s, worker B %s (%s)\n", r->addr_a,
+         r->addr_b, r->started ? "started by the bench" : "running workers");
+  if (r->started)
+    printf("each worker: %s pool, %llu pull threads, %llu I/O thread%s\n",
+           kvds_fmt_bytes(r->o->memory, mem, sizeof mem),
+           (unsigned long long)r->o->pull_threads,
+           (unsigned long long)r->o->threads, r->o->threads == 1 ? "" : "s");
+  printf("reads: kvds_mget_ex on B through a %s client\nof B; the values "
+         "live on A only and are pulled A->B (xxh3 verified) inside\nthe "
+         "call. At most %s put on A per case, >= %.2f s of reads per case.\n"
+         "rawTCP: the same bytes per call over as many loopback streams, "
+         "received\nstraight into a buffer. GB/s = 10^9 B/s; latency is per "
+         "call.\n\n",
+         kvds_client_is_local(r->cb) ? "local shared-memory (zero-copy)"
+                                     : "TCP (not zero-copy)",
+         kvds_fmt_bytes(r->o->max_bytes, cap, sizeof cap),
+         (double)r->phase_ns / 1e9);
+  printf(
+      "via            size  batch  streams     GB/s  rawTCP  ratio    p50 us "
+      "   p99 us   calls\n");
+}
+
+static void print_remote_footer(const struct remote *r) {
+  char a[16], b[16], c[16], d[16];
+  printf("\n'hint': the call names A as the holder; 'directory': no hint, B "
+         "asks each\nkey's home worker where it lives, then pulls.\n\n");
+  printf("lookup latency (one call, us)          p50       p99\n");
+  printf("exists, 1 key, on B (held on A)   %9s %9s\n",
+         bench_fmt3(r->ex_remote.p50_us, a, sizeof a),
+         bench_fmt3(r->ex_remote.p99_us, b, sizeof b));
+  printf("exists, 1 key, on A (local hit)   %9s %9s\n",
+         bench_fmt3(r->ex_local.p50_us, c, sizeof c),
+         bench_fmt3(r->ex_local.p99_us, d, sizeof d));
+  printf("lookup_prefix, %d keys, on B      %9s %9s\n", R_CHAIN,
+         bench_fmt3(r->pre_remote.p50_us, a, sizeof a),
+         bench_fmt3(r->pre_remote.p99_us, b, sizeof b));
+  printf("lookup_prefix, %d keys, on A      %9s %9s\n", R_CHAIN,
+         bench_fmt3(r->pre_local.p50_us, c, sizeof c),
+         bench_fmt3(r->pre_local.p99_us, d, sizeof d));
+}
+
+static json_t *rlat_json(const struct rlat *l) {
+  return json_pack("{s:f, s:f, s:I}", "p50_us", l->p50_us, "p99_us", l->p99_us,
+                   "calls", (json_int_t)l->n);
+}
+
+static int print_remote_json(const struct remote *r) {
+  json_t *root = json_object(), *pts = json_array();
+  json_object_set_new(root, "worker_a", json_string(r->addr_a));
+  json_object_set_new(root, "worker_b", json_string(r->addr_b));
+  json_object_set_new(root, "started", json_boolean(r->started));
+  json_object_set_new(root, "shared_memory",
+                      json_boolean(kvds_client_is_local(r->cb)));
+  if (r->started) {
+    json_object_set_new(root, "memory", json_integer((json_int_t)r->o->memory));
+    json_object_set_new(root, "io_threads",
+                        json_integer((json_int_t)r->o->threads));
+  }
+  json_object_set_new(root, "pull_threads",
+                      json_integer((json_int_t)r->o->pull_threads));
+  json_object_set_new(root, "max_bytes",
+                      json_integer((json_int_t)r->o->max_bytes));
+  json_object_set_new(root, "seconds_per_case",
+                      json_real((double)r->phase_ns / 1e9));
+  for (int i = 0; i < r->npts; i++) {
+    const struct rpoint *p = &r->pts[i];
+    json_t *o = json_pack("{s:s, s:I, s:I, s:i}", "via", p->via, "size",
+                          (json_int_t)p->size, "batch", (json_int_t)p->batch,
+                          "streams", p->streams);
+    if (p->skipped) {
+      json_object_set_new(o, "skipped", json_string("exceeds max_bytes"));
+    } else {
+      json_object_set_new(o, "gbps", json_real(p->gbps));
+      json_object_set_new(o, "tcp_gbps", json_real(p->tcp_gbps));
+      json_object_set_new(
+          o, "ratio", json_real(p->tcp_gbps > 0 ? p->gbps / p->tcp_gbps : 0));
+      json_object_set_new(o, "p50_us", json_real(p->p50_us));
+      json_object_set_new(o, "p99_us", json_real(p->p99_us));
+      json_object_set_new(o, "calls", json_integer((json_int_t)p->calls));
+      json_object_set_new(o, "bytes", json_integer((json_int_t)p->bytes));
+      json_object_set_new(o, "pulled_bytes",
+                          json_integer((json_int_t)p->pulled));
+    }
+    json_array_append_new(pts, o);
+  }
+  json_object_set_new(root, "reads", pts);
+  json_object_set_new(root, "lookup",
+                      json_pack("{s:o, s:o, s:o, s:o, s:i}", "exists_remote",
+                                rlat_json(&r->ex_remote), "exists_local",
+                                rlat_json(&r->ex_local), "prefix_remote",
+                                rlat_json(&r->pre_remote), "prefix_local",
+                                rlat_json(&r->pre_local), "chain", R_CHAIN));
+  return bench_print_json(root);
+}
+
+/* ---- setup and teardown ---- */
+
+static int remote_start_workers(struct remote *r) {
+  const char *tmp = getenv("TMPDIR");
+  snprintf(r->dir, sizeof r->dir, "%s/kvds-bench-remote.XXXXXX",
+           tmp && *tmp ? tmp : "/tmp");
+  if (!mkdtemp(r->dir)) {
+    cli_err("bench", "cannot create a directory under %s: %s",
+            tmp && *tmp ? tmp : "/tmp", strerror(errno));
+    r->dir[0] = '\0';
+    return CLI_FAIL;
+  }
+  r->w[0].port = free_port();
+  r->w[1].port = free_port();
+  if (r->w[0].port <= 0 || r->w[1].port <= 0 || r->w[0].port == r->w[1].port) {
+    cli_err("bench", "no free loopback ports");
+    return CLI_FAIL;
+  }
+  char mem[32];
+  progress("starting two workers (%s pools)...",
+           kvds_fmt_bytes(r->o->memory, mem, sizeof mem));
+  r->started = 1;
+  for (int i = 0; i < 2; i++) {
+    int rc = worker_spawn(r, &r->w[i], r->w[1 - i].port);
+    if (rc) {
+      cli_err("bench", "cannot start a worker: %s", kvds_strerror(rc));
+      return CLI_FAIL;
+    }
+  }
+  r->addr_a = r->w[0].addr;
+  r->addr_b = r->w[1].addr;
+  /* 30 s + 4 s per GiB of pool: generously more than `kvds worker --daemon`
+   * allows (30 s + 0.5 s per GiB), as two pools start at once */
+  uint64_t deadline =
+      kvds_now_ns() + 30000000000ull + 4 * (r->o->memory >> 30) * 1000000000ull;
+  for (int i = 0; i < 2; i++)
+    if (worker_wait_ready(&r->w[i], deadline))
+      return CLI_FAIL;
+  return CLI_OK;
+}
+
+static void remote_cleanup(struct remote *r) {
+  if (r->tcp_up)
+    tcp_teardown(&r->tcp);
+  kvds_client_close(r->ca);
+  kvds_client_close(r->cb);
+  r->ca = r->cb = NULL;
+  for (int i = 0; i < 2; i++)
+    worker_stop(&r->w[i]);
+  if (r->dir[0]) {
+    /* The directory is the bench's own (mkdtemp) and its workers are gone:
+     * whatever they left there (a socket after a hard kill, a pidfile)
+     * goes with it. */
+    DIR *d = opendir(r->dir);
+    struct dirent *e;
+    while (d && (e = readdir(d)))
+      if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
+        unlinkat(dirfd(d), e->d_name, 0);
+    if (d)
+      closedir(d);
+    if (rmdir(r->dir))
+      cli_err("bench", "cannot remove %s: %s", r->dir, strerror(errno));
+    r->dir[0] = '\0';
+  }
+}
+
+static int remote_measure(struct remote *r) {
+  int rc = 0;
+  if (!r->o->json)
+    print_remote_header(r);
+  for (int i = 0; i < r->o->nsizes && rc == 0 && !bench_stopped(); i++)
+    for (int j = 0; j < r->o->nbatches && rc == 0 && !bench_stopped(); j++)
+      rc = run_rpoint(r, "hint", (size_t)r->o->sizes[i],
+                      (size_t)r->o->batches[j]);
+  for (int j = 0; j < r->o->nbatches && rc == 0 && !bench_stopped(); j++)
+    rc = run_rpoint(r, "directory", (size_t)r->o->dir_size,
+                    (size_t)r->o->batches[j]);
+  if (rc == 0 && !bench_stopped()) {
+    if (r->o->json)
+      progress("lookup latency");
+    rc = run_lookups(r);
+  }
+  return rc;
+}
+
+int bench_remote(int argc, char **argv) {
+  struct remote_opts o = {0};
+  int rc = remote_parse(argc, argv, &o);
+  if (rc)
+    return rc < 0 ? CLI_OK : rc;
+  struct remote r = {.o = &o, .addr_a = o.addr_a, .addr_b = o.addr_b};
+  r.phase_ns = (uint64_t)(o.seconds * 1e9);
+  snprintf(r.prefix, sizeof r.prefix, "kvds-bench-remote/%ld/", (long)getpid());
+  int ret = CLI_FAIL;
+  bench_catch_signals();
+
+  /* source of the puts and of raw TCP, destination of raw TCP: as large as
+   * a case's set of values, touched before timing */
+  r.region = (size_t)o.max_bytes;
+  if (bench_alloc_buffers(r.region, &r.src, &r.dst)) {
+    cli_err("bench", "cannot allocate 2 x %zu MiB of buffers", r.region >> 20);
+    return CLI_FAIL;
+  }
+
+  uint64_t t0 = kvds_now_ns();
+  if (!o.addr_a && remote_start_workers(&r))
+    goto out;
+  if (cli_connect("bench", r.addr_a, 0, &r.ca, NULL, 0) ||
+      cli_connect("bench", r.addr_b, 0, &r.cb, NULL, 0))
+    goto out;
+  if (wait_cluster(&r, kvds_now_ns() + 20000000000ull))
+    goto out;
+  if (r.started)
+    progress("workers %s and %s up in %.1f s", r.addr_a, r.addr_b,
+             (double)(kvds_now_ns() - t0) / 1e9);
+  if ((rc = tcp_setup(&r.tcp, (int)o.pull_threads, r.src, r.dst, r.region))) {
+    cli_err("bench", "raw TCP streams: %s", kvds_strerror(rc));
+    goto out;
+  }
+  r.tcp_up = 1;
+  rc = remote_measure(&r);
+  if ((rc || bench_stopped()) && !r.started) {
+    bench_sweep(r.cb, r.prefix);
+    bench_sweep(r.ca, r.prefix);
+  }
+  if (bench_stopped()) {
+    fflush(stdout);
+    fprintf(stderr, "kvds bench remote: interrupted%s\n",
+            r.started ? "; the workers were stopped"
+                      : "; the bench's keys were removed");
+    ret = 128 + bench_stopped();
+  } else if (rc == 0) {
+    ret = o.json ? print_remote_json(&r) : (print_remote_footer(&r), CLI_OK);
+  }
+out:
+  if (bench_stopped() && ret == CLI_FAIL)
+    ret = 128 + bench_stopped();
+  remote_cleanup(&r);
+  free(r.src);
+  free(r.dst);
+  return ret;
+}
