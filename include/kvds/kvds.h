@@ -410,8 +410,13 @@ KVDS_API void kvds_list_free(struct kvds_list *l);
 
 /* ---- Worker ---------------------------------------------------------------*/
 
-/* Worker counters: X(name, meaning). One list for the struct below, the
- * wire names of the STATS reply and every binding that prints them. */
+/* Worker counters: X(name, meaning), the one list of them. It makes the
+ * struct below; the worker's STATS reply carries each as an item of that
+ * name, in this order (then items of the worker's own, its limits, which
+ * kvds_stats() skips); the worker's /metrics is written from the same
+ * snapshot, under Prometheus names that one table of the worker maps them
+ * to (src/worker/stats.c; pid and the two _ppm settings are not there); the
+ * Python binding's stats() has one key per field. */
 #define KVDS_STATS_FIELDS(X)                                                   \
   X(pool_capacity, "bytes usable for objects")                                 \
   X(pool_used, "bytes allocated")                                              \
@@ -439,6 +444,8 @@ struct kvds_stats {
 #undef KVDS__STATS_FIELD
 };
 
+/* The worker's counters (its STATS reply, read by name: a counter the
+ * worker does not send is 0). */
 KVDS_API int kvds_stats(kvds_client *c, struct kvds_stats *out);
 
 /*
