@@ -1,4 +1,4 @@
-# Rendezvous hashing: the home worker of a key (pure; not yet used by the
-# worker: the directory will pick homes with it).
+# Rendezvous hashing (pure): the home worker of a key, and the workers the
+# copies of a key go to; the worker's cluster code picks both with it.
 add_library(kvds_hrw STATIC src/cluster/hrw.c)
 target_link_libraries(kvds_hrw PUBLIC kvds_common)
