@@ -1,19 +1,18 @@
 """Builds kvds._kvds, the CPython binding of libkvds.
 
-The client library's C sources are compiled into the extension directly
-(the list is read from KVDS_CLIENT_SRC in the repository's CMakeLists.txt,
-plus the sources of the kvds_auth library the client links, read from
-src/cluster/auth.cmake, so it cannot drift), with the same warnings as the C
-build, -Werror included. Needs a C compiler, the Python headers,
-libxxhash-dev and libssl-dev (libcrypto).
+The client library's C sources are compiled into the extension directly:
+the list is src/client/sources.txt, one path per line, the same file CMake
+builds libkvds.so from, so the two cannot drift. They are compiled with the
+same warnings as the C build, -Werror included. Needs a C compiler, the
+Python headers, libxxhash-dev and libssl-dev (libcrypto).
 """
 import os
-import re
 
 from setuptools import Extension, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+CLIENT_SOURCES = os.path.join(ROOT, "src", "client", "sources.txt")
 
 
 def rel(path):
@@ -22,31 +21,19 @@ def rel(path):
 
 
 def client_sources():
-    with open(os.path.join(ROOT, "CMakeLists.txt"), encoding="utf-8") as f:
-        cmake = f.read()
-    m = re.search(r"set\(\s*KVDS_CLIENT_SRC\s+([^)]*)\)", cmake)
-    if not m:
-        raise RuntimeError("KVDS_CLIENT_SRC not found in CMakeLists.txt")
-    sources = m.group(1).split()
-    for s in sources:
-        if not s.endswith(".c") or not os.path.isfile(os.path.join(ROOT, s)):
-            raise RuntimeError(f"KVDS_CLIENT_SRC: cannot use {s!r} "
-                               "(setup.py expects plain paths of .c files)")
-    return [rel(os.path.join(ROOT, s)) for s in sources] + auth_sources()
-
-
-def auth_sources():
-    """The client authenticates over TCP with kvds_auth (libcrypto)."""
-    path = os.path.join(ROOT, "src", "cluster", "auth.cmake")
-    with open(path, encoding="utf-8") as f:
-        m = re.search(r"add_library\(\s*kvds_auth\s+STATIC\s+([^)]*)\)", f.read())
-    if not m:
-        raise RuntimeError("add_library(kvds_auth ...) not found in auth.cmake")
-    sources = m.group(1).split()
-    for s in sources:
-        if not s.endswith(".c") or not os.path.isfile(os.path.join(ROOT, s)):
-            raise RuntimeError(f"kvds_auth: cannot use {s!r}")
-    return [rel(os.path.join(ROOT, s)) for s in sources]
+    """The lines of src/client/sources.txt ('#' comments and blank lines
+    skipped): paths of .c files relative to the repository root."""
+    sources = []
+    with open(CLIENT_SOURCES, encoding="utf-8") as f:
+        for line in f:
+            s = line.strip()
+            if not s or s.startswith("#"):
+                continue
+            if not s.endswith(".c") or not os.path.isfile(os.path.join(ROOT, s)):
+                raise RuntimeError(f"src/client/sources.txt: cannot use {s!r} "
+                                   "(expects paths of .c files)")
+            sources.append(rel(os.path.join(ROOT, s)))
+    return sources
 
 
 EXT_SOURCES = sorted(

@@ -32,6 +32,18 @@
 extern "C" {
 #endif
 
+/* Marks the functions libkvds.so exports: every function declared here and
+ * nothing else (the library is compiled with -fvisibility=hidden and
+ * KVDS_BUILDING_LIB; tests/unit/test_exports.sh checks the exported set
+ * against this header). Expands to nothing for users of the header, and for
+ * code that compiles the library's sources into itself (the Python
+ * extension), which so exports none of them. */
+#if defined(KVDS_BUILDING_LIB) && defined(__GNUC__)
+#define KVDS_API __attribute__((visibility("default")))
+#else
+#define KVDS_API
+#endif
+
 #define KVDS_VERSION_STRING "0.1.0"
 
 /* Longest key, in bytes. */
@@ -74,9 +86,9 @@ enum kvds_errno {
 
 /* Human-readable message for a KVDS_E_* code or a negative errno. Never NULL;
  * the string is static. Thread-safe. */
-const char *kvds_strerror(int err);
+KVDS_API const char *kvds_strerror(int err);
 /* Symbolic name ("KVDS_E_NOTFOUND", "ECONNREFUSED"); static, never NULL. */
-const char *kvds_err_name(int err);
+KVDS_API const char *kvds_err_name(int err);
 
 /* A byte range (h2o style). */
 struct kvds_iov {
@@ -112,7 +124,8 @@ typedef struct kvds_client kvds_client;
  * set, the tokens differ, the token file is unusable, or the worker does not
  * authenticate while $KVDS_AUTH_TOKEN_FILE is set).
  */
-int kvds_client_connect(const char *address, int timeout_ms, kvds_client **out);
+KVDS_API int kvds_client_connect(const char *address, int timeout_ms,
+                                 kvds_client **out);
 
 /* Flags for kvds_client_connect_ex. */
 /* Do not map every pool page up front (saves ~70 ms per GiB of pool at
@@ -123,18 +136,18 @@ int kvds_client_connect(const char *address, int timeout_ms, kvds_client **out);
 #define KVDS_CONNECT_TCP_ONLY 0x2u
 
 /* kvds_client_connect with flags (KVDS_CONNECT_*). */
-int kvds_client_connect_ex(const char *address, int timeout_ms, unsigned flags,
-                           kvds_client **out);
+KVDS_API int kvds_client_connect_ex(const char *address, int timeout_ms,
+                                    unsigned flags, kvds_client **out);
 
 /* Closes the connection and frees the client. Pins and objects still being
  * written are released by the worker. Pointers obtained from the client
  * become invalid. Over TCP, the staging buffers of kvds_wbufs that were
  * neither sealed nor aborted are not freed: abort them first. NULL is a
  * no-op. */
-void kvds_client_close(kvds_client *c);
+KVDS_API void kvds_client_close(kvds_client *c);
 
 /* Sets the I/O timeout applied to every later call (ms, > 0). */
-void kvds_client_set_timeout(kvds_client *c, int timeout_ms);
+KVDS_API void kvds_client_set_timeout(kvds_client *c, int timeout_ms);
 
 /*
  * Interrupt check for calls that wait (for language bindings: Python runs
@@ -154,10 +167,11 @@ void kvds_client_set_timeout(kvds_client *c, int timeout_ms);
  * called during kvds_client_connect. fn == NULL removes the check.
  */
 typedef int (*kvds_interrupt_fn)(void *ud);
-void kvds_client_set_interrupt(kvds_client *c, kvds_interrupt_fn fn, void *ud);
+KVDS_API void kvds_client_set_interrupt(kvds_client *c, kvds_interrupt_fn fn,
+                                        void *ud);
 
 /* 1 when the client maps the worker's pool (Unix socket), else 0. */
-int kvds_client_is_local(const kvds_client *c);
+KVDS_API int kvds_client_is_local(const kvds_client *c);
 
 /* The data region of the worker's pool as this local client maps it: every
  * pointer the client hands out into object data lies in
@@ -165,7 +179,8 @@ int kvds_client_is_local(const kvds_client *c);
  * registering the mapping once with a device runtime (cudaHostRegister), so
  * device copies to and from objects run at pinned-memory speed.
  * Errors: KVDS_E_NOSHM (not local: TCP, or not mapped). */
-int kvds_client_pool_region(const kvds_client *c, void **base, uint64_t *size);
+KVDS_API int kvds_client_pool_region(const kvds_client *c, void **base,
+                                     uint64_t *size);
 
 /* 1 while the connection is up. After an I/O error, protocol error or
  * deadline overrun the client disconnects itself (later calls fail with
@@ -173,14 +188,14 @@ int kvds_client_pool_region(const kvds_client *c, void **base, uint64_t *size);
  * bytes behind zero-copy views of a local client may change. A caller that
  * must not use such bytes checks this after reading a view (or compares the
  * value's checksum). */
-int kvds_client_is_connected(const kvds_client *c);
+KVDS_API int kvds_client_is_connected(const kvds_client *c);
 
 /* Detail about the last failed call on `c` (empty string if none). The
  * string is owned by the client and valid until the next call. */
-const char *kvds_client_errmsg(const kvds_client *c);
+KVDS_API const char *kvds_client_errmsg(const kvds_client *c);
 
 /* Round trip with the worker. */
-int kvds_ping(kvds_client *c);
+KVDS_API int kvds_ping(kvds_client *c);
 
 /* ---- Copying put / get --------------------------------------------------- */
 
@@ -191,8 +206,8 @@ int kvds_ping(kvds_client *c);
  * Errors: KVDS_E_EXISTS (a sealed or in-progress object has this key),
  * KVDS_E_NOSPACE, KVDS_E_KEYLEN, KVDS_E_TOOBIG, KVDS_E_INVAL, I/O errors.
  */
-int kvds_put(kvds_client *c, const void *key, size_t klen, const void *val,
-             size_t vlen);
+KVDS_API int kvds_put(kvds_client *c, const void *key, size_t klen,
+                      const void *val, size_t vlen);
 
 /*
  * Batch put of n pairs. results[i] (optional, may be NULL) receives each
@@ -200,8 +215,8 @@ int kvds_put(kvds_client *c, const void *key, size_t klen, const void *val,
  * item's error, or an I/O error for the whole batch (then results[] is not
  * written).
  */
-int kvds_mput(kvds_client *c, size_t n, const struct kvds_iov *keys,
-              const struct kvds_iov *vals, int *results);
+KVDS_API int kvds_mput(kvds_client *c, size_t n, const struct kvds_iov *keys,
+                       const struct kvds_iov *vals, int *results);
 
 /*
  * Copies the value of `key` into buf[0..cap). Waits up to wait_ms (0 = do
@@ -210,8 +225,8 @@ int kvds_mput(kvds_client *c, size_t n, const struct kvds_iov *keys,
  * KVDS_E_TIMEOUT (still absent after wait_ms), KVDS_E_TOOBIG (cap too small;
  * nothing written), KVDS_E_CHECKSUM (bytes received over TCP do not match).
  */
-int kvds_get(kvds_client *c, const void *key, size_t klen, void *buf,
-             size_t cap, size_t *len, int wait_ms);
+KVDS_API int kvds_get(kvds_client *c, const void *key, size_t klen, void *buf,
+                      size_t cap, size_t *len, int wait_ms);
 
 /*
  * Options of a read. In a cluster a worker that misses a key finds it
@@ -239,8 +254,9 @@ struct kvds_get_opts {
  * pull that failed (KVDS_E_CHECKSUM, KVDS_E_TIMEOUT, KVDS_E_NOTFOUND when no
  * live worker has the key); KVDS_E_INVAL for unknown flags or
  * KVDS_GET_PIN (which only kvds_mget_ex takes). */
-int kvds_get_ex(kvds_client *c, const void *key, size_t klen, void *buf,
-                size_t cap, size_t *len, const struct kvds_get_opts *o);
+KVDS_API int kvds_get_ex(kvds_client *c, const void *key, size_t klen,
+                         void *buf, size_t cap, size_t *len,
+                         const struct kvds_get_opts *o);
 
 /* ---- Zero-copy views ----------------------------------------------------- */
 
@@ -264,16 +280,16 @@ struct kvds_value {
  * for the whole batch.
  * Every found vals[i] must be released with kvds_release().
  */
-int kvds_mget(kvds_client *c, size_t n, const struct kvds_iov *keys,
-              int wait_ms, struct kvds_value *vals, int *results);
+KVDS_API int kvds_mget(kvds_client *c, size_t n, const struct kvds_iov *keys,
+                       int wait_ms, struct kvds_value *vals, int *results);
 /* kvds_mget with options (o may be NULL). */
-int kvds_mget_ex(kvds_client *c, size_t n, const struct kvds_iov *keys,
-                 const struct kvds_get_opts *o, struct kvds_value *vals,
-                 int *results);
+KVDS_API int kvds_mget_ex(kvds_client *c, size_t n, const struct kvds_iov *keys,
+                          const struct kvds_get_opts *o,
+                          struct kvds_value *vals, int *results);
 
 /* Releases pins taken by kvds_mget. Entries with handle 0 are skipped and
  * each released entry is zeroed. Never blocks on the worker's reply. */
-int kvds_release(kvds_client *c, size_t n, struct kvds_value *vals);
+KVDS_API int kvds_release(kvds_client *c, size_t n, struct kvds_value *vals);
 
 /* ---- Two-phase writes ---------------------------------------------------- */
 
@@ -293,17 +309,18 @@ struct kvds_wbuf {
  * results[i] gets each item's status; failed items have bufs[i] zeroed.
  * Returns 0 when answered, or a whole-batch error.
  */
-int kvds_mcreate(kvds_client *c, size_t n, const struct kvds_iov *keys,
-                 const size_t *sizes, struct kvds_wbuf *bufs, int *results);
+KVDS_API int kvds_mcreate(kvds_client *c, size_t n, const struct kvds_iov *keys,
+                          const size_t *sizes, struct kvds_wbuf *bufs,
+                          int *results);
 
 /* Single-object convenience for kvds_mcreate; returns the item's status. */
-int kvds_create(kvds_client *c, const void *key, size_t klen, size_t size,
-                struct kvds_wbuf *buf);
+KVDS_API int kvds_create(kvds_client *c, const void *key, size_t klen,
+                         size_t size, struct kvds_wbuf *buf);
 
 /* Copies len bytes at `off` into the object (bounds-checked; KVDS_E_RANGE).
  * Equivalent to writing through buf->data. */
-int kvds_write(kvds_client *c, const struct kvds_wbuf *buf, size_t off,
-               const void *src, size_t len);
+KVDS_API int kvds_write(kvds_client *c, const struct kvds_wbuf *buf, size_t off,
+                        const void *src, size_t len);
 
 /*
  * Seals n objects: computes each checksum, makes the objects visible and
@@ -314,20 +331,21 @@ int kvds_write(kvds_client *c, const struct kvds_wbuf *buf, size_t off,
  * results[i] (optional) gets each status; returns 0 if all were sealed,
  * else the first error.
  */
-int kvds_mseal(kvds_client *c, size_t n, struct kvds_wbuf *bufs, int *results);
+KVDS_API int kvds_mseal(kvds_client *c, size_t n, struct kvds_wbuf *bufs,
+                        int *results);
 
 /* kvds_mseal for objects whose checksums the caller already has: sums[i] is
  * the xxh3-64 of bufs[i]'s len bytes (kvds_gather returns it while filling
  * the object). Saves kvds_mseal's hashing pass over the data. The worker
  * trusts the value as it trusts kvds_mseal's: a wrong one is stored, and
  * readers over TCP then fail with KVDS_E_CHECKSUM. */
-int kvds_mseal_sums(kvds_client *c, size_t n, struct kvds_wbuf *bufs,
-                    const uint64_t *sums, int *results);
-int kvds_seal(kvds_client *c, struct kvds_wbuf *buf);
+KVDS_API int kvds_mseal_sums(kvds_client *c, size_t n, struct kvds_wbuf *bufs,
+                             const uint64_t *sums, int *results);
+KVDS_API int kvds_seal(kvds_client *c, struct kvds_wbuf *buf);
 
 /* Abandons objects still being written; their memory is freed. */
-int kvds_mabort(kvds_client *c, size_t n, struct kvds_wbuf *bufs);
-int kvds_abort(kvds_client *c, struct kvds_wbuf *buf);
+KVDS_API int kvds_mabort(kvds_client *c, size_t n, struct kvds_wbuf *bufs);
+KVDS_API int kvds_abort(kvds_client *c, struct kvds_wbuf *buf);
 
 /* ---- Index operations ---------------------------------------------------- */
 
@@ -336,21 +354,21 @@ int kvds_abort(kvds_client *c, struct kvds_wbuf *buf);
  * each key's status (KVDS_E_NOTFOUND, KVDS_E_STATE while being written);
  * returns 0 if all were deleted, else the first item's error (every key is
  * still attempted), or an I/O error. */
-int kvds_mdelete(kvds_client *c, size_t n, const struct kvds_iov *keys,
-                 int *results);
-int kvds_delete(kvds_client *c, const void *key, size_t klen);
+KVDS_API int kvds_mdelete(kvds_client *c, size_t n, const struct kvds_iov *keys,
+                          int *results);
+KVDS_API int kvds_delete(kvds_client *c, const void *key, size_t klen);
 
 /* present[i] = 1 if keys[i] is sealed, else 0. In a cluster a key the
  * worker does not hold is looked up in the directory (the worker asks each
  * key's home, all in this one round trip): present means some live worker
  * holds it. */
-int kvds_exists(kvds_client *c, size_t n, const struct kvds_iov *keys,
-                uint8_t *present);
+KVDS_API int kvds_exists(kvds_client *c, size_t n, const struct kvds_iov *keys,
+                         uint8_t *present);
 
 /* *count = number of leading keys of the chain keys[0..n) that are sealed
  * (cluster-wide, as kvds_exists). */
-int kvds_lookup_prefix(kvds_client *c, size_t n, const struct kvds_iov *keys,
-                       size_t *count);
+KVDS_API int kvds_lookup_prefix(kvds_client *c, size_t n,
+                                const struct kvds_iov *keys, size_t *count);
 
 enum kvds_state { KVDS_STATE_WRITING = 1, KVDS_STATE_SEALED = 2 };
 
@@ -364,8 +382,8 @@ struct kvds_object_info {
 };
 
 /* Metadata of one key. */
-int kvds_stat(kvds_client *c, const void *key, size_t klen,
-              struct kvds_object_info *info);
+KVDS_API int kvds_stat(kvds_client *c, const void *key, size_t klen,
+                       struct kvds_object_info *info);
 
 struct kvds_list_entry {
   const void *key; /* owned by the list */
@@ -385,15 +403,20 @@ struct kvds_list {
  * Page with after = last key returned while (*out)->more. Free the result
  * with kvds_list_free().
  */
-int kvds_list(kvds_client *c, const void *prefix, size_t plen,
-              const void *after, size_t alen, size_t limit,
-              struct kvds_list **out);
-void kvds_list_free(struct kvds_list *l);
+KVDS_API int kvds_list(kvds_client *c, const void *prefix, size_t plen,
+                       const void *after, size_t alen, size_t limit,
+                       struct kvds_list **out);
+KVDS_API void kvds_list_free(struct kvds_list *l);
 
 /* ---- Worker ---------------------------------------------------------------*/
 
-/* Worker counters: X(name, meaning). One list for the struct below, the
- * wire names of the STATS reply and every binding that prints them. */
+/* Worker counters: X(name, meaning), the one list of them. It makes the
+ * struct below; the worker's STATS reply carries each as an item of that
+ * name, in this order (then items of the worker's own, its limits, which
+ * kvds_stats() skips); the worker's /metrics is written from the same
+ * snapshot, under Prometheus names that one table of the worker maps them
+ * to (src/worker/stats.c; pid and the two _ppm settings are not there); the
+ * Python binding's stats() has one key per field. */
 #define KVDS_STATS_FIELDS(X)                                                   \
   X(pool_capacity, "bytes usable for objects")                                 \
   X(pool_used, "bytes allocated")                                              \
@@ -421,7 +444,9 @@ struct kvds_stats {
 #undef KVDS__STATS_FIELD
 };
 
-int kvds_stats(kvds_client *c, struct kvds_stats *out);
+/* The worker's counters (its STATS reply, read by name: a counter the
+ * worker does not send is 0). */
+KVDS_API int kvds_stats(kvds_client *c, struct kvds_stats *out);
 
 /*
  * The worker's view of the cluster as JSON text (the "cluster" object of
@@ -434,7 +459,7 @@ int kvds_stats(kvds_client *c, struct kvds_stats *out);
  * owned by the caller (free() it). Errors: the usual request errors,
  * KVDS_E_BADOP from a worker older than this call, KVDS_E_PROTO.
  */
-int kvds_cluster_status(kvds_client *c, char **json);
+KVDS_API int kvds_cluster_status(kvds_client *c, char **json);
 
 /* A worker that holds a sealed copy of a key. */
 struct kvds_location {
@@ -450,17 +475,17 @@ struct kvds_location {
  * again). Absent everywhere: 0 with *n = 0. A single worker answers
  * from its own store. Errors: the usual request errors, KVDS_E_KEYLEN.
  */
-int kvds_locate(kvds_client *c, const void *key, size_t klen,
-                struct kvds_location **out, size_t *n);
+KVDS_API int kvds_locate(kvds_client *c, const void *key, size_t klen,
+                         struct kvds_location **out, size_t *n);
 
 /* Asks the worker to exit cleanly; returns 0 once the worker acknowledged
  * (it then closes every connection and removes its socket). */
-int kvds_shutdown(kvds_client *c);
+KVDS_API int kvds_shutdown(kvds_client *c);
 
 /* ---- Utilities ----------------------------------------------------------- */
 
 /* xxh3-64 of a buffer: the checksum kvds uses. */
-uint64_t kvds_checksum(const void *data, size_t len);
+KVDS_API uint64_t kvds_checksum(const void *data, size_t len);
 
 /* Copies the n segments one after another to dst (which must hold their
  * total length; no overlaps) and returns the xxh3-64 of the bytes copied —
@@ -468,10 +493,10 @@ uint64_t kvds_checksum(const void *data, size_t len);
  * while each segment is still in cache. Large copies use non-temporal
  * stores. For filling an object from scattered sources (the layers of a KV
  * block) and sealing it with kvds_mseal_sums. */
-uint64_t kvds_gather(void *dst, const struct kvds_iov *segs, size_t n);
+KVDS_API uint64_t kvds_gather(void *dst, const struct kvds_iov *segs, size_t n);
 
 /* Parses "4GiB", "512MiB", "64KiB", "1G", "100" (bytes) into *out. */
-int kvds_parse_size(const char *s, uint64_t *out);
+KVDS_API int kvds_parse_size(const char *s, uint64_t *out);
 
 #ifdef __cplusplus
 }

@@ -1,5 +1,5 @@
-# Rendezvous hashing (pure): the home worker of a key. Used by the worker
-# (src/worker/cluster.c): each key's directory home, and the workers that
-# replicate.c's background copies go to (kvds_hrw_top).
+# Rendezvous hashing (pure): the home worker of a key, and the workers the
+# copies of a key go to; the worker's cluster code (src/cluster/view.c,
+# src/worker/cluster/replicate.c) picks both with it.
 add_library(kvds_hrw STATIC src/cluster/hrw.c)
 target_link_libraries(kvds_hrw PUBLIC kvds_common)

@@ -26,31 +26,55 @@ static inline uint64_t kvds_wall_us(void) {
   return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
-/* Little-endian loads and stores (the wire and pool formats). */
+/* Little-endian loads and stores: the wire format's integers (proto.h,
+ * docs/protocol.md) on any host, and on a little-endian one a plain copy.
+ * (The pool header is not among them: it is in host order, as a pool is
+ * only ever mapped by processes of one host; see pool.h.) */
+#if !defined(__BYTE_ORDER__) || !defined(__ORDER_LITTLE_ENDIAN__) ||           \
+    !defined(__ORDER_BIG_ENDIAN__)
+#error "kvds needs a compiler that defines __BYTE_ORDER__ (GCC, clang)"
+#elif __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+#define KVDS_LE16(v) __builtin_bswap16(v)
+#define KVDS_LE32(v) __builtin_bswap32(v)
+#define KVDS_LE64(v) __builtin_bswap64(v)
+#elif __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define KVDS_LE16(v) (v)
+#define KVDS_LE32(v) (v)
+#define KVDS_LE64(v) (v)
+#else
+#error "kvds supports little- and big-endian hosts only"
+#endif
+
 static inline void kvds_put_u16(uint8_t *p, uint16_t v) {
+  v = KVDS_LE16(v);
   memcpy(p, &v, 2);
 }
 static inline void kvds_put_u32(uint8_t *p, uint32_t v) {
+  v = KVDS_LE32(v);
   memcpy(p, &v, 4);
 }
 static inline void kvds_put_u64(uint8_t *p, uint64_t v) {
+  v = KVDS_LE64(v);
   memcpy(p, &v, 8);
 }
 static inline uint16_t kvds_get_u16(const uint8_t *p) {
   uint16_t v;
   memcpy(&v, p, 2);
-  return v;
+  return KVDS_LE16(v);
 }
 static inline uint32_t kvds_get_u32(const uint8_t *p) {
   uint32_t v;
   memcpy(&v, p, 4);
-  return v;
+  return KVDS_LE32(v);
 }
 static inline uint64_t kvds_get_u64(const uint8_t *p) {
   uint64_t v;
   memcpy(&v, p, 8);
-  return v;
+  return KVDS_LE64(v);
 }
+#undef KVDS_LE16
+#undef KVDS_LE32
+#undef KVDS_LE64
 
 /* Parses a decimal unsigned integer that must fill the whole string.
  * Returns 0 or KVDS_E_INVAL. */

@@ -4,7 +4,9 @@
  * One memfd holds a header page followed by the data area. The header has a
  * magic and a version so that any process can map the fd and check what it
  * got. Everything inside the segment is addressed by offsets relative to the
- * start of the segment, never by pointers.
+ * start of the segment, never by pointers. The header is a plain struct in
+ * host byte order, unlike the wire format: a pool fd only passes between
+ * processes of one host (over the worker's Unix socket), which share it.
  */
 #ifndef KVDS_POOL_H
 #define KVDS_POOL_H

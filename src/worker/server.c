@@ -18,6 +18,7 @@
 #include "kvds/kvds.h"
 #include "worker/cluster/cluster.h"
 #include "worker/server.h"
+#include "worker/stats.h"
 
 /* ---- replies ------------------------------------------------------------ */
 
@@ -739,46 +740,20 @@ static int op_stat(struct conn *c, const struct req_items *ri) {
   return 0;
 }
 
+/* STATS: one item per counter, named as the field of struct kvds_stats
+ * (KVDS_STATS_FIELDS), then the worker's limits (KVDS__STATS_LIMITS). */
 static int op_stats(struct conn *c) {
-  struct kvds_server *s = c->th->srv;
-  struct kvds_alloc_stats as;
-  struct kvds_store_counters ct;
-  uint64_t objects;
-  LOCK(s);
-  kvds_alloc_stats(&s->store.alloc, &as);
-  ct = s->store.ctr;
-  objects = s->store.index.count;
-  UNLOCK(s);
+  struct kvds__stats st;
+  kvds__stats_read(c->th->srv, &st);
   struct reply r;
   kvds__reply_init(&r);
-#define STAT(name, v)                                                          \
-  kvds__reply_item(&r, 0, (uint64_t)(v), 0, 0, 0, name, sizeof(name) - 1)
-  STAT("pool_capacity", as.capacity);
-  STAT("pool_used", as.used);
-  STAT("pool_free", as.free);
-  STAT("pool_largest_free", as.largest_free);
-  STAT("objects", objects);
-  STAT("objects_writing", ct.writing_objects);
-  STAT("pinned_objects", ct.pinned_objects);
-  STAT("evictions", ct.evictions);
-  STAT("evicted_bytes", ct.evicted_bytes);
-  STAT("hits", ct.hits);
-  STAT("misses", ct.misses);
-  STAT("puts", ct.puts);
-  STAT("nospace", ct.nospace);
-  STAT("connections", atomic_load(&s->connections));
-  STAT("max_connections", s->max_conns);
-  STAT("connections_closed_idle", atomic_load(&s->closed_idle));
-  STAT("connections_closed_for_room", atomic_load(&s->closed_for_room));
-  STAT("connections_refused", atomic_load(&s->refused));
-  STAT("connections_closed_slow", atomic_load(&s->closed_slow));
-  STAT("writing_refused", atomic_load(&s->writing_refused));
-  STAT("protocol_errors", atomic_load(&s->protocol_errors));
-  STAT("uptime_s", (kvds_now_us() - s->start_us) / 1000000u);
-  STAT("pid", getpid());
-  STAT("high_watermark_ppm", s->cfg.high_watermark * 1e6 + 0.5);
-  STAT("eviction_ratio_ppm", s->cfg.eviction_ratio * 1e6 + 0.5);
-#undef STAT
+#define ITEM(name)                                                             \
+  kvds__reply_item(&r, 0, st.name, 0, 0, 0, #name, sizeof #name - 1);
+#define PUBLIC_ITEM(name, doc) ITEM(name)
+  KVDS_STATS_FIELDS(PUBLIC_ITEM)
+  KVDS__STATS_LIMITS(ITEM)
+#undef PUBLIC_ITEM
+#undef ITEM
   kvds__reply_send(c, &r, KVDS_OP_STATS, c->h.req_id, 0, 0, 0, -1);
   return 0;
 }
