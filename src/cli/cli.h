@@ -22,7 +22,7 @@ enum { CLI_OK = 0, CLI_FAIL = 1, CLI_USAGE = 2 };
 /* Connect and I/O timeout for the short commands (ms). */
 #define CLI_TIMEOUT_MS 5000
 
-/* ---- Commands (cmd_*.c, bench.c) ---------------------------------------- */
+/* ---- Commands (cmd_*.c, bench/bench.c) ----------------------------------- */
 
 int cmd_worker(int argc, char **argv);
 int cmd_stop(int argc, char **argv);

@@ -685,7 +685,7 @@ static int tcp_setup(struct tcp_ceiling *t, int n, const uint8_t *src,
 }
 
 /* Streams B uses for a batch: its pull threads, at least 4 keys each (as
- * kvds__cluster_njobs splits a batch). */
+ * the cluster's resolver splits a batch: src/worker/cluster/jobs.c). */
 static int streams_for(const struct remote *r, uint64_t batch) {
   uint64_t s = (batch + 3) / 4;
   return (int)(s < r->o->pull_threads ? s : r->o->pull_threads);

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "worker/cluster/internal.h"
+#include "worker/stats.h"
 
 static const uint64_t lat_le_us[LAT_BUCKETS] = {
     100,   250,    500,    1000,   2500,    5000,    10000,  25000,
@@ -78,56 +79,45 @@ void kvds__cluster_metrics(struct kvds_server *s, FILE *f) {
     return;
   struct kvds_dir_stats ds;
   kvds_dir_stats(cl->dir, &ds);
-  fprintf(f,
-          "# HELP kvds_directory_keys Keys in this worker's directory shard "
-          "(it is their home).\n# TYPE kvds_directory_keys gauge\n"
-          "kvds_directory_keys %llu\n"
-          "# HELP kvds_directory_locations Locations (key, owner) in the "
-          "shard.\n# TYPE kvds_directory_locations gauge\n"
-          "kvds_directory_locations %llu\n"
-          "# HELP kvds_announced_total Location changes sent to homes.\n"
-          "# TYPE kvds_announced_total counter\nkvds_announced_total %llu\n"
-          "# HELP kvds_announce_errors_total Announcements a home did not "
-          "take.\n# TYPE kvds_announce_errors_total counter\n"
-          "kvds_announce_errors_total %llu\n"
-          "# HELP kvds_remote_found_total Keys missing here that the cluster "
-          "supplied.\n# TYPE kvds_remote_found_total counter\n"
-          "kvds_remote_found_total %llu\n"
-          "# HELP kvds_remote_missed_total Keys missing here that the cluster "
-          "could not supply.\n# TYPE kvds_remote_missed_total counter\n"
-          "kvds_remote_missed_total %llu\n",
-          (unsigned long long)ds.keys, (unsigned long long)ds.locations,
-          (unsigned long long)atomic_load(&cl->announced),
-          (unsigned long long)atomic_load(&cl->announce_errors),
-          (unsigned long long)atomic_load(&cl->remote_found),
-          (unsigned long long)atomic_load(&cl->remote_missed));
   struct kvds_repl_counts rc = {0};
   if (cl->repl)
     kvds__repl_counts(cl->repl, &rc);
-  fprintf(f,
-          "# HELP kvds_replica_copies Copies kept of each object sealed "
-          "here (--replicas).\n# TYPE kvds_replica_copies gauge\n"
-          "kvds_replica_copies %d\n"
-          "# HELP kvds_replica_queued Objects waiting to be copied (or "
-          "copied again).\n"
-          "# TYPE kvds_replica_queued gauge\nkvds_replica_queued %llu\n"
-          "# HELP kvds_replica_made_total Copies made on other workers.\n"
-          "# TYPE kvds_replica_made_total counter\n"
-          "kvds_replica_made_total %llu\n"
-          "# HELP kvds_replica_failed_total Copies that failed (target "
-          "unreachable or full; tried again).\n"
-          "# TYPE kvds_replica_failed_total counter\n"
-          "kvds_replica_failed_total %llu\n"
-          "# HELP kvds_replica_skipped_total Objects not copied (queue "
-          "full).\n# TYPE kvds_replica_skipped_total counter\n"
-          "kvds_replica_skipped_total %llu\n"
-          "# HELP kvds_replica_gave_up_total Objects whose copies still "
-          "failed after a minute of tries.\n"
-          "# TYPE kvds_replica_gave_up_total counter\n"
-          "kvds_replica_gave_up_total %llu\n",
-          cl->s->cfg.replicas, (unsigned long long)rc.queued,
-          (unsigned long long)rc.made, (unsigned long long)rc.failed,
-          (unsigned long long)rc.skipped, (unsigned long long)rc.gave_up);
+  const struct {
+    const char *type, *name, *help;
+    uint64_t v;
+  } one[] = {
+      {"gauge", "directory_keys",
+       "Keys in this worker's directory shard (it is their home).", ds.keys},
+      {"gauge", "directory_locations", "Locations (key, owner) in the shard.",
+       ds.locations},
+      {"counter", "announced_total", "Location changes sent to homes.",
+       atomic_load(&cl->announced)},
+      {"counter", "announce_errors_total", "Announcements a home did not take.",
+       atomic_load(&cl->announce_errors)},
+      {"counter", "remote_found_total",
+       "Keys missing here that the cluster supplied.",
+       atomic_load(&cl->remote_found)},
+      {"counter", "remote_missed_total",
+       "Keys missing here that the cluster could not supply.",
+       atomic_load(&cl->remote_missed)},
+      {"gauge", "replica_copies",
+       "Copies kept of each object sealed here (--replicas).",
+       (uint64_t)cl->s->cfg.replicas},
+      {"gauge", "replica_queued",
+       "Objects waiting to be copied (or copied again).", rc.queued},
+      {"counter", "replica_made_total", "Copies made on other workers.",
+       rc.made},
+      {"counter", "replica_failed_total",
+       "Copies that failed (target unreachable or full; tried again).",
+       rc.failed},
+      {"counter", "replica_skipped_total", "Objects not copied (queue full).",
+       rc.skipped},
+      {"counter", "replica_gave_up_total",
+       "Objects whose copies still failed after a minute of tries.",
+       rc.gave_up},
+  };
+  for (size_t k = 0; k < sizeof one / sizeof one[0]; k++)
+    kvds__metric_write(f, one[k].type, one[k].name, one[k].help, one[k].v);
   pthread_mutex_lock(&cl->lock);
   static const struct {
     const char *name, *type, *help;
