@@ -18,64 +18,34 @@
 /* ---- replies ------------------------------------------------------------ */
 
 void kvds__reply_init(struct reply *r) {
-  memset(r, 0, sizeof *r);
-  r->len = KVDS_PROTO_HDR_LEN;
-}
-
-static int reply_grow(struct reply *r, size_t more) {
-  if (r->oom)
-    return -1;
-  if (r->len + more <= r->cap)
-    return 0;
-  size_t nc = r->cap ? r->cap * 2 : 512;
-  while (nc < r->len + more)
-    nc *= 2;
-  uint8_t *nb = realloc(r->buf, nc);
-  if (!nb) {
-    r->oom = 1;
-    return -1;
-  }
-  r->buf = nb;
-  r->cap = nc;
-  return 0;
+  kvds_proto_build_init(&r->b);
 }
 
 void kvds__reply_item(struct reply *r, int32_t status, uint64_t a, uint64_t b,
                       uint64_t c, uint64_t d, const void *key, uint32_t klen) {
-  if (reply_grow(r, kvds_proto_item_size(klen)))
-    return;
   struct kvds_proto_item it = {
       .status = status, .klen = klen, .a = a, .b = b, .c = c, .d = d};
-  r->len += kvds_proto_item_encode(&it, key, r->buf + r->len);
-  r->count++;
+  kvds_proto_build_item(&r->b, &it, key); /* a failure is kept in r->oom */
 }
 
 int kvds__reply_send(struct conn *c, struct reply *r, uint8_t op,
                      uint64_t req_id, uint16_t flags, int32_t status,
                      uint64_t data_len, int send_fd) {
-  if (reply_grow(r, 0) || r->oom) {
+  struct kvds_proto_hdr h = {.opcode = op,
+                             .flags = (uint16_t)(flags | KVDS_PF_REPLY),
+                             .req_id = req_id,
+                             .status = status,
+                             .data_len = data_len};
+  if (kvds_proto_build_finish(&r->b, &h)) {
     /* The full answer is lost (and with it, maybe, handles the client will
      * never learn): say why if we can, then drop the connection, whose close
      * releases everything it held. */
-    free(r->buf);
-    r->buf = NULL;
+    kvds_proto_build_free(&r->b);
     c->closing = 1;
     if (!(flags & KVDS_PF_REPLY)) /* not already the status fallback */
       kvds__reply_status(c, op, req_id, -ENOMEM);
     return -ENOMEM;
   }
-  struct kvds_proto_hdr h = {.magic = KVDS_PROTO_MAGIC,
-                             .version = KVDS_PROTO_VERSION,
-                             .opcode = op,
-                             .flags = (uint16_t)(flags | KVDS_PF_REPLY),
-                             .req_id = req_id,
-                             .status = status,
-                             .count = r->count,
-                             .meta_len =
-                                 (uint32_t)(r->len - KVDS_PROTO_HDR_LEN),
-                             .data_len = data_len};
-  kvds_proto_hdr_encode(&h, r->buf);
-  kvds_proto_seal_frame(r->buf, r->buf + KVDS_PROTO_HDR_LEN, h.meta_len);
   int rc = kvds__conn_queue(c, r->buf, r->len, r->buf, NULL, send_fd);
   r->buf = NULL;
   return rc;
@@ -497,8 +467,6 @@ static int op_create(struct conn *c, const struct req_items *ri) {
   return 0;
 }
 
-#define SEAL_F_CHECKSUM 1u
-
 static int op_seal(struct conn *c, const struct req_items *ri) {
   struct kvds_server *s = c->th->srv;
   struct reply r;
@@ -514,11 +482,11 @@ static int op_seal(struct conn *c, const struct req_items *ri) {
     uint64_t sum;
     /* A local client hashed the bytes it wrote; over TCP the worker hashes
      * what arrived and checks it against the sender's sum, if given. */
-    if (c->is_unix && (it->c & SEAL_F_CHECKSUM)) {
+    if (c->is_unix && (it->c & KVDS_SEAL_F_CHECKSUM)) {
       sum = it->b;
     } else {
       sum = kvds_checksum(kvds_store_data(&s->store, o), o->size);
-      if ((it->c & SEAL_F_CHECKSUM) && sum != it->b) {
+      if ((it->c & KVDS_SEAL_F_CHECKSUM) && sum != it->b) {
         kvds__reply_item(&r, KVDS_E_CHECKSUM, 0, 0, 0, 0, NULL, 0);
         continue;
       }
