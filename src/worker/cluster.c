@@ -2,7 +2,7 @@
  * cluster.c — the worker's part of the cluster (docs/cluster.md):
  *
  *  - peers: every other member, with up to `pull_threads` persistent TCP
- *    connections each (libkvds clients proving the cluster's token), opened
+ *    connections each (net/peer.h, proving the cluster's token), opened
  *    when the member joins and kept while it lives;
  *  - the directory shard: for the keys this worker is home of (rendezvous
  *    hashing over the live members), which workers hold them;
@@ -29,11 +29,11 @@
 #include <sys/socket.h>
 #include <time.h>
 
-#include "client/internal.h"
 #include "cluster/directory.h"
 #include "cluster/hrw.h"
 #include "common/util.h"
 #include "kvds/kvds.h"
+#include "net/peer.h"
 #include "worker/server.h"
 
 #define CONNECT_MS 1000
@@ -52,7 +52,7 @@ static const uint64_t lat_le_us[LAT_BUCKETS] = {
 
 /* A connection of ours to a peer. */
 struct pconn {
-  kvds_client *c;
+  struct kvds_peerconn *c;
   uint64_t gen; /* peer->gen when opened */
 };
 
@@ -64,7 +64,7 @@ struct kvds_peer {
   uint64_t nonce; /* cl->lock: its HELLO nonce, new on every start */
   struct pconn *idle;
   int nidle, nopen; /* cl->lock */
-  kvds_client **busy;
+  struct kvds_peerconn **busy;
   int nbusy; /* cl->lock: in use (shut down at stop) */
   atomic_uint_fast64_t bytes_in, bytes_out, objects_in, pulls, pull_errors;
   atomic_uint_fast64_t lat_sum_us, lat[LAT_BUCKETS + 1];
@@ -213,8 +213,10 @@ static void peer_seen_locked(struct kvds_cluster *cl, struct kvds_peer *p,
 
 /* A connection to p, or NULL with *err set (KVDS_E_PEER when it cannot be
  * reached or stopped living, KVDS_E_TIMEOUT when all stayed busy). */
-static kvds_client *pconn_get(struct kvds_cluster *cl, struct kvds_peer *p,
-                              uint64_t deadline_us, uint64_t *gen, int *err) {
+static struct kvds_peerconn *pconn_get(struct kvds_cluster *cl,
+                                       struct kvds_peer *p,
+                                       uint64_t deadline_us, uint64_t *gen,
+                                       int *err) {
   struct kvds_server *s = cl->s;
   pthread_mutex_lock(&cl->lock);
   for (;;) {
@@ -224,8 +226,8 @@ static kvds_client *pconn_get(struct kvds_cluster *cl, struct kvds_peer *p,
     }
     if (p->nidle) {
       struct pconn pc = p->idle[--p->nidle];
-      if (kvds__client_stale(pc.c)) { /* the peer closed it: next one */
-        kvds_client_close(pc.c);
+      if (kvds_peerconn_stale(pc.c)) { /* the peer closed it: next one */
+        kvds_peerconn_close(pc.c);
         p->nopen--;
         continue;
       }
@@ -242,9 +244,9 @@ static kvds_client *pconn_get(struct kvds_cluster *cl, struct kvds_peer *p,
       pthread_mutex_unlock(&cl->lock);
       uint64_t now = kvds_now_us();
       int ms = deadline_us > now ? (int)((deadline_us - now) / 1000) : 1;
-      kvds_client *c = NULL;
+      struct kvds_peerconn *c = NULL;
       int rc =
-          kvds__peer_connect(addr, ms < CONNECT_MS ? (ms ? ms : 1) : CONNECT_MS,
+          kvds_peerconn_open(addr, ms < CONNECT_MS ? (ms ? ms : 1) : CONNECT_MS,
                              s->auth ? &s->token : NULL, cl->self_id, &c);
       pthread_mutex_lock(&cl->lock);
       if (rc) {
@@ -254,7 +256,7 @@ static kvds_client *pconn_get(struct kvds_cluster *cl, struct kvds_peer *p,
         break;
       }
       p->busy[p->nbusy++] = c;
-      peer_seen_locked(cl, p, kvds__client_nonce(c));
+      peer_seen_locked(cl, p, kvds_peerconn_nonce(c));
       *gen = g;
       pthread_mutex_unlock(&cl->lock);
       return c;
@@ -272,7 +274,7 @@ static kvds_client *pconn_get(struct kvds_cluster *cl, struct kvds_peer *p,
 /* Gives a connection back: kept if it still works and the peer is the same
  * incarnation, else closed. */
 static void pconn_put(struct kvds_cluster *cl, struct kvds_peer *p,
-                      kvds_client *c, uint64_t gen) {
+                      struct kvds_peerconn *c, uint64_t gen) {
   pthread_mutex_lock(&cl->lock);
   for (int i = 0; i < p->nbusy; i++)
     if (p->busy[i] == c) {
@@ -280,7 +282,7 @@ static void pconn_put(struct kvds_cluster *cl, struct kvds_peer *p,
       break;
     }
   if (!cl->stopping && p->live && gen == p->gen &&
-      kvds_client_is_connected(c)) {
+      kvds_peerconn_is_connected(c)) {
     p->idle[p->nidle++] = (struct pconn){c, gen};
     c = NULL;
   } else {
@@ -288,13 +290,13 @@ static void pconn_put(struct kvds_cluster *cl, struct kvds_peer *p,
   }
   pthread_cond_broadcast(&cl->conn_cv);
   pthread_mutex_unlock(&cl->lock);
-  kvds_client_close(c);
+  kvds_peerconn_close(c);
 }
 
 /* Closes p's idle connections (cl->lock held). */
 static void pconn_drop_idle_locked(struct kvds_peer *p) {
   for (int i = 0; i < p->nidle; i++)
-    kvds_client_close(p->idle[i].c);
+    kvds_peerconn_close(p->idle[i].c);
   p->nopen -= p->nidle;
   p->nidle = 0;
 }
@@ -426,11 +428,11 @@ static void abatch_send(struct kvds_cluster *cl, const struct vmember *m,
     b->keys[off - 1] = b->keys[0];
     int err = 0, rc;
     uint64_t gen;
-    kvds_client *c = pconn_get(cl, m->peer, deadline, &gen, &err);
+    struct kvds_peerconn *c = pconn_get(cl, m->peer, deadline, &gen, &err);
     if (c) {
-      kvds_client_set_timeout(c, 2000);
-      rc = kvds__call(c, KVDS_OP_ANNOUNCE, KVDS_PF_LOCAL, 0, cnt + 1,
-                      b->it + off - 1, b->keys + off - 1, NULL, NULL);
+      kvds_peerconn_set_timeout(c, 2000);
+      rc = kvds_peerconn_call(c, KVDS_OP_ANNOUNCE, KVDS_PF_LOCAL, 0, cnt + 1,
+                              b->it + off - 1, b->keys + off - 1, NULL, NULL);
       pconn_put(cl, m->peer, c, gen);
     } else {
       rc = err;
@@ -710,22 +712,22 @@ static void open_connections(struct kvds_cluster *cl) {
       pthread_mutex_unlock(&cl->lock);
       if (!want)
         break;
-      kvds_client *c = NULL;
-      int r = kvds__peer_connect(p->addr, CONNECT_MS,
+      struct kvds_peerconn *c = NULL;
+      int r = kvds_peerconn_open(p->addr, CONNECT_MS,
                                  cl->s->auth ? &cl->s->token : NULL,
                                  cl->self_id, &c);
       pthread_mutex_lock(&cl->lock);
       if (r || gen != p->gen || !p->live || cl->stopping) {
         p->nopen--;
         pthread_mutex_unlock(&cl->lock);
-        kvds_client_close(c);
+        kvds_peerconn_close(c);
         if (r)
           kvds__logf(3, "cluster: cannot connect to %s (%s): %s", p->id,
                      p->addr, kvds_strerror(r));
         break;
       }
       p->idle[p->nidle++] = (struct pconn){c, gen};
-      peer_seen_locked(cl, p, kvds__client_nonce(c));
+      peer_seen_locked(cl, p, kvds_peerconn_nonce(c));
       pthread_cond_broadcast(&cl->conn_cv);
       pthread_mutex_unlock(&cl->lock);
     }
@@ -927,7 +929,7 @@ static void pull_from(struct kvds_cluster *cl, struct kvds_peer *p,
   for (size_t i = 0; i < n; i++)
     if (k[i]->ntried <= LOCATE_MAX_OWNERS)
       k[i]->tried[k[i]->ntried++] = p;
-  kvds_client *c = pconn_get(cl, p, deadline_us, &gen, &err);
+  struct kvds_peerconn *c = pconn_get(cl, p, deadline_us, &gen, &err);
   if (!c) {
     for (size_t i = 0; i < n; i++)
       k[i]->err = err;
@@ -952,10 +954,10 @@ static void pull_from(struct kvds_cluster *cl, struct kvds_peer *p,
     wait_ms = left;
   /* the client's deadline is its timeout + the wait */
   int io_ms = left - (wait_ms > 0 ? wait_ms : 0);
-  kvds_client_set_timeout(c, io_ms > 0 ? io_ms : 1);
+  kvds_peerconn_set_timeout(c, io_ms > 0 ? io_ms : 1);
   struct pull_ctx pc = {s, p, k, obj};
-  struct kvds__pull_ops ops = {pull_dst, pull_done, &pc};
-  int rc = kvds__pull(c, n, iov, wait_ms, &ops);
+  struct kvds_peerconn_pull_ops ops = {pull_dst, pull_done, &pc};
+  int rc = kvds_peerconn_pull(c, n, iov, wait_ms, &ops);
   uint64_t us = kvds_now_us() - t0;
   pconn_put(cl, p, c, gen);
   atomic_fetch_add(&p->pulls, 1);
@@ -1053,14 +1055,14 @@ static void locate(struct kvds_cluster *cl, const struct view *v,
     int err = 0, rc;
     uint64_t gen, cap = kvds_now_us() + LOCATE_MS * 1000ull;
     uint64_t until = deadline_us < cap ? deadline_us : cap;
-    kvds_client *c = pconn_get(cl, v->m[h].peer, until, &gen, &err);
+    struct kvds_peerconn *c = pconn_get(cl, v->m[h].peer, until, &gen, &err);
     if (c) {
       uint64_t now = kvds_now_us();
-      kvds_client_set_timeout(c, until > now ? (int)((until - now) / 1000) + 1
-                                             : 1);
+      kvds_peerconn_set_timeout(c, until > now ? (int)((until - now) / 1000) + 1
+                                               : 1);
       struct loc_ctx lc = {grp, g, 0, 0};
-      rc = kvds__call(c, KVDS_OP_LOCATE, KVDS_PF_LOCAL, 0, g, it, keys,
-                      loc_item, &lc);
+      rc = kvds_peerconn_call(c, KVDS_OP_LOCATE, KVDS_PF_LOCAL, 0, g, it, keys,
+                              loc_item, &lc);
       pconn_put(cl, v->m[h].peer, c, gen);
     } else {
       rc = err;
@@ -1494,14 +1496,14 @@ void kvds__cluster_replicate(struct kvds_server *s, size_t n,
       continue;
     int err = 0;
     uint64_t gen;
-    kvds_client *c = pconn_get(cl, p, deadline_us, &gen, &err);
+    struct kvds_peerconn *c = pconn_get(cl, p, deadline_us, &gen, &err);
     uint64_t now = kvds_now_us();
     rc = c ? 0 : err;
     if (c && now >= deadline_us)
       rc = KVDS_E_TIMEOUT;
     if (!rc) {
-      kvds_client_set_timeout(c, (int)((deadline_us - now) / 1000) + 1);
-      rc = kvds_mget_ex(c, ns, sub, &opts, vals, res);
+      kvds_peerconn_set_timeout(c, (int)((deadline_us - now) / 1000) + 1);
+      rc = kvds_peerconn_pin(c, ns, sub, &opts, vals, res);
     }
     for (size_t i = 0; i < ns; i++) {
       if (!rc && res[i] == 0) {
@@ -1512,7 +1514,7 @@ void kvds__cluster_replicate(struct kvds_server *s, size_t n,
       }
     }
     if (!rc)
-      kvds_release(c, ns, vals);
+      kvds_peerconn_release(c, ns, vals);
     if (c)
       pconn_put(cl, p, c, gen);
     if (rc)
@@ -1615,7 +1617,7 @@ void kvds__cluster_stop(struct kvds_server *s) {
   /* Calls in flight fail now instead of at their deadlines. */
   for (size_t i = 0; i < cl->npeers; i++)
     for (int k = 0; k < cl->peers[i]->nbusy; k++)
-      kvds__client_shutdown(cl->peers[i]->busy[k]);
+      kvds_peerconn_shutdown(cl->peers[i]->busy[k]);
   pthread_cond_broadcast(&cl->job_cv);
   pthread_cond_broadcast(&cl->conn_cv);
   pthread_cond_broadcast(&cl->maint_cv);
