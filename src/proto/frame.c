@@ -6,6 +6,8 @@
  */
 #include "proto/proto.h"
 
+#include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* XXH3_state_t is only a complete type with static linking enabled; we want
@@ -244,4 +246,67 @@ int kvds_proto_meta_validate(const uint8_t *meta, size_t meta_len,
   rc = 0;
 out:
   return rc;
+}
+
+/* ---- frame builder ------------------------------------------------------ */
+
+/* First allocation of a builder; doubled as needed. */
+#define BUILD_MIN 512
+
+void kvds_proto_build_init(struct kvds_proto_builder *b) {
+  memset(b, 0, sizeof *b);
+  b->len = KVDS_PROTO_HDR_LEN;
+}
+
+void kvds_proto_build_reset(struct kvds_proto_builder *b) {
+  b->len = KVDS_PROTO_HDR_LEN;
+  b->count = 0;
+  b->oom = 0;
+}
+
+/* Room for `more` bytes after len; 0 or -ENOMEM (sticky). */
+static int build_reserve(struct kvds_proto_builder *b, size_t more) {
+  if (b->oom)
+    return -ENOMEM;
+  if (b->len + more <= b->cap)
+    return 0;
+  size_t nc = b->cap ? b->cap * 2 : BUILD_MIN;
+  while (nc < b->len + more)
+    nc *= 2;
+  uint8_t *nb = realloc(b->buf, nc);
+  if (!nb) {
+    b->oom = 1;
+    return -ENOMEM;
+  }
+  b->buf = nb;
+  b->cap = nc;
+  return 0;
+}
+
+int kvds_proto_build_item(struct kvds_proto_builder *b,
+                          const struct kvds_proto_item *it, const void *key) {
+  if (build_reserve(b, kvds_proto_item_size(it->klen)))
+    return -ENOMEM;
+  b->len += kvds_proto_item_encode(it, key, b->buf + b->len);
+  b->count++;
+  return 0;
+}
+
+int kvds_proto_build_finish(struct kvds_proto_builder *b,
+                            struct kvds_proto_hdr *h) {
+  /* A frame with no items has no buffer yet: the header needs one. */
+  if (build_reserve(b, 0))
+    return -ENOMEM;
+  h->magic = KVDS_PROTO_MAGIC;
+  h->version = KVDS_PROTO_VERSION;
+  h->count = b->count;
+  h->meta_len = (uint32_t)(b->len - KVDS_PROTO_HDR_LEN);
+  kvds_proto_hdr_encode(h, b->buf);
+  kvds_proto_seal_frame(b->buf, b->buf + KVDS_PROTO_HDR_LEN, h->meta_len);
+  return 0;
+}
+
+void kvds_proto_build_free(struct kvds_proto_builder *b) {
+  free(b->buf);
+  kvds_proto_build_init(b);
 }

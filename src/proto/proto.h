@@ -86,6 +86,23 @@ enum kvds_op {
 #define KVDS_PF_PIN 0x0080u
 #define KVDS_PF_ALL 0x00ffu
 
+/* Item flags and values of particular opcodes (see docs/protocol.md). */
+/* HELLO request item 0, a: the client wants the pool (its fd comes with the
+ * reply over a Unix socket, KVDS_PF_SHM). */
+#define KVDS_HELLO_F_SHM 0x1u
+/* AUTH request item a: the step of the exchange (step 1 carries the
+ * client's nonce, step 2 its proof). */
+#define KVDS_AUTH_STEP_NONCE 1u
+#define KVDS_AUTH_STEP_PROOF 2u
+/* SEAL request item c: b holds the value's checksum (the worker trusts it
+ * from a local client, checks it against the bytes over TCP). */
+#define KVDS_SEAL_F_CHECKSUM 0x1u
+/* GET with KVDS_PF_HINT: the hint item's key is at most this long. */
+#define KVDS_PROTO_HINT_MAX 255u
+/* Handles a worker hands out never have this bit set (libkvds marks the
+ * handles of values it received inline with it). */
+#define KVDS_PROTO_HANDLE_LOCAL (1ull << 63)
+
 struct kvds_proto_hdr {
   uint32_t magic;
   uint8_t version;
@@ -105,6 +122,50 @@ struct kvds_proto_item {
   uint32_t klen;
   uint64_t a, b, c, d;
 };
+
+/*
+ * A frame being built: header space, then items, in one growing buffer
+ * (requests in libkvds, replies in the worker).
+ *
+ *   kvds_proto_build_init(&b);           // or _reset to reuse b.buf
+ *   kvds_proto_build_item(&b, &it, key); // any number of times
+ *   kvds_proto_build_finish(&b, &hdr);   // b.buf[0..b.len) is the frame
+ *
+ * b owns buf (free it with kvds_proto_build_free, or take it: set buf to
+ * NULL). A failed allocation is remembered in oom; later items are dropped
+ * and finish fails, so callers may add items without checking each one.
+ */
+struct kvds_proto_builder {
+  uint8_t *buf;   /* header (KVDS_PROTO_HDR_LEN bytes) then meta */
+  size_t len;     /* bytes used, header included */
+  size_t cap;     /* bytes allocated */
+  uint32_t count; /* items added */
+  int oom;        /* an allocation failed: the frame is incomplete */
+};
+
+/* Starts an empty frame in b, with no buffer yet (allocates nothing). */
+void kvds_proto_build_init(struct kvds_proto_builder *b);
+
+/* Starts a new frame in b, keeping its buffer for reuse. */
+void kvds_proto_build_reset(struct kvds_proto_builder *b);
+
+/* Appends an item (it->klen bytes of key; key may be NULL when klen is 0).
+ * Returns 0, or -ENOMEM (then and from now on: oom is set). */
+int kvds_proto_build_item(struct kvds_proto_builder *b,
+                          const struct kvds_proto_item *it, const void *key);
+
+/*
+ * Completes the frame: h's magic, version, count and meta_len are set from
+ * b (the caller fills the rest: opcode, flags, req_id, status, arg,
+ * data_len), the header is encoded in front of the items and the checksum
+ * sealed. Returns 0, or -ENOMEM when an allocation failed (now or for an
+ * earlier item). Does not limit meta_len (senders check their own limits).
+ */
+int kvds_proto_build_finish(struct kvds_proto_builder *b,
+                            struct kvds_proto_hdr *h);
+
+/* Frees b's buffer; b is then as after kvds_proto_build_init. */
+void kvds_proto_build_free(struct kvds_proto_builder *b);
 
 /* Name of an opcode ("GET"), or "?" for unknown values. */
 const char *kvds_proto_op_name(unsigned op);

@@ -23,66 +23,36 @@
 /* ---- replies ------------------------------------------------------------ */
 
 void kvds__reply_init(struct reply *r) {
-  memset(r, 0, sizeof *r);
-  r->len = KVDS_PROTO_HDR_LEN;
-}
-
-static int reply_grow(struct reply *r, size_t more) {
-  if (r->oom)
-    return -1;
-  if (r->len + more <= r->cap)
-    return 0;
-  size_t nc = r->cap ? r->cap * 2 : 512;
-  while (nc < r->len + more)
-    nc *= 2;
-  uint8_t *nb = realloc(r->buf, nc);
-  if (!nb) {
-    r->oom = 1;
-    return -1;
-  }
-  r->buf = nb;
-  r->cap = nc;
-  return 0;
+  kvds_proto_build_init(&r->b);
 }
 
 void kvds__reply_item(struct reply *r, int32_t status, uint64_t a, uint64_t b,
                       uint64_t c, uint64_t d, const void *key, uint32_t klen) {
-  if (reply_grow(r, kvds_proto_item_size(klen)))
-    return;
   struct kvds_proto_item it = {
       .status = status, .klen = klen, .a = a, .b = b, .c = c, .d = d};
-  r->len += kvds_proto_item_encode(&it, key, r->buf + r->len);
-  r->count++;
+  kvds_proto_build_item(&r->b, &it, key); /* a failure is kept in r->b.oom */
 }
 
 int kvds__reply_send(struct conn *c, struct reply *r, uint8_t op,
                      uint64_t req_id, uint16_t flags, int32_t status,
                      uint64_t data_len, int send_fd) {
-  if (reply_grow(r, 0) || r->oom) {
+  struct kvds_proto_hdr h = {.opcode = op,
+                             .flags = (uint16_t)(flags | KVDS_PF_REPLY),
+                             .req_id = req_id,
+                             .status = status,
+                             .data_len = data_len};
+  if (kvds_proto_build_finish(&r->b, &h)) {
     /* The full answer is lost (and with it, maybe, handles the client will
      * never learn): say why if we can, then drop the connection, whose close
      * releases everything it held. */
-    free(r->buf);
-    r->buf = NULL;
+    kvds_proto_build_free(&r->b);
     c->closing = 1;
     if (!(flags & KVDS_PF_REPLY)) /* not already the status fallback */
       kvds__reply_status(c, op, req_id, -ENOMEM);
     return -ENOMEM;
   }
-  struct kvds_proto_hdr h = {.magic = KVDS_PROTO_MAGIC,
-                             .version = KVDS_PROTO_VERSION,
-                             .opcode = op,
-                             .flags = (uint16_t)(flags | KVDS_PF_REPLY),
-                             .req_id = req_id,
-                             .status = status,
-                             .count = r->count,
-                             .meta_len =
-                                 (uint32_t)(r->len - KVDS_PROTO_HDR_LEN),
-                             .data_len = data_len};
-  kvds_proto_hdr_encode(&h, r->buf);
-  kvds_proto_seal_frame(r->buf, r->buf + KVDS_PROTO_HDR_LEN, h.meta_len);
-  int rc = kvds__conn_queue(c, r->buf, r->len, r->buf, NULL, send_fd);
-  r->buf = NULL;
+  int rc = kvds__conn_queue(c, r->b.buf, r->b.len, r->b.buf, NULL, send_fd);
+  r->b.buf = NULL;
   return rc;
 }
 
@@ -172,7 +142,7 @@ static void get_reply(struct conn *c, uint64_t req_id, uint16_t flags,
     s->store.ctr.misses += misses;
     UNLOCK(s);
   }
-  if (r.oom) {
+  if (r.b.oom) {
     /* Could not describe the values: drop the connection, whose close gives
      * every pin back. Inline pins are not queued yet, so return them. */
     if (inl) {
@@ -182,7 +152,7 @@ static void get_reply(struct conn *c, uint64_t req_id, uint16_t flags,
           kvds_store_unpin(&s->store, objs[i]);
       UNLOCK(s);
     }
-    free(r.buf);
+    free(r.b.buf);
     c->closing = 1;
     return;
   }
@@ -229,7 +199,9 @@ void kvds__server_on_answer(void *owner, const struct kvds_wait_answer *a) {
       kvds__reply_item(&r, a->status[i], 0, 0, 0, 0, NULL, 0);
     kvds__reply_send(c, &r, KVDS_OP_EXISTS, a->req_id, 0, 0, 0, -1);
   } else {
-    struct reply r = {a->out, a->out_len, a->out_len, a->out_count, 0};
+    /* the resolver's frame (no buffer yet if it has no items) */
+    struct reply r = {
+        {a->out, a->out_len, a->out ? a->out_len : 0, a->out_count, 0}};
     *a->out_taken = 1;
     kvds__reply_send(c, &r, wait_op[a->kind], a->req_id, 0, 0, 0, -1);
   }
@@ -244,7 +216,7 @@ void kvds__server_after_answer(void *owner) {
 
 static int op_hello(struct conn *c, const struct req_items *ri) {
   struct kvds_server *s = c->th->srv;
-  int want_shm = ri->n > 0 && (ri->it[0].a & 1);
+  int want_shm = ri->n > 0 && (ri->it[0].a & KVDS_HELLO_F_SHM);
   int fd = (want_shm && c->is_unix) ? s->pool.fd : -1;
   if (ri->n > 1 && ri->it[1].klen &&
       ri->it[1].klen < KVDS_MEMBER_ID_MAX) { /* a peer worker's connection */
@@ -278,7 +250,7 @@ static int op_auth(struct conn *c, const struct req_items *ri) {
   int rc = KVDS_E_AUTH;
   if (!s->auth || !it)
     goto refuse;
-  if (it->a == 1 && it->klen == KVDS_AUTH_NONCE_LEN) {
+  if (it->a == KVDS_AUTH_STEP_NONCE && it->klen == KVDS_AUTH_NONCE_LEN) {
     uint8_t proof[KVDS_AUTH_PROOF_LEN];
     if ((rc = kvds_auth_nonce(c->auth_wn)))
       goto refuse;
@@ -292,7 +264,7 @@ static int op_auth(struct conn *c, const struct req_items *ri) {
     kvds__reply_send(c, &r, KVDS_OP_AUTH, c->h.req_id, 0, 0, 0, -1);
     return 0;
   }
-  if (it->a == 2 && c->auth_step == 1 &&
+  if (it->a == KVDS_AUTH_STEP_PROOF && c->auth_step == 1 &&
       kvds_auth_verify(&s->token, KVDS_AUTH_CLIENT, c->auth_wn, c->auth_cn,
                        ri->key[0], it->klen) == 0) {
     c->auth_step = 0;
@@ -361,8 +333,6 @@ static int op_create(struct conn *c, const struct req_items *ri) {
   return 0;
 }
 
-#define SEAL_F_CHECKSUM 1u
-
 static int op_seal(struct conn *c, const struct req_items *ri) {
   struct kvds_server *s = c->th->srv;
   struct reply r;
@@ -378,11 +348,11 @@ static int op_seal(struct conn *c, const struct req_items *ri) {
     uint64_t sum;
     /* A local client hashed the bytes it wrote; over TCP the worker hashes
      * what arrived and checks it against the sender's sum, if given. */
-    if (c->is_unix && (it->c & SEAL_F_CHECKSUM)) {
+    if (c->is_unix && (it->c & KVDS_SEAL_F_CHECKSUM)) {
       sum = it->b;
     } else {
       sum = kvds_checksum(kvds_store_data(&s->store, o), o->size);
-      if ((it->c & SEAL_F_CHECKSUM) && sum != it->b) {
+      if ((it->c & KVDS_SEAL_F_CHECKSUM) && sum != it->b) {
         kvds__reply_item(&r, KVDS_E_CHECKSUM, 0, 0, 0, 0, NULL, 0);
         continue;
       }
@@ -538,7 +508,7 @@ static int op_release(struct conn *c, const struct req_items *ri) {
   }
   UNLOCK(s);
   if (noreply)
-    free(r.buf);
+    free(r.b.buf);
   else
     kvds__reply_send(c, &r, KVDS_OP_RELEASE, c->h.req_id, 0, 0, 0, -1);
   return 0;
@@ -707,7 +677,7 @@ static int op_list(struct conn *c, const struct req_items *ri) {
   if (lc.n > 1)
     qsort(lc.v, lc.n, sizeof *lc.v, obj_keycmp);
   size_t k = lc.n < limit ? lc.n : limit, i;
-  for (i = 0; i < k && r.len < LIST_REPLY_MAX; i++) {
+  for (i = 0; i < k && r.b.len < LIST_REPLY_MAX; i++) {
     struct kvds_object *o = lc.v[i];
     kvds__reply_item(&r, 0, o->size, o->state, o->checksum, o->pins, o->key,
                      o->inode.klen);

@@ -218,12 +218,12 @@ void kvds__ref_drop(struct conn *c, struct ref *r);
 
 /* ---- server.c ------------------------------------------------------------*/
 
-/* Reply builder: header + meta in one owned buffer. */
+/* A reply being built: header + meta in one owned buffer, by the shared
+ * frame builder (proto.h, member b). Its fields are also reachable by their
+ * old names (r.buf, r.len, r.oom, ...): the two structs of the union have
+ * the same members, so either may be read (C11 common initial sequence). */
 struct reply {
-  uint8_t *buf;
-  size_t len, cap;
-  uint32_t count;
-  int oom;
+  struct kvds_proto_builder b;
 };
 
 void kvds__reply_init(struct reply *r);

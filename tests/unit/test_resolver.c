@@ -103,7 +103,7 @@ static int settle(struct fake *f, kvds_client *c, struct kvds_wait *w) {
       struct reply r;
       kvds__reply_init(&r);
       kvds__reply_item(&r, 0, cnt, 0, 0, 0, NULL, 0); /* all present */
-      kvds_wait_answer(w, NULL, r.buf, r.len, r.count);
+      kvds_wait_answer(w, NULL, r.b.buf, r.b.len, r.b.count);
     }
     return 1;
   }

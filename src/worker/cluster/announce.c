@@ -142,11 +142,11 @@ static void abatch_send(struct kvds_cluster *cl,
     b->keys[off - 1] = b->keys[0];
     int err = 0, rc;
     uint64_t gen;
-    kvds_client *c = kvds__pconn_get(cl, m->ud, deadline, &gen, &err);
+    struct kvds_peerconn *c = kvds__pconn_get(cl, m->ud, deadline, &gen, &err);
     if (c) {
-      kvds_client_set_timeout(c, 2000);
-      rc = kvds__call(c, KVDS_OP_ANNOUNCE, KVDS_PF_LOCAL, 0, cnt + 1,
-                      b->it + off - 1, b->keys + off - 1, NULL, NULL);
+      kvds_peerconn_set_timeout(c, 2000);
+      rc = kvds_peerconn_call(c, KVDS_OP_ANNOUNCE, KVDS_PF_LOCAL, 0, cnt + 1,
+                              b->it + off - 1, b->keys + off - 1, NULL, NULL);
       kvds__pconn_put(cl, m->ud, c, gen);
     } else {
       rc = err;

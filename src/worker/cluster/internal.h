@@ -37,7 +37,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
-#include "client/internal.h"
+#include "net/peer.h"
 #include "cluster/directory.h"
 #include "cluster/view.h"
 #include "worker/cluster/cluster.h"
@@ -49,7 +49,7 @@
 
 /* A connection of ours to a peer. */
 struct pconn {
-  kvds_client *c;
+  struct kvds_peerconn *c;
   uint64_t gen; /* peer->gen when opened */
 };
 
@@ -61,7 +61,7 @@ struct kvds_peer {
   uint64_t nonce; /* cl->lock: its HELLO nonce, new on every start */
   struct pconn *idle;
   int nidle, nopen; /* cl->lock */
-  kvds_client **busy;
+  struct kvds_peerconn **busy;
   int nbusy; /* cl->lock: in use (shut down at stop) */
   atomic_uint_fast64_t bytes_in, bytes_out, objects_in, pulls, pull_errors;
   atomic_uint_fast64_t lat_sum_us, lat[LAT_BUCKETS + 1];
@@ -134,12 +134,13 @@ void kvds__peer_free(struct kvds_peer *p);
 /* A connection to p, or NULL with *err set (KVDS_E_PEER when it cannot be
  * reached or stopped living, KVDS_E_TIMEOUT when all stayed busy,
  * KVDS_E_SHUTDOWN when stopping); give it back with kvds__pconn_put. */
-kvds_client *kvds__pconn_get(struct kvds_cluster *cl, struct kvds_peer *p,
-                             uint64_t deadline_us, uint64_t *gen, int *err);
+struct kvds_peerconn *kvds__pconn_get(struct kvds_cluster *cl,
+                                      struct kvds_peer *p, uint64_t deadline_us,
+                                      uint64_t *gen, int *err);
 /* Gives a connection back: kept if it still works and the peer is the
  * same incarnation, else closed. */
 void kvds__pconn_put(struct kvds_cluster *cl, struct kvds_peer *p,
-                     kvds_client *c, uint64_t gen);
+                     struct kvds_peerconn *c, uint64_t gen);
 /* Closes p's idle connections (cl->lock held). */
 void kvds__pconn_drop_idle_locked(struct kvds_peer *p);
 /* Opens the connections live peers do not have yet (maintenance thread),

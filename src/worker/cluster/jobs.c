@@ -103,7 +103,7 @@ static void pull_from(struct kvds_cluster *cl, struct kvds_peer *p,
   for (size_t i = 0; i < n; i++)
     if (k[i]->ntried <= LOCATE_MAX_OWNERS)
       k[i]->tried[k[i]->ntried++] = p;
-  kvds_client *c = kvds__pconn_get(cl, p, deadline_us, &gen, &err);
+  struct kvds_peerconn *c = kvds__pconn_get(cl, p, deadline_us, &gen, &err);
   if (!c) {
     for (size_t i = 0; i < n; i++)
       k[i]->err = err;
@@ -130,10 +130,10 @@ static void pull_from(struct kvds_cluster *cl, struct kvds_peer *p,
     wait_ms = left;
   /* the client's deadline is its timeout + the wait */
   int io_ms = left - (wait_ms > 0 ? wait_ms : 0);
-  kvds_client_set_timeout(c, io_ms > 0 ? io_ms : 1);
+  kvds_peerconn_set_timeout(c, io_ms > 0 ? io_ms : 1);
   struct pull_ctx pc = {s, p, k, obj};
-  struct kvds__pull_ops ops = {pull_dst, pull_done, &pc};
-  int rc = kvds__pull(c, n, iov, wait_ms, &ops);
+  struct kvds_peerconn_pull_ops ops = {pull_dst, pull_done, &pc};
+  int rc = kvds_peerconn_pull(c, n, iov, wait_ms, &ops);
   uint64_t us = kvds_now_us() - t0;
   kvds__pconn_put(cl, p, c, gen);
   atomic_fetch_add(&p->pulls, 1);
@@ -231,13 +231,14 @@ static void locate(struct kvds_cluster *cl, const struct kvds_view *v,
     int err = 0, rc;
     uint64_t gen, cap = kvds_deadline_ms(LOCATE_MS);
     uint64_t until = deadline_us < cap ? deadline_us : cap;
-    kvds_client *c = kvds__pconn_get(cl, vpeer(v, h), until, &gen, &err);
+    struct kvds_peerconn *c =
+        kvds__pconn_get(cl, vpeer(v, h), until, &gen, &err);
     if (c) {
       uint64_t now = kvds_now_us();
-      kvds_client_set_timeout(c, kvds_deadline_left_ms(until, now) + 1);
+      kvds_peerconn_set_timeout(c, kvds_deadline_left_ms(until, now) + 1);
       struct loc_ctx lc = {grp, g, 0, 0};
-      rc = kvds__call(c, KVDS_OP_LOCATE, KVDS_PF_LOCAL, 0, g, it, keys,
-                      loc_item, &lc);
+      rc = kvds_peerconn_call(c, KVDS_OP_LOCATE, KVDS_PF_LOCAL, 0, g, it, keys,
+                              loc_item, &lc);
       kvds__pconn_put(cl, vpeer(v, h), c, gen);
     } else {
       rc = err;
@@ -455,14 +456,14 @@ static void run_find(struct kvds_cluster *cl, struct job *j,
       kvds__reply_item(&r, 0, p, 0, 0, 0, NULL, 0);
     }
   }
-  if (!r.oom) {
-    kvds_wait_answer(w, kind == KVDS_WAIT_EXISTS ? st : NULL, r.buf, r.len,
-                     r.count);
-    r.buf = NULL;
+  if (!r.b.oom) {
+    kvds_wait_answer(w, kind == KVDS_WAIT_EXISTS ? st : NULL, r.b.buf, r.b.len,
+                     r.b.count);
+    r.b.buf = NULL;
   }
 out:
   free(st);
-  free(r.buf);
+  free(r.b.buf);
   jkeys_free(ks, pk, n);
 }
 

@@ -64,8 +64,9 @@ static void peer_seen_locked(struct kvds_cluster *cl, struct kvds_peer *p,
 
 /* A connection to p, or NULL with *err set (KVDS_E_PEER when it cannot be
  * reached or stopped living, KVDS_E_TIMEOUT when all stayed busy). */
-kvds_client *kvds__pconn_get(struct kvds_cluster *cl, struct kvds_peer *p,
-                             uint64_t deadline_us, uint64_t *gen, int *err) {
+struct kvds_peerconn *kvds__pconn_get(struct kvds_cluster *cl,
+                                      struct kvds_peer *p, uint64_t deadline_us,
+                                      uint64_t *gen, int *err) {
   struct kvds_server *s = cl->s;
   pthread_mutex_lock(&cl->lock);
   for (;;) {
@@ -75,8 +76,8 @@ kvds_client *kvds__pconn_get(struct kvds_cluster *cl, struct kvds_peer *p,
     }
     if (p->nidle) {
       struct pconn pc = p->idle[--p->nidle];
-      if (kvds__client_stale(pc.c)) { /* the peer closed it: next one */
-        kvds_client_close(pc.c);
+      if (kvds_peerconn_stale(pc.c)) { /* the peer closed it: next one */
+        kvds_peerconn_close(pc.c);
         p->nopen--;
         continue;
       }
@@ -93,9 +94,9 @@ kvds_client *kvds__pconn_get(struct kvds_cluster *cl, struct kvds_peer *p,
       pthread_mutex_unlock(&cl->lock);
       uint64_t now = kvds_now_us();
       int ms = kvds_deadline_left_ms(deadline_us, now);
-      kvds_client *c = NULL;
+      struct kvds_peerconn *c = NULL;
       int rc =
-          kvds__peer_connect(addr, ms < CONNECT_MS ? (ms ? ms : 1) : CONNECT_MS,
+          kvds_peerconn_open(addr, ms < CONNECT_MS ? (ms ? ms : 1) : CONNECT_MS,
                              s->auth ? &s->token : NULL, cl->self_id, &c);
       pthread_mutex_lock(&cl->lock);
       if (rc) {
@@ -105,7 +106,7 @@ kvds_client *kvds__pconn_get(struct kvds_cluster *cl, struct kvds_peer *p,
         break;
       }
       p->busy[p->nbusy++] = c;
-      peer_seen_locked(cl, p, kvds__client_nonce(c));
+      peer_seen_locked(cl, p, kvds_peerconn_nonce(c));
       *gen = g;
       pthread_mutex_unlock(&cl->lock);
       return c;
@@ -123,7 +124,7 @@ kvds_client *kvds__pconn_get(struct kvds_cluster *cl, struct kvds_peer *p,
 /* Gives a connection back: kept if it still works and the peer is the same
  * incarnation, else closed. */
 void kvds__pconn_put(struct kvds_cluster *cl, struct kvds_peer *p,
-                     kvds_client *c, uint64_t gen) {
+                     struct kvds_peerconn *c, uint64_t gen) {
   pthread_mutex_lock(&cl->lock);
   for (int i = 0; i < p->nbusy; i++)
     if (p->busy[i] == c) {
@@ -131,7 +132,7 @@ void kvds__pconn_put(struct kvds_cluster *cl, struct kvds_peer *p,
       break;
     }
   if (!cl->stopping && p->live && gen == p->gen &&
-      kvds_client_is_connected(c)) {
+      kvds_peerconn_is_connected(c)) {
     p->idle[p->nidle++] = (struct pconn){c, gen};
     c = NULL;
   } else {
@@ -139,13 +140,13 @@ void kvds__pconn_put(struct kvds_cluster *cl, struct kvds_peer *p,
   }
   pthread_cond_broadcast(&cl->conn_cv);
   pthread_mutex_unlock(&cl->lock);
-  kvds_client_close(c);
+  kvds_peerconn_close(c);
 }
 
 /* Closes p's idle connections (cl->lock held). */
 void kvds__pconn_drop_idle_locked(struct kvds_peer *p) {
   for (int i = 0; i < p->nidle; i++)
-    kvds_client_close(p->idle[i].c);
+    kvds_peerconn_close(p->idle[i].c);
   p->nopen -= p->nidle;
   p->nidle = 0;
 }
@@ -170,22 +171,22 @@ void kvds__peers_connect(struct kvds_cluster *cl) {
       pthread_mutex_unlock(&cl->lock);
       if (!want)
         break;
-      kvds_client *c = NULL;
-      int r = kvds__peer_connect(p->addr, CONNECT_MS,
+      struct kvds_peerconn *c = NULL;
+      int r = kvds_peerconn_open(p->addr, CONNECT_MS,
                                  cl->s->auth ? &cl->s->token : NULL,
                                  cl->self_id, &c);
       pthread_mutex_lock(&cl->lock);
       if (r || gen != p->gen || !p->live || cl->stopping) {
         p->nopen--;
         pthread_mutex_unlock(&cl->lock);
-        kvds_client_close(c);
+        kvds_peerconn_close(c);
         if (r)
           kvds__logf(3, "cluster: cannot connect to %s (%s): %s", p->id,
                      p->addr, kvds_strerror(r));
         break;
       }
       p->idle[p->nidle++] = (struct pconn){c, gen};
-      peer_seen_locked(cl, p, kvds__client_nonce(c));
+      peer_seen_locked(cl, p, kvds_peerconn_nonce(c));
       pthread_cond_broadcast(&cl->conn_cv);
       pthread_mutex_unlock(&cl->lock);
     }
@@ -196,5 +197,5 @@ void kvds__peers_connect(struct kvds_cluster *cl) {
 void kvds__peers_shutdown_locked(struct kvds_cluster *cl) {
   for (size_t i = 0; i < cl->npeers; i++)
     for (int k = 0; k < cl->peers[i]->nbusy; k++)
-      kvds__client_shutdown(cl->peers[i]->busy[k]);
+      kvds_peerconn_shutdown(cl->peers[i]->busy[k]);
 }

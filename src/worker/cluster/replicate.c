@@ -268,14 +268,14 @@ void kvds__cluster_replicate(struct kvds_server *s, size_t n,
       continue;
     int err = 0;
     uint64_t gen;
-    kvds_client *c = kvds__pconn_get(cl, p, deadline_us, &gen, &err);
+    struct kvds_peerconn *c = kvds__pconn_get(cl, p, deadline_us, &gen, &err);
     uint64_t now = kvds_now_us();
     rc = c ? 0 : err;
     if (c && now >= deadline_us)
       rc = KVDS_E_TIMEOUT;
     if (!rc) {
-      kvds_client_set_timeout(c, kvds_deadline_left_ms(deadline_us, now) + 1);
-      rc = kvds_mget_ex(c, ns, sub, &opts, vals, res);
+      kvds_peerconn_set_timeout(c, kvds_deadline_left_ms(deadline_us, now) + 1);
+      rc = kvds_peerconn_pin(c, ns, sub, &opts, vals, res);
     }
     for (size_t i = 0; i < ns; i++) {
       if (!rc && res[i] == 0) {
@@ -286,7 +286,7 @@ void kvds__cluster_replicate(struct kvds_server *s, size_t n,
       }
     }
     if (!rc)
-      kvds_release(c, ns, vals);
+      kvds_peerconn_release(c, ns, vals);
     if (c)
       kvds__pconn_put(cl, p, c, gen);
     if (rc)

@@ -1,0 +1,251 @@
+/*
+ * peer.c — a worker's connections to its peers (peer.h) over rpc.h.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/util.h"
+#include "net/handshake.h"
+#include "net/peer.h"
+#include "net/rpc.h"
+
+#define DEFAULT_TIMEOUT_MS 5000
+
+struct kvds_peerconn {
+  struct kvds_rpc rpc; /* KVDS_RPC_KEEP_FD: shut down from other threads */
+  int timeout_ms;
+  uint64_t nonce;
+};
+
+/* The deadline of a call without a wait, fixed when it starts. */
+static uint64_t io_deadline(const struct kvds_peerconn *pc) {
+  return kvds_now_us() + (uint64_t)pc->timeout_ms * 1000u;
+}
+
+int kvds_peerconn_open(const char *addr, int timeout_ms,
+                       const struct kvds_auth_token *tok, const char *self_id,
+                       struct kvds_peerconn **out) {
+  if (!addr || !*addr || !self_id || !*self_id ||
+      strlen(self_id) > KVDS_HELLO_PEER_MAX)
+    return KVDS_E_INVAL;
+  struct kvds_peerconn *pc = calloc(1, sizeof *pc);
+  if (!pc)
+    return -ENOMEM;
+  kvds_rpc_init(&pc->rpc, KVDS_RPC_KEEP_FD);
+  pc->timeout_ms = timeout_ms > 0 ? timeout_ms : DEFAULT_TIMEOUT_MS;
+  uint64_t deadline = io_deadline(pc);
+  struct kvds_hello hello;
+  int rc = kvds_rpc_connect(&pc->rpc, &kvds_transport_tcp, addr, deadline);
+  if (!rc && tok)
+    rc = kvds_handshake_auth(&pc->rpc, tok, deadline);
+  if (!rc)
+    rc = kvds_handshake_hello(&pc->rpc, 0, self_id, &hello, deadline);
+  if (rc) {
+    kvds_peerconn_close(pc);
+    return rc;
+  }
+  pc->nonce = hello.nonce;
+  *out = pc;
+  return 0;
+}
+
+void kvds_peerconn_close(struct kvds_peerconn *pc) {
+  if (!pc)
+    return;
+  kvds_rpc_close(&pc->rpc);
+  free(pc);
+}
+
+void kvds_peerconn_set_timeout(struct kvds_peerconn *pc, int timeout_ms) {
+  if (timeout_ms > 0)
+    pc->timeout_ms = timeout_ms;
+}
+
+int kvds_peerconn_is_connected(const struct kvds_peerconn *pc) {
+  return kvds_rpc_is_up(&pc->rpc);
+}
+
+int kvds_peerconn_stale(const struct kvds_peerconn *pc) {
+  return kvds_rpc_stale(&pc->rpc);
+}
+
+uint64_t kvds_peerconn_nonce(const struct kvds_peerconn *pc) {
+  return pc->nonce;
+}
+
+void kvds_peerconn_shutdown(struct kvds_peerconn *pc) {
+  if (pc)
+    kvds_rpc_shutdown(&pc->rpc);
+}
+
+int kvds_peerconn_pull(struct kvds_peerconn *pc, size_t n,
+                       const struct kvds_iov *keys, int wait_ms,
+                       const struct kvds_peerconn_pull_ops *ops) {
+  struct kvds_rpc *r = &pc->rpc;
+  size_t i = 0;
+  int rc = n > KVDS_BATCH_MAX ? KVDS_E_LIMIT : 0;
+  uint64_t deadline = kvds_rpc_read_deadline(pc->timeout_ms, wait_ms).io;
+  struct kvds_proto_item *it = NULL;
+  if (!rc) {
+    kvds_rpc_begin(r);
+    for (size_t k = 0; k < n; k++)
+      kvds_rpc_item(r, 0, 0, 0, 0, keys[k].base, keys[k].len);
+    int64_t id =
+        kvds_rpc_send(r, KVDS_OP_GET, KVDS_PF_INLINE | KVDS_PF_LOCAL,
+                      wait_ms > 0 ? (uint32_t)wait_ms : 0, NULL, 0, deadline);
+    rc = kvds_rpc_recv_reply(r, id, KVDS_OP_GET, deadline);
+    if (rc && kvds_rpc_is_up(r) && r->rdata_left) /* a refusal: keep in sync */
+      kvds_rpc_recv_data(r, NULL, r->rdata_left, deadline);
+  }
+  if (!rc && r->rh.count != n)
+    rc = kvds_rpc_broken(r, KVDS_E_PROTO, "get reply");
+  if (!rc && !(it = malloc((n ? n : 1) * sizeof *it)))
+    rc = kvds_rpc_broken(r, -ENOMEM, "get");
+  if (!rc) {
+    /* Copy the descriptions: receiving data may move the reply buffer. */
+    memcpy(it, r->rit, n * sizeof *it);
+    if (kvds_rpc_values_total(it, n, r->rh.data_len) != r->rh.data_len)
+      rc = kvds_rpc_broken(r, KVDS_E_PROTO, "get reply length");
+  }
+  for (; !rc && i < n; i++) {
+    if (it[i].status) {
+      ops->done(ops->ud, i, it[i].status, 0);
+      continue;
+    }
+    uint8_t *dst = ops->dst(ops->ud, i, it[i].a);
+    if (!dst) {
+      if ((rc = kvds_rpc_recv_data(r, NULL, it[i].a, deadline)))
+        break;
+      ops->done(ops->ud, i, KVDS_E_STATE, 0);
+      continue;
+    }
+    uint64_t sum;
+    if ((rc = kvds_rpc_recv_hashed(r, dst, it[i].a, &sum, deadline)))
+      break;
+    ops->done(ops->ud, i, sum == it[i].c ? 0 : KVDS_E_CHECKSUM, it[i].c);
+  }
+  for (; rc && i < n; i++)
+    ops->done(ops->ud, i, rc, 0);
+  free(it);
+  return rc;
+}
+
+int kvds_peerconn_call(struct kvds_peerconn *pc, uint8_t op, uint16_t flags,
+                       uint32_t arg, size_t n,
+                       const struct kvds_proto_item *its,
+                       const void *const *keys,
+                       int (*on_item)(void *ud, size_t i,
+                                      const struct kvds_proto_item *it,
+                                      const uint8_t *key),
+                       void *ud) {
+  struct kvds_rpc *r = &pc->rpc;
+  kvds_rpc_begin(r);
+  for (size_t i = 0; i < n; i++)
+    kvds_rpc_item(r, its[i].a, its[i].b, its[i].c, its[i].d, keys[i],
+                  its[i].klen);
+  int rc = kvds_rpc_call(r, op, flags, arg, io_deadline(pc));
+  if (rc)
+    return rc;
+  for (uint32_t i = 0; on_item && i < r->rh.count; i++)
+    if ((rc = on_item(ud, i, &r->rit[i], r->rkey[i])))
+      return rc;
+  return 0;
+}
+
+static int release_vals(struct kvds_peerconn *pc, size_t n,
+                        struct kvds_value *vals, uint64_t deadline);
+
+/* One request of kvds_peerconn_pin (n <= KVDS_BATCH_MAX). */
+static int pin_chunk(struct kvds_peerconn *pc, size_t n,
+                     const struct kvds_iov *keys, const struct kvds_get_opts *o,
+                     struct kvds_value *vals, int *results,
+                     const struct kvds_rpc_deadline *dl) {
+  struct kvds_rpc *r = &pc->rpc;
+  uint16_t flags = KVDS_PF_PIN;
+  if (o && (o->flags & KVDS_GET_LOCAL))
+    flags |= KVDS_PF_LOCAL;
+  kvds_rpc_begin(r);
+  for (size_t i = 0; i < n; i++)
+    kvds_rpc_item(r, 0, 0, 0, 0, keys[i].base, keys[i].len);
+  if (o && o->hint && *o->hint) {
+    flags |= KVDS_PF_HINT;
+    kvds_rpc_item(r, 0, 0, 0, 0, o->hint, strlen(o->hint));
+  }
+  int64_t id = kvds_rpc_send(r, KVDS_OP_GET, flags,
+                             kvds_rpc_wait_left(dl, o ? o->wait_ms : 0), NULL,
+                             0, dl->io);
+  int rc = kvds_rpc_recv_reply(r, id, KVDS_OP_GET, dl->io);
+  if (rc)
+    return rc;
+  if (r->rh.count != n)
+    return kvds_rpc_broken(r, KVDS_E_PROTO, "get reply");
+  for (size_t i = 0; i < n; i++) {
+    const struct kvds_proto_item *it = &r->rit[i];
+    memset(&vals[i], 0, sizeof vals[i]);
+    results[i] = it->status;
+    if (it->status)
+      continue;
+    /* handles only: no bytes follow, none are mapped */
+    if (!it->d || (it->d & KVDS_PROTO_HANDLE_LOCAL))
+      return kvds_rpc_broken(r, KVDS_E_PROTO, "get reply handle");
+    vals[i] = (struct kvds_value){NULL, it->a, it->c, it->d};
+  }
+  if (r->rh.data_len)
+    return kvds_rpc_broken(r, KVDS_E_PROTO, "get reply length");
+  return 0;
+}
+
+int kvds_peerconn_pin(struct kvds_peerconn *pc, size_t n,
+                      const struct kvds_iov *keys,
+                      const struct kvds_get_opts *o, struct kvds_value *vals,
+                      int *results) {
+  struct kvds_rpc *r = &pc->rpc;
+  int rc = kvds_rpc_check_keys(r, n, keys);
+  if (rc)
+    return rc;
+  if (o && (o->flags & ~(KVDS_GET_LOCAL | KVDS_GET_PIN)))
+    return kvds_rpc_fail(r, KVDS_E_INVAL, "unknown get flags 0x%x", o->flags);
+  if (o && o->hint && strlen(o->hint) > KVDS_PROTO_HINT_MAX)
+    return kvds_rpc_fail(r, KVDS_E_INVAL, "hint longer than %u bytes",
+                         KVDS_PROTO_HINT_MAX);
+  struct kvds_rpc_deadline dl =
+      kvds_rpc_read_deadline(pc->timeout_ms, o ? o->wait_ms : 0);
+  for (size_t off = 0; off < n;) {
+    size_t m = n - off < KVDS_BATCH_MAX ? n - off : KVDS_BATCH_MAX;
+    if ((rc =
+             pin_chunk(pc, m, keys + off, o, vals + off, results + off, &dl))) {
+      /* The chunk's own pins are lost with the connection, or were never
+       * taken (a refusal); give back those of the chunks before. */
+      release_vals(pc, off, vals, dl.io);
+      return rc;
+    }
+    off += m;
+  }
+  return 0;
+}
+
+/* Drops the pins of vals[0..n), by the call's deadline. */
+static int release_vals(struct kvds_peerconn *pc, size_t n,
+                        struct kvds_value *vals, uint64_t deadline) {
+  uint64_t stack[64], *h = stack;
+  if (n > 64 && !(h = malloc(n * sizeof *h)))
+    return kvds_rpc_fail(&pc->rpc, -ENOMEM, "out of memory");
+  size_t k = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (!vals[i].handle)
+      continue;
+    h[k++] = vals[i].handle;
+    memset(&vals[i], 0, sizeof vals[i]);
+  }
+  if (k)
+    kvds_rpc_release(&pc->rpc, h, k, deadline);
+  if (h != stack)
+    free(h);
+  return 0;
+}
+
+int kvds_peerconn_release(struct kvds_peerconn *pc, size_t n,
+                          struct kvds_value *vals) {
+  return release_vals(pc, n, vals, io_deadline(pc));
+}
