@@ -31,6 +31,7 @@
 
 #include "cluster/auth.h"
 #include "common/copy.h"
+#include "common/clock.h"
 #include "common/util.h"
 #include "kvds/kvds.h"
 #include "net/handshake.h"
@@ -116,7 +117,7 @@ static void rxbuf_unref(kvds_client *c, uint64_t handle) {
 
 /* The deadline of a call without a wait, fixed when it starts. */
 static uint64_t io_deadline(kvds_client *c) {
-  return kvds_now_us() + (uint64_t)c->timeout_ms * 1000u;
+  return kvds_deadline_ms(c->timeout_ms);
 }
 
 /* ---- connection --------------------------------------------------------- */

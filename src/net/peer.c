@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/clock.h"
 #include "common/util.h"
 #include "net/handshake.h"
 #include "net/peer.h"
@@ -20,7 +21,7 @@ struct kvds_peerconn {
 
 /* The deadline of a call without a wait, fixed when it starts. */
 static uint64_t io_deadline(const struct kvds_peerconn *pc) {
-  return kvds_now_us() + (uint64_t)pc->timeout_ms * 1000u;
+  return kvds_deadline_ms(pc->timeout_ms);
 }
 
 int kvds_peerconn_open(const char *addr, int timeout_ms,

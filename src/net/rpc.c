@@ -11,6 +11,8 @@
 #define XXH_STATIC_LINKING_ONLY
 #include <xxhash.h>
 
+#include "common/array.h"
+#include "common/clock.h"
 #include "common/util.h"
 #include "net/rpc.h"
 
@@ -77,7 +79,7 @@ int kvds_rpc_take_fd(struct kvds_rpc *r) {
 int kvds_rpc_fail(struct kvds_rpc *r, int rc, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(r->errmsg, sizeof r->errmsg, fmt, ap);
+  kvds_verrf(r->errmsg, sizeof r->errmsg, rc, fmt, ap);
   va_end(ap);
   return rc;
 }
@@ -214,16 +216,8 @@ static int rb_fill(struct kvds_rpc *r, size_t need, uint64_t deadline) {
     r->rlen -= r->rpos;
     r->rpos = 0;
   }
-  if (r->rcap - r->rpos < need) {
-    size_t nc = r->rcap ? r->rcap : 65536;
-    while (nc < r->rpos + need)
-      nc *= 2;
-    uint8_t *nb = realloc(r->rb, nc);
-    if (!nb)
-      return -ENOMEM;
-    r->rb = nb;
-    r->rcap = nc;
-  }
+  if (KVDS_ARRAY_GROW(r->rb, r->rcap, r->rpos + need, 65536))
+    return -ENOMEM;
   while (r->rlen - r->rpos < need) {
     struct iovec iov = {r->rb + r->rlen, r->rcap - r->rlen};
     ssize_t got = read_some(r, &iov, 1, deadline);
@@ -471,16 +465,15 @@ uint64_t kvds_rpc_values_total(const struct kvds_proto_item *it, size_t n,
 }
 
 struct kvds_rpc_deadline kvds_rpc_read_deadline(int timeout_ms, int wait_ms) {
-  uint64_t now = kvds_now_us();
-  uint64_t w = wait_ms > 0 ? (uint64_t)wait_ms * 1000u : 0;
-  return (struct kvds_rpc_deadline){now + w,
-                                    now + w + (uint64_t)timeout_ms * 1000u};
+  uint64_t wait = kvds_deadline_ms(wait_ms);
+  return (struct kvds_rpc_deadline){wait,
+                                    kvds_deadline_after(wait, timeout_ms)};
 }
 
 uint32_t kvds_rpc_wait_left(const struct kvds_rpc_deadline *d, int wait_ms) {
   if (wait_ms <= 0)
     return 0;
   uint64_t now = kvds_now_us();
-  uint64_t ms = d->wait > now ? (d->wait - now + 999) / 1000 : 1;
-  return ms < (uint64_t)wait_ms ? (uint32_t)ms : (uint32_t)wait_ms;
+  int ms = d->wait > now ? kvds_deadline_left_ms(d->wait, now) : 1;
+  return ms < wait_ms ? (uint32_t)ms : (uint32_t)wait_ms;
 }

@@ -16,6 +16,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "common/util.h"
 #include "kvds/kvds.h"
 #include "net/transport.h"
@@ -31,7 +32,7 @@ static int wait_fd(int fd, short ev, uint64_t deadline, int (*intr)(void *),
     uint64_t now = kvds_now_us();
     if (now >= deadline)
       return KVDS_E_TIMEOUT;
-    uint64_t left_ms = (deadline - now + 999) / 1000;
+    uint64_t left_ms = (uint64_t)kvds_deadline_left_ms(deadline, now);
     if (left_ms > POLL_MAX_MS)
       left_ms = POLL_MAX_MS;
     if (intr && left_ms > KVDS_TRANSPORT_INTR_POLL_MS)
