@@ -47,15 +47,19 @@ struct kvds_resolver_ops {
   int (*submit)(void *self, const struct kvds_miss *m);
   /* ANNOUNCE from member `owner` (epoch): it holds (items[i].a = 1) or no
    * longer holds (0) keys[i]. KVDS_E_STATE when the owner is not live in
-   * this resolver's view. */
+   * this resolver's view. NULL: a resolver without a directory (the
+   * ANNOUNCE is refused with KVDS_E_STATE). */
   int (*announce)(void *self, const char *owner, uint64_t epoch, uint32_t n,
                   const struct kvds_proto_item *items,
                   const uint8_t *const *keys);
   /* LOCATE answered from what this worker knows alone: adds to r, per key,
    * an item (status, a = number of owners) and an item per owner (key = its
-   * id, a = its epoch). */
+   * id, a = its epoch). NULL: this worker's store alone answers. */
   void (*locate_local)(void *self, struct reply *r, uint32_t n,
                        const uint8_t *const *keys, const uint32_t *klens);
+  /* Stops: drops every hold it has on waits and takes no more. Called
+   * once, after the I/O threads stopped and before their wait boxes go. */
+  void (*stop)(void *self);
 };
 
 struct kvds_resolver {
@@ -70,6 +74,12 @@ static inline int kvds_resolver_active(const struct kvds_resolver *r) {
 static inline int kvds_resolver_submit(const struct kvds_resolver *r,
                                        const struct kvds_miss *m) {
   return r->ops ? r->ops->submit(r->self, m) : KVDS_E_STATE;
+}
+
+static inline void kvds_resolver_stop(struct kvds_resolver *r) {
+  if (r->ops && r->ops->stop)
+    r->ops->stop(r->self);
+  *r = (struct kvds_resolver){NULL, NULL};
 }
 
 struct kvds_worker_config;

@@ -537,7 +537,7 @@ static int sealed(struct kvds_store *st, const uint8_t *key, uint32_t kl) {
  * this worker's store when there is no resolver. */
 static void locate_local(struct kvds_server *s, struct reply *r, uint32_t n,
                          const uint8_t *const *keys, const uint32_t *klens) {
-  if (s->resolver.ops) {
+  if (s->resolver.ops && s->resolver.ops->locate_local) {
     s->resolver.ops->locate_local(s->resolver.self, r, n, keys, klens);
     return;
   }
@@ -576,7 +576,7 @@ static int op_find(struct conn *c, const struct req_items *ri, int kind) {
   }
   UNLOCK(s);
   int rc = 0;
-  if (far && (present < ri->n || kind == KVDS_WAIT_LOCATE)) {
+  if (far && ri->n && (present < ri->n || kind == KVDS_WAIT_LOCATE)) {
     struct kvds_wait *w =
         kvds_wait_create(c->th->waits, c, &c->waits, kind, c->h.req_id, 0,
                          ri->n, ri->key, klens, NULL, st);
@@ -771,7 +771,7 @@ static int op_announce(struct conn *c, const struct req_items *ri) {
   int rc;
   if (!c->peer_name || strcmp(c->peer_name, id) != 0)
     rc = KVDS_E_PERM; /* only a peer, about itself */
-  else if (!s->resolver.ops)
+  else if (!s->resolver.ops || !s->resolver.ops->announce)
     rc = KVDS_E_STATE; /* no cluster here */
   else                 /* KVDS_E_STATE: not (yet) in our view, it tries again */
     rc = s->resolver.ops->announce(s->resolver.self, id, ri->it[0].a, ri->n - 1,

@@ -219,9 +219,7 @@ void kvds__ref_drop(struct conn *c, struct ref *r);
 /* ---- server.c ------------------------------------------------------------*/
 
 /* A reply being built: header + meta in one owned buffer, by the shared
- * frame builder (proto.h, member b). Its fields are also reachable by their
- * old names (r.buf, r.len, r.oom, ...): the two structs of the union have
- * the same members, so either may be read (C11 common initial sequence). */
+ * frame builder (proto.h). */
 struct reply {
   struct kvds_proto_builder b;
 };

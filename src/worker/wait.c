@@ -389,15 +389,19 @@ uint32_t kvds_wait_open(struct kvds_wait *w, uint32_t *idx) {
   return m;
 }
 
-void kvds_wait_fail(struct kvds_wait *w, uint32_t i, int32_t status) {
+void kvds_wait_fail(struct kvds_wait *w, uint32_t n, const uint32_t *idx,
+                    const int32_t *status) {
   struct kvds_waitbox *b = w->box;
-  if (w->kind != KVDS_WAIT_GET || i >= w->n)
+  if (w->kind != KVDS_WAIT_GET || !n)
     return;
   pthread_mutex_lock(&b->store->lock);
   BOX_LOCK(b);
-  if (!w->dead && !w->frozen && w->sw[i].armed) {
+  for (uint32_t k = 0; k < n && !w->dead && !w->frozen; k++) {
+    uint32_t i = idx[k];
+    if (i >= w->n || !w->sw[i].armed)
+      continue;
     kvds_store_wait_remove(b->store, &w->sw[i]);
-    w->status[i] = status;
+    w->status[i] = status[k];
     if (--w->remaining == 0)
       inbox_push_locked(w);
   }

@@ -141,10 +141,12 @@ int32_t kvds_wait_local(const struct kvds_wait *w, uint32_t i);
  * those still waited for; finds: all of them, unless answered. Returns how
  * many (0 once the wait was answered or cancelled). */
 uint32_t kvds_wait_open(struct kvds_wait *w, uint32_t *idx);
-/* GET: key i could not be supplied (KVDS_E_NOTFOUND, KVDS_E_PEER,
- * KVDS_E_TIMEOUT, ...). A no-op for a key already settled or a wait
- * already answered. Takes the store lock. */
-void kvds_wait_fail(struct kvds_wait *w, uint32_t i, int32_t status);
+/* GET: keys idx[0..n) could not be supplied, key idx[k] for the reason
+ * status[k] (KVDS_E_NOTFOUND, KVDS_E_PEER, KVDS_E_TIMEOUT, ...). A no-op
+ * for a key already settled or a wait already answered. Takes the store
+ * lock (once). */
+void kvds_wait_fail(struct kvds_wait *w, uint32_t n, const uint32_t *idx,
+                    const int32_t *status);
 /* Finds: the answer. EXISTS: status[n] (0 = present somewhere); LOOKUP /
  * LOCATE: buf[len] (reply items after a header's room, count of them),
  * owned by the wait from now on (freed with free()). Ignored (buf freed)

@@ -790,6 +790,9 @@ int kvds__worker_run_with(const struct kvds_worker_config *cfg,
 out:
   if (s->http)
     kvds__http_stop(s->http);
+  /* Resolvers let go of every wait before the boxes go (the cluster: its
+   * threads joined, queued jobs dropped). */
+  kvds_resolver_stop(&s->resolver);
   kvds__cluster_stop(s);
   kvds_membership_destroy(s->members);
   for (int i = 0; i < 2; i++)

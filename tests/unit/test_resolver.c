@@ -39,7 +39,7 @@ struct fake {
   pthread_cond_t cv;
   struct kvds_wait *q[MAXW];
   int nq, stop;
-  int submits, cancelled_seen;
+  int submits, cancelled_seen, stopped;
   char sock[256];
   pthread_t th;
 };
@@ -80,12 +80,27 @@ static void fake_locate(void *self, struct reply *r, uint32_t n,
     kvds__reply_item(r, KVDS_E_NOTFOUND, 0, 0, 0, 0, NULL, 0);
 }
 
+static void *fake_main(void *arg);
+
+/* The worker stops: the fake lets go of every wait (its thread unholds
+ * them all on its way out) before the worker frees them. */
+static void fake_stop(void *self) {
+  struct fake *f = self;
+  pthread_mutex_lock(&f->lock);
+  f->stop = 1;
+  pthread_cond_signal(&f->cv);
+  pthread_mutex_unlock(&f->lock);
+  pthread_join(f->th, NULL);
+  f->stopped = 1;
+}
+
 static const struct kvds_resolver_ops fake_ops = {
     .name = "fake",
     .active = fake_active,
     .submit = fake_submit,
     .announce = fake_announce,
     .locate_local = fake_locate,
+    .stop = fake_stop,
 };
 
 /* Settles w; returns 1 when it is done with it. */
@@ -121,7 +136,8 @@ static int settle(struct fake *f, kvds_client *c, struct kvds_wait *w) {
       int vl = snprintf(val, sizeof val, "from-resolver:%.*s", (int)kl, key);
       assert_int_equal(kvds_put(c, key, kl, val, (size_t)vl), 0);
     } else if (key[0] == 'x') {
-      kvds_wait_fail(w, idx[k], KVDS_E_PEER);
+      int32_t st = KVDS_E_PEER;
+      kvds_wait_fail(w, 1, &idx[k], &st);
     } else {
       keep = 1; /* 's': held, never settled, until cancelled or answered */
     }
@@ -142,8 +158,12 @@ static void *fake_main(void *arg) {
     while (f->nq)
       held[nheld++] = f->q[--f->nq];
     pthread_mutex_unlock(&f->lock);
-    if (!c && kvds_client_connect(f->sock, 2000, &c))
-      c = NULL;
+    if (!c && !stop) {
+      if (kvds_client_connect(f->sock, 2000, &c))
+        c = NULL;
+      else
+        kvds_client_set_timeout(c, 1000);
+    }
     for (int i = 0; i < nheld;)
       if (stop || (c && settle(f, c, held[i]))) {
         kvds_wait_unhold(held[i]);
@@ -225,12 +245,8 @@ static int teardown(void **state) {
     kvds_client_close(c);
   }
   pthread_join(wk.th, NULL);
-  pthread_mutex_lock(&fk.lock);
-  fk.stop = 1;
-  pthread_cond_signal(&fk.cv);
-  pthread_mutex_unlock(&fk.lock);
-  pthread_join(fk.th, NULL);
   assert_int_equal(wk.rc, 0);
+  assert_true(fk.stopped); /* the worker stopped its resolver */
   return 0;
 }
 

@@ -213,16 +213,19 @@ static void test_get_failed_by_resolver(void **state) {
   assert_int_equal(kvds_wait_open(w, idx), 2);
   assert_int_equal(idx[0], 1);
   assert_int_equal(idx[1], 2);
-  kvds_wait_fail(w, 1, KVDS_E_PEER);
-  kvds_wait_fail(w, 1, KVDS_E_NOTFOUND); /* settled already: ignored */
+  uint32_t one = 1, two = 2;
+  int32_t peer = KVDS_E_PEER;
+  kvds_wait_fail(w, 1, &one, &peer);
   assert_int_equal(kvds_wait_open(w, idx), 1);
-  kvds_wait_fail(w, 2, KVDS_E_NOTFOUND);
+  uint32_t both[2] = {1, 2};
+  int32_t why[2] = {KVDS_E_NOTFOUND, KVDS_E_NOTFOUND};
+  kvds_wait_fail(w, 2, both, why); /* key 1 settled already: ignored */
   run_until_answer(f);
   assert_int_equal(f->status[0], 0);
   assert_int_equal(f->status[1], KVDS_E_PEER);
   assert_int_equal(f->status[2], KVDS_E_NOTFOUND);
   assert_int_equal(kvds_wait_open(w, idx), 0);
-  kvds_wait_fail(w, 2, KVDS_E_PEER); /* answered: ignored */
+  kvds_wait_fail(w, 1, &two, &peer); /* answered: ignored */
   kvds_wait_unhold(w);               /* the last holder frees it */
   unpin_answer(f);
 }
@@ -246,7 +249,9 @@ static void test_cancel_while_held(void **state) {
   assert_int_equal(x->pins, 0);
   assert_int_equal(f->st.n_waiters, 0);
   assert_int_equal(kvds_wait_open(w, idx), 0);
-  kvds_wait_fail(w, 1, KVDS_E_PEER);
+  uint32_t one = 1;
+  int32_t peer = KVDS_E_PEER;
+  kvds_wait_fail(w, 1, &one, &peer);
   seal(f, "y", 2); /* wakes nothing */
   kvds_wait_unhold(w);
   struct timeval tick = {0, 20000};

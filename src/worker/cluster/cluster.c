@@ -20,12 +20,18 @@ static int cluster_active(void *self) {
   return atomic_load_explicit(&cl->nlive, memory_order_relaxed) > 1;
 }
 
+static void cluster_resolver_stop(void *self) {
+  struct kvds_cluster *cl = self;
+  kvds__cluster_stop(cl->s);
+}
+
 static const struct kvds_resolver_ops cluster_resolver = {
     .name = "cluster",
     .active = cluster_active,
     .submit = kvds__jobs_submit,
     .announce = kvds__shard_announce,
     .locate_local = kvds__shard_locate_local,
+    .stop = cluster_resolver_stop,
 };
 
 int kvds__cluster_view(struct kvds_cluster *cl, struct kvds_view *out) {

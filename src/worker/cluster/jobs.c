@@ -380,19 +380,31 @@ static void run_get(struct kvds_cluster *cl, struct job *j,
         pk[i]->ntried = 0; /* owners may have it now */
     }
   }
-  /* 3. What is still missing fails now rather than at the deadline. */
+  /* 3. What is still missing fails now rather than at the deadline (all
+   * at once; key by key if there is no memory for the list). */
   size_t found = 0, missed = 0;
+  uint32_t *fidx = malloc(n * sizeof *fidx);
+  int32_t *fst = malloc(n * sizeof *fst);
   for (size_t i = 0; i < n; i++) {
     if (ks[i].state == K_DONE) {
       found++;
       continue;
     }
-    missed++;
-    int e = ks[i].err;
+    int32_t e = ks[i].err;
     if (e == KVDS_E_NOTFOUND && j->wait_ms > 0)
       e = KVDS_E_TIMEOUT;
-    kvds_wait_fail(j->w, j->idx[i], e);
+    if (fidx && fst) {
+      fidx[missed] = j->idx[i];
+      fst[missed] = e;
+    } else {
+      kvds_wait_fail(j->w, 1, &j->idx[i], &e);
+    }
+    missed++;
   }
+  if (fidx && fst)
+    kvds_wait_fail(j->w, (uint32_t)missed, fidx, fst);
+  free(fidx);
+  free(fst);
   atomic_fetch_add(&cl->remote_found, found);
   atomic_fetch_add(&cl->remote_missed, missed);
   jkeys_free(ks, pk, n);
