@@ -44,11 +44,21 @@ size_t kvds_view_home(const struct kvds_view *v, const uint8_t *key,
   return h < 0 ? 0 : (size_t)h;
 }
 
-int kvds_view_has(const struct kvds_view *v, const char *id, uint64_t epoch) {
+size_t kvds_view_top(const struct kvds_view *v, const uint8_t *key, size_t klen,
+                     size_t *out, size_t k) {
+  return kvds_hrw_top(kvds_checksum(key, klen), v->seeds, v->n, out, k);
+}
+
+long kvds_view_find(const struct kvds_view *v, const char *id) {
   for (size_t i = 0; i < v->n; i++)
     if (strcmp(v->m[i].id, id) == 0)
-      return v->m[i].epoch == 0 || epoch == 0 || v->m[i].epoch == epoch;
-  return 0;
+      return (long)i;
+  return -1;
+}
+
+int kvds_view_has(const struct kvds_view *v, const char *id, uint64_t epoch) {
+  long i = kvds_view_find(v, id);
+  return i >= 0 && (v->m[i].epoch == 0 || epoch == 0 || v->m[i].epoch == epoch);
 }
 
 int kvds_view_home_moved(const struct kvds_view *old,
@@ -67,14 +77,11 @@ long kvds_view_next_owner(const struct kvds_view *v, const char *self,
     if (strcmp(owners[o].id, self) == 0 ||
         !kvds_view_has(v, owners[o].id, owners[o].epoch))
       continue;
-    long at = -1;
-    for (size_t i = 0; i < v->n; i++)
-      if (v->m[i].ud && strcmp(v->m[i].id, owners[o].id) == 0)
-        at = (long)i;
-    int seen = 0;
-    for (size_t t = 0; at >= 0 && t < ntried; t++)
+    long at = kvds_view_find(v, owners[o].id);
+    int seen = !v->m[at].ud; /* this worker under another name: skip */
+    for (size_t t = 0; t < ntried; t++)
       seen |= tried[t] == v->m[at].ud;
-    if (at >= 0 && !seen)
+    if (!seen)
       return at;
   }
   return -1;

@@ -42,6 +42,12 @@ void kvds_view_add(struct kvds_view *v, void *ud, const char *id,
 /* Index in v (n >= 1) of the home of key[klen]. */
 size_t kvds_view_home(const struct kvds_view *v, const uint8_t *key,
                       size_t klen);
+/* The k best members for key[klen] (rendezvous order; the first is its
+ * home): their indexes in v into out[k]. Returns how many (min(k, n)). */
+size_t kvds_view_top(const struct kvds_view *v, const uint8_t *key, size_t klen,
+                     size_t *out, size_t k);
+/* Index in v of member id, or -1. */
+long kvds_view_find(const struct kvds_view *v, const char *id);
 /* 1 if (id, epoch) is a member of v (an epoch of 0 on either side — a
  * static peer — matches any). */
 int kvds_view_has(const struct kvds_view *v, const char *id, uint64_t epoch);

@@ -184,8 +184,9 @@ int kvds_worker_config_check(const struct kvds_worker_config *cfg, char *err,
   if (cfg->allow_group[0] && kvds__group_lookup(cfg->allow_group, &gid))
     return kvds_errf(err, errcap, KVDS_E_INVAL,
                      "--allow-group %s: no such group", cfg->allow_group);
-  if (cfg->replicas < 1 || cfg->replicas > 8)
-    return kvds_errf(err, errcap, KVDS_E_INVAL, "--replicas must be 1..8");
+  if (cfg->replicas < 1 || cfg->replicas > KVDS_REPLICAS_MAX)
+    return kvds_errf(err, errcap, KVDS_E_INVAL, "--replicas must be 1..%d",
+                     KVDS_REPLICAS_MAX);
   if (cfg->replicas > 1 && !cfg->etcd_address[0] && !cfg->peers[0])
     return kvds_errf(
         err, errcap, KVDS_E_INVAL,

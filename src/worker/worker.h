@@ -13,6 +13,8 @@
 #include <stdint.h>
 
 #define KVDS_DEFAULT_ADDR "127.0.0.1:31501"
+/* Most copies of an object --replicas keeps (this one included). */
+#define KVDS_REPLICAS_MAX 8
 
 struct kvds_worker_config {
   char listen[256];      /* TCP "host:port"; "" = no TCP listener */

@@ -47,6 +47,40 @@ static void test_home_is_hrw(void **state) {
   assert_int_equal(v.n, 0);
 }
 
+/* All workers agree on a key's home and replica order whatever order their
+ * views list the members in; the top-k starts with the home, in
+ * rendezvous order, distinct members. */
+static void test_home_order_free(void **state) {
+  (void)state;
+  struct kvds_view a, b;
+  assert_int_equal(kvds_view_init(&a, 4), 0);
+  assert_int_equal(kvds_view_init(&b, 4), 0);
+  for (int i = 0; i < 4; i++) {
+    kvds_view_add(&a, &peers[i], ids[i], 1);
+    kvds_view_add(&b, &peers[3 - i], ids[3 - i], 1);
+  }
+  for (int i = 0; i < KEYS; i++) {
+    char k[64];
+    size_t kl, ta[4], tb[4];
+    key_of(i, k, &kl);
+    size_t ha = kvds_view_home(&a, (const uint8_t *)k, kl);
+    size_t hb = kvds_view_home(&b, (const uint8_t *)k, kl);
+    assert_string_equal(a.m[ha].id, b.m[hb].id);
+    assert_int_equal(kvds_view_top(&a, (const uint8_t *)k, kl, ta, 3), 3);
+    assert_int_equal(kvds_view_top(&b, (const uint8_t *)k, kl, tb, 3), 3);
+    assert_int_equal(ta[0], ha);
+    for (int j = 0; j < 3; j++)
+      assert_string_equal(a.m[ta[j]].id, b.m[tb[j]].id);
+    assert_true(ta[0] != ta[1] && ta[1] != ta[2] && ta[0] != ta[2]);
+  }
+  size_t t[8];
+  assert_int_equal(kvds_view_top(&a, (const uint8_t *)"k", 1, t, 8), 4);
+  assert_int_equal(kvds_view_find(&a, ids[2]), 2);
+  assert_int_equal(kvds_view_find(&a, "nobody"), -1);
+  kvds_view_free(&a);
+  kvds_view_free(&b);
+}
+
 /* A copy answers the same and does not share memory. */
 static void test_copy(void **state) {
   (void)state;
@@ -145,9 +179,11 @@ static void test_next_owner(void **state) {
 }
 
 int main(void) {
-  const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_home_is_hrw), cmocka_unit_test(test_copy),
-      cmocka_unit_test(test_has), cmocka_unit_test(test_home_moved),
-      cmocka_unit_test(test_next_owner)};
+  const struct CMUnitTest tests[] = {cmocka_unit_test(test_home_is_hrw),
+                                     cmocka_unit_test(test_home_order_free),
+                                     cmocka_unit_test(test_copy),
+                                     cmocka_unit_test(test_has),
+                                     cmocka_unit_test(test_home_moved),
+                                     cmocka_unit_test(test_next_owner)};
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -155,11 +155,8 @@ static void abatch_send(struct kvds_cluster *cl,
     b->keys[off - 1] = savek;
     if (rc) {
       atomic_fetch_add(&cl->announce_errors, 1);
-      if (rc != KVDS_E_PEER && rc != KVDS_E_SHUTDOWN) {
-        pthread_mutex_lock(&cl->lock);
-        cl->reannounce_all = 1; /* a live home missed it: tell it again */
-        pthread_mutex_unlock(&cl->lock);
-      }
+      if (rc != KVDS_E_PEER && rc != KVDS_E_SHUTDOWN)
+        kvds__cluster_reannounce_all(cl); /* a live home missed it */
       kvds__logf(3, "cluster: announce to %s failed: %s", m->id,
                  kvds_strerror(rc));
     } else {

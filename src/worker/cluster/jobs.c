@@ -11,7 +11,6 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "common/clock.h"
 #include "common/util.h"
@@ -235,7 +234,7 @@ static void locate(struct kvds_cluster *cl, const struct kvds_view *v,
         kvds__pconn_get(cl, vpeer(v, h), until, &gen, &err);
     if (c) {
       uint64_t now = kvds_now_us();
-      kvds_peerconn_set_timeout(c, kvds_deadline_left_ms(until, now) + 1);
+      kvds_peerconn_set_timeout(c, kvds_deadline_left_ms(until, now));
       struct loc_ctx lc = {grp, g, 0, 0};
       rc = kvds_peerconn_call(c, KVDS_OP_LOCATE, KVDS_PF_LOCAL, 0, g, it, keys,
                               loc_item, &lc);

@@ -17,12 +17,10 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "common/clock.h"
 #include "common/util.h"
 #include "kvds/kvds.h"
-#include "cluster/hrw.h"
 #include "worker/cluster/internal.h"
 
 #define QUEUE_MAX 65536
@@ -224,9 +222,7 @@ void kvds__cluster_replicate(struct kvds_server *s, size_t n,
   size_t k = (size_t)copies - 1;
   *made = *failed = 0;
   memset(done, 0, n);
-  pthread_mutex_lock(&cl->lock);
-  int rc = kvds_view_copy(&v, &cl->view);
-  pthread_mutex_unlock(&cl->lock);
+  int rc = kvds__cluster_view(cl, &v);
   if (rc) {
     *failed = n * k;
     return;
@@ -242,8 +238,8 @@ void kvds__cluster_replicate(struct kvds_server *s, size_t n,
     goto out;
   }
   for (size_t i = 0; i < n; i++) {
-    size_t top[9], got = kvds_hrw_top(kvds_checksum(keys[i].base, keys[i].len),
-                                      v.seeds, v.n, top, k + 1);
+    size_t top[KVDS_REPLICAS_MAX];
+    size_t got = kvds_view_top(&v, keys[i].base, keys[i].len, top, k + 1);
     size_t t = 0;
     for (size_t j = 0; j < got && t < k; j++)
       if (vpeer(&v, top[j]))
@@ -274,7 +270,7 @@ void kvds__cluster_replicate(struct kvds_server *s, size_t n,
     if (c && now >= deadline_us)
       rc = KVDS_E_TIMEOUT;
     if (!rc) {
-      kvds_peerconn_set_timeout(c, kvds_deadline_left_ms(deadline_us, now) + 1);
+      kvds_peerconn_set_timeout(c, kvds_deadline_left_ms(deadline_us, now));
       rc = kvds_peerconn_pin(c, ns, sub, &opts, vals, res);
     }
     for (size_t i = 0; i < ns; i++) {

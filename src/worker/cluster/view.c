@@ -15,19 +15,14 @@
 #include "common/util.h"
 #include "worker/cluster/internal.h"
 
-struct keep_ctx {
-  struct kvds_cluster *cl;
-  const struct kvds_view *v;
-};
-
+/* Directory retention under the new view (ud: the view). */
 static int keep_owner(const char *id, uint64_t epoch, void *ud) {
-  struct keep_ctx *k = ud;
-  return kvds_view_has(k->v, id, epoch);
+  return kvds_view_has(ud, id, epoch);
 }
 
 static int keep_key(const uint8_t *key, size_t klen, void *ud) {
-  struct keep_ctx *k = ud;
-  return vpeer(k->v, kvds_view_home(k->v, key, klen)) == NULL;
+  const struct kvds_view *v = ud;
+  return vpeer(v, kvds_view_home(v, key, klen)) == NULL;
 }
 
 /* Reads the membership's view into cl->view and the peer table; returns
@@ -104,9 +99,8 @@ static void view_changed(struct kvds_cluster *cl) {
   if (!rc) {
     /* Connections first: the announcements below use them. */
     kvds__peers_connect(cl);
-    struct keep_ctx k = {cl, &nv};
-    size_t dropped = kvds_dir_retain_owners(cl->dir, keep_owner, &k);
-    size_t moved = kvds_dir_retain_keys(cl->dir, keep_key, &k);
+    size_t dropped = kvds_dir_retain_owners(cl->dir, keep_owner, &nv);
+    size_t moved = kvds_dir_retain_keys(cl->dir, keep_key, &nv);
     if (dropped || moved)
       kvds__logf(3,
                  "cluster: directory dropped %zu locations of departed "
