@@ -199,10 +199,16 @@ void kvds__server_on_answer(void *owner, const struct kvds_wait_answer *a) {
       kvds__reply_item(&r, a->status[i], 0, 0, 0, 0, NULL, 0);
     kvds__reply_send(c, &r, KVDS_OP_EXISTS, a->req_id, 0, 0, 0, -1);
   } else {
-    /* the resolver's frame (no buffer yet if it has no items) */
-    struct reply r = {
-        {a->out, a->out_len, a->out ? a->out_len : 0, a->out_count, 0}};
-    *a->out_taken = 1;
+    /* the resolver's frame, or an empty one if it sent no bytes */
+    struct reply r;
+    kvds__reply_init(&r);
+    if (a->out && a->out_len >= KVDS_PROTO_HDR_LEN) {
+      r.b = (struct kvds_proto_builder){.buf = a->out,
+                                        .len = a->out_len,
+                                        .cap = a->out_len,
+                                        .count = a->out_count};
+      *a->out_taken = 1;
+    }
     kvds__reply_send(c, &r, wait_op[a->kind], a->req_id, 0, 0, 0, -1);
   }
 }

@@ -148,9 +148,9 @@ uint32_t kvds_wait_open(struct kvds_wait *w, uint32_t *idx);
 void kvds_wait_fail(struct kvds_wait *w, uint32_t n, const uint32_t *idx,
                     const int32_t *status);
 /* Finds: the answer. EXISTS: status[n] (0 = present somewhere); LOOKUP /
- * LOCATE: buf[len] (reply items after a header's room, count of them),
- * owned by the wait from now on (freed with free()). Ignored (buf freed)
- * when the wait was answered or cancelled already. */
+ * LOCATE: buf[len] (reply items after a header's room, count of them;
+ * NULL / 0 for none), owned by the wait from now on (freed with free()).
+ * Ignored (buf freed) when the wait was answered or cancelled already. */
 void kvds_wait_answer(struct kvds_wait *w, const int32_t *status, uint8_t *buf,
                       size_t len, uint32_t count);
 

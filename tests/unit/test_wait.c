@@ -290,6 +290,40 @@ static void test_exists_answered(void **state) {
   assert_false(f->timed_out);
   assert_int_equal(f->status[0], 0);
   assert_int_equal(f->status[1], 0);
+  struct timeval tick = {0, 20000}; /* nothing more comes */
+  event_base_loopexit(f->base, &tick);
+  event_base_dispatch(f->base);
+  assert_int_equal(f->answers, 1);
+}
+
+/* A LOOKUP answered with no bytes still gets its (empty) answer. */
+static void test_lookup_answered_empty(void **state) {
+  struct fx *f = *state;
+  struct kvds_wait *w = find_wait(f, KVDS_WAIT_LOOKUP, 5000);
+  kvds_wait_answer(w, NULL, NULL, 0, 0);
+  run_until_answer(f);
+  assert_false(f->timed_out);
+  assert_int_equal(f->out_count, 0);
+}
+
+/* Completed (in the inbox) but cancelled before the loop ran: never
+ * answered, its pins given back. */
+static void test_cancel_in_inbox(void **state) {
+  struct fx *f = *state;
+  const char *keys[] = {"soon"};
+  uint32_t watched;
+  get_wait(f, keys, 1, 5000, &watched);
+  seal(f, "soon", 4); /* completes it: queued on the inbox */
+  struct kvds_object *o = kvds_store_find(&f->st, "soon", 4);
+  assert_int_equal(o->pins, 1);
+  pthread_mutex_lock(&f->st.lock);
+  kvds_wait_cancel_all_locked(&f->st, &f->list);
+  pthread_mutex_unlock(&f->st.lock);
+  assert_int_equal(o->pins, 0);
+  struct timeval tick = {0, 20000};
+  event_base_loopexit(f->base, &tick);
+  event_base_dispatch(f->base);
+  assert_int_equal(f->answers, 0);
 }
 
 /* LOOKUP / LOCATE: the resolver's reply bytes reach the owner. */
@@ -339,6 +373,9 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_exists_answered, setup, teardown),
       cmocka_unit_test_setup_teardown(test_locate_answered, setup, teardown),
       cmocka_unit_test_setup_teardown(test_find_times_out, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_lookup_answered_empty, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_cancel_in_inbox, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
