@@ -114,8 +114,4 @@ int cli_addr_is_loopback(const char *addr);
  * Returns out. */
 char *cli_log_tail(const char *path, off_t from, char *out, size_t cap);
 
-/* kvds_sleep_ms (common/clock.h), for the callers in bench.c; the other
- * commands call kvds_sleep_ms. */
-void cli_sleep_ms(int ms);
-
 #endif

@@ -114,10 +114,6 @@ int cli_connect(const char *cmd, const char *addr, unsigned flags,
   return CLI_FAIL;
 }
 
-void cli_sleep_ms(int ms) {
-  kvds_sleep_ms(ms);
-}
-
 /* Gone, or a zombie nobody has reaped yet (its parent may never do so). */
 static int process_gone(uint64_t pid) {
   if (pid == 0 || (kill((pid_t)pid, 0) == -1 && errno == ESRCH))

@@ -32,6 +32,7 @@
 #include <unistd.h>
 
 #include "cli/bench/bench.h"
+#include "common/clock.h"
 #include "common/util.h"
 
 #define R_STREAMS_MAX 64
@@ -284,7 +285,7 @@ static int wait_visible(kvds_client *c, const struct bench_keyset *ks) {
     if (k < m) {
       if (kvds_now_ns() > deadline)
         return KVDS_E_NOTFOUND;
-      cli_sleep_ms(1);
+      kvds_sleep_ms(1);
     }
   }
   return 0;
@@ -389,7 +390,7 @@ static void worker_stop(struct rworker *w) {
         ;
       break;
     }
-    cli_sleep_ms(10);
+    kvds_sleep_ms(10);
   }
   w->pid = 0;
 }
@@ -422,7 +423,7 @@ static int worker_wait_ready(struct rworker *w, uint64_t deadline_ns) {
               cli_log_tail(w->log, 0, tail, sizeof tail));
       return CLI_FAIL;
     }
-    cli_sleep_ms(20);
+    kvds_sleep_ms(20);
   }
 }
 
@@ -514,7 +515,7 @@ static int wait_cluster(struct remote *r, uint64_t deadline_ns) {
                 i ? r->addr_b : r->addr_a, n, n == 1 ? "" : "s");
         return CLI_FAIL;
       }
-      cli_sleep_ms(20);
+      kvds_sleep_ms(20);
     }
   }
   return CLI_OK;
@@ -628,12 +629,8 @@ static void tcp_teardown(struct tcp_ceiling *t) {
  * timeout only: they wait for requests between cases). */
 static int tcp_setup(struct tcp_ceiling *t, int n, const uint8_t *src,
                      uint8_t *dst, size_t region) {
-  pthread_condattr_t ca;
-  pthread_condattr_init(&ca);
-  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
   pthread_mutex_init(&t->lock, NULL);
-  pthread_cond_init(&t->done, &ca);
-  pthread_condattr_destroy(&ca);
+  kvds_cond_init_mono(&t->done);
   t->src = src;
   t->dst = dst;
   t->region = region;
@@ -716,14 +713,10 @@ static int tcp_run(struct tcp_ceiling *t, int streams, size_t size,
     pthread_mutex_unlock(&t->lock);
     for (int k = 0; k < streams; k++)
       sem_post(&t->s[k].go);
-    struct timespec dl;
-    clock_gettime(CLOCK_MONOTONIC, &dl);
-    uint64_t dl_ns = (uint64_t)dl.tv_nsec + limit_ns;
-    dl.tv_sec += (time_t)(dl_ns / 1000000000ull);
-    dl.tv_nsec = (long)(dl_ns % 1000000000ull);
+    uint64_t dl = kvds_now_us() + limit_ns / 1000;
     pthread_mutex_lock(&t->lock);
     while (t->ndone < streams && rc == 0)
-      if (pthread_cond_timedwait(&t->done, &t->lock, &dl) == ETIMEDOUT &&
+      if (kvds_cond_wait_until(&t->done, &t->lock, dl) == -ETIMEDOUT &&
           t->ndone < streams)
         rc = KVDS_E_TIMEOUT;
     if (rc == 0)

@@ -6,16 +6,11 @@
 #include <stdlib.h>
 
 #include "cli/bench/bench.h"
+#include "common/array.h"
 
 int bench_samples_add(struct bench_samples *s, uint64_t ns) {
-  if (s->n == s->cap) {
-    size_t cap = s->cap ? s->cap * 2 : 4096;
-    uint64_t *p = realloc(s->ns, cap * sizeof *p);
-    if (!p)
-      return -ENOMEM;
-    s->ns = p;
-    s->cap = cap;
-  }
+  if (KVDS_ARRAY_GROW(s->ns, s->cap, s->n + 1, 4096))
+    return -ENOMEM;
   s->ns[s->n++] = ns;
   s->total_ns += ns;
   return 0;
