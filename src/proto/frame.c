@@ -15,6 +15,7 @@
 #define XXH_STATIC_LINKING_ONLY
 #include <xxhash.h>
 
+#include "common/array.h"
 #include "common/util.h"
 #include "kvds/kvds.h"
 
@@ -268,18 +269,11 @@ void kvds_proto_build_reset(struct kvds_proto_builder *b) {
 static int build_reserve(struct kvds_proto_builder *b, size_t more) {
   if (b->oom)
     return -ENOMEM;
-  if (b->len + more <= b->cap)
-    return 0;
-  size_t nc = b->cap ? b->cap * 2 : BUILD_MIN;
-  while (nc < b->len + more)
-    nc *= 2;
-  uint8_t *nb = realloc(b->buf, nc);
-  if (!nb) {
+  if (more > SIZE_MAX - b->len ||
+      KVDS_ARRAY_GROW(b->buf, b->cap, b->len + more, BUILD_MIN)) {
     b->oom = 1;
     return -ENOMEM;
   }
-  b->buf = nb;
-  b->cap = nc;
   return 0;
 }
 
