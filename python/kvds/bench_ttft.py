@@ -122,11 +122,12 @@ class Server:
         if kv is not None:
             args += ["--kv-transfer-config", json.dumps(kv)]
         args += list(extra)
+        if cpus:  # taskset, not preexec_fn: the caller may have threads running
+            args = ["taskset", "-c", ",".join(str(c) for c in sorted(cpus))] + args
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp,
-                start_new_session=True, stdin=subprocess.DEVNULL,
-                preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
+                start_new_session=True, stdin=subprocess.DEVNULL)
 
     def log(self):
         try:

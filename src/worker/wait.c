@@ -46,6 +46,8 @@ struct kvds_wait {
   int32_t *status;           /* per key (box lock once armed) */
   int32_t *local;            /* finds: the local answers */
   struct kvds_waiter *sw;    /* GET: a store waiter per key */
+  uint8_t *open;             /* GET: key i still waited for (box lock; what
+                                sw[i].armed says, without the store lock) */
   uint8_t *out;              /* LOOKUP / LOCATE: the answer (box lock) */
   size_t out_len;
   uint32_t out_count;
@@ -99,6 +101,7 @@ static void wait_free(struct kvds_wait *w) {
   free(w->status);
   free(w->local);
   free(w->sw);
+  free(w->open);
   free(w->out);
   free(w);
 }
@@ -118,13 +121,15 @@ struct kvds_wait *kvds_wait_create(struct kvds_waitbox *b, void *owner,
   w->keybuf = malloc(total);
   w->keys = calloc(m, sizeof *w->keys);
   w->klens = calloc(m, sizeof *w->klens);
-  if (kind == KVDS_WAIT_GET)
+  if (kind == KVDS_WAIT_GET) {
     w->sw = calloc(m, sizeof *w->sw);
-  else
+    w->open = calloc(m, 1);
+  } else {
     w->local = calloc(m, sizeof *w->local);
+  }
   w->timer = evtimer_new(b->base, on_timeout, w);
   if (!w->keybuf || !w->keys || !w->klens || !w->timer ||
-      (kind == KVDS_WAIT_GET ? !w->sw : !w->local)) {
+      (kind == KVDS_WAIT_GET ? !w->sw || !w->open : !w->local)) {
     wait_free(w);
     return NULL;
   }
@@ -169,6 +174,7 @@ uint32_t kvds_wait_watch_locked(struct kvds_wait *w) {
     sw->req = w;
     sw->idx = i;
     kvds_store_wait_add(w->box->store, sw);
+    w->open[i] = 1;
     k++;
   }
   BOX_LOCK(w->box);
@@ -292,17 +298,21 @@ static void on_timeout(evutil_socket_t fd, short what, void *arg) {
   struct kvds_waitbox *b = w->box;
   (void)fd;
   (void)what;
-  pthread_mutex_lock(&b->store->lock);
+  int get = w->kind == KVDS_WAIT_GET; /* only a GET has store waiters */
+  if (get)
+    pthread_mutex_lock(&b->store->lock);
   BOX_LOCK(b);
-  for (uint32_t i = 0; w->kind == KVDS_WAIT_GET && i < w->n; i++)
+  for (uint32_t i = 0; get && i < w->n; i++)
     if (w->sw[i].armed) { /* still waiting: that is the answer */
       kvds_store_wait_remove(b->store, &w->sw[i]);
       w->status[i] = KVDS_E_TIMEOUT;
+      w->open[i] = 0;
     }
   inbox_remove_locked(w);
   w->frozen = 1; /* results that come now are ignored */
   BOX_UNLOCK(b);
-  pthread_mutex_unlock(&b->store->lock);
+  if (get)
+    pthread_mutex_unlock(&b->store->lock);
   complete(w);
 }
 
@@ -334,6 +344,7 @@ void kvds_wait_on_seal(struct kvds_waiter *sw, struct kvds_object *obj,
   BOX_LOCK(w->box);
   w->objs[sw->idx] = obj; /* the pin taken by the store is ours now */
   w->status[sw->idx] = 0;
+  w->open[sw->idx] = 0;
   if (--w->remaining == 0)
     inbox_push_locked(w);
   BOX_UNLOCK(w->box);
@@ -376,16 +387,12 @@ int32_t kvds_wait_local(const struct kvds_wait *w, uint32_t i) {
 uint32_t kvds_wait_open(struct kvds_wait *w, uint32_t *idx) {
   struct kvds_waitbox *b = w->box;
   uint32_t m = 0;
-  if (w->kind == KVDS_WAIT_GET)
-    pthread_mutex_lock(&b->store->lock);
   BOX_LOCK(b);
   if (!w->dead && !w->frozen && !w->answered)
     for (uint32_t i = 0; i < w->n; i++)
-      if (w->kind != KVDS_WAIT_GET || w->sw[i].armed)
+      if (w->kind != KVDS_WAIT_GET || w->open[i])
         idx[m++] = i;
   BOX_UNLOCK(b);
-  if (w->kind == KVDS_WAIT_GET)
-    pthread_mutex_unlock(&b->store->lock);
   return m;
 }
 
@@ -401,6 +408,7 @@ void kvds_wait_fail(struct kvds_wait *w, uint32_t n, const uint32_t *idx,
     if (i >= w->n || !w->sw[i].armed)
       continue;
     kvds_store_wait_remove(b->store, &w->sw[i]);
+    w->open[i] = 0;
     w->status[i] = status[k];
     if (--w->remaining == 0)
       inbox_push_locked(w);

@@ -139,7 +139,8 @@ int32_t kvds_wait_local(const struct kvds_wait *w, uint32_t i);
 
 /* The keys still open, their indexes into idx[] (room for count): GET,
  * those still waited for; finds: all of them, unless answered. Returns how
- * many (0 once the wait was answered or cancelled). */
+ * many (0 once the wait was answered or cancelled). Takes the box lock
+ * only. */
 uint32_t kvds_wait_open(struct kvds_wait *w, uint32_t *idx);
 /* GET: keys idx[0..n) could not be supplied, key idx[k] for the reason
  * status[k] (KVDS_E_NOTFOUND, KVDS_E_PEER, KVDS_E_TIMEOUT, ...). A no-op
