@@ -58,6 +58,23 @@ struct kvds_worker_config {
    * this group (name or number; "" = none) may use the Unix socket and
    * token-less loopback TCP. */
   char allow_group[64];
+  /* Disk tier (docs/tiers.md): tier KVDS_TIER_POSIX puts the objects'
+   * files under disk_dir, at most disk_capacity bytes of them (0 = no
+   * limit), written as disk_policy says, fsync'd per disk_fsync (enum
+   * kvds_disk_fsync), by disk_threads threads (default 2). */
+  int tier;               /* enum kvds_tier (default DRAM) */
+  char disk_dir[1024];
+  uint64_t disk_capacity;
+  int disk_policy;        /* enum kvds_disk_policy (default SPILL) */
+  int disk_fsync;
+  int disk_threads;
+};
+
+enum kvds_tier { KVDS_TIER_DRAM = 0, KVDS_TIER_POSIX = 1 };
+enum kvds_disk_policy {
+  KVDS_DISK_SPILL = 0,         /* objects leaving DRAM are written */
+  KVDS_DISK_WRITE_THROUGH = 1, /* every seal is persisted before it returns */
+  KVDS_DISK_READ_ONLY = 2      /* serve what is there, never write */
 };
 
 /* Fills the defaults: listen 127.0.0.1:31501, 4 GiB, 1 thread, no HTTP,
