@@ -70,6 +70,29 @@
     "Connections from users other than the worker's (root, --allow-group) "    \
     "that could not go on without the token.")                                 \
   X(uptime_s, "gauge", "uptime_seconds", "Seconds since start.")               \
+  X(disk_objects, "gauge", "disk_objects", "Objects in the disk tier.")        \
+  X(disk_bytes, "gauge", "disk_bytes", "Bytes of the disk tier's files.")      \
+  X(disk_capacity, "gauge", "disk_capacity_bytes",                             \
+    "Disk tier capacity (0: no limit, or no disk tier).")                      \
+  X(disk_writes, "counter", "disk_writes_total",                               \
+    "Objects written to disk (spills and write-through seals).")               \
+  X(disk_write_bytes, "counter", "disk_write_bytes_total",                     \
+    "Value bytes written to disk.")                                            \
+  X(disk_write_errors, "counter", "disk_write_errors_total",                   \
+    "Writes to disk that failed (disk full, unwritable).")                     \
+  X(disk_reads, "counter", "disk_reads_total",                                 \
+    "Objects read back from disk into DRAM (promotions).")                     \
+  X(disk_read_bytes, "counter", "disk_read_bytes_total",                       \
+    "Value bytes read back from disk.")                                        \
+  X(disk_corrupt, "counter", "disk_corrupt_total",                             \
+    "Files found corrupt or truncated: removed, never served.")                \
+  X(disk_evictions, "counter", "disk_evictions_total",                         \
+    "Files removed to stay within --disk-capacity.")                           \
+  X(disk_spills, "counter", "disk_spills_total",                               \
+    "Objects written to disk ahead of their eviction from DRAM.")              \
+  X(disk_spill_skipped, "counter", "disk_spill_skipped_total",                 \
+    "Objects evicted from DRAM with no copy on disk (the spill fell behind "   \
+    "or failed).")                                                             \
   X(pid, NULL, NULL, NULL)                                                     \
   X(high_watermark_ppm, NULL, NULL, NULL)                                      \
   X(eviction_ratio_ppm, NULL, NULL, NULL)                                      \
