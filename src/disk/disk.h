@@ -38,16 +38,16 @@
 enum kvds_disk_fsync { KVDS_DISK_FSYNC_NONE = 0, KVDS_DISK_FSYNC_OBJECT = 1 };
 
 struct kvds_disk_config {
-  const char *dir;    /* the directory (created, with DIR/kvds, unless
-                         read_only) */
-  uint64_t capacity;  /* most value+header bytes indexed; over it, the
-                         least recently used files are removed (0 = no
-                         limit) */
-  int fsync;          /* enum kvds_disk_fsync */
-  int read_only;      /* never create, write or remove anything */
-  int direct;         /* read values with O_DIRECT where the filesystem
-                         allows it (else buffered) */
-  int scan_threads;   /* threads for the scan at open (0 = 2) */
+  const char *dir;   /* the directory (created, with DIR/kvds, unless
+                        read_only) */
+  uint64_t capacity; /* most value+header bytes indexed; over it, the
+                        least recently used files are removed (0 = no
+                        limit) */
+  int fsync;         /* enum kvds_disk_fsync */
+  int read_only;     /* never create, write or remove anything */
+  int direct;        /* read values with O_DIRECT where the filesystem
+                        allows it (else buffered) */
+  int scan_threads;  /* threads for the scan at open (0 = 2) */
   /* Called (no lock held, on the thread that caused it) for each key
    * removed by capacity eviction, so the caller can tell others that this
    * node no longer holds it. May be NULL. */
@@ -56,18 +56,18 @@ struct kvds_disk_config {
 };
 
 struct kvds_disk_counters {
-  uint64_t objects, bytes;         /* indexed now (bytes: file sizes) */
-  uint64_t capacity;               /* as configured (0 = no limit) */
-  uint64_t writes, write_bytes;    /* files written (value bytes) */
-  uint64_t write_errors;           /* writes that failed (ENOSPC, ...) */
-  uint64_t reads, read_bytes;      /* values read and verified */
-  uint64_t read_errors;            /* I/O errors reading (not corrupt) */
-  uint64_t corrupt;                /* bad header/checksum/size: not served */
+  uint64_t objects, bytes;           /* indexed now (bytes: file sizes) */
+  uint64_t capacity;                 /* as configured (0 = no limit) */
+  uint64_t writes, write_bytes;      /* files written (value bytes) */
+  uint64_t write_errors;             /* writes that failed (ENOSPC, ...) */
+  uint64_t reads, read_bytes;        /* values read and verified */
+  uint64_t read_errors;              /* I/O errors reading (not corrupt) */
+  uint64_t corrupt;                  /* bad header/checksum/size: not served */
   uint64_t evictions, evicted_bytes; /* removed for capacity */
-  uint64_t probes, probe_hits;     /* opens of keys the index lacked */
-  uint64_t removed;                /* kvds_disk_remove that found a file */
-  uint64_t scan_files, scan_us;    /* the scan at open */
-  uint64_t scan_bad;               /* files the scan skipped (bad header) */
+  uint64_t probes, probe_hits;       /* opens of keys the index lacked */
+  uint64_t removed;                  /* kvds_disk_remove that found a file */
+  uint64_t scan_files, scan_us;      /* the scan at open */
+  uint64_t scan_bad;                 /* files the scan skipped (bad header) */
 };
 
 struct kvds_disk;
