@@ -1112,8 +1112,7 @@ static void test_hopeless_create_tracks_pins(void **state) {
 /* ---- the disk tier's marks (ondisk, io) ------------------------------ */
 
 static int notified_gone;
-static void on_notify(const uint8_t *key, uint32_t klen, int sealed,
-                      void *ud) {
+static void on_notify(const uint8_t *key, uint32_t klen, int sealed, void *ud) {
   (void)key;
   (void)klen;
   (void)ud;
@@ -1144,7 +1143,7 @@ static void test_disk_marks(void **state) {
   assert_ptr_equal(find(st, "key-0"), obj[0]);
   assert_null(find(st, "key-1"));
   assert_null(find(st, "key-5"));
-  assert_int_equal(notified_gone, 4);           /* not key-1 */
+  assert_int_equal(notified_gone, 4);             /* not key-1 */
   assert_int_equal(st->ctr.evicted_unspilled, 4); /* key-2..key-5 */
   /* Deleted while written out: unindexed at once, freed at io_done. */
   uint64_t used = st->alloc.used;

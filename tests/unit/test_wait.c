@@ -394,9 +394,8 @@ static struct kvds_wait *seal_wait(struct fx *f, uint32_t ms) {
   status[2] = KVDS_E_CHECKSUM;
   const uint8_t *k[3] = {(const uint8_t *)"a", (const uint8_t *)"b", NULL};
   uint32_t kl[3] = {1, 1, 0};
-  struct kvds_wait *w = kvds_wait_create(f->box, f, &f->list, KVDS_WAIT_SEAL,
-                                         9, KVDS_OP_SEAL, 3, k, kl, objs,
-                                         status);
+  struct kvds_wait *w = kvds_wait_create(f->box, f, &f->list, KVDS_WAIT_SEAL, 9,
+                                         KVDS_OP_SEAL, 3, k, kl, objs, status);
   assert_non_null(w);
   kvds_wait_arm(w, ms);
   return w;
