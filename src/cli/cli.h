@@ -104,6 +104,29 @@ int cli_parse_u64_opt(const char *cmd, const char *opt, const char *s,
 int cli_parse_double_opt(const char *cmd, const char *opt, const char *s,
                          double *out);
 
+/* ---- The worker's config file (worker_file.c) --------------------------- */
+
+/* Sets option `val` (a struct option's val) to `value` (NULL for an option
+ * without argument) as the command line would; errors are printed as
+ * cli_err(who, ...), where `who` names the command, file and key. Returns
+ * CLI_OK or CLI_USAGE. */
+typedef int (*cli_option_fn)(void *arg, int val, const char *value,
+                             const char *who);
+
+/*
+ * Reads `path`, a JSON object of options (docs/tiers.md "Configuration"):
+ * each key is a long option of `longopts` ("disk-dir" or "disk_dir"), its
+ * value the option's argument (a string or a number; true/false for an
+ * option without argument), or one of UCM's names (store_pipeline,
+ * storage_backends, cache_buffer_capacity_gb) for --tier, --disk-dir,
+ * --memory. Calls set() for each, in the file's order. A file that cannot
+ * be read or parsed (line and column named), an unknown key, a value of
+ * the wrong type, two keys for one option, or set() failing: one line on
+ * stderr naming the file (and key), CLI_USAGE. Returns CLI_OK otherwise.
+ */
+int cli_worker_file_load(const char *path, const struct option *longopts,
+                         cli_option_fn set, void *arg);
+
 /* 1 if addr is a Unix socket path or the host of its "host:port" is
  * loopback (kvds_host_is_loopback: every address it resolves to). */
 int cli_addr_is_loopback(const char *addr);

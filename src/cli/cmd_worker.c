@@ -110,6 +110,36 @@ static const char HELP[] =
     "                           N - 1 other workers (rendezvous hashing)\n"
     "                           pull a copy in the background (default 1;\n"
     "                           --replica_num is the same)\n"
+    "\n"
+    "Disk tier (docs/tiers.md; default: memory only). Each flag also has an\n"
+    "underscore spelling (--disk_dir, --disk_capacity, ...):\n"
+    "      --tier dram|posix    dram: objects live in the pool only; posix:\n"
+    "                           also as files under --disk-dir. --disk-dir\n"
+    "                           alone implies posix; other disk flags with\n"
+    "                           dram are an error (default dram)\n"
+    "      --disk-dir DIR       directory of the objects' files (created;\n"
+    "                           several workers may share it, e.g. on NFS)\n"
+    "      --disk-capacity SIZE most bytes of files kept there, e.g. 512GiB;\n"
+    "                           the least recently used go beyond it\n"
+    "                           (default 0: no limit)\n"
+    "      --disk-policy spill|write-through|read-only\n"
+    "                           spill: objects leaving the pool are written\n"
+    "                           (default); write-through: every seal is on\n"
+    "                           disk before it returns; read-only: serve the\n"
+    "                           files there, never write or remove any\n"
+    "      --fsync none|object  object: fsync each file before it is renamed\n"
+    "                           into place (default none)\n"
+    "      --disk-threads N     threads doing the disk I/O (1..64, default 2)\n"
+    "\n"
+    "      --config FILE        read options from FILE first: a JSON object\n"
+    "                           of long options (either spelling) and their\n"
+    "                           values, e.g. {\"memory\": \"8GiB\", "
+    "\"threads\":\n"
+    "                           2, \"disk-dir\": \"/mnt/kv\"}; flags on the\n"
+    "                           command line override it. UCM's\n"
+    "                           store_pipeline, storage_backends and\n"
+    "                           cache_buffer_capacity_gb are accepted\n"
+    "                           (docs/tiers.md, Configuration)\n"
     "  -h, --help               this text\n";
 
 enum {
@@ -139,6 +169,13 @@ enum {
   OPT_PULL_TIMEOUT,
   OPT_REPLICAS,
   OPT_ALLOW_GROUP,
+  OPT_CONFIG,
+  OPT_TIER,
+  OPT_DISK_DIR,
+  OPT_DISK_CAPACITY,
+  OPT_DISK_POLICY,
+  OPT_FSYNC,
+  OPT_DISK_THREADS,
 };
 
 static const struct option LONGOPTS[] = {
@@ -180,6 +217,17 @@ static const struct option LONGOPTS[] = {
     {"replicas", required_argument, NULL, OPT_REPLICAS},
     {"replica_num", required_argument, NULL, OPT_REPLICAS},
     {"allow-group", required_argument, NULL, OPT_ALLOW_GROUP},
+    {"config", required_argument, NULL, OPT_CONFIG},
+    {"tier", required_argument, NULL, OPT_TIER},
+    {"disk-dir", required_argument, NULL, OPT_DISK_DIR},
+    {"disk_dir", required_argument, NULL, OPT_DISK_DIR},
+    {"disk-capacity", required_argument, NULL, OPT_DISK_CAPACITY},
+    {"disk_capacity", required_argument, NULL, OPT_DISK_CAPACITY},
+    {"disk-policy", required_argument, NULL, OPT_DISK_POLICY},
+    {"disk_policy", required_argument, NULL, OPT_DISK_POLICY},
+    {"fsync", required_argument, NULL, OPT_FSYNC},
+    {"disk-threads", required_argument, NULL, OPT_DISK_THREADS},
+    {"disk_threads", required_argument, NULL, OPT_DISK_THREADS},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -187,48 +235,63 @@ static const struct option LONGOPTS[] = {
 struct worker_opts {
   struct kvds_worker_config cfg;
   int daemon;
-  const char *pidfile;
-  const char *log_file;
+  int tier_given;  /* --tier (or the file's store_pipeline) was given */
+  const char *who; /* error prefix: CMD, or CMD + the config file's key */
+  char pidfile[PATH_MAX];
+  char log_file[PATH_MAX];
 };
 
-static int copy_str(const char *opt, const char *v, char *dst, size_t cap) {
+static int copy_str(const char *who, const char *opt, const char *v, char *dst,
+                    size_t cap) {
   if (strlen(v) >= cap) {
-    cli_err(CMD, "%s is too long (at most %zu bytes)", opt, cap - 1);
+    cli_err(who, "%s is too long (at most %zu bytes)", opt, cap - 1);
     return CLI_USAGE;
   }
   memcpy(dst, v, strlen(v) + 1);
   return CLI_OK;
 }
 
-static int parse_int(const char *opt, const char *v, int *out) {
+static int parse_int(const char *who, const char *opt, const char *v,
+                     int *out) {
   uint64_t n;
-  int rc = cli_parse_u64_opt(CMD, opt, v, &n);
+  int rc = cli_parse_u64_opt(who, opt, v, &n);
   if (rc)
     return rc;
   if (n > INT_MAX) {
-    cli_err(CMD, "%s %s is out of range", opt, v);
+    cli_err(who, "%s %s is out of range", opt, v);
     return CLI_USAGE;
   }
   *out = (int)n;
   return CLI_OK;
 }
 
-static int parse_ratio(const char *opt, const char *v, double *out) {
+static int parse_ratio(const char *who, const char *opt, const char *v,
+                       double *out) {
   if (kvds_parse_ratio(v, out) == 0)
     return CLI_OK;
-  cli_err(CMD, "bad ratio for %s: '%s' (want a number in [0, 1])", opt, v);
+  cli_err(who, "bad ratio for %s: '%s' (want a number in [0, 1])", opt, v);
   return CLI_USAGE;
 }
 
-static int parse_choice(const char *opt, const char *v,
+static int parse_choice(const char *who, const char *opt, const char *v,
                         const char *const *names, int n, int *out) {
   for (int i = 0; i < n; i++)
     if (strcmp(v, names[i]) == 0) {
       *out = i;
       return CLI_OK;
     }
-  cli_err(CMD, "bad value for %s: '%s'", opt, v);
+  cli_err(who, "bad value for %s: '%s'", opt, v);
   return CLI_USAGE;
+}
+
+/* The same over the worker's names of the tier settings (worker.h). */
+static int parse_named(const char *who, const char *opt, const char *v,
+                       const char *(*name)(int), int *out) {
+  const char *names[8];
+  int n = 0;
+  while (n < 8 && (names[n] = name(n)))
+    n++;
+  return parse_choice(who, opt, v, names, n, out);
 }
 
 static int parse_opt(struct worker_opts *o, int c, const char *v) {
@@ -236,95 +299,118 @@ static int parse_opt(struct worker_opts *o, int c, const char *v) {
   static const char *const huge[] = {"off", "try", "on"};
   static const char *const levels[] = {"error", "warn", "info", "debug"};
   struct kvds_worker_config *cfg = &o->cfg;
+  const char *who = o->who;
   uint64_t n;
   int rc = CLI_OK;
   switch (c) {
   case 'l':
-    return copy_str("--listen", v, cfg->listen, sizeof cfg->listen);
+    return copy_str(who, "--listen", v, cfg->listen, sizeof cfg->listen);
   case OPT_SOCKET:
-    return copy_str("--socket", v, cfg->socket_path, sizeof cfg->socket_path);
+    return copy_str(who, "--socket", v, cfg->socket_path,
+                    sizeof cfg->socket_path);
   case 'm':
-    return cli_parse_size_opt(CMD, "--memory", v, &cfg->memory);
+    return cli_parse_size_opt(who, "--memory", v, &cfg->memory);
   case OPT_MB:
-    if ((rc = cli_parse_u64_opt(CMD, "--shared_memory_size_mb", v, &n)))
+    if ((rc = cli_parse_u64_opt(who, "--shared_memory_size_mb", v, &n)))
       return rc;
     if (n > (UINT64_MAX >> 20)) {
-      cli_err(CMD, "--shared_memory_size_mb %s is out of range", v);
+      cli_err(who, "--shared_memory_size_mb %s is out of range", v);
       return CLI_USAGE;
     }
     cfg->memory = n << 20;
     return CLI_OK;
   case 't':
-    return parse_int("--threads", v, &cfg->threads);
+    return parse_int(who, "--threads", v, &cfg->threads);
   case OPT_HTTP:
-    return parse_int("--http-port", v, &cfg->http_port);
+    return parse_int(who, "--http-port", v, &cfg->http_port);
   case OPT_HIGH:
-    return parse_ratio("--eviction_high_watermark_ratio (--high-watermark)", v,
+    return parse_ratio(who,
+                       "--eviction_high_watermark_ratio (--high-watermark)", v,
                        &cfg->high_watermark);
   case OPT_RATIO:
-    return parse_ratio("--eviction_ratio (--eviction-ratio)", v,
+    return parse_ratio(who, "--eviction_ratio (--eviction-ratio)", v,
                        &cfg->eviction_ratio);
   case OPT_HUGE:
-    return parse_choice("--huge-pages (off, try or on)", v, huge, 3,
+    return parse_choice(who, "--huge-pages (off, try or on)", v, huge, 3,
                         &cfg->huge_pages);
   case OPT_BUSY:
-    return parse_int("--busy-poll-us", v, &cfg->busy_poll_us);
+    return parse_int(who, "--busy-poll-us", v, &cfg->busy_poll_us);
   case OPT_FRAME_TIMEOUT:
-    return parse_int("--frame-timeout-ms", v, &cfg->frame_timeout_ms);
+    return parse_int(who, "--frame-timeout-ms", v, &cfg->frame_timeout_ms);
   case OPT_MIN_RATE:
-    return cli_parse_size_opt(CMD, "--min-rate", v, &cfg->min_rate);
+    return cli_parse_size_opt(who, "--min-rate", v, &cfg->min_rate);
   case OPT_MAX_WRITING:
-    return cli_parse_size_opt(CMD, "--max-writing-per-conn", v,
+    return cli_parse_size_opt(who, "--max-writing-per-conn", v,
                               &cfg->max_writing);
   case OPT_IDLE_TIMEOUT:
-    return parse_int("--idle-timeout-s", v, &cfg->idle_timeout_s);
+    return parse_int(who, "--idle-timeout-s", v, &cfg->idle_timeout_s);
   case OPT_MAX_CONNS:
-    return parse_int("--max-connections", v, &cfg->max_connections);
+    return parse_int(who, "--max-connections", v, &cfg->max_connections);
   case OPT_MAXOBJ:
-    return cli_parse_size_opt(CMD, "--max-object", v, &cfg->max_object);
+    return cli_parse_size_opt(who, "--max-object", v, &cfg->max_object);
   case OPT_LOGLEVEL:
-    return parse_choice("--log-level (error, warn, info or debug)", v, levels,
-                        4, &cfg->log_level);
+    return parse_choice(who, "--log-level (error, warn, info or debug)", v,
+                        levels, 4, &cfg->log_level);
   case OPT_AUTH:
-    return copy_str("--auth-token-file", v, cfg->auth_token_file,
+    return copy_str(who, "--auth-token-file", v, cfg->auth_token_file,
                     sizeof cfg->auth_token_file);
   case 'd':
     o->daemon = 1;
     return CLI_OK;
   case OPT_PIDFILE:
-    o->pidfile = v;
-    return CLI_OK;
+    return copy_str(who, "--pidfile", v, o->pidfile, sizeof o->pidfile);
   case OPT_LOGFILE:
-    o->log_file = v;
-    return CLI_OK;
+    return copy_str(who, "--log-file", v, o->log_file, sizeof o->log_file);
   case OPT_ETCD:
-    return copy_str("--etcd_address", v, cfg->etcd_address,
+    return copy_str(who, "--etcd_address", v, cfg->etcd_address,
                     sizeof cfg->etcd_address);
   case OPT_CLUSTER:
-    return copy_str("--cluster", v, cfg->cluster, sizeof cfg->cluster);
+    return copy_str(who, "--cluster", v, cfg->cluster, sizeof cfg->cluster);
   case OPT_TTL:
-    if ((rc = parse_int("--lease-ttl", v, &cfg->lease_ttl_s)))
+    if ((rc = parse_int(who, "--lease-ttl", v, &cfg->lease_ttl_s)))
       return rc;
     if (!kvds_membership_ttl_ok(cfg->lease_ttl_s)) {
-      cli_err(CMD, "--lease-ttl must be %d..%d seconds (got %s)",
+      cli_err(who, "--lease-ttl must be %d..%d seconds (got %s)",
               KVDS_MEMBERSHIP_TTL_MIN_S, KVDS_MEMBERSHIP_TTL_MAX_S, v);
       return CLI_USAGE;
     }
     return CLI_OK;
   case OPT_PEERS:
-    return copy_str("--peers", v, cfg->peers, sizeof cfg->peers);
+    return copy_str(who, "--peers", v, cfg->peers, sizeof cfg->peers);
   case OPT_ADVERTISE:
-    return copy_str("--advertise-address", v, cfg->advertise,
+    return copy_str(who, "--advertise-address", v, cfg->advertise,
                     sizeof cfg->advertise);
   case OPT_PULL_THREADS:
-    return parse_int("--pull-threads", v, &cfg->pull_threads);
+    return parse_int(who, "--pull-threads", v, &cfg->pull_threads);
   case OPT_PULL_TIMEOUT:
-    return parse_int("--pull-timeout-ms", v, &cfg->pull_timeout_ms);
+    return parse_int(who, "--pull-timeout-ms", v, &cfg->pull_timeout_ms);
   case OPT_REPLICAS:
-    return parse_int("--replicas", v, &cfg->replicas);
+    return parse_int(who, "--replicas", v, &cfg->replicas);
   case OPT_ALLOW_GROUP:
-    return copy_str("--allow-group", v, cfg->allow_group,
+    return copy_str(who, "--allow-group", v, cfg->allow_group,
                     sizeof cfg->allow_group);
+  case OPT_TIER:
+    o->tier_given = 1;
+    return parse_named(who, "--tier (dram or posix)", v, kvds_worker_tier_name,
+                       &cfg->tier);
+  case OPT_DISK_DIR:
+    return copy_str(who, "--disk-dir", v, cfg->disk_dir, sizeof cfg->disk_dir);
+  case OPT_DISK_CAPACITY:
+    return cli_parse_size_opt(who, "--disk-capacity", v, &cfg->disk_capacity);
+  case OPT_DISK_POLICY:
+    return parse_named(who, "--disk-policy (spill, write-through or read-only)",
+                       v, kvds_worker_disk_policy_name, &cfg->disk_policy);
+  case OPT_FSYNC:
+    return parse_named(who, "--fsync (none or object)", v,
+                       kvds_worker_disk_fsync_name, &cfg->disk_fsync);
+  case OPT_DISK_THREADS:
+    return parse_int(who, "--disk-threads", v, &cfg->disk_threads);
+  case OPT_CONFIG:
+    cli_err(who, "--config cannot be given in a config file");
+    return CLI_USAGE;
+  case 'h':
+    cli_err(who, "--help is not a setting");
+    return CLI_USAGE;
   default:
     return CLI_USAGE;
   }
@@ -358,13 +444,13 @@ static int write_pidfile(const char *path) {
 }
 
 static void remove_pidfile(const char *path) {
-  if (path && read_pidfile(path) == (long)getpid())
+  if (path[0] && read_pidfile(path) == (long)getpid())
     unlink(path);
 }
 
 /* Refuses to start over a pidfile that names a live process. */
 static int check_pidfile(const char *path) {
-  long pid = path ? read_pidfile(path) : 0;
+  long pid = path[0] ? read_pidfile(path) : 0;
   if (pid > 0 && (kill((pid_t)pid, 0) == 0 || errno == EPERM)) {
     cli_err(CMD, "pidfile %s names a running process (pid %ld)", path, pid);
     return CLI_FAIL;
@@ -375,7 +461,7 @@ static int check_pidfile(const char *path) {
 /* ---- running ------------------------------------------------------------ */
 
 static int serve(struct worker_opts *o) {
-  if (o->pidfile) {
+  if (o->pidfile[0]) {
     int rc = write_pidfile(o->pidfile);
     if (rc) {
       cli_err(CMD, "cannot write pidfile %s: %s", o->pidfile,
@@ -464,7 +550,7 @@ static int await_ready(pid_t pid, int rfd, const char *log, off_t log_from,
 static int daemonize(struct worker_opts *o) {
   char logbuf[300];
   const char *log = o->log_file;
-  if (!log) {
+  if (!log[0]) {
     if (default_log_path(&o->cfg, logbuf, sizeof logbuf)) {
       cli_err(CMD, "cannot derive a log path; give --log-file");
       return CLI_USAGE;
@@ -509,20 +595,60 @@ static int daemonize(struct worker_opts *o) {
   return rc;
 }
 
+/* cli_option_fn for the config file. */
+static int set_from_file(void *arg, int val, const char *value,
+                         const char *who) {
+  struct worker_opts *o = arg;
+  o->who = who;
+  int rc = parse_opt(o, val, value);
+  o->who = CMD;
+  return rc;
+}
+
+/* The first pass over argv: --config FILE (once), or --help. *path stays
+ * NULL without --config. */
+static int find_config(int argc, char **argv, const char **path, int *help) {
+  int c, first = 1;
+  *path = NULL;
+  while ((c = cli_getopt(CMD, argc, argv, "l:m:t:dh", LONGOPTS, &first)) !=
+         -1) {
+    if (c == '?')
+      return CLI_USAGE;
+    if (c == 'h')
+      *help = 1;
+    if (c != OPT_CONFIG)
+      continue;
+    if (*path) {
+      cli_err(CMD, "--config given twice (%s, %s)", *path, optarg);
+      return CLI_USAGE;
+    }
+    *path = optarg;
+  }
+  return CLI_OK;
+}
+
 int cmd_worker(int argc, char **argv) {
-  struct worker_opts o = {.daemon = 0};
+  struct worker_opts o = {.daemon = 0, .who = CMD};
   kvds_worker_config_default(&o.cfg);
+  /* The file first, then every flag over it, wherever --config stands. */
+  const char *config;
+  int help = 0;
+  int rc = find_config(argc, argv, &config, &help);
+  if (rc)
+    return rc;
+  if (help) {
+    fputs(HELP, stdout);
+    return CLI_OK;
+  }
+  if (config &&
+      (rc = cli_worker_file_load(config, LONGOPTS, set_from_file, &o)))
+    return rc;
   int c, first = 1;
   while ((c = cli_getopt(CMD, argc, argv, "l:m:t:dh", LONGOPTS, &first)) !=
          -1) {
-    if (c == 'h') {
-      fputs(HELP, stdout);
-      return CLI_OK;
-    }
-    if (c == '?')
-      return CLI_USAGE;
-    int rc = parse_opt(&o, c, optarg);
-    if (rc)
+    if (c == OPT_CONFIG)
+      continue;
+    if ((rc = parse_opt(&o, c, optarg)))
       return rc;
   }
   if (optind < argc) {
@@ -530,6 +656,9 @@ int cmd_worker(int argc, char **argv) {
             argv[optind]);
     return CLI_USAGE;
   }
+  /* A directory alone asks for the disk tier (docs/tiers.md). */
+  if (!o.tier_given && o.cfg.disk_dir[0])
+    o.cfg.tier = KVDS_TIER_POSIX;
   char err[256] = "";
   if (kvds_worker_config_check(&o.cfg, err, sizeof err)) {
     cli_err(CMD, "%s", err[0] ? err : "invalid configuration");
@@ -539,7 +668,7 @@ int cmd_worker(int argc, char **argv) {
     return CLI_FAIL;
   if (o.daemon)
     return daemonize(&o);
-  if (o.log_file) {
+  if (o.log_file[0]) {
     int fd = open_log(o.log_file);
     if (fd < 0)
       return CLI_FAIL;

@@ -67,6 +67,16 @@ char *kvds__server_status_json(struct kvds_server *s) {
       pool, "store", objs, "net", net);
   if (!root)
     return NULL;
+  /* The tier as configured (disk counters come with the tier itself). */
+  const struct kvds_worker_config *c = &s->cfg;
+  json_object_set_new(
+      root, "tier",
+      json_pack("{s:s,s:s,s:I,s:s,s:s,s:i}", "kind",
+                kvds_worker_tier_name(c->tier), "dir", c->disk_dir, "capacity",
+                (json_int_t)c->disk_capacity, "policy",
+                kvds_worker_disk_policy_name(c->disk_policy), "fsync",
+                kvds_worker_disk_fsync_name(c->disk_fsync), "threads",
+                c->disk_threads));
   json_t *cluster = s->members ? kvds_membership_json(s->members) : NULL;
   if (cluster) {
     kvds__cluster_annotate(s, cluster);

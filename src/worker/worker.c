@@ -28,6 +28,7 @@
 
 #include "common/addr.h"
 #include "common/util.h"
+#include "disk/disk.h" /* enum kvds_disk_fsync */
 #include "kvds/kvds.h"
 #include "worker/cluster/cluster.h"
 #include "worker/server.h"
@@ -69,6 +70,79 @@ void kvds_worker_config_default(struct kvds_worker_config *cfg) {
   cfg->pull_threads = 4;
   cfg->pull_timeout_ms = 4000;
   cfg->replicas = 1;
+  cfg->tier = KVDS_TIER_DRAM;
+  cfg->disk_policy = KVDS_DISK_SPILL;
+  cfg->disk_fsync = KVDS_DISK_FSYNC_NONE;
+  cfg->disk_threads = 2;
+}
+
+static const char *name_of(const char *const *names, int n, int v) {
+  return v >= 0 && v < n ? names[v] : NULL;
+}
+
+const char *kvds_worker_tier_name(int tier) {
+  static const char *const names[] = {
+      [KVDS_TIER_DRAM] = "dram", [KVDS_TIER_POSIX] = "posix"};
+  return name_of(names, 2, tier);
+}
+
+const char *kvds_worker_disk_policy_name(int policy) {
+  static const char *const names[] = {[KVDS_DISK_SPILL] = "spill",
+                                      [KVDS_DISK_WRITE_THROUGH] =
+                                          "write-through",
+                                      [KVDS_DISK_READ_ONLY] = "read-only"};
+  return name_of(names, 3, policy);
+}
+
+const char *kvds_worker_disk_fsync_name(int fsync) {
+  static const char *const names[] = {
+      [KVDS_DISK_FSYNC_NONE] = "none", [KVDS_DISK_FSYNC_OBJECT] = "object"};
+  return name_of(names, 2, fsync);
+}
+
+/* The first disk setting cfg gives that differs from its default (as the
+ * option that sets it), or NULL. */
+static const char *disk_setting(const struct kvds_worker_config *cfg) {
+  struct kvds_worker_config def;
+  kvds_worker_config_default(&def);
+  if (cfg->disk_dir[0])
+    return "--disk-dir";
+  if (cfg->disk_capacity != def.disk_capacity)
+    return "--disk-capacity";
+  if (cfg->disk_policy != def.disk_policy)
+    return "--disk-policy";
+  if (cfg->disk_fsync != def.disk_fsync)
+    return "--fsync";
+  if (cfg->disk_threads != def.disk_threads)
+    return "--disk-threads";
+  return NULL;
+}
+
+static int tier_check(const struct kvds_worker_config *cfg, char *err,
+                      size_t errcap) {
+  const char *disk = disk_setting(cfg);
+  if (!kvds_worker_tier_name(cfg->tier))
+    return kvds_errf(err, errcap, KVDS_E_INVAL, "--tier must be dram or posix");
+  if (!kvds_worker_disk_policy_name(cfg->disk_policy))
+    return kvds_errf(err, errcap, KVDS_E_INVAL,
+                     "--disk-policy must be spill, write-through or "
+                     "read-only");
+  if (!kvds_worker_disk_fsync_name(cfg->disk_fsync))
+    return kvds_errf(err, errcap, KVDS_E_INVAL,
+                     "--fsync must be none or object");
+  if (cfg->disk_threads < 1 || cfg->disk_threads > 64)
+    return kvds_errf(err, errcap, KVDS_E_INVAL, "--disk-threads must be 1..64");
+  if (cfg->tier == KVDS_TIER_POSIX && !cfg->disk_dir[0])
+    return kvds_errf(err, errcap, KVDS_E_INVAL,
+                     "--tier posix needs --disk-dir DIR (where the objects' "
+                     "files go)");
+  if (cfg->tier == KVDS_TIER_DRAM && disk)
+    return kvds_errf(err, errcap, KVDS_E_INVAL,
+                     "%s is a disk tier setting, but the tier is dram "
+                     "(objects in memory only): use --tier posix --disk-dir "
+                     "DIR, or drop %s",
+                     disk, disk);
+  return 0;
 }
 
 int kvds_worker_socket_path(const char *listen, char *out, size_t cap) {
@@ -192,6 +266,8 @@ int kvds_worker_config_check(const struct kvds_worker_config *cfg, char *err,
         err, errcap, KVDS_E_INVAL,
         "--replicas %d needs a cluster (--etcd_address or --peers)",
         cfg->replicas);
+  if (tier_check(cfg, err, errcap))
+    return KVDS_E_INVAL;
   struct kvds_membership_config mc;
   kvds_membership *mem = NULL;
   if (membership_config(cfg, &mc, err, errcap) ||

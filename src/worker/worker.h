@@ -62,10 +62,10 @@ struct kvds_worker_config {
    * files under disk_dir, at most disk_capacity bytes of them (0 = no
    * limit), written as disk_policy says, fsync'd per disk_fsync (enum
    * kvds_disk_fsync), by disk_threads threads (default 2). */
-  int tier;               /* enum kvds_tier (default DRAM) */
+  int tier; /* enum kvds_tier (default DRAM) */
   char disk_dir[1024];
   uint64_t disk_capacity;
-  int disk_policy;        /* enum kvds_disk_policy (default SPILL) */
+  int disk_policy; /* enum kvds_disk_policy (default SPILL) */
   int disk_fsync;
   int disk_threads;
 };
@@ -80,14 +80,25 @@ enum kvds_disk_policy {
 /* Fills the defaults: listen 127.0.0.1:31501, 4 GiB, 1 thread, no HTTP,
  * watermark 0.95, ratio 0.05, huge pages off, busy poll 200 us,
  * frame timeout 30 s, min rate 1 MiB/s, idle timeout 300 s, max writing
- * and max connections derived at start (0). */
+ * and max connections derived at start (0); tier DRAM (disk settings:
+ * no directory, no capacity limit, policy spill, fsync none, 2 threads). */
 void kvds_worker_config_default(struct kvds_worker_config *cfg);
+
+/* The names of the tier settings' values, as the command line and /status
+ * spell them: tier "dram", "posix"; policy "spill", "write-through",
+ * "read-only"; fsync "none", "object". NULL for a value out of range (so
+ * a caller can list them all by counting up from 0). Static strings. */
+const char *kvds_worker_tier_name(int tier);
+const char *kvds_worker_disk_policy_name(int policy);
+const char *kvds_worker_disk_fsync_name(int fsync);
 
 /* Default socket path for a TCP listen address: $KVDS_RUN_DIR (or /tmp) +
  * "/kvds-<port>.sock". Writes into out[cap]. Returns 0 or KVDS_E_ADDR. */
 int kvds_worker_socket_path(const char *listen, char *out, size_t cap);
 
 /* Validates cfg (ranges, addresses; loads the auth token file to check it).
+ * Tier KVDS_TIER_POSIX needs disk_dir; tier DRAM refuses any disk setting
+ * other than its default (it would be ignored); disk_threads is 1..64.
  * A TCP listener on anything but a loopback address needs an auth token
  * file. --etcd_address and --peers exclude each other; either needs a data
  * address others can use (--listen, or --advertise-address when listening

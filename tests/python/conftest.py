@@ -28,7 +28,8 @@ def free_port():
 
 
 class Worker:
-    """A `kvds worker` process on 127.0.0.1:<free port>."""
+    """A `kvds worker` process on 127.0.0.1:<free port> (memory=None: no
+    --memory flag, the worker's default or its --config file decides)."""
 
     def __init__(self, run_dir, memory="64MiB", extra=(), port=None):
         if not os.access(KVDS_BIN, os.X_OK):
@@ -44,7 +45,8 @@ class Worker:
         env.pop("DS_WORKER_ADDR", None)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [KVDS_BIN, "worker", "--listen", self.addr, "--memory", memory, *extra],
+                [KVDS_BIN, "worker", "--listen", self.addr,
+                 *(["--memory", memory] if memory else []), *extra],
                 stdout=log, stderr=subprocess.STDOUT, env=env)
         self._wait_ready()
 
