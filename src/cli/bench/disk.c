@@ -507,6 +507,14 @@ static int phase_spill(struct disk *d, struct dcase *k) {
     return rc;
   k->spilled_total = st1.disk_write_bytes - st0.disk_write_bytes;
   k->spill_skipped = s.skipped;
+  if (k->spilled_total == 0) {
+    cli_err("bench",
+            "%s objects: the worker wrote nothing to disk in %s of puts "
+            "(its disk_writes stayed 0: no disk tier behind --tier posix?)",
+            kvds_fmt_bytes(size, (char[32]){0}, 32),
+            kvds_fmt_bytes(d->ks.n * size, (char[32]){0}, 32));
+    return KVDS_E_STATE;
+  }
   if (!s.t_first || s.t_last == s.t_first) {
     cli_err("bench",
             "%s objects: the worker wrote %llu bytes to disk in %s of puts; "
