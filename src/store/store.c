@@ -72,31 +72,48 @@ static void obj_free(struct kvds_store *st, struct kvds_object *o) {
   free(o);
 }
 
-/* Unlinks an object from the index and the LRU; frees it unless pinned. */
-static void obj_unlink(struct kvds_store *st, struct kvds_object *o) {
-  if (o->indexed && o->state == KVDS_STATE_SEALED && st->notify)
+/* Unlinks an object from the index and the LRU; frees it unless pinned or
+ * being written out. An evicted object with a copy on disk stays readable
+ * here: no notify then. */
+static void obj_unlink(struct kvds_store *st, struct kvds_object *o,
+                       int evicted) {
+  if (o->indexed && o->state == KVDS_STATE_SEALED && st->notify &&
+      !(evicted && o->ondisk))
     st->notify(o->key, o->inode.klen, 0, st->notify_ud);
   if (o->indexed) {
     kvds_index_remove(&st->index, &o->inode);
     o->indexed = 0;
   }
   lru_del(st, o);
-  if (o->pins == 0)
+  if (o->pins == 0 && !o->io)
     obj_free(st, o);
   else
     kvds_lru_push(&st->orphans, &o->lru);
 }
 
-static int evict_one(struct kvds_store *st) {
+/* The least recently used object not being written out (those are few:
+ * the disk tier's writes in flight). */
+static struct kvds_object *evict_victim(struct kvds_store *st) {
   struct kvds_lru_node *n = kvds_lru_oldest(&st->lru);
-  if (!n)
+  for (; n && n != &st->lru.head; n = n->prev) {
+    struct kvds_object *o =
+        (struct kvds_object *)((char *)n - offsetof(struct kvds_object, lru));
+    if (!o->io)
+      return o;
+  }
+  return NULL;
+}
+
+static int evict_one(struct kvds_store *st) {
+  struct kvds_object *o = evict_victim(st);
+  if (!o)
     return 0;
-  struct kvds_object *o =
-      (struct kvds_object *)((char *)n - offsetof(struct kvds_object, lru));
   lru_del(st, o);
   st->ctr.evictions++;
   st->ctr.evicted_bytes += o->size;
-  obj_unlink(st, o);
+  if (st->spill && !o->ondisk)
+    st->ctr.evicted_unspilled++;
+  obj_unlink(st, o, 1);
   return 1;
 }
 
@@ -156,6 +173,8 @@ int kvds_store_create(struct kvds_store *st, const void *key, size_t klen,
   o->state = KVDS_STATE_WRITING;
   o->indexed = 1;
   o->replica = 0;
+  o->ondisk = 0;
+  o->io = 0;
   kvds_index_insert(&st->index, &o->inode);
   st->ctr.writing_objects++;
   *out = o;
@@ -194,7 +213,7 @@ void kvds_store_seal(struct kvds_store *st, struct kvds_object *o,
 
 void kvds_store_abort(struct kvds_store *st, struct kvds_object *o) {
   st->ctr.writing_objects--;
-  obj_unlink(st, o);
+  obj_unlink(st, o, 0);
 }
 
 struct kvds_object *kvds_store_find(struct kvds_store *st, const void *key,
@@ -229,8 +248,10 @@ void kvds_store_unpin(struct kvds_store *st, struct kvds_object *o) {
     return;
   st->ctr.pinned_objects--;
   if (!o->indexed) {
-    kvds_lru_remove(&st->orphans, &o->lru);
-    obj_free(st, o);
+    if (!o->io) { /* else kvds_store_io_done frees it */
+      kvds_lru_remove(&st->orphans, &o->lru);
+      obj_free(st, o);
+    }
   } else if (o->state == KVDS_STATE_SEALED)
     lru_add(st, o);
 }
@@ -243,8 +264,19 @@ int kvds_store_delete(struct kvds_store *st, const void *key, size_t klen) {
     return KVDS_E_NOTFOUND;
   if (o->state != KVDS_STATE_SEALED)
     return KVDS_E_STATE;
-  obj_unlink(st, o);
+  obj_unlink(st, o, 0);
   return 0;
+}
+
+int kvds_store_io_done(struct kvds_store *st, struct kvds_object *o) {
+  o->io = 0;
+  if (o->indexed)
+    return 0;
+  if (o->pins == 0) {
+    kvds_lru_remove(&st->orphans, &o->lru);
+    obj_free(st, o);
+  }
+  return 1;
 }
 
 void kvds_store_wait_add(struct kvds_store *st, struct kvds_waiter *w) {

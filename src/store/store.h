@@ -36,6 +36,10 @@ struct kvds_object {
   uint8_t state;   /* KVDS_STATE_WRITING / KVDS_STATE_SEALED */
   uint8_t indexed; /* 1 while reachable by key */
   uint8_t replica; /* a copy pulled from a peer (set before the seal) */
+  uint8_t ondisk;  /* the disk tier has a copy: evicting it loses nothing
+                      (the key stays readable here, no notify) */
+  uint8_t io;      /* the disk tier is writing it out: not evicted, and not
+                      freed before kvds_store_io_done */
   uint8_t key[];   /* klen bytes */
 };
 
@@ -58,7 +62,9 @@ typedef void (*kvds_store_wake_fn)(struct kvds_waiter *w,
 
 /* Called (with the lock held) when a key becomes readable (sealed = 1 for
  * an object written here, 2 for a replica: o->replica was set) or a sealed
- * key stops being readable here (sealed = 0: deleted or evicted). The
+ * key stops being readable here (sealed = 0: deleted, or evicted with no
+ * copy on disk — an object with o->ondisk stays readable after its
+ * eviction, through the disk tier). The
  * cluster uses it to tell the keys' homes and to queue copies; it must not
  * call into the store. */
 typedef void (*kvds_store_notify_fn)(const uint8_t *key, uint32_t klen,
@@ -67,6 +73,7 @@ typedef void (*kvds_store_notify_fn)(const uint8_t *key, uint32_t klen,
 struct kvds_store_counters {
   uint64_t evictions, evicted_bytes, hits, misses, puts, nospace;
   uint64_t pinned_objects, writing_objects;
+  uint64_t evicted_unspilled; /* with st->spill: evicted with no disk copy */
 };
 
 #define KVDS_STORE_WAIT_BUCKETS 1024
@@ -87,6 +94,8 @@ struct kvds_store {
   void *wake_ud;
   kvds_store_notify_fn notify; /* may be NULL */
   void *notify_ud;
+  int spill; /* a disk tier copies objects out before eviction (counts
+                evicted_unspilled) */
   struct kvds_store_counters ctr;
 };
 
@@ -141,6 +150,12 @@ void kvds_store_unpin(struct kvds_store *st, struct kvds_object *o);
 
 /* Deletes a SEALED object (KVDS_E_NOTFOUND, KVDS_E_STATE if writing). */
 int kvds_store_delete(struct kvds_store *st, const void *key, size_t klen);
+
+/* The disk tier finished writing o out (o->io was set under the lock):
+ * frees o if it was deleted meanwhile and nothing else holds it. Returns 1
+ * when o was deleted while being written (the caller removes the copy it
+ * made), else 0. */
+int kvds_store_io_done(struct kvds_store *st, struct kvds_object *o);
 
 /* Registers w (hash, key, klen, req, idx set by the caller). */
 void kvds_store_wait_add(struct kvds_store *st, struct kvds_waiter *w);

@@ -21,6 +21,7 @@
 
 #include "proto/proto.h"
 
+struct kvds_resolver;
 struct kvds_wait;
 struct reply;
 
@@ -33,6 +34,10 @@ struct kvds_miss {
   uint64_t deadline_us; /* settle every key by then (monotonic) */
   int wait_ms;          /* GET: how long the client waits for a key that
                            nobody holds yet (0: answer at once) */
+  /* The resolver to hand on to what this one cannot produce (the disk
+   * tier's next is the cluster when the request may go remote), or NULL:
+   * then this one settles every key itself. */
+  const struct kvds_resolver *next;
 };
 
 struct kvds_resolver_ops {

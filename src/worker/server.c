@@ -19,6 +19,7 @@
 #include "worker/cluster/cluster.h"
 #include "worker/server.h"
 #include "worker/stats.h"
+#include "worker/tier/tier.h"
 
 /* ---- replies ------------------------------------------------------------ */
 
@@ -180,6 +181,25 @@ static void get_reply(struct conn *c, uint64_t req_id, uint16_t flags,
     }
 }
 
+/* Answers seals whose objects were to be persisted (KVDS_WAIT_SEAL): the
+ * tier's status per object (its DRAM copy is sealed whatever it says). */
+static void seal_answer(struct conn *c, const struct kvds_wait_answer *a) {
+  struct kvds_server *s = c->th->srv;
+  struct reply r;
+  kvds__reply_init(&r);
+  for (uint32_t i = 0; i < a->n; i++) {
+    struct kvds_object *o = a->objs[i];
+    int32_t rc = o && a->timed_out ? KVDS_E_TIMEOUT : a->status[i];
+    kvds__reply_item(&r, rc, o && !rc ? o->checksum : 0, 0, 0, 0, NULL, 0);
+  }
+  LOCK(s);
+  for (uint32_t i = 0; i < a->n; i++)
+    if (a->objs[i])
+      kvds_store_unpin(&s->store, a->objs[i]);
+  UNLOCK(s);
+  kvds__reply_send(c, &r, (uint8_t)a->flags, a->req_id, 0, 0, 0, -1);
+}
+
 static const uint8_t wait_op[] = {[KVDS_WAIT_GET] = KVDS_OP_GET,
                                   [KVDS_WAIT_EXISTS] = KVDS_OP_EXISTS,
                                   [KVDS_WAIT_LOOKUP] = KVDS_OP_LOOKUP_PREFIX,
@@ -190,6 +210,8 @@ void kvds__server_on_answer(void *owner, const struct kvds_wait_answer *a) {
   struct conn *c = owner;
   if (a->kind == KVDS_WAIT_GET) {
     get_reply(c, a->req_id, a->flags, a->n, a->objs, a->status);
+  } else if (a->kind == KVDS_WAIT_SEAL) {
+    seal_answer(c, a);
   } else if (a->timed_out) { /* the resolver did not answer in time */
     kvds__reply_status(c, wait_op[a->kind], a->req_id, KVDS_E_TIMEOUT);
   } else if (a->kind == KVDS_WAIT_EXISTS) {
@@ -339,15 +361,74 @@ static int op_create(struct conn *c, const struct req_items *ri) {
   return 0;
 }
 
+/* The disk tier when seals must be persisted before they are answered. */
+static struct kvds_tier *write_through(struct kvds_server *s) {
+  return s->tier && kvds__tier_write_through(s->tier) ? s->tier : NULL;
+}
+
+/* Seals to persist before they are answered: objs[i] sealed and pinned
+ * twice under the seal's lock hold (one pin for the answer, one for the
+ * tier), or NULL with the seal's error in status[i]. Takes objs and
+ * status; answers `op` once the tier is done. */
+static int seal_persist(struct conn *c, uint8_t op, uint32_t n,
+                        struct kvds_object **objs, int32_t *status) {
+  struct kvds_server *s = c->th->srv;
+  const uint8_t **keys = calloc(n ? n : 1, sizeof *keys);
+  uint32_t *klens = calloc(n ? n : 1, sizeof *klens);
+  struct kvds_wait *w = NULL;
+  if (keys && klens) {
+    for (uint32_t i = 0; i < n; i++) {
+      keys[i] = objs[i] ? objs[i]->key : NULL;
+      klens[i] = objs[i] ? objs[i]->inode.klen : 0;
+    }
+    w = kvds_wait_create(c->th->waits, c, &c->waits, KVDS_WAIT_SEAL,
+                         c->h.req_id, op, n, keys, klens, objs, status);
+  }
+  free(keys);
+  free(klens);
+  if (!w) { /* sealed in DRAM, not persisted: say so */
+    struct reply r;
+    kvds__reply_init(&r);
+    LOCK(s);
+    for (uint32_t i = 0; i < n; i++)
+      if (objs[i]) {
+        kvds_store_unpin(&s->store, objs[i]);
+        kvds_store_unpin(&s->store, objs[i]);
+        status[i] = -ENOMEM;
+      }
+    UNLOCK(s);
+    for (uint32_t i = 0; i < n; i++)
+      kvds__reply_item(&r, status[i], 0, 0, 0, 0, NULL, 0);
+    free(objs);
+    free(status);
+    kvds__reply_send(c, &r, op, c->h.req_id, 0, 0, 0, -1);
+    return 0;
+  }
+  kvds_wait_arm(w, KVDS_DISK_SEAL_TIMEOUT_MS);
+  kvds__tier_persist(s->tier, w, n, objs);
+  return 0;
+}
+
 static int op_seal(struct conn *c, const struct req_items *ri) {
   struct kvds_server *s = c->th->srv;
   struct reply r;
   kvds__reply_init(&r);
+  struct kvds_tier *wt = write_through(s);
+  struct kvds_object **objs = NULL;
+  int32_t *status = NULL;
+  if (wt && (!(objs = calloc(ri->n ? ri->n : 1, sizeof *objs)) ||
+             !(status = calloc(ri->n ? ri->n : 1, sizeof *status)))) {
+    free(objs);
+    return -ENOMEM;
+  }
   for (uint32_t i = 0; i < ri->n; i++) {
     const struct kvds_proto_item *it = &ri->it[i];
     struct ref *rf = kvds__ref_get(c, it->a, REF_WRITER);
     if (!rf) {
-      kvds__reply_item(&r, KVDS_E_HANDLE, 0, 0, 0, 0, NULL, 0);
+      if (wt)
+        status[i] = KVDS_E_HANDLE;
+      else
+        kvds__reply_item(&r, KVDS_E_HANDLE, 0, 0, 0, 0, NULL, 0);
       continue;
     }
     struct kvds_object *o = rf->obj;
@@ -359,17 +440,28 @@ static int op_seal(struct conn *c, const struct req_items *ri) {
     } else {
       sum = kvds_checksum(kvds_store_data(&s->store, o), o->size);
       if ((it->c & KVDS_SEAL_F_CHECKSUM) && sum != it->b) {
-        kvds__reply_item(&r, KVDS_E_CHECKSUM, 0, 0, 0, 0, NULL, 0);
+        if (wt)
+          status[i] = KVDS_E_CHECKSUM;
+        else
+          kvds__reply_item(&r, KVDS_E_CHECKSUM, 0, 0, 0, 0, NULL, 0);
         continue;
       }
     }
     c->writing_bytes -= o->size;
     LOCK(s);
     kvds_store_seal(&s->store, o, sum);
+    if (wt) {
+      kvds_store_pin(&s->store, o);
+      kvds_store_pin(&s->store, o);
+      objs[i] = o;
+    }
     UNLOCK(s);
     kvds__ref_drop(c, rf);
-    kvds__reply_item(&r, 0, sum, 0, 0, 0, NULL, 0);
+    if (!wt)
+      kvds__reply_item(&r, 0, sum, 0, 0, 0, NULL, 0);
   }
+  if (wt)
+    return seal_persist(c, KVDS_OP_SEAL, ri->n, objs, status);
   kvds__reply_send(c, &r, KVDS_OP_SEAL, c->h.req_id, 0, 0, 0, -1);
   return 0;
 }
@@ -399,9 +491,15 @@ static int op_abort(struct conn *c, const struct req_items *ri) {
  * nothing, w just waits for local seals until its deadline. */
 static void wait_submit(struct kvds_server *s, struct kvds_wait *w,
                         const uint8_t *hint, uint32_t hlen, uint32_t ms,
-                        int wait_ms) {
-  struct kvds_miss m = {w, hint, hlen, kvds_deadline_ms(ms), wait_ms};
-  kvds_resolver_submit(&s->resolver, &m);
+                        int wait_ms, int far, int disk) {
+  struct kvds_miss m = {w,       hint, hlen, kvds_deadline_ms(ms),
+                        wait_ms, NULL};
+  if (disk) { /* the disk tier first, then the cluster for what it lacks */
+    m.next = far ? &s->resolver : NULL;
+    kvds_resolver_submit(kvds__tier_resolver(s->tier), &m);
+  } else {
+    kvds_resolver_submit(&s->resolver, &m);
+  }
 }
 
 /* A request the resolver works on is answered by it, and its jobs stop at
@@ -447,6 +545,9 @@ static int op_get(struct conn *c, const struct req_items *ri) {
     return -ENOMEM;
   }
   uint32_t missing = 0;
+  /* the disk tier reads the misses it has (on a shared directory, it
+   * looks for all of them) */
+  int disk = s->tier && kvds__tier_probes(s->tier);
   LOCK(s);
   for (uint32_t i = 0; i < n; i++) {
     uint32_t kl = ri->it[i].klen;
@@ -458,9 +559,13 @@ static int op_get(struct conn *c, const struct req_items *ri) {
     if (!objs[i]) {
       status[i] = KVDS_E_NOTFOUND;
       missing++;
+      if (!disk && s->tier)
+        disk = kvds__tier_has(s->tier, ri->key[i], kl);
     }
   }
-  if (missing && (c->h.arg > 0 || far)) {
+  if (!missing)
+    disk = 0;
+  if (missing && (c->h.arg > 0 || far || disk)) {
     uint32_t *klens = malloc(n * sizeof *klens);
     struct kvds_wait *w = NULL;
     if (klens) {
@@ -481,10 +586,11 @@ static int op_get(struct conn *c, const struct req_items *ri) {
     }
     kvds_wait_watch_locked(w);
     UNLOCK(s);
-    uint32_t ms = far ? remote_ms(s, c->h.arg) : c->h.arg;
-    kvds_wait_arm(w, far ? ms + JOB_GRACE_MS : ms);
-    if (far)
-      wait_submit(s, w, hint, hlen, ms, (int)c->h.arg);
+    int job = far || disk;
+    uint32_t ms = job ? remote_ms(s, c->h.arg) : c->h.arg;
+    kvds_wait_arm(w, job ? ms + JOB_GRACE_MS : ms);
+    if (job)
+      wait_submit(s, w, hint, hlen, ms, (int)c->h.arg, far, disk);
     return 0;
   }
   UNLOCK(s);
@@ -524,19 +630,35 @@ static int op_delete(struct conn *c, const struct req_items *ri) {
   struct kvds_server *s = c->th->srv;
   struct reply r;
   kvds__reply_init(&r);
-  LOCK(s);
-  for (uint32_t i = 0; i < ri->n; i++)
-    kvds__reply_item(&r,
-                     kvds_store_delete(&s->store, ri->key[i], ri->it[i].klen),
-                     0, 0, 0, 0, NULL, 0);
-  UNLOCK(s);
+  for (uint32_t i = 0; i < ri->n; i++) {
+    LOCK(s);
+    int rc = kvds_store_delete(&s->store, ri->key[i], ri->it[i].klen);
+    UNLOCK(s);
+    if (s->tier && rc != KVDS_E_KEYLEN && rc != KVDS_E_STATE) {
+      /* the disk copy too (a key on disk only is deleted from there) */
+      int drc = kvds__tier_delete(s->tier, ri->key[i], ri->it[i].klen);
+      if (drc == 0 && rc == KVDS_E_NOTFOUND) {
+        LOCK(s); /* this worker no longer holds it */
+        if (s->store.notify)
+          s->store.notify(ri->key[i], ri->it[i].klen, 0, s->store.notify_ud);
+        UNLOCK(s);
+      }
+      if (rc == KVDS_E_NOTFOUND && drc != KVDS_E_NOTFOUND)
+        rc = drc;
+    }
+    kvds__reply_item(&r, rc, 0, 0, 0, 0, NULL, 0);
+  }
   kvds__reply_send(c, &r, KVDS_OP_DELETE, c->h.req_id, 0, 0, 0, -1);
   return 0;
 }
 
-static int sealed(struct kvds_store *st, const uint8_t *key, uint32_t kl) {
-  struct kvds_object *o = kvds_store_find(st, key, kl);
-  return o && o->state == KVDS_STATE_SEALED;
+/* Readable here: sealed in DRAM, or on disk (store lock held). */
+static int sealed(struct kvds_server *s, const uint8_t *key, uint32_t kl) {
+  struct kvds_object *o = kvds_store_find(&s->store, key, kl);
+  if (o)
+    return o->state == KVDS_STATE_SEALED;
+  return s->tier && kl && kl <= KVDS_KEY_MAX &&
+         kvds__tier_has(s->tier, key, kl);
 }
 
 /* LOCATE from what this worker knows: the resolver's directory, or just
@@ -549,7 +671,7 @@ static void locate_local(struct kvds_server *s, struct reply *r, uint32_t n,
   }
   for (uint32_t i = 0; i < n; i++) {
     LOCK(s);
-    int here = sealed(&s->store, keys[i], klens[i]);
+    int here = sealed(s, keys[i], klens[i]);
     UNLOCK(s);
     kvds__reply_item(r, here ? 0 : KVDS_E_NOTFOUND, (uint64_t)here, 0, 0, 0,
                      NULL, 0);
@@ -575,14 +697,17 @@ static int op_find(struct conn *c, const struct req_items *ri, int kind) {
   LOCK(s);
   for (uint32_t i = 0; i < ri->n; i++) {
     klens[i] = ri->it[i].klen;
-    st[i] = sealed(&s->store, ri->key[i], klens[i]) ? 0 : KVDS_E_NOTFOUND;
+    st[i] = sealed(s, ri->key[i], klens[i]) ? 0 : KVDS_E_NOTFOUND;
     present += st[i] == 0;
     if (present == i + 1)
       prefix = i + 1;
   }
   UNLOCK(s);
   int rc = 0;
-  if (far && ri->n && (present < ri->n || kind == KVDS_WAIT_LOCATE)) {
+  /* a shared directory may have what the index lacks */
+  int disk = s->tier && kvds__tier_probes(s->tier) && present < ri->n;
+  if ((far || disk) && ri->n &&
+      (present < ri->n || kind == KVDS_WAIT_LOCATE)) {
     struct kvds_wait *w =
         kvds_wait_create(c->th->waits, c, &c->waits, kind, c->h.req_id, 0,
                          ri->n, ri->key, klens, NULL, st);
@@ -592,7 +717,7 @@ static int op_find(struct conn *c, const struct req_items *ri, int kind) {
     }
     uint32_t ms = remote_ms(s, 0);
     kvds_wait_arm(w, ms + JOB_GRACE_MS);
-    wait_submit(s, w, NULL, 0, ms, 0);
+    wait_submit(s, w, NULL, 0, ms, 0, far, disk);
     goto out;
   }
   struct reply r;
@@ -883,6 +1008,17 @@ void kvds__server_data_done(struct conn *c) {
   struct reply r;
   kvds__reply_init(&r);
   if (c->h.opcode == KVDS_OP_PUT) {
+    uint32_t n = c->npending;
+    struct kvds_tier *wt = write_through(s);
+    struct kvds_object **objs = wt ? calloc(n ? n : 1, sizeof *objs) : NULL;
+    int32_t *status = wt ? malloc((n ? n : 1) * sizeof *status) : NULL;
+    if (wt && (!objs || !status)) {
+      free(objs);
+      free(status);
+      objs = NULL;
+      status = NULL;
+      wt = NULL; /* no memory: answered unpersisted, like an error below */
+    }
     uint64_t *sums = malloc((c->npending ? c->npending : 1) * sizeof *sums);
     for (uint32_t i = 0; i < c->npending; i++) {
       struct kvds_object *o = c->pending[i];
@@ -897,6 +1033,11 @@ void kvds__server_data_done(struct conn *c) {
       c->writing_bytes -= o->size;
       if (sums) {
         kvds_store_seal(&s->store, o, sums[i]);
+        if (wt) {
+          kvds_store_pin(&s->store, o);
+          kvds_store_pin(&s->store, o);
+          objs[i] = o;
+        }
       } else {
         kvds_store_abort(&s->store, o);
         c->pstatus[i] = -ENOMEM;
@@ -904,6 +1045,14 @@ void kvds__server_data_done(struct conn *c) {
       c->pending[i] = NULL;
     }
     UNLOCK(s);
+    if (wt) {
+      memcpy(status, c->pstatus, n * sizeof *status);
+      free(sums);
+      free(r.b.buf);
+      c->npending = 0;
+      seal_persist(c, KVDS_OP_PUT, n, objs, status);
+      return;
+    }
     for (uint32_t i = 0; i < c->npending; i++)
       kvds__reply_item(&r, c->pstatus[i], c->pstatus[i] ? 0 : sums[i], 0, 0, 0,
                        NULL, 0);

@@ -35,6 +35,7 @@ struct event;
 struct conn;
 struct kvds_cluster;
 struct kvds_peer;
+struct kvds_tier;
 
 /* A connection accepted by one thread at --max-connections and handed to
  * another that has an idle connection to close for it. */
@@ -106,6 +107,7 @@ struct kvds_server {
   kvds_membership *members; /* always set once serving (embedded: just me) */
   struct kvds_cluster *cluster;  /* NULL on a single embedded worker */
   struct kvds_resolver resolver; /* misses: the cluster's, or none */
+  struct kvds_tier *tier;        /* the disk tier (tier/), or NULL */
 };
 
 /* ---- conn.c --------------------------------------------------------------*/

@@ -11,6 +11,7 @@
 
 #include "common/util.h"
 #include "worker/server.h"
+#include "worker/tier/tier.h"
 
 /*
  * How /metrics shows each counter of struct kvds__stats, in the order it
@@ -163,7 +164,9 @@ void kvds__stats_read(struct kvds_server *s, struct kvds__stats *out) {
       .auth_required = (uint64_t)s->auth,
       .auth_failures = atomic_load(&s->auth_failures),
       .access_refused = atomic_load(&s->access_refused),
+      .disk_spill_skipped = ct.evicted_unspilled,
   };
+  kvds__tier_stats(s, out);
 }
 
 void kvds__metric_write(FILE *f, const char *type, const char *name,

@@ -121,19 +121,22 @@ struct kvds_wait *kvds_wait_create(struct kvds_waitbox *b, void *owner,
   w->keybuf = malloc(total);
   w->keys = calloc(m, sizeof *w->keys);
   w->klens = calloc(m, sizeof *w->klens);
+  int objs_kind = kind == KVDS_WAIT_GET || kind == KVDS_WAIT_SEAL;
   if (kind == KVDS_WAIT_GET) {
     w->sw = calloc(m, sizeof *w->sw);
     w->open = calloc(m, 1);
-  } else {
+  } else if (kind != KVDS_WAIT_SEAL) {
     w->local = calloc(m, sizeof *w->local);
   }
   w->timer = evtimer_new(b->base, on_timeout, w);
   if (!w->keybuf || !w->keys || !w->klens || !w->timer ||
-      (kind == KVDS_WAIT_GET ? !w->sw || !w->open : !w->local)) {
+      (kind == KVDS_WAIT_GET    ? !w->sw || !w->open
+       : kind == KVDS_WAIT_SEAL ? 0
+                                : !w->local)) {
     wait_free(w);
     return NULL;
   }
-  if (kind != KVDS_WAIT_GET) {
+  if (!objs_kind) {
     if (!(w->status = calloc(m, sizeof *w->status))) {
       wait_free(w);
       return NULL;
@@ -146,7 +149,8 @@ struct kvds_wait *kvds_wait_create(struct kvds_waitbox *b, void *owner,
   }
   size_t off = 0;
   for (uint32_t i = 0; i < n; i++) {
-    memcpy(w->keybuf + off, keys[i], klens[i]);
+    if (klens[i])
+      memcpy(w->keybuf + off, keys[i], klens[i]);
     w->keys[i] = w->keybuf + off;
     w->klens[i] = klens[i];
     off += klens[i];
@@ -247,7 +251,7 @@ void kvds_wait_cancel_all_locked(struct kvds_store *st,
     for (uint32_t i = 0; w->kind == KVDS_WAIT_GET && i < w->n; i++)
       kvds_store_wait_remove(st, &w->sw[i]);
     BOX_LOCK(b);
-    for (uint32_t i = 0; w->kind == KVDS_WAIT_GET && i < w->n; i++)
+    for (uint32_t i = 0; w->objs && i < w->n; i++)
       if (w->objs[i]) {
         kvds_store_unpin(st, w->objs[i]);
         w->objs[i] = NULL;
@@ -282,7 +286,7 @@ static void complete(struct kvds_wait *w) {
   b->answer(owner, &a);
   if (taken)
     w->out = NULL;
-  if (w->kind == KVDS_WAIT_GET) /* the pins went with the answer */
+  if (w->objs) /* the pins went with the answer */
     memset(w->objs, 0, w->n * sizeof *w->objs);
   unlink_owner(w);
   BOX_LOCK(b);
@@ -384,11 +388,16 @@ int32_t kvds_wait_local(const struct kvds_wait *w, uint32_t i) {
   return w->local ? w->local[i] : KVDS_E_NOTFOUND;
 }
 
+void kvds_wait_set_local(struct kvds_wait *w, uint32_t i, int32_t status) {
+  if (w->local && i < w->n)
+    w->local[i] = status;
+}
+
 uint32_t kvds_wait_open(struct kvds_wait *w, uint32_t *idx) {
   struct kvds_waitbox *b = w->box;
   uint32_t m = 0;
   BOX_LOCK(b);
-  if (!w->dead && !w->frozen && !w->answered)
+  if (!w->dead && !w->frozen && !w->answered && w->kind != KVDS_WAIT_SEAL)
     for (uint32_t i = 0; i < w->n; i++)
       if (w->kind != KVDS_WAIT_GET || w->open[i])
         idx[m++] = i;
@@ -426,8 +435,13 @@ void kvds_wait_answer(struct kvds_wait *w, const int32_t *status, uint8_t *buf,
     free(buf);
     return;
   }
-  if (status)
+  if (status && w->kind == KVDS_WAIT_SEAL) {
+    for (uint32_t i = 0; i < w->n; i++)
+      if (w->objs[i])
+        w->status[i] = status[i];
+  } else if (status) {
     memcpy(w->status, status, w->n * sizeof *status);
+  }
   free(w->out);
   w->out = buf;
   w->out_len = len;

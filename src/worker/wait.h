@@ -43,12 +43,15 @@ enum kvds_wait_kind {
   KVDS_WAIT_GET = 0,
   KVDS_WAIT_EXISTS,
   KVDS_WAIT_LOOKUP,
-  KVDS_WAIT_LOCATE
+  KVDS_WAIT_LOCATE,
+  KVDS_WAIT_SEAL /* seals (SEAL, PUT) answered once their objects are
+                    persisted (a write-through disk tier) */
 };
 
 /* What the owner thread gets when a wait is answered (borrowed for the
  * call). GET: objs[i] pinned (the pins are the callee's now) or NULL with
- * status[i] saying why. EXISTS: status[i] (0 = present somewhere).
+ * status[i] saying why. SEAL: the same objs[] as created (pins the
+ * callee's now), status[i] the resolver's (timed_out: it did not answer). EXISTS: status[i] (0 = present somewhere).
  * LOOKUP_PREFIX / LOCATE: the resolver's answer in out[out_len] (reply
  * items after a header's room, out_count of them; the callee may take the
  * buffer by setting *out_taken = 1, then frees it). timed_out: a find the
@@ -94,8 +97,11 @@ void kvds_waitbox_destroy(struct kvds_waitbox *b);
  * into *list (the owner's list of its waits, which it passes back to
  * kvds_wait_cancel_all). GET: objs[n] and status[n] become the wait's (it
  * frees them): objs[i] already pinned, or NULL with status[i] —
- * KVDS_E_NOTFOUND marks a key to wait for. Finds: status[i] is the local
- * answer (0 = sealed here), copied. Not armed yet. NULL on -ENOMEM (GET:
+ * KVDS_E_NOTFOUND marks a key to wait for. SEAL: the same, objs[i]
+ * the sealed objects (pinned for the answer; status[i] 0) or NULL with
+ * the seal's error in status[i]; the resolver gets the objects (and pins
+ * of its own) from the server, not from the wait. Finds: status[i] is the local answer (0 =
+ * sealed here), copied. Not armed yet. NULL on -ENOMEM (GET:
  * objs and status stay the caller's).
  */
 struct kvds_wait *kvds_wait_create(struct kvds_waitbox *b, void *owner,
@@ -136,6 +142,11 @@ const uint8_t *kvds_wait_key(const struct kvds_wait *w, uint32_t i,
                              uint32_t *klen);
 /* Finds: the local answer for key i (0 = sealed on this worker). */
 int32_t kvds_wait_local(const struct kvds_wait *w, uint32_t i);
+/* Finds: a resolver in front of another (the disk tier before the
+ * cluster) marks key i as found here (status 0) before it hands the wait
+ * on. Only before the hand-over. */
+void kvds_wait_set_local(struct kvds_wait *w, uint32_t i, int32_t status);
+
 
 /* The keys still open, their indexes into idx[] (room for count): GET,
  * those still waited for; finds: all of them, unless answered. Returns how
@@ -151,6 +162,7 @@ void kvds_wait_fail(struct kvds_wait *w, uint32_t n, const uint32_t *idx,
 /* Finds: the answer. EXISTS: status[n] (0 = present somewhere); LOOKUP /
  * LOCATE: buf[len] (reply items after a header's room, count of them;
  * NULL / 0 for none), owned by the wait from now on (freed with free()).
+ * SEAL: status[n], one per object (entries without an object keep theirs).
  * Ignored (buf freed) when the wait was answered or cancelled already. */
 void kvds_wait_answer(struct kvds_wait *w, const int32_t *status, uint8_t *buf,
                       size_t len, uint32_t count);

@@ -32,6 +32,7 @@
 #include "kvds/kvds.h"
 #include "worker/cluster/cluster.h"
 #include "worker/server.h"
+#include "worker/tier/tier.h"
 
 static int g_log_level = 2;
 
@@ -814,6 +815,9 @@ int kvds__worker_run_with(const struct kvds_worker_config *cfg,
       goto out;
     }
   }
+  /* The disk tier before the cluster, which announces what it holds. */
+  if ((rc = kvds__tier_start(s)))
+    goto out;
   /* The resolver is set before any I/O thread may read it. */
   if ((rc = kvds__cluster_start(s))) {
     logf_(0, "cannot start the cluster's threads: %s", kvds_strerror(rc));
@@ -868,7 +872,9 @@ out:
   if (s->http)
     kvds__http_stop(s->http);
   /* Resolvers let go of every wait before the boxes go (the cluster: its
-   * threads joined, queued jobs dropped). */
+   * threads joined, queued jobs dropped); the disk tier first, as it hands
+   * misses on to the cluster. */
+  kvds__tier_stop(s);
   kvds_resolver_stop(&s->resolver);
   kvds__cluster_stop(s);
   kvds_membership_destroy(s->members);

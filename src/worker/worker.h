@@ -62,7 +62,7 @@ struct kvds_worker_config {
    * files under disk_dir, at most disk_capacity bytes of them (0 = no
    * limit), written as disk_policy says, fsync'd per disk_fsync (enum
    * kvds_disk_fsync), by disk_threads threads (default 2). */
-  int tier; /* enum kvds_tier (default DRAM) */
+  int tier; /* enum kvds_tier_kind (default DRAM) */
   char disk_dir[1024];
   uint64_t disk_capacity;
   int disk_policy; /* enum kvds_disk_policy (default SPILL) */
@@ -70,7 +70,7 @@ struct kvds_worker_config {
   int disk_threads;
 };
 
-enum kvds_tier { KVDS_TIER_DRAM = 0, KVDS_TIER_POSIX = 1 };
+enum kvds_tier_kind { KVDS_TIER_DRAM = 0, KVDS_TIER_POSIX = 1 };
 enum kvds_disk_policy {
   KVDS_DISK_SPILL = 0,         /* objects leaving DRAM are written */
   KVDS_DISK_WRITE_THROUGH = 1, /* every seal is persisted before it returns */

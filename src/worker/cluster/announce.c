@@ -15,6 +15,7 @@
 #include "common/clock.h"
 #include "common/util.h"
 #include "worker/cluster/internal.h"
+#include "worker/tier/tier.h"
 
 #define ANNOUNCE_BATCH 4096
 #define ANNOUNCE_QUEUE_MAX (1u << 20)
@@ -248,19 +249,23 @@ struct keyset {
   int oom;
 };
 
-static void keyset_add(const struct kvds_object *o, void *ud) {
+static void keyset_add_key(const uint8_t *key, uint32_t klen, void *ud) {
   struct keyset *ks = ud;
-  size_t need = 4 + o->inode.klen;
+  size_t need = 4 + (size_t)klen;
   if (ks->oom)
     return;
   if (KVDS_ARRAY_GROW(ks->buf, ks->cap, ks->len + need, 65536)) {
     ks->oom = 1;
     return;
   }
-  kvds_put_u32(ks->buf + ks->len, o->inode.klen);
-  memcpy(ks->buf + ks->len + 4, o->key, o->inode.klen);
+  kvds_put_u32(ks->buf + ks->len, klen);
+  memcpy(ks->buf + ks->len + 4, key, klen);
   ks->len += need;
   ks->n++;
+}
+
+static void keyset_add(const struct kvds_object *o, void *ud) {
+  keyset_add_key(o->key, o->inode.klen, ud);
 }
 
 /* Announces our keys whose home differs between old and new (all of them
@@ -272,6 +277,8 @@ int kvds__announce_moved(struct kvds_cluster *cl, const struct kvds_view *old,
   pthread_mutex_lock(&s->store.lock);
   kvds_store_foreach_sealed(&s->store, keyset_add, &ks);
   pthread_mutex_unlock(&s->store.lock);
+  if (s->tier) /* what is on disk is held here too */
+    kvds__tier_foreach(s->tier, keyset_add_key, &ks);
   struct abatch *b = ks.oom ? NULL : batches_new(cl, nv);
   int rc = b ? 0 : -ENOMEM;
   size_t moved = 0;

@@ -1,0 +1,249 @@
+/*
+ * tier.c — the disk tier's life cycle (tier.h): opening the disk, the
+ * thread pool and its queue, the maintenance thread (spills, retries), the
+ * disk's eviction hook, deletes, counters.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/clock.h"
+#include "kvds/kvds.h"
+#include "worker/server.h"
+#include "worker/stats.h"
+#include "worker/tier/internal.h"
+
+/* How often the maintenance thread looks at spills and retries. */
+#define MAINT_MS 20
+
+/* The disk removed key for its capacity: if DRAM has it, its next
+ * eviction must copy it out again (or loses it); if not, this worker no
+ * longer holds it. No lock held. */
+static void on_disk_evict(const uint8_t *key, uint32_t klen, void *ud) {
+  struct kvds_server *s = ud;
+  pthread_mutex_lock(&s->store.lock);
+  struct kvds_object *o = kvds_store_find(&s->store, key, klen);
+  if (o && o->state == KVDS_STATE_SEALED)
+    o->ondisk = 0;
+  else if (!o && s->store.notify)
+    s->store.notify(key, klen, 0, s->store.notify_ud);
+  pthread_mutex_unlock(&s->store.lock);
+}
+
+int kvds__tier_queue(struct kvds_tier *t, struct tjob *j) {
+  pthread_mutex_lock(&t->lock);
+  if (t->stopping) {
+    pthread_mutex_unlock(&t->lock);
+    return KVDS_E_SHUTDOWN;
+  }
+  j->next = NULL;
+  if (t->tail)
+    t->tail->next = j;
+  else
+    t->head = j;
+  t->tail = j;
+  pthread_cond_signal(&t->cv);
+  pthread_mutex_unlock(&t->lock);
+  return 0;
+}
+
+void kvds__tier_log_error(struct kvds_tier *t, const char *what,
+                          const uint8_t *key, uint32_t klen, int rc) {
+  uint64_t now = kvds_now_us();
+  pthread_mutex_lock(&t->lock);
+  int log = now - t->err_log_us > 10000000u || !t->err_log_us;
+  if (log)
+    t->err_log_us = now;
+  pthread_mutex_unlock(&t->lock);
+  if (log)
+    kvds__logf(1, "disk tier: %s %.*s%s failed: %s (%s); more such errors "
+               "are counted, logged every 10 s",
+               what, (int)(klen > 64 ? 64 : klen), (const char *)key,
+               klen > 64 ? "..." : "", kvds_strerror(rc), kvds_err_name(rc));
+}
+
+static void *pool_main(void *arg) {
+  struct kvds_tier *t = arg;
+  pthread_mutex_lock(&t->lock);
+  for (;;) {
+    while (!t->stopping && !t->head)
+      pthread_cond_wait(&t->cv, &t->lock);
+    struct tjob *j = t->head;
+    if (!j)
+      break; /* stopping, nothing left */
+    t->head = j->next;
+    if (!t->head)
+      t->tail = NULL;
+    pthread_mutex_unlock(&t->lock);
+    j->run(t, j);
+    pthread_mutex_lock(&t->lock);
+  }
+  pthread_mutex_unlock(&t->lock);
+  return NULL;
+}
+
+static void *maint_main(void *arg) {
+  struct kvds_tier *t = arg;
+  pthread_mutex_lock(&t->lock);
+  while (!t->stopping) {
+    pthread_mutex_unlock(&t->lock);
+    if (t->policy == KVDS_DISK_SPILL)
+      kvds__tier_spill_run(t);
+    kvds__tier_retries_run(t, kvds_now_us());
+    pthread_mutex_lock(&t->lock);
+    if (t->stopping)
+      break;
+    kvds_cond_wait_until(&t->mcv, &t->lock, kvds_deadline_ms(MAINT_MS));
+  }
+  pthread_mutex_unlock(&t->lock);
+  return NULL;
+}
+
+static const char *const policy_name[] = {"spill", "write-through",
+                                          "read-only"};
+
+int kvds__tier_start(struct kvds_server *s) {
+  const struct kvds_worker_config *cfg = &s->cfg;
+  if (cfg->tier != KVDS_TIER_POSIX)
+    return 0;
+  struct kvds_tier *t = calloc(1, sizeof *t);
+  if (!t)
+    return -ENOMEM;
+  t->s = s;
+  t->policy = cfg->disk_policy;
+  t->probing = t->policy != KVDS_DISK_SPILL;
+  t->nthreads = cfg->disk_threads > 0 ? cfg->disk_threads : 2;
+  struct kvds_disk_config dc = {.dir = cfg->disk_dir,
+                                .capacity = cfg->disk_capacity,
+                                .fsync = cfg->disk_fsync,
+                                .read_only =
+                                    t->policy == KVDS_DISK_READ_ONLY,
+                                .direct = 1,
+                                .scan_threads = t->nthreads,
+                                .on_evict = on_disk_evict,
+                                .ud = s};
+  char err[512] = "";
+  uint64_t t0 = kvds_now_us();
+  int rc = kvds_disk_open(&dc, &t->disk, err, sizeof err);
+  if (rc) {
+    kvds__logf(0, "disk tier: %s: %s", cfg->disk_dir,
+               err[0] ? err : kvds_strerror(rc));
+    free(t);
+    return rc;
+  }
+  struct kvds_disk_counters dcnt;
+  kvds_disk_counters(t->disk, &dcnt);
+  kvds__logf(2,
+             "disk tier: %s, %s, %llu objects (%llu bytes) indexed in %llu ms "
+             "(%llu files scanned, %llu bad)",
+             cfg->disk_dir, policy_name[t->policy],
+             (unsigned long long)dcnt.objects, (unsigned long long)dcnt.bytes,
+             (unsigned long long)((kvds_now_us() - t0) / 1000),
+             (unsigned long long)dcnt.scan_files,
+             (unsigned long long)dcnt.scan_bad);
+  pthread_mutex_init(&t->lock, NULL);
+  kvds_cond_init_mono(&t->cv);
+  kvds_cond_init_mono(&t->mcv);
+  t->res = (struct kvds_resolver){&kvds__tier_ops, t};
+  t->threads = calloc((size_t)t->nthreads, sizeof *t->threads);
+  rc = t->threads ? 0 : -ENOMEM;
+  for (; !rc && t->started < t->nthreads; t->started++)
+    rc = -pthread_create(&t->threads[t->started], NULL, pool_main, t);
+  if (!rc && !(rc = -pthread_create(&t->maint, NULL, maint_main, t)))
+    t->maint_started = 1;
+  s->tier = t;
+  s->store.spill = t->policy == KVDS_DISK_SPILL;
+  if (rc) {
+    kvds__logf(0, "disk tier: cannot start its threads: %s",
+               kvds_strerror(rc));
+    kvds__tier_stop(s);
+  }
+  return rc;
+}
+
+void kvds__tier_stop(struct kvds_server *s) {
+  struct kvds_tier *t = s->tier;
+  if (!t)
+    return;
+  pthread_mutex_lock(&t->lock);
+  t->stopping = 1;
+  pthread_cond_broadcast(&t->cv);
+  pthread_cond_broadcast(&t->mcv);
+  pthread_mutex_unlock(&t->lock);
+  /* The pool drains its queue first: every job lets its wait go. */
+  for (int i = 0; i < t->started; i++)
+    pthread_join(t->threads[i], NULL);
+  if (t->maint_started)
+    pthread_join(t->maint, NULL);
+  kvds__tier_retries_drop(t);
+  s->tier = NULL;
+  s->store.spill = 0;
+  kvds_disk_close(t->disk);
+  pthread_cond_destroy(&t->cv);
+  pthread_cond_destroy(&t->mcv);
+  pthread_mutex_destroy(&t->lock);
+  free(t->threads);
+  free(t);
+}
+
+const struct kvds_resolver *kvds__tier_resolver(struct kvds_tier *t) {
+  return &t->res;
+}
+
+int kvds__tier_has(struct kvds_tier *t, const uint8_t *key, uint32_t klen) {
+  return kvds_disk_has(t->disk, key, klen, NULL);
+}
+
+int kvds__tier_probes(const struct kvds_tier *t) {
+  return t->probing;
+}
+
+int kvds__tier_write_through(const struct kvds_tier *t) {
+  return t->policy == KVDS_DISK_WRITE_THROUGH;
+}
+
+int kvds__tier_delete(struct kvds_tier *t, const uint8_t *key, uint32_t klen) {
+  if (t->policy == KVDS_DISK_READ_ONLY)
+    return kvds_disk_has(t->disk, key, klen, NULL) ? KVDS_E_STATE
+                                                   : KVDS_E_NOTFOUND;
+  return kvds_disk_remove(t->disk, key, klen);
+}
+
+struct foreach_ctx {
+  void (*fn)(const uint8_t *key, uint32_t klen, void *ud);
+  void *ud;
+};
+
+static void foreach_one(const uint8_t *key, uint32_t klen, uint64_t size,
+                        void *ud) {
+  struct foreach_ctx *fc = ud;
+  (void)size;
+  fc->fn(key, klen, fc->ud);
+}
+
+void kvds__tier_foreach(struct kvds_tier *t,
+                        void (*fn)(const uint8_t *key, uint32_t klen,
+                                   void *ud),
+                        void *ud) {
+  struct foreach_ctx fc = {fn, ud};
+  kvds_disk_foreach(t->disk, foreach_one, &fc);
+}
+
+void kvds__tier_stats(struct kvds_server *s, struct kvds__stats *out) {
+  struct kvds_tier *t = s->tier;
+  if (!t)
+    return;
+  struct kvds_disk_counters c;
+  kvds_disk_counters(t->disk, &c);
+  out->disk_objects = c.objects;
+  out->disk_bytes = c.bytes;
+  out->disk_capacity = c.capacity;
+  out->disk_writes = c.writes;
+  out->disk_write_bytes = c.write_bytes;
+  out->disk_write_errors = c.write_errors;
+  out->disk_reads = c.reads;
+  out->disk_read_bytes = c.read_bytes;
+  out->disk_corrupt = c.corrupt;
+  out->disk_evictions = c.evictions;
+  out->disk_spills = atomic_load(&t->spills);
+}
