@@ -804,9 +804,9 @@ static void bench_disk_smoke(void) {
   static struct res r;
   char dir[1200];
   fresh_dir(dir, sizeof dir, "bench-disk-fail");
-  KVDS(&r, NULL, 0, "bench", "disk", "--dir", dir, "--memory", "1KiB",
+  KVDS(&r, NULL, 0, "bench", "disk", "--dir", dir, "--memory", "2KiB",
        "--sizes", "256");
-  KVH_CHECK(r.code == 1, "bench disk with a 1 KiB pool: exit %d (%s)", r.code,
+  KVH_CHECK(r.code == 1, "bench disk with a 2 KiB pool: exit %d (%s)", r.code,
             r.err);
   int errors = 0;
   for (const char *l = r.err; *l;) {
@@ -815,15 +815,15 @@ static void bench_disk_smoke(void) {
     if (strncmp(l, "kvds bench disk: ", 17) != 0) {
       errors++;
       KVH_CHECK(memmem(l, len, "while starting", 14),
-                "bench disk with a 1 KiB pool: unexpected line '%.*s'",
+                "bench disk with a 2 KiB pool: unexpected line '%.*s'",
                 (int)len, l);
     }
     l += len + (nl != NULL);
   }
-  KVH_CHECK(errors == 1, "bench disk with a 1 KiB pool: %d error lines: %s",
+  KVH_CHECK(errors == 1, "bench disk with a 2 KiB pool: %d error lines: %s",
             errors, r.err);
-  KVH_CHECK(r.out_len == 0, "bench disk with a 1 KiB pool printed '%s'", r.out);
-  expect_empty_dir(dir, "bench disk with a 1 KiB pool");
+  KVH_CHECK(r.out_len == 0, "bench disk with a 2 KiB pool printed '%s'", r.out);
+  expect_empty_dir(dir, "bench disk with a 2 KiB pool");
 
   fresh_dir(dir, sizeof dir, "bench-disk");
   KVDS(&r, NULL, 0, "bench", "disk", "--quick", "--dir", dir);

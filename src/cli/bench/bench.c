@@ -116,7 +116,7 @@ static const char HELP[] =
     "                         /var/tmp: a disk, not a tmpfs)\n"
     "  -m, --memory SIZE      pool of the started workers (default 256MiB)\n"
     "      --sizes LIST       object sizes (default 1MiB,4MiB,16MiB; the pool\n"
-    "                         must hold at least 4 of each)\n"
+    "                         must hold at least 8 of each)\n"
     "      --working-set X    bytes put per size, in pools (2..64, default 4)\n"
     "      --disk-threads N   the worker's disk threads, the read-back's\n"
     "                         keys per call and fio's jobs (default 2)\n"

@@ -23,6 +23,7 @@
  * whatever the cache holds, which the report says.
  */
 #include <errno.h>
+#include <stdint.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -32,17 +33,20 @@
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cli/bench/bench.h"
 #include "common/clock.h"
 #include "common/util.h"
 
-#define D_POLL_NS 2000000ull      /* stats polled between puts */
 #define D_SETTLE_NS 1000000000ull /* spill counters quiet this long: done */
 #define D_SETTLE_MAX_NS 120000000000ull /* give up waiting for the spill */
 #define D_IO_TIMEOUT_MS 120000          /* client calls that read from disk */
-#define D_MIN_OBJECTS 4 /* objects of each size the pool holds */
+/* Objects of each size the pool must hold: the spill window (a quarter of
+ * the pool) must hold one and an eviction round. */
+#define D_MIN_OBJECTS 8
+#define D_THROTTLE_MAX_NS 10000000000ull /* a put waits for the spill */
 
 struct disk_opts {
   const char *dir; /* parent of the bench's directory */
@@ -74,6 +78,7 @@ struct dcase {
   uint64_t size, objects;
   /* spill */
   uint64_t spill_bytes, spill_ns, spill_skipped, spilled_total;
+  uint64_t throttle_timeouts; /* puts that stopped waiting for the spill */
   double spill_gbps, put_gbps;
   struct fio_res fio_write;
   /* read-back */
@@ -441,36 +446,67 @@ struct spill_watch {
   uint64_t skipped;
 };
 
+/* Reads the stats into *st and updates the watch. */
 static int spill_poll(struct disk *d, const struct kvds_stats *st0,
-                      struct spill_watch *s) {
-  struct kvds_stats st;
-  int rc = stats(d, &st);
+                      struct spill_watch *s, struct kvds_stats *st) {
+  int rc = stats(d, st);
   if (rc)
     return rc;
   uint64_t now = kvds_now_ns();
-  uint64_t moved = st.disk_writes + st.disk_spill_skipped;
-  if (st.disk_writes > st0->disk_writes && s->t_first == 0) {
+  uint64_t moved = st->disk_writes + st->disk_spill_skipped;
+  if (st->disk_writes > st0->disk_writes && s->t_first == 0) {
     s->t_first = s->t_last = now;
-    s->w_first = s->w_last = st.disk_write_bytes;
+    s->w_first = s->w_last = st->disk_write_bytes;
   } else if (s->t_first && moved != s->moved) {
     s->t_last = now;
-    s->w_last = st.disk_write_bytes;
+    s->w_last = st->disk_write_bytes;
   }
   s->moved = moved;
-  s->skipped = st.disk_spill_skipped - st0->disk_spill_skipped;
+  s->skipped = st->disk_spill_skipped - st0->disk_spill_skipped;
   return 0;
 }
 
+static void pause_us(long us) {
+  struct timespec ts = {0, us * 1000};
+  nanosleep(&ts, NULL);
+}
+
+/* Puts the working set. The worker does not hold puts back while its
+ * spill is behind (it evicts objects without a copy: disk_spill_skipped),
+ * so the bench does, and what it measures is the spill path at the rate it
+ * sustains without losing objects: once the next put would evict, a put
+ * waits until the tier has written at least the bytes eviction has taken
+ * plus what the put's eviction round takes. */
 static int phase_spill(struct disk *d, struct dcase *k) {
   size_t size = (size_t)k->size;
-  struct kvds_stats st0;
+  struct kvds_stats st0, st;
   struct spill_watch s = {0};
   int rc = stats(d, &st0);
   if (rc)
     return rc;
+  uint64_t high = st0.high_watermark_ppm * st0.pool_capacity / 1000000;
+  uint64_t round = st0.eviction_ratio_ppm * st0.pool_capacity / 1000000;
   s.moved = st0.disk_writes + st0.disk_spill_skipped;
-  uint64_t next_poll = 0, put_first = 0, t_put_end = 0;
+  uint64_t put_first = 0, t_put_end = 0;
   for (size_t i = 0; i < d->ks.n && !bench_stopped(); i++) {
+    uint64_t give_up = kvds_now_ns() + D_THROTTLE_MAX_NS;
+    for (;;) {
+      if ((rc = spill_poll(d, &st0, &s, &st)))
+        return rc;
+      if (s.t_first && !put_first)
+        put_first = i;
+      if (st.pool_used + size < high ||
+          st.disk_write_bytes - st0.disk_write_bytes >=
+              st.evicted_bytes - st0.evicted_bytes + size + round)
+        break;
+      if (kvds_now_ns() > give_up) {
+        k->throttle_timeouts++;
+        break;
+      }
+      if (bench_stopped())
+        break;
+      pause_us(50);
+    }
     kvds_put_u64(d->src, i); /* no two values alike */
     rc = kvds_put(d->c, d->ks.iov[i].base, d->ks.iov[i].len, d->src, size);
     if (rc) {
@@ -478,20 +514,12 @@ static int phase_spill(struct disk *d, struct dcase *k) {
               kvds_fmt_bytes(size, (char[32]){0}, 32), i, kvds_strerror(rc));
       return rc;
     }
-    uint64_t now = kvds_now_ns();
-    if (now >= next_poll) {
-      if ((rc = spill_poll(d, &st0, &s)))
-        return rc;
-      next_poll = now + D_POLL_NS;
-      if (s.t_first && !put_first)
-        put_first = i + 1;
-    }
   }
   t_put_end = kvds_now_ns();
   /* after the last put: until the counters stay still */
   uint64_t give_up = t_put_end + D_SETTLE_MAX_NS;
   while (!bench_stopped()) {
-    if ((rc = spill_poll(d, &st0, &s)))
+    if ((rc = spill_poll(d, &st0, &s, &st)))
       return rc;
     uint64_t now = kvds_now_ns();
     uint64_t since = s.t_first ? s.t_last : t_put_end;
@@ -535,7 +563,8 @@ static int phase_spill(struct disk *d, struct dcase *k) {
 
 /* One pass of zero-copy mgets of disk_threads keys over the keys LRU put
  * on disk: the oldest ones, up to those still in DRAM after the puts. */
-static int phase_read(struct disk *d, struct dcase *k, size_t *next) {
+static int phase_read(struct disk *d, struct dcase *k, size_t *next,
+                      size_t *hot) {
   size_t size = (size_t)k->size, batch = (size_t)d->o->disk_threads;
   size_t in_dram = (size_t)(d->o->memory / size) + 1;
   size_t m = d->ks.n > in_dram + batch ? d->ks.n - in_dram - batch : 0;
@@ -570,6 +599,7 @@ static int phase_read(struct disk *d, struct dcase *k, size_t *next) {
         if (v[i].len != size)
           rc = KVDS_E_RANGE;
         k->read_bytes += v[i].len;
+        *hot = j + i;
       }
     }
     kvds_release(d->c, batch, v);
@@ -700,9 +730,12 @@ static void print_case(const struct dcase *k) {
   char sz[32], note[200], g[16];
   kvds_fmt_bytes(k->size, sz, sizeof sz);
   snprintf(note, sizeof note,
-           "put %s GB/s with the pool full, %llu skipped%s%s",
+           "put %s GB/s with the pool full, %llu skipped, %llu waits "
+           "timed out%s%s",
            bench_fmt3(k->put_gbps, g, sizeof g),
-           (unsigned long long)k->spill_skipped, k->fio_write.ran ? "" : "; ",
+           (unsigned long long)k->spill_skipped,
+           (unsigned long long)k->throttle_timeouts,
+           k->fio_write.ran ? "" : "; ",
            k->fio_write.ran ? "" : k->fio_write.why);
   print_row(sz, "spill", k->spill_bytes, k->spill_gbps, &k->fio_write, note);
   snprintf(note, sizeof note, "%.0f%% from disk, %llu lost, %llu writes%s%s",
@@ -762,11 +795,13 @@ static int print_json(const struct disk *d) {
                       d->fio ? json_string(d->fio_version) : json_null());
   for (int i = 0; i < d->ncases; i++) {
     const struct dcase *k = &d->cases[i];
-    json_t *sp = json_pack(
-        "{s:I, s:I, s:f, s:f, s:I, s:I}", "bytes", (json_int_t)k->spill_bytes,
-        "ns", (json_int_t)k->spill_ns, "gbps", k->spill_gbps, "put_gbps",
-        k->put_gbps, "skipped", (json_int_t)k->spill_skipped, "bytes_total",
-        (json_int_t)k->spilled_total);
+    json_t *sp =
+        json_pack("{s:I, s:I, s:f, s:f, s:I, s:I, s:I}", "bytes",
+                  (json_int_t)k->spill_bytes, "ns", (json_int_t)k->spill_ns,
+                  "gbps", k->spill_gbps, "put_gbps", k->put_gbps, "skipped",
+                  (json_int_t)k->spill_skipped, "throttle_timeouts",
+                  (json_int_t)k->throttle_timeouts, "bytes_total",
+                  (json_int_t)k->spilled_total);
     json_object_set_new(sp, "fio", fio_json(&k->fio_write, k->spill_gbps));
     json_t *rd = json_pack(
         "{s:I, s:I, s:I, s:f, s:I, s:I, s:I}", "bytes",
@@ -806,7 +841,7 @@ static int run_size(struct disk *d, uint64_t size) {
            (unsigned long long)k->objects);
   if (start_worker(d, size))
     return KVDS_E_STATE;
-  size_t next = 0;
+  size_t next = 0, hot = SIZE_MAX;
   if ((rc = phase_spill(d, k)))
     goto out;
   if (!d->o->json)
@@ -814,12 +849,18 @@ static int run_size(struct disk *d, uint64_t size) {
   fio_run(d, "write", size, k->spilled_total, &k->fio_write);
   before_read(d);
   progress("%s: read-back", sz);
-  if ((rc = phase_read(d, k, &next)))
+  if ((rc = phase_read(d, k, &next, &hot)))
     goto out;
+  if (hot == SIZE_MAX) {
+    cli_err("bench", "%s objects: no key was read back from disk (%llu lost)",
+            sz, (unsigned long long)k->read_lost);
+    rc = KVDS_E_STATE;
+    goto out;
+  }
   before_read(d);
   fio_run(d, "read", size, k->read_bytes, &k->fio_read);
   progress("%s: latency", sz);
-  rc = phase_latency(d, k, next - 1, next);
+  rc = phase_latency(d, k, hot, next);
 out:
   stop_worker(d);
   /* fio's files go with the size's disk directory */
