@@ -28,7 +28,8 @@ peers, or --etcd):
     disk  instance ID (kv_both) on its own worker WD with the disk tier
           (--tier posix --disk-policy spill, files in the bench's
           directory): set A, then set B (evicts A from vLLM's cache), then
-          filler objects put straight into WD (1.5 x its pool) push A's
+          filler objects put straight into WD (1.5 x its pool, each put
+          held back until WD's spill is ahead of its eviction) push A's
           blocks out of WD's DRAM onto its disk; the page cache is dropped
           when the bench may (root); then set A again: its blocks are read
           back from WD's files (WD's disk_reads counter says how many)
@@ -702,13 +703,12 @@ class Bench:
         self.serve(sd.url, a.seed, "d1")            # set A: recompute, stored in WD
         self.serve(sd.url, a.seed + 1, "d2b")       # set B: A leaves vLLM's own cache
         with kvds.Client(wd.addr) as c:
-            st0 = c.stats()
+            st0 = st1 = c.stats()
             chunk = min(4 << 20, max(1 << 20, pool // 16))
-            filler = bytes(chunk)
             for i in range(-(-pool * 3 // 2 // chunk)):
-                c.put(f"kvds-bench-ttft-filler/{os.getpid()}/{i}", filler)
+                _wait_spill(c, st0, chunk)
+                c.put(f"kvds-bench-ttft-filler/{os.getpid()}/{i}", bytes(chunk))
             deadline = time.monotonic() + 60        # the spill writes behind the puts
-            st1 = c.stats()
             while time.monotonic() < deadline:
                 time.sleep(0.2)
                 st = c.stats()
@@ -809,6 +809,24 @@ class Bench:
         self.close_servers()
         self.progress("lmcache", out)
         return out
+
+
+def _wait_spill(c, st0, size, timeout_s=10):
+    """Holds a put of size bytes back until WD's spill is ahead of its
+    eviction by that and one eviction round (the worker does not hold puts
+    back: behind, it evicts objects without a copy), as `kvds bench disk`
+    does."""
+    cap = st0["pool_capacity"]
+    high = st0["high_watermark_ppm"] * cap // 1000000
+    rnd = st0["eviction_ratio_ppm"] * cap // 1000000
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        st = c.stats()
+        if st["pool_used"] + size < high or \
+                st["disk_write_bytes"] - st0["disk_write_bytes"] >= \
+                st["evicted_bytes"] - st0["evicted_bytes"] + size + rnd:
+            return
+        time.sleep(0.0005)
 
 
 def _drop_caches():
