@@ -436,7 +436,8 @@ KVDS_API void kvds_list_free(struct kvds_list *l);
   X(uptime_s, "seconds since start")                                           \
   X(pid, "worker process id")                                                  \
   X(high_watermark_ppm, "eviction high watermark, parts per million")          \
-  X(eviction_ratio_ppm, "eviction ratio, parts per million")                    \
+  X(eviction_ratio_ppm, "eviction ratio, parts per million")                   \
+  X(disk_policy, "disk tier: 0 none, 1 spill, 2 write-through, 3 read-only")   \
   X(disk_objects, "objects in the disk tier's files")                          \
   X(disk_bytes, "bytes of the disk tier's files")                              \
   X(disk_capacity, "disk tier capacity in bytes (0: no limit or no tier)")     \
@@ -445,8 +446,8 @@ KVDS_API void kvds_list_free(struct kvds_list *l);
   X(disk_write_errors, "writes to disk that failed (full, unwritable)")        \
   X(disk_reads, "objects read back from disk into DRAM")                       \
   X(disk_read_bytes, "value bytes read back from disk")                        \
-  X(disk_corrupt, "files found corrupt or truncated (never served)")          \
-  X(disk_evictions, "files removed for the disk capacity")                    \
+  X(disk_corrupt, "files found corrupt or truncated (never served)")           \
+  X(disk_evictions, "files removed for the disk capacity")                     \
   X(disk_spills, "objects written to disk before leaving DRAM")                \
   X(disk_spill_skipped, "objects that left DRAM without a copy on disk")
 

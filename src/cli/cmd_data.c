@@ -754,6 +754,28 @@ static void print_status(const char *addr, const char *via,
          (unsigned long long)s->puts, (unsigned long long)s->nospace);
   printf("evictions    %llu objects, %s\n", (unsigned long long)s->evictions,
          kvds_fmt_bytes(s->evicted_bytes, ev, sizeof ev));
+  if (s->disk_policy) {
+    static const char *const pol[] = {"", "spill", "write-through",
+                                      "read-only"};
+    char db[32], dc[32] = "no limit", wb[32], rb[32];
+    if (s->disk_capacity)
+      kvds_fmt_bytes(s->disk_capacity, dc, sizeof dc);
+    printf("disk         %s, %llu objects, %s of %s; %llu written (%s), "
+           "%llu read back (%s); %llu spills, %llu evicted unspilled; "
+           "%llu write errors, %llu corrupt, %llu evicted for capacity\n",
+           s->disk_policy < 4 ? pol[s->disk_policy] : "?",
+           (unsigned long long)s->disk_objects,
+           kvds_fmt_bytes(s->disk_bytes, db, sizeof db), dc,
+           (unsigned long long)s->disk_writes,
+           kvds_fmt_bytes(s->disk_write_bytes, wb, sizeof wb),
+           (unsigned long long)s->disk_reads,
+           kvds_fmt_bytes(s->disk_read_bytes, rb, sizeof rb),
+           (unsigned long long)s->disk_spills,
+           (unsigned long long)s->disk_spill_skipped,
+           (unsigned long long)s->disk_write_errors,
+           (unsigned long long)s->disk_corrupt,
+           (unsigned long long)s->disk_evictions);
+  }
   printf("connections  %llu open, %llu protocol errors\n",
          (unsigned long long)s->connections,
          (unsigned long long)s->protocol_errors);
@@ -839,23 +861,10 @@ static int print_status_json(const char *addr, const char *via,
 #define U(name, v) json_object_set_new(o, name, json_integer((json_int_t)(v)))
   json_object_set_new(o, "address", json_string(addr));
   json_object_set_new(o, "via", json_string(via));
-  U("pid", s->pid);
-  U("uptime_s", s->uptime_s);
-  U("pool_capacity", s->pool_capacity);
-  U("pool_used", s->pool_used);
-  U("pool_free", s->pool_free);
-  U("pool_largest_free", s->pool_largest_free);
-  U("objects", s->objects);
-  U("objects_writing", s->objects_writing);
-  U("pinned_objects", s->pinned_objects);
-  U("hits", s->hits);
-  U("misses", s->misses);
-  U("puts", s->puts);
-  U("nospace", s->nospace);
-  U("evictions", s->evictions);
-  U("evicted_bytes", s->evicted_bytes);
-  U("connections", s->connections);
-  U("protocol_errors", s->protocol_errors);
+  /* every counter of struct kvds_stats, by its name */
+#define KVDS__STATS_JSON(name, doc) U(#name, s->name);
+  KVDS_STATS_FIELDS(KVDS__STATS_JSON)
+#undef KVDS__STATS_JSON
 #undef U
   json_object_set_new(o, "high_watermark",
                       json_real((double)s->high_watermark_ppm / 1e6));

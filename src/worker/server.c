@@ -333,6 +333,16 @@ static int writing_admit(struct conn *c, uint64_t size) {
   return KVDS_E_NOSPACE;
 }
 
+/* kvds_store_create, and KVDS_E_EXISTS for a key the disk tier has (it
+ * is readable here as much as one in DRAM). Store lock held. */
+static int create(struct kvds_server *s, const uint8_t *key, uint32_t klen,
+                  uint64_t size, struct kvds_object **o) {
+  if (s->tier && klen && klen <= KVDS_KEY_MAX &&
+      kvds__tier_has(s->tier, key, klen))
+    return KVDS_E_EXISTS;
+  return kvds_store_create(&s->store, key, klen, size, o);
+}
+
 static int op_create(struct conn *c, const struct req_items *ri) {
   struct kvds_server *s = c->th->srv;
   struct reply r;
@@ -342,8 +352,7 @@ static int op_create(struct conn *c, const struct req_items *ri) {
     struct kvds_object *o = NULL;
     int rc = writing_admit(c, ri->it[i].a);
     if (!rc)
-      rc = kvds_store_create(&s->store, ri->key[i], ri->it[i].klen, ri->it[i].a,
-                             &o);
+      rc = create(s, ri->key[i], ri->it[i].klen, ri->it[i].a, &o);
     uint64_t h = 0;
     if (!rc && !(h = kvds__ref_add(c, o, REF_WRITER))) {
       kvds_store_abort(&s->store, o);
@@ -492,8 +501,7 @@ static int op_abort(struct conn *c, const struct req_items *ri) {
 static void wait_submit(struct kvds_server *s, struct kvds_wait *w,
                         const uint8_t *hint, uint32_t hlen, uint32_t ms,
                         int wait_ms, int far, int disk) {
-  struct kvds_miss m = {w,       hint, hlen, kvds_deadline_ms(ms),
-                        wait_ms, NULL};
+  struct kvds_miss m = {w, hint, hlen, kvds_deadline_ms(ms), wait_ms, NULL};
   if (disk) { /* the disk tier first, then the cluster for what it lacks */
     m.next = far ? &s->resolver : NULL;
     kvds_resolver_submit(kvds__tier_resolver(s->tier), &m);
@@ -706,8 +714,7 @@ static int op_find(struct conn *c, const struct req_items *ri, int kind) {
   int rc = 0;
   /* a shared directory may have what the index lacks */
   int disk = s->tier && kvds__tier_probes(s->tier) && present < ri->n;
-  if ((far || disk) && ri->n &&
-      (present < ri->n || kind == KVDS_WAIT_LOCATE)) {
+  if ((far || disk) && ri->n && (present < ri->n || kind == KVDS_WAIT_LOCATE)) {
     struct kvds_wait *w =
         kvds_wait_create(c->th->waits, c, &c->waits, kind, c->h.req_id, 0,
                          ri->n, ri->key, klens, NULL, st);
@@ -954,8 +961,7 @@ static int op_put(struct conn *c, const struct req_items *ri) {
     /* Refused items are read into the discard buffer like any other. */
     int rc = writing_admit(c, ri->it[i].a);
     if (!rc)
-      rc = kvds_store_create(&s->store, ri->key[i], ri->it[i].klen, ri->it[i].a,
-                             &o);
+      rc = create(s, ri->key[i], ri->it[i].klen, ri->it[i].a, &o);
     if (!rc)
       c->writing_bytes += o->size;
     c->pstatus[i] = rc;

@@ -71,6 +71,8 @@
     "Connections from users other than the worker's (root, --allow-group) "    \
     "that could not go on without the token.")                                 \
   X(uptime_s, "gauge", "uptime_seconds", "Seconds since start.")               \
+  X(disk_policy, "gauge", "disk_policy",                                       \
+    "Disk tier: 0 none, 1 spill, 2 write-through, 3 read-only.")               \
   X(disk_objects, "gauge", "disk_objects", "Objects in the disk tier.")        \
   X(disk_bytes, "gauge", "disk_bytes", "Bytes of the disk tier's files.")      \
   X(disk_capacity, "gauge", "disk_capacity_bytes",                             \

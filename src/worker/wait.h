@@ -51,11 +51,12 @@ enum kvds_wait_kind {
 /* What the owner thread gets when a wait is answered (borrowed for the
  * call). GET: objs[i] pinned (the pins are the callee's now) or NULL with
  * status[i] saying why. SEAL: the same objs[] as created (pins the
- * callee's now), status[i] the resolver's (timed_out: it did not answer). EXISTS: status[i] (0 = present somewhere).
- * LOOKUP_PREFIX / LOCATE: the resolver's answer in out[out_len] (reply
- * items after a header's room, out_count of them; the callee may take the
- * buffer by setting *out_taken = 1, then frees it). timed_out: a find the
- * resolver did not answer in time (nothing else is valid then). */
+ * callee's now), status[i] the resolver's (timed_out: it did not answer).
+ * EXISTS: status[i] (0 = present somewhere). LOOKUP_PREFIX / LOCATE: the
+ * resolver's answer in out[out_len] (reply items after a header's room,
+ * out_count of them; the callee may take the buffer by setting *out_taken = 1,
+ * then frees it). timed_out: a find the resolver did not answer in time
+ * (nothing else is valid then). */
 struct kvds_wait_answer {
   int kind;
   uint64_t req_id;
@@ -100,9 +101,9 @@ void kvds_waitbox_destroy(struct kvds_waitbox *b);
  * KVDS_E_NOTFOUND marks a key to wait for. SEAL: the same, objs[i]
  * the sealed objects (pinned for the answer; status[i] 0) or NULL with
  * the seal's error in status[i]; the resolver gets the objects (and pins
- * of its own) from the server, not from the wait. Finds: status[i] is the local answer (0 =
- * sealed here), copied. Not armed yet. NULL on -ENOMEM (GET:
- * objs and status stay the caller's).
+ * of its own) from the server, not from the wait. Finds: status[i] is the local
+ * answer (0 = sealed here), copied. Not armed yet. NULL on -ENOMEM (GET: objs
+ * and status stay the caller's).
  */
 struct kvds_wait *kvds_wait_create(struct kvds_waitbox *b, void *owner,
                                    struct kvds_wait **list, int kind,
@@ -146,7 +147,6 @@ int32_t kvds_wait_local(const struct kvds_wait *w, uint32_t i);
  * cluster) marks key i as found here (status 0) before it hands the wait
  * on. Only before the hand-over. */
 void kvds_wait_set_local(struct kvds_wait *w, uint32_t i, int32_t status);
-
 
 /* The keys still open, their indexes into idx[] (room for count): GET,
  * those still waited for; finds: all of them, unless answered. Returns how

@@ -1109,8 +1109,60 @@ static void test_hopeless_create_tracks_pins(void **state) {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 #define TB(fn) cmocka_unit_test_setup_teardown(fn, setup_big, teardown)
 
+/* ---- the disk tier's marks (ondisk, io) ------------------------------ */
+
+static int notified_gone;
+static void on_notify(const uint8_t *key, uint32_t klen, int sealed, void *ud) {
+  (void)key;
+  (void)klen;
+  (void)ud;
+  notified_gone += sealed == 0;
+}
+
+/* Same pool and watermarks as test_evict_order. An object being written out
+ * (io) is skipped by eviction and survives its delete until io_done; one
+ * with a disk copy (ondisk) is evicted without telling anyone it is gone;
+ * with spill set, one evicted with no copy is counted. */
+static void test_disk_marks(void **state) {
+  struct fx *f = *state;
+  struct kvds_store *st = open_store(f, 0.75, 0.25, 0);
+  struct kvds_object *obj[12];
+  char k[32];
+  kvds_store_set_notify(st, on_notify, NULL);
+  st->spill = 1;
+  notified_gone = 0;
+  for (unsigned i = 0; i < 12; i++) {
+    keyname(k, sizeof k, i);
+    obj[i] = put(st, k, 256 * KiB);
+  }
+  obj[0]->io = 1;     /* the oldest is being written out */
+  obj[1]->ondisk = 1; /* the next has a copy on disk */
+  /* Needs five evictions: key-1..key-5 (key-0 skipped). */
+  put(st, "new", 200 * KiB);
+  assert_int_equal(st->ctr.evictions, 5);
+  assert_ptr_equal(find(st, "key-0"), obj[0]);
+  assert_null(find(st, "key-1"));
+  assert_null(find(st, "key-5"));
+  assert_int_equal(notified_gone, 4);             /* not key-1 */
+  assert_int_equal(st->ctr.evicted_unspilled, 4); /* key-2..key-5 */
+  /* Deleted while written out: unindexed at once, freed at io_done. */
+  uint64_t used = st->alloc.used;
+  assert_int_equal(kvds_store_delete(st, "key-0", 5), 0);
+  assert_null(find(st, "key-0"));
+  assert_int_equal(st->alloc.used, used); /* still allocated */
+  assert_int_equal(kvds_store_io_done(st, obj[0]), 1);
+  assert_int_equal(st->alloc.used, used - 256 * KiB);
+  /* io_done of a live object: nothing else changes. */
+  obj[6]->io = 1;
+  assert_int_equal(kvds_store_io_done(st, obj[6]), 0);
+  assert_ptr_equal(find(st, "key-6"), obj[6]);
+  kvds_store_set_notify(st, NULL, NULL);
+  audit(st);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup_teardown(test_disk_marks, setup, teardown),
       T(test_init),
       T(test_create_seal_get),
       T(test_pin_writing),

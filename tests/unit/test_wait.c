@@ -2,7 +2,8 @@
  * The worker's wait module (src/worker/wait.h) over a real store and a real
  * event loop: a GET answered by a seal on another thread, by its deadline,
  * by a resolver's failure; finds answered or timed out; a wait cancelled
- * while a resolver holds it; results that come too late.
+ * while a resolver holds it; results that come too late; seals answered
+ * once persisted (KVDS_WAIT_SEAL), timed out or cancelled.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -362,6 +363,95 @@ static void test_find_times_out(void **state) {
   assert_int_equal(f->answers, 1);
 }
 
+/* A SEAL wait (write-through): two sealed objects pinned for the answer
+ * and one seal that failed before; the resolver answers a status per
+ * object from another thread; the failed entry keeps its own. */
+struct seal_fx {
+  struct kvds_wait *w;
+  int32_t st[3];
+};
+
+static void *answer_main(void *arg) {
+  struct seal_fx *sf = arg;
+  kvds_wait_answer(sf->w, sf->st, NULL, 0, 0);
+  kvds_wait_unhold(sf->w);
+  return NULL;
+}
+
+static struct kvds_wait *seal_wait(struct fx *f, uint32_t ms) {
+  seal(f, "a", 1);
+  seal(f, "b", 2);
+  struct kvds_object **objs = calloc(3, sizeof *objs);
+  int32_t *status = calloc(3, sizeof *status);
+  assert_non_null(objs);
+  assert_non_null(status);
+  pthread_mutex_lock(&f->st.lock);
+  objs[0] = kvds_store_find(&f->st, "a", 1);
+  objs[1] = kvds_store_find(&f->st, "b", 1);
+  kvds_store_pin(&f->st, objs[0]);
+  kvds_store_pin(&f->st, objs[1]);
+  pthread_mutex_unlock(&f->st.lock);
+  status[2] = KVDS_E_CHECKSUM;
+  const uint8_t *k[3] = {(const uint8_t *)"a", (const uint8_t *)"b", NULL};
+  uint32_t kl[3] = {1, 1, 0};
+  struct kvds_wait *w = kvds_wait_create(f->box, f, &f->list, KVDS_WAIT_SEAL, 9,
+                                         KVDS_OP_SEAL, 3, k, kl, objs, status);
+  assert_non_null(w);
+  kvds_wait_arm(w, ms);
+  return w;
+}
+
+static void test_seal_answered(void **state) {
+  struct fx *f = *state;
+  struct kvds_wait *w = seal_wait(f, 5000);
+  uint32_t idx[3];
+  assert_int_equal(kvds_wait_open(w, idx), 0); /* no keys to resolve */
+  struct seal_fx sf = {w, {0, -28 /* ENOSPC */, 0}};
+  kvds_wait_hold(w);
+  pthread_t t;
+  assert_int_equal(pthread_create(&t, NULL, answer_main, &sf), 0);
+  run_until_answer(f);
+  pthread_join(t, NULL);
+  assert_int_equal(f->kind, KVDS_WAIT_SEAL);
+  assert_int_equal(f->timed_out, 0);
+  assert_non_null(f->objs[0]);
+  assert_non_null(f->objs[1]);
+  assert_null(f->objs[2]);
+  assert_int_equal(f->status[0], 0);
+  assert_int_equal(f->status[1], -28);
+  assert_int_equal(f->status[2], KVDS_E_CHECKSUM); /* its own */
+  assert_int_equal(f->objs[0]->pins, 1); /* the answer's, given to it */
+  unpin_answer(f);
+}
+
+static void test_seal_times_out(void **state) {
+  struct fx *f = *state;
+  seal_wait(f, 30);
+  run_until_answer(f);
+  assert_int_equal(f->kind, KVDS_WAIT_SEAL);
+  assert_int_equal(f->timed_out, 1);
+  assert_non_null(f->objs[0]);
+  unpin_answer(f);
+}
+
+static void test_seal_cancelled(void **state) {
+  struct fx *f = *state;
+  struct kvds_wait *w = seal_wait(f, 5000);
+  kvds_wait_hold(w);
+  struct kvds_object *a = kvds_store_find(&f->st, "a", 1);
+  pthread_mutex_lock(&f->st.lock);
+  kvds_wait_cancel_all_locked(&f->st, &f->list);
+  pthread_mutex_unlock(&f->st.lock);
+  assert_int_equal(a->pins, 0); /* the wait's pins went with it */
+  int32_t st[3] = {0, 0, 0};
+  kvds_wait_answer(w, st, NULL, 0, 0); /* too late: ignored */
+  kvds_wait_unhold(w);
+  struct timeval tick = {0, 20000};
+  event_base_loopexit(f->base, &tick);
+  event_base_dispatch(f->base);
+  assert_int_equal(f->answers, 0);
+}
+
 int main(void) {
   evthread_use_pthreads();
   const struct CMUnitTest tests[] = {
@@ -376,6 +466,9 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_lookup_answered_empty, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_cancel_in_inbox, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_seal_answered, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_seal_times_out, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_seal_cancelled, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -38,8 +38,8 @@ struct kvds_tier {
   int nthreads, started;
   pthread_t maint;
   int maint_started;
-  struct retry *retries; /* GETs waiting for a key to appear (lock) */
-  int spills_inflight;   /* lock */
+  struct retry *retries;         /* GETs waiting for a key to appear (lock) */
+  int spills_inflight;           /* lock */
   uint64_t spill_pause_until_us; /* lock: after a failed spill */
   atomic_uint_fast64_t spills, spill_failures;
   uint64_t err_log_us; /* lock: last logged disk error */

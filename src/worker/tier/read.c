@@ -36,8 +36,8 @@ struct group {
   uint64_t client_deadline_us; /* GET: when its wait ends */
   int retry_ms;                /* the next retry's delay */
   const struct kvds_resolver *next;
-  uint8_t *found;       /* finds: the file is there */
-  atomic_uint parts;    /* jobs not finished */
+  uint8_t *found;    /* finds: the file is there */
+  atomic_uint parts; /* jobs not finished */
 };
 
 struct rjob {
@@ -95,8 +95,9 @@ static int promote(struct kvds_tier *t, const uint8_t *key, uint32_t klen) {
     kvds_disk_close_obj(&fo);
     return rc == KVDS_E_EXISTS ? 0 : rc;
   }
-  rc = kvds_disk_read_obj(t->disk, key, klen, &fo, kvds_store_data(&s->store, o),
-                          kvds_alloc_rounded(fo.size));
+  rc =
+      kvds_disk_read_obj(t->disk, key, klen, &fo, kvds_store_data(&s->store, o),
+                         kvds_alloc_rounded(fo.size));
   pthread_mutex_lock(&s->store.lock);
   if (!rc) {
     o->ondisk = 1;  /* evicting it again loses nothing */

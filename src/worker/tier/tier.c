@@ -56,7 +56,8 @@ void kvds__tier_log_error(struct kvds_tier *t, const char *what,
     t->err_log_us = now;
   pthread_mutex_unlock(&t->lock);
   if (log)
-    kvds__logf(1, "disk tier: %s %.*s%s failed: %s (%s); more such errors "
+    kvds__logf(1,
+               "disk tier: %s %.*s%s failed: %s (%s); more such errors "
                "are counted, logged every 10 s",
                what, (int)(klen > 64 ? 64 : klen), (const char *)key,
                klen > 64 ? "..." : "", kvds_strerror(rc), kvds_err_name(rc));
@@ -116,8 +117,7 @@ int kvds__tier_start(struct kvds_server *s) {
   struct kvds_disk_config dc = {.dir = cfg->disk_dir,
                                 .capacity = cfg->disk_capacity,
                                 .fsync = cfg->disk_fsync,
-                                .read_only =
-                                    t->policy == KVDS_DISK_READ_ONLY,
+                                .read_only = t->policy == KVDS_DISK_READ_ONLY,
                                 .direct = 1,
                                 .scan_threads = t->nthreads,
                                 .on_evict = on_disk_evict,
@@ -154,8 +154,7 @@ int kvds__tier_start(struct kvds_server *s) {
   s->tier = t;
   s->store.spill = t->policy == KVDS_DISK_SPILL;
   if (rc) {
-    kvds__logf(0, "disk tier: cannot start its threads: %s",
-               kvds_strerror(rc));
+    kvds__logf(0, "disk tier: cannot start its threads: %s", kvds_strerror(rc));
     kvds__tier_stop(s);
   }
   return rc;
@@ -222,8 +221,7 @@ static void foreach_one(const uint8_t *key, uint32_t klen, uint64_t size,
 }
 
 void kvds__tier_foreach(struct kvds_tier *t,
-                        void (*fn)(const uint8_t *key, uint32_t klen,
-                                   void *ud),
+                        void (*fn)(const uint8_t *key, uint32_t klen, void *ud),
                         void *ud) {
   struct foreach_ctx fc = {fn, ud};
   kvds_disk_foreach(t->disk, foreach_one, &fc);
@@ -235,6 +233,7 @@ void kvds__tier_stats(struct kvds_server *s, struct kvds__stats *out) {
     return;
   struct kvds_disk_counters c;
   kvds_disk_counters(t->disk, &c);
+  out->disk_policy = (uint64_t)t->policy + 1;
   out->disk_objects = c.objects;
   out->disk_bytes = c.bytes;
   out->disk_capacity = c.capacity;

@@ -68,8 +68,7 @@ int kvds__tier_delete(struct kvds_tier *t, const uint8_t *key, uint32_t klen);
 /* Calls fn for every key on disk (the tier's lock held: fn must not call
  * into the tier or the store). */
 void kvds__tier_foreach(struct kvds_tier *t,
-                        void (*fn)(const uint8_t *key, uint32_t klen,
-                                   void *ud),
+                        void (*fn)(const uint8_t *key, uint32_t klen, void *ud),
                         void *ud);
 
 /* Adds the tier's counters to a stats snapshot (s->tier may be NULL). */

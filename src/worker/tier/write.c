@@ -113,7 +113,8 @@ void kvds__tier_persist(struct kvds_tier *t, struct kvds_wait *w, uint32_t n,
   uint32_t count = 0;
   for (uint32_t i = 0; i < n; i++)
     count += objs[i] != NULL;
-  uint32_t parts = count < (uint32_t)t->nthreads ? count : (uint32_t)t->nthreads;
+  uint32_t parts =
+      count < (uint32_t)t->nthreads ? count : (uint32_t)t->nthreads;
   if (!parts)
     parts = 1;
   atomic_store(&g->parts, parts);
