@@ -44,7 +44,7 @@
 #define D_SETTLE_MAX_NS 120000000000ull /* give up waiting for the spill */
 #define D_IO_TIMEOUT_MS 120000          /* client calls that read from disk */
 /* Objects of each size the pool must hold: the spill window (a quarter of
- * the pool) must hold one and an eviction round. */
+ * the pool) must hold more than one eviction round. */
 #define D_MIN_OBJECTS 8
 #define D_THROTTLE_MAX_NS 10000000000ull /* a put waits for the spill */
 
@@ -98,8 +98,8 @@ struct disk {
   char fio_dir[PATH_MAX + 32];
   const char *fio; /* fio's path, or NULL */
   char fio_version[64];
-  int can_drop;      /* the page cache can be dropped */
-  char drop_why[96]; /* why not */
+  int can_drop;       /* the page cache can be dropped */
+  char drop_why[160]; /* why not */
   struct bench_worker w;
   kvds_client *c;
   uint8_t *src, *dst;
@@ -242,10 +242,13 @@ static int drop_caches(void) {
   return rc;
 }
 
-/* Before a read phase: drops the cache when the bench may. */
-static void before_read(const struct disk *d) {
-  if (d->can_drop)
-    drop_caches();
+/* Before every phase, kvds's and fio's: the dirty pages of the one before
+ * are written back (a write phase never competes with the previous one's
+ * writeback), and the cache is dropped when the bench may (a read phase
+ * reads from the disk). */
+static void before_phase(const struct disk *d) {
+  if (!d->can_drop || drop_caches())
+    sync();
 }
 
 /* The path of `name` in $PATH into out, or NULL. */
@@ -476,7 +479,8 @@ static void pause_us(long us) {
  * so the bench does, and what it measures is the spill path at the rate it
  * sustains without losing objects: once the next put would evict, a put
  * waits until the tier has written at least the bytes eviction has taken
- * plus what the put's eviction round takes. */
+ * plus what the put's eviction round takes (a round of the pool, at least
+ * the put's own size). */
 static int phase_spill(struct disk *d, struct dcase *k) {
   size_t size = (size_t)k->size;
   struct kvds_stats st0, st;
@@ -486,6 +490,8 @@ static int phase_spill(struct disk *d, struct dcase *k) {
     return rc;
   uint64_t high = st0.high_watermark_ppm * st0.pool_capacity / 1000000;
   uint64_t round = st0.eviction_ratio_ppm * st0.pool_capacity / 1000000;
+  /* a put above the watermark evicts a round (at least its own size) */
+  uint64_t margin = round > size ? round : size;
   s.moved = st0.disk_writes + st0.disk_spill_skipped;
   uint64_t put_first = 0, t_put_end = 0;
   for (size_t i = 0; i < d->ks.n && !bench_stopped(); i++) {
@@ -497,7 +503,7 @@ static int phase_spill(struct disk *d, struct dcase *k) {
         put_first = i;
       if (st.pool_used + size < high ||
           st.disk_write_bytes - st0.disk_write_bytes >=
-              st.evicted_bytes - st0.evicted_bytes + size + round)
+              st.evicted_bytes - st0.evicted_bytes + margin)
         break;
       if (kvds_now_ns() > give_up) {
         k->throttle_timeouts++;
@@ -639,7 +645,7 @@ static int phase_latency(struct disk *d, struct dcase *k, size_t hot,
     s.total_ns = 0;
     if (kind) {
       what = "disk hit";
-      before_read(d);
+      before_phase(d);
     }
     for (uint64_t tries = 0; s.n < d->o->samples && rc == 0 &&
                              tries < 3 * d->o->samples && !bench_stopped();
@@ -697,8 +703,8 @@ static void print_header(const struct disk *d) {
          (unsigned long long)d->o->disk_threads, d->dir);
   printf("Working set %.3g x the pool per size.\nPage cache: %s.\n",
          d->o->working_set,
-         d->can_drop ? "dropped (sync + vm.drop_caches) before every read "
-                       "phase,\nkvds's and fio's"
+         d->can_drop ? "written back and dropped (sync + vm.drop_caches) "
+                       "before every\nphase, kvds's and fio's"
                      : d->drop_why);
   if (d->fio)
     printf("fio: %s, same directory and bytes, --bs = object size, "
@@ -842,12 +848,13 @@ static int run_size(struct disk *d, uint64_t size) {
   if (start_worker(d, size))
     return KVDS_E_STATE;
   size_t next = 0, hot = SIZE_MAX;
+  before_phase(d);
   if ((rc = phase_spill(d, k)))
     goto out;
-  if (!d->o->json)
-    progress("%s: spill done, fio write", sz);
+  progress("%s: spill done, fio write", sz);
+  before_phase(d);
   fio_run(d, "write", size, k->spilled_total, &k->fio_write);
-  before_read(d);
+  before_phase(d);
   progress("%s: read-back", sz);
   if ((rc = phase_read(d, k, &next, &hot)))
     goto out;
@@ -857,7 +864,7 @@ static int run_size(struct disk *d, uint64_t size) {
     rc = KVDS_E_STATE;
     goto out;
   }
-  before_read(d);
+  before_phase(d);
   fio_run(d, "read", size, k->read_bytes, &k->fio_read);
   progress("%s: latency", sz);
   rc = phase_latency(d, k, hot, next);
@@ -928,8 +935,8 @@ int bench_disk(int argc, char **argv) {
   d.can_drop = rc == 0;
   if (rc)
     snprintf(d.drop_why, sizeof d.drop_why,
-             "not dropped (vm.drop_caches: %s); kvds and fio read "
-             "whatever it holds",
+             "written back (sync) before every phase but not dropped\n"
+             "(vm.drop_caches: %s): kvds and fio read whatever it holds",
              strerror(-rc));
   rc = 0;
   for (int i = 0; i < o.nsizes && rc == 0 && !bench_stopped(); i++)
