@@ -6,11 +6,13 @@
  * Per object size, with a fresh worker and a fresh disk directory:
  *   spill      objects are put until the working set is --working-set times
  *              the pool; once the pool is full every put pushes objects out
- *              to disk. The figure is the disk tier's own counter: value
- *              bytes written (disk_write_bytes) between the first spill the
- *              bench sees and the last one, over that time. The counters are
- *              polled between puts and, after the last put, until they stop
- *              moving. Next to it: fio --rw=write of the same bytes.
+ *              to disk, each put held back until the spill is ahead of the
+ *              eviction (phase_spill says why). The figure is the disk
+ *              tier's own counter: value bytes written (disk_write_bytes)
+ *              between the first spill the bench sees and the last one,
+ *              over that time. The counters are polled between puts and,
+ *              after the last put, until they stop moving. Next to it: fio
+ *              --rw=write of the same bytes.
  *   read-back  zero-copy mgets of --disk-threads keys per call (the worker's
  *              queue depth) that live on disk only (the oldest keys: LRU
  *              evicted them first), one pass; bytes over the time inside
@@ -18,8 +20,8 @@
  *   latency    one zero-copy get of one object: a DRAM hit (a key just
  *              promoted) and a disk hit (a key on disk only), each sample
  *              classified by the worker's disk_reads counter.
- * The page cache is dropped (sync, then vm.drop_caches) before every read
- * phase of kvds and of fio when the bench may (root); else both read
+ * Before every phase, kvds's and fio's, dirty pages are written back and,
+ * when the bench may (root), the page cache is dropped; else both read
  * whatever the cache holds, which the report says.
  */
 #include <errno.h>
