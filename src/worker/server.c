@@ -334,10 +334,12 @@ static int writing_admit(struct conn *c, uint64_t size) {
 }
 
 /* kvds_store_create, and KVDS_E_EXISTS for a key the disk tier has (it
- * is readable here as much as one in DRAM). Store lock held. */
+ * is readable here as much as one in DRAM) — unless the directory is
+ * shared, where its index may be stale (another worker removed the file):
+ * then the put writes the file again. Store lock held. */
 static int create(struct kvds_server *s, const uint8_t *key, uint32_t klen,
                   uint64_t size, struct kvds_object **o) {
-  if (s->tier && klen && klen <= KVDS_KEY_MAX &&
+  if (s->tier && !kvds__tier_probes(s->tier) && klen && klen <= KVDS_KEY_MAX &&
       kvds__tier_has(s->tier, key, klen))
     return KVDS_E_EXISTS;
   return kvds_store_create(&s->store, key, klen, size, o);
@@ -660,12 +662,15 @@ static int op_delete(struct conn *c, const struct req_items *ri) {
   return 0;
 }
 
-/* Readable here: sealed in DRAM, or on disk (store lock held). */
+/* Readable here: sealed in DRAM, or on a disk of its own (store lock
+ * held). */
 static int sealed(struct kvds_server *s, const uint8_t *key, uint32_t kl) {
   struct kvds_object *o = kvds_store_find(&s->store, key, kl);
   if (o)
     return o->state == KVDS_STATE_SEALED;
-  return s->tier && kl && kl <= KVDS_KEY_MAX &&
+  /* a shared directory's files may go at any time: there op_find's tier
+   * job looks at the file itself */
+  return s->tier && !kvds__tier_probes(s->tier) && kl && kl <= KVDS_KEY_MAX &&
          kvds__tier_has(s->tier, key, kl);
 }
 

@@ -726,6 +726,10 @@ int kvds__worker_run_with(const struct kvds_worker_config *cfg,
     rc = -ENOMEM;
     goto out;
   }
+  /* A disk directory that will not do fails the start before the pool is
+   * reserved (which takes seconds for a large one). */
+  if ((rc = kvds__tier_open(s)))
+    goto out;
   uint64_t t0 = kvds_now_us();
   if ((rc = kvds_pool_create(&s->pool, "kvds-pool", cfg->memory,
                              (enum kvds_pool_huge)cfg->huge_pages))) {

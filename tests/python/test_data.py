@@ -188,8 +188,14 @@ def test_stats_fields(client, key):
               "objects", "objects_writing", "pinned_objects", "evictions",
               "evicted_bytes", "hits", "misses", "puts", "nospace",
               "connections", "protocol_errors", "uptime_s", "pid",
-              "high_watermark_ppm", "eviction_ratio_ppm"}
+              "high_watermark_ppm", "eviction_ratio_ppm",
+              "disk_policy", "disk_objects", "disk_bytes", "disk_capacity",
+              "disk_writes", "disk_write_bytes", "disk_write_errors",
+              "disk_reads", "disk_read_bytes", "disk_corrupt",
+              "disk_evictions", "disk_spills", "disk_spill_skipped"}
     assert set(s1) == fields
+    # no disk tier here: every disk counter is 0
+    assert all(v == 0 for k, v in s1.items() if k.startswith("disk_"))
     client.put(key("x"), b"x")
     client.get(key("x"))
     s2 = client.stats()

@@ -87,6 +87,10 @@ int kvds__cluster_start(struct kvds_server *s) {
     kvds_view_add(&cl->view, NULL, cl->self_id, cl->self_epoch);
     atomic_store(&cl->nlive, 1);
   }
+  /* What the disk tier holds is here from the start: a full pass tells
+   * every home (this worker's own shard included; the view changes that
+   * follow only announce the keys whose home moved). */
+  cl->reannounce_all = s->tier != NULL;
   cl->pullers = calloc((size_t)s->cfg.pull_threads, sizeof *cl->pullers);
   if (!rc && !cl->pullers)
     rc = -ENOMEM;

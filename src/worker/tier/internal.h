@@ -36,6 +36,8 @@ struct kvds_tier {
   int stopping;
   pthread_t *threads;
   int nthreads, started;
+  atomic_int ready; /* the store is set up: the disk's eviction hook may
+                       look at it */
   pthread_t maint;
   int maint_started;
   struct retry *retries;         /* GETs waiting for a key to appear (lock) */

@@ -21,6 +21,8 @@
  * longer holds it. No lock held. */
 static void on_disk_evict(const uint8_t *key, uint32_t klen, void *ud) {
   struct kvds_server *s = ud;
+  if (!s->tier || !atomic_load(&s->tier->ready))
+    return; /* the scan at open: no store yet, nobody told of anything */
   pthread_mutex_lock(&s->store.lock);
   struct kvds_object *o = kvds_store_find(&s->store, key, klen);
   if (o && o->state == KVDS_STATE_SEALED)
@@ -103,7 +105,7 @@ static void *maint_main(void *arg) {
 static const char *const policy_name[] = {"spill", "write-through",
                                           "read-only"};
 
-int kvds__tier_start(struct kvds_server *s) {
+int kvds__tier_open(struct kvds_server *s) {
   const struct kvds_worker_config *cfg = &s->cfg;
   if (cfg->tier != KVDS_TIER_POSIX)
     return 0;
@@ -126,8 +128,12 @@ int kvds__tier_start(struct kvds_server *s) {
   uint64_t t0 = kvds_now_us();
   int rc = kvds_disk_open(&dc, &t->disk, err, sizeof err);
   if (rc) {
-    kvds__logf(0, "disk tier: %s: %s", cfg->disk_dir,
-               err[0] ? err : kvds_strerror(rc));
+    /* err names the directory ("disk: cannot create DIR: ...") */
+    if (err[0])
+      kvds__logf(0, "disk tier: %s", err);
+    else
+      kvds__logf(0, "disk tier: --disk-dir %s: %s", cfg->disk_dir,
+                 kvds_strerror(rc));
     free(t);
     return rc;
   }
@@ -145,18 +151,24 @@ int kvds__tier_start(struct kvds_server *s) {
   kvds_cond_init_mono(&t->cv);
   kvds_cond_init_mono(&t->mcv);
   t->res = (struct kvds_resolver){&kvds__tier_ops, t};
+  s->tier = t;
+  return 0;
+}
+
+int kvds__tier_start(struct kvds_server *s) {
+  struct kvds_tier *t = s->tier;
+  if (!t)
+    return 0;
   t->threads = calloc((size_t)t->nthreads, sizeof *t->threads);
-  rc = t->threads ? 0 : -ENOMEM;
+  int rc = t->threads ? 0 : -ENOMEM;
   for (; !rc && t->started < t->nthreads; t->started++)
     rc = -pthread_create(&t->threads[t->started], NULL, pool_main, t);
   if (!rc && !(rc = -pthread_create(&t->maint, NULL, maint_main, t)))
     t->maint_started = 1;
-  s->tier = t;
   s->store.spill = t->policy == KVDS_DISK_SPILL;
-  if (rc) {
+  atomic_store(&t->ready, 1);
+  if (rc)
     kvds__logf(0, "disk tier: cannot start its threads: %s", kvds_strerror(rc));
-    kvds__tier_stop(s);
-  }
   return rc;
 }
 
@@ -236,13 +248,14 @@ void kvds__tier_stats(struct kvds_server *s, struct kvds__stats *out) {
   out->disk_policy = (uint64_t)t->policy + 1;
   out->disk_objects = c.objects;
   out->disk_bytes = c.bytes;
-  out->disk_capacity = c.capacity;
+  /* a read-only worker removes nothing: no capacity it keeps to */
+  out->disk_capacity = t->policy == KVDS_DISK_READ_ONLY ? 0 : c.capacity;
   out->disk_writes = c.writes;
   out->disk_write_bytes = c.write_bytes;
   out->disk_write_errors = c.write_errors;
   out->disk_reads = c.reads;
   out->disk_read_bytes = c.read_bytes;
-  out->disk_corrupt = c.corrupt;
+  out->disk_corrupt = c.corrupt + c.scan_bad; /* read, or seen at the scan */
   out->disk_evictions = c.evictions;
   out->disk_spills = atomic_load(&t->spills);
 }

@@ -34,12 +34,16 @@ struct kvds_object;
 struct kvds_wait;
 struct kvds__stats;
 
-/* Opens the disk (scanning it), starts the tier's threads and sets
- * s->tier when s->cfg says --tier posix (else does nothing). 0, or an
- * error (logged with its reason). Before the cluster starts (which
- * announces what the disk holds) and before the I/O threads. */
+/* Opens the disk (scanning it) and sets s->tier when s->cfg says --tier
+ * posix (else does nothing): first thing at start-up, so that a bad
+ * directory fails it at once. 0, or an error (logged with its reason). */
+int kvds__tier_open(struct kvds_server *s);
+/* Starts the tier's threads (the store is set up). Before the cluster
+ * starts (which announces what the disk holds) and before the I/O
+ * threads. 0, or an error (logged). */
 int kvds__tier_start(struct kvds_server *s);
-/* Stops the threads (dropping every hold on waits) and closes the disk.
+/* Stops the threads (dropping every hold on waits) and closes the disk
+ * (whether or not they started; NULL s->tier: nothing).
  * After the I/O threads stopped, before the cluster stops (the tier hands
  * misses on to it). */
 void kvds__tier_stop(struct kvds_server *s);

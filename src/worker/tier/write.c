@@ -170,8 +170,9 @@ static void sjob_run(struct kvds_tier *t, struct tjob *tj) {
 /*
  * Eviction takes objects from the cold end of the LRU once the pool passes
  * its high watermark. Spilling keeps the coldest `window` bytes of it
- * copied out once the pool is within that window of the watermark: a
- * quarter of the pool, or twice what one eviction round frees if more.
+ * copied out once the pool is within that window of the watermark: half
+ * the pool, or twice what one eviction round frees if more (a writer
+ * briefly faster than the disk then still finds its victims copied).
  * At most two writes per disk thread are in flight.
  */
 void kvds__tier_spill_run(struct kvds_tier *t) {
@@ -190,7 +191,7 @@ void kvds__tier_spill_run(struct kvds_tier *t) {
   pthread_mutex_lock(&st->lock);
   uint64_t cap = st->alloc.capacity, used = st->alloc.used;
   uint64_t high = (uint64_t)(st->policy.high_watermark * (double)cap);
-  uint64_t window = cap / 4;
+  uint64_t window = cap / 2;
   uint64_t round = (uint64_t)(2 * st->policy.eviction_ratio * (double)cap);
   if (round > window)
     window = round;
