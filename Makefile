@@ -11,6 +11,8 @@
 #                 `kvds bench connector` (vLLM connector save/load per request)
 #   make bench-ttft  seed 004's TTFT steps and PD through `kvds proxy` with
 #                 real vLLM servers (`kvds bench ttft`), LMCache side by side
+#   make bench-disk  the disk tier's spill and read-back next to fio, and
+#                 disk-hit vs DRAM-hit latency (`kvds bench disk`)
 #   make fuzz     longer libFuzzer campaign (FUZZ_SECONDS, default 600)
 
 MAKEFLAGS += --no-print-directory
@@ -27,7 +29,7 @@ PYTEST_ARGS ?=
 
 .PHONY: all deps deps-system build build-asan build-fuzz test test-release test-asan \
         fuzz-smoke fuzz demo bench format format-check clean python test-python \
-        test-vllm-latest soak test-proxy-asan bench-ttft
+        test-vllm-latest soak test-proxy-asan bench-ttft bench-disk
 
 all: build
 
@@ -128,6 +130,12 @@ bench-ttft: python
 	bash scripts/install-lmcache.sh
 	KVDS_PYTHON=$(abspath $(VENV))/bin/python $(BUILD)/kvds bench ttft \
 	  --lmcache-path $(abspath $(VENV))/lmcache --plot $(BUILD)/bench-ttft.png $(TTFT_ARGS)
+
+# `kvds bench disk` in full (a few minutes; it starts its own workers and
+# runs fio, both installed by deps-system). DISK_ARGS: more options (e.g.
+# --quick, --json, --dir /mnt/nvme, --fsync object, --disk-threads 4).
+bench-disk: build
+	$(BUILD)/kvds bench disk $(DISK_ARGS)
 
 SOURCES = $(shell git ls-files '*.c' '*.h' 2>/dev/null)
 

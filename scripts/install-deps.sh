@@ -18,7 +18,7 @@ pkgs=(
   libevent-dev libjansson-dev libxxhash-dev libcmocka-dev
   libcurl4-openssl-dev libssl-dev etcd-server
   clang libclang-rt-14-dev clang-format
-  curl procps
+  curl procps fio
 )
 
 missing=()

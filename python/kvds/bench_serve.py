@@ -1,7 +1,7 @@
 """`kvds bench ttft`: seed 004's TTFT method with real vLLM servers, timed
 by vLLM's own `vllm bench serve`.
 
-    kvds bench ttft [--quick] [--steps 1,2,3,1p1d,2p2d] [--json] [--plot FILE.png]
+    kvds bench ttft [--quick] [--steps 1,2,3,disk,1p1d,2p2d] [--json] [--plot FILE.png]
     python -m kvds.bench_serve ...
 
 Seed 004 (vLLM-Ascend's "PD-colocated with Mooncake multi-instance" guide)
@@ -25,6 +25,14 @@ peers, or --etcd):
           blocks come from W1 (the node's DRAM)
     3     instance I2 (kv_both, its own worker W2) gets set A: W2 pulls
           A's blocks from W1
+    disk  instance ID (kv_both) on its own worker WD with the disk tier
+          (--tier posix --disk-policy spill, files in the bench's
+          directory): set A, then set B (evicts A from vLLM's cache), then
+          filler objects put straight into WD (1.5 x its pool, each put
+          held back until WD's spill is ahead of its eviction) push A's
+          blocks out of WD's DRAM onto its disk; the page cache is dropped
+          when the bench may (root); then set A again: its blocks are read
+          back from WD's files (WD's disk_reads counter says how many)
     1p1d  `kvds proxy` with prefill P1 (kv_producer, W1) and decode D1
           (kv_consumer, W2), a fresh set (seed + 2); the client's TTFT
           through the proxy
@@ -77,14 +85,15 @@ import time
 from .bench_connector import BenchError, OwnWorker, _free_port, _size, find_kvds_bin
 from .bench_ttft import LOADED, QUIET_S, Server, TtftError, wait_health
 
-STEPS = ("1", "2", "3", "1p1d", "2p2d")
-SHORT = {"1": "baseline", "2b": "set B", "2": "local hit", "3": "cross-node", "1p1d": "PD",
-         "2p2d": "PD"}
+STEPS = ("1", "2", "3", "disk", "1p1d", "2p2d")
+SHORT = {"1": "baseline", "2b": "set B", "2": "local hit", "3": "cross-node",
+         "disk": "disk hit", "1p1d": "PD", "2p2d": "PD"}
 TITLES = {
     "1": "baseline: set A, nothing cached",
     "2b": "set B (evicts A from vLLM's cache)",
     "2": "local DRAM hit: set A again",
     "3": "cross-node hit: set A on I2",
+    "disk": "disk-tier hit: A evicted from DRAM",
     "1p1d": "PD 1P1D through kvds proxy",
     "2p2d": "PD 2P2D through kvds proxy",
 }
@@ -112,13 +121,14 @@ def _steps(s):
 def parse_args(argv):
     p = argparse.ArgumentParser(
         prog=os.environ.get("KVDS_BENCH_PROG", "python -m kvds.bench_serve"),
-        description="Seed 004's TTFT steps (baseline, local DRAM hit, cross-node hit) and "
+        description="Seed 004's TTFT steps (baseline, local DRAM hit, cross-node hit), a "
+                    "disk-tier hit, and "
                     "PD through `kvds proxy`, with real vLLM servers through "
                     "kvds.vllm.KvdsConnector, timed by vLLM's own `vllm bench serve` "
                     "(random dataset). Starts its own workers, servers and proxies "
                     "and stops them at the end.",
         epilog="Defaults: --input-len 2048 --output-len 10 --num-prompts 24 --concurrency 6 "
-               "--model-layers 8 --model-hidden 512 --steps 1,2,3,1p1d,2p2d; --quick: 512 / 4 "
+               "--model-layers 8 --model-hidden 512 --steps 1,2,3,disk,1p1d,2p2d; --quick: 512 / 4 "
                "tokens, 4 prompts, concurrency 2, a 4-layer 256-wide model, steps 1,2,1p1d "
                "(options given still win).")
     w = p.add_argument_group("workload (seed 004: 1024 in, 10 out, 100 requests, concurrency 25)")
@@ -128,8 +138,8 @@ def parse_args(argv):
     w.add_argument("--output-len", type=int, help="generated tokens (default 10)")
     w.add_argument("--num-prompts", type=int, help="requests per set (default 24)")
     w.add_argument("--concurrency", type=int, help="requests in flight (default 6)")
-    w.add_argument("--steps", type=_steps, help="which steps, of 1,2,3,1p1d,2p2d (2 and 3 "
-                   "need 1; default all)")
+    w.add_argument("--steps", type=_steps, help="which steps, of 1,2,3,disk,1p1d,2p2d (2 and "
+                   "3 need 1; default all)")
     w.add_argument("--seed", type=int, default=0,
                    help="set A's seed (default 0): B is seed+1, the PD sets seed+2 and seed+3")
     m = p.add_argument_group("model and servers")
@@ -159,6 +169,12 @@ def parse_args(argv):
                    help="the kvds binary for workers and `kvds proxy` (default $KVDS_BIN, PATH)")
     k.add_argument("--memory", type=_size, default=None,
                    help="pool of W1 and W2 (default 3 sets' KV bytes + 64 MiB; W3, W4 half)")
+    k.add_argument("--disk-memory", type=_size, default=None,
+                   help="pool of WD, the disk step's worker (default 1.5 sets' KV bytes + "
+                        "16 MiB)")
+    k.add_argument("--disk-dir", default=None, metavar="DIR",
+                   help="where WD's files go (default: a directory in the bench's own, "
+                        "under $TMPDIR); the disk step removes its files at the end")
     k.add_argument("--etcd", default=None, metavar="HOST:PORT",
                    help="the workers join through this running etcd (default: static peers)")
     c = p.add_argument_group("LMCache, side by side")
@@ -388,6 +404,7 @@ class Bench:
         self.kvds_bin = find_kvds_bin(a.kvds_bin)
         self.procs = []
         self.workers = []
+        self.disk_dirs = []
         self.gpu = self._gpu()
 
     @staticmethod
@@ -405,7 +422,9 @@ class Bench:
         for w in reversed(self.workers):
             with contextlib.suppress(Exception):
                 w.stop()
-        self.procs, self.workers = [], []
+        for d in self.disk_dirs:
+            shutil.rmtree(d, ignore_errors=True)
+        self.procs, self.workers, self.disk_dirs = [], [], []
 
     # workers
 
@@ -464,11 +483,12 @@ class Bench:
         half = len(cpus) // 2
         return set(cpus[:half] if node == 0 else cpus[half:])
 
-    def kvds_server(self, name, role, worker):
+    def kvds_server(self, name, role, worker, node=None):
         kv = {"kv_connector": "KvdsConnector", "kv_connector_module_path": "kvds.vllm",
               "kv_role": role, "kv_load_failure_policy": "recompute",
               "kv_connector_extra_config": {"worker_addr": worker.addr, "namespace": self.ns}}
-        node = (0, 1, 1, 0)[self.workers.index(worker)]
+        if node is None:
+            node = (0, 1, 1, 0)[self.workers.index(worker)]
         s = Server(name, self.model, self.tmp, self.g.max_len, kv, extra=self._server_args(),
                    cpus=self._cpus(node))
         self.procs.append(s)
@@ -597,7 +617,7 @@ class Bench:
                "pinned": {str(n): sorted(self._cpus(n)) for n in (0, 1)} if self._cpus(0)
                else None,
                "steps": [], "lmcache": None, "logs": self.tmp}
-        nworkers = 4 if "2p2d" in a.steps else 2 if set(a.steps) - {"1", "2"} else 1
+        nworkers = 4 if "2p2d" in a.steps else 2 if set(a.steps) - {"1", "2", "disk"} else 1
         self.start_workers(nworkers)
         res["workers"] = [w.addr for w in self.workers]
         colo = [s for s in ("1", "2", "3") if s in a.steps]
@@ -622,6 +642,8 @@ class Bench:
                 self.warm(i2.url, "w2")   # the same set: W2 pulls it (warms the pulls)
             self.colocated(res, colo, i1, i2, "kvds")
             self.stop(*[s for s in (i1, i2) if s])
+        if "disk" in a.steps:
+            self.disk(res)
         if pd:
             if p1 is None:
                 p1 = self.kvds_server("P1", "kv_producer", self.workers[0])
@@ -658,6 +680,57 @@ class Bench:
             add(self.timed("2", i1.url, a.seed, f"{tag}2", [i1], [i1], connector))
         if "3" in colo:
             add(self.timed("3", i2.url, a.seed, f"{tag}3", [i2], [i2], connector))
+
+    def disk(self, res):
+        """The disk step: set A on instance ID through WD, whose DRAM then
+        loses A's blocks to its disk; set A again is served from the
+        files."""
+        import kvds
+        a = self.a
+        pool = a.disk_memory or self.g.set_bytes * 3 // 2 + (16 << 20)
+        pool = -(-pool // (1 << 20)) << 20
+        ddir = a.disk_dir or os.path.join(self.tmp, "disk")
+        ddir = os.path.join(ddir, f"kvds-bench-ttft-{os.getpid()}")
+        os.makedirs(ddir)
+        self.disk_dirs.append(ddir)
+        wd = OwnWorker(self.kvds_bin, pool, ["--tier", "posix", "--disk-dir", ddir,
+                                             "--disk-policy", "spill"])
+        self.workers.append(wd)
+        res["workers"].append(wd.addr)
+        sd = self.kvds_server("ID", "kv_both", wd, node=0)
+        self.wait_ready([sd])
+        self.warm(sd.url, "wd")
+        self.serve(sd.url, a.seed, "d1")            # set A: recompute, stored in WD
+        self.serve(sd.url, a.seed + 1, "d2b")       # set B: A leaves vLLM's own cache
+        with kvds.Client(wd.addr) as c:
+            st0 = st1 = c.stats()
+            chunk = min(4 << 20, max(1 << 20, pool // 16))
+            for i in range(-(-pool * 3 // 2 // chunk)):
+                _wait_spill(c, st0, chunk)
+                c.put(f"kvds-bench-ttft-filler/{os.getpid()}/{i}", bytes(chunk))
+            deadline = time.monotonic() + 60        # the spill writes behind the puts
+            while time.monotonic() < deadline:
+                time.sleep(0.2)
+                st = c.stats()
+                if (st["disk_writes"], st["disk_spill_skipped"]) == \
+                        (st1["disk_writes"], st1["disk_spill_skipped"]):
+                    break
+                st1 = st
+        dropped = _drop_caches()
+        with kvds.Client(wd.addr) as c:
+            before = c.stats()
+            step = self.timed("disk", sd.url, a.seed, "disk", [sd], [sd])
+            after = c.stats()
+        step["disk"] = {
+            "pool": pool, "dir": ddir, "page_cache_dropped": dropped,
+            "spilled_objects": st1["disk_writes"] - st0["disk_writes"],
+            "spill_skipped": st1["disk_spill_skipped"] - st0["disk_spill_skipped"],
+            "objects_on_disk": before["disk_objects"],
+            "reads": after["disk_reads"] - before["disk_reads"],
+            "read_bytes": after["disk_read_bytes"] - before["disk_read_bytes"]}
+        res["steps"].append(step)
+        self.progress("step", step)
+        self.stop(sd)
 
     def pd(self, res, key, prefill, decode, seed):
         proxy = Proxy(self.kvds_bin, self.tmp, prefill, decode)
@@ -738,6 +811,35 @@ class Bench:
         return out
 
 
+def _wait_spill(c, st0, size, timeout_s=10):
+    """Holds a put of size bytes back until WD's spill is ahead of its
+    eviction by that and one eviction round (the worker does not hold puts
+    back: behind, it evicts objects without a copy), as `kvds bench disk`
+    does."""
+    cap = st0["pool_capacity"]
+    high = st0["high_watermark_ppm"] * cap // 1000000
+    rnd = st0["eviction_ratio_ppm"] * cap // 1000000
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        st = c.stats()
+        if st["pool_used"] + size < high or \
+                st["disk_write_bytes"] - st0["disk_write_bytes"] >= \
+                st["evicted_bytes"] - st0["evicted_bytes"] + size + rnd:
+            return
+        time.sleep(0.0005)
+
+
+def _drop_caches():
+    """Writes back and drops the page cache (root only): True when done."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3")
+        return True
+    except OSError:
+        return False
+
+
 def _preload_vllm_bench():
     with contextlib.suppress(Exception):
         from . import vllm_bench
@@ -755,7 +857,12 @@ def _ratios(steps):
                         "ttft2_over_ttft1": round(739 / 2322, 2)}}
     for conn in ("kvds", "LMCache"):
         t1, t2, t3 = p50("1", conn), p50("2", conn), p50("3", conn)
+        td = p50("disk", conn)
         r = {}
+        if td and t2:
+            r["ttft_disk_over_ttft2"] = td[0] / t2[0]
+        if td and t1:
+            r["ttft_disk_over_ttft1"] = td[0] / t1[0]
         if t2 and t3:
             r["ttft3_over_ttft2"] = t3[0] / t2[0]
             r["ttft3_over_ttft2_mean"] = t3[1] / t2[1]
@@ -820,11 +927,18 @@ class Table:
         elif what == "step":
             self.row(obj)
             k = obj.get("kvds")
-            if obj["step"] in ("2", "3", "1p1d", "2p2d") and k and \
+            if obj["step"] in ("2", "3", "disk", "1p1d", "2p2d") and k and \
                     k["blocks_loaded"] < obj["full_blocks"]:
                 print(f"{'':6}(only {k['blocks_loaded']} of {obj['full_blocks']} full blocks "
                       f"came from kvds, in {k['requests_loaded']} of {obj['ttft_ms']['n']} "
                       "requests)", file=out)
+            dk = obj.get("disk")
+            if dk:
+                print(f"{'':6}WD ({_mb(dk['pool'])} MB pool) read {dk['reads']} objects, "
+                      f"{_mb(dk['read_bytes'])} MB, from its disk; {dk['spilled_objects']} "
+                      f"spilled before, {dk['spill_skipped']} evicted without a copy; page "
+                      f"cache {'dropped' if dk['page_cache_dropped'] else 'not dropped (not root)'}",
+                      file=out)
             px = obj.get("proxy_ms")
             if px and px["prefill_mean"] is not None and px["decode_first_byte_mean"] is not None:
                 e2e = px["prefill_vllm_e2e_mean"]
@@ -870,6 +984,10 @@ class Table:
                 parts.append(f"TTFT2/TTFT1 = {x['ttft2_over_ttft1']:.2f} (means "
                              f"{x['ttft2_over_ttft1_mean']:.2f}; seed 004: 739/2322 = "
                              f"{seed['ttft2_over_ttft1']:.2f})")
+            if "ttft_disk_over_ttft2" in x:
+                parts.append(f"TTFTdisk/TTFT2 = {x['ttft_disk_over_ttft2']:.2f}")
+            if "ttft_disk_over_ttft1" in x:
+                parts.append(f"TTFTdisk/TTFT1 = {x['ttft_disk_over_ttft1']:.2f}")
             print(f"{conn}: " + "; ".join(parts), file=out)
         out.flush()
 

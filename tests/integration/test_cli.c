@@ -17,7 +17,10 @@
  *    reaped it;
  *  - kvds bench local and kvds bench remote produce well-formed reports
  *    (remote starts and stops its own pair of workers and leaves its
- *    $TMPDIR empty, also when a worker fails to start).
+ *    $TMPDIR empty, also when a worker fails to start); kvds bench disk
+ *    --quick prints every row (spill and read-back next to fio when fio is
+ *    installed, DRAM-hit and disk-hit latency, per size) and leaves its
+ *    --dir empty, also when its worker fails to start.
  * The test is a child subreaper, so the daemonized worker becomes its child:
  * it reaps it (as init would) and checks its exit status.
  */
@@ -758,6 +761,103 @@ static void bench_remote_smoke(void) {
   json_decref(j);
 }
 
+/* The line of text that starts with `start` and has `word` after it, or
+ * NULL. */
+static const char *find_row(const char *text, const char *start,
+                            const char *word) {
+  size_t n = strlen(start);
+  for (const char *l = text; *l;) {
+    const char *nl = strchr(l, '\n');
+    size_t len = nl ? (size_t)(nl - l) : strlen(l);
+    if (len > n && strncmp(l, start, n) == 0 &&
+        memmem(l, len, word, strlen(word)))
+      return l;
+    l += len + (nl != NULL);
+  }
+  return NULL;
+}
+
+/* 1 when `path` is an executable in $PATH. */
+static int in_path(const char *name) {
+  char buf[1024];
+  const char *p = getenv("PATH");
+  while (p && *p) {
+    const char *e = strchr(p, ':');
+    size_t len = e ? (size_t)(e - p) : strlen(p);
+    snprintf(buf, sizeof buf, "%.*s/%s", (int)len, p, name);
+    if (access(buf, X_OK) == 0)
+      return 1;
+    p += len + (e != NULL);
+  }
+  return 0;
+}
+
+/* `kvds bench disk --quick`: the bench starts a worker with the disk tier
+ * per size in a fresh directory under --dir, and prints for each size a
+ * spill and a read-back row with a kvds figure (and fio's and the ratio
+ * when fio is installed, else a skip note) and a DRAM-hit and a disk-hit
+ * latency row, then removes everything it wrote: --dir is empty again. A
+ * worker that fails to start (a pool below the minimum) fails the bench
+ * with exit 1 and one error line, nothing on stdout, --dir empty. No speed
+ * is asserted. */
+static void bench_disk_smoke(void) {
+  static struct res r;
+  char dir[1200];
+  fresh_dir(dir, sizeof dir, "bench-disk-fail");
+  KVDS(&r, NULL, 0, "bench", "disk", "--dir", dir, "--memory", "2KiB",
+       "--sizes", "256");
+  KVH_CHECK(r.code == 1, "bench disk with a 2 KiB pool: exit %d (%s)", r.code,
+            r.err);
+  int errors = 0;
+  for (const char *l = r.err; *l;) {
+    const char *nl = strchr(l, '\n');
+    size_t len = nl ? (size_t)(nl - l) : strlen(l);
+    if (strncmp(l, "kvds bench disk: ", 17) != 0) {
+      errors++;
+      KVH_CHECK(memmem(l, len, "while starting", 14),
+                "bench disk with a 2 KiB pool: unexpected line '%.*s'",
+                (int)len, l);
+    }
+    l += len + (nl != NULL);
+  }
+  KVH_CHECK(errors == 1, "bench disk with a 2 KiB pool: %d error lines: %s",
+            errors, r.err);
+  KVH_CHECK(r.out_len == 0, "bench disk with a 2 KiB pool printed '%s'", r.out);
+  expect_empty_dir(dir, "bench disk with a 2 KiB pool");
+
+  fresh_dir(dir, sizeof dir, "bench-disk");
+  KVDS(&r, NULL, 0, "bench", "disk", "--quick", "--dir", dir);
+  KVH_CHECK(r.code == 0, "bench disk --quick exited %d: %s", r.code, r.err);
+  expect_empty_dir(dir, "bench disk");
+  int fio = in_path("fio");
+  KVH_CHECK(strstr(r.out, fio ? "fio: fio-" : "fio: skipped"),
+            "bench disk: no fio line (fio %s): %s",
+            fio ? "installed" : "missing", r.out);
+  const char *sizes[] = {"1.0 MiB", "4.0 MiB"};
+  const char *phases[] = {"spill", "read-back"};
+  for (int i = 0; i < 2; i++) {
+    for (int p = 0; p < 2; p++) {
+      const char *row = find_row(r.out, sizes[i], phases[p]);
+      KVH_CHECK(row, "bench disk: no %s row for %s: %s", phases[p], sizes[i],
+                r.out);
+      char size[16], unit[16], phase[16], kv[16], fg[16], ratio[16];
+      double mib = 0;
+      int n = sscanf(row, "%15s %15s %15s %lf %15s %15s %15s", size, unit,
+                     phase, &mib, kv, fg, ratio);
+      KVH_CHECK(n == 7 && mib > 0 && strtod(kv, NULL) > 0,
+                "bench disk: %s %s row without figures: %.120s", sizes[i],
+                phases[p], row);
+      KVH_CHECK(fio ? strtod(fg, NULL) > 0 && strtod(ratio, NULL) > 0
+                    : strcmp(fg, "-") == 0,
+                "bench disk: %s %s row: fio column '%s' ratio '%s' (fio %s)",
+                sizes[i], phases[p], fg, ratio, fio ? "installed" : "missing");
+    }
+    KVH_CHECK(find_row(r.out, "DRAM hit", sizes[i]) &&
+                  find_row(r.out, "disk hit", sizes[i]),
+              "bench disk: no latency rows for %s: %s", sizes[i], r.out);
+  }
+}
+
 int main(int argc, char **argv) {
   kvh_init(argc, argv, "cli");
   /* Orphans (the daemonized worker) are re-parented to us, not to an init
@@ -775,5 +875,6 @@ int main(int argc, char **argv) {
   stop_zombie();
   bench_smoke();
   bench_remote_smoke();
+  bench_disk_smoke();
   return kvh_finish();
 }

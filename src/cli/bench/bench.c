@@ -1,10 +1,10 @@
 /*
  * bench.c — `kvds bench`: picks the mode. `local` (local.c) and `remote`
- * (remote.c) are written in C; `kvds bench connector` runs the Python bench
- * of the vLLM connector (python/kvds/bench_connector.py) in $KVDS_PYTHON,
- * else python3, and `kvds bench ttft` the TTFT bench with real vLLM servers
- * (python/kvds/bench_serve.py) the same way. Also what every mode shares
- * about the process: the help text, the stop flag, this binary's path
+ * (remote.c) and `disk` (disk.c) are written in C; `kvds bench connector` runs
+ * the Python bench of the vLLM connector (python/kvds/bench_connector.py) in
+ * $KVDS_PYTHON, else python3, and `kvds bench ttft` the TTFT bench with real
+ * vLLM servers (python/kvds/bench_serve.py) the same way. Also what every mode
+ * shares about the process: the help text, the stop flag, this binary's path
  * (bench.h).
  */
 #include <errno.h>
@@ -20,6 +20,7 @@
 static const char HELP[] =
     "usage: kvds bench local [options]\n"
     "       kvds bench remote [options]\n"
+    "       kvds bench disk [options]\n"
     "       kvds bench connector [options]\n"
     "       kvds bench ttft [options]\n"
     "\n"
@@ -92,6 +93,42 @@ static const char HELP[] =
     "                        --max-bytes 32MiB, --seconds 0.03)\n"
     "      --json            print one JSON document instead of tables\n"
     "  -h, --help            this text\n"
+    "\n"
+    "kvds bench disk:\n"
+    "The disk tier against fio. Per object size it starts a worker of this\n"
+    "binary (--tier posix --disk-policy spill, a small pool, --disk-dir in a\n"
+    "fresh directory under --dir, removed at the end with everything in it)\n"
+    "and measures: spill, objects put until --working-set x the pool is\n"
+    "written, each put held back until the tier's spill is ahead of its\n"
+    "eviction (the worker would evict objects without a copy): the disk\n"
+    "bytes the tier wrote (its disk_write_bytes counter) over the time from\n"
+    "the first spill to the last; read-back, zero-copy mgets of\n"
+    "--disk-threads keys per call that live on disk only (one pass:\n"
+    "promotion into DRAM); then the latency of one zero-copy get of a DRAM\n"
+    "hit and of a disk hit (each sample checked against the worker's\n"
+    "disk_reads). Next to each throughput: fio of the same bytes in the same\n"
+    "directory, --bs = the object size, --numjobs = --disk-threads,\n"
+    "--ioengine=psync, buffered like the tier (--fsync=1 with --fsync\n"
+    "object), and the ratio kvds / fio; without fio a skip note and the\n"
+    "kvds figures. Before every phase of both the dirty pages are written\n"
+    "back and, when the bench runs as root, the page cache is dropped (else\n"
+    "the header says it was not). docs/benchmarks.md explains the rows.\n"
+    "Progress lines (\"kvds bench disk: ...\") go to stderr.\n"
+    "\n"
+    "      --dir DIR          where the bench's directory goes (default\n"
+    "                         /var/tmp: a disk, not a tmpfs)\n"
+    "  -m, --memory SIZE      pool of the started workers (default 256MiB)\n"
+    "      --sizes LIST       object sizes (default 1MiB,4MiB,16MiB; the pool\n"
+    "                         must hold at least 8 of each)\n"
+    "      --working-set X    bytes put per size, in pools (2..64, default 4)\n"
+    "      --disk-threads N   the worker's disk threads, the read-back's\n"
+    "                         keys per call and fio's jobs (default 2)\n"
+    "      --fsync none|object  passed to the worker (default none)\n"
+    "      --samples N        latency samples of each kind (default 20)\n"
+    "      --quick            short run, under 20 s (--sizes 1MiB,4MiB,\n"
+    "                         32MiB pools, --working-set 3, --samples 5)\n"
+    "      --json             print one JSON document instead of tables\n"
+    "  -h, --help             this text\n"
     "\n"
     "kvds bench connector:\n"
     "Save and load time per request through the vLLM connector\n"
@@ -215,5 +252,7 @@ int cmd_bench(int argc, char **argv) {
     return run_python("kvds.bench_serve", argc - 1, argv + 1);
   if (argc > 1 && strcmp(argv[1], "remote") == 0)
     return bench_remote(argc - 1, argv + 1);
+  if (argc > 1 && strcmp(argv[1], "disk") == 0)
+    return bench_disk(argc - 1, argv + 1);
   return bench_local(argc, argv);
 }

@@ -9,6 +9,10 @@
  *              to memcpy
  *   remote.c   `kvds bench remote`: reads pulled across two workers next
  *              to raw loopback TCP
+ *   disk.c     `kvds bench disk`: the disk tier's spill and read-back next
+ *              to fio, and disk-hit vs DRAM-hit latency
+ *   workers.c  workers a bench starts itself, and its temporary
+ *              directories
  *   opts.c     ranged option values and --sizes / --batch lists
  *   samples.c  per-call latency samples and their percentiles
  *   keys.c     generated key sets, and deleting keys on a worker
@@ -26,6 +30,7 @@
 #define KVDS_CLI_BENCH_H
 
 #include <jansson.h>
+#include <limits.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -35,7 +40,7 @@
 #define BENCH_KEYS_MAX 65536    /* keys of one case */
 #define BENCH_EXISTS_BATCH 1000 /* keys per kvds_exists call */
 
-/* ---- modes (local.c, remote.c) ------------------------------------------ */
+/* ---- modes (local.c, remote.c, disk.c) ---------------------------------- */
 
 /* `kvds bench [options] local` with cmd_bench's argc/argv unchanged
  * (argv[0] is "bench"): also what runs for a missing or unknown mode,
@@ -45,6 +50,10 @@ int bench_local(int argc, char **argv);
 /* `kvds bench remote [options]` (argv[0] is "remote"). Returns the exit
  * status. */
 int bench_remote(int argc, char **argv);
+
+/* `kvds bench disk [options]` (argv[0] is "disk"). Returns the exit
+ * status. */
+int bench_disk(int argc, char **argv);
 
 /* ---- process (bench.c) -------------------------------------------------- */
 
@@ -62,6 +71,51 @@ int bench_stopped(void);
 /* This binary's path (static storage, valid until the process ends), or
  * NULL with errno set. */
 const char *bench_self_exe(void);
+
+/* ---- started workers and directories (workers.c) ----------------------- */
+
+/* A worker started by a bench. Zero-initialise, set port, then
+ * bench_worker_spawn. */
+struct bench_worker {
+  pid_t pid; /* 0: none (or reaped) */
+  int port;
+  char addr[64];
+  char log[PATH_MAX + 32];
+};
+
+/* A TCP port on 127.0.0.1 that was free a moment ago, or -1. */
+int bench_free_port(void);
+
+/* Starts `<this binary> worker --listen 127.0.0.1:<w->port> ARGS...` (args:
+ * NULL-terminated, borrowed until the call returns), plus
+ * --auth-token-file $KVDS_AUTH_TOKEN_FILE when that is set, with
+ * KVDS_RUN_DIR=dir (its Unix socket goes there) and its output in
+ * dir/worker-<port>.log (w->log). The child gets its own process group (a
+ * terminal's ^C reaches the bench, which stops the worker in order) and
+ * dies with the bench. 0, or -errno (-E2BIG: too many args) with nothing
+ * started. Prints nothing. */
+int bench_worker_spawn(struct bench_worker *w, const char *dir,
+                       const char *const *args);
+
+/* Polls until the worker answers a ping. CLI_OK; CLI_FAIL after printing
+ * one line (the worker exited while starting, or did not answer by
+ * deadline_ns: either with the last line of its log), or silently when the
+ * bench was stopped. */
+int bench_worker_wait_ready(struct bench_worker *w, uint64_t deadline_ns);
+
+/* SIGTERM, then waits up to 30 s (SIGKILL after); then removes its log,
+ * also when the worker had already exited and been reaped. A worker never
+ * started (pid 0, no log) is a no-op. */
+void bench_worker_stop(struct bench_worker *w);
+
+/* Creates a fresh directory parent/name.XXXXXX (mkdtemp) into out[cap].
+ * CLI_OK, or one line printed, out = "" and CLI_FAIL. */
+int bench_make_dir(const char *parent, const char *name, char *out, size_t cap);
+
+/* Removes path and everything under it (symlinks are not followed). 0,
+ * or -errno (-ENOTEMPTY: something under it could not be removed). Prints
+ * nothing. */
+int bench_remove_tree(const char *path);
 
 /* ---- options (opts.c) --------------------------------------------------- */
 

@@ -85,10 +85,11 @@ static int local_parse(int argc, char **argv, struct local_opts *o) {
   if (optind >= argc || strcmp(argv[optind], "local") != 0 ||
       optind + 1 != argc) {
     cli_err("bench",
-            "%s (usage: kvds bench local|remote|connector|ttft [options])",
-            optind >= argc
-                ? "missing the mode 'local', 'remote', 'connector' or 'ttft'"
-                : "unknown mode or extra argument");
+            "%s (usage: kvds bench local|remote|disk|connector|ttft "
+            "[options])",
+            optind >= argc ? "missing the mode 'local', 'remote', 'disk', "
+                             "'connector' or 'ttft'"
+                           : "unknown mode or extra argument");
     return CLI_USAGE;
   }
   return CLI_OK;

@@ -11,7 +11,6 @@
  * moves `batch` values.
  */
 #include <arpa/inet.h>
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -24,10 +23,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/time.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -64,14 +61,6 @@ __attribute__((format(printf, 1, 2))) static void progress(const char *fmt,
   va_end(ap);
   fprintf(stderr, "kvds bench remote: %s\n", msg);
 }
-
-/* A worker started by the bench. */
-struct rworker {
-  pid_t pid; /* 0: none (or reaped) */
-  int port;
-  char addr[64];
-  char log[PATH_MAX + 32];
-};
 
 /* Raw TCP over loopback: stream i is a connection between a receiving
  * thread (asks for len bytes at src_off, receives them at dst_off) and a
@@ -116,7 +105,7 @@ struct remote {
   struct remote_opts *o;
   int started;
   char dir[PATH_MAX];
-  struct rworker w[2];
+  struct bench_worker w[2];
   const char *addr_a, *addr_b;
   kvds_client *ca, *cb;
   char prefix[64];
@@ -293,138 +282,18 @@ static int wait_visible(kvds_client *c, const struct bench_keyset *ks) {
 
 /* ---- workers ---- */
 
-/* A TCP port on 127.0.0.1 that was free a moment ago. */
-static int free_port(void) {
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  struct sockaddr_in sa = {.sin_family = AF_INET,
-                           .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  socklen_t len = sizeof sa;
-  int port = -1;
-  if (fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
-      getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
-    port = ntohs(sa.sin_port);
-  if (fd >= 0)
-    close(fd);
-  return port;
-}
-
-/* Starts `kvds worker` on w->port peered with peer_port; its output goes to
- * w->log, its Unix socket into r->dir. The child gets its own process group
- * (a terminal's ^C reaches the bench, which stops the worker in order) and
- * dies with the bench. */
-static int worker_spawn(struct remote *r, struct rworker *w, int peer_port) {
-  const char *self = bench_self_exe();
-  if (!self)
-    return -errno;
+/* Starts worker w peered with peer_port, as remote_opts says. */
+static int worker_spawn(struct remote *r, struct bench_worker *w,
+                        int peer_port) {
   char peers[64], mem[32], pulls[24], threads[24];
-  snprintf(w->addr, sizeof w->addr, "127.0.0.1:%d", w->port);
   snprintf(peers, sizeof peers, "127.0.0.1:%d", peer_port);
-  snprintf(w->log, sizeof w->log, "%s/worker-%d.log", r->dir, w->port);
   snprintf(mem, sizeof mem, "%llu", (unsigned long long)r->o->memory);
   snprintf(pulls, sizeof pulls, "%llu", (unsigned long long)r->o->pull_threads);
   snprintf(threads, sizeof threads, "%llu", (unsigned long long)r->o->threads);
-  const char *token = getenv("KVDS_AUTH_TOKEN_FILE");
-  char *args[] = {(char *)self,
-                  "worker",
-                  "--listen",
-                  w->addr,
-                  "--peers",
-                  peers,
-                  "--memory",
-                  mem,
-                  "--pull-threads",
-                  pulls,
-                  "--threads",
-                  threads,
-                  token && *token ? "--auth-token-file" : NULL,
-                  (char *)token,
-                  NULL};
-  pid_t parent = getpid();
-  fflush(NULL);
-  pid_t pid = fork();
-  if (pid < 0)
-    return -errno;
-  if (pid == 0) {
-    setpgid(0, 0);
-    prctl(PR_SET_PDEATHSIG, SIGTERM);
-    if (getppid() != parent)
-      _exit(127);
-    int in = open("/dev/null", O_RDONLY);
-    int out = open(w->log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    if (in < 0 || out < 0)
-      _exit(127);
-    if (dup2(in, STDIN_FILENO) < 0 || dup2(out, STDOUT_FILENO) < 0 ||
-        dup2(out, STDERR_FILENO) < 0)
-      _exit(127);
-    if (in > STDERR_FILENO)
-      close(in);
-    if (out > STDERR_FILENO)
-      close(out);
-    setenv("KVDS_RUN_DIR", r->dir, 1);
-    execv(self, args);
-    _exit(127);
-  }
-  w->pid = pid;
-  return 0;
-}
-
-/* SIGTERM, then waits up to 30 s (SIGKILL after); then removes its log,
- * also when the worker had already exited and been reaped. */
-static void worker_stop(struct rworker *w) {
-  if (w->log[0]) {
-    unlink(w->log);
-    w->log[0] = '\0';
-  }
-  if (w->pid <= 0)
-    return;
-  kill(w->pid, SIGTERM);
-  uint64_t deadline = kvds_now_ns() + 30000000000ull;
-  int st;
-  for (;;) {
-    pid_t p = waitpid(w->pid, &st, WNOHANG);
-    if (p == w->pid || (p < 0 && errno != EINTR))
-      break;
-    if (kvds_now_ns() > deadline) {
-      kill(w->pid, SIGKILL);
-      while (waitpid(w->pid, &st, 0) < 0 && errno == EINTR)
-        ;
-      break;
-    }
-    kvds_sleep_ms(10);
-  }
-  w->pid = 0;
-}
-
-/* Polls until the worker answers a ping (or exits, or the deadline). */
-static int worker_wait_ready(struct rworker *w, uint64_t deadline_ns) {
-  char tail[512];
-  for (;;) {
-    int st;
-    if (waitpid(w->pid, &st, WNOHANG) == w->pid) {
-      w->pid = 0;
-      cli_err("bench", "worker %s exited (%s %d) while starting: %s", w->addr,
-              WIFEXITED(st) ? "status" : "signal",
-              WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st),
-              cli_log_tail(w->log, 0, tail, sizeof tail));
-      return CLI_FAIL;
-    }
-    kvds_client *c;
-    if (cli_try_connect(w->addr, 1000, KVDS_CONNECT_LAZY_MAP, &c, NULL, 0) ==
-        0) {
-      int rc = kvds_ping(c);
-      kvds_client_close(c);
-      if (rc == 0)
-        return CLI_OK;
-    }
-    if (bench_stopped())
-      return CLI_FAIL;
-    if (kvds_now_ns() > deadline_ns) {
-      cli_err("bench", "worker %s did not start in time: %s", w->addr,
-              cli_log_tail(w->log, 0, tail, sizeof tail));
-      return CLI_FAIL;
-    }
-    kvds_sleep_ms(20);
-  }
+  const char *args[] = {
+      "--peers", peers,       "--memory", mem, "--pull-threads",
+      pulls,     "--threads", threads,    NULL};
+  return bench_worker_spawn(w, r->dir, args);
 }
 
 /* c's worker's cluster status: *root (caller decrefs) and its "members"
@@ -1053,16 +922,11 @@ static int print_remote_json(const struct remote *r) {
 
 static int remote_start_workers(struct remote *r) {
   const char *tmp = getenv("TMPDIR");
-  snprintf(r->dir, sizeof r->dir, "%s/kvds-bench-remote.XXXXXX",
-           tmp && *tmp ? tmp : "/tmp");
-  if (!mkdtemp(r->dir)) {
-    cli_err("bench", "cannot create a directory under %s: %s",
-            tmp && *tmp ? tmp : "/tmp", strerror(errno));
-    r->dir[0] = '\0';
+  if (bench_make_dir(tmp && *tmp ? tmp : "/tmp", "kvds-bench-remote", r->dir,
+                     sizeof r->dir))
     return CLI_FAIL;
-  }
-  r->w[0].port = free_port();
-  r->w[1].port = free_port();
+  r->w[0].port = bench_free_port();
+  r->w[1].port = bench_free_port();
   if (r->w[0].port <= 0 || r->w[1].port <= 0 || r->w[0].port == r->w[1].port) {
     cli_err("bench", "no free loopback ports");
     return CLI_FAIL;
@@ -1085,7 +949,7 @@ static int remote_start_workers(struct remote *r) {
   uint64_t deadline =
       kvds_now_ns() + 30000000000ull + 4 * (r->o->memory >> 30) * 1000000000ull;
   for (int i = 0; i < 2; i++)
-    if (worker_wait_ready(&r->w[i], deadline))
+    if (bench_worker_wait_ready(&r->w[i], deadline))
       return CLI_FAIL;
   return CLI_OK;
 }
@@ -1097,20 +961,14 @@ static void remote_cleanup(struct remote *r) {
   kvds_client_close(r->cb);
   r->ca = r->cb = NULL;
   for (int i = 0; i < 2; i++)
-    worker_stop(&r->w[i]);
+    bench_worker_stop(&r->w[i]);
   if (r->dir[0]) {
     /* The directory is the bench's own (mkdtemp) and its workers are gone:
      * whatever they left there (a socket after a hard kill, a pidfile)
      * goes with it. */
-    DIR *d = opendir(r->dir);
-    struct dirent *e;
-    while (d && (e = readdir(d)))
-      if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
-        unlinkat(dirfd(d), e->d_name, 0);
-    if (d)
-      closedir(d);
-    if (rmdir(r->dir))
-      cli_err("bench", "cannot remove %s: %s", r->dir, strerror(errno));
+    int rc = bench_remove_tree(r->dir);
+    if (rc)
+      cli_err("bench", "cannot remove %s: %s", r->dir, kvds_strerror(rc));
     r->dir[0] = '\0';
   }
 }

@@ -1,13 +1,19 @@
 """`kvds bench ttft` (python/kvds/bench_serve.py) end to end, in its
 quickest form: steps 1 and 2 on one real vLLM server through the C CLI,
+then the disk step on a second server whose worker has the disk tier,
 4 prompts of 256 tokens, a 2-layer model.
 
 Checks the output's shape, that its figures are computed from vLLM's own
 per-request TTFTs (the median and p99 of the samples, equal to what
 `vllm bench serve` reported), that step 1 loaded nothing while step 2's set
 A came from kvds — every full block of every request loaded by the
-connector, vLLM's own prefix cache having lost set A to set B — and that
-every server and worker is gone at the end. No time is asserted."""
+connector, vLLM's own prefix cache having lost set A to set B — that the
+disk step's set A came from kvds too, every block of it read back from
+the disk worker's files (its disk_reads counter), and that every server
+and worker is gone at the end, the disk worker's files removed. The
+table's disk row and its note are checked on a made-up step. No time is
+asserted."""
+import io
 import json
 import os
 import shutil
@@ -17,7 +23,7 @@ import sys
 
 import pytest
 
-from kvds.bench_serve import _lmcache_failure
+from kvds.bench_serve import Table, _lmcache_failure
 
 pytest.importorskip("vllm")
 
@@ -40,11 +46,11 @@ def close(a, b):
     return abs(a - b) <= 1e-6 * max(1.0, abs(a), abs(b))
 
 
-def test_quick_steps_1_2(tmp_path):
+def test_quick_steps_1_2_disk(tmp_path):
     if not os.access(KVDS_BIN, os.X_OK):
         pytest.fail(f"kvds binary not found: {KVDS_BIN} (set KVDS_BIN)")
     png = tmp_path / "ttft.png"
-    cmd = [KVDS_BIN, "bench", "ttft", "--quick", "--steps", "1,2", "--json", "--keep-logs",
+    cmd = [KVDS_BIN, "bench", "ttft", "--quick", "--steps", "1,2,disk", "--json", "--keep-logs",
            "--input-len", str(TOKENS), "--output-len", str(OUT), "--num-prompts", str(PROMPTS),
            "--concurrency", "2", "--model-layers", str(LAYERS), "--model-hidden", str(HIDDEN),
            "--block-size", str(BLOCK), "--lmcache", "off", "--plot", str(png)]
@@ -62,6 +68,8 @@ def test_quick_steps_1_2(tmp_path):
             st = subprocess.run([KVDS_BIN, "status", "--worker", addr], capture_output=True,
                                 text=True, timeout=60)
             assert st.returncode != 0, f"worker {addr} still answers"
+        disk = res["steps"][-1]["disk"]
+        assert not os.path.exists(disk["dir"]), "the disk worker's files were left"
     finally:
         shutil.rmtree(logs, ignore_errors=True)
 
@@ -70,15 +78,16 @@ def check(res, png):
     w = res["workload"]
     assert (w["input_len"], w["output_len"], w["num_prompts"], w["concurrency"]) == \
         (TOKENS, OUT, PROMPTS, 2)
-    assert w["steps"] == ["1", "2"] and w["seed_b"] == w["seed_a"] + 1
+    assert w["steps"] == ["1", "2", "disk"] and w["seed_b"] == w["seed_a"] + 1
     m = res["model"]
     assert (m["layers"], m["kv_heads"], m["head_size"], m["block_size"]) == \
         (LAYERS, HIDDEN // 128, 64, BLOCK)
-    assert len(res["workers"]) == 1 and res["lmcache"] is None
+    # W1, and WD for the disk step
+    assert len(res["workers"]) == 2 and res["lmcache"] is None
     steps = res["steps"]
     assert [(s["step"], s["connector"]) for s in steps] == \
-        [("1", "kvds"), ("2b", "kvds"), ("2", "kvds")]
-    assert [s["seed"] for s in steps] == [w["seed_a"], w["seed_b"], w["seed_a"]]
+        [("1", "kvds"), ("2b", "kvds"), ("2", "kvds"), ("disk", "kvds")]
+    assert [s["seed"] for s in steps] == [w["seed_a"], w["seed_b"], w["seed_a"], w["seed_a"]]
     full = PROMPTS * (TOKENS // BLOCK)
     block_bytes = 64 + LAYERS * 2 * m["kv_heads"] * 64 * BLOCK * 4     # header + float32 K, V
     for s in steps:
@@ -92,7 +101,7 @@ def check(res, png):
         assert close(t["p99"], s["vllm_reported"]["p99_ttft_ms"])
         assert s["prompt_tokens"] == PROMPTS * TOKENS and s["full_blocks"] == full
         assert s["peer_bytes"] == 0                               # one worker
-    one, b, two = steps
+    one, b, two, disk = steps
     # steps 1 and B: fresh prompts, nothing to load
     for s in (one, b):
         assert s["kvds"]["requests_loaded"] == 0 and s["external_hit_tokens"] == 0
@@ -107,12 +116,42 @@ def check(res, png):
     assert two["external_hit_tokens"] == PROMPTS * (TOKENS - 1)
     assert k["load_ms"]["n"] == PROMPTS and k["load_ms"]["p50"] > 0
     assert 0 < two["transfer_share"] < 1
+    # the disk step: all of A from kvds, every block read from WD's files
+    # (the filler pushed A out of WD's DRAM: it was spilled, none skipped)
+    k = disk["kvds"]
+    assert disk["vllm_prefix_hit_tokens"] == 0
+    assert k["requests_loaded"] == PROMPTS
+    assert k["blocks_loaded"] == k["blocks_asked"] == full
+    assert k["bytes_loaded"] == full * block_bytes
+    assert disk["external_hit_tokens"] == PROMPTS * (TOKENS - 1)
+    d = disk["disk"]
+    assert d["spill_skipped"] == 0 and d["spilled_objects"] >= full
+    assert d["reads"] == full and d["read_bytes"] == full * block_bytes
     r = res["ratios"]["kvds"]
     assert close(r["ttft2_over_ttft1"], two["ttft_ms"]["p50"] / one["ttft_ms"]["p50"])
+    assert close(r["ttft_disk_over_ttft2"], disk["ttft_ms"]["p50"] / two["ttft_ms"]["p50"])
+    assert close(r["ttft_disk_over_ttft1"], disk["ttft_ms"]["p50"] / one["ttft_ms"]["p50"])
     assert "ttft3_over_ttft2" not in r
     assert res["plot"] == str(png)
     with open(png, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_table_prints_disk_row():
+    step = {"step": "disk", "title": "disk-tier hit: A evicted from DRAM", "connector": "kvds",
+            "ttft_ms": {"p50": 123.4, "p99": 150.0, "n": 4}, "prompt_tokens": 1024,
+            "external_hit_tokens": 1020, "vllm_prefix_hit_tokens": 0, "peer_bytes": 0,
+            "full_blocks": 8, "transfer_share": 0.25,
+            "kvds": {"requests_loaded": 4, "blocks_loaded": 8, "blocks_asked": 8,
+                     "bytes_loaded": 8 << 20, "load_ms": {"p50": 30.0, "n": 4}},
+            "disk": {"pool": 24 << 20, "reads": 8, "read_bytes": 8 << 20,
+                     "spilled_objects": 20, "spill_skipped": 0, "page_cache_dropped": True}}
+    out = io.StringIO()
+    Table(out)("step", step)
+    lines = out.getvalue().splitlines()
+    assert lines[0].split()[:2] == ["disk", "disk-tier"] and "123" in lines[0]
+    assert "read 8 objects, 8.4 MB, from its disk" in lines[1]
+    assert "page cache dropped" in lines[1]
 
 
 def test_help_names_ttft_mode():
