@@ -20,6 +20,7 @@
 struct found {
   struct kvds__disk_ent *e;
   int64_t mtime_ns;
+  uint64_t ctime_us; /* the header's: orders files of one mtime tick */
 };
 
 struct scanner {
@@ -76,6 +77,7 @@ static int scan_file(struct scanner *s, int dfd, const char *fname,
   s->v[s->n].e = e;
   s->v[s->n].mtime_ns =
       (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+  s->v[s->n].ctime_us = h.ctime_us;
   s->n++;
 out:
   close(fd);
@@ -134,6 +136,10 @@ static int by_mtime(const void *a, const void *b) {
   const struct found *x = a, *y = b;
   if (x->mtime_ns != y->mtime_ns)
     return x->mtime_ns < y->mtime_ns ? -1 : 1;
+  /* one timestamp tick (filesystems keep coarse times): the order the
+   * headers were written in */
+  if (x->ctime_us != y->ctime_us)
+    return x->ctime_us < y->ctime_us ? -1 : 1;
   return memcmp(x->e->name, y->e->name, 16);
 }
 

@@ -30,6 +30,7 @@ int kvds_store_init(struct kvds_store *st, struct kvds_pool *pool,
   }
   kvds_lru_init(&st->lru);
   kvds_lru_init(&st->orphans);
+  kvds_lru_init(&st->dirty);
   pthread_mutex_init(&st->lock, NULL);
   return 0;
 }
@@ -57,6 +58,8 @@ void kvds_store_fini(struct kvds_store *st) {
  * the allocator, so used - lru_bytes is what eviction can never free. */
 static void lru_add(struct kvds_store *st, struct kvds_object *o) {
   kvds_lru_push(&st->lru, &o->lru);
+  if (st->spill && !o->ondisk)
+    kvds_lru_push(&st->dirty, &o->dlru);
   st->lru_bytes += kvds_alloc_rounded(o->size);
 }
 
@@ -64,6 +67,7 @@ static void lru_del(struct kvds_store *st, struct kvds_object *o) {
   if (!kvds_lru_linked(&o->lru))
     return;
   kvds_lru_remove(&st->lru, &o->lru);
+  kvds_lru_remove(&st->dirty, &o->dlru);
   st->lru_bytes -= kvds_alloc_rounded(o->size);
 }
 
@@ -175,6 +179,9 @@ int kvds_store_create(struct kvds_store *st, const void *key, size_t klen,
   o->replica = 0;
   o->ondisk = 0;
   o->io = 0;
+  o->promo = 0;
+  o->doomed = 0;
+  o->dlru.prev = o->dlru.next = NULL;
   kvds_index_insert(&st->index, &o->inode);
   st->ctr.writing_objects++;
   *out = o;
@@ -266,6 +273,35 @@ int kvds_store_delete(struct kvds_store *st, const void *key, size_t klen) {
     return KVDS_E_STATE;
   obj_unlink(st, o, 0);
   return 0;
+}
+
+void kvds_store_set_ondisk(struct kvds_store *st, struct kvds_object *o,
+                           int ondisk) {
+  o->ondisk = (uint8_t)(ondisk != 0);
+  if (o->ondisk)
+    kvds_lru_remove(&st->dirty, &o->dlru);
+  else if (st->spill && kvds_lru_linked(&o->lru) && !kvds_lru_linked(&o->dlru))
+    kvds_lru_push(&st->dirty, &o->dlru);
+}
+
+static struct kvds_object *dirty_obj(struct kvds_store *st,
+                                     struct kvds_lru_node *n) {
+  for (; n && n != &st->dirty.head; n = n->prev) {
+    struct kvds_object *o =
+        (struct kvds_object *)((char *)n - offsetof(struct kvds_object, dlru));
+    if (!o->io)
+      return o;
+  }
+  return NULL;
+}
+
+struct kvds_object *kvds_store_dirty_oldest(struct kvds_store *st) {
+  return dirty_obj(st, kvds_lru_oldest(&st->dirty));
+}
+
+struct kvds_object *kvds_store_dirty_next(struct kvds_store *st,
+                                          struct kvds_object *o) {
+  return dirty_obj(st, o->dlru.prev);
 }
 
 int kvds_store_io_done(struct kvds_store *st, struct kvds_object *o) {

@@ -27,6 +27,8 @@ struct kvds_object {
   struct kvds_index_node inode; /* key and hash */
   struct kvds_lru_node lru;     /* in st->lru iff sealed, unpinned, indexed;
                                    in st->orphans iff deleted while pinned */
+  struct kvds_lru_node dlru;    /* in st->dirty iff in st->lru, st->spill
+                                   and no copy on disk (same order) */
   uint64_t off;                 /* offset of the value in the pool */
   uint64_t size;                /* value bytes */
   uint64_t checksum;            /* xxh3-64, valid once sealed */
@@ -40,6 +42,8 @@ struct kvds_object {
                       (the key stays readable here, no notify) */
   uint8_t io;      /* the disk tier is writing it out: not evicted, and not
                       freed before kvds_store_io_done */
+  uint8_t promo;   /* WRITING: the disk tier is reading it in */
+  uint8_t doomed;  /* a promotion deleted meanwhile: aborted, not sealed */
   uint8_t key[];   /* klen bytes */
 };
 
@@ -95,7 +99,9 @@ struct kvds_store {
   kvds_store_notify_fn notify; /* may be NULL */
   void *notify_ud;
   int spill; /* a disk tier copies objects out before eviction (counts
-                evicted_unspilled) */
+                evicted_unspilled, keeps `dirty`) */
+  struct kvds_lru dirty; /* with spill: the evictable objects with no copy
+                            on disk, least recently used first */
   struct kvds_store_counters ctr;
 };
 
@@ -150,6 +156,17 @@ void kvds_store_unpin(struct kvds_store *st, struct kvds_object *o);
 
 /* Deletes a SEALED object (KVDS_E_NOTFOUND, KVDS_E_STATE if writing). */
 int kvds_store_delete(struct kvds_store *st, const void *key, size_t klen);
+
+/* Marks whether the disk tier has a copy of o (o->ondisk), keeping the
+ * dirty list. */
+void kvds_store_set_ondisk(struct kvds_store *st, struct kvds_object *o,
+                           int ondisk);
+/* The least recently used evictable object with no copy on disk and none
+ * being written (spill set), or NULL: where spilling starts. Then
+ * kvds_store_dirty_next for the next one toward the recent end. */
+struct kvds_object *kvds_store_dirty_oldest(struct kvds_store *st);
+struct kvds_object *kvds_store_dirty_next(struct kvds_store *st,
+                                          struct kvds_object *o);
 
 /* The disk tier finished writing o out (o->io was set under the lock):
  * frees o if it was deleted meanwhile and nothing else holds it. Returns 1

@@ -641,19 +641,33 @@ static int op_delete(struct conn *c, const struct req_items *ri) {
   struct reply r;
   kvds__reply_init(&r);
   for (uint32_t i = 0; i < ri->n; i++) {
+    const uint8_t *key = ri->key[i];
+    uint32_t kl = ri->it[i].klen;
+    int disk = 0;
     LOCK(s);
-    int rc = kvds_store_delete(&s->store, ri->key[i], ri->it[i].klen);
+    int rc = kvds_store_delete(&s->store, key, kl);
+    if (rc == KVDS_E_STATE && s->tier) {
+      /* being read in from disk: that read ends unseen, and the file goes
+       * below (a WRITING object of a client's stays KVDS_E_STATE) */
+      struct kvds_object *o = kvds_store_find(&s->store, key, kl);
+      if (o && o->promo) {
+        o->doomed = 1;
+        rc = KVDS_E_NOTFOUND;
+      }
+    }
+    if (s->tier && rc != KVDS_E_KEYLEN && rc != KVDS_E_STATE)
+      disk = kvds__tier_probes(s->tier) || kvds__tier_has(s->tier, key, kl);
     UNLOCK(s);
-    if (s->tier && rc != KVDS_E_KEYLEN && rc != KVDS_E_STATE) {
-      /* the disk copy too (a key on disk only is deleted from there) */
-      int drc = kvds__tier_delete(s->tier, ri->key[i], ri->it[i].klen);
+    if (disk) { /* the disk copy too (a key on disk only: from there) */
+      int drc = kvds__tier_delete(s->tier, key, kl);
       if (drc == 0 && rc == KVDS_E_NOTFOUND) {
         LOCK(s); /* this worker no longer holds it */
         if (s->store.notify)
-          s->store.notify(ri->key[i], ri->it[i].klen, 0, s->store.notify_ud);
+          s->store.notify(key, kl, 0, s->store.notify_ud);
         UNLOCK(s);
       }
-      if (rc == KVDS_E_NOTFOUND && drc != KVDS_E_NOTFOUND)
+      /* read-only: the file stays (and serves the key again): say so */
+      if (drc == KVDS_E_STATE || (rc == KVDS_E_NOTFOUND && drc != rc))
         rc = drc;
     }
     kvds__reply_item(&r, rc, 0, 0, 0, 0, NULL, 0);

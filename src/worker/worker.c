@@ -881,6 +881,7 @@ out:
   kvds__tier_stop(s);
   kvds_resolver_stop(&s->resolver);
   kvds__cluster_stop(s);
+  kvds__tier_free(s);
   kvds_membership_destroy(s->members);
   for (int i = 0; i < 2; i++)
     if (sigs[i])

@@ -23,6 +23,7 @@ import signal
 import struct
 import subprocess
 import threading
+import time
 import urllib.request
 
 import numpy as np
@@ -285,8 +286,10 @@ def test_shared_directory(make_worker, tmp_path, policy_b):
 
         if policy_b == "read-only":
             before = files_by_key(disk)
-            # B's delete drops its DRAM copy (read from disk); the file stays
-            cb.delete(keys[0])
+            # B's delete drops its DRAM copy (read from disk) but the file
+            # stays (and serves the key again): KVDS_E_STATE says so
+            with pytest.raises(kvds.KvdsError, match="KVDS_E_STATE"):
+                cb.delete(keys[0])
             # a key only on disk (B never read it): refused, the file stays
             ca.put(keys[7], value_of(keys[7]))
             before = files_by_key(disk)
@@ -897,3 +900,94 @@ def test_shared_directory_sees_removals(make_worker, tmp_path):
         assert missing(cb, keys[1])
     a.stop()
     b.stop()
+
+
+# ---- races a review found: concurrent reads and deletes ---------------------------
+
+def test_concurrent_gets_of_a_disk_key(make_worker, tmp_path):
+    """32 clients GET (no wait) the same keys that live on disk only, at
+    once: every one gets the value — one of them reads it in, the others
+    wait for that read's seal rather than being told it is absent."""
+    disk = tmp_path / "disk"
+    w = disk_worker(make_worker, disk, "write-through", "256MiB", ["--disk-threads", "4"])
+    keys = [f"hot/{i}".encode() for i in range(4)]
+    with kvds.Client(w.addr) as c:
+        for k in keys:
+            c.put(k, value_of(k, 8 * MiB))
+    w.stop()
+    for _ in range(2):
+        w = disk_worker(make_worker, disk, "write-through", "256MiB",
+                        ["--disk-threads", "4"])
+        got, errors = [], []
+        barrier = threading.Barrier(32)
+
+        def one(k):
+            with kvds.Client(w.addr) as c:
+                barrier.wait()
+                try:
+                    got.append(digest(c.get(k)) == digest(value_of(k, 8 * MiB)))
+                except Exception as e:  # noqa: BLE001 - reported below
+                    errors.append(repr(e))
+        ts = [threading.Thread(target=one, args=(keys[i % 4],)) for i in range(32)]
+        [t.start() for t in ts]
+        [t.join() for t in ts]
+        assert errors == [] and got == [True] * 32, errors
+        assert stats(w)["disk_reads"] == len(keys)  # each read in once
+        w.stop()
+
+
+def test_delete_during_write_through(make_worker, tmp_path):
+    """A DELETE answered while the PUT's file is still being written: the key
+    does not come back from the disk once the write lands."""
+    disk = tmp_path / "disk"
+    w = disk_worker(make_worker, disk, "write-through", "512MiB", ["--fsync", "object"])
+    k, val = b"victim", os.urandom(128 * MiB)
+    done = {}
+
+    def put():
+        with kvds.Client(w.addr) as c:
+            c.put(k, val)
+            done["put"] = True
+    th = threading.Thread(target=put)
+    th.start()
+    with kvds.Client(w.addr) as c:
+        # the seal is in DRAM before the file is written (usually well before
+        # the PUT returns: 128 MiB with an fsync); either way the key must
+        # stay deleted
+        wait_for(lambda: c.exists([k])[0] or "put" in done, "the seal in DRAM")
+        c.delete(k)
+        th.join()
+        assert c.exists([k]) == [False] and missing(c, k)
+        assert kv_files(disk) == []
+    w.stop()
+
+
+def test_delete_during_promotion(make_worker, tmp_path):
+    """A DELETE while a GET reads the key in from disk: the delete succeeds
+    (not KVDS_E_STATE), the file is gone and the key stays deleted."""
+    disk = tmp_path / "disk"
+    k = b"victim"
+    for delay in (0.0, 0.01, 0.05):
+        w = disk_worker(make_worker, disk, "write-through", "512MiB")
+        with kvds.Client(w.addr) as c:
+            c.put(k, value_of(k, 128 * MiB))
+        w.stop()
+        w = disk_worker(make_worker, disk, "spill", "512MiB")
+        res = {}
+
+        def get():
+            with kvds.Client(w.addr) as c:
+                try:
+                    res["get"] = digest(c.get(k)) == digest(value_of(k, 128 * MiB))
+                except kvds.NotFound:
+                    res["get"] = "absent"
+        th = threading.Thread(target=get)
+        th.start()
+        time.sleep(delay)
+        with kvds.Client(w.addr) as c:
+            c.delete(k)  # raises on any error (KVDS_E_STATE before the fix)
+            th.join()
+            assert res["get"] in (True, "absent"), res  # before or after: never wrong
+            assert c.exists([k]) == [False] and missing(c, k)
+        assert kv_files(disk) == []
+        w.stop()

@@ -1135,8 +1135,15 @@ static void test_disk_marks(void **state) {
     keyname(k, sizeof k, i);
     obj[i] = put(st, k, 256 * KiB);
   }
-  obj[0]->io = 1;     /* the oldest is being written out */
-  obj[1]->ondisk = 1; /* the next has a copy on disk */
+  /* with spill set the dirty list follows the LRU, oldest first */
+  assert_int_equal(st->dirty.count, 12);
+  assert_ptr_equal(kvds_store_dirty_oldest(st), obj[0]);
+  obj[0]->io = 1; /* the oldest is being written out: not offered */
+  assert_ptr_equal(kvds_store_dirty_oldest(st), obj[1]);
+  assert_ptr_equal(kvds_store_dirty_next(st, obj[1]), obj[2]);
+  kvds_store_set_ondisk(st, obj[1], 1); /* the next has a copy on disk */
+  assert_int_equal(st->dirty.count, 11);
+  assert_ptr_equal(kvds_store_dirty_oldest(st), obj[2]);
   /* Needs five evictions: key-1..key-5 (key-0 skipped). */
   put(st, "new", 200 * KiB);
   assert_int_equal(st->ctr.evictions, 5);
@@ -1152,6 +1159,17 @@ static void test_disk_marks(void **state) {
   assert_int_equal(st->alloc.used, used); /* still allocated */
   assert_int_equal(kvds_store_io_done(st, obj[0]), 1);
   assert_int_equal(st->alloc.used, used - 256 * KiB);
+  /* evicted, deleted: off the dirty list too */
+  assert_int_equal(st->dirty.count, 12 - 5 - 1 + 1); /* + "new" */
+  /* a copy gone: back on the dirty list; pinned: off it */
+  kvds_store_set_ondisk(st, obj[7], 1);
+  assert_int_equal(st->dirty.count, 6);
+  kvds_store_set_ondisk(st, obj[7], 0);
+  assert_int_equal(st->dirty.count, 7);
+  kvds_store_pin(st, obj[7]);
+  assert_int_equal(st->dirty.count, 6);
+  kvds_store_unpin(st, obj[7]);
+  assert_int_equal(st->dirty.count, 7);
   /* io_done of a live object: nothing else changes. */
   obj[6]->io = 1;
   assert_int_equal(kvds_store_io_done(st, obj[6]), 0);

@@ -29,10 +29,11 @@ struct kvds_tier {
   int policy; /* enum kvds_disk_policy */
   int probing;
   struct kvds_resolver res;
-  pthread_mutex_t lock; /* the queue, the retry list, spill state */
-  pthread_cond_t cv;    /* jobs queued, or stopping */
-  pthread_cond_t mcv;   /* the maintenance thread: something to do */
-  struct tjob *head, *tail;
+  pthread_mutex_t lock;       /* the queue, the retry list, spill state */
+  pthread_cond_t cv;          /* jobs queued, or stopping */
+  pthread_cond_t mcv;         /* the maintenance thread: something to do */
+  struct tjob *head, *tail;   /* reads, writes, spills */
+  struct tjob *lhead, *ltail; /* looks again for waiting GETs: after those */
   int stopping;
   pthread_t *threads;
   int nthreads, started;
@@ -47,9 +48,9 @@ struct kvds_tier {
   uint64_t err_log_us; /* lock: last logged disk error */
 };
 
-/* Queues j for the tier's threads (lock not held). 0, or KVDS_E_SHUTDOWN
- * (j not taken). */
-int kvds__tier_queue(struct kvds_tier *t, struct tjob *j);
+/* Queues j for the tier's threads (lock not held); `low`: behind every
+ * other job. 0, or KVDS_E_SHUTDOWN (j not taken). */
+int kvds__tier_queue(struct kvds_tier *t, struct tjob *j, int low);
 /* Logs a disk error at most every 10 s (lock not held). */
 void kvds__tier_log_error(struct kvds_tier *t, const char *what,
                           const uint8_t *key, uint32_t klen, int rc);

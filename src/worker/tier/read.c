@@ -37,6 +37,9 @@ struct group {
   int retry_ms;                /* the next retry's delay */
   const struct kvds_resolver *next;
   uint8_t *found;    /* finds: the file is there */
+  uint8_t *busy;     /* GET: another request is reading it in (its seal
+                        settles the key) */
+  int low;           /* a look again: behind other jobs */
   atomic_uint parts; /* jobs not finished */
 };
 
@@ -59,6 +62,7 @@ static void group_free(struct group *g) {
     kvds_wait_unhold(g->w);
   free(g->hint);
   free(g->found);
+  free(g->busy);
   free(g);
 }
 
@@ -72,10 +76,14 @@ static void key_gone(struct kvds_tier *t, const uint8_t *key, uint32_t klen) {
   pthread_mutex_unlock(&st->lock);
 }
 
+/* promote: another request is reading the key in, or writing it */
+#define BUSY 1
+
 /* Reads key's file into a new object of the pool and seals it (waking
- * whoever waits for it). 0 when it is here now (or being written by
- * someone else, whose seal wakes the waiters); KVDS_E_NOTFOUND,
- * KVDS_E_CHECKSUM (corrupt: not served), KVDS_E_NOSPACE, -errno. */
+ * whoever waits for it). 0 when it is here now; BUSY when someone else
+ * creates it (whose seal wakes the waiters); KVDS_E_NOTFOUND (also when
+ * the key was deleted while it was read), KVDS_E_CHECKSUM (corrupt: not
+ * served), KVDS_E_NOSPACE, -errno. */
 static int promote(struct kvds_tier *t, const uint8_t *key, uint32_t klen) {
   struct kvds_server *s = t->s;
   struct kvds_disk_obj fo;
@@ -90,17 +98,25 @@ static int promote(struct kvds_tier *t, const uint8_t *key, uint32_t klen) {
   struct kvds_object *o = NULL;
   pthread_mutex_lock(&s->store.lock);
   rc = kvds_store_create(&s->store, key, klen, fo.size, &o);
+  if (!rc)
+    o->promo = 1; /* a DELETE now dooms it rather than failing */
   pthread_mutex_unlock(&s->store.lock);
   if (rc) {
     kvds_disk_close_obj(&fo);
-    return rc == KVDS_E_EXISTS ? 0 : rc;
+    return rc == KVDS_E_EXISTS ? BUSY : rc;
   }
   rc =
       kvds_disk_read_obj(t->disk, key, klen, &fo, kvds_store_data(&s->store, o),
                          kvds_alloc_rounded(fo.size));
   pthread_mutex_lock(&s->store.lock);
+  /* Deleted while it was read (the DELETE dropped the index entry, or
+   * doomed the object): never visible. Also what tells whether the file is
+   * still there for a later eviction (the disk may have evicted it). */
+  if (!rc && (o->doomed || !kvds_disk_has(t->disk, key, klen, NULL)))
+    rc = KVDS_E_NOTFOUND;
+  o->promo = 0;
   if (!rc) {
-    o->ondisk = 1;  /* evicting it again loses nothing */
+    o->ondisk = 1;  /* evicting it again loses nothing (not on the LRU yet) */
     o->replica = 1; /* a copy: --replicas does not copy it on */
     kvds_store_seal(&s->store, o, fo.checksum); /* wakes the request */
   } else {
@@ -109,20 +125,25 @@ static int promote(struct kvds_tier *t, const uint8_t *key, uint32_t klen) {
   pthread_mutex_unlock(&s->store.lock);
   if (rc == KVDS_E_CHECKSUM)
     key_gone(t, key, klen);
-  else if (rc)
+  else if (rc && rc != KVDS_E_NOTFOUND)
     kvds__tier_log_error(t, "reading", key, klen, rc);
   return rc;
 }
 
-static void fail_open(struct kvds_wait *w, int32_t status) {
+/* Fails the open keys of w but those `skip` marks (NULL: none). */
+static void fail_open(struct kvds_wait *w, int32_t status,
+                      const uint8_t *skip) {
   uint32_t n = kvds_wait_count(w);
   uint32_t *idx = malloc((n ? n : 1) * sizeof *idx);
   int32_t *st = malloc((n ? n : 1) * sizeof *st);
   if (idx && st) {
-    uint32_t m = kvds_wait_open(w, idx);
+    uint32_t m = kvds_wait_open(w, idx), k = 0;
     for (uint32_t i = 0; i < m; i++)
-      st[i] = status;
-    kvds_wait_fail(w, m, idx, st);
+      if (!skip || !skip[idx[i]]) {
+        idx[k] = idx[i];
+        st[k++] = status;
+      }
+    kvds_wait_fail(w, k, idx, st);
   }
   /* else: the request's timer answers it */
   free(idx);
@@ -205,9 +226,9 @@ static void group_done(struct group *g) {
   } else if (g->kind != KVDS_WAIT_GET) {
     answer_find(g);
   } else if (g->wait_ms <= 0) {
-    fail_open(w, KVDS_E_NOTFOUND);
+    fail_open(w, KVDS_E_NOTFOUND, g->busy);
   } else if (kvds_now_us() >= g->client_deadline_us) {
-    fail_open(w, KVDS_E_TIMEOUT);
+    fail_open(w, KVDS_E_TIMEOUT, g->busy);
   } else {
     retry_add(g); /* keeps g */
     return;
@@ -230,7 +251,9 @@ static void rjob_run(struct kvds_tier *t, struct tjob *tj) {
       continue;
     }
     int rc = promote(t, key, klen);
-    if (rc == KVDS_E_NOSPACE) /* no room here: nobody else helps */
+    if (rc == BUSY)
+      g->busy[i] = 1;
+    else if (rc == KVDS_E_NOSPACE) /* no room here: nobody else helps */
       kvds_wait_fail(g->w, 1, &i, &rc);
   }
   free(j);
@@ -254,7 +277,7 @@ static void group_start(struct group *g, const uint32_t *idx, uint32_t n) {
       j->g = g;
       j->n = hi - lo;
       memcpy(j->idx, idx + lo, j->n * sizeof *idx);
-      if (!kvds__tier_queue(t, &j->base))
+      if (!kvds__tier_queue(t, &j->base, g->low))
         continue;
       free(j);
     }
@@ -319,8 +342,9 @@ static int tier_submit(void *self, const struct kvds_miss *m) {
     memcpy(g->hint, m->hint, m->hlen);
     g->hlen = m->hlen;
   }
-  if (g->kind != KVDS_WAIT_GET &&
-      !(g->found = calloc(kvds_wait_count(w) ? kvds_wait_count(w) : 1, 1))) {
+  uint32_t n = kvds_wait_count(w) ? kvds_wait_count(w) : 1;
+  if (g->kind != KVDS_WAIT_GET ? !(g->found = calloc(n, 1))
+                               : !(g->busy = calloc(n, 1))) {
     group_free(g);
     return -ENOMEM;
   }
@@ -348,11 +372,12 @@ void kvds__tier_retries_run(struct kvds_tier *t, uint64_t now_us) {
       free(r);
       group_free(g);
     } else if (now_us >= g->client_deadline_us) {
-      fail_open(g->w, KVDS_E_TIMEOUT);
+      fail_open(g->w, KVDS_E_TIMEOUT, g->busy);
       free(r);
       group_free(g);
     } else if (t->probing && now_us >= r->at_us) {
       free(r);
+      g->low = 1;
       if (group_run(g)) /* looks again; may come back here */
         group_free(g);
     } else {

@@ -26,24 +26,27 @@ static void on_disk_evict(const uint8_t *key, uint32_t klen, void *ud) {
   pthread_mutex_lock(&s->store.lock);
   struct kvds_object *o = kvds_store_find(&s->store, key, klen);
   if (o && o->state == KVDS_STATE_SEALED)
-    o->ondisk = 0;
-  else if (!o && s->store.notify)
+    kvds_store_set_ondisk(&s->store, o, 0);
+  else if (!o && s->store.notify) /* (a promotion checks the index before
+                                     its seal) */
     s->store.notify(key, klen, 0, s->store.notify_ud);
   pthread_mutex_unlock(&s->store.lock);
 }
 
-int kvds__tier_queue(struct kvds_tier *t, struct tjob *j) {
+int kvds__tier_queue(struct kvds_tier *t, struct tjob *j, int low) {
   pthread_mutex_lock(&t->lock);
   if (t->stopping) {
     pthread_mutex_unlock(&t->lock);
     return KVDS_E_SHUTDOWN;
   }
+  struct tjob **head = low ? &t->lhead : &t->head;
+  struct tjob **tail = low ? &t->ltail : &t->tail;
   j->next = NULL;
-  if (t->tail)
-    t->tail->next = j;
+  if (*tail)
+    (*tail)->next = j;
   else
-    t->head = j;
-  t->tail = j;
+    *head = j;
+  *tail = j;
   pthread_cond_signal(&t->cv);
   pthread_mutex_unlock(&t->lock);
   return 0;
@@ -57,26 +60,35 @@ void kvds__tier_log_error(struct kvds_tier *t, const char *what,
   if (log)
     t->err_log_us = now;
   pthread_mutex_unlock(&t->lock);
-  if (log)
-    kvds__logf(1,
-               "disk tier: %s %.*s%s failed: %s (%s); more such errors "
-               "are counted, logged every 10 s",
-               what, (int)(klen > 64 ? 64 : klen), (const char *)key,
-               klen > 64 ? "..." : "", kvds_strerror(rc), kvds_err_name(rc));
+  if (!log)
+    return;
+  char k[65]; /* the key's first bytes, printable */
+  uint32_t n = klen < 64 ? klen : 64;
+  for (uint32_t i = 0; i < n; i++)
+    k[i] = key[i] >= 0x20 && key[i] < 0x7f ? (char)key[i] : '?';
+  k[n] = 0;
+  kvds__logf(1,
+             "disk tier: %s %s%s failed: %s (%s); more such errors are "
+             "counted, logged every 10 s",
+             what, k, klen > 64 ? "..." : "", kvds_strerror(rc),
+             kvds_err_name(rc));
 }
 
 static void *pool_main(void *arg) {
   struct kvds_tier *t = arg;
   pthread_mutex_lock(&t->lock);
   for (;;) {
-    while (!t->stopping && !t->head)
+    while (!t->stopping && !t->head && !t->lhead)
       pthread_cond_wait(&t->cv, &t->lock);
-    struct tjob *j = t->head;
+    /* reads, writes and spills before the looks of waiting GETs */
+    int low = !t->head;
+    struct tjob **head = low ? &t->lhead : &t->head;
+    struct tjob *j = *head;
     if (!j)
       break; /* stopping, nothing left */
-    t->head = j->next;
-    if (!t->head)
-      t->tail = NULL;
+    *head = j->next;
+    if (!*head)
+      *(low ? &t->ltail : &t->tail) = NULL;
     pthread_mutex_unlock(&t->lock);
     j->run(t, j);
     pthread_mutex_lock(&t->lock);
@@ -162,7 +174,8 @@ int kvds__tier_start(struct kvds_server *s) {
   t->threads = calloc((size_t)t->nthreads, sizeof *t->threads);
   int rc = t->threads ? 0 : -ENOMEM;
   for (; !rc && t->started < t->nthreads; t->started++)
-    rc = -pthread_create(&t->threads[t->started], NULL, pool_main, t);
+    if ((rc = -pthread_create(&t->threads[t->started], NULL, pool_main, t)))
+      break;
   if (!rc && !(rc = -pthread_create(&t->maint, NULL, maint_main, t)))
     t->maint_started = 1;
   s->store.spill = t->policy == KVDS_DISK_SPILL;
@@ -181,14 +194,23 @@ void kvds__tier_stop(struct kvds_server *s) {
   pthread_cond_broadcast(&t->cv);
   pthread_cond_broadcast(&t->mcv);
   pthread_mutex_unlock(&t->lock);
-  /* The pool drains its queue first: every job lets its wait go. */
+  /* The pool drains its queues first: every job lets its wait go. */
   for (int i = 0; i < t->started; i++)
     pthread_join(t->threads[i], NULL);
+  t->started = 0;
   if (t->maint_started)
     pthread_join(t->maint, NULL);
+  t->maint_started = 0;
   kvds__tier_retries_drop(t);
-  s->tier = NULL;
   s->store.spill = 0;
+}
+
+void kvds__tier_free(struct kvds_server *s) {
+  struct kvds_tier *t = s->tier;
+  if (!t)
+    return;
+  kvds__tier_stop(s);
+  s->tier = NULL;
   kvds_disk_close(t->disk);
   pthread_cond_destroy(&t->cv);
   pthread_cond_destroy(&t->mcv);

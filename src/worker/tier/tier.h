@@ -42,11 +42,13 @@ int kvds__tier_open(struct kvds_server *s);
  * starts (which announces what the disk holds) and before the I/O
  * threads. 0, or an error (logged). */
 int kvds__tier_start(struct kvds_server *s);
-/* Stops the threads (dropping every hold on waits) and closes the disk
- * (whether or not they started; NULL s->tier: nothing).
- * After the I/O threads stopped, before the cluster stops (the tier hands
- * misses on to it). */
+/* Stops the threads (whether or not they started; NULL s->tier: nothing),
+ * dropping every hold on waits. After the I/O threads stopped, before the
+ * cluster stops (the tier hands misses on to it). */
 void kvds__tier_stop(struct kvds_server *s);
+/* Stops (if need be) and frees the tier, closing the disk: after the
+ * cluster stopped (its announcements read the disk's keys). */
+void kvds__tier_free(struct kvds_server *s);
 
 /* The tier's resolver (misses of GETs, and finds when it probes). */
 const struct kvds_resolver *kvds__tier_resolver(struct kvds_tier *t);

@@ -42,6 +42,54 @@ static int write_obj(struct kvds_tier *t, struct kvds_object *o) {
   return rc;
 }
 
+/* What to do once o's file was written (rc 0) or not, decided under the
+ * store lock: o still the key's object — mark whether the disk has its
+ * copy now (the disk may have evicted it already); o deleted meanwhile —
+ * its file must not outlive it: remove it, unless a newer object of the
+ * key took its place; if that one's copy was already on disk, ours may
+ * have replaced it: write it again (*again, pinned). */
+enum { AFTER_NONE, AFTER_REMOVE, AFTER_REWRITE };
+
+static int after_write_locked(struct kvds_tier *t, struct kvds_object *o,
+                              int rc, struct kvds_object **again) {
+  struct kvds_store *st = &t->s->store;
+  const uint8_t *key = o->key;
+  uint32_t klen = o->inode.klen;
+  if (o->indexed) {
+    if (!rc)
+      kvds_store_set_ondisk(st, o, kvds_disk_has(t->disk, key, klen, NULL));
+    return AFTER_NONE;
+  }
+  if (rc)
+    return AFTER_NONE;
+  struct kvds_object *cur = kvds_store_find(st, key, klen);
+  if (!cur)
+    return AFTER_REMOVE;
+  if (cur->state == KVDS_STATE_SEALED && cur->ondisk) {
+    kvds_store_pin(st, cur);
+    *again = cur;
+    return AFTER_REWRITE;
+  }
+  return AFTER_NONE; /* its own write (write-through, spill) comes later */
+}
+
+/* The second half of after_write_locked, the store lock not held. */
+static void after_write(struct kvds_tier *t, int what, const uint8_t *key,
+                        uint32_t klen, struct kvds_object *again) {
+  struct kvds_store *st = &t->s->store;
+  if (what == AFTER_REMOVE) {
+    kvds_disk_remove(t->disk, key, klen);
+  } else if (what == AFTER_REWRITE) {
+    int rc = write_obj(t, again);
+    pthread_mutex_lock(&st->lock);
+    if (again->indexed)
+      kvds_store_set_ondisk(st, again,
+                            !rc && kvds_disk_has(t->disk, key, klen, NULL));
+    kvds_store_unpin(st, again);
+    pthread_mutex_unlock(&st->lock);
+  }
+}
+
 static void pgroup_done(struct pgroup *g) {
   kvds_wait_answer(g->w, g->status, NULL, 0, 0);
   kvds_wait_unhold(g->w);
@@ -59,9 +107,12 @@ static void persist_range(struct kvds_tier *t, struct pgroup *g, uint32_t lo,
     if (!o)
       continue;
     int r = rc ? rc : write_obj(t, o);
+    struct kvds_object *again = NULL;
     pthread_mutex_lock(&st->lock);
-    if (!r)
-      o->ondisk = 1;
+    int what = after_write_locked(t, o, r, &again);
+    pthread_mutex_unlock(&st->lock);
+    after_write(t, what, o->key, o->inode.klen, again); /* o pinned */
+    pthread_mutex_lock(&st->lock);
     kvds_store_unpin(st, o);
     pthread_mutex_unlock(&st->lock);
     g->status[i] = r;
@@ -124,7 +175,7 @@ void kvds__tier_persist(struct kvds_tier *t, struct kvds_wait *w, uint32_t n,
     struct pjob *j = malloc(sizeof *j);
     if (j) {
       *j = (struct pjob){.base.run = pjob_run, .g = g, .lo = lo, .hi = hi};
-      if (!kvds__tier_queue(t, &j->base))
+      if (!kvds__tier_queue(t, &j->base, 0))
         continue;
       free(j);
       persist_range(t, g, lo, hi, KVDS_E_SHUTDOWN);
@@ -147,13 +198,12 @@ static void sjob_run(struct kvds_tier *t, struct tjob *tj) {
   struct sjob *j = (struct sjob *)tj;
   struct kvds_store *st = &t->s->store;
   int rc = write_obj(t, j->o);
+  struct kvds_object *again = NULL;
   pthread_mutex_lock(&st->lock);
-  if (!rc)
-    j->o->ondisk = 1;
+  int what = after_write_locked(t, j->o, rc, &again);
   int deleted = kvds_store_io_done(st, j->o); /* j->o may be freed now */
   pthread_mutex_unlock(&st->lock);
-  if (deleted && !rc)
-    kvds_disk_remove(t->disk, j->key, j->klen); /* deleted meanwhile */
+  after_write(t, what, j->key, j->klen, again);
   if (rc)
     atomic_fetch_add(&t->spill_failures, 1);
   else if (!deleted)
@@ -169,10 +219,10 @@ static void sjob_run(struct kvds_tier *t, struct tjob *tj) {
 
 /*
  * Eviction takes objects from the cold end of the LRU once the pool passes
- * its high watermark. Spilling keeps the coldest `window` bytes of it
- * copied out once the pool is within that window of the watermark: half
- * the pool, or twice what one eviction round frees if more (a writer
- * briefly faster than the disk then still finds its victims copied).
+ * its high watermark. Once the pool is within `window` of the watermark —
+ * half the pool, or twice what one eviction round frees if more — spills
+ * copy out the coldest objects that have no copy yet (so a writer briefly
+ * faster than the disk still finds its victims copied).
  * At most two writes per disk thread are in flight.
  */
 void kvds__tier_spill_run(struct kvds_tier *t) {
@@ -196,16 +246,11 @@ void kvds__tier_spill_run(struct kvds_tier *t) {
   if (round > window)
     window = round;
   if (used + window >= high) {
-    uint64_t bytes = 0;
-    struct kvds_lru_node *ln = kvds_lru_oldest(&st->lru);
-    for (; ln && ln != &st->lru.head && bytes < window && n < room;
-         ln = ln->prev) {
-      struct kvds_object *o =
-          (struct kvds_object *)((char *)ln -
-                                 offsetof(struct kvds_object, lru));
-      bytes += kvds_alloc_rounded(o->size);
-      if (o->ondisk || o->io)
-        continue;
+    /* the coldest objects with no copy (the dirty list: no walk over the
+     * ones already copied) */
+    struct kvds_object *o = kvds_store_dirty_oldest(st), *next;
+    for (; o && n < room; o = next) {
+      next = kvds_store_dirty_next(st, o);
       o->io = 1;
       pick[n++] = o;
     }
@@ -229,7 +274,7 @@ void kvds__tier_spill_run(struct kvds_tier *t) {
     pthread_mutex_lock(&t->lock);
     t->spills_inflight++;
     pthread_mutex_unlock(&t->lock);
-    if (kvds__tier_queue(t, &jobs[i]->base)) { /* stopping */
+    if (kvds__tier_queue(t, &jobs[i]->base, 0)) { /* stopping */
       pthread_mutex_lock(&st->lock);
       kvds_store_io_done(st, jobs[i]->o);
       pthread_mutex_unlock(&st->lock);
