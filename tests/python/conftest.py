@@ -31,7 +31,8 @@ class Worker:
     """A `kvds worker` process on 127.0.0.1:<free port> (memory=None: no
     --memory flag, the worker's default or its --config file decides)."""
 
-    def __init__(self, run_dir, memory="64MiB", extra=(), port=None):
+    def __init__(self, run_dir, memory="64MiB", extra=(), port=None, prefix=()):
+        """prefix: a command the worker runs under (it execs the rest)."""
         if not os.access(KVDS_BIN, os.X_OK):
             pytest.fail(f"kvds binary not found: {KVDS_BIN} (set KVDS_BIN)")
         self.run_dir = str(run_dir)
@@ -45,7 +46,7 @@ class Worker:
         env.pop("DS_WORKER_ADDR", None)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [KVDS_BIN, "worker", "--listen", self.addr,
+                [*prefix, KVDS_BIN, "worker", "--listen", self.addr,
                  *(["--memory", memory] if memory else []), *extra],
                 stdout=log, stderr=subprocess.STDOUT, env=env)
         self._wait_ready()

@@ -628,23 +628,11 @@ class TmpfsWorker(Worker):
     `size` (gone with the namespace when the worker exits)."""
 
     def __init__(self, run_dir, mnt, size, memory, extra):
-        self.run_dir = str(run_dir)
-        self.port = free_port()
-        self.addr = f"127.0.0.1:{self.port}"
-        self.tcp = f"tcp://{self.addr}"
-        self.sock = os.path.join(self.run_dir, f"kvds-{self.port}.sock")
-        self.unix = f"unix:{self.sock}"
-        self.log_path = os.path.join(self.run_dir, f"worker-{self.port}.log")
-        env = dict(os.environ, KVDS_RUN_DIR=self.run_dir)
-        env.pop("DS_WORKER_ADDR", None)
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                ["unshare", "-m", "--propagation", "private", "sh", "-c",
-                 f'mount -t tmpfs -o size={size} tmpfs "$0" && exec "$@"', str(mnt),
-                 KVDS_BIN, "worker", "--listen", self.addr, "--memory", memory,
-                 "--disk-dir", str(mnt), *extra],
-                stdout=log, stderr=subprocess.STDOUT, env=env)
-        self._wait_ready()
+        super().__init__(
+            run_dir, memory, ["--disk-dir", str(mnt), *extra],
+            prefix=["unshare", "-m", "--propagation", "private", "sh", "-c",
+                    f'mount -t tmpfs -o size={size} tmpfs "$0" && exec "$@"',
+                    str(mnt)])
 
 
 @pytest.fixture
