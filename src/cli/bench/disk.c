@@ -736,7 +736,7 @@ static void print_row(const char *size, const char *phase, uint64_t bytes,
 }
 
 static void print_case(const struct dcase *k) {
-  char sz[32], note[200], g[16];
+  char sz[32], note[512], g[16];
   kvds_fmt_bytes(k->size, sz, sizeof sz);
   snprintf(note, sizeof note,
            "put %s GB/s with the pool full, %llu skipped, %llu waits "
