@@ -181,6 +181,28 @@ static void get_reply(struct conn *c, uint64_t req_id, uint16_t flags,
     }
 }
 
+void kvds__reply_find(struct reply *r, int kind, uint32_t n,
+                      const int32_t *st) {
+  if (kind == KVDS_WAIT_LOOKUP) {
+    uint32_t p = 0;
+    while (p < n && st[p] == 0)
+      p++;
+    kvds__reply_item(r, 0, p, 0, 0, 0, NULL, 0);
+    return;
+  }
+  for (uint32_t i = 0; i < n; i++) {
+    int here = st[i] == 0;
+    if (kind == KVDS_WAIT_EXISTS) {
+      kvds__reply_item(r, st[i], 0, 0, 0, 0, NULL, 0);
+      continue;
+    }
+    kvds__reply_item(r, here ? 0 : KVDS_E_NOTFOUND, (uint64_t)here, 0, 0, 0,
+                     NULL, 0);
+    if (here) /* one owner: this worker, with no id */
+      kvds__reply_item(r, 0, 0, 0, 0, 0, "", 0);
+  }
+}
+
 /* Answers seals whose objects were to be persisted (KVDS_WAIT_SEAL): the
  * tier's status per object (its DRAM copy is sealed whatever it says). */
 static void seal_answer(struct conn *c, const struct kvds_wait_answer *a) {
@@ -217,8 +239,7 @@ void kvds__server_on_answer(void *owner, const struct kvds_wait_answer *a) {
   } else if (a->kind == KVDS_WAIT_EXISTS) {
     struct reply r;
     kvds__reply_init(&r);
-    for (uint32_t i = 0; i < a->n; i++)
-      kvds__reply_item(&r, a->status[i], 0, 0, 0, 0, NULL, 0);
+    kvds__reply_find(&r, KVDS_WAIT_EXISTS, a->n, a->status);
     kvds__reply_send(c, &r, KVDS_OP_EXISTS, a->req_id, 0, 0, 0, -1);
   } else {
     /* the resolver's frame, or an empty one if it sent no bytes */
@@ -377,6 +398,15 @@ static struct kvds_tier *write_through(struct kvds_server *s) {
   return s->tier && kvds__tier_write_through(s->tier) ? s->tier : NULL;
 }
 
+/* A seal to persist, under its seal's lock hold: a pin for its answer and
+ * one for the tier's write. */
+static struct kvds_object *hold_for_persist(struct kvds_store *st,
+                                            struct kvds_object *o) {
+  kvds_store_pin(st, o);
+  kvds_store_pin(st, o);
+  return o;
+}
+
 /* Seals to persist before they are answered: objs[i] sealed and pinned
  * twice under the seal's lock hold (one pin for the answer, one for the
  * tier), or NULL with the seal's error in status[i]. Takes objs and
@@ -461,11 +491,8 @@ static int op_seal(struct conn *c, const struct req_items *ri) {
     c->writing_bytes -= o->size;
     LOCK(s);
     kvds_store_seal(&s->store, o, sum);
-    if (wt) {
-      kvds_store_pin(&s->store, o);
-      kvds_store_pin(&s->store, o);
-      objs[i] = o;
-    }
+    if (wt)
+      objs[i] = hold_for_persist(&s->store, o);
     UNLOCK(s);
     kvds__ref_drop(c, rf);
     if (!wt)
@@ -688,25 +715,6 @@ static int sealed(struct kvds_server *s, const uint8_t *key, uint32_t kl) {
          kvds__tier_has(s->tier, key, kl);
 }
 
-/* LOCATE from what this worker knows: the resolver's directory, or just
- * this worker's store when there is no resolver. */
-static void locate_local(struct kvds_server *s, struct reply *r, uint32_t n,
-                         const uint8_t *const *keys, const uint32_t *klens) {
-  if (s->resolver.ops && s->resolver.ops->locate_local) {
-    s->resolver.ops->locate_local(s->resolver.self, r, n, keys, klens);
-    return;
-  }
-  for (uint32_t i = 0; i < n; i++) {
-    LOCK(s);
-    int here = sealed(s, keys[i], klens[i]);
-    UNLOCK(s);
-    kvds__reply_item(r, here ? 0 : KVDS_E_NOTFOUND, (uint64_t)here, 0, 0, 0,
-                     NULL, 0);
-    if (here)
-      kvds__reply_item(r, 0, 0, 0, 0, 0, "", 0);
-  }
-}
-
 /* EXISTS, LOOKUP_PREFIX and LOCATE: the local store first; what it lacks
  * is asked of the resolver (one job, the client sees one round trip). */
 static int op_find(struct conn *c, const struct req_items *ri, int kind) {
@@ -720,14 +728,12 @@ static int op_find(struct conn *c, const struct req_items *ri, int kind) {
       free(st);
     return -ENOMEM;
   }
-  uint32_t present = 0, prefix = 0;
+  uint32_t present = 0;
   LOCK(s);
   for (uint32_t i = 0; i < ri->n; i++) {
     klens[i] = ri->it[i].klen;
     st[i] = sealed(s, ri->key[i], klens[i]) ? 0 : KVDS_E_NOTFOUND;
     present += st[i] == 0;
-    if (present == i + 1)
-      prefix = i + 1;
   }
   UNLOCK(s);
   int rc = 0;
@@ -748,14 +754,11 @@ static int op_find(struct conn *c, const struct req_items *ri, int kind) {
   }
   struct reply r;
   kvds__reply_init(&r);
-  if (kind == KVDS_WAIT_EXISTS) {
-    for (uint32_t i = 0; i < ri->n; i++)
-      kvds__reply_item(&r, st[i], 0, 0, 0, 0, NULL, 0);
-  } else if (kind == KVDS_WAIT_LOOKUP) {
-    kvds__reply_item(&r, 0, prefix, 0, 0, 0, NULL, 0);
-  } else {
-    locate_local(s, &r, ri->n, ri->key, klens);
-  }
+  if (kind == KVDS_WAIT_LOCATE && s->resolver.ops &&
+      s->resolver.ops->locate_local) /* the directory it knows */
+    s->resolver.ops->locate_local(s->resolver.self, &r, ri->n, ri->key, klens);
+  else
+    kvds__reply_find(&r, kind, ri->n, st);
   kvds__reply_send(c, &r, wait_op[kind], c->h.req_id, 0, 0, 0, -1);
 out:
   if (st != stack)
@@ -1058,11 +1061,8 @@ void kvds__server_data_done(struct conn *c) {
       c->writing_bytes -= o->size;
       if (sums) {
         kvds_store_seal(&s->store, o, sums[i]);
-        if (wt) {
-          kvds_store_pin(&s->store, o);
-          kvds_store_pin(&s->store, o);
-          objs[i] = o;
-        }
+        if (wt)
+          objs[i] = hold_for_persist(&s->store, o);
       } else {
         kvds_store_abort(&s->store, o);
         c->pstatus[i] = -ENOMEM;

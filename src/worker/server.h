@@ -220,6 +220,11 @@ void kvds__ref_drop(struct conn *c, struct ref *r);
 
 /* ---- server.c ------------------------------------------------------------*/
 
+/* The answer to a find from what this worker holds, st[i] = 0 when key i
+ * is here: EXISTS, the statuses; LOOKUP_PREFIX, how many leading keys are
+ * here; LOCATE (a worker without a directory), per key whether it is here
+ * and, if so, this worker as its one owner (an empty id). */
+void kvds__reply_find(struct reply *r, int kind, uint32_t n, const int32_t *st);
 /* A reply being built: header + meta in one owned buffer, by the shared
  * frame builder (proto.h). */
 struct reply {

@@ -130,9 +130,8 @@ struct kvds_wait *kvds_wait_create(struct kvds_waitbox *b, void *owner,
   }
   w->timer = evtimer_new(b->base, on_timeout, w);
   if (!w->keybuf || !w->keys || !w->klens || !w->timer ||
-      (kind == KVDS_WAIT_GET    ? !w->sw || !w->open
-       : kind == KVDS_WAIT_SEAL ? 0
-                                : !w->local)) {
+      (kind == KVDS_WAIT_GET ? !w->sw || !w->open
+                             : kind != KVDS_WAIT_SEAL && !w->local)) {
     wait_free(w);
     return NULL;
   }

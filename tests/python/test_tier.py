@@ -15,6 +15,7 @@ zeroed, the key; then the value).
 import errno
 import glob
 import hashlib
+import json
 import os
 import random
 import re
@@ -572,6 +573,17 @@ def test_restart_rebuilds_the_index(make_worker, tmp_path):
         assert in_dram(c, b"idx/") == set()
         assert c.mget(keys) == [value_of(k) for k in keys]
         assert c.stats()["disk_reads"] == len(keys)
+    # what an operator sees: kvds status (text and JSON)
+    out = subprocess.run([KVDS_BIN, "status", "--worker", w.addr], capture_output=True,
+                         text=True, timeout=30, check=True).stdout
+    line = [l for l in out.splitlines() if l.startswith("disk ")]
+    assert len(line) == 1 and line[0].split()[1:3] == ["write-through,", str(len(keys))] \
+        and f"{len(keys)} read back" in line[0], out
+    js = json.loads(subprocess.run([KVDS_BIN, "status", "--worker", w.addr, "--json"],
+                                   capture_output=True, text=True, timeout=30,
+                                   check=True).stdout)
+    assert js["disk_policy"] == 2 and js["disk_objects"] == len(keys) \
+        and js["disk_reads"] == len(keys), js
     w.stop()
 
 

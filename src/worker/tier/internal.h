@@ -44,13 +44,19 @@ struct kvds_tier {
   struct retry *retries;         /* GETs waiting for a key to appear (lock) */
   int spills_inflight;           /* lock */
   uint64_t spill_pause_until_us; /* lock: after a failed spill */
-  atomic_uint_fast64_t spills, spill_failures;
+  atomic_uint_fast64_t spills;
   uint64_t err_log_us; /* lock: last logged disk error */
 };
 
 /* Queues j for the tier's threads (lock not held); `low`: behind every
  * other job. 0, or KVDS_E_SHUTDOWN (j not taken). */
 int kvds__tier_queue(struct kvds_tier *t, struct tjob *j, int low);
+/* The disk no longer has key (evicted for capacity, found corrupt): a
+ * sealed DRAM copy must be copied out again before its eviction (or is
+ * lost then); with none, this worker no longer holds the key (the
+ * cluster is told). A promotion in flight checks the index before its
+ * seal. Store lock not held. */
+void kvds__tier_lost(struct kvds_server *s, const uint8_t *key, uint32_t klen);
 /* Logs a disk error at most every 10 s (lock not held). */
 void kvds__tier_log_error(struct kvds_tier *t, const char *what,
                           const uint8_t *key, uint32_t klen, int rc);

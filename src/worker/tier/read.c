@@ -66,16 +66,6 @@ static void group_free(struct group *g) {
   free(g);
 }
 
-/* The key is no longer here (its file was corrupt): tell the cluster
- * unless DRAM has it. */
-static void key_gone(struct kvds_tier *t, const uint8_t *key, uint32_t klen) {
-  struct kvds_store *st = &t->s->store;
-  pthread_mutex_lock(&st->lock);
-  if (!kvds_store_find(st, key, klen) && st->notify)
-    st->notify(key, klen, 0, st->notify_ud);
-  pthread_mutex_unlock(&st->lock);
-}
-
 /* promote: another request is reading the key in, or writing it */
 #define BUSY 1
 
@@ -90,7 +80,7 @@ static int promote(struct kvds_tier *t, const uint8_t *key, uint32_t klen) {
   int rc = kvds_disk_open_obj(t->disk, key, klen, &fo);
   if (rc) {
     if (rc == KVDS_E_CHECKSUM)
-      key_gone(t, key, klen);
+      kvds__tier_lost(t->s, key, klen);
     else if (rc != KVDS_E_NOTFOUND)
       kvds__tier_log_error(t, "opening", key, klen, rc);
     return rc;
@@ -124,7 +114,7 @@ static int promote(struct kvds_tier *t, const uint8_t *key, uint32_t klen) {
   }
   pthread_mutex_unlock(&s->store.lock);
   if (rc == KVDS_E_CHECKSUM)
-    key_gone(t, key, klen);
+    kvds__tier_lost(t->s, key, klen);
   else if (rc && rc != KVDS_E_NOTFOUND)
     kvds__tier_log_error(t, "reading", key, klen, rc);
   return rc;
@@ -159,23 +149,11 @@ static void answer_find(struct group *g) {
   struct reply r;
   kvds__reply_init(&r);
   if (!st)
-    return;
+    return; /* the request's timer answers it */
   for (uint32_t i = 0; i < n; i++)
     st[i] = kvds_wait_local(w, i);
-  if (g->kind == KVDS_WAIT_LOOKUP) {
-    uint32_t p = 0;
-    while (p < n && st[p] == 0)
-      p++;
-    kvds__reply_item(&r, 0, p, 0, 0, 0, NULL, 0);
-  } else if (g->kind == KVDS_WAIT_LOCATE) {
-    for (uint32_t i = 0; i < n; i++) {
-      int here = st[i] == 0;
-      kvds__reply_item(&r, here ? 0 : KVDS_E_NOTFOUND, (uint64_t)here, 0, 0, 0,
-                       NULL, 0);
-      if (here)
-        kvds__reply_item(&r, 0, 0, 0, 0, 0, "", 0);
-    }
-  }
+  if (g->kind != KVDS_WAIT_EXISTS) /* EXISTS: the server builds it */
+    kvds__reply_find(&r, g->kind, n, st);
   if (!r.b.oom) {
     kvds_wait_answer(w, g->kind == KVDS_WAIT_EXISTS ? st : NULL, r.b.buf,
                      r.b.len, r.b.count);
@@ -413,15 +391,11 @@ static int tier_active(void *self) {
   return 1;
 }
 
-static void tier_stop(void *self) {
-  (void)self; /* kvds__tier_stop drains the jobs and retries */
-}
-
 const struct kvds_resolver_ops kvds__tier_ops = {
     .name = "disk",
     .active = tier_active,
     .submit = tier_submit,
     .announce = NULL,
     .locate_local = NULL,
-    .stop = tier_stop,
+    .stop = NULL, /* kvds__tier_stop drains the jobs and retries */
 };

@@ -16,13 +16,7 @@
 /* How often the maintenance thread looks at spills and retries. */
 #define MAINT_MS 20
 
-/* The disk removed key for its capacity: if DRAM has it, its next
- * eviction must copy it out again (or loses it); if not, this worker no
- * longer holds it. No lock held. */
-static void on_disk_evict(const uint8_t *key, uint32_t klen, void *ud) {
-  struct kvds_server *s = ud;
-  if (!s->tier || !atomic_load(&s->tier->ready))
-    return; /* the scan at open: no store yet, nobody told of anything */
+void kvds__tier_lost(struct kvds_server *s, const uint8_t *key, uint32_t klen) {
   pthread_mutex_lock(&s->store.lock);
   struct kvds_object *o = kvds_store_find(&s->store, key, klen);
   if (o && o->state == KVDS_STATE_SEALED)
@@ -31,6 +25,14 @@ static void on_disk_evict(const uint8_t *key, uint32_t klen, void *ud) {
                                      its seal) */
     s->store.notify(key, klen, 0, s->store.notify_ud);
   pthread_mutex_unlock(&s->store.lock);
+}
+
+/* The disk removed key for its capacity. */
+static void on_disk_evict(const uint8_t *key, uint32_t klen, void *ud) {
+  struct kvds_server *s = ud;
+  if (!s->tier || !atomic_load(&s->tier->ready))
+    return; /* the scan at open: no store yet, nobody told of anything */
+  kvds__tier_lost(s, key, klen);
 }
 
 int kvds__tier_queue(struct kvds_tier *t, struct tjob *j, int low) {

@@ -204,9 +204,7 @@ static void sjob_run(struct kvds_tier *t, struct tjob *tj) {
   int deleted = kvds_store_io_done(st, j->o); /* j->o may be freed now */
   pthread_mutex_unlock(&st->lock);
   after_write(t, what, j->key, j->klen, again);
-  if (rc)
-    atomic_fetch_add(&t->spill_failures, 1);
-  else if (!deleted)
+  if (!rc && !deleted) /* (failures: the disk's write_errors) */
     atomic_fetch_add(&t->spills, 1);
   pthread_mutex_lock(&t->lock);
   t->spills_inflight--;
