@@ -287,6 +287,25 @@ KVDS_API int kvds_mget_ex(kvds_client *c, size_t n, const struct kvds_iov *keys,
                           const struct kvds_get_opts *o,
                           struct kvds_value *vals, int *results);
 
+/*
+ * Reads n keys into the caller's buffers: value i goes to bufs[i].base, which
+ * has room for bufs[i].len bytes. results[i] is 0 (lens[i] = the value's
+ * size), KVDS_E_TOOBIG (lens[i] = the value's size; nothing written),
+ * KVDS_E_NOTFOUND / KVDS_E_TIMEOUT as kvds_mget, or KVDS_E_CHECKSUM (over
+ * TCP: the bytes received do not match; the buffer holds them). A local
+ * client copies out of the pool (streaming stores for large values, which
+ * beat memcpy) and leaves nothing pinned; over TCP the values are received
+ * straight into the buffers and verified as they land. o as kvds_mget_ex
+ * (NULL = no wait; KVDS_GET_PIN is KVDS_E_INVAL). Returns 0 when the request
+ * was answered (check results[]), or an error for the whole batch. lens
+ * may be NULL.
+ */
+KVDS_API int kvds_mget_into(kvds_client *c, size_t n,
+                            const struct kvds_iov *keys,
+                            const struct kvds_get_opts *o,
+                            const struct kvds_iov *bufs, size_t *lens,
+                            int *results);
+
 /* Releases pins taken by kvds_mget. Entries with handle 0 are skipped and
  * each released entry is zeroed. Never blocks on the worker's reply. */
 KVDS_API int kvds_release(kvds_client *c, size_t n, struct kvds_value *vals);

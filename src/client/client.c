@@ -710,14 +710,18 @@ static int mget_chunk(kvds_client *c, size_t n, const struct kvds_iov *keys,
       free(it);
       return kvds_rpc_broken(&c->rpc, -ENOMEM, "get");
     }
-    rc = kvds_rpc_recv_data(&c->rpc, rb->data, total, deadline);
+    /* Each value is hashed piece by piece as it lands, still in cache. */
     uint64_t off = 0;
     for (size_t i = 0; !rc && i < n; i++) {
       if (it[i].status)
         continue;
       const uint8_t *p = rb->data + off;
       off += it[i].a;
-      if (kvds_checksum(p, it[i].a) != it[i].c) {
+      uint64_t sum;
+      if ((rc = kvds_rpc_recv_hashed(&c->rpc, rb->data + off - it[i].a, it[i].a,
+                                     &sum, deadline)))
+        break;
+      if (sum != it[i].c) {
         results[i] = KVDS_E_CHECKSUM;
         continue;
       }
@@ -804,13 +808,81 @@ int kvds_get(kvds_client *c, const void *key, size_t klen, void *buf,
   return kvds_get_ex(c, key, klen, buf, cap, len, &o);
 }
 
-int kvds_get_ex(kvds_client *c, const void *key, size_t klen, void *buf,
-                size_t cap, size_t *len, const struct kvds_get_opts *o) {
-  struct kvds_iov k = {(void *)key, klen};
-  struct kvds_value v;
-  int res, wait_ms = o ? o->wait_ms : 0;
-  struct kvds_rpc_deadline dl = kvds_rpc_read_deadline(c->timeout_ms, wait_ms);
-  int rc = kvds_rpc_check_keys(&c->rpc, 1, &k);
+/* One chunk of kvds_mget_into: the caller checked keys and options. */
+static int mget_into_chunk(kvds_client *c, size_t n,
+                           const struct kvds_iov *keys,
+                           const struct kvds_get_opts *o,
+                           const struct kvds_iov *bufs, size_t *lens,
+                           int *results, const struct kvds_rpc_deadline *dl) {
+  int rc;
+  if (c->local) {
+    struct kvds_value stack[16], *v = stack;
+    if (n > 16 && !(v = malloc(n * sizeof *v)))
+      return kvds_rpc_fail(&c->rpc, -ENOMEM, "out of memory");
+    if (!(rc = mget_chunk(c, n, keys, o, v, results, dl))) {
+      for (size_t i = 0; i < n; i++) {
+        if (results[i])
+          continue;
+        if (lens)
+          lens[i] = v[i].len;
+        if (v[i].len > bufs[i].len)
+          results[i] = KVDS_E_TOOBIG;
+        else
+          kvds_copy_stream(bufs[i].base, v[i].data, v[i].len);
+      }
+      release(c, n, v, dl->io);
+    }
+    if (v != stack)
+      free(v);
+    return rc;
+  }
+  /* TCP: each value is received straight into its buffer when it fits,
+   * hashed piece by piece as it lands. */
+  uint64_t deadline = dl->io;
+  kvds_rpc_begin(&c->rpc);
+  for (size_t i = 0; i < n; i++)
+    kvds_rpc_item(&c->rpc, 0, 0, 0, 0, keys[i].base, keys[i].len);
+  get_hint_item(c, o);
+  int64_t id = kvds_rpc_send(&c->rpc, KVDS_OP_GET, get_flags(c, o),
+                             kvds_rpc_wait_left(dl, o ? o->wait_ms : 0), NULL,
+                             0, deadline);
+  if ((rc = kvds_rpc_recv_reply(&c->rpc, id, KVDS_OP_GET, deadline)))
+    return rc;
+  if (c->rpc.rh.count != n)
+    return kvds_rpc_broken(&c->rpc, KVDS_E_PROTO, "get reply");
+  /* Copy the item descriptions: reading data may move the reply buffer. */
+  struct kvds_proto_item *it = malloc(n * sizeof *it);
+  if (!it)
+    return kvds_rpc_broken(&c->rpc, -ENOMEM, "get");
+  memcpy(it, c->rpc.rit, n * sizeof *it);
+  if (kvds_rpc_values_total(it, n, c->rpc.rh.data_len) != c->rpc.rh.data_len) {
+    free(it);
+    return kvds_rpc_broken(&c->rpc, KVDS_E_PROTO, "get reply length");
+  }
+  for (size_t i = 0; !rc && i < n; i++) {
+    results[i] = it[i].status;
+    if (it[i].status)
+      continue;
+    if (lens)
+      lens[i] = it[i].a;
+    uint64_t sum;
+    if (it[i].a > bufs[i].len) {
+      results[i] = KVDS_E_TOOBIG;
+      rc = kvds_rpc_recv_data(&c->rpc, NULL, it[i].a, deadline);
+    } else if (!(rc = kvds_rpc_recv_hashed(&c->rpc, bufs[i].base, it[i].a, &sum,
+                                           deadline)) &&
+               sum != it[i].c) {
+      results[i] = KVDS_E_CHECKSUM;
+    }
+  }
+  free(it);
+  return rc;
+}
+
+int kvds_mget_into(kvds_client *c, size_t n, const struct kvds_iov *keys,
+                   const struct kvds_get_opts *o, const struct kvds_iov *bufs,
+                   size_t *lens, int *results) {
+  int rc = kvds_rpc_check_keys(&c->rpc, n, keys);
   if (!rc)
     rc = check_opts(c, o);
   if (!rc && o && (o->flags & KVDS_GET_PIN))
@@ -818,51 +890,31 @@ int kvds_get_ex(kvds_client *c, const void *key, size_t klen, void *buf,
         kvds_rpc_fail(&c->rpc, KVDS_E_INVAL, "KVDS_GET_PIN needs kvds_mget_ex");
   if (rc)
     return rc;
-  if (c->local) {
-    if ((rc = mget_chunk(c, 1, &k, o, &v, &res, &dl)))
+  struct kvds_rpc_deadline dl =
+      kvds_rpc_read_deadline(c->timeout_ms, o ? o->wait_ms : 0);
+  for (size_t off = 0; off < n; off += chunk_of(n - off))
+    if ((rc = mget_into_chunk(c, chunk_of(n - off), keys + off, o, bufs + off,
+                              lens ? lens + off : NULL, results + off, &dl)))
       return rc;
-    if (res)
-      return kvds_rpc_fail(&c->rpc, res, "get: %s", kvds_strerror(res));
-    if (v.len > cap)
-      rc = kvds_rpc_fail(&c->rpc, KVDS_E_TOOBIG,
-                         "value of %zu bytes, buffer of %zu", v.len, cap);
-    else
-      memcpy(buf, v.data, v.len);
-    size_t l = v.len;
-    release(c, 1, &v, dl.io);
-    if (!rc)
-      *len = l;
+  return 0;
+}
+
+int kvds_get_ex(kvds_client *c, const void *key, size_t klen, void *buf,
+                size_t cap, size_t *len, const struct kvds_get_opts *o) {
+  struct kvds_iov k = {(void *)key, klen}, b = {buf, cap};
+  size_t l = 0;
+  int res = 0;
+  int rc = kvds_mget_into(c, 1, &k, o, &b, &l, &res);
+  if (rc)
     return rc;
-  }
-  /* TCP: receive straight into the caller's buffer when it fits. */
-  uint64_t deadline = dl.io;
-  kvds_rpc_begin(&c->rpc);
-  kvds_rpc_item(&c->rpc, 0, 0, 0, 0, key, klen);
-  get_hint_item(c, o);
-  int64_t id =
-      kvds_rpc_send(&c->rpc, KVDS_OP_GET, get_flags(c, o),
-                    kvds_rpc_wait_left(&dl, wait_ms), NULL, 0, deadline);
-  if ((rc = kvds_rpc_recv_reply(&c->rpc, id, KVDS_OP_GET, deadline)))
-    return rc;
-  if (c->rpc.rh.count != 1)
-    return kvds_rpc_broken(&c->rpc, KVDS_E_PROTO, "get reply");
-  struct kvds_proto_item it = c->rpc.rit[0];
-  if (it.status)
-    return kvds_rpc_fail(&c->rpc, it.status, "get: %s",
-                         kvds_strerror(it.status));
-  if (it.a != c->rpc.rh.data_len)
-    return kvds_rpc_broken(&c->rpc, KVDS_E_PROTO, "get reply length");
-  int fits = it.a <= cap;
-  if ((rc = kvds_rpc_recv_data(&c->rpc, fits ? buf : NULL, it.a, deadline)))
-    return rc;
-  if (!fits)
-    return kvds_rpc_fail(&c->rpc, KVDS_E_TOOBIG,
-                         "value of %llu bytes, buffer of %zu",
-                         (unsigned long long)it.a, cap);
-  if (kvds_checksum(buf, it.a) != it.c)
-    return kvds_rpc_fail(&c->rpc, KVDS_E_CHECKSUM,
-                         "value bytes do not match checksum");
-  *len = it.a;
+  if (res == KVDS_E_TOOBIG)
+    return kvds_rpc_fail(&c->rpc, res, "value of %zu bytes, buffer of %zu", l,
+                         cap);
+  if (res == KVDS_E_CHECKSUM)
+    return kvds_rpc_fail(&c->rpc, res, "value bytes do not match checksum");
+  if (res)
+    return kvds_rpc_fail(&c->rpc, res, "get: %s", kvds_strerror(res));
+  *len = l;
   return 0;
 }
 

@@ -4,8 +4,8 @@
 #include "kvds/kvds.h"
 
 #include <string.h>
-#define XXH_STATIC_LINKING_ONLY
-#include <xxhash.h>
+
+#include "common/hash.h"
 #if defined(__x86_64__) || defined(__SSE2__)
 #include <emmintrin.h>
 #define KVDS_HAVE_SSE2 1
@@ -14,8 +14,10 @@
 /* Below this size the destination is likely to be read back soon, or the
  * copy is too short for streaming stores to matter. */
 #define STREAM_MIN (64u << 10)
-/* Copy-then-hash granularity: small enough to stay in L1/L2. */
-#define CHUNK (64u << 10)
+/* Copy-then-hash granularity: the hash reads what the copy just loaded, from
+ * L1. 4 KiB measured best here (1 MiB: 11.4 GB/s against 7.8 with 64 KiB
+ * chunks, memcpy 8.7). */
+#define CHUNK (4u << 10)
 
 /* Non-temporal copy without the closing fence (the caller fences). */
 static void copy_nt(void *dst, const void *src, size_t len) {
@@ -62,16 +64,19 @@ void kvds_copy_stream(void *dst, const void *src, size_t len) {
 uint64_t kvds_copy_hash(void *dst, const void *src, size_t len) {
   if (len < STREAM_MIN) {
     memcpy(dst, src, len);
-    return XXH3_64bits(src, len);
+    return kvds_checksum(src, len);
   }
-  XXH3_state_t st;
-  XXH3_64bits_reset(&st);
+  struct kvds_hash st;
+  kvds_hash_reset(&st);
   for (size_t off = 0; off < len; off += CHUNK) {
     size_t k = len - off < CHUNK ? len - off : CHUNK;
-    kvds_copy_stream((uint8_t *)dst + off, (const uint8_t *)src + off, k);
-    XXH3_64bits_update(&st, (const uint8_t *)src + off, k);
+    copy_nt((uint8_t *)dst + off, (const uint8_t *)src + off, k);
+    kvds_hash_update(&st, (const uint8_t *)src + off, k);
   }
-  return XXH3_64bits_digest(&st);
+#ifdef KVDS_HAVE_SSE2
+  _mm_sfence();
+#endif
+  return kvds_hash_digest(&st);
 }
 
 uint64_t kvds_gather(void *dst, const struct kvds_iov *segs, size_t n) {
@@ -79,8 +84,8 @@ uint64_t kvds_gather(void *dst, const struct kvds_iov *segs, size_t n) {
   for (size_t i = 0; i < n; i++)
     total += segs[i].len;
   int nt = total >= STREAM_MIN;
-  XXH3_state_t st;
-  XXH3_64bits_reset(&st);
+  struct kvds_hash st;
+  kvds_hash_reset(&st);
   uint8_t *d = dst;
   for (size_t i = 0; i < n; i++) {
     const uint8_t *s = segs[i].base;
@@ -90,7 +95,7 @@ uint64_t kvds_gather(void *dst, const struct kvds_iov *segs, size_t n) {
         copy_nt(d, s + off, k);
       else
         memcpy(d, s + off, k);
-      XXH3_64bits_update(&st, s + off, k);
+      kvds_hash_update(&st, s + off, k);
       d += k;
     }
   }
@@ -98,5 +103,5 @@ uint64_t kvds_gather(void *dst, const struct kvds_iov *segs, size_t n) {
   if (nt)
     _mm_sfence();
 #endif
-  return XXH3_64bits_digest(&st);
+  return kvds_hash_digest(&st);
 }

@@ -1,5 +1,4 @@
-/* util.c — size/number parsing, error texts, address splitting,
- * checksums. */
+/* util.c — size/number parsing, error texts, address splitting. */
 #include "common/util.h"
 
 #include <ctype.h>
@@ -7,13 +6,8 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <xxhash.h>
 
 #include "kvds/kvds.h"
-
-uint64_t kvds_checksum(const void *data, size_t len) {
-  return XXH3_64bits(data, len);
-}
 
 int kvds_parse_u64(const char *s, uint64_t *out) {
   if (!s || !isdigit((unsigned char)*s))

@@ -8,11 +8,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#define XXH_STATIC_LINKING_ONLY
-#include <xxhash.h>
 
 #include "common/array.h"
 #include "common/clock.h"
+#include "common/hash.h"
 #include "common/util.h"
 #include "net/rpc.h"
 
@@ -285,7 +284,7 @@ static int recv_frame(struct kvds_rpc *r, uint64_t deadline) {
  * (dst required) the bytes are also fed to it piece by piece as they
  * arrive, while each piece (<= 256 KiB) is still in cache. */
 static int recv_data_h(struct kvds_rpc *r, uint8_t *dst, uint64_t len,
-                       XXH3_state_t *hash, uint64_t deadline) {
+                       struct kvds_hash *hash, uint64_t deadline) {
   if (len > r->rdata_left)
     return kvds_rpc_broken(r, KVDS_E_PROTO, "reply data");
   r->rdata_left -= len;
@@ -296,7 +295,7 @@ static int recv_data_h(struct kvds_rpc *r, uint8_t *dst, uint64_t len,
   if (dst)
     memcpy(dst, r->rb + r->rpos, have);
   if (hash)
-    XXH3_64bits_update(hash, dst, have);
+    kvds_hash_update(hash, dst, have);
   r->rpos += have;
   len -= have;
   if (dst)
@@ -312,7 +311,7 @@ static int recv_data_h(struct kvds_rpc *r, uint8_t *dst, uint64_t len,
     if (got < 0)
       return kvds_rpc_broken(r, (int)got, "receive");
     if (hash)
-      XXH3_64bits_update(hash, dst, (size_t)got);
+      kvds_hash_update(hash, dst, (size_t)got);
     len -= (uint64_t)got;
     if (dst)
       dst += got;
@@ -327,11 +326,11 @@ int kvds_rpc_recv_data(struct kvds_rpc *r, void *dst, uint64_t len,
 
 int kvds_rpc_recv_hashed(struct kvds_rpc *r, void *dst, uint64_t len,
                          uint64_t *sum, uint64_t deadline) {
-  XXH3_state_t st;
-  XXH3_64bits_reset(&st);
+  struct kvds_hash st;
+  kvds_hash_reset(&st);
   int rc = recv_data_h(r, dst, len, &st, deadline);
   if (!rc)
-    *sum = XXH3_64bits_digest(&st);
+    *sum = kvds_hash_digest(&st);
   return rc;
 }
 

@@ -2,9 +2,10 @@
  * test_batches — batch calls larger than one frame (KVDS_BATCH_MAX items,
  * which the library splits) with long binary keys (NUL and 0xff bytes
  * included, so request meta outgrows the worker's input buffer), on a
- * shared-memory and a TCP connection: mput, mget with absent keys mixed
- * in, exists, lookup_prefix across chunk boundaries, list in byte order
- * with paging, mcreate/write/mseal, mabort, mdelete.
+ * shared-memory and a TCP connection: mput, mget and mget_into with absent
+ * keys and short buffers mixed in, exists, lookup_prefix across chunk
+ * boundaries, list in byte order with paging, mcreate/write/mseal, mabort,
+ * mdelete.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -87,6 +88,39 @@ static void run(const char *addr, uint8_t tag, const char *tr) {
               kvds_err_name(res[2 * i + 1]));
   }
   KVH_OK(kvds_release(c, 2 * N, mv));
+
+  /* mget_into the same mix: present keys land in their buffers, every
+   * third one's buffer is one byte short (TOOBIG, its size reported, not
+   * a byte written), absent keys are NOTFOUND; nothing stays pinned. */
+  static uint8_t into[2 * N][MAXV + 1];
+  static struct kvds_iov bufs[2 * N];
+  static size_t lens[2 * N];
+  for (int i = 0; i < 2 * N; i++) {
+    size_t want = i & 1 ? MAXV : vlen(&ks.iov[i / 2]);
+    bufs[i] = (struct kvds_iov){into[i], i % 3 == 0 ? want - 1 : want};
+    into[i][bufs[i].len] = 0xee;
+    lens[i] = 7;
+  }
+  KVH_OK(kvds_mget_into(c, 2 * N, mix, NULL, bufs, lens, res));
+  for (int i = 0; i < N; i++) {
+    int j = 2 * i;
+    size_t want = vlen(&ks.iov[i]);
+    if (j % 3 == 0)
+      KVH_CHECK(res[j] == KVDS_E_TOOBIG && lens[j] == want,
+                "%s: mget_into short item %d: %s, len %zu", tr, j,
+                kvds_err_name(res[j]), lens[j]);
+    else
+      KVH_CHECK(res[j] == 0 && lens[j] == want &&
+                    kvh_val_ok(ks.iov[i].base, KLEN, want, into[j], lens[j]),
+                "%s: mget_into item %d: %s", tr, j, kvds_err_name(res[j]));
+    KVH_CHECK(into[j][bufs[j].len] == 0xee, "%s: mget_into wrote past %d", tr,
+              j);
+    KVH_CHECK(res[j + 1] == KVDS_E_NOTFOUND && lens[j + 1] == 7,
+              "%s: mget_into absent item %d: %s", tr, j + 1,
+              kvds_err_name(res[j + 1]));
+  }
+  struct kvds_get_opts pin = {.flags = KVDS_GET_PIN};
+  KVH_EXPECT_RC(kvds_mget_into(c, 1, mix, &pin, bufs, lens, res), KVDS_E_INVAL);
   struct kvds_stats st;
   kvh_stats(c, &st);
   KVH_CHECK(st.pinned_objects == 0, "%s: %llu pinned after release", tr,

@@ -1,5 +1,6 @@
 /* test_common.c — unit tests for error codes and the helpers in
- * src/common (errors.c, util.c, clock.c, addr.c, array.c). */
+ * src/common (errors.c, util.c, clock.c, addr.c, array.c, hash.c,
+ * copy.c). */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <limits.h>
@@ -15,10 +16,13 @@
 #include <sys/un.h>
 
 #include <cmocka.h>
+#include <xxhash.h>
 
 #include "common/addr.h"
 #include "common/array.h"
 #include "common/clock.h"
+#include "common/copy.h"
+#include "common/hash.h"
 #include "common/util.h"
 #include "kvds/kvds.h"
 
@@ -343,6 +347,50 @@ static void test_checksum(void **state) {
   assert_int_not_equal(kvds_checksum(a, 4), kvds_checksum(a, 5));
   /* xxh3-64 of the empty input is a fixed, published value. */
   assert_int_equal(kvds_checksum(NULL, 0), 0x2d06800538d394c2ull);
+}
+
+/* kvds_checksum, the streaming hash (fed in pieces of every kind) and the
+ * fused copy all give libxxhash's own XXH3_64bits() — whichever kernel
+ * (AVX2 or not) this CPU runs — around the short/long (240 B), stripe
+ * (64 B), block (1 KiB), copy-chunk and non-temporal (64 KiB) boundaries,
+ * from unaligned sources into unaligned destinations. */
+static void test_hash_is_xxh3(void **state) {
+  (void)state;
+  enum { MAX = 300 << 10 };
+  uint8_t *src = malloc(MAX + 64), *dst = malloc(MAX + 64);
+  assert_non_null(src);
+  assert_non_null(dst);
+  for (size_t i = 0; i < MAX + 64; i++)
+    src[i] = (uint8_t)(i * 2654435761u >> 13);
+  static const size_t lens[] = {0,     1,     3,     16,    17,     128,
+                                129,   240,   241,   255,   256,    1023,
+                                1024,  1025,  1088,  4095,  4096,   4097,
+                                65535, 65536, 65537, 70001, 262144, MAX};
+  static const size_t pieces[] = {1, 7, 64, 100, 4096, 65536};
+  for (size_t l = 0; l < sizeof lens / sizeof lens[0]; l++) {
+    for (size_t shift = 0; shift < 3; shift++) {
+      const uint8_t *p = src + shift * 13;
+      size_t len = lens[l];
+      uint64_t want = XXH3_64bits(p, len);
+      assert_int_equal(kvds_checksum(p, len), want);
+      for (size_t k = 0; k < sizeof pieces / sizeof pieces[0]; k++) {
+        if (pieces[k] == 1 && len > 5000)
+          continue; /* byte by byte: the short lengths say enough */
+        struct kvds_hash h;
+        kvds_hash_reset(&h);
+        for (size_t off = 0; off < len; off += pieces[k])
+          kvds_hash_update(&h, p + off,
+                           len - off < pieces[k] ? len - off : pieces[k]);
+        assert_int_equal(kvds_hash_digest(&h), want);
+      }
+      memset(dst, 0xee, MAX + 64);
+      assert_int_equal(kvds_copy_hash(dst + shift * 5, p, len), want);
+      assert_memory_equal(dst + shift * 5, p, len);
+      assert_int_equal(dst[shift * 5 + len], 0xee);
+    }
+  }
+  free(src);
+  free(dst);
 }
 
 /* ---- gather ------------------------------------------------------------- */
@@ -797,6 +845,7 @@ int main(void) {
       cmocka_unit_test(test_parse_ratio),
       cmocka_unit_test(test_fmt_bytes),
       cmocka_unit_test(test_checksum),
+      cmocka_unit_test(test_hash_is_xxh3),
       cmocka_unit_test(test_gather),
       cmocka_unit_test(test_errf),
       cmocka_unit_test(test_deadline_after),

@@ -217,18 +217,23 @@ static int put_batch(struct local *b, struct batch_bufs *bb, size_t first,
   return first_error(rc, bb->res, n);
 }
 
-/* One timed get call; copies the values out when rd is set. */
+/* One timed get call: zero-copy views (kvds_mget + kvds_release), or with
+ * rd copies into rotating destinations (kvds_mget_into). */
 static int get_batch(struct local *b, struct batch_bufs *bb, size_t first,
                      size_t n, size_t size, struct rot *rd) {
-  int rc = kvds_mget(b->c, n, b->ks.iov + first, 0, bb->v, bb->res);
-  if (rc)
+  int rc;
+  if (rd) {
+    for (size_t i = 0; i < n; i++)
+      bb->vals[i] = (struct kvds_iov){b->dst + rot_next(rd) * size, size};
+    rc = kvds_mget_into(b->c, n, b->ks.iov + first, NULL, bb->vals, NULL,
+                        bb->res);
+    return first_error(rc, bb->res, n);
+  }
+  if ((rc = kvds_mget(b->c, n, b->ks.iov + first, 0, bb->v, bb->res)))
     return rc;
-  for (size_t i = 0; i < n; i++) {
+  for (size_t i = 0; i < n; i++)
     if (bb->res[i] == 0 && bb->v[i].len != size)
       bb->res[i] = KVDS_E_RANGE;
-    if (bb->res[i] == 0 && rd)
-      memcpy(b->dst + rot_next(rd) * size, bb->v[i].data, size);
-  }
   kvds_release(b->c, n, bb->v);
   return first_error(0, bb->res, n);
 }
