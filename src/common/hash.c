@@ -36,10 +36,9 @@ static int have_avx2(void) {
 }
 
 XXH_TARGET_AVX2 static uint64_t long_avx2(const void *data, size_t len) {
-  return XXH3_hashLong_64b_internal(data, len, XXH3_kSecret,
-                                    sizeof(XXH3_kSecret),
-                                    XXH3_accumulate_512_avx2,
-                                    XXH3_scrambleAcc_avx2);
+  return XXH3_hashLong_64b_internal(
+      data, len, XXH3_kSecret, sizeof(XXH3_kSecret), XXH3_accumulate_512_avx2,
+      XXH3_scrambleAcc_avx2);
 }
 
 XXH_TARGET_AVX2 static void update_avx2(XXH3_state_t *st, const void *data,

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "common/clock.h"
+#include "common/hash.h"
 #include "common/util.h"
 #include "kvds/kvds.h"
 #include "worker/cluster/cluster.h"
@@ -477,6 +478,28 @@ static void segs_skip_done(struct conn *c) {
   }
 }
 
+/* Counts `step` bytes that just landed in the current segment at seg_off
+ * (hashing them first when the connection hashes its segments) and moves
+ * to the next segment when this one is complete. */
+static void seg_took(struct conn *c, uint64_t step) {
+  struct rx_seg *sg = &c->segs[c->seg];
+  if (c->hash_rx && sg->p) {
+    if (c->seg_off == 0)
+      kvds_hash_reset(c->rx_hash);
+    kvds_hash_update(c->rx_hash, sg->p + c->seg_off, (size_t)step);
+    if (c->seg_off + step == sg->len) {
+      sg->sum = kvds_hash_digest(c->rx_hash);
+      sg->summed = 1;
+    }
+  }
+  c->seg_off += step;
+  c->data_left -= step;
+  if (c->seg_off == sg->len) {
+    c->seg++;
+    c->seg_off = 0;
+  }
+}
+
 /* Copies buffered bytes into the current data segments. */
 static void data_from_ib(struct conn *c) {
   while (c->data_left && c->ipos < c->ilen) {
@@ -489,26 +512,27 @@ static void data_from_ib(struct conn *c) {
     if (sg->p)
       memcpy(sg->p + c->seg_off, c->ib + c->ipos, take);
     c->ipos += take;
-    c->seg_off += take;
-    c->data_left -= take;
-    if (c->seg_off == sg->len) {
-      c->seg++;
-      c->seg_off = 0;
-    }
+    seg_took(c, take);
   }
 }
 
-/* Reads bulk data straight into the segments. Returns as ib_fill. */
-/* Reads bulk data straight into the segments. Returns as ib_fill. */
+/* Reads bulk data straight into the segments. Returns as ib_fill. When the
+ * segments are hashed, one read takes at most HASH_RX_MAX bytes, so what it
+ * brought is still in cache when it is hashed. */
+#define HASH_RX_MAX (512u << 10)
 static ssize_t data_direct(struct conn *c) {
   struct iovec iov[MAX_IOV];
   int n = 0;
+  uint64_t room = c->hash_rx ? HASH_RX_MAX : UINT64_MAX;
   segs_skip_done(c);
-  for (uint32_t i = c->seg; i < c->nsegs && n < MAX_IOV; i++) {
+  for (uint32_t i = c->seg; i < c->nsegs && n < MAX_IOV && room; i++) {
     uint64_t off = i == c->seg ? c->seg_off : 0;
     uint64_t len = c->segs[i].len - off;
     if (len == 0)
       continue;
+    if (len > room)
+      len = room;
+    room -= len;
     if (!c->segs[i].p) {
       /* The discard buffer can back one iovec only. */
       iov[n].iov_base = c->th->discard;
@@ -534,8 +558,7 @@ static ssize_t data_direct(struct conn *c) {
         uint64_t step = sg->len - c->seg_off;
         if (step > left)
           step = left;
-        c->seg_off += step;
-        c->data_left -= step;
+        seg_took(c, step);
         left -= step;
       }
       segs_skip_done(c);
@@ -808,6 +831,7 @@ void kvds__conn_close(struct conn *c) {
   }
   free(c->refs);
   free(c->segs);
+  free(c->rx_hash);
   free(c->pending);
   free(c->pstatus);
   free(c->meta);

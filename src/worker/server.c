@@ -14,6 +14,7 @@
 
 #include "common/array.h"
 #include "common/clock.h"
+#include "common/hash.h"
 #include "common/util.h"
 #include "kvds/kvds.h"
 #include "worker/cluster/cluster.h"
@@ -953,6 +954,7 @@ static int segs_alloc(struct conn *c, uint32_t n) {
   c->seg = 0;
   c->seg_off = 0;
   c->data_left = c->h.data_len;
+  c->hash_rx = 0;
   return 0;
 }
 
@@ -968,6 +970,10 @@ static int op_put(struct conn *c, const struct req_items *ri) {
     return KVDS_E_PROTO;
   if (segs_alloc(c, ri->n))
     return -ENOMEM;
+  /* The values are hashed as they arrive (conn.c), not in a second pass. */
+  if (!c->rx_hash && !(c->rx_hash = aligned_alloc(64, sizeof *c->rx_hash)))
+    return -ENOMEM;
+  c->hash_rx = 1;
   free(c->pending);
   free(c->pstatus);
   c->pending = calloc(ri->n ? ri->n : 1, sizeof *c->pending);
@@ -1051,7 +1057,9 @@ void kvds__server_data_done(struct conn *c) {
     for (uint32_t i = 0; i < c->npending; i++) {
       struct kvds_object *o = c->pending[i];
       if (o && sums)
-        sums[i] = kvds_checksum(kvds_store_data(&s->store, o), o->size);
+        sums[i] = c->segs[i].summed
+                      ? c->segs[i].sum
+                      : kvds_checksum(kvds_store_data(&s->store, o), o->size);
     }
     LOCK(s);
     for (uint32_t i = 0; i < c->npending; i++) {

@@ -131,10 +131,15 @@ struct ref {
   uint32_t next_free;
 };
 
-/* Where incoming bulk bytes go: a pool range, or nowhere (p == NULL). */
+/* Where incoming bulk bytes go: a pool range, or nowhere (p == NULL). With
+ * the connection's rx_hash on (PUT), a range is hashed piece by piece as it
+ * lands, still in cache: `summed` is set and `sum` is its xxh3-64 once the
+ * last byte has arrived. */
 struct rx_seg {
   uint8_t *p;
   uint64_t len;
+  uint64_t sum;
+  uint8_t summed;
 };
 
 struct conn {
@@ -172,6 +177,8 @@ struct conn {
   struct rx_seg *segs;
   uint32_t nsegs, seg;
   uint64_t seg_off, data_left;
+  uint8_t hash_rx;              /* hash the segments as they land (PUT) */
+  struct kvds_hash *rx_hash;    /* the current segment's state (owned) */
   struct kvds_object **pending; /* objects created by a PUT in flight */
   int32_t *pstatus;
   uint32_t npending;

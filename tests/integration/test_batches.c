@@ -234,12 +234,53 @@ static void run(const char *addr, uint8_t tag, const char *tr) {
   kvds_client_close(c);
 }
 
+/* Values put over TCP are hashed by the worker as they land, piece by piece
+ * (one read takes at most 512 KiB then): sizes around every boundary, in
+ * one batch and one at a time. The sum the worker kept (what a shared-memory
+ * reader is handed) and the put's own answer equal the bytes' xxh3, and the
+ * bytes are right. */
+static void tcp_put_sums(const char *tcp, const char *shm) {
+  static const size_t sizes[] = {1,      2,      240,     241,
+                                 32767,  32768,  65536,   524287,
+                                 524288, 524289, 1048579, 5u << 20};
+  enum { NS = sizeof sizes / sizeof sizes[0] };
+  kvds_client *t = kvh_connect(tcp), *l = kvh_connect(shm);
+  char names[2 * NS][32];
+  struct kvds_iov keys[2 * NS], vals[2 * NS];
+  int res[2 * NS];
+  for (int i = 0; i < 2 * NS; i++) {
+    size_t sz = sizes[i % NS];
+    snprintf(names[i], sizeof names[i], "tcpsum/%d", i);
+    keys[i] = (struct kvds_iov){names[i], strlen(names[i])};
+    vals[i] = (struct kvds_iov){kvh_val_new(names[i], keys[i].len, sz), sz};
+  }
+  KVH_OK(kvds_mput(t, NS, keys, vals, res)); /* one batch */
+  for (int i = NS; i < 2 * NS; i++)          /* one at a time */
+    KVH_OK(kvds_put(t, keys[i].base, keys[i].len, vals[i].base, vals[i].len));
+  struct kvds_value v[2 * NS];
+  KVH_OK(kvds_mget(l, 2 * NS, keys, 0, v, res));
+  for (int i = 0; i < 2 * NS; i++) {
+    KVH_CHECK(
+        res[i] == 0 && v[i].len == vals[i].len &&
+            kvh_val_ok(names[i], keys[i].len, vals[i].len, v[i].data, v[i].len),
+        "tcp put %d (%zu B): %s", i, vals[i].len, kvds_err_name(res[i]));
+    KVH_CHECK(v[i].checksum == kvds_checksum(vals[i].base, vals[i].len),
+              "tcp put %d (%zu B): the worker's sum is wrong", i, vals[i].len);
+    free(vals[i].base);
+  }
+  KVH_OK(kvds_release(l, 2 * NS, v));
+  KVH_OK(kvds_mdelete(t, 2 * NS, keys, NULL));
+  kvds_client_close(t);
+  kvds_client_close(l);
+}
+
 int main(int argc, char **argv) {
   kvh_init(argc, argv, "batches");
   struct kvh_worker w;
   kvh_worker_start(&w, "128MiB", NULL);
   run(w.addr, 0x10, "shm");
   run(w.tcp, 0xf0, "tcp");
+  tcp_put_sums(w.tcp, w.addr);
   kvh_worker_stop(&w);
   return kvh_finish();
 }
