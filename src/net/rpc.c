@@ -307,6 +307,10 @@ static int recv_data_h(struct kvds_rpc *r, uint8_t *dst, uint64_t len,
                           : (size_t)len;
     struct iovec iov = {dst ? (void *)dst : (void *)scratch,
                         len < piece ? (size_t)len : piece};
+    /* A sender that keeps the socket full never makes read_some wait, so
+     * the deadline is checked here too, once per piece. */
+    if (kvds_now_us() >= deadline)
+      return kvds_rpc_broken(r, KVDS_E_TIMEOUT, "receive");
     ssize_t got = read_some(r, &iov, 1, deadline);
     if (got < 0)
       return kvds_rpc_broken(r, (int)got, "receive");

@@ -35,7 +35,8 @@ struct kvds_wait {
   uint8_t answered; /* box lock: finds: kvds_wait_answer came */
   uint8_t kind;
   uint16_t flags;
-  uint32_t holds; /* box lock */
+  uint32_t holds;  /* box lock */
+  uint8_t overdue; /* box lock: its deadline passed while a resolver held it */
   uint64_t req_id;
   uint32_t n, remaining; /* remaining: box lock */
   struct event *timer;
@@ -296,11 +297,28 @@ static void complete(struct kvds_wait *w) {
   b->after(owner);
 }
 
+/* How long an answer waits past its deadline for a resolver still working
+ * on it (a pull that is aborting its object, a disk read finishing): the
+ * resolver's own deadline is the same, so it settles the keys itself a
+ * moment later, and the reader is never answered while an object it asked
+ * for is still being written here. */
+#define OVERDUE_GRACE_MS 200
+
 static void on_timeout(evutil_socket_t fd, short what, void *arg) {
   struct kvds_wait *w = arg;
   struct kvds_waitbox *b = w->box;
   (void)fd;
   (void)what;
+  BOX_LOCK(b);
+  if (w->holds && !w->overdue) {
+    w->overdue = 1; /* kvds_wait_unhold fires the timer when the last goes */
+    BOX_UNLOCK(b);
+    struct timeval tv = {.tv_sec = OVERDUE_GRACE_MS / 1000,
+                         .tv_usec = (OVERDUE_GRACE_MS % 1000) * 1000};
+    evtimer_add(w->timer, &tv);
+    return;
+  }
+  BOX_UNLOCK(b);
   int get = w->kind == KVDS_WAIT_GET; /* only a GET has store waiters */
   if (get)
     pthread_mutex_lock(&b->store->lock);
@@ -364,6 +382,8 @@ void kvds_wait_hold(struct kvds_wait *w) {
 void kvds_wait_unhold(struct kvds_wait *w) {
   BOX_LOCK(w->box);
   int last = --w->holds == 0 && w->dead;
+  if (!w->holds && w->overdue && !w->dead && !w->frozen && w->timer)
+    event_active(w->timer, EV_TIMEOUT, 0); /* answer now (owner thread) */
   BOX_UNLOCK(w->box);
   if (last)
     wait_free(w);

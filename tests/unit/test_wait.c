@@ -16,6 +16,7 @@
 #include <event2/thread.h>
 #include <pthread.h>
 
+#include "common/util.h"
 #include "kvds/kvds.h"
 #include "pool/pool.h"
 #include "proto/proto.h"
@@ -194,6 +195,40 @@ static void test_get_deadline(void **state) {
   assert_null(f->objs[0]);
   seal(f, "never", 3);
   assert_int_equal(f->st.n_waiters, 0);
+}
+
+/* Runs the loop for about ms milliseconds. */
+static void run_for(struct fx *f, int ms) {
+  struct timeval tick = {0, ms * 1000};
+  event_base_loopexit(f->base, &tick);
+  event_base_dispatch(f->base);
+}
+
+/* The deadline passes while a resolver still holds the wait (a pull
+ * aborting its object): no answer until the resolver lets go, then one at
+ * once, KVDS_E_TIMEOUT; a holder that never lets go delays it by the grace
+ * only (200 ms), never forever. */
+static void test_get_overdue_waits_for_resolver(void **state) {
+  struct fx *f = *state;
+  const char *keys[] = {"slow"};
+  uint32_t watched;
+  struct kvds_wait *w = get_wait(f, keys, 1, 20, &watched);
+  kvds_wait_hold(w);
+  run_for(f, 80);
+  assert_int_equal(f->answers, 0); /* past its deadline, but held */
+  kvds_wait_unhold(w);
+  run_until_answer(f);
+  assert_int_equal(f->status[0], KVDS_E_TIMEOUT);
+  assert_null(f->objs[0]);
+
+  w = get_wait(f, keys, 1, 20, &watched);
+  kvds_wait_hold(w); /* never let go before the answer */
+  uint64_t t0 = kvds_now_us();
+  run_until_answer(f);
+  uint64_t took = kvds_now_us() - t0;
+  assert_true(took >= 200000); /* the deadline + the grace */
+  assert_int_equal(f->status[0], KVDS_E_TIMEOUT);
+  kvds_wait_unhold(w); /* answered: the last holder frees it */
 }
 
 /* A resolver that cannot supply a key fails it: answered at once with its
@@ -457,6 +492,8 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_get_woken_by_seal, setup, teardown),
       cmocka_unit_test_setup_teardown(test_get_deadline, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_get_overdue_waits_for_resolver,
+                                      setup, teardown),
       cmocka_unit_test_setup_teardown(test_get_failed_by_resolver, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_cancel_while_held, setup, teardown),
