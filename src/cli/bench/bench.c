@@ -190,11 +190,17 @@ const char *bench_self_exe(void) {
   return self;
 }
 
-/* The Python side of `kvds bench connector` and `kvds bench ttft`: a
+const char *bench_python(void) {
+  const char *py = getenv("KVDS_PYTHON");
+  return py && *py ? py : "python3";
+}
+
+/* The Python side of `kvds bench connector`, `kvds bench ttft` and the
+ * Mooncake rows of `kvds bench peers`: a
  * clear message when the interpreter lacks the kvds package, then the
  * module's main(). argv[1] names the module and argv[2] the mode; both are
  * removed before main() parses sys.argv. */
-static const char PYTHON_BOOT[] =
+const char bench_python_boot[] =
     "import importlib, sys\n"
     "mod, prog = sys.argv[1], sys.argv[2]\n"
     "del sys.argv[1:3]\n"
@@ -210,9 +216,7 @@ static const char PYTHON_BOOT[] =
  * process with $KVDS_PYTHON -c PYTHON_BOOT MODULE "kvds bench MODE"
  * --kvds-bin <this binary> ARGS...; returns only on failure. */
 static int run_python(const char *module, int argc, char **argv) {
-  const char *py = getenv("KVDS_PYTHON");
-  if (!py || !*py)
-    py = "python3";
+  const char *py = bench_python();
   const char *self = bench_self_exe();
   char prog[64];
   snprintf(prog, sizeof prog, "kvds bench %s", argv[0]);
@@ -224,7 +228,7 @@ static int run_python(const char *module, int argc, char **argv) {
   int k = 0;
   args[k++] = (char *)py;
   args[k++] = "-c";
-  args[k++] = (char *)PYTHON_BOOT;
+  args[k++] = (char *)bench_python_boot;
   args[k++] = (char *)module;
   args[k++] = prog;
   if (self) {
@@ -255,5 +259,7 @@ int cmd_bench(int argc, char **argv) {
     return bench_remote(argc - 1, argv + 1);
   if (argc > 1 && strcmp(argv[1], "disk") == 0)
     return bench_disk(argc - 1, argv + 1);
+  if (argc > 1 && strcmp(argv[1], "peers") == 0)
+    return bench_peers(argc - 1, argv + 1);
   return bench_local(argc, argv);
 }

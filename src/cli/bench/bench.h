@@ -11,8 +11,14 @@
  *              to raw loopback TCP
  *   disk.c     `kvds bench disk`: the disk tier's spill and read-back next
  *              to fio, and disk-hit vs DRAM-hit latency
- *   workers.c  workers a bench starts itself, and its temporary
+ *   peers.c    `kvds bench peers`: kvds next to Redis and Mooncake, all
+ *              started by the bench, and the ceilings
+ *   redis.c    the Redis rows of `kvds bench peers` (redis-server and a
+ *              hiredis client)
+ *   workers.c  processes a bench starts itself (workers, peers, helper
+ *              commands), a pair of peered workers, and its temporary
  *              directories
+ *   tcp.c      raw loopback TCP streams: the ceiling of remote reads
  *   opts.c     ranged option values and --sizes / --batch lists
  *   samples.c  per-call latency samples and their percentiles
  *   keys.c     generated key sets, and deleting keys on a worker
@@ -31,8 +37,12 @@
 
 #include <jansson.h>
 #include <limits.h>
+#include <pthread.h>
+#include <semaphore.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include <sys/types.h>
 
 #include "cli/cli.h"
 
@@ -55,6 +65,10 @@ int bench_remote(int argc, char **argv);
  * status. */
 int bench_disk(int argc, char **argv);
 
+/* `kvds bench peers [options]` (argv[0] is "peers"). Returns the exit
+ * status. */
+int bench_peers(int argc, char **argv);
+
 /* ---- process (bench.c) -------------------------------------------------- */
 
 /* Prints the help of every mode (`kvds bench --help`) on stdout. */
@@ -67,6 +81,15 @@ void bench_catch_signals(void);
 
 /* The signal that stopped the bench, or 0. */
 int bench_stopped(void);
+
+/* The interpreter of the benches written in Python: $KVDS_PYTHON, else
+ * python3. */
+const char *bench_python(void);
+
+/* `python -c bench_python_boot MODULE PROG ARGS...` runs MODULE's main()
+ * with sys.argv = [.., ARGS...], or exits with one line naming PROG when
+ * the interpreter cannot import it. */
+extern const char bench_python_boot[];
 
 /* This binary's path (static storage, valid until the process ends), or
  * NULL with errno set. */
@@ -86,14 +109,29 @@ struct bench_worker {
 /* A TCP port on 127.0.0.1 that was free a moment ago, or -1. */
 int bench_free_port(void);
 
+/* Starts argv (argv[0] looked up in $PATH when it has no '/'; borrowed
+ * until the call returns) in its own process group, stdin from /dev/null,
+ * stdout and stderr into the file log (NULL: the bench's own), with the
+ * NULL-terminated name/value pairs of env (NULL: none) set; it dies with
+ * the bench. *pid on success; 0 or -errno. Prints nothing. */
+int bench_spawn(pid_t *pid, const char *const *argv, const char *log,
+                const char *const *env);
+
+/* Sends sig to *pid, waits up to grace_s seconds for it to exit, then
+ * SIGKILLs its process group; reaps it and sets *pid = 0. *pid <= 0 is a
+ * no-op. */
+void bench_proc_stop(pid_t *pid, int sig, int grace_s);
+
+/* The path of the executable `name` in $PATH into out[cap], or NULL. */
+const char *bench_find_in_path(const char *name, char *out, size_t cap);
+
 /* Starts `<this binary> worker --listen 127.0.0.1:<w->port> ARGS...` (args:
  * NULL-terminated, borrowed until the call returns), plus
  * --auth-token-file $KVDS_AUTH_TOKEN_FILE when that is set, with
  * KVDS_RUN_DIR=dir (its Unix socket goes there) and its output in
- * dir/worker-<port>.log (w->log). The child gets its own process group (a
- * terminal's ^C reaches the bench, which stops the worker in order) and
- * dies with the bench. 0, or -errno (-E2BIG: too many args) with nothing
- * started. Prints nothing. */
+ * dir/worker-<port>.log (w->log), as bench_spawn. A terminal's ^C reaches
+ * the bench, which stops the worker in order. 0, or -errno (-E2BIG: too
+ * many args) with nothing started. Prints nothing. */
 int bench_worker_spawn(struct bench_worker *w, const char *dir,
                        const char *const *args);
 
@@ -108,6 +146,23 @@ int bench_worker_wait_ready(struct bench_worker *w, uint64_t deadline_ns);
  * started (pid 0, no log) is a no-op. */
 void bench_worker_stop(struct bench_worker *w);
 
+/* Starts two workers on free loopback ports in dir, w[0] (A) and w[1] (B),
+ * each with --peers naming the other, --memory, --pull-threads and
+ * --threads, and waits until both answer. CLI_OK, or CLI_FAIL after
+ * printing one line (the caller stops what was started). */
+int bench_pair_start(struct bench_worker w[2], const char *dir, uint64_t memory,
+                     uint64_t pull_threads, uint64_t threads);
+
+/* Waits until each of the two workers (clients cs, addresses addrs for
+ * messages) sees the other with connections open. CLI_OK, or CLI_FAIL
+ * after printing one line (silently when the bench was stopped). */
+int bench_pair_wait_peered(kvds_client *const cs[2], const char *const addrs[2],
+                           uint64_t deadline_ns);
+
+/* c's worker's cluster status: *root (caller decrefs) and its "members"
+ * array (borrowed from *root). 0, the request's error or KVDS_E_PROTO. */
+int bench_cluster_members(kvds_client *c, json_t **root, json_t **members);
+
 /* Creates a fresh directory parent/name.XXXXXX (mkdtemp) into out[cap].
  * CLI_OK, or one line printed, out = "" and CLI_FAIL. */
 int bench_make_dir(const char *parent, const char *name, char *out, size_t cap);
@@ -116,6 +171,123 @@ int bench_make_dir(const char *parent, const char *name, char *out, size_t cap);
  * or -errno (-ENOTEMPTY: something under it could not be removed). Prints
  * nothing. */
 int bench_remove_tree(const char *path);
+
+/* ---- raw TCP ceiling (tcp.c) -------------------------------------------- */
+
+#define BENCH_TCP_STREAMS_MAX 64
+#define BENCH_TCP_IO_TIMEOUT_S 10 /* a stream stalled this long fails */
+
+/* Raw TCP over loopback: stream i is a connection between a receiving
+ * thread (asks for len bytes at src_off, receives them at dst_off) and a
+ * sending thread (answers from the source buffer). A call posts the go
+ * semaphore of the streams it uses only, so idle receivers stay asleep. */
+struct bench_tcp;
+struct bench_tcp_stream {
+  struct bench_tcp *t;
+  int sfd, rfd; /* the sender's and the receiver's ends */
+  pthread_t sender, receiver;
+  int have_sender, have_receiver, have_go;
+  sem_t go;                       /* one post per call, or at quit */
+  uint64_t len, src_off, dst_off; /* this call's transfer */
+};
+
+struct bench_tcp {
+  pthread_mutex_t lock;
+  pthread_cond_t done; /* on CLOCK_MONOTONIC */
+  int ndone, err;      /* receivers finished with this call; first error */
+  int quit;            /* written before the posts that wake for it */
+  const uint8_t *src;
+  uint8_t *dst;
+  size_t region;
+  int n; /* streams set up */
+  struct bench_tcp_stream s[BENCH_TCP_STREAMS_MAX];
+};
+
+/* n (1..BENCH_TCP_STREAMS_MAX) connected loopback streams with their
+ * threads over src and dst (region bytes each, borrowed until
+ * bench_tcp_teardown). Every socket gets BENCH_TCP_IO_TIMEOUT_S send and
+ * receive timeouts. 0, or -errno with nothing left set up. */
+int bench_tcp_setup(struct bench_tcp *t, int n, const uint8_t *src,
+                    uint8_t *dst, size_t region);
+
+/* `calls` calls of `batch` values of `size` bytes, walking a set of nkeys
+ * slots of src/dst (nkeys * size <= region), each call's values split over
+ * the first `streams` streams (a stream gets batch / streams of them, the
+ * first ones one less when it does not divide). *ns: time of all calls.
+ * 0, KVDS_E_TIMEOUT (a call did not finish in 2 x BENCH_TCP_IO_TIMEOUT_S
+ * plus its bytes at 100 MB/s), or a socket error. */
+int bench_tcp_run(struct bench_tcp *t, int streams, size_t size, size_t batch,
+                  size_t nkeys, uint64_t calls, uint64_t *ns);
+
+/* Stops the threads and closes the streams. */
+void bench_tcp_teardown(struct bench_tcp *t);
+
+/* ---- a timed case over client threads (peers.c) ----------------------- */
+
+/* One point of `kvds bench peers`: `threads` client threads, each making
+ * calls of `batch` values of `size` bytes from its own slice of src (or
+ * into its slice of dst: region / threads bytes, >= batch * size). */
+struct bench_case {
+  size_t size, batch;
+  int threads;
+  uint64_t max_bytes; /* bounds the key rings of all threads together */
+  double seconds;     /* timed calls per thread: at least this, >= 3 calls */
+  const uint8_t *src;
+  uint8_t *dst;
+  size_t region;
+};
+
+struct bench_result {
+  double gbps;    /* all threads' bytes / the longest thread's timed time */
+  uint64_t calls; /* of all threads */
+};
+
+/* One call of thread t: its timed part's duration into *timed_ns (the
+ * call may do untimed work besides). 0, or an error that ends the case. */
+typedef int (*bench_call_fn)(void *ctx, int t, uint64_t *timed_ns);
+
+/* Keys in each thread's ring: at most 64 MiB and max_bytes / threads of
+ * values, a multiple of batch, at least one batch. */
+size_t bench_case_slots(const struct bench_case *bc);
+
+/* Where value i of thread t's call number `call` comes from: in t's slice
+ * of src, the calls walking the slice (a source far larger than the
+ * caches, as memcpy's). */
+const uint8_t *bench_case_src(const struct bench_case *bc, int t, uint64_t call,
+                              size_t i);
+
+/* Runs fn on bc->threads threads started together until each has made
+ * its timed calls (or 10 x seconds + 2 s passed, still >= 3 calls), an
+ * error or the stop flag. CLI_OK with *out, else CLI_FAIL (nothing
+ * printed). */
+int bench_case_run(const struct bench_case *bc, bench_call_fn fn, void *ctx,
+                   struct bench_result *out);
+
+/* ---- Redis (redis.c) ---------------------------------------------------- */
+
+/* A redis-server started by the bench. Zero-initialise. */
+struct bench_redis {
+  pid_t pid;
+  int port;
+  char version[32];
+  char log[PATH_MAX + 32];
+};
+
+/* Starts redis-server from $PATH on a free loopback port (no RDB, no AOF,
+ * its files in dir) and waits until it answers. CLI_OK, or CLI_FAIL with
+ * the reason in why[cap] (nothing printed; the caller stops it). */
+int bench_redis_start(struct bench_redis *r, const char *dir, char *why,
+                      size_t cap);
+
+/* Stops it (SIGTERM, SIGKILL after 10 s) and removes its log. */
+void bench_redis_stop(struct bench_redis *r);
+
+/* One case against r: one hiredis connection per thread, one round trip
+ * per call (MGET/MSET of the batch; GET/SET for one value); a get's
+ * values are written first (untimed), and every key is dropped after
+ * (FLUSHALL). CLI_OK with *out, or CLI_FAIL with the reason in why. */
+int bench_redis_case(const struct bench_redis *r, const struct bench_case *bc,
+                     int put, struct bench_result *out, char *why, size_t cap);
 
 /* ---- options (opts.c) --------------------------------------------------- */
 

@@ -253,22 +253,6 @@ static void before_phase(const struct disk *d) {
     sync();
 }
 
-/* The path of `name` in $PATH into out, or NULL. */
-static const char *find_in_path(const char *name, char *out, size_t cap) {
-  const char *path = getenv("PATH");
-  if (!path || !*path)
-    path = "/usr/local/bin:/usr/bin:/bin";
-  for (const char *p = path; *p;) {
-    const char *e = strchr(p, ':');
-    size_t len = e ? (size_t)(e - p) : strlen(p);
-    int n = snprintf(out, cap, "%.*s/%s", (int)len, len ? p : ".", name);
-    if (n > 0 && (size_t)n < cap && access(out, X_OK) == 0)
-      return out;
-    p += len + (e != NULL);
-  }
-  return NULL;
-}
-
 /* Runs argv with stdout into out_path (NULL: /dev/null) and stderr into
  * err_path; waits for it. Its exit status (128 + signal), or -errno. */
 static int run_child(char *const *argv, const char *out_path,
@@ -298,7 +282,7 @@ static int run_child(char *const *argv, const char *out_path,
 
 static void fio_probe(struct disk *d) {
   static char path[PATH_MAX];
-  d->fio = find_in_path("fio", path, sizeof path);
+  d->fio = bench_find_in_path("fio", path, sizeof path);
   if (!d->fio)
     return;
   char out[PATH_MAX + 32], err[PATH_MAX + 32];

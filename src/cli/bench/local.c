@@ -85,10 +85,10 @@ static int local_parse(int argc, char **argv, struct local_opts *o) {
   if (optind >= argc || strcmp(argv[optind], "local") != 0 ||
       optind + 1 != argc) {
     cli_err("bench",
-            "%s (usage: kvds bench local|remote|disk|connector|ttft "
+            "%s (usage: kvds bench local|remote|disk|peers|connector|ttft "
             "[options])",
             optind >= argc ? "missing the mode 'local', 'remote', 'disk', "
-                             "'connector' or 'ttft'"
+                             "'peers', 'connector' or 'ttft'"
                            : "unknown mode or extra argument");
     return CLI_USAGE;
   }

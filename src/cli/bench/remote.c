@@ -32,11 +32,9 @@
 #include "common/clock.h"
 #include "common/util.h"
 
-#define R_STREAMS_MAX 64
-#define R_LAT_KEYS 64     /* keys cycled by the lookup latency probes */
-#define R_CHAIN 32        /* keys of the lookup_prefix chain */
-#define R_PUT_CHUNK 256   /* values per untimed kvds_mput on A */
-#define R_IO_TIMEOUT_S 10 /* raw TCP: a stream stalled this long fails */
+#define R_LAT_KEYS 64   /* keys cycled by the lookup latency probes */
+#define R_CHAIN 32      /* keys of the lookup_prefix chain */
+#define R_PUT_CHUNK 256 /* values per untimed kvds_mput on A */
 
 struct remote_opts {
   const char *addr_a, *addr_b; /* running workers; NULL = start them */
@@ -62,32 +60,6 @@ __attribute__((format(printf, 1, 2))) static void progress(const char *fmt,
   fprintf(stderr, "kvds bench remote: %s\n", msg);
 }
 
-/* Raw TCP over loopback: stream i is a connection between a receiving
- * thread (asks for len bytes at src_off, receives them at dst_off) and a
- * sending thread (answers from the source buffer). A call posts the go
- * semaphore of the streams it uses only, so idle receivers stay asleep. */
-struct tcp_ceiling;
-struct tcp_stream {
-  struct tcp_ceiling *t;
-  int sfd, rfd; /* the sender's and the receiver's ends */
-  pthread_t sender, receiver;
-  int have_sender, have_receiver, have_go;
-  sem_t go;                       /* one post per call, or at quit */
-  uint64_t len, src_off, dst_off; /* this call's transfer */
-};
-
-struct tcp_ceiling {
-  pthread_mutex_t lock;
-  pthread_cond_t done; /* on CLOCK_MONOTONIC */
-  int ndone, err;      /* receivers finished with this call; first error */
-  int quit;            /* written before the posts that wake for it */
-  const uint8_t *src;
-  uint8_t *dst;
-  size_t region;
-  int n; /* streams set up */
-  struct tcp_stream s[R_STREAMS_MAX];
-};
-
 struct rpoint {
   const char *via; /* "hint" or "directory" */
   uint64_t size, batch;
@@ -112,7 +84,7 @@ struct remote {
   uint8_t *src, *dst;
   size_t region;
   uint64_t phase_ns;
-  struct tcp_ceiling tcp;
+  struct bench_tcp tcp;
   int tcp_up;
   struct rpoint pts[BENCH_LIST_MAX * BENCH_LIST_MAX + BENCH_LIST_MAX];
   int npts;
@@ -173,8 +145,8 @@ static int remote_parse(int argc, char **argv, struct remote_opts *o) {
       have_mem = 1;
       break;
     case O_PULL:
-      rc = bench_parse_u64_in("--pull-threads", optarg, 0, 1, R_STREAMS_MAX,
-                              &o->pull_threads);
+      rc = bench_parse_u64_in("--pull-threads", optarg, 0, 1,
+                              BENCH_TCP_STREAMS_MAX, &o->pull_threads);
       break;
     case O_THREADS:
       rc = bench_parse_u64_in("--threads", optarg, 0, 1, 64, &o->threads);
@@ -282,65 +254,11 @@ static int wait_visible(kvds_client *c, const struct bench_keyset *ks) {
 
 /* ---- workers ---- */
 
-/* Starts worker w peered with peer_port, as remote_opts says. */
-static int worker_spawn(struct remote *r, struct bench_worker *w,
-                        int peer_port) {
-  char peers[64], mem[32], pulls[24], threads[24];
-  snprintf(peers, sizeof peers, "127.0.0.1:%d", peer_port);
-  snprintf(mem, sizeof mem, "%llu", (unsigned long long)r->o->memory);
-  snprintf(pulls, sizeof pulls, "%llu", (unsigned long long)r->o->pull_threads);
-  snprintf(threads, sizeof threads, "%llu", (unsigned long long)r->o->threads);
-  const char *args[] = {
-      "--peers", peers,       "--memory", mem, "--pull-threads",
-      pulls,     "--threads", threads,    NULL};
-  return bench_worker_spawn(w, r->dir, args);
-}
-
-/* c's worker's cluster status: *root (caller decrefs) and its "members"
- * array (borrowed from *root). 0, the request's error or KVDS_E_PROTO. */
-static int cluster_members(kvds_client *c, json_t **root, json_t **members) {
-  char *txt;
-  int rc = kvds_cluster_status(c, &txt);
-  if (rc)
-    return rc;
-  json_t *j = json_loads(txt, 0, NULL);
-  free(txt);
-  json_t *ms = json_object_get(j, "members");
-  if (!json_is_array(ms)) {
-    json_decref(j);
-    return KVDS_E_PROTO;
-  }
-  *root = j;
-  *members = ms;
-  return 0;
-}
-
-/* Members in c's worker's view, and whether every peer has connections
- * open (when the worker reports them). */
-static int cluster_view(kvds_client *c, size_t *members, int *connected) {
-  json_t *j, *ms, *m;
-  int rc = cluster_members(c, &j, &ms);
-  if (rc)
-    return rc;
-  int conn = 1;
-  size_t i;
-  json_array_foreach(ms, i, m) {
-    json_t *conns = json_object_get(m, "connections");
-    if (!json_is_true(json_object_get(m, "self")) && conns &&
-        json_integer_value(conns) <= 0)
-      conn = 0;
-  }
-  *members = json_array_size(ms);
-  *connected = conn;
-  json_decref(j);
-  return 0;
-}
-
 /* Bytes c's worker has pulled from its peers since it started: 0, the
  * request's error or KVDS_E_PROTO (a bytes_in that is not a count). */
 static int pulled_bytes(kvds_client *c, uint64_t *out) {
   json_t *j, *ms, *m;
-  int rc = cluster_members(c, &j, &ms);
+  int rc = bench_cluster_members(c, &j, &ms);
   if (rc)
     return rc;
   uint64_t sum = 0;
@@ -361,242 +279,13 @@ static int pulled_bytes(kvds_client *c, uint64_t *out) {
   return rc;
 }
 
-static int wait_cluster(struct remote *r, uint64_t deadline_ns) {
-  kvds_client *cs[2] = {r->ca, r->cb};
-  for (int i = 0; i < 2; i++) {
-    for (;;) {
-      size_t n = 0;
-      int conn = 0;
-      int rc = cluster_view(cs[i], &n, &conn);
-      if (rc) {
-        cli_err("bench", "cluster status of %s: %s", i ? r->addr_b : r->addr_a,
-                kvds_strerror(rc));
-        return CLI_FAIL;
-      }
-      if (n >= 2 && conn)
-        break;
-      if (bench_stopped())
-        return CLI_FAIL;
-      if (kvds_now_ns() > deadline_ns) {
-        cli_err("bench",
-                "worker %s does not see its peer (%zu member%s in its view; "
-                "is it started with --peers?)",
-                i ? r->addr_b : r->addr_a, n, n == 1 ? "" : "s");
-        return CLI_FAIL;
-      }
-      kvds_sleep_ms(20);
-    }
-  }
-  return CLI_OK;
-}
-
 /* ---- raw TCP ceiling ---- */
-
-/* A timeout (SO_RCVTIMEO / SO_SNDTIMEO) reads as KVDS_E_TIMEOUT. */
-static int send_all(int fd, const void *buf, size_t len) {
-  const uint8_t *p = buf;
-  while (len) {
-    ssize_t w = send(fd, p, len, MSG_NOSIGNAL);
-    if (w < 0 && errno == EINTR)
-      continue;
-    if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-      return KVDS_E_TIMEOUT;
-    if (w <= 0)
-      return w < 0 ? -errno : KVDS_E_CLOSED;
-    p += w;
-    len -= (size_t)w;
-  }
-  return 0;
-}
-
-static int recv_all(int fd, void *buf, size_t len) {
-  uint8_t *p = buf;
-  while (len) {
-    ssize_t n = recv(fd, p, len, 0);
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-      return KVDS_E_TIMEOUT;
-    if (n <= 0)
-      return n < 0 ? -errno : KVDS_E_CLOSED;
-    p += n;
-    len -= (size_t)n;
-  }
-  return 0;
-}
-
-/* Answers requests {len, src_off} from the source buffer until EOF. On
- * leaving (EOF, a bad request, a stalled peer) it shuts its end down, so
- * the receiver fails at once instead of waiting for bytes. */
-static void *tcp_sender(void *arg) {
-  struct tcp_stream *s = arg;
-  uint64_t req[2];
-  while (recv_all(s->sfd, req, sizeof req) == 0) {
-    if (req[0] > s->t->region || req[1] > s->t->region - req[0])
-      break;
-    if (send_all(s->sfd, s->t->src + req[1], (size_t)req[0]))
-      break;
-  }
-  shutdown(s->sfd, SHUT_RDWR);
-  return NULL;
-}
-
-/* Per post of its go semaphore: asks for its share and receives it straight
- * into dst. */
-static void *tcp_receiver(void *arg) {
-  struct tcp_stream *s = arg;
-  struct tcp_ceiling *t = s->t;
-  for (;;) {
-    while (sem_wait(&s->go) && errno == EINTR)
-      ;
-    if (t->quit)
-      break;
-    uint64_t req[2] = {s->len, s->src_off};
-    int err = send_all(s->rfd, req, sizeof req);
-    if (!err)
-      err = recv_all(s->rfd, t->dst + s->dst_off, (size_t)req[0]);
-    pthread_mutex_lock(&t->lock);
-    if (err && !t->err)
-      t->err = err;
-    t->ndone++;
-    pthread_cond_signal(&t->done);
-    pthread_mutex_unlock(&t->lock);
-  }
-  return NULL;
-}
-
-static void tcp_teardown(struct tcp_ceiling *t) {
-  t->quit = 1;
-  for (int i = 0; i < t->n; i++) {
-    struct tcp_stream *s = &t->s[i];
-    if (s->rfd >= 0)
-      shutdown(s->rfd, SHUT_RDWR); /* the sender sees EOF; a busy receiver
-                                      fails at once */
-    if (s->have_go)
-      sem_post(&s->go);
-  }
-  for (int i = 0; i < t->n; i++) {
-    struct tcp_stream *s = &t->s[i];
-    if (s->have_receiver)
-      pthread_join(s->receiver, NULL);
-    if (s->have_sender)
-      pthread_join(s->sender, NULL);
-    if (s->rfd >= 0)
-      close(s->rfd);
-    if (s->sfd >= 0)
-      close(s->sfd);
-    if (s->have_go)
-      sem_destroy(&s->go);
-  }
-  pthread_cond_destroy(&t->done);
-  pthread_mutex_destroy(&t->lock);
-  t->n = 0;
-}
-
-/* n connected loopback streams with their threads. Every socket gets
- * R_IO_TIMEOUT_S send and receive timeouts (the senders' ends a send
- * timeout only: they wait for requests between cases). */
-static int tcp_setup(struct tcp_ceiling *t, int n, const uint8_t *src,
-                     uint8_t *dst, size_t region) {
-  pthread_mutex_init(&t->lock, NULL);
-  kvds_cond_init_mono(&t->done);
-  t->src = src;
-  t->dst = dst;
-  t->region = region;
-  int rc = 0, one = 1;
-  struct timeval tv = {.tv_sec = R_IO_TIMEOUT_S};
-  int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  struct sockaddr_in sa = {.sin_family = AF_INET,
-                           .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  socklen_t len = sizeof sa;
-  if (lfd < 0 || bind(lfd, (struct sockaddr *)&sa, sizeof sa) ||
-      getsockname(lfd, (struct sockaddr *)&sa, &len) || listen(lfd, n))
-    rc = -errno;
-  for (int i = 0; rc == 0 && i < n; i++) {
-    struct tcp_stream *s = &t->s[i];
-    *s = (struct tcp_stream){.t = t, .sfd = -1, .rfd = -1};
-    t->n = i + 1;
-    s->rfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (s->rfd < 0 || connect(s->rfd, (struct sockaddr *)&sa, sizeof sa) ||
-        (s->sfd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC)) < 0) {
-      rc = -errno;
-      break;
-    }
-    /* as the kvds client and worker set theirs */
-    if (setsockopt(s->rfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) ||
-        setsockopt(s->sfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) ||
-        setsockopt(s->rfd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) ||
-        setsockopt(s->rfd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) ||
-        setsockopt(s->sfd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv)) {
-      rc = -errno;
-      break;
-    }
-    if (sem_init(&s->go, 0, 0)) {
-      rc = -errno;
-      break;
-    }
-    s->have_go = 1;
-    if ((rc = -pthread_create(&s->sender, NULL, tcp_sender, s)))
-      break;
-    s->have_sender = 1;
-    if ((rc = -pthread_create(&s->receiver, NULL, tcp_receiver, s)))
-      break;
-    s->have_receiver = 1;
-  }
-  if (lfd >= 0)
-    close(lfd);
-  if (rc)
-    tcp_teardown(t);
-  return rc;
-}
 
 /* Streams B uses for a batch: its pull threads, at least 4 keys each (as
  * the cluster's resolver splits a batch: src/worker/cluster/jobs.c). */
 static int streams_for(const struct remote *r, uint64_t batch) {
   uint64_t s = (batch + 3) / 4;
   return (int)(s < r->o->pull_threads ? s : r->o->pull_threads);
-}
-
-/* `calls` calls of `batch` values of `size` bytes, walking the set of nkeys
- * slots like the kvds reads do, each call split over the streams as the
- * worker splits a batch over its pull jobs. Only the streams a call uses
- * are woken. *ns: time of all calls. A call that has not finished within
- * 2 x R_IO_TIMEOUT_S plus its bytes at 100 MB/s fails with KVDS_E_TIMEOUT
- * (the sockets' own timeouts normally report a stall first). */
-static int tcp_run(struct tcp_ceiling *t, int streams, size_t size,
-                   size_t batch, size_t nkeys, uint64_t calls, uint64_t *ns) {
-  size_t j = 0;
-  int rc = 0;
-  uint64_t limit_ns = 2ull * R_IO_TIMEOUT_S * 1000000000ull +
-                      (uint64_t)batch * size * 10; /* 100 MB/s */
-  uint64_t t0 = kvds_now_ns();
-  for (uint64_t c = 0; c < calls && rc == 0 && !bench_stopped(); c++) {
-    for (int k = 0; k < streams; k++) {
-      size_t lo = batch * (size_t)k / (size_t)streams;
-      size_t hi = batch * (size_t)(k + 1) / (size_t)streams;
-      t->s[k].len = (hi - lo) * size;
-      t->s[k].src_off = t->s[k].dst_off = (j + lo) * size;
-    }
-    pthread_mutex_lock(&t->lock);
-    t->ndone = 0;
-    pthread_mutex_unlock(&t->lock);
-    for (int k = 0; k < streams; k++)
-      sem_post(&t->s[k].go);
-    uint64_t dl = kvds_now_us() + limit_ns / 1000;
-    pthread_mutex_lock(&t->lock);
-    while (t->ndone < streams && rc == 0)
-      if (kvds_cond_wait_until(&t->done, &t->lock, dl) == -ETIMEDOUT &&
-          t->ndone < streams)
-        rc = KVDS_E_TIMEOUT;
-    if (rc == 0)
-      rc = t->err;
-    pthread_mutex_unlock(&t->lock);
-    j += batch;
-    if (j == nkeys)
-      j = 0;
-  }
-  *ns = kvds_now_ns() - t0;
-  return rc;
 }
 
 /* ---- the measurements ---- */
@@ -715,7 +404,8 @@ static int run_rpoint(struct remote *r, const char *via, size_t size,
   p->gbps = (double)p->bytes / (double)s.total_ns;
   bench_samples_p50_p99(&s, &p->p50_us, &p->p99_us);
   uint64_t tcp_ns = 0;
-  rc = tcp_run(&r->tcp, p->streams, size, batch, nkeys, p->calls, &tcp_ns);
+  rc =
+      bench_tcp_run(&r->tcp, p->streams, size, batch, nkeys, p->calls, &tcp_ns);
   if (rc == KVDS_E_TIMEOUT)
     what = "raw TCP: a stream stalled: ";
   else if (rc)
@@ -925,38 +615,21 @@ static int remote_start_workers(struct remote *r) {
   if (bench_make_dir(tmp && *tmp ? tmp : "/tmp", "kvds-bench-remote", r->dir,
                      sizeof r->dir))
     return CLI_FAIL;
-  r->w[0].port = bench_free_port();
-  r->w[1].port = bench_free_port();
-  if (r->w[0].port <= 0 || r->w[1].port <= 0 || r->w[0].port == r->w[1].port) {
-    cli_err("bench", "no free loopback ports");
-    return CLI_FAIL;
-  }
   char mem[32];
   progress("starting two workers (%s pools)...",
            kvds_fmt_bytes(r->o->memory, mem, sizeof mem));
   r->started = 1;
-  for (int i = 0; i < 2; i++) {
-    int rc = worker_spawn(r, &r->w[i], r->w[1 - i].port);
-    if (rc) {
-      cli_err("bench", "cannot start a worker: %s", kvds_strerror(rc));
-      return CLI_FAIL;
-    }
-  }
+  if (bench_pair_start(r->w, r->dir, r->o->memory, r->o->pull_threads,
+                       r->o->threads))
+    return CLI_FAIL;
   r->addr_a = r->w[0].addr;
   r->addr_b = r->w[1].addr;
-  /* 30 s + 4 s per GiB of pool: generously more than `kvds worker --daemon`
-   * allows (30 s + 0.5 s per GiB), as two pools start at once */
-  uint64_t deadline =
-      kvds_now_ns() + 30000000000ull + 4 * (r->o->memory >> 30) * 1000000000ull;
-  for (int i = 0; i < 2; i++)
-    if (bench_worker_wait_ready(&r->w[i], deadline))
-      return CLI_FAIL;
   return CLI_OK;
 }
 
 static void remote_cleanup(struct remote *r) {
   if (r->tcp_up)
-    tcp_teardown(&r->tcp);
+    bench_tcp_teardown(&r->tcp);
   kvds_client_close(r->ca);
   kvds_client_close(r->cb);
   r->ca = r->cb = NULL;
@@ -1017,12 +690,15 @@ int bench_remote(int argc, char **argv) {
   if (cli_connect("bench", r.addr_a, 0, &r.ca, NULL, 0) ||
       cli_connect("bench", r.addr_b, 0, &r.cb, NULL, 0))
     goto out;
-  if (wait_cluster(&r, kvds_now_ns() + 20000000000ull))
+  kvds_client *cs[2] = {r.ca, r.cb};
+  const char *addrs[2] = {r.addr_a, r.addr_b};
+  if (bench_pair_wait_peered(cs, addrs, kvds_now_ns() + 20000000000ull))
     goto out;
   if (r.started)
     progress("workers %s and %s up in %.1f s", r.addr_a, r.addr_b,
              (double)(kvds_now_ns() - t0) / 1e9);
-  if ((rc = tcp_setup(&r.tcp, (int)o.pull_threads, r.src, r.dst, r.region))) {
+  if ((rc = bench_tcp_setup(&r.tcp, (int)o.pull_threads, r.src, r.dst,
+                            r.region))) {
     cli_err("bench", "raw TCP streams: %s", kvds_strerror(rc));
     goto out;
   }
