@@ -1,0 +1,377 @@
+"""The Mooncake rows of `kvds bench peers`: Mooncake's transfer engine and
+Mooncake Store, from the `mooncake-transfer-engine` PyPI wheel
+(python/requirements-peers.txt, in .venv/peers), on this machine over
+loopback TCP.
+
+Run by `kvds bench peers` (src/cli/bench/peers.c) with the wheel's overlay
+first on PYTHONPATH and its CUDA stand-ins (scripts/make_peer_stubs.py) on
+LD_LIBRARY_PATH; writes one JSON document to --out (else stdout) and
+progress lines ("kvds bench peers: ...") to stderr; what the wheel's C++
+code logs goes to <dir>/mooncake-client.log instead:
+
+    {"version": "0.3.13.post1",
+     "rows": [{"system": "mooncake-te"|"mooncake-store", "op": "get"|"put",
+               "size": N, "batch": N, "threads": N, "gbps": X,
+               "calls": N}...],
+     "skipped": {"mooncake-te": "reason", ...}}
+
+A part that cannot run is a "skipped" entry with the reason; the other
+still runs. Every process it starts is stopped before it exits.
+
+mooncake-te: the wheel's own `transfer_engine_bench` (Mooncake's C++
+client): a target process registers --max-bytes of DRAM; per point an
+initiator with --threads T (each its own submission thread), --batch_size
+B, --block_size S, --protocol tcp, --metadata_server P2PHANDSHAKE reads
+(get) or writes (put) blocks of the target for `duration` whole seconds;
+the figure is its own "throughput" line (GB = 10^9 B).
+
+mooncake-store: `mooncake_master` (no HA, no persistence) and two
+MooncakeDistributedStore clients, TCP, P2PHANDSHAKE: a holder process that
+contributes the memory segment, and the bench's client (segment size 0)
+whose values all live in the holder, so every byte crosses loopback TCP.
+The client registers one buffer and uses the zero-copy calls
+batch_put_from / batch_get_into, one call per batch; T Python threads share
+the client (its calls release the GIL). Puts go to fresh keys (the ring's
+old keys are removed, untimed).
+"""
+import argparse
+import ctypes
+import importlib.metadata
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+PROG = os.environ.get("KVDS_BENCH_PROG", "kvds bench peers")
+START_TIMEOUT_S = 30
+SEGMENT_SLACK = 64 << 20  # holder segment beyond the largest key set
+
+
+_progress = sys.stderr
+
+
+def progress(msg):
+    print(f"{PROG}: {msg}", file=_progress, flush=True)
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ints(s):
+    return [int(x) for x in s.split(",") if x]
+
+
+def stop(proc):
+    """SIGTERM, then SIGKILL after 10 s; None is a no-op."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def log_tail(path, n=300):
+    try:
+        with open(path, "rb") as f:
+            data = f.read().decode(errors="replace").strip()
+    except OSError:
+        return ""
+    lines = [ln for ln in data.splitlines() if not ln.startswith(("I", "W"))] or data.splitlines()
+    return (lines[-1] if lines else "")[-n:]
+
+
+def points(a):
+    """(size, batch, threads) of every point whose call fits --max-bytes."""
+    for size in a.sizes:
+        for batch in a.batch:
+            for threads in a.threads:
+                if size * batch * threads <= a.max_bytes:
+                    yield size, batch, threads
+
+
+# ---- transfer engine ----------------------------------------------------------
+
+def run_te(a, pkg, rows, env):
+    exe = os.path.join(pkg, "transfer_engine_bench")
+    if not os.access(exe, os.X_OK):
+        return f"{exe} is missing"
+    common = ["--protocol=tcp", "--metadata_server=P2PHANDSHAKE", "--use_vram=false",
+              f"--buffer_size={a.max_bytes}", "--report_precision=4", "--report_unit=GB",
+              "--auto_discovery=false"]
+    tlog = os.path.join(a.dir, "te-target.log")
+    target = None
+    try:
+        with open(tlog, "wb") as log:
+            target = subprocess.Popen(
+                [exe, "--mode=target", f"--local_server_name=127.0.0.1:{free_port()}", *common],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        # P2P handshake: the target's RPC port is its own pick, logged.
+        deadline = time.monotonic() + START_TIMEOUT_S
+        port = None
+        while port is None:
+            if target.poll() is not None:
+                return f"transfer_engine_bench target exited ({target.returncode}): {log_tail(tlog)}"
+            with open(tlog, "rb") as f:
+                m = re.search(rb"P2P handshake, listening on [^:\s]+:(\d+)", f.read())
+            if m:
+                port = int(m.group(1))
+            elif time.monotonic() > deadline:
+                return f"transfer_engine_bench target did not start: {log_tail(tlog)}"
+            else:
+                time.sleep(0.05)
+        # let the target finish registering its buffer
+        time.sleep(0.3)
+        secs = max(1, round(a.te_seconds))
+        for size, batch, threads in points(a):
+            for op, te_op in (("get", "read"), ("put", "write")):
+                progress(f"mooncake-te {op} {size >> 10} KiB x {batch}, {threads} thread(s)")
+                ilog = os.path.join(a.dir, "te-initiator.log")
+                with open(ilog, "wb") as log:
+                    try:
+                        rc = subprocess.run(
+                            [exe, "--mode=initiator", f"--local_server_name=127.0.0.1:{free_port()}",
+                             f"--segment_id=127.0.0.1:{port}", f"--operation={te_op}",
+                             f"--threads={threads}", f"--batch_size={batch}",
+                             f"--block_size={size}", f"--duration={secs}", *common],
+                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            env=env, timeout=secs + 60).returncode
+                    except subprocess.TimeoutExpired:
+                        return f"transfer_engine_bench initiator did not finish in {secs + 60} s"
+                with open(ilog, "rb") as f:
+                    m = re.search(rb"batch count (\d+), throughput ([0-9.]+) GB/s", f.read())
+                if rc != 0 or not m:
+                    return f"transfer_engine_bench initiator failed ({rc}): {log_tail(ilog)}"
+                rows.append({"system": "mooncake-te", "op": op, "size": size, "batch": batch,
+                             "threads": threads, "gbps": float(m.group(2)),
+                             "calls": int(m.group(1))})
+    finally:
+        stop(target)
+    return None
+
+
+# ---- store ----------------------------------------------------------------------
+
+HOLDER = """
+import sys
+from mooncake.store import MooncakeDistributedStore
+s = MooncakeDistributedStore()
+rc = s.setup("127.0.0.1", "P2PHANDSHAKE", int(sys.argv[2]), 16 << 20, "tcp", "", sys.argv[1])
+print("ready" if rc == 0 else f"setup failed: {rc}", flush=True)
+if rc == 0:
+    sys.stdin.read()
+    s.close()
+"""
+
+
+def store_case(s, addr, size, batch, threads, op, seconds, max_bytes, tag):
+    """Timed calls of `threads` threads; returns (GB/s, calls)."""
+    # a ring of keys per thread: up to 64 MiB, all threads' within max_bytes
+    ring = min(64 << 20, max_bytes // threads)
+    nslots = max(batch, ring // size // batch * batch)
+    per_thread = batch * size
+    errors, calls, busy = [], [0] * threads, [0.0] * threads
+    keys = [[f"kvds-peers/{tag}/{t}/{i}" for i in range(nslots)] for t in range(threads)]
+    sizes = [size] * batch
+
+    def ptrs(t):
+        return [addr + t * per_thread + i * size for i in range(batch)]
+
+    if op == "get":  # the values to read, untimed
+        for t in range(threads):
+            for j in range(0, nslots, batch):
+                res = s.batch_put_from(keys[t][j:j + batch], ptrs(t), sizes)
+                if any(r != 0 for r in res):
+                    raise RuntimeError(f"batch_put_from: {res[:4]}")
+
+    def work(t):
+        try:
+            p, j, wrapped, t0 = ptrs(t), 0, False, time.monotonic()
+            while True:
+                ks = keys[t][j:j + batch]
+                if op == "put" and wrapped:
+                    for k in ks:
+                        s.remove(k, True)
+                c0 = time.perf_counter()
+                if op == "put":
+                    res = s.batch_put_from(ks, p, sizes)
+                    bad = [r for r in res if r != 0]
+                else:
+                    res = s.batch_get_into(ks, p, sizes)
+                    bad = [r for r in res if r != size]
+                busy[t] += time.perf_counter() - c0
+                if bad:
+                    raise RuntimeError(f"batch_{op}: {bad[:4]}")
+                calls[t] += 1
+                j += batch
+                if j >= nslots:
+                    j, wrapped = 0, True
+                if time.monotonic() - t0 >= seconds and calls[t] >= 3:
+                    break
+        except Exception as e:  # noqa: BLE001 (reported, then the row is skipped)
+            errors.append(e)
+
+    ths = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for th in ths:
+        th.start()
+    for th in ths:
+        th.join()
+    for t in range(threads):
+        for k in keys[t]:
+            s.remove(k, True)
+    if errors:
+        raise errors[0]
+    # every thread moved its bytes in its own busy time; together they ran
+    # for the longest of them
+    total = sum(calls) * per_thread
+    return total / max(busy) / 1e9, sum(calls)
+
+
+def run_store(a, pkg, rows, env):
+    from mooncake.store import MooncakeDistributedStore  # noqa: PLC0415
+
+    exe = os.path.join(pkg, "mooncake_master")
+    if not os.access(exe, os.X_OK):
+        return f"{exe} is missing"
+    port = free_port()
+    master_addr = f"127.0.0.1:{port}"
+    mlog = os.path.join(a.dir, "mooncake-master.log")
+    hlog = os.path.join(a.dir, "mooncake-holder.log")
+    master = holder = s = None
+    try:
+        with open(mlog, "wb") as log:
+            master = subprocess.Popen(
+                [exe, f"--port={port}", f"--metrics_port={free_port()}",
+                 "--enable_http_metadata_server=false"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if master.poll() is not None:
+                return f"mooncake_master exited ({master.returncode}): {log_tail(mlog)}"
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    return f"mooncake_master did not start: {log_tail(mlog)}"
+                time.sleep(0.05)
+        segment = a.max_bytes + a.max_bytes // 4 + SEGMENT_SLACK
+        with open(hlog, "wb") as log:
+            holder = subprocess.Popen(
+                [sys.executable, "-c", HOLDER, master_addr, str(segment)],
+                stdout=subprocess.PIPE, stderr=log, stdin=subprocess.PIPE, env=env)
+        box = []  # the holder's first line, read with a deadline
+        ready = threading.Thread(target=lambda: box.append(holder.stdout.readline()), daemon=True)
+        ready.start()
+        ready.join(START_TIMEOUT_S)
+        line = box[0] if box else b""
+        if line.strip() != b"ready":
+            return f"store holder did not start: {line.decode(errors='replace').strip() or log_tail(hlog)}"
+        s = MooncakeDistributedStore()
+        rc = s.setup("127.0.0.1", "P2PHANDSHAKE", 0, 16 << 20, "tcp", "", master_addr)
+        if rc != 0:
+            return f"MooncakeDistributedStore.setup failed ({rc})"
+        region = max(size * batch * threads for size, batch, threads in points(a))
+        buf = ctypes.create_string_buffer(region)
+        ctypes.memset(buf, 0xa5, region)
+        addr = ctypes.addressof(buf)
+        if s.register_buffer(addr, region) != 0:
+            return "register_buffer failed"
+        n = 0
+        for size, batch, threads in points(a):
+            for op in ("get", "put"):
+                progress(f"mooncake-store {op} {size >> 10} KiB x {batch}, {threads} thread(s)")
+                n += 1
+                try:
+                    gbps, calls = store_case(s, addr, size, batch, threads, op, a.seconds,
+                                               a.max_bytes, n)
+                except RuntimeError as e:
+                    return f"{op} {size} x {batch}: {e}"
+                rows.append({"system": "mooncake-store", "op": op, "size": size, "batch": batch,
+                             "threads": threads, "gbps": gbps, "calls": calls})
+    finally:
+        if s is not None:
+            s.close()
+        if holder is not None:
+            try:
+                holder.stdin.close()
+                holder.wait(10)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+            stop(holder)
+        stop(master)
+    return None
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p.add_argument("--kvds-bin", help=argparse.SUPPRESS)
+    p.add_argument("--sizes", type=ints, required=True, help="value sizes in bytes")
+    p.add_argument("--batch", type=ints, required=True)
+    p.add_argument("--threads", type=ints, required=True)
+    p.add_argument("--seconds", type=float, default=0.3, help="store: per case")
+    p.add_argument("--te-seconds", type=float, default=1,
+                   help="transfer engine: per point and op (whole seconds, >= 1)")
+    p.add_argument("--max-bytes", type=int, default=512 << 20,
+                   help="most bytes one call of all threads moves")
+    p.add_argument("--dir", required=True, help="for logs (the caller removes it)")
+    p.add_argument("--out", help="the JSON document's file (default: stdout)")
+    p.add_argument("--only", choices=["te", "store"], action="append")
+    a = p.parse_args(argv)
+    out = {"version": "", "rows": [], "skipped": {}}
+    # The wheel's C++ code logs to fd 2 (glog, before InitGoogleLogging):
+    # into a file, so that the progress lines stay readable.
+    global _progress
+    _progress = os.fdopen(os.dup(2), "w")
+    log_fd = os.open(os.path.join(a.dir, "mooncake-client.log"),
+                     os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    child_env = dict(os.environ)
+    try:
+        out["version"] = importlib.metadata.version("mooncake-transfer-engine")
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    try:
+        import mooncake  # noqa: PLC0415
+        pkg = os.path.dirname(os.path.abspath(mooncake.__file__))
+        import mooncake.store  # noqa: F401, PLC0415 (loads the CUDA/ibverbs deps)
+    except ImportError as e:
+        reason = f"the mooncake-transfer-engine wheel does not import ({e})"
+        out["skipped"] = {"mooncake-te": reason, "mooncake-store": reason}
+        return emit(out, a.out)
+    for name, fn in (("te", run_te), ("store", run_store)):
+        if a.only and name not in a.only:
+            continue
+        system = f"mooncake-{name}"
+        try:
+            why = fn(a, pkg, out["rows"], child_env)
+        except Exception as e:  # noqa: BLE001 (a peer's failure is a skip)
+            why = f"{type(e).__name__}: {e}"
+        if why:
+            progress(f"{system} skipped: {why}")
+            out["rows"] = [r for r in out["rows"] if r["system"] != system]
+            out["skipped"][system] = why
+    return emit(out, a.out)
+
+
+def emit(doc, path):
+    if path:
+        with open(path, "w") as f:
+            json.dump(doc, f)
+    else:
+        print(json.dumps(doc), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
