@@ -13,6 +13,8 @@
 #                 real vLLM servers (`kvds bench ttft`), LMCache side by side
 #   make bench-disk  the disk tier's spill and read-back next to fio, and
 #                 disk-hit vs DRAM-hit latency (`kvds bench disk`)
+#   make bench-peers  kvds next to Redis, Mooncake's transfer engine and
+#                 Mooncake Store, all started by the bench (`kvds bench peers`)
 #   make fuzz     longer libFuzzer campaign (FUZZ_SECONDS, default 600)
 
 MAKEFLAGS += --no-print-directory
@@ -29,7 +31,8 @@ PYTEST_ARGS ?=
 
 .PHONY: all deps deps-system build build-asan build-fuzz test test-release test-asan \
         fuzz-smoke fuzz demo bench format format-check clean python test-python \
-        test-vllm-latest soak test-proxy-asan bench-ttft bench-disk
+        test-vllm-latest soak test-proxy-asan bench-ttft bench-disk \
+        bench-peers
 
 all: build
 
@@ -136,6 +139,15 @@ bench-ttft: python
 # --quick, --json, --dir /mnt/nvme, --fsync object, --disk-threads 4).
 bench-disk: build
 	$(BUILD)/kvds bench disk $(DISK_ARGS)
+
+# `kvds bench peers` in full (a few minutes; it starts its own workers,
+# redis-server and the Mooncake processes, all on loopback). redis-server
+# and hiredis come from deps-system, the Mooncake wheel from deps
+# (.venv/peers, python/requirements-peers.txt). PEERS_ARGS: more options
+# (e.g. --quick, --json, --sizes 1MiB,4MiB).
+bench-peers: python
+	KVDS_PYTHON=$(abspath $(VENV))/bin/python $(BUILD)/kvds bench peers \
+	  --peers-path $(abspath $(VENV))/peers $(PEERS_ARGS)
 
 SOURCES = $(shell git ls-files '*.c' '*.h' 2>/dev/null)
 

@@ -2,8 +2,10 @@
 # Installs every Debian package kvds needs to build, test, fuzz and bench,
 # and the project's Python virtual environment (.venv at the repository root,
 # with the pinned packages of python/requirements-dev.txt and, for the vLLM
-# connector, python/requirements-vllm.txt plus CUDA library stubs, and the
-# newest vLLM of python/requirements-vllm-latest.txt in .venv/vllm-latest).
+# connector, python/requirements-vllm.txt plus CUDA library stubs, the
+# newest vLLM of python/requirements-vllm-latest.txt in .venv/vllm-latest,
+# and the Mooncake wheel of `kvds bench peers` with its CUDA stand-ins in
+# .venv/peers, python/requirements-peers.txt).
 # Idempotent: does nothing (and needs no network) when everything is present.
 # --system-only: the Debian packages only (what building the C code needs),
 # no .venv.
@@ -19,6 +21,7 @@ pkgs=(
   libcurl4-openssl-dev libssl-dev etcd-server
   clang libclang-rt-14-dev clang-format
   curl procps fio
+  redis-server libhiredis-dev libibverbs1 ibverbs-providers libnuma1
 )
 
 missing=()
@@ -99,4 +102,28 @@ if [ ! -f "$lstamp" ] || [ "$(cat "$lstamp")" != "$lwant" ]; then
   PYTHONPATH="$latest" "$venv/bin/python" -c 'import torch, vllm.config' ||
     { echo "install-deps: torch/vllm of .venv/vllm-latest do not import" >&2; exit 1; }
   printf '%s' "$lwant" > "$lstamp"
+fi
+
+# ---- the Mooncake peer of `kvds bench peers` ---------------------------------
+# An overlay directory (the bench puts it on its Mooncake driver's
+# PYTHONPATH) with the wheel and msgpack; aiohttp and requests come from the
+# .venv above (python/requirements-peers.txt). make_peer_stubs.py builds the
+# libcuda/libcudart stand-ins the wheel's binaries and extensions link to.
+peers_reqs="$root/python/requirements-peers.txt"
+peer_stubs="$root/scripts/make_peer_stubs.py"
+peers="$venv/peers"
+pstamp="$peers/.kvds-requirements"
+pwant="$(cat "$peers_reqs" "$peer_stubs" "$stubs")"
+if [ ! -f "$pstamp" ] || [ "$(cat "$pstamp")" != "$pwant" ]; then
+  echo "install-deps: installing python/requirements-peers.txt into .venv/peers (--no-deps)"
+  rm -rf "$peers"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
+    --target "$peers" -r "$peers_reqs"
+  "$venv/bin/python" "$peer_stubs" "$peers" "$peers/kvds-stubs" \
+    mooncake/transfer_engine_bench mooncake/mooncake_master \
+    mooncake/engine.so mooncake/store.so >/dev/null
+  PYTHONPATH="$peers" LD_LIBRARY_PATH="$peers/kvds-stubs" "$venv/bin/python" \
+    -c 'import mooncake.engine, mooncake.store' ||
+    { echo "install-deps: the Mooncake wheel of .venv/peers does not import" >&2; exit 1; }
+  printf '%s' "$pwant" > "$pstamp"
 fi

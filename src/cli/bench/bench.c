@@ -1,8 +1,9 @@
 /*
- * bench.c — `kvds bench`: picks the mode. `local` (local.c) and `remote`
- * (remote.c) and `disk` (disk.c) are written in C; `kvds bench connector` runs
- * the Python bench of the vLLM connector (python/kvds/bench_connector.py) in
- * $KVDS_PYTHON, else python3, and `kvds bench ttft` the TTFT bench with real
+ * bench.c — `kvds bench`: picks the mode. `local` (local.c), `remote`
+ * (remote.c), `disk` (disk.c) and `peers` (peers.c, its Mooncake rows in
+ * python/kvds/bench_peers_mooncake.py) are written in C; `kvds bench connector`
+ * runs the Python bench of the vLLM connector (python/kvds/bench_connector.py)
+ * in $KVDS_PYTHON, else python3, and `kvds bench ttft` the TTFT bench with real
  * vLLM servers (python/kvds/bench_serve.py) the same way. Also what every mode
  * shares about the process: the help text, the stop flag, this binary's path
  * (bench.h).
@@ -21,6 +22,7 @@ static const char HELP[] =
     "usage: kvds bench local [options]\n"
     "       kvds bench remote [options]\n"
     "       kvds bench disk [options]\n"
+    "       kvds bench peers [options]\n"
     "       kvds bench connector [options]\n"
     "       kvds bench ttft [options]\n"
     "\n"
@@ -129,6 +131,55 @@ static const char HELP[] =
     "      --quick            short run, under 20 s (--sizes 1MiB,4MiB,\n"
     "                         32MiB pools, --working-set 3, --samples 5)\n"
     "      --json             print one JSON document instead of tables\n"
+    "  -h, --help             this text\n"
+    "\n"
+    "kvds bench peers:\n"
+    "kvds next to Redis and Mooncake on this machine, one table of the same\n"
+    "work: for every value size x batch (values per call) x client threads\n"
+    "(each its own client or connection; Mooncake's: threads of one\n"
+    "client), GET and PUT GB/s of:\n"
+    "  memcpy, raw TCP   the ceilings: each thread copies its values between\n"
+    "                    two buffers, walking as many bytes as a store's key\n"
+    "                    ring (up to 64 MiB per thread); one loopback stream\n"
+    "                    per thread received straight into a buffer\n"
+    "  redis             redis-server from $PATH (no RDB/AOF) and a hiredis\n"
+    "                    client: MGET / MSET of the batch (GET / SET for one)\n"
+    "  mooncake TE       the mooncake-transfer-engine wheel's own\n"
+    "                    transfer_engine_bench, TCP, P2P handshake: reads and\n"
+    "                    writes of a target's DRAM (whole seconds per point)\n"
+    "  mooncake store    mooncake_master, a client that holds the segment and\n"
+    "                    the bench's client (no segment): batch_get_into /\n"
+    "                    batch_put_from, TCP, P2P handshake\n"
+    "  kvds local        worker A through a shared-memory client: kvds_mput;\n"
+    "                    kvds_mget + copy out + release\n"
+    "  kvds pull B<-A    kvds_mget_ex on worker B (hint A) of values on A:\n"
+    "                    B pulls them inside the call (as bench remote)\n"
+    "  kvds TCP client   worker A through a TCP client: kvds_mput / kvds_mget\n"
+    "                    (the like-for-like of the Redis client)\n"
+    "Under each kvds row: its ratio to its ceiling and to each peer. The\n"
+    "bench starts everything itself on free loopback ports, in a fresh\n"
+    "directory under $TMPDIR (else /tmp), and stops and removes it all at the\n"
+    "end, also after an error or SIGINT. A peer that cannot start (not\n"
+    "installed, fails) is one 'skipped: <reason>' line; the rest runs. The\n"
+    "Mooncake rows come from the Python module kvds.bench_peers_mooncake in\n"
+    "$KVDS_PYTHON (else python3) with the wheel's overlay on PYTHONPATH and\n"
+    "its CUDA stand-ins on LD_LIBRARY_PATH (make deps: .venv/peers).\n"
+    "Progress lines (\"kvds bench peers: ...\") go to stderr;\n"
+    "docs/benchmarks.md explains the table.\n"
+    "\n"
+    "      --sizes LIST       value sizes (default "
+    "64KiB,256KiB,1MiB,4MiB,16MiB)\n"
+    "      --batch LIST       values per call (default 1,8,64)\n"
+    "      --threads LIST     client threads (default 1,4; at most 16)\n"
+    "      --seconds S        timed calls per thread and case (default 0.2;\n"
+    "                         at least 3 calls; Mooncake's engine: 1 s)\n"
+    "      --max-bytes SIZE   most bytes one call of all threads moves\n"
+    "                         (default 512MiB): larger points print '-'\n"
+    "      --peers-path DIR   the Mooncake overlay (default $KVDS_PEERS_PATH,\n"
+    "                         else <venv>/peers of $KVDS_PYTHON's venv)\n"
+    "      --quick            short run, about 15 s (--sizes 1MiB --batch 8\n"
+    "                         --threads 1 --seconds 0.05 --max-bytes 32MiB)\n"
+    "      --json             print one JSON document instead of the table\n"
     "  -h, --help             this text\n"
     "\n"
     "kvds bench connector:\n"
