@@ -111,11 +111,15 @@ int bench_free_port(void);
 
 /* Starts argv (argv[0] looked up in $PATH when it has no '/'; borrowed
  * until the call returns) in its own process group, stdin from /dev/null,
- * stdout and stderr into the file log (NULL: the bench's own), with the
- * NULL-terminated name/value pairs of env (NULL: none) set; it dies with
- * the bench. *pid on success; 0 or -errno. Prints nothing. */
-int bench_spawn(pid_t *pid, const char *const *argv, const char *log,
-                const char *const *env);
+ * stdout into the file out and stderr into the file err (out truncated
+ * first; err NULL: the same file as out; out NULL: the bench's own), with
+ * the NULL-terminated name/value pairs of env (NULL: none) set; it dies
+ * with the bench. *pid on success; 0 or -errno. Prints nothing. */
+int bench_spawn(pid_t *pid, const char *const *argv, const char *out,
+                const char *err, const char *const *env);
+
+/* Waits for the child pid: its exit status (128 + signal), or -errno. */
+int bench_wait(pid_t pid);
 
 /* Sends sig to *pid, waits up to grace_s seconds for it to exit, then
  * SIGKILLs its process group; reaps it and sets *pid = 0. *pid <= 0 is a
@@ -291,6 +295,21 @@ int bench_redis_case(const struct bench_redis *r, const struct bench_case *bc,
 
 /* ---- options (opts.c) --------------------------------------------------- */
 
+/* The long options every mode has, for its struct option table. */
+#define BENCH_OPTS_COMMON                                                      \
+  {"quick", no_argument, NULL, 'q'}, {"json", no_argument, NULL, 'j'}, {       \
+    "help", no_argument, NULL, 'h'                                             \
+  }
+
+/* A getopt result c that the mode's own options did not take: --quick
+ * (*quick = 1) and --json (*json = 1) give CLI_OK; --help prints the help
+ * and gives -1; anything else is CLI_USAGE (getopt printed why). */
+int bench_parse_common(int c, int *quick, int *json);
+
+/* CLI_OK when no argument follows the options, else one line printed and
+ * CLI_USAGE. */
+int bench_parse_end(const char *mode, int argc, char **argv);
+
 /* Parses opt's argument as a size ("64KiB"; when size is set) or a plain
  * integer in [lo, hi] into *out. Else prints one line and returns
  * CLI_USAGE (*out untouched). */
@@ -364,6 +383,11 @@ int bench_alloc_buffers(size_t region, uint8_t **src, uint8_t **dst);
 /* v with about three significant digits (0.123, 1.23, 12.3, 123, 1234)
  * into buf. Returns buf. */
 char *bench_fmt3(double v, char *buf, size_t cap);
+
+/* A progress line "kvds bench <mode>: ..." on stderr (errors are "kvds
+ * bench: ..." lines, cli_err). */
+__attribute__((format(printf, 2, 3))) void bench_progress(const char *mode,
+                                                          const char *fmt, ...);
 
 /* Prints root as the bench's JSON document (indented, keys in insertion
  * order, 6 significant digits) and a newline on stdout, and releases root.

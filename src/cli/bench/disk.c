@@ -28,7 +28,6 @@
 #include <stdint.h>
 #include <fcntl.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -110,17 +109,6 @@ struct disk {
   int ncases;
 };
 
-/* A progress line "kvds bench disk: ..." on stderr. */
-__attribute__((format(printf, 1, 2))) static void progress(const char *fmt,
-                                                           ...) {
-  char msg[512];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(msg, sizeof msg, fmt, ap);
-  va_end(ap);
-  fprintf(stderr, "kvds bench disk: %s\n", msg);
-}
-
 /* ---- options ------------------------------------------------------------ */
 
 static int disk_parse(int argc, char **argv, struct disk_opts *o) {
@@ -131,8 +119,6 @@ static int disk_parse(int argc, char **argv, struct disk_opts *o) {
     OPT_THREADS,
     OPT_FSYNC,
     OPT_SAMPLES,
-    OPT_QUICK,
-    OPT_JSON
   };
   static const struct option lo[] = {
       {"dir", required_argument, NULL, OPT_DIR},
@@ -142,9 +128,7 @@ static int disk_parse(int argc, char **argv, struct disk_opts *o) {
       {"disk-threads", required_argument, NULL, OPT_THREADS},
       {"fsync", required_argument, NULL, OPT_FSYNC},
       {"samples", required_argument, NULL, OPT_SAMPLES},
-      {"quick", no_argument, NULL, OPT_QUICK},
-      {"json", no_argument, NULL, OPT_JSON},
-      {"help", no_argument, NULL, 'h'},
+      BENCH_OPTS_COMMON,
       {NULL, 0, NULL, 0}};
   int c, first = 1, quick = 0, have_sizes = 0, have_mem = 0, have_ws = 0,
          have_samples = 0;
@@ -189,25 +173,14 @@ static int disk_parse(int argc, char **argv, struct disk_opts *o) {
       rc = bench_parse_u64_in("--samples", optarg, 0, 1, 100000, &o->samples);
       have_samples = 1;
       break;
-    case OPT_QUICK:
-      quick = 1;
-      break;
-    case OPT_JSON:
-      o->json = 1;
-      break;
-    case 'h':
-      bench_print_help();
-      return -1;
     default:
-      return CLI_USAGE;
+      rc = bench_parse_common(c, &quick, &o->json);
     }
     if (rc)
       return rc;
   }
-  if (optind != argc) {
-    cli_err("bench", "disk: unexpected argument '%s'", argv[optind]);
+  if (bench_parse_end("disk", argc, argv))
     return CLI_USAGE;
-  }
   if (quick) {
     if (!have_sizes)
       bench_parse_list("--sizes", "1MiB,4MiB", 1, o->sizes, &o->nsizes);
@@ -257,27 +230,10 @@ static void before_phase(const struct disk *d) {
  * err_path; waits for it. Its exit status (128 + signal), or -errno. */
 static int run_child(char *const *argv, const char *out_path,
                      const char *err_path) {
-  fflush(NULL);
-  pid_t pid = fork();
-  if (pid < 0)
-    return -errno;
-  if (pid == 0) {
-    setpgid(0, 0);
-    int in = open("/dev/null", O_RDONLY);
-    int out = open(out_path ? out_path : "/dev/null",
-                   O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    int err = open(err_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    if (in < 0 || out < 0 || err < 0 || dup2(in, STDIN_FILENO) < 0 ||
-        dup2(out, STDOUT_FILENO) < 0 || dup2(err, STDERR_FILENO) < 0)
-      _exit(127);
-    execv(argv[0], argv);
-    _exit(127);
-  }
-  int st;
-  while (waitpid(pid, &st, 0) < 0)
-    if (errno != EINTR)
-      return -errno;
-  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  pid_t pid;
+  int rc = bench_spawn(&pid, (const char *const *)argv,
+                       out_path ? out_path : "/dev/null", err_path, NULL);
+  return rc ? rc : bench_wait(pid);
 }
 
 static void fio_probe(struct disk *d) {
@@ -830,19 +786,19 @@ static int run_size(struct disk *d, uint64_t size) {
     cli_err("bench", "out of memory");
     return rc;
   }
-  progress("%s: starting a worker, putting %llu objects", sz,
-           (unsigned long long)k->objects);
+  bench_progress("disk", "%s: starting a worker, putting %llu objects", sz,
+                 (unsigned long long)k->objects);
   if (start_worker(d, size))
     return KVDS_E_STATE;
   size_t next = 0, hot = SIZE_MAX;
   before_phase(d);
   if ((rc = phase_spill(d, k)))
     goto out;
-  progress("%s: spill done, fio write", sz);
+  bench_progress("disk", "%s: spill done, fio write", sz);
   before_phase(d);
   fio_run(d, "write", size, k->spilled_total, &k->fio_write);
   before_phase(d);
-  progress("%s: read-back", sz);
+  bench_progress("disk", "%s: read-back", sz);
   if ((rc = phase_read(d, k, &next, &hot)))
     goto out;
   if (hot == SIZE_MAX) {
@@ -853,7 +809,7 @@ static int run_size(struct disk *d, uint64_t size) {
   }
   before_phase(d);
   fio_run(d, "read", size, k->read_bytes, &k->fio_read);
-  progress("%s: latency", sz);
+  bench_progress("disk", "%s: latency", sz);
   rc = phase_latency(d, k, hot, next);
 out:
   stop_worker(d);
@@ -930,7 +886,7 @@ int bench_disk(int argc, char **argv) {
     rc = run_size(&d, o.sizes[i]);
   if (bench_stopped()) {
     fflush(stdout);
-    progress("interrupted; the worker was stopped");
+    bench_progress("disk", "interrupted; the worker was stopped");
     ret = 128 + bench_stopped();
   } else if (rc == 0) {
     ret = o.json ? print_json(&d) : (print_latency(&d), CLI_OK);

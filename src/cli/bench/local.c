@@ -41,9 +41,7 @@ static int local_parse(int argc, char **argv, struct local_opts *o) {
                                      {"sizes", required_argument, NULL, 'S'},
                                      {"batch", required_argument, NULL, 'B'},
                                      {"seconds", required_argument, NULL, 'T'},
-                                     {"quick", no_argument, NULL, 'q'},
-                                     {"json", no_argument, NULL, 'j'},
-                                     {"help", no_argument, NULL, 'h'},
+                                     BENCH_OPTS_COMMON,
                                      {NULL, 0, NULL, 0}};
   int c, first = 1, quick = 0, have_seconds = 0;
   bench_parse_list("--sizes", "4KiB,64KiB,1MiB,16MiB", 1, o->sizes, &o->nsizes);
@@ -65,17 +63,8 @@ static int local_parse(int argc, char **argv, struct local_opts *o) {
       rc = bench_parse_double_in("--seconds", optarg, 0.01, 3600, &o->seconds);
       have_seconds = 1;
       break;
-    case 'q':
-      quick = 1;
-      break;
-    case 'j':
-      o->json = 1;
-      break;
-    case 'h':
-      bench_print_help();
-      return -1;
     default:
-      return CLI_USAGE;
+      rc = bench_parse_common(c, &quick, &o->json);
     }
     if (rc)
       return rc;

@@ -1,6 +1,7 @@
 /*
  * opts.c — option values of `kvds bench`: numbers and sizes within a range,
- * and the comma-separated --sizes / --batch lists (bench.h).
+ * the comma-separated --sizes / --batch lists, and the options every mode
+ * has (bench.h).
  */
 #include <stdio.h>
 #include <string.h>
@@ -65,4 +66,27 @@ int bench_parse_list(const char *opt, const char *s, int sizes, uint64_t *out,
     return CLI_USAGE;
   }
   return CLI_OK;
+}
+
+int bench_parse_common(int c, int *quick, int *json) {
+  switch (c) {
+  case 'q':
+    *quick = 1;
+    return CLI_OK;
+  case 'j':
+    *json = 1;
+    return CLI_OK;
+  case 'h':
+    bench_print_help();
+    return -1;
+  default:
+    return CLI_USAGE;
+  }
+}
+
+int bench_parse_end(const char *mode, int argc, char **argv) {
+  if (optind == argc)
+    return CLI_OK;
+  cli_err("bench", "%s: unexpected argument '%s'", mode, argv[optind]);
+  return CLI_USAGE;
 }

@@ -30,7 +30,6 @@
 #include <errno.h>
 #include <getopt.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -118,16 +117,6 @@ struct peers {
   int nrows;
 };
 
-__attribute__((format(printf, 1, 2))) static void progress(const char *fmt,
-                                                           ...) {
-  char msg[512];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(msg, sizeof msg, fmt, ap);
-  va_end(ap);
-  fprintf(stderr, "kvds bench peers: %s\n", msg);
-}
-
 /* ---- options ---- */
 
 static int peers_parse(int argc, char **argv, struct peers_opts *o) {
@@ -139,11 +128,9 @@ static int peers_parse(int argc, char **argv, struct peers_opts *o) {
       {"seconds", required_argument, NULL, O_SECONDS},
       {"max-bytes", required_argument, NULL, O_MAX},
       {"peers-path", required_argument, NULL, O_PATH},
-      {"quick", no_argument, NULL, 'q'},
-      {"json", no_argument, NULL, 'j'},
-      {"help", no_argument, NULL, 'h'},
+      BENCH_OPTS_COMMON,
       {NULL, 0, NULL, 0}};
-  int c, first = 1, have_sizes = 0, have_batch = 0, have_threads = 0,
+  int c, first = 1, quick = 0, have_sizes = 0, have_batch = 0, have_threads = 0,
          have_secs = 0, have_max = 0;
   bench_parse_list("--sizes", "64KiB,256KiB,1MiB,4MiB,16MiB", 1, o->sizes,
                    &o->nsizes);
@@ -183,26 +170,16 @@ static int peers_parse(int argc, char **argv, struct peers_opts *o) {
     case O_PATH:
       o->peers_path = optarg;
       break;
-    case 'q':
-      o->quick = 1;
-      break;
-    case 'j':
-      o->json = 1;
-      break;
-    case 'h':
-      bench_print_help();
-      return -1;
     default:
-      return CLI_USAGE;
+      rc = bench_parse_common(c, &quick, &o->json);
     }
     if (rc)
       return rc;
   }
-  if (optind != argc) {
-    cli_err("bench", "peers: unexpected argument '%s'", argv[optind]);
+  if (bench_parse_end("peers", argc, argv))
     return CLI_USAGE;
-  }
-  if (o->quick) {
+  o->quick = quick;
+  if (quick) {
     if (!have_sizes)
       bench_parse_list("--sizes", "1MiB", 1, o->sizes, &o->nsizes);
     if (!have_batch)
@@ -651,11 +628,11 @@ static void run_mooncake(struct peers *p) {
   }
   env[ne++] = "KVDS_BENCH_PROG";
   env[ne++] = "kvds bench peers";
-  progress("mooncake: %s (overlay %s)", bench_python(),
-           overlay ? overlay : "none: the interpreter's own packages");
+  bench_progress("peers", "mooncake: %s (overlay %s)", bench_python(),
+                 overlay ? overlay : "none: the interpreter's own packages");
   /* stdout and stderr stay the bench's: the driver's progress lines */
   pid_t pid = 0;
-  int rc = bench_spawn(&pid, argv, NULL, env);
+  int rc = bench_spawn(&pid, argv, NULL, NULL, env);
   const char *why = NULL;
   char buf[256];
   if (rc) {
@@ -923,10 +900,10 @@ static void measure(struct peers *p, enum sys sys) {
             continue;
           char sz[32], why[200] = "";
           if (o->json)
-            progress("%s %s %s x %zu, %d thread%s", SYS_NAME[sys],
-                     put ? "put" : "get",
-                     kvds_fmt_bytes(bc.size, sz, sizeof sz), bc.batch,
-                     bc.threads, bc.threads == 1 ? "" : "s");
+            bench_progress("peers", "%s %s %s x %zu, %d thread%s",
+                           SYS_NAME[sys], put ? "put" : "get",
+                           kvds_fmt_bytes(bc.size, sz, sizeof sz), bc.batch,
+                           bc.threads, bc.threads == 1 ? "" : "s");
           struct bench_result r = {0};
           int rc =
               sys == S_REDIS
@@ -975,8 +952,8 @@ int bench_peers(int argc, char **argv) {
    * below the eviction watermark */
   p.memory = 2 * o.max_bytes + (128ull << 20);
   char mem[32];
-  progress("starting workers A and B (%s pools)...",
-           kvds_fmt_bytes(p.memory, mem, sizeof mem));
+  bench_progress("peers", "starting workers A and B (%s pools)...",
+                 kvds_fmt_bytes(p.memory, mem, sizeof mem));
   if (bench_pair_start(p.w, p.dir, p.memory, 4, 1) || connect_all(&p, threads))
     goto out;
   if ((rc = bench_tcp_setup(&p.tcp, threads, p.src, p.dst, p.region))) {
@@ -984,13 +961,13 @@ int bench_peers(int argc, char **argv) {
     goto out;
   }
   p.tcp_up = 1;
-  progress("starting redis-server...");
+  bench_progress("peers", "starting redis-server...");
   if (bench_redis_start(&p.redis, p.dir, p.why[S_REDIS], sizeof p.why[S_REDIS]))
-    progress("redis skipped: %s", p.why[S_REDIS]);
+    bench_progress("peers", "redis skipped: %s", p.why[S_REDIS]);
   static const enum sys here[] = {S_MEMCPY,    S_TCP,      S_KVDS_LOCAL,
                                   S_KVDS_PULL, S_KVDS_TCP, S_REDIS};
   for (size_t i = 0; i < sizeof here / sizeof *here && !bench_stopped(); i++) {
-    progress("%s...", SYS_NAME[here[i]]);
+    bench_progress("peers", "%s...", SYS_NAME[here[i]]);
     measure(&p, here[i]);
     if (p.why[here[i]][0] && here[i] != S_REDIS && !bench_stopped()) {
       cli_err("bench", "%s: %s", SYS_NAME[here[i]], p.why[here[i]]);

@@ -62,7 +62,7 @@ int bench_redis_start(struct bench_redis *r, const char *dir, char *why,
       exe,  "--port",       port, "--bind",      "127.0.0.1", "--save",
       "",   "--appendonly", "no", "--dir",       dir,         "--daemonize",
       "no", "--logfile",    "",   "--databases", "1",         NULL};
-  int rc = bench_spawn(&r->pid, argv, r->log, NULL);
+  int rc = bench_spawn(&r->pid, argv, r->log, NULL, NULL);
   if (rc) {
     snprintf(why, cap, "cannot start redis-server: %s", kvds_strerror(rc));
     return CLI_FAIL;

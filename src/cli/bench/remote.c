@@ -19,7 +19,6 @@
 #include <pthread.h>
 #include <semaphore.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,18 +46,6 @@ struct remote_opts {
   double seconds;
   int json;
 };
-
-/* A progress line "kvds bench remote: ..." on stderr (errors are "kvds
- * bench: ..."). */
-__attribute__((format(printf, 1, 2))) static void progress(const char *fmt,
-                                                           ...) {
-  char msg[512];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(msg, sizeof msg, fmt, ap);
-  va_end(ap);
-  fprintf(stderr, "kvds bench remote: %s\n", msg);
-}
 
 struct rpoint {
   const char *via; /* "hint" or "directory" */
@@ -101,9 +88,7 @@ static int remote_parse(int argc, char **argv, struct remote_opts *o) {
     O_BATCH,
     O_MAX,
     O_DIR,
-    O_SECONDS,
-    O_QUICK,
-    O_JSON
+    O_SECONDS
   };
   static const struct option lo[] = {
       {"worker-a", required_argument, NULL, O_A},
@@ -116,9 +101,7 @@ static int remote_parse(int argc, char **argv, struct remote_opts *o) {
       {"max-bytes", required_argument, NULL, O_MAX},
       {"dir-size", required_argument, NULL, O_DIR},
       {"seconds", required_argument, NULL, O_SECONDS},
-      {"quick", no_argument, NULL, O_QUICK},
-      {"json", no_argument, NULL, O_JSON},
-      {"help", no_argument, NULL, 'h'},
+      BENCH_OPTS_COMMON,
       {NULL, 0, NULL, 0}};
   int c, first = 1, quick = 0, have_mem = 0, have_max = 0, have_secs = 0,
          have_threads = 0;
@@ -171,25 +154,14 @@ static int remote_parse(int argc, char **argv, struct remote_opts *o) {
       rc = bench_parse_double_in("--seconds", optarg, 0.001, 3600, &o->seconds);
       have_secs = 1;
       break;
-    case O_QUICK:
-      quick = 1;
-      break;
-    case O_JSON:
-      o->json = 1;
-      break;
-    case 'h':
-      bench_print_help();
-      return -1;
     default:
-      return CLI_USAGE;
+      rc = bench_parse_common(c, &quick, &o->json);
     }
     if (rc)
       return rc;
   }
-  if (optind != argc) {
-    cli_err("bench", "remote: unexpected argument '%s'", argv[optind]);
+  if (bench_parse_end("remote", argc, argv))
     return CLI_USAGE;
-  }
   if (!o->addr_a != !o->addr_b) {
     cli_err("bench", "--worker-a and --worker-b go together");
     return CLI_USAGE;
@@ -330,7 +302,8 @@ static int run_rpoint(struct remote *r, const char *via, size_t size,
     return 0;
   }
   if (r->o->json)
-    progress("%s %s x %zu", via, kvds_fmt_bytes(size, sz, sizeof sz), batch);
+    bench_progress("remote", "%s %s x %zu", via,
+                   kvds_fmt_bytes(size, sz, sizeof sz), batch);
   size_t nkeys = (size_t)(r->o->max_bytes / size);
   if (nkeys > BENCH_KEYS_MAX)
     nkeys = BENCH_KEYS_MAX;
@@ -616,8 +589,8 @@ static int remote_start_workers(struct remote *r) {
                      sizeof r->dir))
     return CLI_FAIL;
   char mem[32];
-  progress("starting two workers (%s pools)...",
-           kvds_fmt_bytes(r->o->memory, mem, sizeof mem));
+  bench_progress("remote", "starting two workers (%s pools)...",
+                 kvds_fmt_bytes(r->o->memory, mem, sizeof mem));
   r->started = 1;
   if (bench_pair_start(r->w, r->dir, r->o->memory, r->o->pull_threads,
                        r->o->threads))
@@ -659,7 +632,7 @@ static int remote_measure(struct remote *r) {
                     (size_t)r->o->batches[j]);
   if (rc == 0 && !bench_stopped()) {
     if (r->o->json)
-      progress("lookup latency");
+      bench_progress("remote", "lookup latency");
     rc = run_lookups(r);
   }
   return rc;
@@ -695,8 +668,8 @@ int bench_remote(int argc, char **argv) {
   if (bench_pair_wait_peered(cs, addrs, kvds_now_ns() + 20000000000ull))
     goto out;
   if (r.started)
-    progress("workers %s and %s up in %.1f s", r.addr_a, r.addr_b,
-             (double)(kvds_now_ns() - t0) / 1e9);
+    bench_progress("remote", "workers %s and %s up in %.1f s", r.addr_a,
+                   r.addr_b, (double)(kvds_now_ns() - t0) / 1e9);
   if ((rc = bench_tcp_setup(&r.tcp, (int)o.pull_threads, r.src, r.dst,
                             r.region))) {
     cli_err("bench", "raw TCP streams: %s", kvds_strerror(rc));

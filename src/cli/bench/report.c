@@ -1,7 +1,9 @@
 /*
  * report.c — how `kvds bench` prints figures: numbers to about three
- * significant digits, and the JSON document of --json (bench.h).
+ * significant digits, the JSON document of --json, and progress lines
+ * (bench.h).
  */
+#include <stdarg.h>
 #include <stdio.h>
 
 #include "cli/bench/bench.h"
@@ -18,4 +20,15 @@ int bench_print_json(json_t *root) {
   putchar('\n');
   json_decref(root);
   return rc ? CLI_FAIL : CLI_OK;
+}
+
+void bench_progress(const char *mode, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  flockfile(stderr); /* one line, also when threads print */
+  fprintf(stderr, "kvds bench %s: ", mode);
+  vfprintf(stderr, fmt, ap);
+  fputc('\n', stderr);
+  funlockfile(stderr);
+  va_end(ap);
 }

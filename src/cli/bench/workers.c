@@ -38,8 +38,8 @@ int bench_free_port(void) {
   return port;
 }
 
-int bench_spawn(pid_t *pid, const char *const *argv, const char *log,
-                const char *const *env) {
+int bench_spawn(pid_t *pid, const char *const *argv, const char *out,
+                const char *err, const char *const *env) {
   pid_t parent = getpid();
   fflush(NULL);
   pid_t p = fork();
@@ -50,15 +50,20 @@ int bench_spawn(pid_t *pid, const char *const *argv, const char *log,
     prctl(PR_SET_PDEATHSIG, SIGTERM);
     if (getppid() != parent)
       _exit(127);
-    int in = open("/dev/null", O_RDONLY);
-    int out = log ? open(log, O_WRONLY | O_CREAT | O_TRUNC, 0600) : -1;
-    if (in < 0 || (log && out < 0) || dup2(in, STDIN_FILENO) < 0 ||
-        (log && (dup2(out, STDOUT_FILENO) < 0 || dup2(out, STDERR_FILENO) < 0)))
-      _exit(127);
-    if (in > STDERR_FILENO)
-      close(in);
-    if (out > STDERR_FILENO)
-      close(out);
+    int fds[3] = {open("/dev/null", O_RDONLY), -1, -1};
+    const char *paths[3] = {NULL, out, err ? err : out};
+    for (int i = 1; i < 3; i++)
+      if (paths[i] &&
+          (fds[i] = open(paths[i],
+                         O_WRONLY | O_CREAT | O_APPEND | (i == 1 ? O_TRUNC : 0),
+                         0600)) < 0)
+        _exit(127);
+    for (int i = 0; i < 3; i++)
+      if (fds[i] >= 0 && dup2(fds[i], i) < 0)
+        _exit(127);
+    for (int i = 0; i < 3; i++)
+      if (fds[i] > STDERR_FILENO)
+        close(fds[i]);
     for (; env && env[0]; env += 2)
       setenv(env[0], env[1], 1);
     execvp(argv[0], (char *const *)argv);
@@ -66,6 +71,14 @@ int bench_spawn(pid_t *pid, const char *const *argv, const char *log,
   }
   *pid = p;
   return 0;
+}
+
+int bench_wait(pid_t pid) {
+  int st;
+  while (waitpid(pid, &st, 0) < 0)
+    if (errno != EINTR)
+      return -errno;
+  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
 void bench_proc_stop(pid_t *pid, int sig, int grace_s) {
@@ -130,7 +143,7 @@ int bench_worker_spawn(struct bench_worker *w, const char *dir,
   }
   argv[k] = NULL;
   const char *env[] = {"KVDS_RUN_DIR", dir, NULL};
-  return bench_spawn(&w->pid, argv, w->log, env);
+  return bench_spawn(&w->pid, argv, w->log, NULL, env);
 }
 
 void bench_worker_stop(struct bench_worker *w) {
