@@ -5,25 +5,33 @@ loopback TCP.
 
 Run by `kvds bench peers` (src/cli/bench/peers.c) with the wheel's overlay
 first on PYTHONPATH and its CUDA stand-ins (scripts/make_peer_stubs.py) on
-LD_LIBRARY_PATH; writes one JSON document to --out (else stdout) and
-progress lines ("kvds bench peers: ...") to stderr; what the wheel's C++
-code logs goes to <dir>/mooncake-client.log instead:
+LD_LIBRARY_PATH. It starts Mooncake's processes once, then measures one
+point at a time as the bench asks, so that every system's figure of a
+point comes from the same minute of a shared machine: with --cmd and
+--reply (two FIFOs the bench made) it writes one JSON line to --reply when
+it is ready, then reads lines "SIZE BATCH THREADS" from --cmd and answers
+each with one JSON line, until "quit" or the end of --cmd:
 
-    {"version": "0.3.13.post1",
-     "rows": [{"system": "mooncake-te"|"mooncake-store", "op": "get"|"put",
-               "size": N, "batch": N, "threads": N, "gbps": X,
-               "calls": N}...],
-     "skipped": {"mooncake-te": "reason", ...}}
+    {"version": "0.3.13.post1", "skipped": {"mooncake-te": "reason"}}
+    {"rows": [{"system": "mooncake-te"|"mooncake-store",
+               "op": "get"|"put", "size": N, "batch": N, "threads": N,
+               "gbps": X, "calls": N}...],
+     "skipped": {...}}
 
-A part that cannot run is a "skipped" entry with the reason; the other
-still runs. Every process it starts is stopped before it exits.
+Without --cmd it measures every point of --sizes x --batch x --threads and
+prints one document with all the rows. Progress lines ("kvds bench peers:
+...") go to stderr; what the wheel's C++ code logs goes to
+<dir>/mooncake-client.log. A system that cannot start or fails is a
+"skipped" entry with the reason and is not measured again; the other still
+runs. Every process it starts is stopped before it exits (also on SIGINT).
 
 mooncake-te: the wheel's own `transfer_engine_bench` (Mooncake's C++
 client): a target process registers --max-bytes of DRAM; per point an
 initiator with --threads T (each its own submission thread), --batch_size
 B, --block_size S, --protocol tcp, --metadata_server P2PHANDSHAKE reads
 (get) or writes (put) blocks of the target for `duration` whole seconds;
-the figure is its own "throughput" line (GB = 10^9 B).
+the figure is its own "throughput" line (GB = 10^9 B). It has no
+finer clock than whole seconds: one second per point and op.
 
 mooncake-store: `mooncake_master` (no HA, no persistence) and two
 MooncakeDistributedStore clients, TCP, P2PHANDSHAKE: a holder process that
@@ -99,64 +107,78 @@ def points(a):
                     yield size, batch, threads
 
 
+class Skip(Exception):
+    """A system that cannot run; the message is the reason."""
+
+
 # ---- transfer engine ----------------------------------------------------------
 
-def run_te(a, pkg, rows, env):
-    exe = os.path.join(pkg, "transfer_engine_bench")
-    if not os.access(exe, os.X_OK):
-        return f"{exe} is missing"
-    common = ["--protocol=tcp", "--metadata_server=P2PHANDSHAKE", "--use_vram=false",
-              f"--buffer_size={a.max_bytes}", "--report_precision=4", "--report_unit=GB",
-              "--auto_discovery=false"]
-    tlog = os.path.join(a.dir, "te-target.log")
-    target = None
-    try:
+class Engine:
+    """The wheel's transfer_engine_bench: one target, an initiator per point
+    and op."""
+    system = "mooncake-te"
+
+    def __init__(self, a, pkg, env):
+        self.a, self.env, self.target = a, env, None
+        self.exe = os.path.join(pkg, "transfer_engine_bench")
+        self.common = ["--protocol=tcp", "--metadata_server=P2PHANDSHAKE",
+                       "--use_vram=false", f"--buffer_size={a.max_bytes}",
+                       "--report_precision=4", "--report_unit=GB", "--auto_discovery=false"]
+
+    def start(self):
+        if not os.access(self.exe, os.X_OK):
+            raise Skip(f"{self.exe} is missing")
+        tlog = os.path.join(self.a.dir, "te-target.log")
         with open(tlog, "wb") as log:
-            target = subprocess.Popen(
-                [exe, "--mode=target", f"--local_server_name=127.0.0.1:{free_port()}", *common],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+            self.target = subprocess.Popen(
+                [self.exe, "--mode=target", f"--local_server_name=127.0.0.1:{free_port()}",
+                 *self.common],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env)
         # P2P handshake: the target's RPC port is its own pick, logged.
         deadline = time.monotonic() + START_TIMEOUT_S
-        port = None
-        while port is None:
-            if target.poll() is not None:
-                return f"transfer_engine_bench target exited ({target.returncode}): {log_tail(tlog)}"
+        while True:
+            if self.target.poll() is not None:
+                raise Skip(f"transfer_engine_bench target exited ({self.target.returncode}): "
+                           f"{log_tail(tlog)}")
             with open(tlog, "rb") as f:
                 m = re.search(rb"P2P handshake, listening on [^:\s]+:(\d+)", f.read())
             if m:
-                port = int(m.group(1))
-            elif time.monotonic() > deadline:
-                return f"transfer_engine_bench target did not start: {log_tail(tlog)}"
-            else:
-                time.sleep(0.05)
-        # let the target finish registering its buffer
-        time.sleep(0.3)
-        secs = max(1, round(a.te_seconds))
-        for size, batch, threads in points(a):
-            for op, te_op in (("get", "read"), ("put", "write")):
-                progress(f"mooncake-te {op} {size >> 10} KiB x {batch}, {threads} thread(s)")
-                ilog = os.path.join(a.dir, "te-initiator.log")
-                with open(ilog, "wb") as log:
-                    try:
-                        rc = subprocess.run(
-                            [exe, "--mode=initiator", f"--local_server_name=127.0.0.1:{free_port()}",
-                             f"--segment_id=127.0.0.1:{port}", f"--operation={te_op}",
-                             f"--threads={threads}", f"--batch_size={batch}",
-                             f"--block_size={size}", f"--duration={secs}", *common],
-                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env=env, timeout=secs + 60).returncode
-                    except subprocess.TimeoutExpired:
-                        return f"transfer_engine_bench initiator did not finish in {secs + 60} s"
-                with open(ilog, "rb") as f:
-                    m = re.search(rb"batch count (\d+), throughput ([0-9.]+) GB/s", f.read())
-                if rc != 0 or not m:
-                    return f"transfer_engine_bench initiator failed ({rc}): {log_tail(ilog)}"
-                rows.append({"system": "mooncake-te", "op": op, "size": size, "batch": batch,
-                             "threads": threads, "gbps": float(m.group(2)),
-                             "calls": int(m.group(1))})
-    finally:
-        stop(target)
-    return None
+                self.port = int(m.group(1))
+                break
+            if time.monotonic() > deadline:
+                raise Skip(f"transfer_engine_bench target did not start: {log_tail(tlog)}")
+            time.sleep(0.05)
+        time.sleep(0.3)  # the target registers its buffer after it listens
+
+    def point(self, size, batch, threads):
+        rows, secs = [], 1
+        for op, te_op in (("get", "read"), ("put", "write")):
+            progress(f"mooncake-te {op} {size >> 10} KiB x {batch}, {threads} thread(s)")
+            ilog = os.path.join(self.a.dir, "te-initiator.log")
+            with open(ilog, "wb") as log:
+                try:
+                    rc = subprocess.run(
+                        [self.exe, "--mode=initiator",
+                         f"--local_server_name=127.0.0.1:{free_port()}",
+                         f"--segment_id=127.0.0.1:{self.port}", f"--operation={te_op}",
+                         f"--threads={threads}", f"--batch_size={batch}",
+                         f"--block_size={size}", f"--duration={secs}", *self.common],
+                        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                        env=self.env, timeout=secs + 60).returncode
+                except subprocess.TimeoutExpired:
+                    raise Skip(f"transfer_engine_bench initiator did not finish in "
+                               f"{secs + 60} s") from None
+            with open(ilog, "rb") as f:
+                m = re.search(rb"batch count (\d+), throughput ([0-9.]+) GB/s", f.read())
+            if rc != 0 or not m:
+                raise Skip(f"transfer_engine_bench initiator failed ({rc}): {log_tail(ilog)}")
+            rows.append({"system": self.system, "op": op, "size": size, "batch": batch,
+                         "threads": threads, "gbps": float(m.group(2)),
+                         "calls": int(m.group(1))})
+        return rows
+
+    def stop(self):
+        stop(self.target)
 
 
 # ---- store ----------------------------------------------------------------------
@@ -236,80 +258,136 @@ def store_case(s, addr, size, batch, threads, op, seconds, max_bytes, tag):
     return total / max(busy) / 1e9, sum(calls)
 
 
-def run_store(a, pkg, rows, env):
-    from mooncake.store import MooncakeDistributedStore  # noqa: PLC0415
+class Store:
+    """mooncake_master, a holder process with the segment, and this
+    process's client."""
+    system = "mooncake-store"
 
-    exe = os.path.join(pkg, "mooncake_master")
-    if not os.access(exe, os.X_OK):
-        return f"{exe} is missing"
-    port = free_port()
-    master_addr = f"127.0.0.1:{port}"
-    mlog = os.path.join(a.dir, "mooncake-master.log")
-    hlog = os.path.join(a.dir, "mooncake-holder.log")
-    master = holder = s = None
-    try:
+    def __init__(self, a, pkg, env):
+        self.a, self.env = a, env
+        self.exe = os.path.join(pkg, "mooncake_master")
+        self.master = self.holder = self.s = None
+        self.n = 0
+
+    def start(self):
+        from mooncake.store import MooncakeDistributedStore  # noqa: PLC0415
+
+        a = self.a
+        if not os.access(self.exe, os.X_OK):
+            raise Skip(f"{self.exe} is missing")
+        port = free_port()
+        master_addr = f"127.0.0.1:{port}"
+        mlog = os.path.join(a.dir, "mooncake-master.log")
+        hlog = os.path.join(a.dir, "mooncake-holder.log")
         with open(mlog, "wb") as log:
-            master = subprocess.Popen(
-                [exe, f"--port={port}", f"--metrics_port={free_port()}",
+            self.master = subprocess.Popen(
+                [self.exe, f"--port={port}", f"--metrics_port={free_port()}",
                  "--enable_http_metadata_server=false"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env)
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
-            if master.poll() is not None:
-                return f"mooncake_master exited ({master.returncode}): {log_tail(mlog)}"
+            if self.master.poll() is not None:
+                raise Skip(f"mooncake_master exited ({self.master.returncode}): "
+                           f"{log_tail(mlog)}")
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 break
             except OSError:
                 if time.monotonic() > deadline:
-                    return f"mooncake_master did not start: {log_tail(mlog)}"
+                    raise Skip(f"mooncake_master did not start: {log_tail(mlog)}") from None
                 time.sleep(0.05)
         segment = a.max_bytes + a.max_bytes // 4 + SEGMENT_SLACK
         with open(hlog, "wb") as log:
-            holder = subprocess.Popen(
+            self.holder = subprocess.Popen(
                 [sys.executable, "-c", HOLDER, master_addr, str(segment)],
-                stdout=subprocess.PIPE, stderr=log, stdin=subprocess.PIPE, env=env)
+                stdout=subprocess.PIPE, stderr=log, stdin=subprocess.PIPE, env=self.env)
         box = []  # the holder's first line, read with a deadline
-        ready = threading.Thread(target=lambda: box.append(holder.stdout.readline()), daemon=True)
+        ready = threading.Thread(target=lambda: box.append(self.holder.stdout.readline()),
+                                 daemon=True)
         ready.start()
         ready.join(START_TIMEOUT_S)
         line = box[0] if box else b""
         if line.strip() != b"ready":
-            return f"store holder did not start: {line.decode(errors='replace').strip() or log_tail(hlog)}"
-        s = MooncakeDistributedStore()
-        rc = s.setup("127.0.0.1", "P2PHANDSHAKE", 0, 16 << 20, "tcp", "", master_addr)
+            raise Skip(f"store holder did not start: "
+                       f"{line.decode(errors='replace').strip() or log_tail(hlog)}")
+        self.s = MooncakeDistributedStore()
+        rc = self.s.setup("127.0.0.1", "P2PHANDSHAKE", 0, 16 << 20, "tcp", "", master_addr)
         if rc != 0:
-            return f"MooncakeDistributedStore.setup failed ({rc})"
+            self.s = None
+            raise Skip(f"MooncakeDistributedStore.setup failed ({rc})")
         region = max(size * batch * threads for size, batch, threads in points(a))
-        buf = ctypes.create_string_buffer(region)
-        ctypes.memset(buf, 0xa5, region)
-        addr = ctypes.addressof(buf)
-        if s.register_buffer(addr, region) != 0:
-            return "register_buffer failed"
-        n = 0
-        for size, batch, threads in points(a):
-            for op in ("get", "put"):
-                progress(f"mooncake-store {op} {size >> 10} KiB x {batch}, {threads} thread(s)")
-                n += 1
-                try:
-                    gbps, calls = store_case(s, addr, size, batch, threads, op, a.seconds,
-                                               a.max_bytes, n)
-                except RuntimeError as e:
-                    return f"{op} {size} x {batch}: {e}"
-                rows.append({"system": "mooncake-store", "op": op, "size": size, "batch": batch,
-                             "threads": threads, "gbps": gbps, "calls": calls})
-    finally:
-        if s is not None:
-            s.close()
-        if holder is not None:
+        self.buf = ctypes.create_string_buffer(region)
+        ctypes.memset(self.buf, 0xa5, region)
+        self.addr = ctypes.addressof(self.buf)
+        if self.s.register_buffer(self.addr, region) != 0:
+            raise Skip("register_buffer failed")
+
+    def point(self, size, batch, threads):
+        rows = []
+        for op in ("get", "put"):
+            progress(f"mooncake-store {op} {size >> 10} KiB x {batch}, {threads} thread(s)")
+            self.n += 1
             try:
-                holder.stdin.close()
-                holder.wait(10)
+                gbps, calls = store_case(self.s, self.addr, size, batch, threads, op,
+                                         self.a.seconds, self.a.max_bytes, self.n)
+            except RuntimeError as e:
+                raise Skip(f"{op} {size} x {batch}: {e}") from None
+            rows.append({"system": self.system, "op": op, "size": size, "batch": batch,
+                         "threads": threads, "gbps": gbps, "calls": calls})
+        return rows
+
+    def stop(self):
+        if self.s is not None:
+            self.s.close()
+            self.s = None
+        if self.holder is not None:
+            try:
+                self.holder.stdin.close()
+                self.holder.wait(10)
             except (OSError, subprocess.TimeoutExpired):
                 pass
-            stop(holder)
-        stop(master)
-    return None
+            stop(self.holder)
+        stop(self.master)
+
+
+class Bench:
+    """The systems that started; a failure turns one into a skip."""
+
+    def __init__(self, systems):
+        self.live, self.skipped = [], {}
+        for sys_ in systems:
+            try:
+                sys_.start()
+                self.live.append(sys_)
+            except Exception as e:  # noqa: BLE001 (a peer's failure is a skip)
+                self.fail(sys_, e)
+
+    def fail(self, sys_, e):
+        why = str(e) if isinstance(e, Skip) else f"{type(e).__name__}: {e}"
+        progress(f"{sys_.system} skipped: {why}")
+        self.skipped[sys_.system] = why
+        if sys_ in self.live:
+            self.live.remove(sys_)
+        try:
+            sys_.stop()
+        except Exception:  # noqa: BLE001 (already failing)
+            pass
+
+    def point(self, size, batch, threads):
+        rows = []
+        for sys_ in list(self.live):
+            if size * batch * threads > sys_.a.max_bytes:
+                continue
+            try:
+                rows += sys_.point(size, batch, threads)
+            except Exception as e:  # noqa: BLE001
+                self.fail(sys_, e)
+        return rows
+
+    def stop(self):
+        for sys_ in self.live:
+            sys_.stop()
+        self.live = []
 
 
 def main(argv=None):
@@ -318,16 +396,14 @@ def main(argv=None):
     p.add_argument("--sizes", type=ints, required=True, help="value sizes in bytes")
     p.add_argument("--batch", type=ints, required=True)
     p.add_argument("--threads", type=ints, required=True)
-    p.add_argument("--seconds", type=float, default=0.3, help="store: per case")
-    p.add_argument("--te-seconds", type=float, default=1,
-                   help="transfer engine: per point and op (whole seconds, >= 1)")
+    p.add_argument("--seconds", type=float, default=0.2, help="store: timed calls per case")
     p.add_argument("--max-bytes", type=int, default=512 << 20,
                    help="most bytes one call of all threads moves")
     p.add_argument("--dir", required=True, help="for logs (the caller removes it)")
-    p.add_argument("--out", help="the JSON document's file (default: stdout)")
+    p.add_argument("--cmd", help="FIFO of point requests (else: every point, one document)")
+    p.add_argument("--reply", help="FIFO of the answers (with --cmd)")
     p.add_argument("--only", choices=["te", "store"], action="append")
     a = p.parse_args(argv)
-    out = {"version": "", "rows": [], "skipped": {}}
     # The wheel's C++ code logs to fd 2 (glog, before InitGoogleLogging):
     # into a file, so that the progress lines stay readable.
     global _progress
@@ -336,40 +412,48 @@ def main(argv=None):
                      os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.dup2(log_fd, 2)
     os.close(log_fd)
-    child_env = dict(os.environ)
+    env = dict(os.environ)
+    head = {"version": "", "skipped": {}}
     try:
-        out["version"] = importlib.metadata.version("mooncake-transfer-engine")
+        head["version"] = importlib.metadata.version("mooncake-transfer-engine")
     except importlib.metadata.PackageNotFoundError:
         pass
+    reply = open(a.reply, "w") if a.cmd else sys.stdout  # noqa: SIM115
     try:
-        import mooncake  # noqa: PLC0415
-        pkg = os.path.dirname(os.path.abspath(mooncake.__file__))
-        import mooncake.store  # noqa: F401, PLC0415 (loads the CUDA/ibverbs deps)
-    except ImportError as e:
-        reason = f"the mooncake-transfer-engine wheel does not import ({e})"
-        out["skipped"] = {"mooncake-te": reason, "mooncake-store": reason}
-        return emit(out, a.out)
-    for name, fn in (("te", run_te), ("store", run_store)):
-        if a.only and name not in a.only:
-            continue
-        system = f"mooncake-{name}"
         try:
-            why = fn(a, pkg, out["rows"], child_env)
-        except Exception as e:  # noqa: BLE001 (a peer's failure is a skip)
-            why = f"{type(e).__name__}: {e}"
-        if why:
-            progress(f"{system} skipped: {why}")
-            out["rows"] = [r for r in out["rows"] if r["system"] != system]
-            out["skipped"][system] = why
-    return emit(out, a.out)
-
-
-def emit(doc, path):
-    if path:
-        with open(path, "w") as f:
-            json.dump(doc, f)
-    else:
-        print(json.dumps(doc), flush=True)
+            import mooncake  # noqa: PLC0415
+            pkg = os.path.dirname(os.path.abspath(mooncake.__file__))
+            import mooncake.store  # noqa: F401, PLC0415 (loads the CUDA/ibverbs deps)
+        except ImportError as e:
+            reason = f"the mooncake-transfer-engine wheel does not import ({e})"
+            head["skipped"] = {"mooncake-te": reason, "mooncake-store": reason}
+            bench = Bench([])
+        else:
+            bench = Bench([cls(a, pkg, env) for name, cls in (("te", Engine), ("store", Store))
+                           if not a.only or name in a.only])
+            head["skipped"].update(bench.skipped)
+        try:
+            if not a.cmd:
+                rows = []
+                for pt in points(a):
+                    rows += bench.point(*pt)
+                head["skipped"].update(bench.skipped)
+                print(json.dumps({**head, "rows": rows}), file=reply, flush=True)
+                return 0
+            print(json.dumps(head), file=reply, flush=True)
+            with open(a.cmd) as cmd:
+                for line in cmd:
+                    if line.strip() == "quit":
+                        break
+                    size, batch, threads = (int(x) for x in line.split())
+                    rows = bench.point(size, batch, threads)
+                    print(json.dumps({"rows": rows, "skipped": bench.skipped}), file=reply,
+                          flush=True)
+        finally:
+            bench.stop()
+    finally:
+        if reply is not sys.stdout:
+            reply.close()
     return 0
 
 

@@ -28,6 +28,8 @@
  * A peer that cannot start is one "skipped: <reason>" line; the rest runs.
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
@@ -113,6 +115,10 @@ struct peers {
   uint64_t memory;
   char why[S_N][256]; /* a skipped system's reason; "" = measured */
   char mc_version[64];
+  pid_t mc_pid;         /* the Mooncake driver */
+  int mc_cmd, mc_reply; /* its FIFOs */
+  char mcbuf[65536];    /* its replies */
+  size_t mclen, mcoff;
   struct prow *rows;
   int nrows;
 };
@@ -120,14 +126,14 @@ struct peers {
 /* ---- options ---- */
 
 static int peers_parse(int argc, char **argv, struct peers_opts *o) {
-  enum { O_SIZES = 256, O_BATCH, O_THREADS, O_SECONDS, O_MAX, O_PATH };
+  enum { O_SIZES = 256, O_BATCH, O_THREADS, O_SECONDS, O_MAX, O_PEERS };
   static const struct option lo[] = {
       {"sizes", required_argument, NULL, O_SIZES},
       {"batch", required_argument, NULL, O_BATCH},
       {"threads", required_argument, NULL, O_THREADS},
       {"seconds", required_argument, NULL, O_SECONDS},
       {"max-bytes", required_argument, NULL, O_MAX},
-      {"peers-path", required_argument, NULL, O_PATH},
+      {"peers-path", required_argument, NULL, O_PEERS},
       BENCH_OPTS_COMMON,
       {NULL, 0, NULL, 0}};
   int c, first = 1, quick = 0, have_sizes = 0, have_batch = 0, have_threads = 0,
@@ -167,7 +173,7 @@ static int peers_parse(int argc, char **argv, struct peers_opts *o) {
                               &o->max_bytes);
       have_max = 1;
       break;
-    case O_PATH:
+    case O_PEERS:
       o->peers_path = optarg;
       break;
     default:
@@ -569,13 +575,85 @@ static const struct prow *find_row(const struct peers *p, enum sys sys, int put,
   return NULL;
 }
 
-/* ---- Mooncake (the Python driver) ---- */
+/* ---- Mooncake (the Python driver, one point at a time) ---- */
 
-#define MC_SLACK_S 120
+#define MC_START_S                                                             \
+  180                  /* the driver's start: Python, the processes it starts  \
+                        */
+#define MC_POINT_S 120 /* one point beyond the store's timed calls */
 
-/* Runs python/kvds/bench_peers_mooncake.py for every point and adds its
- * rows; a failure of the driver skips both Mooncake systems. */
-static void run_mooncake(struct peers *p) {
+/* Fails both Mooncake systems with one reason (when not failed already). */
+static void mc_skip(struct peers *p, const char *why) {
+  for (enum sys s = S_MC_TE; s <= S_MC_STORE; s++)
+    if (!p->why[s][0])
+      snprintf(p->why[s], sizeof p->why[s], "%.250s", why);
+}
+
+/* Mooncake's systems the driver reports as skipped (a JSON object). */
+static void mc_take_skips(struct peers *p, json_t *skipped) {
+  for (enum sys s = S_MC_TE; s <= S_MC_STORE; s++) {
+    const char *why = json_string_value(json_object_get(skipped, SYS_NAME[s]));
+    if (why && !p->why[s][0])
+      snprintf(p->why[s], sizeof p->why[s], "%s", why);
+  }
+}
+
+/* The driver's next reply line, NUL-terminated in p->mcbuf (valid until
+ * the next call): 0, or -1 after mc_skip (it exited, no line by
+ * deadline_ns, the bench was stopped). */
+static int mc_read_line(struct peers *p, uint64_t deadline_ns, char **line) {
+  for (;;) {
+    char *nl = memchr(p->mcbuf + p->mcoff, '\n', p->mclen - p->mcoff);
+    if (nl) {
+      *nl = '\0';
+      *line = p->mcbuf + p->mcoff;
+      p->mcoff = (size_t)(nl + 1 - p->mcbuf);
+      return 0;
+    }
+    if (p->mcoff) { /* keep the partial line at the front */
+      memmove(p->mcbuf, p->mcbuf + p->mcoff, p->mclen - p->mcoff);
+      p->mclen -= p->mcoff;
+      p->mcoff = 0;
+    }
+    if (p->mclen == sizeof p->mcbuf - 1) {
+      mc_skip(p, "the Mooncake driver wrote a line too long");
+      return -1;
+    }
+    ssize_t n =
+        read(p->mc_reply, p->mcbuf + p->mclen, sizeof p->mcbuf - 1 - p->mclen);
+    if (n > 0) {
+      p->mclen += (size_t)n;
+      continue;
+    }
+    int st;
+    if (waitpid(p->mc_pid, &st, WNOHANG) == p->mc_pid) {
+      p->mc_pid = 0;
+      char why[128];
+      snprintf(why, sizeof why,
+               "the Mooncake driver (kvds.bench_peers_mooncake in %s) "
+               "exited (%s %d)",
+               bench_python(), WIFEXITED(st) ? "status" : "signal",
+               WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
+      mc_skip(p, why);
+      return -1;
+    }
+    if (bench_stopped() || kvds_now_ns() > deadline_ns) {
+      mc_skip(p, bench_stopped()
+                     ? "interrupted"
+                     : "the Mooncake driver did not answer in time");
+      return -1;
+    }
+    struct pollfd pf = {.fd = p->mc_reply, .events = POLLIN};
+    /* no writer yet (or any more) reads as POLLHUP at once: sleep instead */
+    if (poll(&pf, 1, 100) > 0 && !(pf.revents & POLLIN))
+      kvds_sleep_ms(50);
+  }
+}
+
+/* Starts python/kvds/bench_peers_mooncake.py serving points over two
+ * FIFOs in the bench's directory, and reads its first line (version, the
+ * systems that did not start). Failures are Mooncake's skips. */
+static void mc_start(struct peers *p) {
   const struct peers_opts *o = p->o;
   char pathbuf[PATH_MAX], sizes[256] = "", batches[128] = "", threads[128] = "";
   const char *overlay = peers_path(o, pathbuf, sizeof pathbuf);
@@ -588,11 +666,23 @@ static void run_mooncake(struct peers *p) {
   for (int i = 0; i < o->nthreads; i++)
     snprintf(threads + strlen(threads), sizeof threads - strlen(threads),
              "%s%llu", i ? "," : "", (unsigned long long)o->threads[i]);
-  char secs[32], maxb[32], out[PATH_MAX + 32], pypath[2 * PATH_MAX + 8],
-      ldpath[2 * PATH_MAX + 24];
+  char secs[32], maxb[32], cmd[PATH_MAX + 16], reply[PATH_MAX + 16],
+      pypath[2 * PATH_MAX + 8], ldpath[2 * PATH_MAX + 24], why[PATH_MAX + 128];
   snprintf(secs, sizeof secs, "%g", o->seconds);
   snprintf(maxb, sizeof maxb, "%llu", (unsigned long long)o->max_bytes);
-  snprintf(out, sizeof out, "%s/mooncake.json", p->dir);
+  snprintf(cmd, sizeof cmd, "%s/mc-cmd", p->dir);
+  snprintf(reply, sizeof reply, "%s/mc-reply", p->dir);
+  p->mc_cmd = p->mc_reply = -1;
+  /* neither open blocks: the bench holds a writer of cmd itself, and a
+   * reader of reply */
+  if (mkfifo(cmd, 0600) || mkfifo(reply, 0600) ||
+      (p->mc_reply = open(reply, O_RDONLY | O_NONBLOCK | O_CLOEXEC)) < 0 ||
+      (p->mc_cmd = open(cmd, O_RDWR | O_CLOEXEC)) < 0) {
+    snprintf(why, sizeof why, "cannot make the driver's FIFOs in %s: %s",
+             p->dir, strerror(errno));
+    mc_skip(p, why);
+    return;
+  }
   const char *argv[] = {bench_python(),
                         "-c",
                         bench_python_boot,
@@ -610,8 +700,10 @@ static void run_mooncake(struct peers *p) {
                         maxb,
                         "--dir",
                         p->dir,
-                        "--out",
-                        out,
+                        "--cmd",
+                        cmd,
+                        "--reply",
+                        reply,
                         NULL};
   const char *env[7] = {NULL};
   int ne = 0;
@@ -628,87 +720,78 @@ static void run_mooncake(struct peers *p) {
   }
   env[ne++] = "KVDS_BENCH_PROG";
   env[ne++] = "kvds bench peers";
-  bench_progress("peers", "mooncake: %s (overlay %s)", bench_python(),
+  bench_progress("peers", "starting Mooncake: %s (overlay %s)...",
+                 bench_python(),
                  overlay ? overlay : "none: the interpreter's own packages");
   /* stdout and stderr stay the bench's: the driver's progress lines */
-  pid_t pid = 0;
-  int rc = bench_spawn(&pid, argv, NULL, NULL, env);
-  const char *why = NULL;
-  char buf[256];
+  int rc = bench_spawn(&p->mc_pid, argv, NULL, NULL, env);
   if (rc) {
-    snprintf(buf, sizeof buf, "cannot run %s: %s", bench_python(),
+    snprintf(why, sizeof why, "cannot run %s: %s", bench_python(),
              kvds_strerror(rc));
-    why = buf;
-  }
-  /* per point and op: the engine's whole seconds plus the store's case,
-   * and their processes' start */
-  uint64_t points =
-      (uint64_t)o->nsizes * (uint64_t)o->nbatches * (uint64_t)o->nthreads;
-  uint64_t deadline =
-      kvds_now_ns() +
-      (MC_SLACK_S + points * (uint64_t)(2 * (5 + 11 * o->seconds + 2))) *
-          1000000000ull;
-  int st = 0;
-  while (pid > 0) {
-    pid_t w = waitpid(pid, &st, WNOHANG);
-    if (w == pid) {
-      pid = 0;
-      break;
-    }
-    if (bench_stopped() || kvds_now_ns() > deadline) {
-      /* SIGINT: Python's finally blocks stop what it started */
-      bench_proc_stop(&pid, SIGINT, 15);
-      snprintf(buf, sizeof buf, "%s",
-               bench_stopped() ? "interrupted"
-                               : "the Mooncake driver did not finish in time");
-      why = buf;
-      break;
-    }
-    kvds_sleep_ms(50);
-  }
-  json_t *doc = NULL;
-  if (!why) {
-    json_error_t je;
-    doc = json_load_file(out, 0, &je);
-    if (!doc) {
-      snprintf(buf, sizeof buf,
-               "the Mooncake driver (kvds.bench_peers_mooncake in %s) "
-               "failed (%s %d)",
-               bench_python(), WIFEXITED(st) ? "status" : "signal",
-               WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
-      why = buf;
-    }
-  }
-  if (why) {
-    snprintf(p->why[S_MC_TE], sizeof p->why[S_MC_TE], "%s", why);
-    snprintf(p->why[S_MC_STORE], sizeof p->why[S_MC_STORE], "%s", why);
+    mc_skip(p, why);
     return;
   }
+  char *line;
+  if (mc_read_line(p, kvds_now_ns() + MC_START_S * 1000000000ull, &line))
+    return;
+  json_t *doc = json_loads(line, 0, NULL);
   const char *ver = json_string_value(json_object_get(doc, "version"));
   snprintf(p->mc_version, sizeof p->mc_version, "%s", ver ? ver : "");
-  json_t *sk = json_object_get(doc, "skipped"), *r;
-  for (enum sys s = S_MC_TE; s <= S_MC_STORE; s++) {
-    const char *reason = json_string_value(json_object_get(sk, SYS_NAME[s]));
-    if (reason)
-      snprintf(p->why[s], sizeof p->why[s], "%s", reason);
+  mc_take_skips(p, json_object_get(doc, "skipped"));
+  json_decref(doc);
+}
+
+/* The driver's rows of one point. */
+static void mc_point(struct peers *p, const struct bench_case *bc) {
+  if (!p->mc_pid || (p->why[S_MC_TE][0] && p->why[S_MC_STORE][0]))
+    return;
+  char req[96], *line;
+  int n = snprintf(req, sizeof req, "%zu %zu %d\n", bc->size, bc->batch,
+                   bc->threads);
+  if (write(p->mc_cmd, req, (size_t)n) != n) {
+    mc_skip(p, "cannot write to the Mooncake driver");
+    return;
   }
+  uint64_t limit =
+      (MC_POINT_S + (uint64_t)(20 * p->o->seconds)) * 1000000000ull;
+  if (mc_read_line(p, kvds_now_ns() + limit, &line))
+    return;
+  json_t *doc = json_loads(line, 0, NULL), *r;
+  mc_take_skips(p, json_object_get(doc, "skipped"));
   size_t i;
   json_array_foreach(json_object_get(doc, "rows"), i, r) {
     const char *sys = json_string_value(json_object_get(r, "system"));
     const char *op = json_string_value(json_object_get(r, "op"));
     if (!sys || !op)
       continue;
-    struct bench_case bc = {
-        .size = (size_t)json_integer_value(json_object_get(r, "size")),
-        .batch = (size_t)json_integer_value(json_object_get(r, "batch")),
-        .threads = (int)json_integer_value(json_object_get(r, "threads"))};
     struct bench_result res = {
         .gbps = json_number_value(json_object_get(r, "gbps")),
         .calls = (uint64_t)json_integer_value(json_object_get(r, "calls"))};
     enum sys s = strcmp(sys, SYS_NAME[S_MC_TE]) == 0 ? S_MC_TE : S_MC_STORE;
-    add_row(p, s, strcmp(op, "put") == 0, &bc, &res);
+    add_row(p, s, strcmp(op, "put") == 0, bc, &res);
   }
   json_decref(doc);
+}
+
+/* Asks the driver to stop what it started and exit; it is stopped when it
+ * does not by the deadline. */
+static void mc_stop(struct peers *p) {
+  if (p->mc_pid > 0 && p->mc_cmd >= 0 && !bench_stopped() &&
+      write(p->mc_cmd, "quit\n", 5) == 5) {
+    uint64_t deadline = kvds_now_ns() + 30000000000ull;
+    while (waitpid(p->mc_pid, NULL, WNOHANG) != p->mc_pid &&
+           kvds_now_ns() < deadline)
+      kvds_sleep_ms(50);
+    if (kvds_now_ns() < deadline)
+      p->mc_pid = 0;
+  }
+  /* SIGINT: Python's finally blocks stop what it started */
+  bench_proc_stop(&p->mc_pid, SIGINT, 20);
+  if (p->mc_cmd >= 0)
+    close(p->mc_cmd);
+  if (p->mc_reply >= 0)
+    close(p->mc_reply);
+  p->mc_cmd = p->mc_reply = -1;
 }
 
 /* ---- reporting ---- */
@@ -859,6 +942,7 @@ static int connect_all(struct peers *p, int threads) {
 }
 
 static void cleanup(struct peers *p) {
+  mc_stop(p);
   if (p->tcp_up)
     bench_tcp_teardown(&p->tcp);
   p->tcp_up = 0;
@@ -875,51 +959,66 @@ static void cleanup(struct peers *p) {
   bench_redis_stop(&p->redis);
 }
 
-/* Every point of one system (its cases fail alone: a peer's failure is
- * its skip line). */
-static void measure(struct peers *p, enum sys sys) {
-  const struct peers_opts *o = p->o;
-  for (int put = 0; put < 2; put++) {
+/* One point of one system measured here, get then put (a failure is the
+ * system's skip line: it is not measured again). */
+static void measure(struct peers *p, enum sys sys,
+                    const struct bench_case *bc) {
+  for (int put = 0; put < 2 && !p->why[sys][0] && !bench_stopped(); put++) {
     if ((sys == S_KVDS_PULL || sys == S_MEMCPY || sys == S_TCP) && put)
       continue;
-    for (int si = 0; si < o->nsizes; si++)
-      for (int bi = 0; bi < o->nbatches; bi++)
-        for (int ti = 0; ti < o->nthreads; ti++) {
-          if (p->why[sys][0] || bench_stopped())
-            return;
-          struct bench_case bc = {.size = (size_t)o->sizes[si],
-                                  .batch = (size_t)o->batches[bi],
-                                  .threads = (int)o->threads[ti],
-                                  .max_bytes = o->max_bytes,
-                                  .seconds = o->seconds,
-                                  .src = p->src,
-                                  .dst = p->dst,
-                                  .region = p->region};
-          if ((uint64_t)bc.size * bc.batch * (uint64_t)bc.threads >
-              o->max_bytes)
-            continue;
-          char sz[32], why[200] = "";
-          if (o->json)
-            bench_progress("peers", "%s %s %s x %zu, %d thread%s",
-                           SYS_NAME[sys], put ? "put" : "get",
-                           kvds_fmt_bytes(bc.size, sz, sizeof sz), bc.batch,
-                           bc.threads, bc.threads == 1 ? "" : "s");
-          struct bench_result r = {0};
-          int rc =
-              sys == S_REDIS
-                  ? bench_redis_case(&p->redis, &bc, put, &r, why, sizeof why)
-              : sys == S_TCP ? run_tcp(p, &bc, &r, why, sizeof why)
-                             : run_kvds(p, sys, &bc, put, &r, why, sizeof why);
-          if (rc) {
-            if (!bench_stopped())
-              snprintf(p->why[sys], sizeof p->why[sys], "%s %s x %zu: %s",
-                       put ? "put" : "get",
-                       kvds_fmt_bytes(bc.size, sz, sizeof sz), bc.batch, why);
-            return;
-          }
-          add_row(p, sys, put, &bc, &r);
-        }
+    char sz[32], why[200] = "";
+    struct bench_result r = {0};
+    int rc = sys == S_REDIS
+                 ? bench_redis_case(&p->redis, bc, put, &r, why, sizeof why)
+             : sys == S_TCP ? run_tcp(p, bc, &r, why, sizeof why)
+                            : run_kvds(p, sys, bc, put, &r, why, sizeof why);
+    if (rc) {
+      if (!bench_stopped())
+        snprintf(p->why[sys], sizeof p->why[sys], "%s %s x %zu: %s",
+                 put ? "put" : "get", kvds_fmt_bytes(bc->size, sz, sizeof sz),
+                 bc->batch, why);
+      return;
+    }
+    add_row(p, sys, put, bc, &r);
   }
+}
+
+/* Every system at every point, point after point: a point's figures come
+ * from the same minute of the machine. A kvds or ceiling failure ends the
+ * run (CLI_FAIL, printed); a peer's is its skip line. */
+static int measure_all(struct peers *p) {
+  const struct peers_opts *o = p->o;
+  static const enum sys here[] = {S_MEMCPY,    S_TCP,      S_KVDS_LOCAL,
+                                  S_KVDS_PULL, S_KVDS_TCP, S_REDIS};
+  for (int si = 0; si < o->nsizes; si++)
+    for (int bi = 0; bi < o->nbatches; bi++)
+      for (int ti = 0; ti < o->nthreads; ti++) {
+        struct bench_case bc = {.size = (size_t)o->sizes[si],
+                                .batch = (size_t)o->batches[bi],
+                                .threads = (int)o->threads[ti],
+                                .max_bytes = o->max_bytes,
+                                .seconds = o->seconds,
+                                .src = p->src,
+                                .dst = p->dst,
+                                .region = p->region};
+        if ((uint64_t)bc.size * bc.batch * (uint64_t)bc.threads > o->max_bytes)
+          continue;
+        char sz[32];
+        bench_progress("peers", "%s x %zu, %d thread%s",
+                       kvds_fmt_bytes(bc.size, sz, sizeof sz), bc.batch,
+                       bc.threads, bc.threads == 1 ? "" : "s");
+        for (size_t i = 0; i < sizeof here / sizeof *here; i++) {
+          if (bench_stopped())
+            return CLI_FAIL;
+          measure(p, here[i], &bc);
+          if (p->why[here[i]][0] && here[i] != S_REDIS) {
+            cli_err("bench", "%s: %s", SYS_NAME[here[i]], p->why[here[i]]);
+            return CLI_FAIL;
+          }
+        }
+        mc_point(p, &bc);
+      }
+  return bench_stopped() ? CLI_FAIL : CLI_OK;
 }
 
 static int max_threads(const struct peers_opts *o) {
@@ -934,7 +1033,7 @@ int bench_peers(int argc, char **argv) {
   int rc = peers_parse(argc, argv, &o);
   if (rc)
     return rc < 0 ? CLI_OK : rc;
-  struct peers p = {.o = &o};
+  struct peers p = {.o = &o, .mc_cmd = -1, .mc_reply = -1};
   int ret = CLI_FAIL, threads = max_threads(&o);
   bench_catch_signals();
   p.rows = calloc(P_ROWS_MAX, sizeof *p.rows);
@@ -964,30 +1063,16 @@ int bench_peers(int argc, char **argv) {
   bench_progress("peers", "starting redis-server...");
   if (bench_redis_start(&p.redis, p.dir, p.why[S_REDIS], sizeof p.why[S_REDIS]))
     bench_progress("peers", "redis skipped: %s", p.why[S_REDIS]);
-  static const enum sys here[] = {S_MEMCPY,    S_TCP,      S_KVDS_LOCAL,
-                                  S_KVDS_PULL, S_KVDS_TCP, S_REDIS};
-  for (size_t i = 0; i < sizeof here / sizeof *here && !bench_stopped(); i++) {
-    bench_progress("peers", "%s...", SYS_NAME[here[i]]);
-    measure(&p, here[i]);
-    if (p.why[here[i]][0] && here[i] != S_REDIS && !bench_stopped()) {
-      cli_err("bench", "%s: %s", SYS_NAME[here[i]], p.why[here[i]]);
-      goto out;
-    }
-  }
-  /* kvds and Redis are done: their memory goes back before Mooncake's */
+  mc_start(&p);
+  rc = measure_all(&p);
   cleanup(&p);
-  if (!bench_stopped())
-    run_mooncake(&p);
   if (bench_stopped()) {
     fflush(stdout);
     fprintf(stderr, "kvds bench peers: interrupted; everything it started "
                     "was stopped\n");
     ret = 128 + bench_stopped();
-  } else if (o.json) {
-    ret = print_json(&p);
-  } else {
-    print_table(&p);
-    ret = CLI_OK;
+  } else if (rc == 0) {
+    ret = o.json ? print_json(&p) : (print_table(&p), CLI_OK);
   }
 out:
   if (bench_stopped() && ret == CLI_FAIL)
