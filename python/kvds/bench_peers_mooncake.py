@@ -111,6 +111,21 @@ class Skip(Exception):
     """A system that cannot run; the message is the reason."""
 
 
+def wait_until(proc, log, what, probe):
+    """probe()'s first result that is not None, polled while proc runs, for
+    START_TIMEOUT_S; else Skip with the last line of its log."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        if proc.poll() is not None:
+            raise Skip(f"{what} exited ({proc.returncode}): {log_tail(log)}")
+        got = probe()
+        if got is not None:
+            return got
+        if time.monotonic() > deadline:
+            raise Skip(f"{what} did not start in {START_TIMEOUT_S} s: {log_tail(log)}")
+        time.sleep(0.05)
+
+
 # ---- transfer engine ----------------------------------------------------------
 
 class Engine:
@@ -135,19 +150,11 @@ class Engine:
                  *self.common],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env)
         # P2P handshake: the target's RPC port is its own pick, logged.
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if self.target.poll() is not None:
-                raise Skip(f"transfer_engine_bench target exited ({self.target.returncode}): "
-                           f"{log_tail(tlog)}")
+        def port():
             with open(tlog, "rb") as f:
                 m = re.search(rb"P2P handshake, listening on [^:\s]+:(\d+)", f.read())
-            if m:
-                self.port = int(m.group(1))
-                break
-            if time.monotonic() > deadline:
-                raise Skip(f"transfer_engine_bench target did not start: {log_tail(tlog)}")
-            time.sleep(0.05)
+            return int(m.group(1)) if m else None
+        self.port = wait_until(self.target, tlog, "transfer_engine_bench target", port)
         time.sleep(0.3)  # the target registers its buffer after it listens
 
     def point(self, size, batch, threads):
@@ -284,18 +291,14 @@ class Store:
                 [self.exe, f"--port={port}", f"--metrics_port={free_port()}",
                  "--enable_http_metadata_server=false"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if self.master.poll() is not None:
-                raise Skip(f"mooncake_master exited ({self.master.returncode}): "
-                           f"{log_tail(mlog)}")
+
+        def listening():
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
+                return True
             except OSError:
-                if time.monotonic() > deadline:
-                    raise Skip(f"mooncake_master did not start: {log_tail(mlog)}") from None
-                time.sleep(0.05)
+                return None
+        wait_until(self.master, mlog, "mooncake_master", listening)
         segment = a.max_bytes + a.max_bytes // 4 + SEGMENT_SLACK
         with open(hlog, "wb") as log:
             self.holder = subprocess.Popen(
