@@ -3,7 +3,8 @@
  * share. One file per benchmark, one per shared piece:
  *
  *   bench.c    cmd_bench: the mode dispatch, the help text, the modes
- *              written in Python (connector, ttft), the stop flag, this
+ *              written in Python (connector, ttft) and the interpreter
+ *              they and peers' Mooncake driver run in, the stop flag, this
  *              binary's path
  *   local.c    `kvds bench local`: put / get against a running worker next
  *              to memcpy
@@ -12,25 +13,29 @@
  *   disk.c     `kvds bench disk`: the disk tier's spill and read-back next
  *              to fio, and disk-hit vs DRAM-hit latency
  *   peers.c    `kvds bench peers`: kvds next to Redis and Mooncake, all
- *              started by the bench, and the ceilings
+ *              started by the bench, and the ceilings; the timed case over
+ *              client threads
  *   redis.c    the Redis rows of `kvds bench peers` (redis-server and a
  *              hiredis client)
  *   workers.c  processes a bench starts itself (workers, peers, helper
  *              commands), a pair of peered workers, and its temporary
  *              directories
  *   tcp.c      raw loopback TCP streams: the ceiling of remote reads
- *   opts.c     ranged option values and --sizes / --batch lists
+ *   opts.c     ranged option values, --sizes / --batch lists, and the
+ *              options every mode has
  *   samples.c  per-call latency samples and their percentiles
  *   keys.c     generated key sets, and deleting keys on a worker
  *   buffers.c  the source and destination buffers of the timed copies
- *   report.c   number formatting and the JSON report
+ *   report.c   number formatting, the JSON report, progress lines
  *
  * The benches are clients of kvds.h, with cli.h and common/util.h (clock,
  * byte formatting) besides. Everything here is called from the main
- * thread only (the raw-TCP threads of remote.c use none of it). Errors are
- * printed as one line "kvds bench: ..." (cli_err) by the function that
- * knows the most about them: the helpers below that print say so, the
- * others return the error and print nothing.
+ * thread only, except in the threads of bench_case_run (peers.c), which
+ * call what their call function uses: bench_case_src, the keys' helpers on
+ * a client of their own, bench_progress; the raw-TCP threads of tcp.c use
+ * none of it. Errors are printed as one line "kvds bench: ..." (cli_err)
+ * by the function that knows the most about them: the helpers below that
+ * print say so, the others return the error and print nothing.
  */
 #ifndef KVDS_CLI_BENCH_H
 #define KVDS_CLI_BENCH_H
@@ -260,10 +265,12 @@ size_t bench_case_slots(const struct bench_case *bc);
 const uint8_t *bench_case_src(const struct bench_case *bc, int t, uint64_t call,
                               size_t i);
 
-/* Runs fn on bc->threads threads started together until each has made
- * its timed calls (or 10 x seconds + 2 s passed, still >= 3 calls), an
- * error or the stop flag. CLI_OK with *out, else CLI_FAIL (nothing
- * printed). */
+/* Runs fn on bc->threads threads (the caller's and bc->threads - 1 more)
+ * started together, until each has made its timed calls (or 10 x seconds
+ * + 2 s passed, still >= 3 calls), a call fails or the stop flag is set.
+ * fn runs on several threads at once: it may only touch what belongs to
+ * its thread t. 0 with *out; the first failing call's error; -EINTR when
+ * stopped; -errno when a thread could not start. Prints nothing. */
 int bench_case_run(const struct bench_case *bc, bench_call_fn fn, void *ctx,
                    struct bench_result *out);
 

@@ -257,14 +257,15 @@ struct case_run {
   const struct bench_case *bc;
   bench_call_fn fn;
   void *ctx;
-  pthread_barrier_t start;
-  volatile int failed;
+  pthread_mutex_t lock;
+  pthread_cond_t gate; /* opens once every thread is there (or failed) */
+  int open;            /* under lock */
+  int err;             /* the first call's error; atomic */
   struct case_thread {
     struct case_run *r;
     int t;
     pthread_t th;
     uint64_t busy_ns, calls;
-    int rc;
   } th[P_THREADS_MAX];
 };
 
@@ -274,12 +275,18 @@ static void *case_thread(void *arg) {
   const struct bench_case *bc = r->bc;
   uint64_t want = (uint64_t)(bc->seconds * 1e9);
   uint64_t cap = 10 * want + 2000000000ull;
-  pthread_barrier_wait(&r->start);
+  pthread_mutex_lock(&r->lock);
+  while (!r->open)
+    pthread_cond_wait(&r->gate, &r->lock);
+  pthread_mutex_unlock(&r->lock);
   uint64_t wall0 = kvds_now_ns();
-  while (!r->failed && !bench_stopped()) {
+  while (!__atomic_load_n(&r->err, __ATOMIC_RELAXED) && !bench_stopped()) {
     uint64_t ns = 0;
-    if ((ct->rc = r->fn(r->ctx, ct->t, &ns))) {
-      r->failed = 1;
+    int rc = r->fn(r->ctx, ct->t, &ns);
+    if (rc) {
+      int zero = 0;
+      __atomic_compare_exchange_n(&r->err, &zero, rc, 0, __ATOMIC_RELAXED,
+                                  __ATOMIC_RELAXED);
       break;
     }
     ct->busy_ns += ns;
@@ -294,42 +301,42 @@ int bench_case_run(const struct bench_case *bc, bench_call_fn fn, void *ctx,
                    struct bench_result *out) {
   struct case_run *r = calloc(1, sizeof *r);
   if (!r)
-    return CLI_FAIL;
-  r->bc = bc;
-  r->fn = fn;
-  r->ctx = ctx;
-  int n = bc->threads, started = 0, ret = CLI_FAIL;
-  pthread_barrier_init(&r->start, NULL, (unsigned)n);
-  for (int t = 0; t < n; t++) {
+    return -ENOMEM;
+  *r = (struct case_run){.bc = bc, .fn = fn, .ctx = ctx};
+  pthread_mutex_init(&r->lock, NULL);
+  pthread_cond_init(&r->gate, NULL);
+  int n = bc->threads, started = 1, rc;
+  for (int t = 0; t < n; t++)
     r->th[t] = (struct case_thread){.r = r, .t = t};
-    if (t > 0 && pthread_create(&r->th[t].th, NULL, case_thread, &r->th[t]))
+  for (; started < n; started++)
+    if ((rc = pthread_create(&r->th[started].th, NULL, case_thread,
+                             &r->th[started]))) {
+      r->err = -rc; /* the started threads see it and leave at once */
       break;
-    started++;
-  }
-  if (started == n) {
+    }
+  pthread_mutex_lock(&r->lock);
+  r->open = 1;
+  pthread_cond_broadcast(&r->gate);
+  pthread_mutex_unlock(&r->lock);
+  if (!r->err)
     case_thread(&r->th[0]);
-    for (int t = 1; t < n; t++)
-      pthread_join(r->th[t].th, NULL);
-    uint64_t busy = 0, calls = 0;
-    for (int t = 0; t < n; t++) {
-      busy = r->th[t].busy_ns > busy ? r->th[t].busy_ns : busy;
-      calls += r->th[t].calls;
-    }
-    if (!r->failed && !bench_stopped() && busy > 0) {
-      out->calls = calls;
-      out->gbps =
-          (double)calls * (double)bc->batch * (double)bc->size / (double)busy;
-      ret = CLI_OK;
-    }
-  } else {
-    /* a thread that could not start: the others wait at the barrier
-     * forever, so the run cannot go on */
-    fprintf(stderr, "kvds bench: cannot start a client thread\n");
-    exit(CLI_FAIL);
+  for (int t = 1; t < started; t++)
+    pthread_join(r->th[t].th, NULL);
+  uint64_t busy = 0, calls = 0;
+  for (int t = 0; t < n; t++) {
+    busy = r->th[t].busy_ns > busy ? r->th[t].busy_ns : busy;
+    calls += r->th[t].calls;
   }
-  pthread_barrier_destroy(&r->start);
+  rc = r->err ? r->err : bench_stopped() ? -EINTR : busy == 0 ? -EIO : 0;
+  if (rc == 0) {
+    out->calls = calls;
+    out->gbps =
+        (double)calls * (double)bc->batch * (double)bc->size / (double)busy;
+  }
+  pthread_cond_destroy(&r->gate);
+  pthread_mutex_destroy(&r->lock);
   free(r);
-  return ret;
+  return rc;
 }
 
 /* ---- the systems measured here ---- */
@@ -345,7 +352,6 @@ struct kcase {
   struct kvds_value *v[P_THREADS_MAX];
   int *res[P_THREADS_MAX];
   struct kvds_iov *vals[P_THREADS_MAX];
-  int err;
 };
 
 static int memcpy_call(void *ctx, int t, uint64_t *ns) {
@@ -474,17 +480,11 @@ static int run_kvds(struct peers *p, enum sys sys, const struct bench_case *bc,
                     int put, struct bench_result *out, char *why, size_t cap) {
   static unsigned seq;
   struct kcase k = {.p = p, .bc = bc, .put = put};
-  int threads = bc->threads, rc = 0, ret = CLI_FAIL;
+  int threads = bc->threads, rc = 0;
   size_t nslots = bench_case_slots(bc);
-  if (sys == S_MEMCPY) {
-    ret = bench_case_run(bc, memcpy_call, &k, out);
-    if (ret)
-      snprintf(why, cap, "interrupted");
-    return ret;
-  }
   char prefix[64];
   snprintf(prefix, sizeof prefix, "kvds-peers/%ld/%u/", (long)getpid(), seq++);
-  for (int t = 0; t < threads; t++) {
+  for (int t = 0; sys != S_MEMCPY && t < threads; t++) {
     char tag[16];
     snprintf(tag, sizeof tag, "%d", t);
     k.v[t] = calloc(bc->batch, sizeof *k.v[t]);
@@ -497,17 +497,18 @@ static int run_kvds(struct peers *p, enum sys sys, const struct bench_case *bc,
     }
   }
   /* the values of a get: on A (read there, or pulled from there by B) */
-  for (int t = 0; !put && t < threads && rc == 0; t++)
+  for (int t = 0; sys != S_MEMCPY && !put && t < threads && rc == 0; t++)
     rc = put_ring(sys == S_KVDS_PULL  ? p->ca
                   : sys == S_KVDS_TCP ? p->ct[t]
                                       : p->cl[t],
                   bc, &k.ks[t], t);
   if (rc)
     goto out;
-  bench_call_fn fn = sys == S_KVDS_LOCAL ? local_call
-                     : sys == S_KVDS_TCP ? tcp_client_call
-                                         : pull_call;
-  ret = bench_case_run(bc, fn, &k, out);
+  bench_call_fn fn = sys == S_MEMCPY       ? memcpy_call
+                     : sys == S_KVDS_LOCAL ? local_call
+                     : sys == S_KVDS_TCP   ? tcp_client_call
+                                           : pull_call;
+  rc = bench_case_run(bc, fn, &k, out);
 out:
   for (int t = 0; t < threads; t++) {
     if (!k.ks[t].n)
@@ -516,12 +517,10 @@ out:
       bench_delete_keys(p->cb[t], k.ks[t].iov, k.ks[t].n);
     bench_delete_keys(p->ca, k.ks[t].iov, k.ks[t].n);
   }
-  if (ret && rc == 0)
-    rc = k.err;
   kcase_free(&k, threads);
-  if (ret)
-    snprintf(why, cap, "%s", rc ? kvds_strerror(rc) : "a call failed");
-  return ret;
+  if (rc)
+    snprintf(why, cap, "%s", kvds_strerror(rc));
+  return rc ? CLI_FAIL : CLI_OK;
 }
 
 /* Raw TCP: one stream per thread, each call `batch` values per stream. */

@@ -228,8 +228,9 @@ int bench_redis_case(const struct bench_redis *r, const struct bench_case *bc,
           goto out;
         }
   }
-  if (bench_case_run(bc, put ? redis_put : redis_get, &rc, out)) {
-    snprintf(why, cap, "%s", rc.err[0] ? rc.err : "interrupted");
+  int err = bench_case_run(bc, put ? redis_put : redis_get, &rc, out);
+  if (err) {
+    snprintf(why, cap, "%s", rc.err[0] ? rc.err : kvds_strerror(err));
     goto out;
   }
   ret = CLI_OK;
