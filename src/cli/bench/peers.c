@@ -821,8 +821,10 @@ static void print_table(const struct peers *p) {
          "redis-server %s;\nmooncake-transfer-engine %s. GB/s = 10^9 B/s "
          "over the time inside the timed calls\n(all threads' bytes over "
          "the longest thread's time); batch = values per call;\nthreads = "
-         "client threads, each its own connection. '-': one call of all "
-         "threads\nwould move more than --max-bytes (%s).\n",
+         "client threads, each its own connection (Mooncake: threads of one "
+         "client).\n'-': one call of all threads would move more than "
+         "--max-bytes (%s). 'vs X':\nthe kvds figure over X's at the same "
+         "point.\n",
          kvds_fmt_bytes(p->memory, mem, sizeof mem),
          p->redis.version[0] ? p->redis.version : "(not run)",
          p->mc_version[0] ? p->mc_version : "(not run)",
