@@ -24,13 +24,17 @@
  *   mooncake-te, mooncake-store
  *               python/kvds/bench_peers_mooncake.py in $KVDS_PYTHON with
  *               the wheel's overlay (--peers-path) on PYTHONPATH and its
- *               CUDA stand-ins on LD_LIBRARY_PATH; JSON on its stdout
- * A peer that cannot start is one "skipped: <reason>" line; the rest runs.
+ *               CUDA stand-ins on LD_LIBRARY_PATH: it starts Mooncake's
+ *               processes once and measures one point at a time as asked
+ *               over two FIFOs in the bench's directory (JSON lines)
+ * The points run one after the other, every system at each: a point's
+ * figures come from the same minute of a shared machine. A peer that
+ * cannot start or fails is one "skipped: <reason>" line; the rest runs.
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <poll.h>
 #include <getopt.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -523,19 +527,22 @@ out:
   return rc ? CLI_FAIL : CLI_OK;
 }
 
-/* Raw TCP: one stream per thread, each call `batch` values per stream. */
+/* Raw TCP: one stream per thread, each call `batch` values per stream: 3
+ * calls to learn the pace, then as many as fill `seconds`. */
 static int run_tcp(struct peers *p, const struct bench_case *bc,
                    struct bench_result *out, char *why, size_t cap) {
   size_t per_call = bc->batch * (size_t)bc->threads;
+  /* the calls walk as many bytes as the threads' key rings hold */
+  size_t nkeys = bench_case_slots(bc) * (size_t)bc->threads;
   uint64_t ns = 0, calls = 3;
-  int rc = bench_tcp_run(&p->tcp, bc->threads, bc->size, per_call, per_call,
-                         calls, &ns);
+  int rc = bench_tcp_run(&p->tcp, bc->threads, bc->size, per_call, nkeys, calls,
+                         &ns);
   if (rc == 0 && ns > 0) {
     uint64_t want = (uint64_t)(bc->seconds * 1e9);
     uint64_t more = (uint64_t)((double)want / ((double)ns / 3.0));
     calls = more > 3 ? more : 3;
-    rc = bench_tcp_run(&p->tcp, bc->threads, bc->size, per_call, per_call,
-                       calls, &ns);
+    rc = bench_tcp_run(&p->tcp, bc->threads, bc->size, per_call, nkeys, calls,
+                       &ns);
   }
   if (rc || ns == 0 || bench_stopped()) {
     snprintf(why, cap, "%s", rc ? kvds_strerror(rc) : "interrupted");
