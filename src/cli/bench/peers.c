@@ -13,13 +13,14 @@
  *               received straight into a buffer (tcp.c; the remote
  *               ceiling)
  *   kvds-local  worker A through a shared-memory client: put = kvds_mput,
- *               get = kvds_mget + memcpy out + release
+ *               get = kvds_mget_into (copies out of the pool)
  *   kvds-pull   get only: kvds_mget_ex on worker B (shared-memory client,
  *               hint = A) of values that live on A: B pulls them over its
  *               peer connections inside the call (`kvds bench remote`)
  *   kvds-tcp    worker A through a TCP client (KVDS_CONNECT_TCP_ONLY):
- *               kvds_mput / kvds_mget + release, the values crossing the
- *               socket — the like-for-like of a Redis client
+ *               kvds_mput / kvds_mget_into, the values crossing the socket
+ *               (received into the buffers) — the like-for-like of a
+ *               Redis client
  *   redis       redis.c
  *   mooncake-te, mooncake-store
  *               python/kvds/bench_peers_mooncake.py in $KVDS_PYTHON with
@@ -356,6 +357,7 @@ struct kcase {
   struct kvds_value *v[P_THREADS_MAX];
   int *res[P_THREADS_MAX];
   struct kvds_iov *vals[P_THREADS_MAX];
+  size_t *lens[P_THREADS_MAX];
 };
 
 static int memcpy_call(void *ctx, int t, uint64_t *ns) {
@@ -419,24 +421,44 @@ static int kvds_put_call(struct kcase *k, kvds_client *c, int t, uint64_t *ns) {
   return rc;
 }
 
-/* kvds get through c: mget (+ a copy out when copy is set) + release. A
- * pull (hint) drops B's copies (untimed) when the ring wraps. */
-static int kvds_get_call(struct kcase *k, kvds_client *c, int t, int copy,
+/* kvds get through c into the thread's destination slice
+ * (kvds_mget_into: a local client copies out of the pool, a TCP client
+ * receives the values straight into the buffers, verified as they land). */
+static int kvds_get_into_call(struct kcase *k, kvds_client *c, int t,
+                              uint64_t *ns) {
+  const struct bench_case *bc = k->bc;
+  struct bench_keyset *ks = &k->ks[t];
+  uint64_t call = k->calls[t]++;
+  for (size_t i = 0; i < bc->batch; i++)
+    k->vals[t][i] = (struct kvds_iov){case_dst(bc, t, call, i), bc->size};
+  size_t *lens = k->lens[t];
+  uint64_t t0 = kvds_now_ns();
+  int rc = kvds_mget_into(c, bc->batch, ks->iov + k->j[t], NULL, k->vals[t],
+                          lens, k->res[t]);
+  *ns = kvds_now_ns() - t0;
+  rc = first_error(rc, k->res[t], bc->batch);
+  for (size_t i = 0; rc == 0 && i < bc->batch; i++)
+    if (lens[i] != bc->size)
+      rc = KVDS_E_RANGE;
+  k->j[t] = (k->j[t] + bc->batch) % ks->n;
+  return rc;
+}
+
+/* A pull on B (hint = A): zero-copy views of the pulled values + release,
+ * as `kvds bench remote`. B's copies are dropped (untimed) when the ring
+ * has been read, so that every call pulls. */
+static int pull_get_call(struct kcase *k, kvds_client *c, int t,
                          const char *hint, uint64_t *ns) {
   const struct bench_case *bc = k->bc;
   struct bench_keyset *ks = &k->ks[t];
   struct kvds_get_opts go = {.hint = hint};
   struct kvds_value *v = k->v[t];
   int *res = k->res[t];
-  uint64_t call = k->calls[t]++;
   uint64_t t0 = kvds_now_ns();
   int rc = kvds_mget_ex(c, bc->batch, ks->iov + k->j[t], &go, v, res);
-  for (size_t i = 0; rc == 0 && i < bc->batch; i++) {
+  for (size_t i = 0; rc == 0 && i < bc->batch; i++)
     if ((rc = res[i]) == 0 && v[i].len != bc->size)
       rc = KVDS_E_RANGE;
-    if (rc == 0 && copy)
-      memcpy(case_dst(bc, t, call, i), v[i].data, bc->size);
-  }
   if (rc == 0)
     kvds_release(c, bc->batch, v);
   *ns = kvds_now_ns() - t0;
@@ -447,7 +469,7 @@ static int kvds_get_call(struct kcase *k, kvds_client *c, int t, int copy,
   k->j[t] += bc->batch;
   if (k->j[t] >= ks->n) {
     k->j[t] = 0;
-    if (rc == 0 && hint)
+    if (rc == 0)
       rc = bench_delete_keys(c, ks->iov, ks->n);
   }
   return rc;
@@ -456,18 +478,18 @@ static int kvds_get_call(struct kcase *k, kvds_client *c, int t, int copy,
 static int local_call(void *ctx, int t, uint64_t *ns) {
   struct kcase *k = ctx;
   return k->put ? kvds_put_call(k, k->p->cl[t], t, ns)
-                : kvds_get_call(k, k->p->cl[t], t, 1, NULL, ns);
+                : kvds_get_into_call(k, k->p->cl[t], t, ns);
 }
 
 static int tcp_client_call(void *ctx, int t, uint64_t *ns) {
   struct kcase *k = ctx;
   return k->put ? kvds_put_call(k, k->p->ct[t], t, ns)
-                : kvds_get_call(k, k->p->ct[t], t, 0, NULL, ns);
+                : kvds_get_into_call(k, k->p->ct[t], t, ns);
 }
 
 static int pull_call(void *ctx, int t, uint64_t *ns) {
   struct kcase *k = ctx;
-  return kvds_get_call(k, k->p->cb[t], t, 0, k->p->w[0].addr, ns);
+  return pull_get_call(k, k->p->cb[t], t, k->p->w[0].addr, ns);
 }
 
 static void kcase_free(struct kcase *k, int threads) {
@@ -476,6 +498,7 @@ static void kcase_free(struct kcase *k, int threads) {
     free(k->v[t]);
     free(k->res[t]);
     free(k->vals[t]);
+    free(k->lens[t]);
   }
 }
 
@@ -494,7 +517,8 @@ static int run_kvds(struct peers *p, enum sys sys, const struct bench_case *bc,
     k.v[t] = calloc(bc->batch, sizeof *k.v[t]);
     k.res[t] = calloc(bc->batch, sizeof *k.res[t]);
     k.vals[t] = calloc(bc->batch, sizeof *k.vals[t]);
-    if (!k.v[t] || !k.res[t] || !k.vals[t] ||
+    k.lens[t] = calloc(bc->batch, sizeof *k.lens[t]);
+    if (!k.v[t] || !k.res[t] || !k.vals[t] || !k.lens[t] ||
         bench_keyset_make(&k.ks[t], prefix, tag, nslots)) {
       rc = -ENOMEM;
       goto out;
