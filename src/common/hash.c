@@ -14,6 +14,9 @@
 #define XXH_INLINE_ALL
 #define XXH_DISPATCH_AVX2 1
 #define XXH_TARGET_AVX2 __attribute__((__target__("avx2")))
+/* The AVX2 kernels load the accumulators as aligned 256-bit vectors; the
+ * baseline build would align them for SSE2 (16 bytes) only. */
+#define XXH_ACC_ALIGN 64
 #include <xxhash.h>
 #define KVDS_HASH_AVX2 1
 #else
