@@ -281,12 +281,13 @@ class Saver(threading.Thread):
         side = self.side
         per_round = max(1, SAVE_ROUND_BYTES // side.block_nbytes)
         per_copy = max(1, COPY_CHUNK_BYTES // side.block_nbytes)
-        queue = collections.deque(items)
+        all_segs = side._segments([b for _, _, b in items])
+        queue = collections.deque((rid, key, b, i) for i, (rid, key, b) in enumerate(items))
         while queue:
             chunk = [queue.popleft() for _ in range(min(per_round, len(queue)))]
-            made = c.mcreate([k for _, k, _ in chunk], [side.block_nbytes] * len(chunk),
+            made = c.mcreate([it[1] for it in chunk], [side.block_nbytes] * len(chunk),
                              partial=True)
-            todo, nospace = [], []
+            todo, at, nospace = [], [], []
             for item, w in zip(chunk, made):
                 if isinstance(w, kvds.NoSpace):
                     nospace.append(item)
@@ -295,6 +296,7 @@ class Saver(threading.Thread):
                     side.rec.add(save_skipped=1)
                 else:
                     todo.append((w, item[2], item[0]))
+                    at.append(item[3])
                     bufs.append(w)
             if todo and nospace:
                 # over the connection's cap, not out of space: next round
@@ -304,13 +306,13 @@ class Saver(threading.Thread):
                 side.rec.add(save_skipped=len(nospace))
             if not todo:
                 continue
-            segs = side._segments([b for _, b, _ in todo])
             for i in range(0, len(todo), per_copy):
                 with job.lock:
                     part = [j for j in range(i, min(i + per_copy, len(todo)))
                             if todo[j][2] not in job.cancelled]
                     if part:
-                        c.mgather([todo[j][0] for j in part], segs[part], prefix=side._hdr)
+                        c.mgather([todo[j][0] for j in part], all_segs[[at[j] for j in part]],
+                                  prefix=side._hdr)
             self._seal(c, job, todo)
             bufs.clear()
 
