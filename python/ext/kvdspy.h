@@ -164,5 +164,7 @@ PyObject *kvdspy_wbuf_new(ClientObject *cl, const void *key, size_t klen,
                           const struct kvds_wbuf *wb);
 /* Client.mseal: seals WriteBuffers of `cl`; returns a list of checksums. */
 PyObject *kvdspy_wbuf_mseal(ClientObject *cl, PyObject *seq);
+/* Client.mgather: WriteBuffer.gather over many buffers of `cl` at once. */
+PyObject *kvdspy_wbuf_mgather(ClientObject *cl, PyObject *args, PyObject *kw);
 
 #endif

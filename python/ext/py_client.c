@@ -852,9 +852,11 @@ static PyObject *client_create(ClientObject *cl, PyObject *args, PyObject *kw) {
 
 static PyObject *client_mcreate(ClientObject *cl, PyObject *args,
                                 PyObject *kw) {
-  static char *kwlist[] = {"keys", "sizes", NULL};
+  static char *kwlist[] = {"keys", "sizes", "partial", NULL};
   PyObject *ko, *so;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "OO:mcreate", kwlist, &ko, &so))
+  int partial = 0;
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|$p:mcreate", kwlist, &ko, &so,
+                                   &partial))
     return NULL;
   struct kvdspy_batch keys = {0};
   if (kvdspy_batch_keys(&keys, ko))
@@ -891,7 +893,7 @@ static PyObject *client_mcreate(ClientObject *cl, PyObject *args,
     goto exit;
   }
   Py_ssize_t bad = -1;
-  for (size_t i = 0; i < n && bad < 0; i++)
+  for (size_t i = 0; i < n && bad < 0 && !partial; i++)
     if (results[i])
       bad = (Py_ssize_t)i;
   if (bad >= 0) {
@@ -901,6 +903,15 @@ static PyObject *client_mcreate(ClientObject *cl, PyObject *args,
   }
   out = PyList_New((Py_ssize_t)n);
   for (size_t i = 0; i < n; i++) {
+    if (results[i]) { /* partial: the item's error in its place */
+      PyObject *e =
+          out ? kvdspy_error_new(results[i], NULL, (Py_ssize_t)i) : NULL;
+      if (e)
+        PyList_SET_ITEM(out, (Py_ssize_t)i, e);
+      else
+        Py_CLEAR(out);
+      continue;
+    }
     PyObject *w =
         out ? kvdspy_wbuf_new(cl, keys.iov[i].base, keys.iov[i].len, &bufs[i])
             : NULL;
@@ -926,6 +937,11 @@ free:
   PyMem_Free(results);
   kvdspy_batch_fini(&keys);
   return out;
+}
+
+static PyObject *client_mgather(ClientObject *cl, PyObject *args,
+                                PyObject *kw) {
+  return kvdspy_wbuf_mgather(cl, args, kw);
 }
 
 static PyObject *client_mseal(ClientObject *cl, PyObject *seq) {
@@ -1371,9 +1387,20 @@ static PyMethodDef client_methods[] = {
      "is invisible to readers until sealed; it is aborted if the "
      "WriteBuffer is garbage-collected unsealed."},
     {"mcreate", (PyCFunction)(void (*)(void))client_mcreate, KW,
-     "mcreate(keys, sizes) -> list of WriteBuffer\n\nBatch create. If any "
-     "item fails, the ones created are aborted and the first error is raised "
-     "with .index set."},
+     "mcreate(keys, sizes, *, partial=False) -> list\n\nBatch create: a "
+     "WriteBuffer per key. If any item fails, the ones created are aborted "
+     "and the first error is raised with .index set; with partial=True each "
+     "failed item's error (a KvdsError instance: Exists, NoSpace, TooBig, "
+     "...) takes its place in the list instead, and the others stay created. "
+     "A whole-batch error (I/O) raises either way."},
+    {"mgather", (PyCFunction)(void (*)(void))client_mgather, KW,
+     "mgather(buffers, segments, prefix=None)\n\nbuffers[i].gather(...) for "
+     "every WriteBuffer of this client in one call, the GIL released once: "
+     "segments holds the same number of (address, length) uint64 pairs for "
+     "each buffer, in order (e.g. a numpy array of shape (n, s, 2)), and "
+     "each buffer is filled with prefix followed by its own segments, its "
+     "checksum computed on the way. Checks every buffer (writable, filled "
+     "exactly) before copying any."},
     {"mseal", (PyCFunction)client_mseal, METH_O,
      "mseal(buffers) -> list of int\n\nSeals WriteBuffers of this client "
      "and returns their checksums. If an item fails, the first error is "

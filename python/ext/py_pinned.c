@@ -90,6 +90,100 @@ static PyObject *pinned_release(PinnedObject *p, PyObject *unused) {
   Py_RETURN_NONE;
 }
 
+/* Whether item i is copied by scatter(): present, offset + want bytes
+ * long, and its first hlen bytes are head's. */
+static int scatter_fits(const struct kvds_value *v, int result, size_t off,
+                        size_t want, const void *head, size_t hlen) {
+  if (result || v->len < off || v->len - off != want)
+    return 0;
+  return !hlen || (v->len >= hlen && memcmp(v->data, head, hlen) == 0);
+}
+
+static PyObject *pinned_scatter(PinnedObject *p, PyObject *args, PyObject *kw) {
+  static char *kwlist[] = {"segments", "offset", "head", NULL};
+  PyObject *go, *ho = NULL;
+  Py_ssize_t off = 0;
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "O|nO:scatter", kwlist, &go, &off,
+                                   &ho))
+    return NULL;
+  if (off < 0) {
+    PyErr_SetString(PyExc_ValueError, "offset must be >= 0");
+    return NULL;
+  }
+  Py_buffer g = {0}, h = {0};
+  const uint64_t *segs;
+  size_t nseg, total;
+  PyObject *out = NULL;
+  char *ok = NULL;
+  if (ho && ho != Py_None && kvdspy_buf_get(ho, &h, 0, "head"))
+    return NULL;
+  if (kvdspy_segments_get(go, &g, &segs, &nseg, &total))
+    goto free;
+  Py_ssize_t n = p->n;
+  if (n == 0 ? nseg != 0 : nseg % (size_t)n) {
+    PyErr_Format(PyExc_ValueError,
+                 "%zu segments do not split evenly over %zd values", nseg, n);
+    goto free;
+  }
+  if (p->nodata) {
+    PyErr_SetString(PyExc_TypeError,
+                    "values pinned by Client.pin() have no bytes to copy");
+    goto free;
+  }
+  if (!p->head.res || p->head.client->closing) {
+    PyErr_SetString(PyExc_ValueError,
+                    "the values were released (or their client closed)");
+    goto free;
+  }
+  if (!(ok = PyMem_Calloc(n ? (size_t)n : 1, 1))) {
+    PyErr_NoMemory();
+    goto free;
+  }
+  size_t per = n ? nseg / (size_t)n : 0;
+  const struct kvds_value *vals = p->head.res->vals;
+  /* Counted as an export: the pins cannot be released meanwhile. */
+  p->head.exports++;
+  p->head.client->exports++;
+  PyThreadState *ts = total >= KVDSPY_NOGIL_COPY ? PyEval_SaveThread() : NULL;
+  for (Py_ssize_t i = 0; i < n; i++) {
+    const uint64_t *sg = segs + 2 * (size_t)i * per;
+    size_t want = 0;
+    for (size_t j = 0; j < per; j++)
+      want += (size_t)sg[2 * j + 1];
+    if (!scatter_fits(&vals[i], p->results[i], (size_t)off, want, h.buf,
+                      (size_t)h.len))
+      continue;
+    const uint8_t *from = (const uint8_t *)vals[i].data + off;
+    for (size_t j = 0; j < per; j++) {
+      size_t len = (size_t)sg[2 * j + 1];
+      memcpy((void *)(uintptr_t)sg[2 * j], from, len);
+      from += len;
+    }
+    ok[i] = 1;
+  }
+  if (ts)
+    PyEval_RestoreThread(ts);
+  p->head.exports--;
+  p->head.client->exports--;
+  if (!(out = PyList_New(0)))
+    goto free;
+  for (Py_ssize_t i = 0; i < n; i++) {
+    if (ok[i])
+      continue;
+    PyObject *o = PyLong_FromSsize_t(i);
+    if (!o || PyList_Append(out, o))
+      Py_CLEAR(out);
+    Py_XDECREF(o);
+    if (!out)
+      break;
+  }
+free:
+  PyMem_Free(ok);
+  PyBuffer_Release(&g);
+  PyBuffer_Release(&h);
+  return out;
+}
+
 static PyObject *pinned_enter(PyObject *self, PyObject *unused) {
   return Py_NewRef(self);
 }
@@ -198,6 +292,16 @@ static PyMethodDef pinned_methods[] = {
      "release()\n\nReleases the pins (the worker may then evict or free the "
      "values). Raises BufferError while a memoryview from this object "
      "exists. Idempotent."},
+    {"scatter", (PyCFunction)(void (*)(void))pinned_scatter,
+     METH_VARARGS | METH_KEYWORDS,
+     "scatter(segments, offset=0, head=None) -> list of int\n\nCopies "
+     "every value's bytes from offset on to its own raw memory segments "
+     "(the same number of (address, length) uint64 pairs per value, in "
+     "order: e.g. a numpy array of shape (n, s, 2)) in one call, the GIL "
+     "released. A value is copied only if it is present, exactly offset + "
+     "its segments' length long and, when head is given, starts with "
+     "head's bytes; returns the indices of the values not copied. The "
+     "addresses are trusted, as by kvds.scatter()."},
     {"__enter__", pinned_enter, METH_NOARGS, "Returns self."},
     {"__exit__", (PyCFunction)pinned_exit, METH_VARARGS,
      "Releases the pins. On a normal exit a memoryview still alive raises "

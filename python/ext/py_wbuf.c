@@ -224,6 +224,116 @@ out:
   return ret;
 }
 
+PyObject *kvdspy_wbuf_mgather(ClientObject *cl, PyObject *args, PyObject *kw) {
+  static char *kwlist[] = {"buffers", "segments", "prefix", NULL};
+  PyObject *bo, *go, *po = NULL;
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|O:mgather", kwlist, &bo, &go,
+                                   &po))
+    return NULL;
+  /* A tuple: the items stay referenced while the GIL is released. */
+  PyObject *fast = PySequence_Tuple(bo);
+  if (!fast)
+    return NULL;
+  Py_buffer g = {0}, p = {0};
+  const uint64_t *segs;
+  size_t nseg, total;
+  struct kvds_iov *iov = NULL;
+  uint64_t *sums = NULL, *gens = NULL;
+  Py_ssize_t n = PyTuple_GET_SIZE(fast), marked = 0;
+  PyObject *ret = NULL;
+  int entered = 0;
+  if (po && po != Py_None && kvdspy_buf_get(po, &p, 0, "prefix"))
+    goto out;
+  if (kvdspy_segments_get(go, &g, &segs, &nseg, &total))
+    goto out;
+  if (n == 0 ? nseg != 0 : nseg % (size_t)n) {
+    PyErr_Format(PyExc_ValueError,
+                 "%zu segments do not split evenly over %zd buffers", nseg, n);
+    goto out;
+  }
+  size_t per = n ? nseg / (size_t)n : 0;
+  size_t k = per + (p.len > 0); /* iovecs of one buffer */
+  iov = PyMem_Malloc((k ? k : 1) * sizeof *iov);
+  sums = PyMem_Malloc((n ? (size_t)n : 1) * sizeof *sums);
+  gens = PyMem_Malloc((n ? (size_t)n : 1) * sizeof *gens);
+  if (!iov || !sums || !gens) {
+    PyErr_NoMemory();
+    goto out;
+  }
+  if (kvdspy_op_enter(cl))
+    goto out;
+  entered = 1;
+  /* Check every buffer (after all conversions, which may run Python code),
+   * then count each as a writer so none can be sealed, aborted or exported
+   * while the GIL is released. */
+  for (Py_ssize_t i = 0; i < n; i++) {
+    WriteBufferObject *w = (WriteBufferObject *)PyTuple_GET_ITEM(fast, i);
+    if (!PyObject_TypeCheck((PyObject *)w, &KvdsWriteBuffer_Type)) {
+      PyErr_Format(PyExc_TypeError, "item %zd is not a WriteBuffer", i);
+      goto out;
+    }
+    if (w->head.client != cl) {
+      PyErr_Format(PyExc_ValueError, "item %zd belongs to another client", i);
+      goto out;
+    }
+    if (check_writable(w))
+      goto out;
+    size_t len = 0;
+    for (size_t j = 0; j < per; j++)
+      len += (size_t)segs[2 * (i * per + j) + 1];
+    if ((size_t)p.len + len != w->size) {
+      char msg[160];
+      snprintf(msg, sizeof msg,
+               "gather fills the whole object: %zd + %zu bytes for %zu", p.len,
+               len, w->size);
+      kvdspy_raise(KVDS_E_RANGE, msg, i);
+      goto out;
+    }
+  }
+  for (; marked < n; marked++) {
+    WriteBufferObject *w = (WriteBufferObject *)PyTuple_GET_ITEM(fast, marked);
+    int alone = w->writers == 0 && w->head.exports == 0;
+    uint64_t gen = ++w->wgen;
+    gens[marked] = alone ? gen : 0; /* 0: the sum cannot stand */
+    w->writers++;
+  }
+  PyThreadState *ts = total >= KVDSPY_NOGIL_COPY ? PyEval_SaveThread() : NULL;
+  for (Py_ssize_t i = 0; i < n; i++) {
+    WriteBufferObject *w = (WriteBufferObject *)PyTuple_GET_ITEM(fast, i);
+    size_t m = 0;
+    if (p.len) {
+      iov[m].base = p.buf;
+      iov[m++].len = (size_t)p.len;
+    }
+    for (size_t j = 0; j < per; j++, m++) {
+      iov[m].base = (void *)(uintptr_t)segs[2 * (i * per + j)];
+      iov[m].len = (size_t)segs[2 * (i * per + j) + 1];
+    }
+    sums[i] = kvds_gather(w->head.res->wbuf.data, iov, m);
+  }
+  if (ts)
+    PyEval_RestoreThread(ts);
+  ret = Py_NewRef(Py_None);
+out:
+  /* As gather(): a sum stands only if no other write or export came. */
+  for (Py_ssize_t i = 0; i < marked; i++) {
+    WriteBufferObject *w = (WriteBufferObject *)PyTuple_GET_ITEM(fast, i);
+    w->writers--;
+    w->sum = sums[i];
+    w->has_sum = gens[i] && w->wgen == gens[i] && w->writers == 0 &&
+                 w->head.exports == 0;
+  }
+  if (entered)
+    kvdspy_op_exit(cl);
+  PyMem_Free(iov);
+  PyMem_Free(sums);
+  PyMem_Free(gens);
+  PyBuffer_Release(&g);
+  PyBuffer_Release(&p);
+  Py_DECREF(fast);
+  return ret;
+}
+
 PyObject *kvdspy_wbuf_mseal(ClientObject *cl, PyObject *seq) {
   if (PyObject_TypeCheck(seq, &KvdsWriteBuffer_Type)) {
     PyErr_SetString(PyExc_TypeError, "mseal takes a sequence of WriteBuffers");

@@ -28,6 +28,9 @@ length it times, per request:
 
 each with GB/s (10^9 B/s) and as a fraction of that memcpy, and the
 connector's overhead: connector ms / raw ms (= raw GB/s / connector GB/s).
+Every timed phase but memcpy starts with the CPU caches evicted (a
+COLD_BYTES buffer written), so none finds its source in the last-level
+cache because an untimed check just read it.
 Every saved and loaded block is checked byte for byte (untimed), and the
 connector's blocks_saved / blocks_loaded counters must match the block
 count, else the bench fails instead of printing numbers. Each run uses a
@@ -36,7 +39,8 @@ save really writes.
 
 Without --addr the bench starts its own worker (`kvds worker`, the binary
 from --kvds-bin, $KVDS_BIN or PATH) with a pool sized for the largest
-request and stops it at the end.
+request, and --max-writing-per-conn the pool's size (the raw client writes a
+request in one mput), and stops it at the end.
 """
 import argparse
 import ctypes
@@ -55,6 +59,7 @@ import time
 import types
 
 HEADER_SIZE = 64
+COLD_BYTES = 128 << 20  # written before each timed phase: no phase finds its bytes in cache
 POLL_S = 0.001         # like an idle engine step; polling faster steals the load thread's CPU
 LOAD_DEADLINE_S = 120
 LAYOUTS = ("bhnc", "kv2-nhd", "b2-nhd")
@@ -266,6 +271,7 @@ class Bench:
         self.seq = 0
         self.layer_names = [f"model.layers.{i}.self_attn.attn" for i in range(args.layers)]
         self.caches = {n: self._make_cache() for n in self.layer_names}
+        self.scratch = torch.empty(COLD_BYTES, dtype=torch.uint8)
         self.conn = {}
         try:
             self.conn["async"] = self._connectors(load_async=True)
@@ -385,6 +391,12 @@ class Bench:
             t.narrow(self._block_dim(), 1, nblk).zero_()
 
     # the phases
+
+    def _cold(self):
+        """Evicts the CPU caches, so that every timed phase starts alike:
+        otherwise a phase whose source the untimed checks just read (the
+        raw put's) would start with part of it in the last-level cache."""
+        self.scratch.fill_(self.seq & 0xFF)
 
     def save(self, req, ids, ntok):
         """(step s, scheduler s, sealed s, blocks saved, reported): the step
@@ -556,6 +568,7 @@ class Bench:
             tokens = [self.rng.randrange(1, 150000) for _ in range(ntok + 1)]
             # save
             req = self._request(tokens)
+            self._cold()
             dt_step, dt_sched, dt, saved, reported = self.save(req, ids, ntok + 1)
             if saved != nblk:
                 raise BenchError(f"{ntok} tokens: the connector saved {saved} blocks, "
@@ -579,6 +592,7 @@ class Bench:
                 samples["save_sched"].append(dt_sched)
             # loads, each into zeroed blocks
             self._zero_blocks(nblk)
+            self._cold()
             dt, dt_step, loaded = self.load_async(self._request(tokens), ids, nblk)
             if loaded != nblk:
                 raise BenchError(f"{ntok} tokens: async load loaded {loaded} blocks, "
@@ -589,6 +603,7 @@ class Bench:
                 samples["load_async_step"].append(dt_step)
             if self.a.sync:
                 self._zero_blocks(nblk)
+                self._cold()
                 dt, loaded = self.load_sync(self._request(tokens), ids, nblk)
                 if loaded != nblk:
                     raise BenchError(f"{ntok} tokens: sync load loaded {loaded} blocks, "
@@ -600,8 +615,10 @@ class Bench:
             # the raw client, same bytes
             raw_keys = [f"{self.ns}/raw/{ntok}/{it}/{i}" for i in range(nblk)]
             values = [ref_np[i] for i in range(nblk)]
+            self._cold()
             dt_put = self.raw_put(raw_keys, values)
             dst.zero_()
+            self._cold()
             dt_get = self.raw_get(raw_keys, dst)
             if not torch.equal(dst, ref):
                 raise BenchError(f"{ntok} tokens: raw get returned other bytes")
@@ -793,7 +810,10 @@ def run(args, on_start=None, on_case=None):
             addr = args.addr
         else:
             memory = args.memory or 2 * max_req + (256 << 20)
-            own = OwnWorker(find_kvds_bin(args.kvds_bin), memory)
+            # the raw client writes a whole request in one mput: no cap on
+            # what one connection writes unsealed below the pool
+            own = OwnWorker(find_kvds_bin(args.kvds_bin), memory,
+                            extra=("--max-writing-per-conn", str(memory)))
             addr = own.addr
         with kvds.Client(addr, timeout_ms=10000) as c:
             st = c.stats()

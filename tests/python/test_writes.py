@@ -330,3 +330,104 @@ def test_buffer_conversion_that_aborts_is_refused(client, key):
 
     with pytest.raises(ValueError, match="aborted"):
         w.write(Sneaky(), b"x")
+
+
+def test_mcreate_partial_keeps_the_others(client, key):
+    """partial=True: a failed item's error takes its place, the others stay
+    created and usable."""
+    client.put(key("pt"), b"t")
+    out = client.mcreate([key("p0"), key("pt"), key("p2")], [10, 10, 10], partial=True)
+    assert isinstance(out[1], kvds.Exists) and out[1].index == 1
+    for b in (out[0], out[2]):
+        assert isinstance(b, kvds.WriteBuffer) and b.state == "writing"
+        b.write(0, b"0123456789")
+    client.mseal([out[0], out[2]])
+    assert client.mget([key("p0"), key("pt"), key("p2")]) == [b"0123456789", b"t",
+                                                              b"0123456789"]
+
+
+@pytest.mark.parametrize("size", [100, 300 << 10])
+def test_mgather_fills_each_buffer(client, key, worker, size):
+    """mgather() is gather() over many buffers: each gets the prefix and its
+    own segments, and its checksum (trusted by the seal: a TCP reader, which
+    verifies it, gets the bytes)."""
+    rng = np.random.default_rng(size)
+    n, half = 3, (size - 8) // 2
+    srcs = [rng.integers(0, 256, 2 * half + 100, dtype=np.uint8) for _ in range(n)]
+    rest = size - 8 - half
+    segs = np.array([[[s.ctypes.data, half], [s.ctypes.data + half + 100, rest]] for s in srcs],
+                    dtype=np.uint64)
+    keys = [key(f"mg{i}") for i in range(n)]
+    bufs = client.mcreate(keys, [size] * n)
+    client.mgather(bufs, segs, prefix=b"P" * 8)
+    want = [b"P" * 8 + s[:half].tobytes() + s[half + 100:half + 100 + rest].tobytes()
+            for s in srcs]
+    assert client.mseal(bufs) == [kvds.checksum(w) for w in want]
+    with kvds.Client(worker.tcp) as t:
+        assert t.mget(keys) == want
+
+
+def test_mgather_checks_before_copying(client, key, worker, transport):
+    a = np.arange(64, dtype=np.uint8)
+    b0, b1 = client.mcreate([key("mc0"), key("mc1")], [64, 100])
+    b0.write(0, bytes(64))
+    with pytest.raises(kvds.KvdsError, match="whole object") as ei:
+        client.mgather([b0, b1], _segments([a, a]))    # b1 gets 64 of 100 bytes
+    assert ei.value.index == 1
+    with b0.view as v:
+        assert bytes(v) == bytes(64)                 # nothing was copied
+    with pytest.raises(ValueError, match="split evenly"):
+        client.mgather([b0, b1], _segments([a, a, a]))
+    with pytest.raises(TypeError):
+        client.mgather([b0, b"not a buffer"], _segments([a, a]))
+    other = kvds.Client(worker.addr if transport == "shm" else worker.tcp)
+    with pytest.raises(ValueError, match="another client"):
+        other.mgather([b0], _segments([a]))
+    b1.abort()
+    with pytest.raises(ValueError, match="aborted"):
+        client.mgather([b0, b1], _segments([a, a]))
+    client.mgather([b0], _segments([a]))
+    assert client.mseal([b0]) == [kvds.checksum(a.tobytes())]
+
+
+def test_mgather_checksum_not_trusted_under_a_live_view(client, key, worker):
+    a = np.arange(256, dtype=np.uint8)
+    (w,) = client.mcreate([key("mv")], [256])
+    mv = w.view
+    client.mgather([w], _segments([a]))
+    mv[0] = 66
+    mv.release()
+    want = bytes([66]) + a.tobytes()[1:]
+    assert client.mseal([w]) == [kvds.checksum(want)]
+    with kvds.Client(worker.tcp) as t:
+        assert t.get(key("mv")) == want
+
+
+def test_pinned_scatter(client, key):
+    """Pinned.scatter() copies each value past offset into its own segments,
+    skipping (and naming) the missing ones and those of another size or
+    head; the pins cannot be released meanwhile."""
+    vals = [bytes([i]) * 4 + bytes(range(i, i + 96)) for i in range(3)]
+    client.mput([key("ps0"), key("ps1"), key("ps2")], vals)
+    client.put(key("psx"), bytes([9]) * 4 + bytes(95))            # one byte short
+    names = [key("ps0"), key("nope"), key("ps2"), key("psx"), key("ps1")]
+    dst = [np.zeros(106, dtype=np.uint8) for _ in names]
+    segs = np.array([[[d.ctypes.data, 40], [d.ctypes.data + 50, 56]] for d in dst],
+                    dtype=np.uint64)
+    with client.mget_views(names) as p:
+        assert p.scatter(segs, 4) == [1, 3]
+        assert p.scatter(segs, 4, head=bytes([2]) * 4) == [0, 1, 3, 4]
+    for i, d in zip((0, 2, 1), (dst[0], dst[2], dst[4])):
+        assert d[:40].tobytes() == vals[i][4:44] and d[50:].tobytes() == vals[i][44:]
+    assert not dst[1].any() and not dst[3].any()
+    with client.mget_views([key("ps0"), key("ps1")]) as p:
+        with pytest.raises(ValueError, match="split evenly"):
+            p.scatter(segs.reshape(-1, 2)[:3])
+    p = client.pin([key("ps0")])
+    with pytest.raises(TypeError):
+        p.scatter(segs[:1], 4)
+    p.release()
+    p = client.mget_views([key("ps0")])
+    p.release()
+    with pytest.raises(ValueError, match="released"):
+        p.scatter(segs[:1], 4)

@@ -116,7 +116,8 @@ class KvdsConnector(KVConnectorBase_V1):
         return
 
     def save_kv_layer(self, layer_name, kv_layer, attn_metadata, **kwargs):
-        if self.has_connector_metadata():
+        # called per layer per step: nothing to do unless saves are layer-wise
+        if self.cfg.use_layerwise and self.has_connector_metadata():
             self._work.save_kv_layer(self._get_connector_metadata(), layer_name)
 
     def wait_for_save(self):

@@ -35,6 +35,8 @@ from .stats import Recorder
 log = logging.getLogger("vllm.kvds")
 
 LAYER_WAIT_S = 120.0       # a layer-wise save gives up if its step never ends
+SAVE_ROUND_BYTES = 256 << 20   # blocks of one save created (unsealed) at once
+COPY_CHUNK_BYTES = 8 << 20     # copied per C call: what a fence may wait for
 CUDA_HOST_REGISTER_PORTABLE = 1
 
 
@@ -116,7 +118,8 @@ class Saver(threading.Thread):
 
     def fence(self, rids):
         """No queued save reads the blocks of these requests once this
-        returns (at most one block copy is waited for)."""
+        returns (at most one block copy, or one COPY_CHUNK_BYTES chunk of
+        blocks, is waited for)."""
         with self._cv:
             jobs = [j for j in self._jobs if j.rids & rids]
             cur = getattr(self, "_current", None)
@@ -202,43 +205,17 @@ class Saver(threading.Thread):
             return
         bufs = []
         try:
-            todo = self._create(c, job)
-            bufs = [w for w, _, _ in todo]
             if side._cuda:
                 import torch
                 if self._stream is None:
                     # on the cache's device: threads start on device 0
                     self._stream = torch.cuda.Stream(device=side._device)
-            if not todo:
-                return
+            uniq = self._unique(job)
             if not job.layerwise and side._seg is not None:
-                segs = side._segments([b for _, b, _ in todo])
-                for i, (w, _, rid) in enumerate(todo):
-                    with job.lock:
-                        if rid not in job.cancelled:
-                            # one pass: copy and checksum (the seal does not rehash)
-                            w.gather(segs[i], prefix=side._hdr)
+                self._save_gather(c, job, uniq, bufs)
             else:
-                for w, _, _ in todo:
-                    w.write(0, side._hdr)
-                done = set()
-                while (name := self._next_layer(job, done)) is not None:
-                    self._copy_layer(job, todo, name)
-                    done.add(name)
-                if side._cuda:
-                    self._stream.synchronize()
-            keep = [w for w, _, rid in todo if rid not in job.cancelled]
-            for w, _, rid in todo:
-                if rid in job.cancelled:
-                    w.abort()
-            if keep:
-                c.mseal(keep)
-            n = len(keep)
-            side.rec.add(blocks_saved=n, bytes_saved=n * side.block_nbytes,
-                         save_skipped=len(todo) - n)
+                self._save_layers(c, job, uniq, bufs)
             side.rec.time("save_s", time.monotonic() - job.t0)
-            side.stats["blocks_saved"] += n
-            log.debug("kvds: saved %d blocks of %s", n, ", ".join(sorted(job.rids)))
         except kvds.KvdsError as e:
             log.warning("kvds: save of %d blocks failed: %s", len(job.items), e)
             side.rec.add(save_failures=len(job.items))
@@ -251,31 +228,109 @@ class Saver(threading.Thread):
                 except kvds.KvdsError:
                     pass
 
-    def _create(self, c, job):
-        """[(WriteBuffer, block id, req id)] of the blocks not stored yet."""
+    def _save_layers(self, c, job, items, bufs):
+        """Layer by layer, as each layer's KV is final (layer-wise saves),
+        with torch copies where the cache is not plain host memory."""
         side = self.side
-        items = [(rid, key, b) for rid, key, b in job.items]
-        present = c.exists([key for _, key, _ in items])
-        todo = [(rid, key, b) for (rid, key, b), there in zip(items, present) if not there]
+        todo = self._create(c, items)
+        bufs.extend(w for w, _, _ in todo)
+        if not todo:
+            return
+        for w, _, _ in todo:
+            w.write(0, side._hdr)
+        done = set()
+        while (name := self._next_layer(job, done)) is not None:
+            self._copy_layer(job, todo, name)
+            done.add(name)
+        if side._cuda:
+            self._stream.synchronize()
+        self._seal(c, job, todo)
+
+    def _unique(self, job):
+        """The job's (req id, key, block id) with each key once."""
         seen, uniq = set(), []
-        for rid, key, b in todo:
+        for rid, key, b in job.items:
             if key not in seen:
                 seen.add(key)
                 uniq.append((rid, key, b))
-        side.rec.add(save_skipped=len(items) - len(uniq))
-        try:        # one round trip for all (all or nothing) ...
-            made = c.mcreate([k for _, k, _ in uniq], [side.block_nbytes] * len(uniq))
-            return [(w, b, rid) for w, (rid, _, b) in zip(made, uniq)]
-        except (kvds.Exists, kvds.NoSpace, kvds.TooBig):
-            pass
-        out = []    # ... else one by one, skipping what cannot be stored
-        for rid, key, b in uniq:
-            try:
-                out.append((c.create(key, side.block_nbytes), b, rid))
-            except (kvds.Exists, kvds.NoSpace, kvds.TooBig) as e:
-                log.debug("kvds: not saving %s: %s", key, e)
+        self.side.rec.add(save_skipped=len(job.items) - len(uniq))
+        return uniq
+
+    def _create(self, c, items):
+        """[(WriteBuffer, block id, req id)] of the items that could be
+        created: one round trip; a key already stored (or being written) is
+        skipped, and so is one the pool has no room for."""
+        side = self.side
+        made = c.mcreate([k for _, k, _ in items], [side.block_nbytes] * len(items),
+                         partial=True)
+        out = []
+        for (rid, key, b), w in zip(items, made):
+            if isinstance(w, kvds.KvdsError):
+                log.debug("kvds: not saving %s: %s", key, w)
                 side.rec.add(save_skipped=1)
+            else:
+                out.append((w, b, rid))
         return out
+
+    def _save_gather(self, c, job, items, bufs):
+        """Host blocks of fixed segments: rounds of at most SAVE_ROUND_BYTES
+        created at once (a worker caps what one connection writes unsealed,
+        --max-writing-per-conn), each filled by GIL-free C calls that also
+        checksum (COPY_CHUNK_BYTES each, the job's lock held: a fence waits
+        for one chunk at most) and sealed in one round trip."""
+        side = self.side
+        per_round = max(1, SAVE_ROUND_BYTES // side.block_nbytes)
+        per_copy = max(1, COPY_CHUNK_BYTES // side.block_nbytes)
+        all_segs = side._segments([b for _, _, b in items])
+        queue = collections.deque((rid, key, b, i) for i, (rid, key, b) in enumerate(items))
+        while queue:
+            chunk = [queue.popleft() for _ in range(min(per_round, len(queue)))]
+            made = c.mcreate([it[1] for it in chunk], [side.block_nbytes] * len(chunk),
+                             partial=True)
+            todo, at, nospace = [], [], []
+            for item, w in zip(chunk, made):
+                if isinstance(w, kvds.NoSpace):
+                    nospace.append(item)
+                elif isinstance(w, kvds.KvdsError):     # stored already, or too big
+                    log.debug("kvds: not saving %s: %s", item[1], w)
+                    side.rec.add(save_skipped=1)
+                else:
+                    todo.append((w, item[2], item[0]))
+                    at.append(item[3])
+                    bufs.append(w)
+            if todo and nospace:
+                # over the connection's cap, not out of space: next round
+                queue.extendleft(reversed(nospace))
+            elif nospace:
+                log.debug("kvds: not saving %d blocks: no space in the pool", len(nospace))
+                side.rec.add(save_skipped=len(nospace))
+            if not todo:
+                continue
+            for i in range(0, len(todo), per_copy):
+                with job.lock:
+                    part = [j for j in range(i, min(i + per_copy, len(todo)))
+                            if todo[j][2] not in job.cancelled]
+                    if part:
+                        c.mgather([todo[j][0] for j in part], all_segs[[at[j] for j in part]],
+                                  prefix=side._hdr)
+            self._seal(c, job, todo)
+            bufs.clear()
+
+    def _seal(self, c, job, todo):
+        """Seals the blocks of requests not cancelled meanwhile, aborts the
+        others."""
+        side = self.side
+        keep = [w for w, _, rid in todo if rid not in job.cancelled]
+        for w, _, rid in todo:
+            if rid in job.cancelled:
+                w.abort()
+        if keep:
+            c.mseal(keep)
+        n = len(keep)
+        side.rec.add(blocks_saved=n, bytes_saved=n * side.block_nbytes,
+                     save_skipped=len(todo) - n)
+        side.stats["blocks_saved"] += n
+        log.debug("kvds: saved %d blocks of %s", n, ", ".join(sorted(job.rids)))
 
     def _copy_layer(self, job, todo, name):
         side = self.side
@@ -476,8 +531,8 @@ class WorkerSide:
         CPU tensors: every layout but a strided one), a block's bytes are a
         fixed list of (address, length) segments — one per layer, two for
         kv2-nhd — at a fixed stride per block id. Saves and loads then move
-        a block in one GIL-free C call (WriteBuffer.gather, which also
-        checksums on the way, and kvds.scatter) instead of torch copies."""
+        many blocks per GIL-free C call (Client.mgather, which also
+        checksums on the way, and Pinned.scatter) instead of torch copies."""
         import numpy as np
         self._seg = None
         self._layer_seg = {}
@@ -568,8 +623,14 @@ class WorkerSide:
             return self._loaded(spec, set(spec.block_ids), t0, str(e))
         try:
             hdr = self._hdr
-            segs = self._segments(spec.block_ids) if self._seg is not None else None
-            for i, block_id in enumerate(spec.block_ids):
+            if self._seg is not None:
+                # every block in one GIL-free call; those that are missing
+                # or not ours (size, header) are left for the checks below
+                todo = pinned.scatter(self._segments(spec.block_ids), HEADER_SIZE, hdr)
+            else:
+                todo = range(len(spec.block_ids))
+            for i in todo:
+                block_id = spec.block_ids[i]
                 v = pinned[i]
                 if v is None:
                     failed.add(block_id)
@@ -585,8 +646,8 @@ class WorkerSide:
                                         "under this instance's key; not using them", keys[i])
                     del v
                     continue
-                if segs is not None:
-                    kvds.scatter(v, segs[i], HEADER_SIZE)
+                if self._seg is not None:    # scatter() refused it: not loaded
+                    failed.add(block_id)
                     del v
                     continue
                 with warnings.catch_warnings():

@@ -1276,3 +1276,22 @@ def test_lookup_pins_go_once_the_load_ran(worker, engines, ns):
         b.step()                              # decoding
     assert "b" in b.running and pinned(worker.addr) == 0
     b.run()
+
+
+@pytest.mark.parametrize("layout", ["bhnc", "kv2-nhd"])
+def test_save_over_the_connection_cap(make_worker, engines, ns, layout):
+    """A step saving more than the worker lets one connection write
+    unsealed (--max-writing-per-conn) is saved in rounds: every block is
+    stored, none skipped, and all load back."""
+    size = engines(layout, namespace=ns + "-probe").work.block_nbytes
+    w = make_worker("32MiB", ["--max-writing-per-conn", str(3 * size)])
+    toks = prompt(10 * BS + 1, seed=12)
+    a = engines(layout, addr=w.addr, namespace=ns)
+    a.add(make_request("a", toks))
+    a.run()
+    assert a.work.stats["blocks_saved"] == 10
+    assert len(objects(w.addr, ns)) == 10
+    b = engines(layout, addr=w.addr, namespace=ns)
+    b.add(make_request("b", toks))
+    b.run()
+    assert b.work.stats["blocks_loaded"] == 10 and b.expected_ok(b.done["b"])
