@@ -623,8 +623,9 @@ class Bench:
         colo = [s for s in ("1", "2", "3") if s in a.steps]
         pd = [s for s in ("1p1d", "2p2d") if s in a.steps]
         i1 = i2 = p1 = d1 = None
-        # quick runs start everything at once (less wall time on few cores);
-        # full runs start the PD servers after instances 1 and 2 are gone
+        # quick runs start everything at once (less wall time on few cores):
+        # the PD servers and the disk step's ID (on node 1, I1 being on 0)
+        # too; full runs start each after instances 1 and 2 are gone
         if colo:
             i1 = self.kvds_server("I1", "kv_both", self.workers[0])
             if "3" in colo:
@@ -632,6 +633,7 @@ class Bench:
         if pd and (a.quick or not colo):
             p1 = self.kvds_server("P1", "kv_producer", self.workers[0])
             d1 = self.kvds_server("D1", "kv_consumer", self.workers[1])
+        sd = self.disk_server(node=1) if "disk" in a.steps and a.quick else None
         # vLLM's benchmark takes ~20 s to import here: meanwhile the servers start
         threading.Thread(target=_preload_vllm_bench, daemon=True).start()
         self.progress("start", res)
@@ -643,7 +645,7 @@ class Bench:
             self.colocated(res, colo, i1, i2, "kvds")
             self.stop(*[s for s in (i1, i2) if s])
         if "disk" in a.steps:
-            self.disk(res)
+            self.disk(res, sd)
         if pd:
             if p1 is None:
                 p1 = self.kvds_server("P1", "kv_producer", self.workers[0])
@@ -681,11 +683,9 @@ class Bench:
         if "3" in colo:
             add(self.timed("3", i2.url, a.seed, f"{tag}3", [i2], [i2], connector))
 
-    def disk(self, res):
-        """The disk step: set A on instance ID through WD, whose DRAM then
-        loses A's blocks to its disk; set A again is served from the
-        files."""
-        import kvds
+    def disk_server(self, node=0):
+        """The disk step's worker WD (the disk tier in a directory of its
+        own) and instance ID on it, started (not waited for)."""
         a = self.a
         pool = a.disk_memory or self.g.set_bytes * 3 // 2 + (16 << 20)
         pool = -(-pool // (1 << 20)) << 20
@@ -696,8 +696,20 @@ class Bench:
         wd = OwnWorker(self.kvds_bin, pool, ["--tier", "posix", "--disk-dir", ddir,
                                              "--disk-policy", "spill"])
         self.workers.append(wd)
+        sd = self.kvds_server("ID", "kv_both", wd, node=node)
+        sd.disk = (wd, pool, ddir)
+        return sd
+
+    def disk(self, res, sd=None):
+        """The disk step: set A on instance ID through WD, whose DRAM then
+        loses A's blocks to its disk; set A again is served from the
+        files. sd: ID if already started (a quick run starts it with I1,
+        on the other node)."""
+        import kvds
+        a = self.a
+        sd = sd or self.disk_server()
+        wd, pool, ddir = sd.disk
         res["workers"].append(wd.addr)
-        sd = self.kvds_server("ID", "kv_both", wd, node=0)
         self.wait_ready([sd])
         self.warm(sd.url, "wd")
         self.serve(sd.url, a.seed, "d1")            # set A: recompute, stored in WD

@@ -110,8 +110,11 @@ class Server:
                    TRANSFORMERS_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="1",
                    VLLM_CPU_OMP_THREADS_BIND="nobind", VLLM_LOGGING_LEVEL="INFO",
                    VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1",
-                   VLLM_CONFIG_ROOT=os.path.join(tmp, "vllm-cfg"),
-                   VLLM_CACHE_ROOT=os.path.join(tmp, "vllm-cache"))
+                   VLLM_CONFIG_ROOT=os.path.join(tmp, "vllm-cfg"))
+        # vLLM's cache: the caller's $VLLM_CACHE_ROOT if set (the tests
+        # share one, so that only the first server inspects the model
+        # class, in a process of its own), else one in tmp
+        env.setdefault("VLLM_CACHE_ROOT", os.path.join(tmp, "vllm-cache"))
         env.pop("DS_WORKER_ADDR", None)
         env.update(extra_env or {})
         args = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,

@@ -6,9 +6,11 @@ client can ping it, and must exit 0 (and remove its socket) when stopped.
 """
 import itertools
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 
 import pytest
@@ -19,6 +21,23 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 KVDS_BIN = os.environ.get("KVDS_BIN") or os.path.join(ROOT, "build", "release", "kvds")
 START_TIMEOUT_S = 20
 STOP_TIMEOUT_S = 20
+_VLLM_CACHE_ROOT = None
+
+
+def pytest_configure(config):
+    """One vLLM cache directory for the session ($VLLM_CACHE_ROOT, inherited
+    by every vLLM server, offline run and bench the tests start): vLLM
+    inspects a model class in a process of its own (a whole vLLM import)
+    unless this cache has its result, so only the first server of the
+    session pays for it."""
+    global _VLLM_CACHE_ROOT
+    _VLLM_CACHE_ROOT = tempfile.mkdtemp(prefix="kvds-tests-vllm-cache.")
+    os.environ["VLLM_CACHE_ROOT"] = _VLLM_CACHE_ROOT
+
+
+def pytest_unconfigure(config):
+    if _VLLM_CACHE_ROOT is not None:
+        shutil.rmtree(_VLLM_CACHE_ROOT, ignore_errors=True)
 
 
 def free_port():

@@ -30,6 +30,16 @@ def kv_config(role, addr, namespace):
             "kv_connector_extra_config": {"worker_addr": addr, "namespace": namespace}}
 
 
+# The tests' servers run the model in the engine-core process (vLLM's uni
+# executor, as on a GPU with world size 1) instead of in a worker process
+# of its own (vLLM's CPU default): one process, a whole vLLM import, less
+# to start per server (with the session's VLLM_CACHE_ROOT, conftest.py: a
+# server ready in ~1/3 of the time here). The connector's scheduler and
+# worker sides then share the engine-core process; the benches the tests
+# run (test_bench_*.py) keep vLLM's default, a worker process apart.
+UNI_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+
+
 class Server(bench_ttft.Server):
     """A vLLM OpenAI-API server (kvds.bench_ttft.Server: CPU, float32, its
     own process group, always killed by stop()) with max_model_len 1024 and
@@ -37,7 +47,7 @@ class Server(bench_ttft.Server):
     (several may start at once)."""
 
     def __init__(self, name, model, tmp, kv=None, hashseed=0, started=None):
-        super().__init__(name, model, tmp, 1024, kv, hashseed)
+        super().__init__(name, model, tmp, 1024, kv, hashseed, extra_env=UNI_ENV)
         if started is not None:      # the caller's list of servers to stop
             started.append(self)
 

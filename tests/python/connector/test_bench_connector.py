@@ -13,6 +13,7 @@ import sys
 import pytest
 
 import kvds
+from serve_util import UNI_ENV
 
 pytest.importorskip("vllm")
 
@@ -117,10 +118,12 @@ def test_ttft_mode(worker):
     """`kvds bench connector --ttft` with one request per case on a 2-layer
     model: three real vLLM servers start and stop, every case has its one
     sample, the kvds hit really loaded (its transfer is in the figures) and
-    was checked against its bound. No time is asserted."""
+    was checked against its bound. No time is asserted. The servers run
+    the model in their engine-core process (serve_util.UNI_ENV: one
+    process less to start each); test_bench_ttft.py keeps vLLM's default."""
     res = run([sys.executable, "-m", "kvds.bench_connector", "--ttft", "--json",
                "--requests", "1", "--ttft-tokens", "300", "--model-layers", "2",
-               "--model-hidden", "128", "--addr", worker.addr])
+               "--model-hidden", "128", "--addr", worker.addr], **UNI_ENV)
     assert res["worker"]["addr"] == worker.addr and res["model"]["layers"] == 2
     [c] = res["cases"]
     assert c["tokens"] == 300

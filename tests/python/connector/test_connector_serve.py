@@ -3,14 +3,26 @@ tiny local Llama of kvds.testmodel with seeded random weights; nothing is
 downloaded). Not vLLM's dummy weights: with those every prompt gives the
 same uniform logprobs and tokens, which would prove nothing about the KV.
 
-kv_both across instances: server A (PYTHONHASHSEED=0, fresh namespace)
-misses, computes and stores the prompt's full blocks; server B, another
-process with the same seed that never saw the prompt, loads them (log,
-metrics, worker hits), stores nothing new, and answers exactly like A — its
-greedy tokens and their logprobs. A control prompt whose first block
-differs gets other logprobs, so the comparisons do see the KV of the loaded
-blocks. (Prefill/decode with real servers, across two workers and through
-worker outages: test_connector_fleet.py.)
+Three kv_both servers (PYTHONHASHSEED=0, one fresh namespace), started
+together for the module: A and B on worker WA, C on worker WB. WA and WB
+share nothing but the disk tier's directory (UCM's Cache|Posix deployment,
+docs/tiers.md) — no peers, no etcd, no network path between them: WA
+writes through (a save is answered once its file is there), WB is
+read-only on the directory.
+
+kv_both across instances: server A misses, computes and stores the
+prompt's full blocks; server B, another process with the same seed that
+never saw the prompt, loads them from their worker WA (log, metrics,
+worker hits), stores nothing new, and answers exactly like A — its greedy
+tokens and their logprobs. A control prompt whose first block differs gets
+other logprobs, so the comparisons do see the KV of the loaded blocks.
+
+Over the shared directory: A misses, computes and stores another prompt's
+full blocks, each a file in the directory; server C, whose worker WB never
+saw the prompt, finds the blocks among the files, loads them (read from
+the files into WB's pool) and answers exactly as A did. (Prefill/decode
+with real servers, across two workers and through worker outages:
+test_connector_fleet.py.)
 """
 import itertools
 import os
@@ -36,6 +48,9 @@ GEN = 8
 PROMPT = [(i * 37) % 500 + 4 for i in range(N_FULL * BLOCK + TAIL)]
 # the same prompt with another first block: every block hash differs
 CONTROL = [(i * 11) % 500 + 4 for i in range(BLOCK)] + PROMPT[BLOCK:]
+# the shared directory's prompt and control (no block in common with the above)
+SHARED_PROMPT = [(i * 29) % 500 + 4 for i in range(N_FULL * BLOCK + TAIL)]
+SHARED_CONTROL = [(i * 13) % 500 + 4 for i in range(BLOCK)] + SHARED_PROMPT[BLOCK:]
 _ns = itertools.count()
 
 
@@ -93,27 +108,45 @@ def model(tmp_path_factory):
     return out
 
 
+def kv_files(d):
+    return [os.path.join(r, f) for r, _, fs in os.walk(d) for f in fs if f.endswith(".kv")]
+
+
+def stats(w):
+    with kvds.Client(w.addr) as c:
+        return c.stats()
+
+
 @pytest.fixture(scope="module")
 def kv_both(make_worker, model, tmp_path_factory):
-    """Two kv_both servers A and B (PYTHONHASHSEED=0, one fresh namespace)
-    started together; A has served PROMPT (a miss, so the colocated
-    reference) and CONTROL. Both are stopped at the end of the module."""
+    """Servers A, B (worker WA: write-through) and C (worker WB: read-only
+    on WA's directory) started together; A has served PROMPT (a miss, so
+    the colocated reference) and CONTROL. All are stopped at the end of
+    the module."""
     tmp = tmp_path_factory.mktemp("kv_both")
-    w = make_worker("256MiB")
+    disk = str(tmp / "shared")
+    wa = make_worker("256MiB", ["--disk-dir", disk, "--disk-policy", "write-through"])
+    wb = make_worker("256MiB", ["--disk-dir", disk, "--disk-policy", "read-only"])
     ns = namespace("both")
-    kv = kv_config("kv_both", w.addr, ns)
     servers = []
     try:
-        a = Server("both-A", model, tmp, kv, hashseed=0, started=servers)
-        b = Server("both-B", model, tmp, kv, hashseed=0, started=servers)
+        a = Server("both-A", model, tmp, kv_config("kv_both", wa.addr, ns), hashseed=0,
+                   started=servers)
+        b = Server("both-B", model, tmp, kv_config("kv_both", wa.addr, ns), hashseed=0,
+                   started=servers)
+        c = Server("shared-C", model, tmp, kv_config("kv_both", wb.addr, ns), hashseed=0,
+                   started=servers)
         start_all(servers)
         check_block_size(a)
         resp = complete(a, PROMPT, GEN)
-        stored = wait_objects(w.addr, ns, N_FULL)
+        stored = wait_objects(wa.addr, ns, N_FULL)
         control = complete(a, CONTROL, GEN)
-        wait_objects(w.addr, ns, 2 * N_FULL)
-        yield {"worker": w, "ns": ns, "a": a, "b": b, "ref": answer(resp), "stored": stored,
-               "control": answer(control)}
+        wait_objects(wa.addr, ns, 2 * N_FULL)
+        # A's counters and WA's objects now, before another test adds to them
+        a_metrics = wait_metrics(a, expect_served(2, 2 * len(PROMPT), 0))
+        yield {"worker": wa, "wb": wb, "disk": disk, "ns": ns, "a": a, "b": b, "c": c,
+               "ref": answer(resp), "stored": stored, "control": answer(control),
+               "a_metrics": a_metrics, "after_control": objects(wa.addr, ns)}
     finally:
         for s in servers:
             s.stop()
@@ -127,8 +160,8 @@ def test_serve_kv_both_two_instances(kv_both):
     assert len(stored) == N_FULL, f"A should store {N_FULL} blocks: {stored}\n{a.tail()}"
     assert loads(a) == [], f"A had nothing to load\n{a.tail()}"
     missed = expect_served(2, 2 * len(PROMPT), 0)
-    assert wait_metrics(a, missed) == missed, f"A's /metrics\n{a.tail()}"
-    after_control = objects(w.addr, ns)
+    assert kv_both["a_metrics"] == missed, f"A's /metrics\n{a.tail()}"
+    after_control = kv_both["after_control"]
     assert len(after_control) == 2 * N_FULL and stored.items() < after_control.items(), \
         after_control
     # the control: another first block changes every logprob comparison below
@@ -147,5 +180,41 @@ def test_serve_kv_both_two_instances(kv_both):
     assert wait_metrics(b, hit) == hit, f"B's /metrics\n{b.tail()}"
     assert worker_hits(w.addr) >= hits0 + N_FULL
     assert objects(w.addr, ns) == after_control, "B stored nothing new"
+    assert got["token_ids"] == ref["token_ids"] and got["text"] == ref["text"], (got, ref)
+    assert max_logprob_diff(got, ref) < LOGPROB_TOL, (got["logprobs"], ref["logprobs"])
+
+
+def test_shared_directory_prefill_to_decode(kv_both):
+    wa, wb, disk, ns = kv_both["worker"], kv_both["wb"], kv_both["disk"], kv_both["ns"]
+    a, c = kv_both["a"], kv_both["c"]
+    before = objects(wa.addr, ns)
+    files0, writes0 = set(kv_files(disk)), stats(wa)["disk_writes"]
+    ref = answer(complete(a, SHARED_PROMPT, GEN))
+    control = answer(complete(a, SHARED_CONTROL, GEN))
+    assert loads(a) == [], f"A had nothing to load\n{a.tail()}"
+    # A's saves are sealed after the response: wait for them on WA
+    now = wait_objects(wa.addr, ns, len(before) + 2 * N_FULL, timeout=20)
+    stored = {k: n for k, n in now.items() if k not in before}
+    assert len(stored) == 2 * N_FULL and len(now) == len(before) + 2 * N_FULL, (stored, before)
+    # write-through: every saved block is a file in the shared directory
+    sa, files = stats(wa), kv_files(disk)
+    assert sa["disk_writes"] - writes0 == 2 * N_FULL, sa
+    assert len(set(files) - files0) == 2 * N_FULL and len(files) == len(now), (files, now)
+    assert max_logprob_diff(control, ref) > LOGPROB_TOL, \
+        "logprobs do not depend on the first block: the comparison would prove nothing"
+
+    assert stats(wb)["disk_reads"] == 0
+    cr = complete(c, SHARED_PROMPT, GEN)
+    got = answer(cr)
+    ld = loads(c)
+    assert len(ld) == 1 and (ld[0]["loaded"], ld[0]["of"], ld[0]["addr"]) == \
+        (N_FULL, N_FULL, wb.addr), f"C should load {N_FULL} blocks: {ld}\n{c.tail()}"
+    block_bytes = set(stored.values())  # every block the same size
+    assert len(block_bytes) == 1 and ld[0]["bytes"] == N_FULL * block_bytes.pop(), \
+        (ld, stored)
+    sb = stats(wb)
+    # C's worker read them from the files (it has no other way to them)
+    assert sb["disk_reads"] == N_FULL and sb["disk_corrupt"] == 0, sb
+    assert sb["disk_writes"] == 0, "a read-only worker writes nothing"
     assert got["token_ids"] == ref["token_ids"] and got["text"] == ref["text"], (got, ref)
     assert max_logprob_diff(got, ref) < LOGPROB_TOL, (got["logprobs"], ref["logprobs"])

@@ -1,17 +1,18 @@
 """KvdsConnector inside real vLLM 0.32.0 (CPU, offline LLM, tiny local model).
 
-Three separate vLLM instances, one after the other, on one kvds worker:
-a prefill instance (kv_producer) stores the prompt's full blocks and returns
-kv_transfer_params naming its kvds worker (member id) and its configuration
-fingerprint; a decode instance (kv_consumer)
-with the same PYTHONHASHSEED, given those params with its request, loads the
-blocks from kvds and must generate exactly the producer's tokens; a kv_both instance with another
+Three separate vLLM instances on one kvds worker: a prefill instance
+(kv_producer) stores the prompt's full blocks and returns kv_transfer_params
+naming its kvds worker (member id) and its configuration fingerprint; then,
+at once, a decode instance (kv_consumer) with the same PYTHONHASHSEED, given
+those params with its request, loads the blocks from kvds and must generate
+exactly the producer's tokens, and a kv_both instance with another
 PYTHONHASHSEED (so other block hashes) must miss and compute for itself.
 """
 import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import kvds
 
@@ -20,22 +21,49 @@ SCRIPT = os.path.join(HERE, "vllm_offline.py")
 BLOCK = 128      # vLLM's CPU backend block size
 
 
-def vllm_run(model, prompt_file, addr, role, seed, tmp, params=None):
-    kvt = {"kv_connector": "KvdsConnector", "kv_connector_module_path": "kvds.vllm",
-           "kv_role": role,
-           "kv_connector_extra_config": {"worker_addr": addr, "namespace": "e2e"}}
-    env = dict(os.environ, PYTHONHASHSEED=str(seed), HF_HUB_OFFLINE="1",
-               TRANSFORMERS_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="1",
-               VLLM_CPU_OMP_THREADS_BIND="nobind", VLLM_ENABLE_V1_MULTIPROCESSING="0",
-               VLLM_CONFIG_ROOT=str(tmp / "cfg"), VLLM_CACHE_ROOT=str(tmp / "cache"))
-    env.pop("DS_WORKER_ADDR", None)
-    args = [json.dumps(params)] if params else []
-    p = subprocess.run([sys.executable, SCRIPT, "run", model, json.dumps(kvt), prompt_file, *args],
-                       capture_output=True, text=True, env=env, timeout=300, cwd=tmp)
-    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert p.returncode == 0 and lines, f"vLLM run failed ({p.returncode}):\n" \
-        f"{p.stdout[-3000:]}\n{p.stderr[-6000:]}"
-    return json.loads(lines[-1][len("RESULT "):])
+class VllmRun:
+    """One offline vLLM run (vllm_offline.py run) in a process of its own,
+    started at construction; result() waits for it (several may run at
+    once: their output goes to files, not pipes)."""
+
+    def __init__(self, model, prompt_file, addr, role, seed, tmp, params=None):
+        kvt = {"kv_connector": "KvdsConnector", "kv_connector_module_path": "kvds.vllm",
+               "kv_role": role,
+               "kv_connector_extra_config": {"worker_addr": addr, "namespace": "e2e"}}
+        env = dict(os.environ, PYTHONHASHSEED=str(seed), HF_HUB_OFFLINE="1",
+                   TRANSFORMERS_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="1",
+                   VLLM_CPU_OMP_THREADS_BIND="nobind", VLLM_ENABLE_V1_MULTIPROCESSING="0",
+                   VLLM_CONFIG_ROOT=str(tmp / "cfg"))     # VLLM_CACHE_ROOT: the session's
+        env.pop("DS_WORKER_ADDR", None)
+        args = [json.dumps(params)] if params else []
+        self.out = tempfile.TemporaryFile(dir=tmp)
+        self.err = tempfile.TemporaryFile(dir=tmp)
+        self.proc = subprocess.Popen(
+            [sys.executable, SCRIPT, "run", model, json.dumps(kvt), prompt_file, *args],
+            stdout=self.out, stderr=self.err, env=env, cwd=tmp)
+
+    def result(self):
+        try:
+            self.proc.wait(300)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        out, err = (_drain(f) for f in (self.out, self.err))
+        lines = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
+        rc = self.proc.returncode
+        assert rc == 0 and lines, f"vLLM run failed ({rc}):\n{out[-3000:]}\n{err[-6000:]}"
+        return json.loads(lines[-1][len("RESULT "):])
+
+
+def _drain(f):
+    """The whole text of a temporary file; closes it."""
+    with f:
+        f.seek(0)
+        return f.read().decode(errors="replace")
+
+
+def vllm_run(*args, **kw):
+    return VllmRun(*args, **kw).result()
 
 
 def test_real_vllm_producer_consumer(make_worker, tmp_path):
@@ -58,14 +86,17 @@ def test_real_vllm_producer_consumer(make_worker, tmp_path):
     params = prod["kv_transfer_params"]
     assert params["kvds_worker"] == me and params["kvds_blocks"] == 2, params
     assert len(params["kvds_fp"]) == 16
-    cons = vllm_run(model, prompt_file, w.addr, "kv_consumer", 0, tmp_path, params)
+    # the consumer and the other-seed instance at once: the other's keys
+    # are not the producer's, so neither sees the other's blocks
+    cons_run = VllmRun(model, prompt_file, w.addr, "kv_consumer", 0, tmp_path, params)
+    other_run = VllmRun(model, prompt_file, w.addr, "kv_both", 1, tmp_path)
+    cons, other = cons_run.result(), other_run.result()
     assert cons["connector"] == {"blocks_loaded": 2, "blocks_saved": 0, "load_errors": 0}
     assert cons["tokens"] == prod["tokens"]
     assert cons["kv_transfer_params"] is None       # a consumer hands nothing on
     with kvds.Client(w.addr) as c:
         assert c.stats()["hits"] >= hits_before + 2
 
-    other = vllm_run(model, prompt_file, w.addr, "kv_both", 1, tmp_path)
     assert other["connector"] == {"blocks_loaded": 0, "blocks_saved": 2, "load_errors": 0}
     assert other["tokens"] == prod["tokens"]
     w.stop()
