@@ -33,6 +33,10 @@
 #include "common/util.h"
 
 #define R_STREAMS_MAX 64
+#define R_CLIENTS_MAX 16
+/* The worker pulls a value larger than this in ranges over several
+ * connections when pull threads are idle (src/worker/cluster/split.c). */
+#define R_SPLIT_WHOLE_MAX (2ull << 20)
 #define R_LAT_KEYS 64     /* keys cycled by the lookup latency probes */
 #define R_CHAIN 32        /* keys of the lookup_prefix chain */
 #define R_PUT_CHUNK 256   /* values per untimed kvds_mput on A */
@@ -45,7 +49,7 @@ struct remote_opts {
   uint64_t batches[BENCH_LIST_MAX];
   int nbatches;
   uint64_t memory, max_bytes, dir_size;
-  uint64_t pull_threads, threads;
+  uint64_t pull_threads, threads, clients;
   double seconds;
   int json;
 };
@@ -108,6 +112,7 @@ struct remote {
   struct bench_worker w[2];
   const char *addr_a, *addr_b;
   kvds_client *ca, *cb;
+  kvds_client *cbx[R_CLIENTS_MAX]; /* B's clients: cbx[0] is cb */
   char prefix[64];
   uint8_t *src, *dst;
   size_t region;
@@ -125,6 +130,7 @@ static int remote_parse(int argc, char **argv, struct remote_opts *o) {
     O_B,
     O_PULL,
     O_THREADS,
+    O_CLIENTS,
     O_SIZES,
     O_BATCH,
     O_MAX,
@@ -139,6 +145,7 @@ static int remote_parse(int argc, char **argv, struct remote_opts *o) {
       {"memory", required_argument, NULL, 'm'},
       {"pull-threads", required_argument, NULL, O_PULL},
       {"threads", required_argument, NULL, O_THREADS},
+      {"clients", required_argument, NULL, O_CLIENTS},
       {"sizes", required_argument, NULL, O_SIZES},
       {"batch", required_argument, NULL, O_BATCH},
       {"max-bytes", required_argument, NULL, O_MAX},
@@ -158,6 +165,7 @@ static int remote_parse(int argc, char **argv, struct remote_opts *o) {
   o->dir_size = 1ull << 20;
   o->pull_threads = 4;
   o->threads = 1;
+  o->clients = 1;
   o->seconds = 0.3;
   while ((c = cli_getopt("bench", argc, argv, "m:h", lo, &first)) != -1) {
     int rc = CLI_OK;
@@ -179,6 +187,10 @@ static int remote_parse(int argc, char **argv, struct remote_opts *o) {
     case O_THREADS:
       rc = bench_parse_u64_in("--threads", optarg, 0, 1, 64, &o->threads);
       have_threads = 1;
+      break;
+    case O_CLIENTS:
+      rc = bench_parse_u64_in("--clients", optarg, 0, 1, R_CLIENTS_MAX,
+                              &o->clients);
       break;
     case O_SIZES:
       rc = bench_parse_list("--sizes", optarg, 1, o->sizes, &o->nsizes);
@@ -550,32 +562,38 @@ static int tcp_setup(struct tcp_ceiling *t, int n, const uint8_t *src,
   return rc;
 }
 
-/* Streams B uses for a batch: its pull threads, at least 4 keys each (as
- * the cluster's resolver splits a batch: src/worker/cluster/jobs.c). */
-static int streams_for(const struct remote *r, uint64_t batch) {
-  uint64_t s = (batch + 3) / 4;
+/* Streams B uses for a call of `batch` values of `size` bytes from each
+ * of the clients: its pull threads, at least 4 keys each (as the
+ * cluster's resolver splits a batch: src/worker/cluster/jobs.c), and all of
+ * them when a value large enough to come in ranges leaves some idle
+ * (split.c). */
+static int streams_for(const struct remote *r, uint64_t size, uint64_t batch) {
+  uint64_t s = r->o->clients * ((batch + 3) / 4);
+  if (size > R_SPLIT_WHOLE_MAX && s < r->o->pull_threads)
+    s = r->o->pull_threads;
   return (int)(s < r->o->pull_threads ? s : r->o->pull_threads);
 }
 
-/* `calls` calls of `batch` values of `size` bytes, walking the set of nkeys
- * slots like the kvds reads do, each call split over the streams as the
- * worker splits a batch over its pull jobs. Only the streams a call uses
- * are woken. *ns: time of all calls. A call that has not finished within
- * 2 x R_IO_TIMEOUT_S plus its bytes at 100 MB/s fails with KVDS_E_TIMEOUT
- * (the sockets' own timeouts normally report a stall first). */
-static int tcp_run(struct tcp_ceiling *t, int streams, size_t size,
-                   size_t batch, size_t nkeys, uint64_t calls, uint64_t *ns) {
+/* `calls` calls of `per_call` bytes each, walking a region of `span`
+ * bytes like the kvds reads walk their keys, each call's bytes split
+ * evenly over the streams (a batch over the pull jobs, a large value over
+ * its ranges). Only the streams a call uses are woken. *ns: time of all
+ * calls. A call that has not finished within 2 x R_IO_TIMEOUT_S plus its
+ * bytes at 100 MB/s fails with KVDS_E_TIMEOUT (the sockets' own timeouts
+ * normally report a stall first). */
+static int tcp_run(struct tcp_ceiling *t, int streams, size_t per_call,
+                   size_t span, uint64_t calls, uint64_t *ns) {
   size_t j = 0;
   int rc = 0;
   uint64_t limit_ns = 2ull * R_IO_TIMEOUT_S * 1000000000ull +
-                      (uint64_t)batch * size * 10; /* 100 MB/s */
+                      (uint64_t)per_call * 10; /* 100 MB/s */
   uint64_t t0 = kvds_now_ns();
   for (uint64_t c = 0; c < calls && rc == 0 && !bench_stopped(); c++) {
     for (int k = 0; k < streams; k++) {
-      size_t lo = batch * (size_t)k / (size_t)streams;
-      size_t hi = batch * (size_t)(k + 1) / (size_t)streams;
-      t->s[k].len = (hi - lo) * size;
-      t->s[k].src_off = t->s[k].dst_off = (j + lo) * size;
+      size_t lo = per_call * (size_t)k / (size_t)streams;
+      size_t hi = per_call * (size_t)(k + 1) / (size_t)streams;
+      t->s[k].len = hi - lo;
+      t->s[k].src_off = t->s[k].dst_off = j + lo;
     }
     pthread_mutex_lock(&t->lock);
     t->ndone = 0;
@@ -591,8 +609,8 @@ static int tcp_run(struct tcp_ceiling *t, int streams, size_t size,
     if (rc == 0)
       rc = t->err;
     pthread_mutex_unlock(&t->lock);
-    j += batch;
-    if (j == nkeys)
+    j += per_call;
+    if (j + per_call > span)
       j = 0;
   }
   *ns = kvds_now_ns() - t0;
@@ -623,6 +641,78 @@ static void print_rpoint(const struct rpoint *p, const struct remote *r) {
   fflush(stdout);
 }
 
+/* One client of B reading its slice of a case's keys, `batch` per call,
+ * deleting B's copies (untimed) each time it has read them all. */
+struct reader {
+  struct remote *r;
+  kvds_client *c;
+  const struct kvds_iov *keys;
+  size_t nkeys, batch, size;
+  struct kvds_get_opts go;
+  struct bench_samples s;
+  pthread_t tid;
+  int started, rc;
+};
+
+static void *reader_main(void *arg) {
+  struct reader *rd = arg;
+  struct remote *r = rd->r;
+  size_t batch = rd->batch;
+  struct kvds_value *v = calloc(batch, sizeof *v);
+  int *res = calloc(batch, sizeof *res);
+  int rc = v && res ? 0 : -ENOMEM;
+  uint64_t wall0 = kvds_now_ns();
+  size_t j = 0;
+  while (rc == 0 && !bench_stopped()) {
+    uint64_t t0 = kvds_now_ns();
+    rc = kvds_mget_ex(rd->c, batch, rd->keys + j, &rd->go, v, res);
+    uint64_t t1 = kvds_now_ns();
+    for (size_t i = 0; rc == 0 && i < batch; i++)
+      if ((rc = res[i]) == 0 && v[i].len != rd->size)
+        rc = KVDS_E_RANGE;
+    if (rc == 0)
+      kvds_release(rd->c, batch, v);
+    else
+      for (size_t i = 0; i < batch; i++)
+        if (res[i] == 0)
+          kvds_release(rd->c, 1, &v[i]);
+    if (rc || (rc = bench_samples_add(&rd->s, t1 - t0)))
+      break;
+    j += batch;
+    if (j == rd->nkeys) {
+      /* B now holds every key: drop its copies (A keeps its own). */
+      if ((rc = bench_delete_keys(rd->c, rd->keys, rd->nkeys)))
+        break;
+      j = 0;
+    }
+    if (rd->s.n >= 3 && (rd->s.total_ns >= r->phase_ns ||
+                         t1 - wall0 >= 10 * r->phase_ns + 2000000000ull))
+      break;
+  }
+  free(v);
+  free(res);
+  rd->rc = rc;
+  return NULL;
+}
+
+/* Runs n readers at once (the first on this thread). The first error. */
+static int run_readers(struct reader *rd, size_t n) {
+  int rc = 0;
+  for (size_t t = 1; t < n; t++) {
+    if ((rc = -pthread_create(&rd[t].tid, NULL, reader_main, &rd[t])))
+      break;
+    rd[t].started = 1;
+  }
+  if (rc == 0)
+    reader_main(&rd[0]);
+  for (size_t t = 1; t < n; t++)
+    if (rd[t].started)
+      pthread_join(rd[t].tid, NULL);
+  for (size_t t = 0; rc == 0 && t < n; t++)
+    rc = rd[t].rc;
+  return rc;
+}
+
 /* Puts a fresh set of values on A, times reads of them on B (hint = A, or
  * none: through the directory), deleting B's copies between passes, then
  * raw TCP moving the same bytes. */
@@ -632,9 +722,9 @@ static int run_rpoint(struct remote *r, const char *via, size_t size,
   *p = (struct rpoint){.via = via,
                        .size = size,
                        .batch = batch,
-                       .streams = streams_for(r, batch)};
+                       .streams = streams_for(r, size, batch)};
   char sz[32];
-  if ((uint64_t)size * batch > r->o->max_bytes) {
+  if ((uint64_t)size * batch * r->o->clients > r->o->max_bytes) {
     p->skipped = 1;
     if (!r->o->json)
       print_rpoint(p, r);
@@ -645,16 +735,14 @@ static int run_rpoint(struct remote *r, const char *via, size_t size,
   size_t nkeys = (size_t)(r->o->max_bytes / size);
   if (nkeys > BENCH_KEYS_MAX)
     nkeys = BENCH_KEYS_MAX;
-  nkeys -= nkeys % batch;
+  nkeys -= nkeys % (batch * r->o->clients);
   struct bench_keyset ks = {0};
-  struct kvds_value *v = calloc(batch, sizeof *v);
-  int *res = calloc(batch, sizeof *res);
   struct bench_samples s = {0};
   char tag[48];
   snprintf(tag, sizeof tag, "%s-%zu-%zu", via, size, batch);
   int rc = -ENOMEM, put = 0;
   const char *what = ""; /* names the failing step when not a read */
-  if (!v || !res || bench_keyset_make(&ks, r->prefix, tag, nkeys))
+  if (bench_keyset_make(&ks, r->prefix, tag, nkeys))
     goto out;
   put = 1;
   if ((rc = put_all(r->ca, &ks, r->src, size)))
@@ -668,33 +756,24 @@ static int run_rpoint(struct remote *r, const char *via, size_t size,
     what = "pulled-bytes count of B: ";
     goto out;
   }
-  uint64_t wall0 = kvds_now_ns();
-  size_t j = 0;
-  while (!bench_stopped()) {
-    uint64_t t0 = kvds_now_ns();
-    rc = kvds_mget_ex(r->cb, batch, ks.iov + j, &go, v, res);
-    uint64_t t1 = kvds_now_ns();
-    for (size_t i = 0; rc == 0 && i < batch; i++)
-      if ((rc = res[i]) == 0 && v[i].len != size)
-        rc = KVDS_E_RANGE;
-    if (rc == 0)
-      kvds_release(r->cb, batch, v);
-    else
-      for (size_t i = 0; i < batch; i++)
-        if (res[i] == 0)
-          kvds_release(r->cb, 1, &v[i]);
-    if (rc || (rc = bench_samples_add(&s, t1 - t0)))
-      break;
-    j += batch;
-    if (j == nkeys) {
-      /* B now holds every key: drop its copies (A keeps its own). */
-      if ((rc = bench_delete_keys(r->cb, ks.iov, nkeys)))
-        break;
-      j = 0;
-    }
-    if (s.n >= 3 && (s.total_ns >= r->phase_ns ||
-                     t1 - wall0 >= 10 * r->phase_ns + 2000000000ull))
-      break;
+  struct reader rd[R_CLIENTS_MAX];
+  size_t nc = (size_t)r->o->clients, slice = nkeys / nc;
+  for (size_t t = 0; t < nc; t++)
+    rd[t] = (struct reader){.r = r,
+                            .c = r->cbx[t],
+                            .keys = ks.iov + t * slice,
+                            .nkeys = slice,
+                            .batch = batch,
+                            .size = size,
+                            .go = go};
+  rc = run_readers(rd, nc);
+  for (size_t t = 0; t < nc; t++) {
+    p->gbps += rd[t].s.total_ns ? (double)(rd[t].s.n * batch * size) /
+                                      (double)rd[t].s.total_ns
+                                : 0;
+    for (size_t k = 0; rc == 0 && k < rd[t].s.n; k++)
+      rc = bench_samples_add(&s, rd[t].s.ns[k]);
+    free(rd[t].s.ns);
   }
   if (rc || bench_stopped())
     goto out;
@@ -712,17 +791,20 @@ static int run_rpoint(struct remote *r, const char *via, size_t size,
   p->pulled = pulled1 - pulled0;
   p->calls = s.n;
   p->bytes = s.n * batch * size;
-  p->gbps = (double)p->bytes / (double)s.total_ns;
   bench_samples_p50_p99(&s, &p->p50_us, &p->p99_us);
-  uint64_t tcp_ns = 0;
-  rc = tcp_run(&r->tcp, p->streams, size, batch, nkeys, p->calls, &tcp_ns);
+  /* raw TCP: as many calls of all clients' bytes at once as the slowest
+   * client made, then the GB/s of the bytes the clients moved */
+  uint64_t tcp_ns = 0, tcp_calls = (s.n + nc - 1) / nc;
+  rc = tcp_run(&r->tcp, p->streams, nc * batch * size, nkeys * size, tcp_calls,
+               &tcp_ns);
   if (rc == KVDS_E_TIMEOUT)
     what = "raw TCP: a stream stalled: ";
   else if (rc)
     what = "raw TCP: ";
   if (rc || bench_stopped())
     goto out;
-  p->tcp_gbps = tcp_ns ? (double)p->bytes / (double)tcp_ns : 0;
+  p->tcp_gbps =
+      tcp_ns ? (double)(tcp_calls * nc * batch * size) / (double)tcp_ns : 0;
   if (!r->o->json)
     print_rpoint(p, r);
 out:
@@ -735,8 +817,6 @@ out:
   }
   bench_keyset_free(&ks);
   free(s.ns);
-  free(v);
-  free(res);
   if (rc)
     cli_err("bench", "remote %s %s x %zu: %s%s", via,
             kvds_fmt_bytes(size, sz, sizeof sz), batch, what,
@@ -830,6 +910,10 @@ static void print_remote_header(const struct remote *r) {
            kvds_fmt_bytes(r->o->memory, mem, sizeof mem),
            (unsigned long long)r->o->pull_threads,
            (unsigned long long)r->o->threads, r->o->threads == 1 ? "" : "s");
+  if (r->o->clients > 1)
+    printf("%llu client threads read at once, each its own keys; GB/s is "
+           "their sum\n",
+           (unsigned long long)r->o->clients);
   printf("reads: kvds_mget_ex on B through a %s client\nof B; the values "
          "live on A only and are pulled A->B (xxh3 verified) inside\nthe "
          "call. At most %s put on A per case, >= %.2f s of reads per case.\n"
@@ -881,6 +965,7 @@ static int print_remote_json(const struct remote *r) {
     json_object_set_new(root, "io_threads",
                         json_integer((json_int_t)r->o->threads));
   }
+  json_object_set_new(root, "clients", json_integer((json_int_t)r->o->clients));
   json_object_set_new(root, "pull_threads",
                       json_integer((json_int_t)r->o->pull_threads));
   json_object_set_new(root, "max_bytes",
@@ -959,6 +1044,10 @@ static void remote_cleanup(struct remote *r) {
     tcp_teardown(&r->tcp);
   kvds_client_close(r->ca);
   kvds_client_close(r->cb);
+  for (int i = 1; i < R_CLIENTS_MAX; i++) {
+    kvds_client_close(r->cbx[i]);
+    r->cbx[i] = NULL;
+  }
   r->ca = r->cb = NULL;
   for (int i = 0; i < 2; i++)
     bench_worker_stop(&r->w[i]);
@@ -1017,6 +1106,10 @@ int bench_remote(int argc, char **argv) {
   if (cli_connect("bench", r.addr_a, 0, &r.ca, NULL, 0) ||
       cli_connect("bench", r.addr_b, 0, &r.cb, NULL, 0))
     goto out;
+  r.cbx[0] = r.cb;
+  for (uint64_t i = 1; i < o.clients; i++)
+    if (cli_connect("bench", r.addr_b, 0, &r.cbx[i], NULL, 0))
+      goto out;
   if (wait_cluster(&r, kvds_now_ns() + 20000000000ull))
     goto out;
   if (r.started)
