@@ -108,11 +108,15 @@ static uint64_t item_len(const struct kvds_proto_item *it, int ranges) {
 }
 
 /* Receives `len` bytes of part of a value into dst, handing each piece to
- * ops->landed while it is still in cache. */
+ * ops->landed while it is still in cache. The deadline is checked between
+ * pieces too: bytes that keep coming never make a receive wait, and a
+ * part must end by it (its value's other parts wait for it). */
 static int recv_part(struct kvds_rpc *r, uint8_t *dst, uint64_t len, size_t i,
                      const struct kvds_peerconn_pull_ops *ops,
                      uint64_t deadline) {
   while (len) {
+    if (kvds_now_us() >= deadline)
+      return kvds_rpc_broken(r, KVDS_E_TIMEOUT, "receive");
     size_t piece = len < PART_PIECE ? (size_t)len : PART_PIECE;
     int rc = kvds_rpc_recv_data(r, dst, piece, deadline);
     if (rc)

@@ -118,3 +118,36 @@ def test_owner_killed_mid_ranged_pull_never_visible(make_worker):
     cb.close()
     watch.close()
     b.stop()
+
+
+def test_owner_spreads_peer_connections_over_its_threads(make_worker):
+    """The owner gives each new TCP connection to its I/O thread with the
+    fewest, so B's parallel pulls are sent from several threads; a large
+    value pulled over them comes back whole."""
+    import urllib.request
+
+    pa, pb, ha = free_port(), free_port(), free_port()
+    a = make_worker("64MiB", ["--peers", f"127.0.0.1:{pb}", "--threads", "3",
+                              "--http-port", str(ha)], port=pa)
+    b = make_worker("64MiB", ["--peers", f"127.0.0.1:{pa}", "--pull-threads", "4"],
+                    port=pb)
+
+    def per_thread():
+        with urllib.request.urlopen(f"http://127.0.0.1:{ha}/status", timeout=10) as r:
+            return json.loads(r.read())["net"]["tcp_per_thread"]
+
+    # B opens its pull connections to A (pull threads + 1) on its own
+    wait_for(lambda: sum(per_thread()) >= 5, "B's connections to A")
+    tcp = [kvds.Client(a.tcp) for _ in range(4)]
+    counts = per_thread()
+    assert len(counts) == 3
+    assert max(counts) - min(counts) <= 1, counts
+    val = os.urandom(9 * MiB + 11)
+    tcp[0].put(b"rng-spread", val)
+    with kvds.Client(b.addr, timeout_ms=20000) as cb:
+        assert cb.get(b"rng-spread", hint=a.addr) == val
+    for c in tcp:
+        c.close()
+    wait_for(lambda: sum(per_thread()) < sum(counts), "the clients' close")
+    a.stop()
+    b.stop()

@@ -28,9 +28,11 @@
 #include "common/util.h"
 #include "worker/cluster/internal.h"
 
-/* Past its deadline a split waits this long for its chunks in flight,
- * then shuts their connections down (they fail at once). */
-#define SPLIT_GRACE_MS 100
+/* At its deadline a split shuts the connections of its chunks still in
+ * flight down (they fail at once: the request's answer waits for the
+ * abort only a little longer, server.c's JOB_GRACE_MS), and again every
+ * SPLIT_GRACE_MS while any is left. */
+#define SPLIT_GRACE_MS 20
 /* A helper waits at most this long for a connection to the peer. */
 #define SPLIT_CONN_MS 50
 
@@ -209,9 +211,12 @@ struct split *kvds__split_new(struct kvds_cluster *cl, struct kvds_peer *p,
                               uint64_t deadline_us) {
   if (size <= SPLIT_WHOLE_MAX)
     return NULL;
-  struct split *sp = calloc(1, sizeof *sp);
+  /* the hash state wants its vector alignment */
+  size_t bytes = (sizeof(struct split) + 63) & ~(size_t)63;
+  struct split *sp = aligned_alloc(64, bytes);
   if (!sp)
     return NULL;
+  memset(sp, 0, bytes);
   int np = cl->npullers > 0 ? cl->npullers : 1;
   uint64_t rest = size - SPLIT_HEAD;
   uint64_t chunk = (rest + (uint64_t)np - 1) / (uint64_t)np;
@@ -241,6 +246,7 @@ struct split *kvds__split_new(struct kvds_cluster *cl, struct kvds_peer *p,
     return NULL;
   }
   memcpy(sp->key, key, klen);
+  XXH3_INITSTATE(&sp->hs);
   XXH3_64bits_reset(&sp->hs);
   pthread_mutex_init(&sp->lock, NULL);
   kvds_cond_init_mono(&sp->cv);
@@ -299,7 +305,7 @@ int kvds__split_finish(struct split *sp, struct kvds_peerconn *c,
     split_work(sp, c);
   pthread_mutex_lock(&sp->lock);
   sp->closed = 1; /* nobody claims what is left: it fails below */
-  uint64_t until = sp->deadline_us + (uint64_t)SPLIT_GRACE_MS * 1000;
+  uint64_t until = sp->deadline_us;
   while (sp->active || sp->hashing) {
     if (kvds_cond_wait_until(&sp->cv, &sp->lock, until) == -ETIMEDOUT) {
       /* chunks still in flight past the deadline: end their calls */
