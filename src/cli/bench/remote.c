@@ -41,6 +41,9 @@
 #define R_CHAIN 32        /* keys of the lookup_prefix chain */
 #define R_PUT_CHUNK 256   /* values per untimed kvds_mput on A */
 #define R_IO_TIMEOUT_S 10 /* raw TCP: a stream stalled this long fails */
+/* A case's reads and its raw TCP take turns this many times, so that both
+ * see the same moments of a shared machine. */
+#define R_ROUNDS 4
 
 struct remote_opts {
   const char *addr_a, *addr_b; /* running workers; NULL = start them */
@@ -575,15 +578,16 @@ static int streams_for(const struct remote *r, uint64_t size, uint64_t batch) {
 }
 
 /* `calls` calls of `per_call` bytes each, walking a region of `span`
- * bytes like the kvds reads walk their keys, each call's bytes split
+ * bytes from *pos (left where the next call starts) like the kvds reads
+ * walk their keys, each call's bytes split
  * evenly over the streams (a batch over the pull jobs, a large value over
  * its ranges). Only the streams a call uses are woken. *ns: time of all
  * calls. A call that has not finished within 2 x R_IO_TIMEOUT_S plus its
  * bytes at 100 MB/s fails with KVDS_E_TIMEOUT (the sockets' own timeouts
  * normally report a stall first). */
 static int tcp_run(struct tcp_ceiling *t, int streams, size_t per_call,
-                   size_t span, uint64_t calls, uint64_t *ns) {
-  size_t j = 0;
+                   size_t span, uint64_t calls, uint64_t *pos, uint64_t *ns) {
+  size_t j = (size_t)*pos;
   int rc = 0;
   uint64_t limit_ns = 2ull * R_IO_TIMEOUT_S * 1000000000ull +
                       (uint64_t)per_call * 10; /* 100 MB/s */
@@ -613,6 +617,7 @@ static int tcp_run(struct tcp_ceiling *t, int streams, size_t per_call,
     if (j + per_call > span)
       j = 0;
   }
+  *pos = j;
   *ns = kvds_now_ns() - t0;
   return rc;
 }
@@ -649,7 +654,11 @@ struct reader {
   const struct kvds_iov *keys;
   size_t nkeys, batch, size;
   struct kvds_get_opts go;
-  struct bench_samples s;
+  struct bench_samples s; /* all rounds */
+  size_t j;               /* the next key */
+  uint64_t wall0;         /* when the case began */
+  uint64_t round_ns;      /* this round: at least this long, */
+  uint64_t round_calls;   /* and at least this many calls */
   pthread_t tid;
   int started, rc;
 };
@@ -661,8 +670,8 @@ static void *reader_main(void *arg) {
   struct kvds_value *v = calloc(batch, sizeof *v);
   int *res = calloc(batch, sizeof *res);
   int rc = v && res ? 0 : -ENOMEM;
-  uint64_t wall0 = kvds_now_ns();
-  size_t j = 0;
+  size_t j = rd->j, n0 = rd->s.n;
+  uint64_t spent0 = rd->s.total_ns;
   while (rc == 0 && !bench_stopped()) {
     uint64_t t0 = kvds_now_ns();
     rc = kvds_mget_ex(rd->c, batch, rd->keys + j, &rd->go, v, res);
@@ -685,12 +694,14 @@ static void *reader_main(void *arg) {
         break;
       j = 0;
     }
-    if (rd->s.n >= 3 && (rd->s.total_ns >= r->phase_ns ||
-                         t1 - wall0 >= 10 * r->phase_ns + 2000000000ull))
+    if (rd->s.n - n0 >= rd->round_calls &&
+        (rd->s.total_ns - spent0 >= rd->round_ns ||
+         t1 - rd->wall0 >= 10 * r->phase_ns + 2000000000ull))
       break;
   }
   free(v);
   free(res);
+  rd->j = j;
   rd->rc = rc;
   return NULL;
 }
@@ -758,6 +769,7 @@ static int run_rpoint(struct remote *r, const char *via, size_t size,
   }
   struct reader rd[R_CLIENTS_MAX];
   size_t nc = (size_t)r->o->clients, slice = nkeys / nc;
+  uint64_t wall0 = kvds_now_ns();
   for (size_t t = 0; t < nc; t++)
     rd[t] = (struct reader){.r = r,
                             .c = r->cbx[t],
@@ -765,8 +777,37 @@ static int run_rpoint(struct remote *r, const char *via, size_t size,
                             .nkeys = slice,
                             .batch = batch,
                             .size = size,
-                            .go = go};
-  rc = run_readers(rd, nc);
+                            .go = go,
+                            .wall0 = wall0};
+  /* Reads and raw TCP take turns: per round, the clients read for a share
+   * of the case's time (at least 3 calls in all), then raw TCP moves the
+   * bytes of as many calls of all clients at once as the slowest client
+   * made. */
+  uint64_t tcp_ns = 0, tcp_calls = 0, tcp_pos = 0;
+  for (int round = 0; round < R_ROUNDS && rc == 0 && !bench_stopped();
+       round++) {
+    uint64_t calls0 = 0;
+    for (size_t t = 0; t < nc; t++) {
+      rd[t].round_ns = r->phase_ns / R_ROUNDS;
+      rd[t].round_calls =
+          round == R_ROUNDS - 1 && rd[t].s.n < 3 ? 3 - rd[t].s.n : 1;
+      calls0 += rd[t].s.n;
+    }
+    if ((rc = run_readers(rd, nc)) || bench_stopped())
+      break;
+    uint64_t calls = 0;
+    for (size_t t = 0; t < nc; t++)
+      calls += rd[t].s.n;
+    uint64_t ns = 0, tc = (calls - calls0 + nc - 1) / nc;
+    rc = tcp_run(&r->tcp, p->streams, nc * batch * size, nkeys * size, tc,
+                 &tcp_pos, &ns);
+    tcp_ns += ns;
+    tcp_calls += tc;
+    if (rc == KVDS_E_TIMEOUT)
+      what = "raw TCP: a stream stalled: ";
+    else if (rc)
+      what = "raw TCP: ";
+  }
   for (size_t t = 0; t < nc; t++) {
     p->gbps += rd[t].s.total_ns ? (double)(rd[t].s.n * batch * size) /
                                       (double)rd[t].s.total_ns
@@ -792,17 +833,6 @@ static int run_rpoint(struct remote *r, const char *via, size_t size,
   p->calls = s.n;
   p->bytes = s.n * batch * size;
   bench_samples_p50_p99(&s, &p->p50_us, &p->p99_us);
-  /* raw TCP: as many calls of all clients' bytes at once as the slowest
-   * client made, then the GB/s of the bytes the clients moved */
-  uint64_t tcp_ns = 0, tcp_calls = (s.n + nc - 1) / nc;
-  rc = tcp_run(&r->tcp, p->streams, nc * batch * size, nkeys * size, tcp_calls,
-               &tcp_ns);
-  if (rc == KVDS_E_TIMEOUT)
-    what = "raw TCP: a stream stalled: ";
-  else if (rc)
-    what = "raw TCP: ";
-  if (rc || bench_stopped())
-    goto out;
   p->tcp_gbps =
       tcp_ns ? (double)(tcp_calls * nc * batch * size) / (double)tcp_ns : 0;
   if (!r->o->json)
