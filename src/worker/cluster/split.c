@@ -319,6 +319,10 @@ int kvds__split_finish(struct split *sp, struct kvds_peerconn *c,
   int rc = sp->err;
   if (!rc && (sp->next < sp->nchunks || sp->hashed != sp->size))
     rc = KVDS_E_PEER; /* chunks nobody could pull */
+  /* Past the deadline, whatever broke first (a chunk's connection shut
+   * down at it, say) failed because of it. */
+  if (rc && rc != KVDS_E_CHECKSUM && kvds_now_us() >= sp->deadline_us)
+    rc = KVDS_E_TIMEOUT;
   if (!rc && XXH3_64bits_digest(&sp->hs) != sp->checksum)
     rc = KVDS_E_CHECKSUM;
   pthread_mutex_unlock(&sp->lock);
