@@ -12,6 +12,9 @@
 #include "net/rpc.h"
 
 #define DEFAULT_TIMEOUT_MS 5000
+/* A part of a value is received and handed on in pieces this large: each
+ * is hashed while it is still in cache. */
+#define PART_PIECE ((size_t)256 << 10)
 
 struct kvds_peerconn {
   struct kvds_rpc rpc; /* KVDS_RPC_KEEP_FD: shut down from other threads */
@@ -80,20 +83,76 @@ void kvds_peerconn_shutdown(struct kvds_peerconn *pc) {
     kvds_rpc_shutdown(&pc->rpc);
 }
 
+/* Whether reply item `it` answers range q of a pull (or, when q is NULL,
+ * a whole-value pull): the bytes it says it sends are part of the value
+ * and the ones asked for. */
+static int range_ok(const struct kvds_proto_item *it,
+                    const struct kvds_peerconn_range *q) {
+  if (!q)
+    return 1; /* a = size, all of it */
+  if (it->b > it->a || it->d > it->a - it->b)
+    return 0;
+  if (it->b == 0 && it->d == it->a)
+    return q->off == 0; /* the whole value (small, or a waited one) */
+  if (it->b != q->off || (q->off && it->c != q->checksum))
+    return 0;
+  uint64_t want = it->a - q->off;
+  if (q->len && q->len < want)
+    want = q->len;
+  return it->d == want && it->a > q->whole;
+}
+
+/* Bytes of item `it` in the data of a pull's reply. */
+static uint64_t item_len(const struct kvds_proto_item *it, int ranges) {
+  return ranges ? it->d : it->a;
+}
+
+/* Receives `len` bytes of part of a value into dst, handing each piece to
+ * ops->landed while it is still in cache. The deadline is checked between
+ * pieces too: bytes that keep coming never make a receive wait, and a
+ * part must end by it (its value's other parts wait for it). */
+static int recv_part(struct kvds_rpc *r, uint8_t *dst, uint64_t len, size_t i,
+                     const struct kvds_peerconn_pull_ops *ops,
+                     uint64_t deadline) {
+  while (len) {
+    if (kvds_now_us() >= deadline)
+      return kvds_rpc_broken(r, KVDS_E_TIMEOUT, "receive");
+    size_t piece = len < PART_PIECE ? (size_t)len : PART_PIECE;
+    int rc = kvds_rpc_recv_data(r, dst, piece, deadline);
+    if (rc)
+      return rc;
+    ops->landed(ops->ud, i, dst, piece);
+    dst += piece;
+    len -= piece;
+  }
+  return 0;
+}
+
 int kvds_peerconn_pull(struct kvds_peerconn *pc, size_t n,
                        const struct kvds_iov *keys, int wait_ms,
+                       const struct kvds_peerconn_range *rg,
                        const struct kvds_peerconn_pull_ops *ops) {
   struct kvds_rpc *r = &pc->rpc;
   size_t i = 0;
   int rc = n > KVDS_BATCH_MAX ? KVDS_E_LIMIT : 0;
+  if (!rc && rg && !ops->landed)
+    rc = KVDS_E_INVAL;
   uint64_t deadline = kvds_rpc_read_deadline(pc->timeout_ms, wait_ms).io;
   struct kvds_proto_item *it = NULL;
   if (!rc) {
     kvds_rpc_begin(r);
-    for (size_t k = 0; k < n; k++)
-      kvds_rpc_item(r, 0, 0, 0, 0, keys[k].base, keys[k].len);
+    for (size_t k = 0; k < n; k++) {
+      if (rg)
+        kvds_rpc_item(r, rg[k].off, rg[k].len, rg[k].checksum, rg[k].whole,
+                      keys[k].base, keys[k].len);
+      else
+        kvds_rpc_item(r, 0, 0, 0, 0, keys[k].base, keys[k].len);
+    }
+    uint16_t flags = KVDS_PF_INLINE | KVDS_PF_LOCAL;
+    if (rg)
+      flags |= KVDS_PF_RANGE;
     int64_t id =
-        kvds_rpc_send(r, KVDS_OP_GET, KVDS_PF_INLINE | KVDS_PF_LOCAL,
+        kvds_rpc_send(r, KVDS_OP_GET, flags,
                       wait_ms > 0 ? (uint32_t)wait_ms : 0, NULL, 0, deadline);
     rc = kvds_rpc_recv_reply(r, id, KVDS_OP_GET, deadline);
     if (rc && kvds_rpc_is_up(r) && r->rdata_left) /* a refusal: keep in sync */
@@ -106,7 +165,18 @@ int kvds_peerconn_pull(struct kvds_peerconn *pc, size_t n,
   if (!rc) {
     /* Copy the descriptions: receiving data may move the reply buffer. */
     memcpy(it, r->rit, n * sizeof *it);
-    if (kvds_rpc_values_total(it, n, r->rh.data_len) != r->rh.data_len)
+    uint64_t sum = 0;
+    for (size_t k = 0; k < n && sum <= r->rh.data_len; k++) {
+      if (it[k].status)
+        continue;
+      if (!range_ok(&it[k], rg ? &rg[k] : NULL)) {
+        sum = UINT64_MAX;
+        break;
+      }
+      uint64_t l = item_len(&it[k], rg != NULL);
+      sum = l > r->rh.data_len - sum ? UINT64_MAX : sum + l;
+    }
+    if (sum != r->rh.data_len)
       rc = kvds_rpc_broken(r, KVDS_E_PROTO, "get reply length");
   }
   for (; !rc && i < n; i++) {
@@ -114,15 +184,22 @@ int kvds_peerconn_pull(struct kvds_peerconn *pc, size_t n,
       ops->done(ops->ud, i, it[i].status, 0);
       continue;
     }
-    uint8_t *dst = ops->dst(ops->ud, i, it[i].a);
+    uint64_t off = rg ? it[i].b : 0, len = item_len(&it[i], rg != NULL);
+    uint8_t *dst = ops->dst(ops->ud, i, it[i].a, off, len, it[i].c);
     if (!dst) {
-      if ((rc = kvds_rpc_recv_data(r, NULL, it[i].a, deadline)))
+      if ((rc = kvds_rpc_recv_data(r, NULL, len, deadline)))
         break;
       ops->done(ops->ud, i, KVDS_E_STATE, 0);
       continue;
     }
+    if (len < it[i].a) { /* a part: the caller hashes it */
+      if ((rc = recv_part(r, dst, len, i, ops, deadline)))
+        break;
+      ops->done(ops->ud, i, 0, it[i].c);
+      continue;
+    }
     uint64_t sum;
-    if ((rc = kvds_rpc_recv_hashed(r, dst, it[i].a, &sum, deadline)))
+    if ((rc = kvds_rpc_recv_hashed(r, dst, len, &sum, deadline)))
       break;
     ops->done(ops->ud, i, sum == it[i].c ? 0 : KVDS_E_CHECKSUM, it[i].c);
   }

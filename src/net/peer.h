@@ -59,27 +59,47 @@ void kvds_peerconn_shutdown(struct kvds_peerconn *pc);
 
 /* Where a pull puts each value (see kvds_peerconn_pull). */
 struct kvds_peerconn_pull_ops {
-  /* Item i is there, `size` bytes: return where to receive them (size bytes
-   * of writable memory), or NULL to drop them (done then gets
-   * KVDS_E_STATE; dst keeps its own reason). */
-  void *(*dst)(void *ud, size_t i, uint64_t size);
-  /* Item i is over: 0 (its bytes are in dst and match `checksum`), the
-   * peer's error for it, KVDS_E_CHECKSUM (dst holds garbage), or the
-   * error that broke the whole request. Called exactly once per item. */
+  /* Item i is there: a value of `size` bytes with `checksum`, of which the
+   * `len` bytes at offset `off` come now (all of them unless the pull asked
+   * for ranges). Return where to receive those len bytes (len bytes of
+   * writable memory), or NULL to drop them (done then gets KVDS_E_STATE;
+   * dst keeps its own reason). */
+  void *(*dst)(void *ud, size_t i, uint64_t size, uint64_t off, uint64_t len,
+               uint64_t checksum);
+  /* With ranges, for an item that came in part (len < size): the bytes
+   * p[0..n) landed, in order, each piece while it is still in cache (the
+   * pull cannot hash part of a value: the caller does). */
+  void (*landed)(void *ud, size_t i, const void *p, size_t n);
+  /* Item i is over: 0 (its bytes are in dst and, for a whole value, match
+   * `checksum`; for a part, `landed` saw them all), the peer's error for
+   * it, KVDS_E_CHECKSUM (dst holds garbage), or the error that broke the
+   * whole request. Called exactly once per item. */
   void (*done)(void *ud, size_t i, int status, uint64_t checksum);
   void *ud;
+};
+
+/* A byte range of one value (KVDS_PF_RANGE, proto.h): `len` bytes from
+ * `off` (0: to the end), the whole value when it is at most `whole`
+ * bytes; a range with off > 0 is of the value whose checksum is
+ * `checksum` (else the peer answers KVDS_E_NOTFOUND). */
+struct kvds_peerconn_range {
+  uint64_t off, len, checksum, whole;
 };
 
 /*
  * GET with KVDS_PF_LOCAL of n keys (at most KVDS_BATCH_MAX, else
  * KVDS_E_LIMIT), waiting up to wait_ms on the peer for keys not sealed
  * yet, each value received straight into the memory dst() gives (no
- * staging) and hashed as it arrives. Returns 0 when answered; the peer's
- * refusal of the whole request (the connection stays usable); or an I/O or
- * protocol error (the connection is then broken).
+ * staging) and hashed as it arrives. With rg (n ranges), only those bytes
+ * of each value come (KVDS_PF_RANGE; a waiting request gets whole values,
+ * and a range with an offset never waits): a whole value is verified
+ * here, a part is handed to ops->landed. Returns 0 when answered; the
+ * peer's refusal of the whole request (the connection stays usable); or
+ * an I/O or protocol error (the connection is then broken).
  */
 int kvds_peerconn_pull(struct kvds_peerconn *pc, size_t n,
                        const struct kvds_iov *keys, int wait_ms,
+                       const struct kvds_peerconn_range *rg,
                        const struct kvds_peerconn_pull_ops *ops);
 
 /*

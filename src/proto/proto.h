@@ -84,7 +84,17 @@ enum kvds_op {
  * (no INLINE, no data): the client learns what is there and keeps it from
  * being evicted without moving its bytes. RELEASE drops the pins. */
 #define KVDS_PF_PIN 0x0080u
-#define KVDS_PF_ALL 0x00ffu
+/* GET with KVDS_PF_LOCAL and KVDS_PF_INLINE (a peer's pull): each item asks
+ * for a byte range of its value, so that one large value can come over
+ * several connections at once. Request item: a = offset, b = most bytes
+ * wanted (0: to the end), c = the checksum the value must have when a > 0
+ * (else KVDS_E_NOTFOUND: the value changed since the first range), d =
+ * send the whole value when it is at most d bytes. Reply item: a = the
+ * value's size, b = the offset of the bytes sent, c = its checksum, d =
+ * how many bytes of it are in the data. A request with an offset > 0 never
+ * waits; a waiting one is answered with whole values. */
+#define KVDS_PF_RANGE 0x0100u
+#define KVDS_PF_ALL 0x01ffu
 
 /* Item flags and values of particular opcodes (see docs/protocol.md). */
 /* HELLO request item 0, a: the client wants the pool (its fd comes with the

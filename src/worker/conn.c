@@ -206,6 +206,8 @@ struct conn *kvds__conn_new(struct io_thread *th, int fd, int is_unix,
     return NULL;
   }
   conn_link_head(c);
+  if (!is_unix)
+    atomic_fetch_add(&th->ntcp, 1);
   if (refuse) {
     atomic_fetch_add(&srv->refusing, 1);
   } else {
@@ -822,6 +824,8 @@ void kvds__conn_close(struct conn *c) {
   chunks_free(c, c->oq_head, NULL);
   idle_publish(c, 1);
   conn_unlink(c);
+  if (!c->is_unix)
+    atomic_fetch_sub(&th->ntcp, 1);
   if (c->refusing) {
     atomic_fetch_sub(&th->srv->refusing, 1);
   } else {

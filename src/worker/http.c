@@ -57,6 +57,12 @@ char *kvds__server_status_json(struct kvds_server *s) {
 #undef LIMIT
     json_object_set_new(net, "access_refused",
                         json_integer((json_int_t)st.access_refused));
+    json_t *per = json_array();
+    for (int i = 0; per && i < s->nthreads; i++)
+      json_array_append_new(
+          per, json_integer((json_int_t)atomic_load(&s->threads[i].ntcp)));
+    if (per)
+      json_object_set_new(net, "tcp_per_thread", per);
   }
   json_t *root = json_pack(
       "{s:s,s:s,s:s,s:I,s:I,s:I,s:f,s:f,s:o,s:o,s:o}", "version",

@@ -104,16 +104,33 @@ static void items_free(struct req_items *ri) {
 #define LOCK(s) pthread_mutex_lock(&(s)->store.lock)
 #define UNLOCK(s) pthread_mutex_unlock(&(s)->store.lock)
 
+/* GET with KVDS_PF_RANGE: the bytes [*off, *off + *len) of o that request
+ * item q asks for (q NULL: all of them, as a waiting request gets). */
+static void range_of(const struct kvds_object *o,
+                     const struct kvds_proto_item *q, uint64_t *off,
+                     uint64_t *len) {
+  *off = 0;
+  *len = o->size;
+  if (!q || o->size <= q->d)
+    return;
+  *off = q->a; /* <= o->size: checked by op_get */
+  *len = o->size - q->a;
+  if (q->b && q->b < *len)
+    *len = q->b;
+}
+
 /* Queues the reply of a GET whose objects are pinned in objs[] (NULL where
  * status[] says why not). Pins move to the handle table (local) or to the
- * data chunks (inline). */
+ * data chunks (inline). With KVDS_PF_RANGE (inline), q[i] says which bytes
+ * of value i go out (q NULL: all). */
 static void get_reply(struct conn *c, uint64_t req_id, uint16_t flags,
                       uint32_t n, struct kvds_object **objs,
-                      const int32_t *status) {
+                      const int32_t *status, const struct kvds_proto_item *q) {
   struct kvds_server *s = c->th->srv;
   struct reply r;
   kvds__reply_init(&r);
   int inl = (flags & KVDS_PF_INLINE) != 0;
+  int rng = inl && (flags & KVDS_PF_RANGE);
   uint64_t data_len = 0;
   uint32_t misses = 0;
   for (uint32_t i = 0; i < n; i++) {
@@ -121,6 +138,13 @@ static void get_reply(struct conn *c, uint64_t req_id, uint16_t flags,
     if (!o) {
       misses++;
       kvds__reply_item(&r, status[i], 0, 0, 0, 0, NULL, 0);
+      continue;
+    }
+    if (rng) {
+      uint64_t off, len;
+      range_of(o, q ? &q[i] : NULL, &off, &len);
+      data_len += len;
+      kvds__reply_item(&r, 0, o->size, off, o->checksum, len, NULL, 0);
       continue;
     }
     uint64_t h = 0;
@@ -169,9 +193,13 @@ static void get_reply(struct conn *c, uint64_t req_id, uint16_t flags,
     }
     return;
   }
-  for (uint32_t i = 0; inl && i < n; i++)
-    if (objs[i] && kvds__conn_queue(c, kvds_store_data(&s->store, objs[i]),
-                                    objs[i]->size, NULL, objs[i], -1)) {
+  for (uint32_t i = 0; inl && i < n; i++) {
+    uint64_t off = 0, len = objs[i] ? objs[i]->size : 0;
+    if (objs[i] && rng)
+      range_of(objs[i], q ? &q[i] : NULL, &off, &len);
+    if (objs[i] &&
+        kvds__conn_queue(c, kvds_store_data(&s->store, objs[i]) + off,
+                         (size_t)len, NULL, objs[i], -1)) {
       /* Queueing failed (pin already dropped): drop the rest too. */
       LOCK(s);
       for (uint32_t k = i + 1; k < n; k++)
@@ -180,6 +208,7 @@ static void get_reply(struct conn *c, uint64_t req_id, uint16_t flags,
       UNLOCK(s);
       break;
     }
+  }
 }
 
 void kvds__reply_find(struct reply *r, int kind, uint32_t n,
@@ -232,7 +261,7 @@ static const uint8_t wait_op[] = {[KVDS_WAIT_GET] = KVDS_OP_GET,
 void kvds__server_on_answer(void *owner, const struct kvds_wait_answer *a) {
   struct conn *c = owner;
   if (a->kind == KVDS_WAIT_GET) {
-    get_reply(c, a->req_id, a->flags, a->n, a->objs, a->status);
+    get_reply(c, a->req_id, a->flags, a->n, a->objs, a->status, NULL);
   } else if (a->kind == KVDS_WAIT_SEAL) {
     seal_answer(c, a);
   } else if (a->timed_out) { /* the resolver did not answer in time */
@@ -564,6 +593,16 @@ static int op_get(struct conn *c, const struct req_items *ri) {
     flags = 0; /* pins and handles only, whatever the transport */
   else if (!c->is_unix)
     flags |= KVDS_PF_INLINE; /* TCP clients cannot map the pool */
+  /* ranges: a peer's pull (inline, local, nothing else) */
+  int rng = (c->h.flags & KVDS_PF_RANGE) != 0, later = 0;
+  if (rng) {
+    if ((c->h.flags & (KVDS_PF_PIN | KVDS_PF_HINT)) ||
+        !(c->h.flags & KVDS_PF_LOCAL) || !(flags & KVDS_PF_INLINE))
+      return KVDS_E_INVAL;
+    flags |= KVDS_PF_RANGE;
+    for (uint32_t i = 0; i < ri->n; i++)
+      later |= ri->it[i].a > 0;
+  }
   uint32_t n = ri->n;
   const uint8_t *hint = NULL;
   uint32_t hlen = 0;
@@ -594,6 +633,14 @@ static int op_get(struct conn *c, const struct req_items *ri) {
       continue;
     }
     objs[i] = kvds_store_get(&s->store, ri->key[i], kl);
+    if (objs[i] && rng && ri->it[i].a > 0 &&
+        (ri->it[i].a >= objs[i]->size || objs[i]->checksum != ri->it[i].c)) {
+      /* not the value whose first bytes the puller has */
+      status[i] = ri->it[i].a >= objs[i]->size ? KVDS_E_RANGE : KVDS_E_NOTFOUND;
+      kvds_store_unpin(&s->store, objs[i]);
+      objs[i] = NULL;
+      continue;
+    }
     if (!objs[i]) {
       status[i] = KVDS_E_NOTFOUND;
       missing++;
@@ -601,9 +648,9 @@ static int op_get(struct conn *c, const struct req_items *ri) {
         disk = kvds__tier_has(s->tier, ri->key[i], kl);
     }
   }
-  if (!missing)
-    disk = 0;
-  if (missing && (c->h.arg > 0 || far || disk)) {
+  if (!missing || later)
+    disk = 0; /* a later range is of the value the puller began: no wait */
+  if (missing && !later && (c->h.arg > 0 || far || disk)) {
     uint32_t *klens = malloc(n * sizeof *klens);
     struct kvds_wait *w = NULL;
     if (klens) {
@@ -632,7 +679,7 @@ static int op_get(struct conn *c, const struct req_items *ri) {
     return 0;
   }
   UNLOCK(s);
-  get_reply(c, c->h.req_id, flags, n, objs, status);
+  get_reply(c, c->h.req_id, flags, n, objs, status, rng ? ri->it : NULL);
   free(objs);
   free(status);
   return 0;

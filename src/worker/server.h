@@ -64,6 +64,10 @@ struct io_thread {
    * other threads at --max-connections: ones that never sent a request,
    * and the others (conn.c keeps them current). */
   atomic_uint idle_fresh, idle_used;
+  /* Its TCP connections (peers' pulls among them), read by the thread that
+   * accepts a new one to give it to the thread with the fewest. */
+  atomic_uint ntcp;
+  atomic_uint nhanded; /* connections in handoff[] (handoff_lock) */
   pthread_mutex_t handoff_lock;
   struct handoff handoff[HANDOFF_MAX]; /* handoff_lock */
   int nhandoff;                        /* handoff_lock */

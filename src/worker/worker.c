@@ -444,8 +444,10 @@ static struct io_thread *thread_with_idle(struct io_thread *th,
 static int handoff(struct io_thread *to, int fd, int is_unix) {
   pthread_mutex_lock(&to->handoff_lock);
   int ok = to->nhandoff < HANDOFF_MAX;
-  if (ok)
+  if (ok) {
     to->handoff[to->nhandoff++] = (struct handoff){fd, (uint8_t)is_unix};
+    atomic_fetch_add(&to->nhanded, 1);
+  }
   pthread_mutex_unlock(&to->handoff_lock);
   if (ok)
     event_active(to->handoff_ev, EV_READ, 0);
@@ -491,7 +493,25 @@ static void admit(struct io_thread *th, int fd, int is_unix, int handed) {
   }
 }
 
-/* Connections handed over by other threads at the cap. */
+/* The thread with the fewest TCP connections (counting those handed to
+ * it and not taken yet); th when it is one of them. */
+static struct io_thread *fewest_tcp(struct io_thread *th) {
+  struct kvds_server *s = th->srv;
+  struct io_thread *best = th;
+  unsigned least = atomic_load(&th->ntcp) + atomic_load(&th->nhanded);
+  for (int i = 0; i < s->nthreads; i++) {
+    struct io_thread *o = &s->threads[i];
+    unsigned n = atomic_load(&o->ntcp) + atomic_load(&o->nhanded);
+    if (n < least) {
+      least = n;
+      best = o;
+    }
+  }
+  return best;
+}
+
+/* Connections handed over by other threads (at the cap, or to spread
+ * them). */
 static void on_handoff(evutil_socket_t fd, short what, void *arg) {
   struct io_thread *th = arg;
   (void)fd;
@@ -499,8 +519,10 @@ static void on_handoff(evutil_socket_t fd, short what, void *arg) {
   for (;;) {
     pthread_mutex_lock(&th->handoff_lock);
     struct handoff h = {.fd = -1};
-    if (th->nhandoff)
+    if (th->nhandoff) {
       h = th->handoff[--th->nhandoff];
+      atomic_fetch_sub(&th->nhanded, 1);
+    }
     pthread_mutex_unlock(&th->handoff_lock);
     if (h.fd < 0)
       break;
@@ -544,6 +566,13 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg) {
       setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof intvl);
       setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt);
       setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &uto, sizeof uto);
+      /* Spread TCP connections over the I/O threads: whichever thread
+       * wakes first accepts, so the busiest (still polling) would take
+       * them all, and a peer's parallel pulls would be sent from one
+       * core. */
+      struct io_thread *to = fewest_tcp(th);
+      if (to != th && handoff(to, fd, 0))
+        continue;
     }
     admit(th, fd, is_unix, 0);
   }

@@ -759,6 +759,38 @@ static void bench_remote_smoke(void) {
               addrs[i], kvds_strerror(rc));
   }
   json_decref(j);
+
+  /* Two client threads reading values that B pulls in ranges: every
+   * pulled byte counted once, raw TCP over all pull threads' streams. */
+  setenv("TMPDIR", tmp, 1);
+  KVDS(&r, NULL, 0, "bench", "remote", "--quick", "--json", "--sizes", "4MiB",
+       "--batch", "1", "--clients", "2", "--memory", "128MiB");
+  unsetenv("TMPDIR");
+  KVH_CHECK(r.code == 0, "bench remote --clients 2 exited %d: %s", r.code,
+            r.err);
+  expect_empty_dir(tmp, "bench remote --clients 2");
+  j = json_loads(r.out, 0, &je);
+  KVH_CHECK(j, "bench remote --clients 2 --json is not JSON: %s", je.text);
+  KVH_CHECK(json_integer_value(json_object_get(j, "clients")) == 2,
+            "bench remote --clients 2: no clients: 2 in the report");
+  reads = json_object_get(j, "reads");
+  KVH_CHECK(json_array_size(reads) == 2, "bench remote --clients 2 rows: %zu",
+            json_array_size(reads));
+  row = json_array_get(reads, 0);
+  json_int_t calls = json_integer_value(json_object_get(row, "calls"));
+  json_int_t bytes = json_integer_value(json_object_get(row, "bytes"));
+  KVH_CHECK(calls >= 6 && bytes == calls * (4 << 20),
+            "--clients 2: %lld calls, %lld bytes", (long long)calls,
+            (long long)bytes);
+  KVH_CHECK(json_integer_value(json_object_get(row, "pulled_bytes")) == bytes,
+            "--clients 2: B pulled %lld bytes for %lld read",
+            (long long)json_integer_value(json_object_get(row, "pulled_bytes")),
+            (long long)bytes);
+  KVH_CHECK(json_integer_value(json_object_get(row, "streams")) == pulls,
+            "--clients 2, 4 MiB values: %lld streams, want %lld",
+            (long long)json_integer_value(json_object_get(row, "streams")),
+            (long long)pulls);
+  json_decref(j);
 }
 
 /* The line of text that starts with `start` and has `word` after it, or

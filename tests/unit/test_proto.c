@@ -278,9 +278,9 @@ static void test_hdr_flags(void **state) {
       assert_poisoned(&out, sizeof(out));
     }
   }
-  h.flags = KVDS_PF_ALL | 0x100;
+  h.flags = KVDS_PF_ALL | 0x200;
   assert_int_equal(decode_hdr(&h, &out), KVDS_E_PROTO);
-  h.flags = 0x100;
+  h.flags = 0x200;
   h.opcode = KVDS_OP__MAX + 1;
   assert_int_equal(decode_hdr(&h, &out), KVDS_E_PROTO);
 }

@@ -19,6 +19,9 @@
  *                owner straight into a new object of this pool, sealed as
  *                a replica once its checksum matched; EXISTS /
  *                LOOKUP_PREFIX / LOCATE ask the homes;
+ *  - split.c     a large value pulled in ranges over several connections
+ *                at once (the puller and idle job threads), hashed in
+ *                order as its bytes land;
  *  - replicate.c background copies (--replicas);
  *  - metrics.c   per-peer counters, pull latency, /status and /metrics.
  * The pure parts (a key's home, views, next owner) are src/cluster/view.h.
@@ -80,9 +83,12 @@ struct ann {
   uint8_t key[];
 };
 
-/* Some keys of a wait, for one job thread. */
+struct split;
+
+/* Some keys of a wait, for one job thread; or help with a split. */
 struct job {
   struct job *next;
+  struct split *split; /* a helper job (w NULL): holds a reference */
   struct kvds_wait *w; /* held until the job is done */
   uint32_t n;
   uint32_t *idx; /* which of w's keys (GET) */
@@ -104,6 +110,7 @@ struct kvds_cluster {
   int conns_per_peer;
   kvds_directory *dir;
   struct job *jhead, *jtail;
+  int nqueued, nbusy; /* cl->lock: jobs queued, job threads at work */
   struct ann *ahead, *atail;
   size_t nann;
   int view_dirty;     /* cl->lock: the membership changed */
@@ -180,6 +187,37 @@ int kvds__jobs_submit(void *self, const struct kvds_miss *m);
 void *kvds__jobs_main(void *arg);
 /* Frees a job that never ran (stopping). */
 void kvds__job_drop(struct job *j);
+
+/* ---- split.c ------------------------------------------------------------ */
+/* A pull asks for the first SPLIT_HEAD bytes of a value larger than
+ * SPLIT_WHOLE_MAX, when job threads are idle; the rest comes in chunks. */
+#define SPLIT_HEAD ((uint64_t)1 << 20)
+#define SPLIT_WHOLE_MAX ((uint64_t)2 << 20)
+/* A split of the value of `key` (size bytes, checksum) from p into base,
+ * whose head the pull under way is receiving, with helper jobs queued for
+ * the idle job threads; NULL when size <= SPLIT_WHOLE_MAX or out of memory
+ * (the value then fails here). The caller owns the object, passes the
+ * head's bytes to kvds__split_head_landed as they land, ends the head with
+ * kvds__split_head_done and then calls kvds__split_finish exactly once. */
+struct split *kvds__split_new(struct kvds_cluster *cl, struct kvds_peer *p,
+                              const uint8_t *key, uint32_t klen, uint8_t *base,
+                              uint64_t size, uint64_t checksum,
+                              uint64_t deadline_us);
+void kvds__split_head_landed(struct split *sp, size_t n);
+/* The head's pull is over: 0 (all of it landed) or its error. */
+void kvds__split_head_done(struct split *sp, int rc);
+/* Pulls what is left over c (NULL: c broke), waits for the helpers' chunks
+ * (by the split's deadline; past it their connections are shut down) and
+ * drops sp; *checksum is the value's. 0: every byte landed and the xxh3 of the
+ * whole value matches; else the first error, KVDS_E_PEER (chunks nobody pulled)
+ * or KVDS_E_CHECKSUM: the caller aborts the object. */
+int kvds__split_finish(struct split *sp, struct kvds_peerconn *c,
+                       uint64_t *checksum);
+/* A job thread runs a helper job: claims chunks over a connection of its
+ * own, then drops its reference. */
+void kvds__split_help(struct kvds_cluster *cl, struct split *sp);
+/* Drops a helper job's reference without running it (stopping). */
+void kvds__split_unref(struct split *sp);
 
 /* ---- metrics.c ---------------------------------------------------------- */
 /* Records a pull's latency for p. */

@@ -38,15 +38,20 @@ struct jkey {
 /* A pull of some keys from one peer into this pool. */
 struct pull_ctx {
   struct kvds_server *s;
+  struct kvds_cluster *cl;
   struct kvds_peer *peer;
   struct jkey **k;
   struct kvds_object **obj;
+  struct split **sp; /* values coming in ranges, or NULL */
+  uint64_t deadline_us;
 };
 
-static void *pull_dst(void *ud, size_t i, uint64_t size) {
+static void *pull_dst(void *ud, size_t i, uint64_t size, uint64_t off,
+                      uint64_t len, uint64_t checksum) {
   struct pull_ctx *pc = ud;
   struct kvds_server *s = pc->s;
   struct jkey *k = pc->k[i];
+  (void)off; /* 0: the pull asked for heads */
   pthread_mutex_lock(&s->store.lock);
   int rc = kvds_store_create(&s->store, k->key, k->klen, size, &pc->obj[i]);
   pthread_mutex_unlock(&s->store.lock);
@@ -63,11 +68,29 @@ static void *pull_dst(void *ud, size_t i, uint64_t size) {
     pc->obj[i] = NULL;
     return NULL;
   }
-  return kvds_store_data(&s->store, pc->obj[i]);
+  uint8_t *base = kvds_store_data(&s->store, pc->obj[i]);
+  if (len < size &&
+      !(pc->sp[i] = kvds__split_new(pc->cl, pc->peer, k->key, k->klen, base,
+                                    size, checksum, pc->deadline_us))) {
+    pthread_mutex_lock(&s->store.lock);
+    kvds_store_abort(&s->store, pc->obj[i]); /* never visible */
+    pthread_mutex_unlock(&s->store.lock);
+    pc->obj[i] = NULL;
+    k->err = -ENOMEM;
+    return NULL;
+  }
+  return base;
 }
 
-static void pull_done(void *ud, size_t i, int status, uint64_t checksum) {
+static void pull_landed(void *ud, size_t i, const void *p, size_t n) {
   struct pull_ctx *pc = ud;
+  (void)p;
+  kvds__split_head_landed(pc->sp[i], n);
+}
+
+/* Value i is over: sealed (status 0, its bytes verified) or aborted. */
+static void pull_end(struct pull_ctx *pc, size_t i, int status,
+                     uint64_t checksum) {
   struct kvds_server *s = pc->s;
   struct jkey *k = pc->k[i];
   struct kvds_object *o = pc->obj[i];
@@ -91,6 +114,26 @@ static void pull_done(void *ud, size_t i, int status, uint64_t checksum) {
     k->err = status;
 }
 
+static void pull_done(void *ud, size_t i, int status, uint64_t checksum) {
+  struct pull_ctx *pc = ud;
+  if (pc->sp[i]) { /* its head: the rest comes with kvds__split_finish */
+    kvds__split_head_done(pc->sp[i], status);
+    return;
+  }
+  pull_end(pc, i, status, checksum);
+}
+
+/* Whether a pull of n keys may ask for heads only: no wait (a waiting
+ * request is answered whole) and job threads idle to help. */
+static int split_worth(struct kvds_cluster *cl, int wait_ms) {
+  if (wait_ms > 0 || cl->npullers < 2)
+    return 0;
+  pthread_mutex_lock(&cl->lock);
+  int idle = cl->nbusy + cl->nqueued < cl->npullers;
+  pthread_mutex_unlock(&cl->lock);
+  return idle;
+}
+
 /* Pulls keys k[0..n) from p, waiting up to wait_ms there for keys not
  * sealed yet. */
 static void pull_from(struct kvds_cluster *cl, struct kvds_peer *p,
@@ -109,18 +152,26 @@ static void pull_from(struct kvds_cluster *cl, struct kvds_peer *p,
     atomic_fetch_add(&p->pull_errors, 1);
     return;
   }
+  int split = split_worth(cl, wait_ms);
   struct kvds_iov *iov = malloc(n * sizeof *iov);
   struct kvds_object **obj = calloc(n, sizeof *obj);
-  if (!iov || !obj) {
+  struct split **sp = calloc(n, sizeof *sp);
+  struct kvds_peerconn_range *rg = split ? malloc(n * sizeof *rg) : NULL;
+  if (!iov || !obj || !sp || (split && !rg)) {
     free(iov);
     free(obj);
+    free(sp);
+    free(rg);
     kvds__pconn_put(cl, p, c, gen);
     for (size_t i = 0; i < n; i++)
       k[i]->err = -ENOMEM;
     return;
   }
-  for (size_t i = 0; i < n; i++)
+  for (size_t i = 0; i < n; i++) {
     iov[i] = (struct kvds_iov){(void *)k[i]->key, k[i]->klen};
+    if (rg)
+      rg[i] = (struct kvds_peerconn_range){0, SPLIT_HEAD, 0, SPLIT_WHOLE_MAX};
+  }
   uint64_t t0 = kvds_now_us();
   int left = kvds_deadline_left_ms(deadline_us, t0);
   if (left < 1)
@@ -130,9 +181,30 @@ static void pull_from(struct kvds_cluster *cl, struct kvds_peer *p,
   /* the client's deadline is its timeout + the wait */
   int io_ms = left - (wait_ms > 0 ? wait_ms : 0);
   kvds_peerconn_set_timeout(c, io_ms > 0 ? io_ms : 1);
-  struct pull_ctx pc = {s, p, k, obj};
-  struct kvds_peerconn_pull_ops ops = {pull_dst, pull_done, &pc};
-  int rc = kvds_peerconn_pull(c, n, iov, wait_ms, &ops);
+  struct pull_ctx pc = {s, cl, p, k, obj, sp, deadline_us};
+  struct kvds_peerconn_pull_ops ops = {pull_dst, pull_landed, pull_done, &pc};
+  int rc = kvds_peerconn_pull(c, n, iov, wait_ms, rg, &ops);
+  /* The values that came in part: the rest over this connection and the
+   * helpers' (a failure aborts the value, never visible). */
+  int up = rc == 0 && kvds_peerconn_is_connected(c);
+  for (size_t i = 0; i < n; i++) {
+    if (!sp[i])
+      continue;
+    uint64_t sum;
+    int src = kvds__split_finish(sp[i], up ? c : NULL, &sum);
+    sp[i] = NULL;
+    up = up && kvds_peerconn_is_connected(c);
+    /* as a whole pull's failure reads: the peer's, or the deadline */
+    if (src && src != KVDS_E_TIMEOUT && src != KVDS_E_CHECKSUM &&
+        src != -ENOMEM)
+      src = KVDS_E_PEER;
+    pull_end(&pc, i, src, sum);
+    if (src && !rc) {
+      atomic_fetch_add(&p->pull_errors, 1);
+      kvds__logf(2, "cluster: ranged pull of a value from %s failed: %s", p->id,
+                 kvds_strerror(src));
+    }
+  }
   uint64_t us = kvds_now_us() - t0;
   kvds__pconn_put(cl, p, c, gen);
   atomic_fetch_add(&p->pulls, 1);
@@ -147,6 +219,8 @@ static void pull_from(struct kvds_cluster *cl, struct kvds_peer *p,
   }
   free(iov);
   free(obj);
+  free(sp);
+  free(rg);
 }
 
 /* Parses a LOCATE reply into owners of keys k[]. */
@@ -490,6 +564,21 @@ void *kvds__jobs_main(void *arg) {
     cl->jhead = j->next;
     if (!cl->jhead)
       cl->jtail = NULL;
+    cl->nqueued--;
+    if (j->split) {
+      int stop = cl->stopping;
+      cl->nbusy++;
+      pthread_mutex_unlock(&cl->lock);
+      if (stop)
+        kvds__split_unref(j->split);
+      else
+        kvds__split_help(cl, j->split);
+      free(j);
+      pthread_mutex_lock(&cl->lock);
+      cl->nbusy--;
+      continue;
+    }
+    cl->nbusy++;
     struct kvds_view v;
     int rc = kvds_view_copy(&v, &cl->view);
     int stop = cl->stopping;
@@ -504,12 +593,18 @@ void *kvds__jobs_main(void *arg) {
       kvds_view_free(&v);
     kvds__job_drop(j);
     pthread_mutex_lock(&cl->lock);
+    cl->nbusy--;
   }
   pthread_mutex_unlock(&cl->lock);
   return NULL;
 }
 
 void kvds__job_drop(struct job *j) {
+  if (j->split) {
+    kvds__split_unref(j->split);
+    free(j);
+    return;
+  }
   kvds_wait_unhold(j->w);
   free(j->idx);
   free(j);
@@ -579,6 +674,7 @@ int kvds__jobs_submit(void *self, const struct kvds_miss *m) {
       cl->jhead = js[k];
     cl->jtail = js[k];
   }
+  cl->nqueued += (int)njobs;
   pthread_cond_broadcast(&cl->job_cv);
   pthread_mutex_unlock(&cl->lock);
   free(js);
