@@ -219,14 +219,18 @@ struct bench_tcp {
 int bench_tcp_setup(struct bench_tcp *t, int n, const uint8_t *src,
                     uint8_t *dst, size_t region);
 
-/* `calls` calls of `batch` values of `size` bytes, walking a set of nkeys
- * slots of src/dst (nkeys * size <= region), each call's values split over
- * the first `streams` streams (a stream gets batch / streams of them, the
- * first ones one less when it does not divide). *ns: time of all calls.
- * 0, KVDS_E_TIMEOUT (a call did not finish in 2 x BENCH_TCP_IO_TIMEOUT_S
- * plus its bytes at 100 MB/s), or a socket error. */
-int bench_tcp_run(struct bench_tcp *t, int streams, size_t size, size_t batch,
-                  size_t nkeys, uint64_t calls, uint64_t *ns);
+/* `calls` calls of per_call bytes each, walking span bytes of src/dst
+ * (per_call <= span <= region) from *pos (0 for a fresh walk; *pos +
+ * per_call <= span): each call moves on by per_call, back to 0 when the
+ * next would pass span, and *pos is left where the next call starts, so
+ * that runs taking turns with other work continue one walk. Each call's
+ * bytes are split evenly over the first `streams`
+ * streams (stream k moves bytes [per_call * k / streams, per_call * (k+1)
+ * / streams) of it). *ns: time of all calls. 0, KVDS_E_TIMEOUT (a call did
+ * not finish in 2 x BENCH_TCP_IO_TIMEOUT_S plus its bytes at 100 MB/s), or
+ * a socket error. */
+int bench_tcp_run(struct bench_tcp *t, int streams, size_t per_call,
+                  size_t span, uint64_t calls, uint64_t *pos, uint64_t *ns);
 
 /* Stops the threads and closes the streams. */
 void bench_tcp_teardown(struct bench_tcp *t);

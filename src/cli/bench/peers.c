@@ -555,25 +555,25 @@ out:
  * calls to learn the pace, then as many as fill `seconds`. */
 static int run_tcp(struct peers *p, const struct bench_case *bc,
                    struct bench_result *out, char *why, size_t cap) {
-  size_t per_call = bc->batch * (size_t)bc->threads;
+  size_t per_call = bc->batch * (size_t)bc->threads * bc->size; /* bytes */
   /* the calls walk as many bytes as the threads' key rings hold */
-  size_t nkeys = bench_case_slots(bc) * (size_t)bc->threads;
-  uint64_t ns = 0, calls = 3;
-  int rc = bench_tcp_run(&p->tcp, bc->threads, bc->size, per_call, nkeys, calls,
-                         &ns);
+  size_t span = bench_case_slots(bc) * (size_t)bc->threads * bc->size;
+  uint64_t ns = 0, calls = 3, pos = 0;
+  int rc =
+      bench_tcp_run(&p->tcp, bc->threads, per_call, span, calls, &pos, &ns);
   if (rc == 0 && ns > 0) {
     uint64_t want = (uint64_t)(bc->seconds * 1e9);
     uint64_t more = (uint64_t)((double)want / ((double)ns / 3.0));
     calls = more > 3 ? more : 3;
-    rc = bench_tcp_run(&p->tcp, bc->threads, bc->size, per_call, nkeys, calls,
-                       &ns);
+    pos = 0;
+    rc = bench_tcp_run(&p->tcp, bc->threads, per_call, span, calls, &pos, &ns);
   }
   if (rc || ns == 0 || bench_stopped()) {
     snprintf(why, cap, "%s", rc ? kvds_strerror(rc) : "interrupted");
     return CLI_FAIL;
   }
   out->calls = calls * (uint64_t)bc->threads;
-  out->gbps = (double)calls * (double)per_call * (double)bc->size / (double)ns;
+  out->gbps = (double)calls * (double)per_call / (double)ns;
   return CLI_OK;
 }
 

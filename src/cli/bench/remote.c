@@ -10,37 +10,25 @@
  * before keys are read again) is excluded. Latency is per call; one call
  * moves `batch` values.
  */
-#include <arpa/inet.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <pthread.h>
-#include <semaphore.h>
-#include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/time.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "cli/bench/bench.h"
 #include "common/clock.h"
 #include "common/util.h"
 
-#define R_STREAMS_MAX 64
 #define R_CLIENTS_MAX 16
 /* The worker pulls a value larger than this in ranges over several
  * connections when pull threads are idle (src/worker/cluster/split.c). */
 #define R_SPLIT_WHOLE_MAX (2ull << 20)
-#define R_LAT_KEYS 64     /* keys cycled by the lookup latency probes */
-#define R_CHAIN 32        /* keys of the lookup_prefix chain */
-#define R_PUT_CHUNK 256   /* values per untimed kvds_mput on A */
-#define R_IO_TIMEOUT_S 10 /* raw TCP: a stream stalled this long fails */
+#define R_LAT_KEYS 64   /* keys cycled by the lookup latency probes */
+#define R_CHAIN 32      /* keys of the lookup_prefix chain */
+#define R_PUT_CHUNK 256 /* values per untimed kvds_mput on A */
 /* A case's reads and its raw TCP take turns this many times, so that both
  * see the same moments of a shared machine. */
 #define R_ROUNDS 4
@@ -55,44 +43,6 @@ struct remote_opts {
   uint64_t pull_threads, threads, clients;
   double seconds;
   int json;
-};
-
-/* A progress line "kvds bench remote: ..." on stderr (errors are "kvds
- * bench: ..."). */
-__attribute__((format(printf, 1, 2))) static void progress(const char *fmt,
-                                                           ...) {
-  char msg[512];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(msg, sizeof msg, fmt, ap);
-  va_end(ap);
-  fprintf(stderr, "kvds bench remote: %s\n", msg);
-}
-
-/* Raw TCP over loopback: stream i is a connection between a receiving
- * thread (asks for len bytes at src_off, receives them at dst_off) and a
- * sending thread (answers from the source buffer). A call posts the go
- * semaphore of the streams it uses only, so idle receivers stay asleep. */
-struct tcp_ceiling;
-struct tcp_stream {
-  struct tcp_ceiling *t;
-  int sfd, rfd; /* the sender's and the receiver's ends */
-  pthread_t sender, receiver;
-  int have_sender, have_receiver, have_go;
-  sem_t go;                       /* one post per call, or at quit */
-  uint64_t len, src_off, dst_off; /* this call's transfer */
-};
-
-struct tcp_ceiling {
-  pthread_mutex_t lock;
-  pthread_cond_t done; /* on CLOCK_MONOTONIC */
-  int ndone, err;      /* receivers finished with this call; first error */
-  int quit;            /* written before the posts that wake for it */
-  const uint8_t *src;
-  uint8_t *dst;
-  size_t region;
-  int n; /* streams set up */
-  struct tcp_stream s[R_STREAMS_MAX];
 };
 
 struct rpoint {
@@ -120,7 +70,7 @@ struct remote {
   uint8_t *src, *dst;
   size_t region;
   uint64_t phase_ns;
-  struct tcp_ceiling tcp;
+  struct bench_tcp tcp;
   int tcp_up;
   struct rpoint pts[BENCH_LIST_MAX * BENCH_LIST_MAX + BENCH_LIST_MAX];
   int npts;
@@ -138,9 +88,7 @@ static int remote_parse(int argc, char **argv, struct remote_opts *o) {
     O_BATCH,
     O_MAX,
     O_DIR,
-    O_SECONDS,
-    O_QUICK,
-    O_JSON
+    O_SECONDS
   };
   static const struct option lo[] = {
       {"worker-a", required_argument, NULL, O_A},
@@ -154,9 +102,7 @@ static int remote_parse(int argc, char **argv, struct remote_opts *o) {
       {"max-bytes", required_argument, NULL, O_MAX},
       {"dir-size", required_argument, NULL, O_DIR},
       {"seconds", required_argument, NULL, O_SECONDS},
-      {"quick", no_argument, NULL, O_QUICK},
-      {"json", no_argument, NULL, O_JSON},
-      {"help", no_argument, NULL, 'h'},
+      BENCH_OPTS_COMMON,
       {NULL, 0, NULL, 0}};
   int c, first = 1, quick = 0, have_mem = 0, have_max = 0, have_secs = 0,
          have_threads = 0;
@@ -184,8 +130,8 @@ static int remote_parse(int argc, char **argv, struct remote_opts *o) {
       have_mem = 1;
       break;
     case O_PULL:
-      rc = bench_parse_u64_in("--pull-threads", optarg, 0, 1, R_STREAMS_MAX,
-                              &o->pull_threads);
+      rc = bench_parse_u64_in("--pull-threads", optarg, 0, 1,
+                              BENCH_TCP_STREAMS_MAX, &o->pull_threads);
       break;
     case O_THREADS:
       rc = bench_parse_u64_in("--threads", optarg, 0, 1, 64, &o->threads);
@@ -214,25 +160,14 @@ static int remote_parse(int argc, char **argv, struct remote_opts *o) {
       rc = bench_parse_double_in("--seconds", optarg, 0.001, 3600, &o->seconds);
       have_secs = 1;
       break;
-    case O_QUICK:
-      quick = 1;
-      break;
-    case O_JSON:
-      o->json = 1;
-      break;
-    case 'h':
-      bench_print_help();
-      return -1;
     default:
-      return CLI_USAGE;
+      rc = bench_parse_common(c, &quick, &o->json);
     }
     if (rc)
       return rc;
   }
-  if (optind != argc) {
-    cli_err("bench", "remote: unexpected argument '%s'", argv[optind]);
+  if (bench_parse_end("remote", argc, argv))
     return CLI_USAGE;
-  }
   if (!o->addr_a != !o->addr_b) {
     cli_err("bench", "--worker-a and --worker-b go together");
     return CLI_USAGE;
@@ -297,65 +232,11 @@ static int wait_visible(kvds_client *c, const struct bench_keyset *ks) {
 
 /* ---- workers ---- */
 
-/* Starts worker w peered with peer_port, as remote_opts says. */
-static int worker_spawn(struct remote *r, struct bench_worker *w,
-                        int peer_port) {
-  char peers[64], mem[32], pulls[24], threads[24];
-  snprintf(peers, sizeof peers, "127.0.0.1:%d", peer_port);
-  snprintf(mem, sizeof mem, "%llu", (unsigned long long)r->o->memory);
-  snprintf(pulls, sizeof pulls, "%llu", (unsigned long long)r->o->pull_threads);
-  snprintf(threads, sizeof threads, "%llu", (unsigned long long)r->o->threads);
-  const char *args[] = {
-      "--peers", peers,       "--memory", mem, "--pull-threads",
-      pulls,     "--threads", threads,    NULL};
-  return bench_worker_spawn(w, r->dir, args);
-}
-
-/* c's worker's cluster status: *root (caller decrefs) and its "members"
- * array (borrowed from *root). 0, the request's error or KVDS_E_PROTO. */
-static int cluster_members(kvds_client *c, json_t **root, json_t **members) {
-  char *txt;
-  int rc = kvds_cluster_status(c, &txt);
-  if (rc)
-    return rc;
-  json_t *j = json_loads(txt, 0, NULL);
-  free(txt);
-  json_t *ms = json_object_get(j, "members");
-  if (!json_is_array(ms)) {
-    json_decref(j);
-    return KVDS_E_PROTO;
-  }
-  *root = j;
-  *members = ms;
-  return 0;
-}
-
-/* Members in c's worker's view, and whether every peer has connections
- * open (when the worker reports them). */
-static int cluster_view(kvds_client *c, size_t *members, int *connected) {
-  json_t *j, *ms, *m;
-  int rc = cluster_members(c, &j, &ms);
-  if (rc)
-    return rc;
-  int conn = 1;
-  size_t i;
-  json_array_foreach(ms, i, m) {
-    json_t *conns = json_object_get(m, "connections");
-    if (!json_is_true(json_object_get(m, "self")) && conns &&
-        json_integer_value(conns) <= 0)
-      conn = 0;
-  }
-  *members = json_array_size(ms);
-  *connected = conn;
-  json_decref(j);
-  return 0;
-}
-
 /* Bytes c's worker has pulled from its peers since it started: 0, the
  * request's error or KVDS_E_PROTO (a bytes_in that is not a count). */
 static int pulled_bytes(kvds_client *c, uint64_t *out) {
   json_t *j, *ms, *m;
-  int rc = cluster_members(c, &j, &ms);
+  int rc = bench_cluster_members(c, &j, &ms);
   if (rc)
     return rc;
   uint64_t sum = 0;
@@ -376,194 +257,7 @@ static int pulled_bytes(kvds_client *c, uint64_t *out) {
   return rc;
 }
 
-static int wait_cluster(struct remote *r, uint64_t deadline_ns) {
-  kvds_client *cs[2] = {r->ca, r->cb};
-  for (int i = 0; i < 2; i++) {
-    for (;;) {
-      size_t n = 0;
-      int conn = 0;
-      int rc = cluster_view(cs[i], &n, &conn);
-      if (rc) {
-        cli_err("bench", "cluster status of %s: %s", i ? r->addr_b : r->addr_a,
-                kvds_strerror(rc));
-        return CLI_FAIL;
-      }
-      if (n >= 2 && conn)
-        break;
-      if (bench_stopped())
-        return CLI_FAIL;
-      if (kvds_now_ns() > deadline_ns) {
-        cli_err("bench",
-                "worker %s does not see its peer (%zu member%s in its view; "
-                "is it started with --peers?)",
-                i ? r->addr_b : r->addr_a, n, n == 1 ? "" : "s");
-        return CLI_FAIL;
-      }
-      kvds_sleep_ms(20);
-    }
-  }
-  return CLI_OK;
-}
-
-/* ---- raw TCP ceiling ---- */
-
-/* A timeout (SO_RCVTIMEO / SO_SNDTIMEO) reads as KVDS_E_TIMEOUT. */
-static int send_all(int fd, const void *buf, size_t len) {
-  const uint8_t *p = buf;
-  while (len) {
-    ssize_t w = send(fd, p, len, MSG_NOSIGNAL);
-    if (w < 0 && errno == EINTR)
-      continue;
-    if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-      return KVDS_E_TIMEOUT;
-    if (w <= 0)
-      return w < 0 ? -errno : KVDS_E_CLOSED;
-    p += w;
-    len -= (size_t)w;
-  }
-  return 0;
-}
-
-static int recv_all(int fd, void *buf, size_t len) {
-  uint8_t *p = buf;
-  while (len) {
-    ssize_t n = recv(fd, p, len, 0);
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-      return KVDS_E_TIMEOUT;
-    if (n <= 0)
-      return n < 0 ? -errno : KVDS_E_CLOSED;
-    p += n;
-    len -= (size_t)n;
-  }
-  return 0;
-}
-
-/* Answers requests {len, src_off} from the source buffer until EOF. On
- * leaving (EOF, a bad request, a stalled peer) it shuts its end down, so
- * the receiver fails at once instead of waiting for bytes. */
-static void *tcp_sender(void *arg) {
-  struct tcp_stream *s = arg;
-  uint64_t req[2];
-  while (recv_all(s->sfd, req, sizeof req) == 0) {
-    if (req[0] > s->t->region || req[1] > s->t->region - req[0])
-      break;
-    if (send_all(s->sfd, s->t->src + req[1], (size_t)req[0]))
-      break;
-  }
-  shutdown(s->sfd, SHUT_RDWR);
-  return NULL;
-}
-
-/* Per post of its go semaphore: asks for its share and receives it straight
- * into dst. */
-static void *tcp_receiver(void *arg) {
-  struct tcp_stream *s = arg;
-  struct tcp_ceiling *t = s->t;
-  for (;;) {
-    while (sem_wait(&s->go) && errno == EINTR)
-      ;
-    if (t->quit)
-      break;
-    uint64_t req[2] = {s->len, s->src_off};
-    int err = send_all(s->rfd, req, sizeof req);
-    if (!err)
-      err = recv_all(s->rfd, t->dst + s->dst_off, (size_t)req[0]);
-    pthread_mutex_lock(&t->lock);
-    if (err && !t->err)
-      t->err = err;
-    t->ndone++;
-    pthread_cond_signal(&t->done);
-    pthread_mutex_unlock(&t->lock);
-  }
-  return NULL;
-}
-
-static void tcp_teardown(struct tcp_ceiling *t) {
-  t->quit = 1;
-  for (int i = 0; i < t->n; i++) {
-    struct tcp_stream *s = &t->s[i];
-    if (s->rfd >= 0)
-      shutdown(s->rfd, SHUT_RDWR); /* the sender sees EOF; a busy receiver
-                                      fails at once */
-    if (s->have_go)
-      sem_post(&s->go);
-  }
-  for (int i = 0; i < t->n; i++) {
-    struct tcp_stream *s = &t->s[i];
-    if (s->have_receiver)
-      pthread_join(s->receiver, NULL);
-    if (s->have_sender)
-      pthread_join(s->sender, NULL);
-    if (s->rfd >= 0)
-      close(s->rfd);
-    if (s->sfd >= 0)
-      close(s->sfd);
-    if (s->have_go)
-      sem_destroy(&s->go);
-  }
-  pthread_cond_destroy(&t->done);
-  pthread_mutex_destroy(&t->lock);
-  t->n = 0;
-}
-
-/* n connected loopback streams with their threads. Every socket gets
- * R_IO_TIMEOUT_S send and receive timeouts (the senders' ends a send
- * timeout only: they wait for requests between cases). */
-static int tcp_setup(struct tcp_ceiling *t, int n, const uint8_t *src,
-                     uint8_t *dst, size_t region) {
-  pthread_mutex_init(&t->lock, NULL);
-  kvds_cond_init_mono(&t->done);
-  t->src = src;
-  t->dst = dst;
-  t->region = region;
-  int rc = 0, one = 1;
-  struct timeval tv = {.tv_sec = R_IO_TIMEOUT_S};
-  int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  struct sockaddr_in sa = {.sin_family = AF_INET,
-                           .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  socklen_t len = sizeof sa;
-  if (lfd < 0 || bind(lfd, (struct sockaddr *)&sa, sizeof sa) ||
-      getsockname(lfd, (struct sockaddr *)&sa, &len) || listen(lfd, n))
-    rc = -errno;
-  for (int i = 0; rc == 0 && i < n; i++) {
-    struct tcp_stream *s = &t->s[i];
-    *s = (struct tcp_stream){.t = t, .sfd = -1, .rfd = -1};
-    t->n = i + 1;
-    s->rfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (s->rfd < 0 || connect(s->rfd, (struct sockaddr *)&sa, sizeof sa) ||
-        (s->sfd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC)) < 0) {
-      rc = -errno;
-      break;
-    }
-    /* as the kvds client and worker set theirs */
-    if (setsockopt(s->rfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) ||
-        setsockopt(s->sfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) ||
-        setsockopt(s->rfd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) ||
-        setsockopt(s->rfd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) ||
-        setsockopt(s->sfd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv)) {
-      rc = -errno;
-      break;
-    }
-    if (sem_init(&s->go, 0, 0)) {
-      rc = -errno;
-      break;
-    }
-    s->have_go = 1;
-    if ((rc = -pthread_create(&s->sender, NULL, tcp_sender, s)))
-      break;
-    s->have_sender = 1;
-    if ((rc = -pthread_create(&s->receiver, NULL, tcp_receiver, s)))
-      break;
-    s->have_receiver = 1;
-  }
-  if (lfd >= 0)
-    close(lfd);
-  if (rc)
-    tcp_teardown(t);
-  return rc;
-}
+/* ---- the streams of the raw TCP ceiling ---- */
 
 /* Streams B uses for a call of `batch` values of `size` bytes from each
  * of the clients: its pull threads, at least 4 keys each (as the
@@ -575,51 +269,6 @@ static int streams_for(const struct remote *r, uint64_t size, uint64_t batch) {
   if (size > R_SPLIT_WHOLE_MAX && s < r->o->pull_threads)
     s = r->o->pull_threads;
   return (int)(s < r->o->pull_threads ? s : r->o->pull_threads);
-}
-
-/* `calls` calls of `per_call` bytes each, walking a region of `span`
- * bytes from *pos (left where the next call starts) like the kvds reads
- * walk their keys, each call's bytes split
- * evenly over the streams (a batch over the pull jobs, a large value over
- * its ranges). Only the streams a call uses are woken. *ns: time of all
- * calls. A call that has not finished within 2 x R_IO_TIMEOUT_S plus its
- * bytes at 100 MB/s fails with KVDS_E_TIMEOUT (the sockets' own timeouts
- * normally report a stall first). */
-static int tcp_run(struct tcp_ceiling *t, int streams, size_t per_call,
-                   size_t span, uint64_t calls, uint64_t *pos, uint64_t *ns) {
-  size_t j = (size_t)*pos;
-  int rc = 0;
-  uint64_t limit_ns = 2ull * R_IO_TIMEOUT_S * 1000000000ull +
-                      (uint64_t)per_call * 10; /* 100 MB/s */
-  uint64_t t0 = kvds_now_ns();
-  for (uint64_t c = 0; c < calls && rc == 0 && !bench_stopped(); c++) {
-    for (int k = 0; k < streams; k++) {
-      size_t lo = per_call * (size_t)k / (size_t)streams;
-      size_t hi = per_call * (size_t)(k + 1) / (size_t)streams;
-      t->s[k].len = hi - lo;
-      t->s[k].src_off = t->s[k].dst_off = j + lo;
-    }
-    pthread_mutex_lock(&t->lock);
-    t->ndone = 0;
-    pthread_mutex_unlock(&t->lock);
-    for (int k = 0; k < streams; k++)
-      sem_post(&t->s[k].go);
-    uint64_t dl = kvds_now_us() + limit_ns / 1000;
-    pthread_mutex_lock(&t->lock);
-    while (t->ndone < streams && rc == 0)
-      if (kvds_cond_wait_until(&t->done, &t->lock, dl) == -ETIMEDOUT &&
-          t->ndone < streams)
-        rc = KVDS_E_TIMEOUT;
-    if (rc == 0)
-      rc = t->err;
-    pthread_mutex_unlock(&t->lock);
-    j += per_call;
-    if (j + per_call > span)
-      j = 0;
-  }
-  *pos = j;
-  *ns = kvds_now_ns() - t0;
-  return rc;
 }
 
 /* ---- the measurements ---- */
@@ -742,7 +391,8 @@ static int run_rpoint(struct remote *r, const char *via, size_t size,
     return 0;
   }
   if (r->o->json)
-    progress("%s %s x %zu", via, kvds_fmt_bytes(size, sz, sizeof sz), batch);
+    bench_progress("remote", "%s %s x %zu", via,
+                   kvds_fmt_bytes(size, sz, sizeof sz), batch);
   size_t nkeys = (size_t)(r->o->max_bytes / size);
   if (nkeys > BENCH_KEYS_MAX)
     nkeys = BENCH_KEYS_MAX;
@@ -799,8 +449,8 @@ static int run_rpoint(struct remote *r, const char *via, size_t size,
     for (size_t t = 0; t < nc; t++)
       calls += rd[t].s.n;
     uint64_t ns = 0, tc = (calls - calls0 + nc - 1) / nc;
-    rc = tcp_run(&r->tcp, p->streams, nc * batch * size, nkeys * size, tc,
-                 &tcp_pos, &ns);
+    rc = bench_tcp_run(&r->tcp, p->streams, nc * batch * size, nkeys * size, tc,
+                       &tcp_pos, &ns);
     tcp_ns += ns;
     tcp_calls += tc;
     if (rc == KVDS_E_TIMEOUT)
@@ -1040,38 +690,21 @@ static int remote_start_workers(struct remote *r) {
   if (bench_make_dir(tmp && *tmp ? tmp : "/tmp", "kvds-bench-remote", r->dir,
                      sizeof r->dir))
     return CLI_FAIL;
-  r->w[0].port = bench_free_port();
-  r->w[1].port = bench_free_port();
-  if (r->w[0].port <= 0 || r->w[1].port <= 0 || r->w[0].port == r->w[1].port) {
-    cli_err("bench", "no free loopback ports");
-    return CLI_FAIL;
-  }
   char mem[32];
-  progress("starting two workers (%s pools)...",
-           kvds_fmt_bytes(r->o->memory, mem, sizeof mem));
+  bench_progress("remote", "starting two workers (%s pools)...",
+                 kvds_fmt_bytes(r->o->memory, mem, sizeof mem));
   r->started = 1;
-  for (int i = 0; i < 2; i++) {
-    int rc = worker_spawn(r, &r->w[i], r->w[1 - i].port);
-    if (rc) {
-      cli_err("bench", "cannot start a worker: %s", kvds_strerror(rc));
-      return CLI_FAIL;
-    }
-  }
+  if (bench_pair_start(r->w, r->dir, r->o->memory, r->o->pull_threads,
+                       r->o->threads))
+    return CLI_FAIL;
   r->addr_a = r->w[0].addr;
   r->addr_b = r->w[1].addr;
-  /* 30 s + 4 s per GiB of pool: generously more than `kvds worker --daemon`
-   * allows (30 s + 0.5 s per GiB), as two pools start at once */
-  uint64_t deadline =
-      kvds_now_ns() + 30000000000ull + 4 * (r->o->memory >> 30) * 1000000000ull;
-  for (int i = 0; i < 2; i++)
-    if (bench_worker_wait_ready(&r->w[i], deadline))
-      return CLI_FAIL;
   return CLI_OK;
 }
 
 static void remote_cleanup(struct remote *r) {
   if (r->tcp_up)
-    tcp_teardown(&r->tcp);
+    bench_tcp_teardown(&r->tcp);
   kvds_client_close(r->ca);
   kvds_client_close(r->cb);
   for (int i = 1; i < R_CLIENTS_MAX; i++) {
@@ -1105,7 +738,7 @@ static int remote_measure(struct remote *r) {
                     (size_t)r->o->batches[j]);
   if (rc == 0 && !bench_stopped()) {
     if (r->o->json)
-      progress("lookup latency");
+      bench_progress("remote", "lookup latency");
     rc = run_lookups(r);
   }
   return rc;
@@ -1140,12 +773,15 @@ int bench_remote(int argc, char **argv) {
   for (uint64_t i = 1; i < o.clients; i++)
     if (cli_connect("bench", r.addr_b, 0, &r.cbx[i], NULL, 0))
       goto out;
-  if (wait_cluster(&r, kvds_now_ns() + 20000000000ull))
+  kvds_client *cs[2] = {r.ca, r.cb};
+  const char *addrs[2] = {r.addr_a, r.addr_b};
+  if (bench_pair_wait_peered(cs, addrs, kvds_now_ns() + 20000000000ull))
     goto out;
   if (r.started)
-    progress("workers %s and %s up in %.1f s", r.addr_a, r.addr_b,
-             (double)(kvds_now_ns() - t0) / 1e9);
-  if ((rc = tcp_setup(&r.tcp, (int)o.pull_threads, r.src, r.dst, r.region))) {
+    bench_progress("remote", "workers %s and %s up in %.1f s", r.addr_a,
+                   r.addr_b, (double)(kvds_now_ns() - t0) / 1e9);
+  if ((rc = bench_tcp_setup(&r.tcp, (int)o.pull_threads, r.src, r.dst,
+                            r.region))) {
     cli_err("bench", "raw TCP streams: %s", kvds_strerror(rc));
     goto out;
   }

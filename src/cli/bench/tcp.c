@@ -175,25 +175,27 @@ int bench_tcp_setup(struct bench_tcp *t, int n, const uint8_t *src,
   return rc;
 }
 
-/* `calls` calls of `batch` values of `size` bytes, walking the set of nkeys
- * slots like the kvds reads do, each call split over the streams as the
- * worker splits a batch over its pull jobs. Only the streams a call uses
- * are woken. *ns: time of all calls. A call that has not finished within
+/* `calls` calls of per_call bytes, walking span bytes of src/dst from *pos
+ * like the kvds reads walk their keys, each call's bytes split evenly over
+ * the streams (as the worker splits a batch over its pull jobs and a large
+ * value over its ranges). Only the streams a call uses are woken. *ns:
+ * time of all calls. A call that has not finished within
  * 2 x BENCH_TCP_IO_TIMEOUT_S plus its bytes at 100 MB/s fails with
- * KVDS_E_TIMEOUT (the sockets' own timeouts normally report a stall first). */
-int bench_tcp_run(struct bench_tcp *t, int streams, size_t size, size_t batch,
-                  size_t nkeys, uint64_t calls, uint64_t *ns) {
-  size_t j = 0;
+ * KVDS_E_TIMEOUT (the sockets' own timeouts normally report a stall
+ * first). */
+int bench_tcp_run(struct bench_tcp *t, int streams, size_t per_call,
+                  size_t span, uint64_t calls, uint64_t *pos, uint64_t *ns) {
+  size_t j = (size_t)*pos;
   int rc = 0;
   uint64_t limit_ns = 2ull * BENCH_TCP_IO_TIMEOUT_S * 1000000000ull +
-                      (uint64_t)batch * size * 10; /* 100 MB/s */
+                      (uint64_t)per_call * 10; /* 100 MB/s */
   uint64_t t0 = kvds_now_ns();
   for (uint64_t c = 0; c < calls && rc == 0 && !bench_stopped(); c++) {
     for (int k = 0; k < streams; k++) {
-      size_t lo = batch * (size_t)k / (size_t)streams;
-      size_t hi = batch * (size_t)(k + 1) / (size_t)streams;
-      t->s[k].len = (hi - lo) * size;
-      t->s[k].src_off = t->s[k].dst_off = (j + lo) * size;
+      size_t lo = per_call * (size_t)k / (size_t)streams;
+      size_t hi = per_call * (size_t)(k + 1) / (size_t)streams;
+      t->s[k].len = hi - lo;
+      t->s[k].src_off = t->s[k].dst_off = j + lo;
     }
     pthread_mutex_lock(&t->lock);
     t->ndone = 0;
@@ -209,10 +211,11 @@ int bench_tcp_run(struct bench_tcp *t, int streams, size_t size, size_t batch,
     if (rc == 0)
       rc = t->err;
     pthread_mutex_unlock(&t->lock);
-    j += batch;
-    if (j == nkeys)
+    j += per_call;
+    if (j + per_call > span)
       j = 0;
   }
+  *pos = j;
   *ns = kvds_now_ns() - t0;
   return rc;
 }
