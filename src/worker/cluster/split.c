@@ -21,10 +21,9 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#define XXH_STATIC_LINKING_ONLY
-#include <xxhash.h>
 
 #include "common/clock.h"
+#include "common/hash.h"
 #include "common/util.h"
 #include "worker/cluster/internal.h"
 
@@ -56,7 +55,7 @@ struct split {
   int refs;          /* the puller + queued helper jobs */
   int hashing;       /* a thread is hashing (outside the lock) */
   uint64_t hashed;   /* bytes [0, hashed) are in hs */
-  XXH3_state_t hs;
+  struct kvds_hash hs;
   int nconn;
   struct kvds_peerconn **conns; /* of the chunks in flight */
 };
@@ -100,7 +99,7 @@ static void split_landed(struct split *sp, uint32_t k, size_t n) {
         break;
       uint64_t from = sp->hashed;
       pthread_mutex_unlock(&sp->lock);
-      XXH3_64bits_update(&sp->hs, sp->base + from, (size_t)(upto - from));
+      kvds_hash_update(&sp->hs, sp->base + from, (size_t)(upto - from));
       pthread_mutex_lock(&sp->lock);
       sp->hashed = upto;
     }
@@ -246,8 +245,7 @@ struct split *kvds__split_new(struct kvds_cluster *cl, struct kvds_peer *p,
     return NULL;
   }
   memcpy(sp->key, key, klen);
-  XXH3_INITSTATE(&sp->hs);
-  XXH3_64bits_reset(&sp->hs);
+  kvds_hash_reset(&sp->hs);
   pthread_mutex_init(&sp->lock, NULL);
   kvds_cond_init_mono(&sp->cv);
   /* helpers for the idle job threads (the puller works on it too) */
@@ -323,7 +321,7 @@ int kvds__split_finish(struct split *sp, struct kvds_peerconn *c,
    * down at it, say) failed because of it. */
   if (rc && rc != KVDS_E_CHECKSUM && kvds_now_us() >= sp->deadline_us)
     rc = KVDS_E_TIMEOUT;
-  if (!rc && XXH3_64bits_digest(&sp->hs) != sp->checksum)
+  if (!rc && kvds_hash_digest(&sp->hs) != sp->checksum)
     rc = KVDS_E_CHECKSUM;
   pthread_mutex_unlock(&sp->lock);
   kvds__split_unref(sp);
