@@ -30,6 +30,7 @@ int kvds_handshake_hello(struct kvds_rpc *r, int want_shm, const char *peer_id,
   if (pl)
     memcpy(out->sock_path, r->rkey[0], pl);
   out->sock_path[pl] = 0;
+  out->features = r->rh.count >= 2 ? r->rit[1].a : 0;
   out->pool_fd = -1;
   if (want_shm) {
     if (fd < 0 || !(r->rh.flags & KVDS_PF_SHM)) {

@@ -21,6 +21,7 @@ struct kvds_hello {
   uint64_t nonce;      /* the worker's instance nonce (new on every start) */
   char sock_path[256]; /* its Unix socket, "" if none (or too long) */
   int pool_fd;         /* want_shm: its pool's fd (the caller owns it) */
+  uint64_t features;   /* KVDS_HELLO_FEAT_* it announced (0: an older one) */
 };
 
 /*

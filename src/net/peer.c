@@ -20,6 +20,7 @@ struct kvds_peerconn {
   struct kvds_rpc rpc; /* KVDS_RPC_KEEP_FD: shut down from other threads */
   int timeout_ms;
   uint64_t nonce;
+  uint64_t features; /* KVDS_HELLO_FEAT_* the peer announced */
 };
 
 /* The deadline of a call without a wait, fixed when it starts. */
@@ -50,6 +51,7 @@ int kvds_peerconn_open(const char *addr, int timeout_ms,
     return rc;
   }
   pc->nonce = hello.nonce;
+  pc->features = hello.features;
   *out = pc;
   return 0;
 }
@@ -64,6 +66,10 @@ void kvds_peerconn_close(struct kvds_peerconn *pc) {
 void kvds_peerconn_set_timeout(struct kvds_peerconn *pc, int timeout_ms) {
   if (timeout_ms > 0)
     pc->timeout_ms = timeout_ms;
+}
+
+int kvds_peerconn_can_range(const struct kvds_peerconn *pc) {
+  return (pc->features & KVDS_HELLO_FEAT_RANGE) != 0;
 }
 
 int kvds_peerconn_is_connected(const struct kvds_peerconn *pc) {

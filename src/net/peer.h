@@ -46,6 +46,10 @@ void kvds_peerconn_set_timeout(struct kvds_peerconn *pc, int timeout_ms);
 /* 1 while the connection works (no error broke it), else 0. */
 int kvds_peerconn_is_connected(const struct kvds_peerconn *pc);
 
+/* Whether the peer serves ranged pulls (KVDS_PF_RANGE): it said so in its
+ * HELLO. A worker of an older version does not, and refuses the flag. */
+int kvds_peerconn_can_range(const struct kvds_peerconn *pc);
+
 /* 1 if an idle connection is no good any more: the peer closed it (or sent
  * something unasked). Never blocks. */
 int kvds_peerconn_stale(const struct kvds_peerconn *pc);

@@ -100,6 +100,10 @@ enum kvds_op {
 /* HELLO request item 0, a: the client wants the pool (its fd comes with the
  * reply over a Unix socket, KVDS_PF_SHM). */
 #define KVDS_HELLO_F_SHM 0x1u
+/* HELLO reply, second item, field a: what this worker serves beyond the
+ * first protocol version (an older worker sends one item: none of them). */
+#define KVDS_HELLO_FEAT_RANGE 0x1u /* GET with KVDS_PF_RANGE */
+#define KVDS_HELLO_FEATURES KVDS_HELLO_FEAT_RANGE
 /* AUTH request item a: the step of the exchange (step 1 carries the
  * client's nonce, step 2 its proof). */
 #define KVDS_AUTH_STEP_NONCE 1u

@@ -311,6 +311,7 @@ static int op_hello(struct conn *c, const struct req_items *ri) {
   kvds__reply_item(&r, 0, s->pool.total_size, s->pool.data_offset,
                    (uint64_t)getpid(), s->nonce, s->socket_path,
                    (uint32_t)strlen(s->socket_path));
+  kvds__reply_item(&r, 0, KVDS_HELLO_FEATURES, 0, 0, 0, NULL, 0);
   kvds__reply_send(c, &r, KVDS_OP_HELLO, c->h.req_id, fd >= 0 ? KVDS_PF_SHM : 0,
                    0, 0, fd);
   return 0;

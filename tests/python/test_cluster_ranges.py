@@ -38,6 +38,12 @@ def pulled_in(cb):
     return sum(m.get("bytes_in", 0) for m in view["members"])
 
 
+def ranged_in(cb):
+    """Values B pulled in ranges over several connections so far."""
+    view = json.loads(cb.cluster_status())
+    return sum(m.get("ranged_in", 0) for m in view["members"])
+
+
 @pytest.mark.parametrize("via", ["hint", "directory", "batch"])
 def test_ranges_reassembled(pair, via):
     a, b = pair
@@ -48,7 +54,7 @@ def test_ranges_reassembled(pair, via):
             ca.put(k, v)
     with kvds.Client(b.addr, timeout_ms=20000) as cb:
         wait_for(lambda: cb.exists(keys) == [True] * len(keys), "the directory")
-        before = pulled_in(cb)
+        before, ranged = pulled_in(cb), ranged_in(cb)
         if via == "batch":
             assert cb.mget(keys) == [vals[k] for k in keys]
         else:
@@ -56,6 +62,9 @@ def test_ranges_reassembled(pair, via):
                 got = cb.get(k, hint=a.addr) if via == "hint" else cb.get(k)
                 assert got == vals[k], f"{k!r}: {len(got)} bytes differ"
         assert pulled_in(cb) - before == sum(SIZES)
+        if via != "batch":  # one at a time: the pull threads are idle
+            # every value over 2 MiB came in ranges (A announced them)
+            assert ranged_in(cb) - ranged == sum(n > 2 * MiB for n in SIZES)
         # B's own copies are whole and right
         for k in keys:
             assert cb.get(k, local=True) == vals[k]

@@ -178,3 +178,29 @@ def test_value_sizes_that_wrap_are_protocol_error():
     assert not c.connected
     c.close()
     fake.close()
+
+
+def read_reply(sock):
+    h = HDR.unpack(recv_exact(sock, HDR.size))
+    count, meta_len, data_len = h[6], h[7], h[9]
+    meta = recv_exact(sock, meta_len + data_len)
+    items, off = [], 0
+    for _ in range(count):
+        st, klen, a, b, c, d = ITEM.unpack_from(meta, off)
+        off += ITEM.size + klen
+        items.append((st, a, b, c, d))
+    return h[2], items
+
+
+def test_hello_announces_ranges_and_one_item_hello_still_works(worker):
+    """A worker's HELLO reply carries a second item naming what it serves
+    beyond the first version (ranged pulls, which a puller uses only with
+    a peer that announced them); a one-item HELLO, as an older worker
+    sends, is still a good one (test_corrupted_value_is_checksum_error and
+    the other fakes here connect with it)."""
+    host, port = worker.addr.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(frame(OP_HELLO, 7, [(0, b"", 0, 0, 0, 0)], flags=0))
+        op, items = read_reply(s)
+    assert op == OP_HELLO and len(items) == 2
+    assert items[1][0] == 0 and items[1][1] & 0x1  # KVDS_HELLO_FEAT_RANGE

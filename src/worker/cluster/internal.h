@@ -67,6 +67,7 @@ struct kvds_peer {
   struct kvds_peerconn **busy;
   int nbusy; /* cl->lock: in use (shut down at stop) */
   atomic_uint_fast64_t bytes_in, bytes_out, objects_in, pulls, pull_errors;
+  atomic_uint_fast64_t ranged_in; /* of objects_in: came in ranges (split.c) */
   atomic_uint_fast64_t lat_sum_us, lat[LAT_BUCKETS + 1];
 };
 

@@ -152,7 +152,8 @@ static void pull_from(struct kvds_cluster *cl, struct kvds_peer *p,
     atomic_fetch_add(&p->pull_errors, 1);
     return;
   }
-  int split = split_worth(cl, wait_ms);
+  /* ranges only from a peer that serves them (an older worker refuses) */
+  int split = split_worth(cl, wait_ms) && kvds_peerconn_can_range(c);
   struct kvds_iov *iov = malloc(n * sizeof *iov);
   struct kvds_object **obj = calloc(n, sizeof *obj);
   struct split **sp = calloc(n, sizeof *sp);
@@ -199,6 +200,8 @@ static void pull_from(struct kvds_cluster *cl, struct kvds_peer *p,
         src != -ENOMEM)
       src = KVDS_E_PEER;
     pull_end(&pc, i, src, sum);
+    if (!src)
+      atomic_fetch_add(&p->ranged_in, 1);
     if (src && !rc) {
       atomic_fetch_add(&p->pull_errors, 1);
       kvds__logf(2, "cluster: ranged pull of a value from %s failed: %s", p->id,

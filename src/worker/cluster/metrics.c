@@ -50,6 +50,8 @@ void kvds__cluster_annotate(struct kvds_server *s, json_t *cluster) {
                         json_integer((json_int_t)atomic_load(&p->pulls)));
     json_object_set_new(m, "pull_errors",
                         json_integer((json_int_t)atomic_load(&p->pull_errors)));
+    json_object_set_new(m, "ranged_in",
+                        json_integer((json_int_t)atomic_load(&p->ranged_in)));
     json_object_set_new(m, "connections", json_integer(p->nopen));
   }
   pthread_mutex_unlock(&cl->lock);
@@ -131,6 +133,9 @@ void kvds__cluster_metrics(struct kvds_server *s, FILE *f) {
        offsetof(struct kvds_peer, bytes_out)},
       {"peer_objects_received_total", "counter",
        "Objects pulled from the peer.", offsetof(struct kvds_peer, objects_in)},
+      {"peer_ranged_objects_received_total", "counter",
+       "Objects pulled from the peer in ranges over several connections.",
+       offsetof(struct kvds_peer, ranged_in)},
       {"peer_pulls_total", "counter", "Pull requests sent to the peer.",
        offsetof(struct kvds_peer, pulls)},
       {"peer_pull_errors_total", "counter",
