@@ -653,27 +653,39 @@ static void get_hint_item(kvds_client *c, const struct kvds_get_opts *o) {
     kvds_rpc_item(&c->rpc, 0, 0, 0, 0, o->hint, strlen(o->hint));
 }
 
-static int mget_chunk(kvds_client *c, size_t n, const struct kvds_iov *keys,
-                      const struct kvds_get_opts *o, struct kvds_value *vals,
-                      int *results, const struct kvds_rpc_deadline *dl) {
-  uint64_t deadline = dl->io;
+/* Sends the GET of keys[0..n) and reads its reply's items into *out (the
+ * caller frees it); the values' bytes, if any, are left for the caller. */
+static int get_call(kvds_client *c, size_t n, const struct kvds_iov *keys,
+                    const struct kvds_get_opts *o,
+                    const struct kvds_rpc_deadline *dl,
+                    struct kvds_proto_item **out) {
   kvds_rpc_begin(&c->rpc);
   for (size_t i = 0; i < n; i++)
     kvds_rpc_item(&c->rpc, 0, 0, 0, 0, keys[i].base, keys[i].len);
   get_hint_item(c, o);
   int64_t id = kvds_rpc_send(&c->rpc, KVDS_OP_GET, get_flags(c, o),
                              kvds_rpc_wait_left(dl, o ? o->wait_ms : 0), NULL,
-                             0, deadline);
-  int rc = kvds_rpc_recv_reply(&c->rpc, id, KVDS_OP_GET, deadline);
+                             0, dl->io);
+  int rc = kvds_rpc_recv_reply(&c->rpc, id, KVDS_OP_GET, dl->io);
   if (rc)
     return rc;
   if (c->rpc.rh.count != n)
     return kvds_rpc_broken(&c->rpc, KVDS_E_PROTO, "get reply");
   /* Copy the item descriptions: reading data may move the reply buffer. */
-  struct kvds_proto_item *it = malloc(n * sizeof *it);
-  if (!it)
+  if (!(*out = malloc(n * sizeof **out)))
     return kvds_rpc_broken(&c->rpc, -ENOMEM, "get");
-  memcpy(it, c->rpc.rit, n * sizeof *it);
+  memcpy(*out, c->rpc.rit, n * sizeof **out);
+  return 0;
+}
+
+static int mget_chunk(kvds_client *c, size_t n, const struct kvds_iov *keys,
+                      const struct kvds_get_opts *o, struct kvds_value *vals,
+                      int *results, const struct kvds_rpc_deadline *dl) {
+  uint64_t deadline = dl->io;
+  struct kvds_proto_item *it;
+  int rc = get_call(c, n, keys, o, dl, &it);
+  if (rc)
+    return rc;
   uint64_t total = 0;
   int pin = o && (o->flags & KVDS_GET_PIN);
   for (size_t i = 0; i < n; i++) {
@@ -715,11 +727,10 @@ static int mget_chunk(kvds_client *c, size_t n, const struct kvds_iov *keys,
     for (size_t i = 0; !rc && i < n; i++) {
       if (it[i].status)
         continue;
-      const uint8_t *p = rb->data + off;
+      uint8_t *p = rb->data + off;
       off += it[i].a;
       uint64_t sum;
-      if ((rc = kvds_rpc_recv_hashed(&c->rpc, rb->data + off - it[i].a, it[i].a,
-                                     &sum, deadline)))
+      if ((rc = kvds_rpc_recv_hashed(&c->rpc, p, it[i].a, &sum, deadline)))
         break;
       if (sum != it[i].c) {
         results[i] = KVDS_E_CHECKSUM;
@@ -839,22 +850,9 @@ static int mget_into_chunk(kvds_client *c, size_t n,
   /* TCP: each value is received straight into its buffer when it fits,
    * hashed piece by piece as it lands. */
   uint64_t deadline = dl->io;
-  kvds_rpc_begin(&c->rpc);
-  for (size_t i = 0; i < n; i++)
-    kvds_rpc_item(&c->rpc, 0, 0, 0, 0, keys[i].base, keys[i].len);
-  get_hint_item(c, o);
-  int64_t id = kvds_rpc_send(&c->rpc, KVDS_OP_GET, get_flags(c, o),
-                             kvds_rpc_wait_left(dl, o ? o->wait_ms : 0), NULL,
-                             0, deadline);
-  if ((rc = kvds_rpc_recv_reply(&c->rpc, id, KVDS_OP_GET, deadline)))
+  struct kvds_proto_item *it;
+  if ((rc = get_call(c, n, keys, o, dl, &it)))
     return rc;
-  if (c->rpc.rh.count != n)
-    return kvds_rpc_broken(&c->rpc, KVDS_E_PROTO, "get reply");
-  /* Copy the item descriptions: reading data may move the reply buffer. */
-  struct kvds_proto_item *it = malloc(n * sizeof *it);
-  if (!it)
-    return kvds_rpc_broken(&c->rpc, -ENOMEM, "get");
-  memcpy(it, c->rpc.rit, n * sizeof *it);
   if (kvds_rpc_values_total(it, n, c->rpc.rh.data_len) != c->rpc.rh.data_len) {
     free(it);
     return kvds_rpc_broken(&c->rpc, KVDS_E_PROTO, "get reply length");

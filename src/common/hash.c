@@ -3,8 +3,6 @@
 
 #include "kvds/kvds.h"
 
-#include <string.h>
-
 #if defined(__x86_64__) && defined(__GNUC__)
 /* xxhash.h compiled into this file (XXH_INLINE_ALL: every name private to
  * it), with its AVX2 kernels marked for AVX2 code generation the way the
