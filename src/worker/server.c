@@ -111,7 +111,7 @@ static void range_of(const struct kvds_object *o,
                      uint64_t *len) {
   *off = 0;
   *len = o->size;
-  if (!q || o->size <= q->d)
+  if (!q || (q->a == 0 && o->size <= q->d)) /* whole, as asked */
     return;
   *off = q->a; /* <= o->size: checked by op_get */
   *len = o->size - q->a;

@@ -569,9 +569,11 @@ static void on_accept(evutil_socket_t lfd, short what, void *arg) {
       /* Spread TCP connections over the I/O threads: whichever thread
        * wakes first accepts, so the busiest (still polling) would take
        * them all, and a peer's parallel pulls would be sent from one
-       * core. */
+       * core. At --max-connections it stays here: only the accepting
+       * thread may close another thread's idle connection to make room. */
       struct io_thread *to = fewest_tcp(th);
-      if (to != th && handoff(to, fd, 0))
+      if (to != th && atomic_load(&s->connections) < (uint64_t)s->max_conns &&
+          handoff(to, fd, 0))
         continue;
     }
     admit(th, fd, is_unix, 0);

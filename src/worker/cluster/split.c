@@ -36,7 +36,6 @@
 #define SPLIT_CONN_MS 50
 
 struct split {
-  struct kvds_cluster *cl;
   struct kvds_peer *peer;
   uint8_t *key;
   uint32_t klen;
@@ -222,7 +221,6 @@ struct split *kvds__split_new(struct kvds_cluster *cl, struct kvds_peer *p,
   chunk = (chunk + 65535) & ~(uint64_t)65535;
   if (chunk < SPLIT_HEAD)
     chunk = SPLIT_HEAD;
-  sp->cl = cl;
   sp->peer = p;
   sp->klen = klen;
   sp->base = base;
@@ -248,10 +246,17 @@ struct split *kvds__split_new(struct kvds_cluster *cl, struct kvds_peer *p,
   kvds_hash_reset(&sp->hs);
   pthread_mutex_init(&sp->lock, NULL);
   kvds_cond_init_mono(&sp->cv);
-  /* helpers for the idle job threads (the puller works on it too) */
+  /* helpers for the idle job threads only (the puller works on it too):
+   * queued ahead of the waits' jobs, they must not crowd out other
+   * readers' pulls */
+  pthread_mutex_lock(&cl->lock);
+  int idle = cl->npullers - cl->nbusy - cl->nqueued;
+  pthread_mutex_unlock(&cl->lock);
   uint32_t nh = sp->nchunks - 1;
   if (nh > (uint32_t)np - 1)
     nh = (uint32_t)np - 1;
+  if (nh > (uint32_t)(idle > 0 ? idle : 0))
+    nh = (uint32_t)(idle > 0 ? idle : 0);
   struct job *hj[64];
   uint32_t made = 0;
   for (uint32_t h = 0; h < nh && h < 64; h++) {
