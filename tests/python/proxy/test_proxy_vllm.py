@@ -7,7 +7,8 @@ shared by every test; each test starts its own proxy (cheap).
 - the hand-off: the decoder really loads the prompt's blocks from kvds
   (its connector's "loaded N of M blocks" line for this request id) and
   answers — tokens, text, logprobs — as the prefiller does computing the
-  whole request; the same streamed (SSE events as the decoder sends them)
+  whole request; the same streamed (the decoder's SSE events: the same
+  tokens, text and fields; how vLLM groups tokens into events varies)
   and for chat;
 - routing with 2P2D for each policy, seen in the proxy's per-backend
   counters and in the engines' own request counters: round-robin
@@ -193,6 +194,33 @@ def _events(data):
     return out
 
 
+def _joined(events):
+    """The stream's content with event boundaries taken out: each choice's
+    token ids and text joined in order, its finish reason, the usage event,
+    the [DONE] last, and every other field's values as sent."""
+    choices, other = {}, []
+    for ev in events:
+        if ev == "[DONE]":
+            other.append(ev)
+            continue
+        for ch in ev.get("choices", []):
+            c = choices.setdefault(ch["index"], {"text": "", "token_ids": [], "finish": [],
+                                                 "rest": []})
+            c["text"] += ch.get("text") or ""
+            c["token_ids"] += ch.get("token_ids") or []
+            if ch.get("finish_reason") is not None:
+                c["finish"].append((ch["finish_reason"], ch.get("stop_reason")))
+            rest = {k: v for k, v in ch.items()
+                    if k not in ("index", "text", "token_ids", "finish_reason", "stop_reason")
+                    and v is not None}
+            if rest and rest not in c["rest"]:
+                c["rest"].append(rest)
+        top = {k: v for k, v in ev.items() if k != "choices"}
+        if top not in other:
+            other.append(top)
+    return choices, other
+
+
 def test_stream_through_proxy_is_the_decoders_stream(make_proxy, fleet):
     px = start_proxy(make_proxy, fleet, "--policy", "round-robin")
     route = Routed(px, fleet)
@@ -217,7 +245,11 @@ def test_stream_through_proxy_is_the_decoders_stream(make_proxy, fleet):
         assert c.read_head(120) == 200 and c.read_to_end(120)
     finally:
         c.close()
-    assert via_proxy == _events(sse_data(c.body))
+    direct = _events(sse_data(c.body))
+    # vLLM may group a token whose text is not yet whole UTF-8 with the next
+    # one or not, depending on timing: compare what the events carry (every
+    # field of every event, tokens and text joined), not where they split
+    assert _joined(via_proxy) == _joined(direct), (via_proxy, direct)
     # and the tokens a colocated run gives
     toks = [t for ev in via_proxy[:-1] for ch in ev.get("choices", [])
             for t in (ch.get("token_ids") or [])]
