@@ -22,6 +22,7 @@ pkgs=(
   clang libclang-rt-14-dev clang-format
   curl procps fio
   redis-server libhiredis-dev libibverbs1 ibverbs-providers libnuma1
+  libucx-dev ucx-utils
 )
 
 missing=()
