@@ -106,6 +106,13 @@ static const char HELP[] =
     "                           4; each peer gets as many connections)\n"
     "      --pull-timeout-ms MS deadline of a read the cluster resolves\n"
     "                           (directory query + pull; default 4000)\n"
+    "      --transport auto|tcp|ucx\n"
+    "                           how peers' pools are read: ucx = one-sided\n"
+    "                           reads over UCX (RDMA; UCX_TLS and\n"
+    "                           UCX_NET_DEVICES apply), tcp = pulls over TCP;\n"
+    "                           auto (default) = ucx when this machine has\n"
+    "                           an RDMA device, else tcp. A peer without\n"
+    "                           UCX is read over TCP (docs/transport.md)\n"
     "      --replicas N         keep N copies of each object sealed here:\n"
     "                           N - 1 other workers (rendezvous hashing)\n"
     "                           pull a copy in the background (default 1;\n"
@@ -176,6 +183,7 @@ enum {
   OPT_DISK_POLICY,
   OPT_FSYNC,
   OPT_DISK_THREADS,
+  OPT_TRANSPORT,
 };
 
 static const struct option LONGOPTS[] = {
@@ -228,6 +236,7 @@ static const struct option LONGOPTS[] = {
     {"fsync", required_argument, NULL, OPT_FSYNC},
     {"disk-threads", required_argument, NULL, OPT_DISK_THREADS},
     {"disk_threads", required_argument, NULL, OPT_DISK_THREADS},
+    {"transport", required_argument, NULL, OPT_TRANSPORT},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -405,6 +414,9 @@ static int parse_opt(struct worker_opts *o, int c, const char *v) {
                        kvds_worker_disk_fsync_name, &cfg->disk_fsync);
   case OPT_DISK_THREADS:
     return parse_int(who, "--disk-threads", v, &cfg->disk_threads);
+  case OPT_TRANSPORT:
+    return parse_named(who, "--transport (auto, tcp or ucx)", v,
+                       kvds_worker_transport_name, &cfg->transport);
   case OPT_CONFIG:
     cli_err(who, "--config cannot be given in a config file");
     return CLI_USAGE;

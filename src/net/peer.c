@@ -72,6 +72,53 @@ int kvds_peerconn_can_range(const struct kvds_peerconn *pc) {
   return (pc->features & KVDS_HELLO_FEAT_RANGE) != 0;
 }
 
+int kvds_peerconn_can_ucx(const struct kvds_peerconn *pc) {
+  return (pc->features & KVDS_HELLO_FEAT_UCX) != 0;
+}
+
+/* Collects UCX_INFO's items: the blob's pieces, in order. */
+struct ucx_blob {
+  uint8_t *p;
+  size_t len, max, got;
+};
+
+static int ucx_item(void *ud, size_t i, const struct kvds_proto_item *it,
+                    const uint8_t *key) {
+  struct ucx_blob *b = ud;
+  if (it->status)
+    return it->status;
+  if (i == 0) {
+    if (!it->a || it->a > b->max || !(b->p = malloc(it->a)))
+      return it->a && it->a <= b->max ? -ENOMEM : KVDS_E_PROTO;
+    b->len = it->a;
+  }
+  if (!b->p || it->klen > b->len - b->got)
+    return KVDS_E_PROTO;
+  memcpy(b->p + b->got, key, it->klen);
+  b->got += it->klen;
+  return 0;
+}
+
+int kvds_peerconn_ucx_info(struct kvds_peerconn *pc, size_t max,
+                           uint8_t **blob, size_t *len) {
+  struct ucx_blob b = {NULL, 0, max, 0};
+  *blob = NULL;
+  *len = 0;
+  int rc = kvds_peerconn_call(pc, KVDS_OP_UCX_INFO, 0, 0, 0, NULL, NULL,
+                              ucx_item, &b);
+  if (!rc && (!b.p || b.got != b.len))
+    rc = KVDS_E_PROTO;
+  if (rc) {
+    if (rc == KVDS_E_PROTO || rc == -ENOMEM)
+      kvds_rpc_broken(&pc->rpc, rc, "ucx info reply");
+    free(b.p);
+    return rc;
+  }
+  *blob = b.p;
+  *len = b.len;
+  return 0;
+}
+
 int kvds_peerconn_is_connected(const struct kvds_peerconn *pc) {
   return kvds_rpc_is_up(&pc->rpc);
 }
@@ -243,7 +290,7 @@ static int release_vals(struct kvds_peerconn *pc, size_t n,
 /* One request of kvds_peerconn_pin (n <= KVDS_BATCH_MAX). */
 static int pin_chunk(struct kvds_peerconn *pc, size_t n,
                      const struct kvds_iov *keys, const struct kvds_get_opts *o,
-                     struct kvds_value *vals, int *results,
+                     struct kvds_value *vals, int *results, uint64_t *offs,
                      const struct kvds_rpc_deadline *dl) {
   struct kvds_rpc *r = &pc->rpc;
   uint16_t flags = KVDS_PF_PIN;
@@ -274,6 +321,8 @@ static int pin_chunk(struct kvds_peerconn *pc, size_t n,
     if (!it->d || (it->d & KVDS_PROTO_HANDLE_LOCAL))
       return kvds_rpc_broken(r, KVDS_E_PROTO, "get reply handle");
     vals[i] = (struct kvds_value){NULL, it->a, it->c, it->d};
+    if (offs)
+      offs[i] = it->b;
   }
   if (r->rh.data_len)
     return kvds_rpc_broken(r, KVDS_E_PROTO, "get reply length");
@@ -283,7 +332,7 @@ static int pin_chunk(struct kvds_peerconn *pc, size_t n,
 int kvds_peerconn_pin(struct kvds_peerconn *pc, size_t n,
                       const struct kvds_iov *keys,
                       const struct kvds_get_opts *o, struct kvds_value *vals,
-                      int *results) {
+                      int *results, uint64_t *offs) {
   struct kvds_rpc *r = &pc->rpc;
   int rc = kvds_rpc_check_keys(r, n, keys);
   if (rc)
@@ -298,7 +347,8 @@ int kvds_peerconn_pin(struct kvds_peerconn *pc, size_t n,
   for (size_t off = 0; off < n;) {
     size_t m = n - off < KVDS_BATCH_MAX ? n - off : KVDS_BATCH_MAX;
     if ((rc =
-             pin_chunk(pc, m, keys + off, o, vals + off, results + off, &dl))) {
+             pin_chunk(pc, m, keys + off, o, vals + off, results + off,
+                       offs ? offs + off : NULL, &dl))) {
       /* The chunk's own pins are lost with the connection, or were never
        * taken (a refusal); give back those of the chunks before. */
       release_vals(pc, off, vals, dl.io);

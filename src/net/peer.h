@@ -50,6 +50,17 @@ int kvds_peerconn_is_connected(const struct kvds_peerconn *pc);
  * HELLO. A worker of an older version does not, and refuses the flag. */
 int kvds_peerconn_can_range(const struct kvds_peerconn *pc);
 
+/* Whether the peer's pool can be read over UCX: it said so in its HELLO
+ * (KVDS_HELLO_FEAT_UCX). */
+int kvds_peerconn_can_ucx(const struct kvds_peerconn *pc);
+
+/* UCX_INFO: what the peer's kvds_ucx_info gives (ucx.h), at most `max`
+ * bytes, into a malloc'd *blob (the caller frees it) of *len bytes.
+ * Errors: the peer's refusal (KVDS_E_STATE: it has no UCX), KVDS_E_PROTO
+ * (the items do not add up; the connection is broken), I/O errors. */
+int kvds_peerconn_ucx_info(struct kvds_peerconn *pc, size_t max,
+                           uint8_t **blob, size_t *len);
+
 /* 1 if an idle connection is no good any more: the peer closed it (or sent
  * something unasked). Never blocks. */
 int kvds_peerconn_stale(const struct kvds_peerconn *pc);
@@ -126,12 +137,14 @@ int kvds_peerconn_call(struct kvds_peerconn *pc, uint8_t op, uint16_t flags,
  * wait_ms, hint and KVDS_GET_LOCAL apply; PIN is implied): the peer pins
  * each value it has, vals[i] gets its size, checksum and handle (data
  * NULL), results[i] 0 or the peer's error. Release with
- * kvds_peerconn_release. On failure nothing stays pinned.
+ * kvds_peerconn_release. With offs (may be NULL), offs[i] gets where
+ * value i lies in the peer's pool (its offset from the segment's start:
+ * what a UCX read of it asks for). On failure nothing stays pinned.
  */
 int kvds_peerconn_pin(struct kvds_peerconn *pc, size_t n,
                       const struct kvds_iov *keys,
                       const struct kvds_get_opts *o, struct kvds_value *vals,
-                      int *results);
+                      int *results, uint64_t *offs);
 
 /* Drops the pins of vals[0..n) (entries with handle 0 are skipped) and
  * zeroes them. Returns 0 (RELEASE has no reply). */

@@ -59,6 +59,7 @@ static const char *const op_names[KVDS_OP__MAX + 1] = {
     [KVDS_OP_STATS] = "STATS",       [KVDS_OP_SHUTDOWN] = "SHUTDOWN",
     [KVDS_OP_AUTH] = "AUTH",         [KVDS_OP_CLUSTER] = "CLUSTER",
     [KVDS_OP_ANNOUNCE] = "ANNOUNCE", [KVDS_OP_LOCATE] = "LOCATE",
+    [KVDS_OP_UCX_INFO] = "UCX_INFO",
 };
 
 /* Signed fields travel as their two's-complement bit pattern. */

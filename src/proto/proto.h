@@ -63,7 +63,8 @@ enum kvds_op {
   KVDS_OP_CLUSTER = 18,
   KVDS_OP_ANNOUNCE = 19, /* worker -> home: locations sealed / gone */
   KVDS_OP_LOCATE = 20,   /* which workers hold these keys */
-  KVDS_OP__MAX = 20
+  KVDS_OP_UCX_INFO = 21, /* what a peer needs to read this pool over UCX */
+  KVDS_OP__MAX = 21
 };
 
 /* Header flags. */
@@ -103,6 +104,9 @@ enum kvds_op {
 /* HELLO reply, second item, field a: what this worker serves beyond the
  * first protocol version (an older worker sends one item: none of them). */
 #define KVDS_HELLO_FEAT_RANGE 0x1u /* GET with KVDS_PF_RANGE */
+/* UCX_INFO: peers may read this worker's pool over UCX (it runs with
+ * --transport ucx, or auto on a machine with RDMA). */
+#define KVDS_HELLO_FEAT_UCX 0x2u
 #define KVDS_HELLO_FEATURES KVDS_HELLO_FEAT_RANGE
 /* AUTH request item a: the step of the exchange (step 1 carries the
  * client's nonce, step 2 its proof). */

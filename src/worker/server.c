@@ -17,6 +17,7 @@
 #include "common/hash.h"
 #include "common/util.h"
 #include "kvds/kvds.h"
+#include "net/ucx.h"
 #include "worker/cluster/cluster.h"
 #include "worker/server.h"
 #include "worker/stats.h"
@@ -311,7 +312,8 @@ static int op_hello(struct conn *c, const struct req_items *ri) {
   kvds__reply_item(&r, 0, s->pool.total_size, s->pool.data_offset,
                    (uint64_t)getpid(), s->nonce, s->socket_path,
                    (uint32_t)strlen(s->socket_path));
-  kvds__reply_item(&r, 0, KVDS_HELLO_FEATURES, 0, 0, 0, NULL, 0);
+  kvds__reply_item(&r, 0, KVDS_HELLO_FEATURES | (s->ucx ? KVDS_HELLO_FEAT_UCX : 0),
+                   0, 0, 0, NULL, 0);
   kvds__reply_send(c, &r, KVDS_OP_HELLO, c->h.req_id, fd >= 0 ? KVDS_PF_SHM : 0,
                    0, 0, fd);
   return 0;
@@ -1146,6 +1148,27 @@ void kvds__server_data_done(struct conn *c) {
   kvds__reply_send(c, &r, c->h.opcode, c->h.req_id, 0, 0, 0, -1);
 }
 
+/* UCX_INFO: this pool's UCX blob, in pieces of at most a key's length. */
+static int op_ucx_info(struct conn *c) {
+  struct kvds_server *s = c->th->srv;
+  if (!s->ucx || c->is_unix) { /* a refusal: the connection stays */
+    kvds__reply_status(c, KVDS_OP_UCX_INFO, c->h.req_id, KVDS_E_STATE);
+    return 0;
+  }
+  const void *blob;
+  size_t len;
+  kvds_ucx_info(s->ucx, &blob, &len);
+  struct reply r;
+  kvds__reply_init(&r);
+  for (size_t off = 0; off < len; off += KVDS_PROTO_KEY_MAX) {
+    size_t n = len - off < KVDS_PROTO_KEY_MAX ? len - off : KVDS_PROTO_KEY_MAX;
+    kvds__reply_item(&r, 0, off ? 0 : len, 0, 0, 0,
+                     (const uint8_t *)blob + off, (uint32_t)n);
+  }
+  kvds__reply_send(c, &r, KVDS_OP_UCX_INFO, c->h.req_id, 0, 0, 0, -1);
+  return 0;
+}
+
 /* ---- dispatch ------------------------------------------------------------ */
 
 int kvds__server_request(struct conn *c, const uint8_t *meta) {
@@ -1163,6 +1186,9 @@ int kvds__server_request(struct conn *c, const uint8_t *meta) {
     break;
   case KVDS_OP_PING:
     kvds__reply_status(c, KVDS_OP_PING, h->req_id, 0);
+    break;
+  case KVDS_OP_UCX_INFO:
+    rc = op_ucx_info(c);
     break;
   case KVDS_OP_CREATE:
     rc = op_create(c, &ri);

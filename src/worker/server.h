@@ -112,6 +112,10 @@ struct kvds_server {
   struct kvds_cluster *cluster;  /* NULL on a single embedded worker */
   struct kvds_resolver resolver; /* misses: the cluster's, or none */
   struct kvds_tier *tier;        /* the disk tier (tier/), or NULL */
+  /* UCX over the pool (--transport, docs/transport.md), or NULL: peers
+   * then read this pool, and this worker reads theirs, over TCP. */
+  struct kvds_ucx *ucx;
+  char transport_why[160]; /* why UCX is on or off, for /status */
 };
 
 /* ---- conn.c --------------------------------------------------------------*/

@@ -30,6 +30,7 @@
 #include "common/util.h"
 #include "disk/disk.h" /* enum kvds_disk_fsync */
 #include "kvds/kvds.h"
+#include "net/ucx.h"
 #include "worker/cluster/cluster.h"
 #include "worker/server.h"
 #include "worker/tier/tier.h"
@@ -93,6 +94,13 @@ const char *kvds_worker_disk_policy_name(int policy) {
                                           "write-through",
                                       [KVDS_DISK_READ_ONLY] = "read-only"};
   return name_of(names, 3, policy);
+}
+
+const char *kvds_worker_transport_name(int transport) {
+  static const char *const names[] = {[KVDS_TRANSPORT_AUTO] = "auto",
+                                      [KVDS_TRANSPORT_TCP] = "tcp",
+                                      [KVDS_TRANSPORT_UCX] = "ucx"};
+  return name_of(names, 3, transport);
 }
 
 const char *kvds_worker_disk_fsync_name(int fsync) {
@@ -252,6 +260,13 @@ int kvds_worker_config_check(const struct kvds_worker_config *cfg, char *err,
                      KVDS_MEMBERSHIP_TTL_MIN_S, KVDS_MEMBERSHIP_TTL_MAX_S);
   if (cfg->pull_threads < 1 || cfg->pull_threads > 64)
     return kvds_errf(err, errcap, KVDS_E_INVAL, "--pull-threads must be 1..64");
+  if (!kvds_worker_transport_name(cfg->transport))
+    return kvds_errf(err, errcap, KVDS_E_INVAL,
+                     "--transport must be auto, tcp or ucx");
+  if (cfg->transport == KVDS_TRANSPORT_UCX && !kvds_ucx_built())
+    return kvds_errf(err, errcap, KVDS_E_INVAL,
+                     "--transport ucx: this kvds was built without UCX "
+                     "(install libucx-dev and build again)");
   if (cfg->pull_timeout_ms < 10 || cfg->pull_timeout_ms > 600000)
     return kvds_errf(err, errcap, KVDS_E_INVAL,
                      "--pull-timeout-ms must be 10..600000");
@@ -684,6 +699,56 @@ static void thread_teardown(struct io_thread *th) {
   free(th->discard);
 }
 
+/* --transport: opens UCX over the pool when it is asked for (ucx: a
+ * failure stops the start) or when auto finds an RDMA device (a failure
+ * leaves TCP, with a warning). A single node reads no peers: no UCX. */
+static int transport_start(struct kvds_server *s) {
+  int want = s->cfg.transport;
+  char dev[64] = "";
+  size_t cap = sizeof s->transport_why;
+  if (kvds_membership_mode(s->members) == KVDS_MEMBERSHIP_EMBEDDED) {
+    snprintf(s->transport_why, cap, "single node: no peers to read");
+    return 0;
+  }
+  if (want == KVDS_TRANSPORT_TCP) {
+    snprintf(s->transport_why, cap, "--transport tcp");
+    return 0;
+  }
+  if (want == KVDS_TRANSPORT_AUTO) {
+    if (!kvds_ucx_built()) {
+      snprintf(s->transport_why, cap, "auto: built without UCX");
+      return 0;
+    }
+    if (!kvds_ucx_fabric(dev, sizeof dev)) {
+      snprintf(s->transport_why, cap,
+               "auto: no RDMA device (/sys/class/infiniband is empty)");
+      return 0;
+    }
+  }
+  char err[256] = "";
+  int rc = kvds_ucx_open(s->pool.base, s->pool.total_size, &s->ucx, err,
+                         sizeof err);
+  if (rc) {
+    if (want == KVDS_TRANSPORT_UCX) {
+      logf_(0, "--transport ucx: %s", err);
+      return rc;
+    }
+    logf_(1, "--transport auto: RDMA device %s, but UCX did not start (%s): "
+             "peers are read over TCP",
+          dev, err);
+    snprintf(s->transport_why, cap, "auto: UCX did not start: %s", err);
+    return 0;
+  }
+  if (want == KVDS_TRANSPORT_UCX)
+    snprintf(s->transport_why, cap, "--transport ucx (UCX_TLS=%s)",
+             kvds_ucx_tls(s->ucx));
+  else
+    snprintf(s->transport_why, cap, "auto: RDMA device %s (UCX_TLS=%s)", dev,
+             kvds_ucx_tls(s->ucx));
+  logf_(2, "peers' pools are read over UCX: %s", s->transport_why);
+  return 0;
+}
+
 int kvds_worker_run(const struct kvds_worker_config *cfg) {
   return kvds__worker_run_with(cfg, NULL);
 }
@@ -853,6 +918,8 @@ int kvds__worker_run_with(const struct kvds_worker_config *cfg,
   /* The disk tier before the cluster, which announces what it holds. */
   if ((rc = kvds__tier_start(s)))
     goto out;
+  if ((rc = transport_start(s)))
+    goto out;
   /* The resolver is set before any I/O thread may read it. */
   if ((rc = kvds__cluster_start(s))) {
     logf_(0, "cannot start the cluster's threads: %s", kvds_strerror(rc));
@@ -912,6 +979,7 @@ out:
   kvds__tier_stop(s);
   kvds_resolver_stop(&s->resolver);
   kvds__cluster_stop(s);
+  kvds_ucx_close(s->ucx); /* after the cluster: its endpoints are gone */
   kvds__tier_free(s);
   kvds_membership_destroy(s->members);
   for (int i = 0; i < 2; i++)

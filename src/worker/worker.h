@@ -68,6 +68,16 @@ struct kvds_worker_config {
   int disk_policy; /* enum kvds_disk_policy (default SPILL) */
   int disk_fsync;
   int disk_threads;
+  /* How peers' pools are read (docs/transport.md): enum
+   * kvds_transport_kind (default AUTO: UCX when this machine has an RDMA
+   * device and this build has UCX, else TCP). */
+  int transport;
+};
+
+enum kvds_transport_kind {
+  KVDS_TRANSPORT_AUTO = 0,
+  KVDS_TRANSPORT_TCP = 1,
+  KVDS_TRANSPORT_UCX = 2
 };
 
 enum kvds_tier_kind { KVDS_TIER_DRAM = 0, KVDS_TIER_POSIX = 1 };
@@ -91,6 +101,8 @@ void kvds_worker_config_default(struct kvds_worker_config *cfg);
 const char *kvds_worker_tier_name(int tier);
 const char *kvds_worker_disk_policy_name(int policy);
 const char *kvds_worker_disk_fsync_name(int fsync);
+/* "auto", "tcp", "ucx" (as above). */
+const char *kvds_worker_transport_name(int transport);
 
 /* Default socket path for a TCP listen address: $KVDS_RUN_DIR (or /tmp) +
  * "/kvds-<port>.sock". Writes into out[cap]. Returns 0 or KVDS_E_ADDR. */

@@ -107,7 +107,8 @@ static void test_op_names(void **state) {
       "HELLO",    "PING",          "CREATE",  "WRITE",    "SEAL",
       "ABORT",    "PUT",           "GET",     "RELEASE",  "DELETE",
       "EXISTS",   "LOOKUP_PREFIX", "LIST",    "STAT",     "STATS",
-      "SHUTDOWN", "AUTH",          "CLUSTER", "ANNOUNCE", "LOCATE"};
+      "SHUTDOWN", "AUTH",          "CLUSTER", "ANNOUNCE", "LOCATE",
+      "UCX_INFO"};
 
   assert_int_equal(sizeof(names) / sizeof(names[0]), KVDS_OP__MAX);
   for (unsigned op = 1; op <= KVDS_OP__MAX; op++)

@@ -41,6 +41,7 @@
 #include <stdint.h>
 
 #include "net/peer.h"
+#include "net/ucx.h"
 #include "cluster/directory.h"
 #include "cluster/view.h"
 #include "worker/cluster/cluster.h"
@@ -68,6 +69,14 @@ struct kvds_peer {
   int nbusy; /* cl->lock: in use (shut down at stop) */
   atomic_uint_fast64_t bytes_in, bytes_out, objects_in, pulls, pull_errors;
   atomic_uint_fast64_t ranged_in; /* of objects_in: came in ranges (split.c) */
+  /* UCX (ucx.c, jobs.c): the endpoint to its pool, for the incarnation
+   * with HELLO nonce ucx_nonce (cl->lock; a reader holds a reference);
+   * after an endpoint error, TCP until ucx_off_until_us or its next
+   * incarnation. */
+  struct kvds_ucx_ep *uep;
+  uint64_t ucx_nonce, ucx_off_nonce, ucx_off_until_us;
+  char ucx_lanes[96]; /* cl->lock: what UCX chose, for /status */
+  atomic_uint_fast64_t ucx_in, ucx_errors; /* objects read; endpoint errors */
   atomic_uint_fast64_t lat_sum_us, lat[LAT_BUCKETS + 1];
 };
 

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "common/clock.h"
+#include "common/hash.h"
 #include "common/util.h"
 #include "worker/cluster/internal.h"
 
@@ -20,6 +21,9 @@
  * request's deadline): a stalled home must not eat the time of the keys
  * homed elsewhere, which are asked after it. */
 #define LOCATE_MS 1000
+/* After a UCX endpoint error, a peer is read over TCP for this long (or
+ * until it restarts) before UCX is tried again. */
+#define UCX_RETRY_MS 30000
 
 /* State of one key of a GET job. */
 enum { K_PENDING = 0, K_DONE = 1, K_FAILED = 2 };
@@ -134,24 +138,27 @@ static int split_worth(struct kvds_cluster *cl, int wait_ms) {
   return idle;
 }
 
-/* Pulls keys k[0..n) from p, waiting up to wait_ms there for keys not
- * sealed yet. */
-static void pull_from(struct kvds_cluster *cl, struct kvds_peer *p,
-                      struct jkey **k, size_t n, int wait_ms,
-                      uint64_t deadline_us) {
+/* The wait a pull asks of p (at most what is left before the deadline),
+ * and c's I/O timeout: the time left besides that wait. */
+static int pull_wait(struct kvds_peerconn *c, int wait_ms, uint64_t now,
+                     uint64_t deadline_us) {
+  int left = kvds_deadline_left_ms(deadline_us, now);
+  if (left < 1)
+    left = 1;
+  if (wait_ms > left)
+    wait_ms = left;
+  /* the client's deadline is its timeout + the wait */
+  int io_ms = left - (wait_ms > 0 ? wait_ms : 0);
+  kvds_peerconn_set_timeout(c, io_ms > 0 ? io_ms : 1);
+  return wait_ms;
+}
+
+/* Pulls keys k[0..n) from p over c (TCP), waiting up to wait_ms there for
+ * keys not sealed yet. */
+static void pull_tcp(struct kvds_cluster *cl, struct kvds_peer *p,
+                     struct kvds_peerconn *c, struct jkey **k, size_t n,
+                     int wait_ms, uint64_t deadline_us) {
   struct kvds_server *s = cl->s;
-  int err = 0;
-  uint64_t gen;
-  for (size_t i = 0; i < n; i++)
-    if (k[i]->ntried <= LOCATE_MAX_OWNERS)
-      k[i]->tried[k[i]->ntried++] = p;
-  struct kvds_peerconn *c = kvds__pconn_get(cl, p, deadline_us, &gen, &err);
-  if (!c) {
-    for (size_t i = 0; i < n; i++)
-      k[i]->err = err;
-    atomic_fetch_add(&p->pull_errors, 1);
-    return;
-  }
   /* ranges only from a peer that serves them (an older worker refuses) */
   int split = split_worth(cl, wait_ms) && kvds_peerconn_can_range(c);
   struct kvds_iov *iov = malloc(n * sizeof *iov);
@@ -163,7 +170,6 @@ static void pull_from(struct kvds_cluster *cl, struct kvds_peer *p,
     free(obj);
     free(sp);
     free(rg);
-    kvds__pconn_put(cl, p, c, gen);
     for (size_t i = 0; i < n; i++)
       k[i]->err = -ENOMEM;
     return;
@@ -174,14 +180,7 @@ static void pull_from(struct kvds_cluster *cl, struct kvds_peer *p,
       rg[i] = (struct kvds_peerconn_range){0, SPLIT_HEAD, 0, SPLIT_WHOLE_MAX};
   }
   uint64_t t0 = kvds_now_us();
-  int left = kvds_deadline_left_ms(deadline_us, t0);
-  if (left < 1)
-    left = 1;
-  if (wait_ms > left)
-    wait_ms = left;
-  /* the client's deadline is its timeout + the wait */
-  int io_ms = left - (wait_ms > 0 ? wait_ms : 0);
-  kvds_peerconn_set_timeout(c, io_ms > 0 ? io_ms : 1);
+  wait_ms = pull_wait(c, wait_ms, t0, deadline_us);
   struct pull_ctx pc = {s, cl, p, k, obj, sp, deadline_us};
   struct kvds_peerconn_pull_ops ops = {pull_dst, pull_landed, pull_done, &pc};
   int rc = kvds_peerconn_pull(c, n, iov, wait_ms, rg, &ops);
@@ -209,7 +208,6 @@ static void pull_from(struct kvds_cluster *cl, struct kvds_peer *p,
     }
   }
   uint64_t us = kvds_now_us() - t0;
-  kvds__pconn_put(cl, p, c, gen);
   atomic_fetch_add(&p->pulls, 1);
   kvds__peer_lat_record(p, us);
   if (rc) {
@@ -224,6 +222,207 @@ static void pull_from(struct kvds_cluster *cl, struct kvds_peer *p,
   free(obj);
   free(sp);
   free(rg);
+}
+
+/* p's UCX endpoint for the incarnation c talks to (one reference, the
+ * caller's), opened with what UCX_INFO over c gives when there is none;
+ * NULL: read p over TCP (UCX off here or there, or failed lately). */
+static struct kvds_ucx_ep *ucx_ep(struct kvds_cluster *cl,
+                                  struct kvds_peer *p,
+                                  struct kvds_peerconn *c) {
+  struct kvds_server *s = cl->s;
+  if (!s->ucx || !kvds_peerconn_can_ucx(c))
+    return NULL;
+  uint64_t nonce = kvds_peerconn_nonce(c), now = kvds_now_us();
+  struct kvds_ucx_ep *ep = NULL, *old = NULL;
+  pthread_mutex_lock(&cl->lock);
+  int off = p->ucx_off_nonce == nonce && now < p->ucx_off_until_us;
+  if (!off && p->uep && p->ucx_nonce == nonce && kvds_ucx_ep_ok(p->uep)) {
+    ep = p->uep;
+    kvds_ucx_ep_ref(ep);
+  }
+  pthread_mutex_unlock(&cl->lock);
+  if (off || ep)
+    return ep;
+  uint8_t *blob = NULL;
+  size_t len = 0;
+  kvds_peerconn_set_timeout(c, CONNECT_MS);
+  int rc = kvds_peerconn_ucx_info(c, KVDS_UCX_INFO_MAX, &blob, &len);
+  if (!rc)
+    rc = kvds_ucx_ep_open(s->ucx, blob, len, &ep);
+  free(blob);
+  pthread_mutex_lock(&cl->lock);
+  if (rc) {
+    p->ucx_off_nonce = nonce;
+    p->ucx_off_until_us = now + UCX_RETRY_MS * 1000;
+    pthread_mutex_unlock(&cl->lock);
+    atomic_fetch_add(&p->ucx_errors, 1);
+    kvds__logf(1, "cluster: no UCX endpoint to %s (%s): read over TCP",
+               p->id, kvds_strerror(rc));
+    return NULL;
+  }
+  old = p->uep; /* another thread's, or a broken one */
+  p->uep = ep;
+  p->ucx_nonce = nonce;
+  p->ucx_lanes[0] = 0;
+  kvds_ucx_ep_ref(ep);
+  pthread_mutex_unlock(&cl->lock);
+  kvds_ucx_ep_unref(old);
+  return ep;
+}
+
+/* After an endpoint error: p is read over TCP until UCX_RETRY_MS passed or
+ * it restarted; the endpoint goes with the last reader's reference. */
+static void ucx_failed(struct kvds_cluster *cl, struct kvds_peer *p,
+                       struct kvds_ucx_ep *ep, int rc) {
+  struct kvds_ucx_ep *old = NULL;
+  pthread_mutex_lock(&cl->lock);
+  if (p->uep == ep) {
+    old = p->uep;
+    p->uep = NULL;
+    p->ucx_off_nonce = p->ucx_nonce;
+    p->ucx_off_until_us = kvds_now_us() + UCX_RETRY_MS * 1000;
+  }
+  pthread_mutex_unlock(&cl->lock);
+  kvds_ucx_ep_unref(old);
+  atomic_fetch_add(&p->ucx_errors, 1);
+  kvds__logf(1, "cluster: UCX read from %s failed (%s): TCP for the next %d s",
+             p->id, kvds_strerror(rc), UCX_RETRY_MS / 1000);
+}
+
+/* Pulls k[0..n) from p over UCX: pins the values there (over c), reads
+ * each one-sided straight into a new object here, seals it once its
+ * checksum matched, then drops the pins. Returns 0; the endpoint's error
+ * (the keys still pending may be pulled over TCP); or c's (the keys' err
+ * is set). */
+static int pull_ucx(struct kvds_cluster *cl, struct kvds_peer *p,
+                    struct kvds_peerconn *c, struct kvds_ucx_ep *ep,
+                    struct jkey **k, size_t n, int wait_ms,
+                    uint64_t deadline_us) {
+  struct kvds_server *s = cl->s;
+  struct kvds_iov *iov = malloc(n * sizeof *iov);
+  struct kvds_value *vals = calloc(n, sizeof *vals);
+  int *res = calloc(n, sizeof *res);
+  uint64_t *offs = calloc(n, sizeof *offs);
+  struct kvds_object **obj = calloc(n, sizeof *obj);
+  struct kvds_ucx_read *rd = malloc(n * sizeof *rd);
+  size_t *idx = malloc(n * sizeof *idx);
+  int rc = -ENOMEM;
+  uint64_t t0 = kvds_now_us();
+  if (!iov || !vals || !res || !offs || !obj || !rd || !idx) {
+    for (size_t i = 0; i < n; i++)
+      k[i]->err = rc;
+    goto out;
+  }
+  for (size_t i = 0; i < n; i++)
+    iov[i] = (struct kvds_iov){(void *)k[i]->key, k[i]->klen};
+  struct kvds_get_opts o = {pull_wait(c, wait_ms, t0, deadline_us), NULL,
+                            KVDS_GET_LOCAL};
+  if ((rc = kvds_peerconn_pin(c, n, iov, &o, vals, res, offs))) {
+    atomic_fetch_add(&p->pull_errors, 1);
+    kvds__logf(2, "cluster: pinning %zu keys on %s failed: %s", n, p->id,
+               kvds_strerror(rc));
+    for (size_t i = 0; i < n; i++)
+      k[i]->err = rc == KVDS_E_TIMEOUT ? KVDS_E_TIMEOUT : KVDS_E_PEER;
+    goto out;
+  }
+  size_t m = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (res[i]) {
+      k[i]->err = res[i];
+      continue;
+    }
+    pthread_mutex_lock(&s->store.lock);
+    int crc = kvds_store_create(&s->store, k[i]->key, k[i]->klen,
+                                vals[i].len, &obj[i]);
+    pthread_mutex_unlock(&s->store.lock);
+    if (crc == KVDS_E_EXISTS) {
+      k[i]->state = K_DONE; /* its seal wakes the request */
+    } else if (crc) {
+      k[i]->err = crc;
+      k[i]->state = K_FAILED; /* no room here: no other owner helps */
+    } else {
+      rd[m] = (struct kvds_ucx_read){offs[i], vals[i].len,
+                                     kvds_store_data(&s->store, obj[i])};
+      idx[m++] = i;
+    }
+  }
+  rc = m ? kvds_ucx_read(ep, rd, m, deadline_us) : 0;
+  struct pull_ctx pc = {s, cl, p, k, obj, NULL, deadline_us};
+  for (size_t j = 0; j < m; j++) {
+    size_t i = idx[j];
+    if (rc == KVDS_E_STATE) { /* UCX may still write there: never reused */
+      obj[i] = NULL;
+      k[i]->err = KVDS_E_PEER;
+      continue;
+    }
+    uint64_t sum = rc ? 0 : kvds_checksum(rd[j].dst, rd[j].len);
+    int st = rc ? rc : sum == vals[i].checksum ? 0 : KVDS_E_CHECKSUM;
+    if (st == KVDS_E_CHECKSUM)
+      kvds__logf(1, "cluster: a value read from %s over UCX has the wrong "
+                    "checksum: dropped",
+                 p->id);
+    pull_end(&pc, i, st, sum);
+    if (!st)
+      atomic_fetch_add(&p->ucx_in, 1);
+  }
+  if (rc == KVDS_E_STATE)
+    kvds__logf(0, "cluster: UCX kept reads from %s after their endpoint was "
+                  "closed: %zu objects are left unused",
+               p->id, m);
+  if (kvds_peerconn_is_connected(c))
+    kvds_peerconn_release(c, n, vals);
+  atomic_fetch_add(&p->pulls, 1);
+  kvds__peer_lat_record(p, kvds_now_us() - t0);
+  if (rc) {
+    atomic_fetch_add(&p->pull_errors, 1);
+    ucx_failed(cl, p, ep, rc);
+  }
+out:
+  free(iov);
+  free(vals);
+  free(res);
+  free(offs);
+  free(obj);
+  free(rd);
+  free(idx);
+  return rc;
+}
+
+/* Pulls keys k[0..n) from p, waiting up to wait_ms there for keys not
+ * sealed yet: over UCX when both ends have it (what its endpoint fails to
+ * read comes over TCP then), else over TCP. */
+static void pull_from(struct kvds_cluster *cl, struct kvds_peer *p,
+                      struct jkey **k, size_t n, int wait_ms,
+                      uint64_t deadline_us) {
+  int err = 0;
+  uint64_t gen;
+  for (size_t i = 0; i < n; i++)
+    if (k[i]->ntried <= LOCATE_MAX_OWNERS)
+      k[i]->tried[k[i]->ntried++] = p;
+  struct kvds_peerconn *c = kvds__pconn_get(cl, p, deadline_us, &gen, &err);
+  if (!c) {
+    for (size_t i = 0; i < n; i++)
+      k[i]->err = err;
+    atomic_fetch_add(&p->pull_errors, 1);
+    return;
+  }
+  struct kvds_ucx_ep *ep = ucx_ep(cl, p, c);
+  if (ep) {
+    int rc = pull_ucx(cl, p, c, ep, k, n, wait_ms, deadline_us);
+    kvds_ucx_ep_unref(ep);
+    /* the endpoint failed (not the connection): the rest over TCP */
+    size_t m = 0;
+    if (rc && rc != KVDS_E_STATE && kvds_peerconn_is_connected(c) &&
+        kvds_now_us() < deadline_us)
+      for (size_t i = 0; i < n; i++)
+        if (k[i]->state == K_PENDING)
+          k[m++] = k[i];
+    n = m;
+  }
+  if (n)
+    pull_tcp(cl, p, c, k, n, wait_ms, deadline_us);
+  kvds__pconn_put(cl, p, c, gen);
 }
 
 /* Parses a LOCATE reply into owners of keys k[]. */

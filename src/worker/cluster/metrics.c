@@ -53,8 +53,24 @@ void kvds__cluster_annotate(struct kvds_server *s, json_t *cluster) {
     json_object_set_new(m, "ranged_in",
                         json_integer((json_int_t)atomic_load(&p->ranged_in)));
     json_object_set_new(m, "connections", json_integer(p->nopen));
+    int ucx = p->uep && kvds_ucx_ep_ok(p->uep);
+    if (ucx && !p->ucx_lanes[0])
+      kvds_ucx_ep_lanes(p->uep, p->ucx_lanes, sizeof p->ucx_lanes);
+    json_object_set_new(m, "transport", json_string(ucx ? "ucx" : "tcp"));
+    if (ucx)
+      json_object_set_new(m, "ucx_lanes", json_string(p->ucx_lanes));
+    json_object_set_new(m, "ucx_in",
+                        json_integer((json_int_t)atomic_load(&p->ucx_in)));
+    json_object_set_new(m, "ucx_errors",
+                        json_integer((json_int_t)atomic_load(&p->ucx_errors)));
   }
   pthread_mutex_unlock(&cl->lock);
+  json_object_set_new(
+      cluster, "transport",
+      json_pack("{s:s,s:s,s:s,s:s}", "mode",
+                kvds_worker_transport_name(s->cfg.transport), "reads",
+                s->ucx ? "ucx" : "tcp", "ucx_tls",
+                s->ucx ? kvds_ucx_tls(s->ucx) : "", "why", s->transport_why));
   struct kvds_dir_stats ds;
   kvds_dir_stats(cl->dir, &ds);
   json_object_set_new(
@@ -107,6 +123,9 @@ void kvds__cluster_metrics(struct kvds_server *s, FILE *f) {
        (uint64_t)cl->s->cfg.replicas},
       {"gauge", "replica_queued",
        "Objects waiting to be copied (or copied again).", rc.queued},
+      {"gauge", "ucx_enabled",
+       "1 when peers' pools are read over UCX (--transport), else 0.",
+       (uint64_t)(s->ucx != NULL)},
       {"counter", "replica_made_total", "Copies made on other workers.",
        rc.made},
       {"counter", "replica_failed_total",
@@ -136,6 +155,13 @@ void kvds__cluster_metrics(struct kvds_server *s, FILE *f) {
       {"peer_ranged_objects_received_total", "counter",
        "Objects pulled from the peer in ranges over several connections.",
        offsetof(struct kvds_peer, ranged_in)},
+      {"peer_ucx_objects_received_total", "counter",
+       "Objects read from the peer's pool over UCX.",
+       offsetof(struct kvds_peer, ucx_in)},
+      {"peer_ucx_errors_total", "counter",
+       "UCX endpoints to the peer that failed (it is read over TCP for a "
+       "while after each).",
+       offsetof(struct kvds_peer, ucx_errors)},
       {"peer_pulls_total", "counter", "Pull requests sent to the peer.",
        offsetof(struct kvds_peer, pulls)},
       {"peer_pull_errors_total", "counter",
@@ -157,6 +183,17 @@ void kvds__cluster_metrics(struct kvds_server *s, FILE *f) {
   for (size_t i = 0; i < cl->npeers; i++)
     fprintf(f, "kvds_peer_up{peer=\"%s\"} %d\n", cl->peers[i]->id,
             cl->peers[i]->live);
+  fprintf(f, "# HELP kvds_peer_transport How the peer's pool is read now "
+             "(1 for the transport in use).\n"
+             "# TYPE kvds_peer_transport gauge\n");
+  for (size_t i = 0; i < cl->npeers; i++) {
+    struct kvds_peer *p = cl->peers[i];
+    int ucx = p->uep && kvds_ucx_ep_ok(p->uep);
+    fprintf(f, "kvds_peer_transport{peer=\"%s\",transport=\"tcp\"} %d\n",
+            p->id, !ucx);
+    fprintf(f, "kvds_peer_transport{peer=\"%s\",transport=\"ucx\"} %d\n",
+            p->id, ucx);
+  }
   fprintf(f, "# HELP kvds_peer_connections Open connections to the peer.\n"
              "# TYPE kvds_peer_connections gauge\n");
   for (size_t i = 0; i < cl->npeers; i++)

@@ -44,6 +44,7 @@ struct kvds_peer *kvds__peer_new(const struct kvds_member *m, int conns) {
 
 void kvds__peer_free(struct kvds_peer *p) {
   kvds__pconn_drop_idle_locked(p);
+  kvds_ucx_ep_unref(p->uep);
   free(p->idle);
   free(p->busy);
   free(p);

@@ -271,7 +271,7 @@ void kvds__cluster_replicate(struct kvds_server *s, size_t n,
       rc = KVDS_E_TIMEOUT;
     if (!rc) {
       kvds_peerconn_set_timeout(c, kvds_deadline_left_ms(deadline_us, now));
-      rc = kvds_peerconn_pin(c, ns, sub, &opts, vals, res);
+      rc = kvds_peerconn_pin(c, ns, sub, &opts, vals, res, NULL);
     }
     for (size_t i = 0; i < ns; i++) {
       if (!rc && res[i] == 0) {
