@@ -1,0 +1,246 @@
+"""Pulls over UCX (--transport ucx, src/net/ucx.c, docs/transport.md): B
+pins a value on A over their peer connection, reads it one-sided from A's
+pool straight into a new object of its own, verifies its checksum and
+seals it. On this machine (no RDMA hardware) UCX runs over its tcp
+transport; offered shared memory as well ("sm,tcp"), UCX 1.13 still picks
+tcp, because its shared-memory transports cannot report a dead peer (the
+lanes are asserted as UCX reports them). The same tests run unchanged
+where rc/dc/ud verbs exist (set UCX_TLS to them).
+
+- values of every size class read over UCX, by hint, directory and batch,
+  byte for byte; /status and /metrics show the transport per peer;
+- a mixed fleet: a --transport tcp worker and a ucx one read each other
+  over TCP;
+- the owner stopped, then killed (SIGKILL) in the middle of a read: B
+  never shows a part of the value, tries the next owner (C, which holds a
+  copy) and answers with the right bytes; the endpoint error is counted;
+- the owner stopped past B's deadline: the read fails by its deadline,
+  and once A runs again B reads it over TCP (endpoint errors fall back).
+"""
+import json
+import os
+import signal
+import threading
+import time
+import urllib.request
+
+import pytest
+
+import kvds
+from conftest import free_port, wait_for
+
+MiB = 1 << 20
+SIZES = [1, 4097, MiB, 9 * MiB + 11]
+
+
+def start(make_worker, tls, port, peers, extra=(), memory="128MiB", transport="ucx"):
+    http = free_port()
+    w = make_worker(memory, ["--peers", ",".join(f"127.0.0.1:{p}" for p in peers),
+                             "--transport", transport, "--http-port", str(http),
+                             *extra], port=port)
+    w.http = http
+    return w
+
+
+def status(w):
+    with urllib.request.urlopen(f"http://127.0.0.1:{w.http}/status", timeout=10) as r:
+        return json.loads(r.read())
+
+
+def member(w, other):
+    for m in status(w)["cluster"]["members"]:
+        if m["id"] == other.addr:
+            return m
+    raise AssertionError(f"{other.addr} not in {w.addr}'s view")
+
+
+def metrics(w):
+    with urllib.request.urlopen(f"http://127.0.0.1:{w.http}/metrics", timeout=10) as r:
+        return r.read().decode()
+
+
+@pytest.fixture(params=["tcp", "sm,tcp"])
+def ucx_pair(request, make_worker, monkeypatch):
+    monkeypatch.setenv("UCX_TLS", request.param)
+    pa, pb = free_port(), free_port()
+    a = start(make_worker, request.param, pa, [pb])
+    b = start(make_worker, request.param, pb, [pa])
+    yield a, b
+    a.stop()
+    b.stop()
+
+
+@pytest.mark.parametrize("via", ["hint", "directory", "batch"])
+def test_ucx_reads_land(ucx_pair, via):
+    a, b = ucx_pair
+    tls = os.environ["UCX_TLS"]
+    assert status(b)["cluster"]["transport"] == {
+        "mode": "ucx", "reads": "ucx", "ucx_tls": tls,
+        "why": f"--transport ucx (UCX_TLS={tls})"}
+    vals = {f"ucx-{via}-{i}".encode(): os.urandom(n) for i, n in enumerate(SIZES)}
+    keys = list(vals)
+    with kvds.Client(a.addr) as ca:
+        for k, v in vals.items():
+            ca.put(k, v)
+    with kvds.Client(b.addr, timeout_ms=20000) as cb:
+        wait_for(lambda: cb.exists(keys) == [True] * len(keys), "the directory")
+        before = member(b, a)
+        if via == "batch":
+            assert cb.mget(keys) == [vals[k] for k in keys]
+        else:
+            for k in keys:
+                got = cb.get(k, hint=a.addr) if via == "hint" else cb.get(k)
+                assert got == vals[k], f"{k!r}: {len(got)} bytes differ"
+        m = member(b, a)
+        assert m["transport"] == "ucx", m
+        assert "tcp/" in m["ucx_lanes"], m  # what UCX chose here
+        assert m["ucx_in"] - before["ucx_in"] == len(keys)
+        assert m["bytes_in"] - before["bytes_in"] == sum(SIZES)
+        assert m["ucx_errors"] == 0
+        # B's own copies are whole and right; A's pins were all released
+        for k in keys:
+            assert cb.get(k, local=True) == vals[k]
+            cb.delete(k)
+        assert cb.stats()["objects_writing"] == 0
+    with kvds.Client(a.addr) as ca:
+        wait_for(lambda: ca.stats()["pinned_objects"] == 0, "A's pins dropped")
+        for k in keys:
+            ca.delete(k)
+    text = metrics(b)
+    assert f'kvds_peer_transport{{peer="{a.addr}",transport="ucx"}} 1' in text
+    assert f'kvds_peer_transport{{peer="{a.addr}",transport="tcp"}} 0' in text
+    assert "kvds_ucx_enabled 1" in text
+    assert f'kvds_peer_ucx_objects_received_total{{peer="{a.addr}"}}' in text
+
+
+def test_mixed_fleet_reads_over_tcp(make_worker, monkeypatch):
+    """A runs --transport tcp, B ucx: each reads the other over TCP (A does
+    not announce UCX; A has none to read B with)."""
+    monkeypatch.setenv("UCX_TLS", "tcp")
+    pa, pb = free_port(), free_port()
+    a = start(make_worker, "tcp", pa, [pb], transport="tcp")
+    b = start(make_worker, "tcp", pb, [pa])
+    assert status(a)["cluster"]["transport"]["reads"] == "tcp"
+    assert status(a)["cluster"]["transport"]["why"] == "--transport tcp"
+    va, vb = os.urandom(3 * MiB + 1), os.urandom(2 * MiB + 3)
+    with kvds.Client(a.addr, timeout_ms=20000) as ca, \
+            kvds.Client(b.addr, timeout_ms=20000) as cb:
+        ca.put(b"mix-a", va)
+        cb.put(b"mix-b", vb)
+        assert cb.get(b"mix-a", hint=a.addr) == va
+        assert ca.get(b"mix-b", hint=b.addr) == vb
+    for x, y in ((b, a), (a, b)):
+        m = member(x, y)
+        assert m["transport"] == "tcp" and m["ucx_in"] == 0, m
+        assert m["ucx_errors"] == 0, m  # not an error: the peer has no UCX
+        assert m["bytes_in"] >= 2 * MiB, m
+    a.stop()
+    b.stop()
+
+
+def catch_mid_read(b, key, val, a, read, outcome):
+    """Starts read() in a thread until one is caught with B's object half
+    written; then stops A (SIGSTOP) and returns the thread. A read that
+    finished first is checked and undone (B's copy deleted)."""
+    with kvds.Client(b.addr) as watch:
+        for _ in range(200):
+            outcome.clear()
+            t = threading.Thread(target=read)
+            t.start()
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and t.is_alive():
+                if watch.stats()["objects_writing"] > 0:
+                    os.kill(a.proc.pid, signal.SIGSTOP)
+                    time.sleep(0.05)
+                    if watch.stats()["objects_writing"] > 0:
+                        return t
+                    os.kill(a.proc.pid, signal.SIGCONT)
+            t.join(30)
+            assert outcome.get("value") == val, outcome
+            watch.delete(key)  # B's copy: read it again
+    pytest.fail("never caught a read in the middle of the value")
+
+
+def test_owner_killed_mid_read_next_owner(make_worker, monkeypatch):
+    monkeypatch.setenv("UCX_TLS", "tcp")
+    pa, pb, pc = free_port(), free_port(), free_port()
+    a = start(make_worker, "tcp", pa, [pb, pc], memory="160MiB")
+    b = start(make_worker, "tcp", pb, [pa, pc], ["--pull-timeout-ms", "15000"],
+              memory="160MiB")
+    c = start(make_worker, "tcp", pc, [pa, pb], memory="160MiB")
+    val = os.urandom(64 * MiB + 5)
+    key = b"ucx-kill"
+    with kvds.Client(a.addr) as ca:
+        ca.put(key, val)
+    with kvds.Client(c.addr, timeout_ms=20000) as cc:
+        assert cc.get(key, hint=a.addr) == val  # C holds a copy now
+    cb = kvds.Client(b.addr, timeout_ms=30000)
+    outcome = {}
+
+    def read():
+        try:
+            outcome["value"] = cb.get(key, hint=a.addr)
+        except kvds.KvdsError as e:
+            outcome["error"] = e
+
+    t = catch_mid_read(b, key, val, a, read, outcome)
+    from_c = member(b, c)["bytes_in"]
+    a.proc.kill()
+    a.proc.wait()
+    t.join(40)
+    assert not t.is_alive(), "the read did not end after the owner died"
+    assert outcome.get("value") == val, outcome  # from C, the next owner
+    m = member(b, a)
+    assert m["ucx_errors"] >= 1, m
+    assert member(b, c)["bytes_in"] - from_c == len(val)
+    with kvds.Client(b.addr) as watch:
+        assert watch.get(key, local=True) == val
+        assert watch.stats()["objects_writing"] == 0
+    cb.close()
+    b.stop()
+    c.stop()
+
+
+def test_endpoint_error_falls_back_to_tcp(make_worker, monkeypatch):
+    monkeypatch.setenv("UCX_TLS", "tcp")
+    pa, pb = free_port(), free_port()
+    a = start(make_worker, "tcp", pa, [pb], memory="160MiB")
+    b = start(make_worker, "tcp", pb, [pa], ["--pull-timeout-ms", "1500"],
+              memory="160MiB")
+    val = os.urandom(64 * MiB + 7)
+    key = b"ucx-stall"
+    with kvds.Client(a.addr) as ca:
+        ca.put(key, val)
+        ca.put(b"ucx-after", b"after" * 1000)
+    cb = kvds.Client(b.addr, timeout_ms=30000)
+    outcome = {}
+
+    def read():
+        try:
+            outcome["value"] = cb.get(key, hint=a.addr)
+        except kvds.KvdsError as e:
+            outcome["error"] = e
+
+    t0 = time.monotonic()
+    t = catch_mid_read(b, key, val, a, read, outcome)
+    t.join(30)  # A stays stopped: B's deadline passes
+    assert not t.is_alive()
+    assert "value" not in outcome
+    assert isinstance(outcome["error"], (kvds.Timeout, kvds.PeerError)), outcome
+    os.kill(a.proc.pid, signal.SIGCONT)
+    with kvds.Client(b.addr) as watch:
+        with pytest.raises(kvds.NotFound):
+            watch.get(key, local=True)
+        wait_for(lambda: watch.stats()["objects_writing"] == 0, "the aborted object")
+    m = member(b, a)
+    assert m["ucx_errors"] >= 1 and m["transport"] == "tcp", m
+    ucx_in = m["ucx_in"]
+    # the next reads of A come over TCP, right
+    assert cb.get(b"ucx-after", hint=a.addr) == b"after" * 1000
+    assert cb.get(key, hint=a.addr) == val
+    m = member(b, a)
+    assert m["ucx_in"] == ucx_in and m["transport"] == "tcp", m
+    assert time.monotonic() - t0 < 120
+    cb.close()
+    a.stop()
+    b.stop()
