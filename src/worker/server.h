@@ -115,7 +115,7 @@ struct kvds_server {
   /* UCX over the pool (--transport, docs/transport.md), or NULL: peers
    * then read this pool, and this worker reads theirs, over TCP. */
   struct kvds_ucx *ucx;
-  char transport_why[160]; /* why UCX is on or off, for /status */
+  char transport_why[320]; /* why UCX is on or off, for /status */
 };
 
 /* ---- conn.c --------------------------------------------------------------*/
