@@ -33,6 +33,12 @@ MiB = 1 << 20
 SIZES = [1, 4097, MiB, 9 * MiB + 11]
 
 
+@pytest.fixture(autouse=True)
+def loopback_only(monkeypatch):
+    """UCX's tcp transport listens on every interface unless told which."""
+    monkeypatch.setenv("UCX_NET_DEVICES", "lo")
+
+
 def start(make_worker, tls, port, peers, extra=(), memory="128MiB", transport="ucx"):
     http = free_port()
     w = make_worker(memory, ["--peers", ",".join(f"127.0.0.1:{p}" for p in peers),

@@ -219,6 +219,8 @@ static void owner_killed(void **state) {
 }
 
 int main(int argc, char **argv) {
+  /* loopback only: UCX's tcp transport would listen on every interface */
+  setenv("UCX_NET_DEVICES", "lo", 1);
   if (argc == 3 && !strcmp(argv[1], "--owner"))
     return owner_main(argv[2]);
   ssize_t n = readlink("/proc/self/exe", self_exe, sizeof self_exe - 1);
