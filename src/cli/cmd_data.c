@@ -828,8 +828,24 @@ static void print_cluster(json_t *cluster) {
                  out, sizeof out),
              (long long)json_integer_value(json_object_get(mb, "pulls")),
              (long long)json_integer_value(json_object_get(mb, "pull_errors")));
+      const char *tr = json_string_value(json_object_get(mb, "transport"));
+      const char *ln = json_string_value(json_object_get(mb, "ucx_lanes"));
+      long long uin = json_integer_value(json_object_get(mb, "ucx_in"));
+      long long uerr = json_integer_value(json_object_get(mb, "ucx_errors"));
+      if (tr && (!strcmp(tr, "ucx") || uin || uerr))
+        printf("; read over %s%s%s%s, %lld objects over UCX (%lld endpoint "
+               "errors)",
+               tr, ln && *ln ? " (" : "", ln && *ln ? ln : "",
+               ln && *ln ? ")" : "", uin, uerr);
     }
     putchar('\n');
+  }
+  json_t *tr = json_object_get(cluster, "transport");
+  if (json_is_object(tr)) {
+    const char *reads = json_string_value(json_object_get(tr, "reads"));
+    const char *why = json_string_value(json_object_get(tr, "why"));
+    printf("transport    peers' pools read over %s (%s)\n", reads ? reads : "?",
+           why ? why : "?");
   }
   json_t *dir = json_object_get(cluster, "directory");
   if (json_is_object(dir)) {

@@ -151,6 +151,37 @@ def test_mixed_fleet_reads_over_tcp(make_worker, monkeypatch):
     b.stop()
 
 
+def test_owner_restart_new_endpoint(make_worker, monkeypatch):
+    """A restarts (a new incarnation: a new pool registration, address and
+    rkey): B's next read of A makes a new endpoint from A's new UCX_INFO
+    and comes over UCX again, right."""
+    monkeypatch.setenv("UCX_TLS", ONE_TLS)
+    pa, pb = free_port(), free_port()
+    a = start(make_worker, pa, [pb])
+    b = start(make_worker, pb, [pa])
+    v1, v2 = os.urandom(5 * MiB + 3), os.urandom(3 * MiB + 9)
+    with kvds.Client(a.addr) as ca:
+        ca.put(b"rs-1", v1)
+    with kvds.Client(b.addr, timeout_ms=20000) as cb:
+        assert cb.get(b"rs-1", hint=a.addr) == v1
+    assert member(b, a)["ucx_in"] == 1
+    a.stop()
+    a = start(make_worker, pa, [pb])
+    with kvds.Client(a.addr) as ca:
+        ca.put(b"rs-2", v2)
+    with kvds.Client(b.addr, timeout_ms=20000) as cb:
+        def read():  # B may first meet its connections to the old A
+            try:
+                return cb.get(b"rs-2", hint=a.addr)
+            except kvds.PeerError:
+                return None
+        wait_for(lambda: read() == v2, "a read of the new A", timeout=20)
+    m = member(b, a)
+    assert m["ucx_in"] == 2 and m["transport"] == "ucx", m
+    a.stop()
+    b.stop()
+
+
 def catch_mid_read(b, key, val, a, read, outcome):
     """Starts read() in a thread until one is caught with B's object half
     written; then stops A (SIGSTOP) and returns the thread. A read that
