@@ -99,8 +99,8 @@ static int ucx_item(void *ud, size_t i, const struct kvds_proto_item *it,
   return 0;
 }
 
-int kvds_peerconn_ucx_info(struct kvds_peerconn *pc, size_t max,
-                           uint8_t **blob, size_t *len) {
+int kvds_peerconn_ucx_info(struct kvds_peerconn *pc, size_t max, uint8_t **blob,
+                           size_t *len) {
   struct ucx_blob b = {NULL, 0, max, 0};
   *blob = NULL;
   *len = 0;
@@ -346,9 +346,8 @@ int kvds_peerconn_pin(struct kvds_peerconn *pc, size_t n,
       kvds_rpc_read_deadline(pc->timeout_ms, o ? o->wait_ms : 0);
   for (size_t off = 0; off < n;) {
     size_t m = n - off < KVDS_BATCH_MAX ? n - off : KVDS_BATCH_MAX;
-    if ((rc =
-             pin_chunk(pc, m, keys + off, o, vals + off, results + off,
-                       offs ? offs + off : NULL, &dl))) {
+    if ((rc = pin_chunk(pc, m, keys + off, o, vals + off, results + off,
+                        offs ? offs + off : NULL, &dl))) {
       /* The chunk's own pins are lost with the connection, or were never
        * taken (a refusal); give back those of the chunks before. */
       release_vals(pc, off, vals, dl.io);

@@ -58,8 +58,8 @@ int kvds_peerconn_can_ucx(const struct kvds_peerconn *pc);
  * bytes, into a malloc'd *blob (the caller frees it) of *len bytes.
  * Errors: the peer's refusal (KVDS_E_STATE: it has no UCX), KVDS_E_PROTO
  * (the items do not add up; the connection is broken), I/O errors. */
-int kvds_peerconn_ucx_info(struct kvds_peerconn *pc, size_t max,
-                           uint8_t **blob, size_t *len);
+int kvds_peerconn_ucx_info(struct kvds_peerconn *pc, size_t max, uint8_t **blob,
+                           size_t *len);
 
 /* 1 if an idle connection is no good any more: the peer closed it (or sent
  * something unasked). Never blocks. */

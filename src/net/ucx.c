@@ -38,7 +38,9 @@ int kvds_ucx_fabric(char *what, size_t cap) {
 
 #ifndef KVDS_HAVE_UCX
 
-int kvds_ucx_built(void) { return 0; }
+int kvds_ucx_built(void) {
+  return 0;
+}
 
 int kvds_ucx_open(void *base, size_t len, struct kvds_ucx **out, char *err,
                   size_t errcap) {
@@ -49,7 +51,9 @@ int kvds_ucx_open(void *base, size_t len, struct kvds_ucx **out, char *err,
   return KVDS_E_INVAL;
 }
 
-void kvds_ucx_close(struct kvds_ucx *u) { (void)u; }
+void kvds_ucx_close(struct kvds_ucx *u) {
+  (void)u;
+}
 
 void kvds_ucx_info(const struct kvds_ucx *u, const void **blob, size_t *len) {
   (void)u;
@@ -71,13 +75,17 @@ int kvds_ucx_ep_open(struct kvds_ucx *u, const void *blob, size_t len,
   return KVDS_E_INVAL;
 }
 
-void kvds_ucx_ep_ref(struct kvds_ucx_ep *ep) { (void)ep; }
+void kvds_ucx_ep_ref(struct kvds_ucx_ep *ep) {
+  (void)ep;
+}
 void kvds_ucx_ep_lanes(struct kvds_ucx_ep *ep, char *buf, size_t cap) {
   (void)ep;
   if (cap)
     *buf = 0;
 }
-void kvds_ucx_ep_unref(struct kvds_ucx_ep *ep) { (void)ep; }
+void kvds_ucx_ep_unref(struct kvds_ucx_ep *ep) {
+  (void)ep;
+}
 int kvds_ucx_ep_ok(const struct kvds_ucx_ep *ep) {
   (void)ep;
   return 0;
@@ -150,10 +158,16 @@ struct rcall {
   struct kvds_ucx_ep *ep;
 };
 
-int kvds_ucx_built(void) { return 1; }
+int kvds_ucx_built(void) {
+  return 1;
+}
 
-static void put_u32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
-static void put_u64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
+static void put_u32(uint8_t *p, uint32_t v) {
+  memcpy(p, &v, 4);
+}
+static void put_u64(uint8_t *p, uint64_t v) {
+  memcpy(p, &v, 8);
+}
 static uint32_t get_u32(const uint8_t *p) {
   uint32_t v;
   memcpy(&v, p, 4);
@@ -219,7 +233,8 @@ int kvds_ucx_open(void *base, size_t len, struct kvds_ucx **out, char *err,
     goto out;
   }
   ucp_params_t pp = {
-      .field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED,
+      .field_mask =
+          UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED,
       .features = UCP_FEATURE_RMA | UCP_FEATURE_WAKEUP,
       .mt_workers_shared = 0,
   };
@@ -333,7 +348,9 @@ void kvds_ucx_info(const struct kvds_ucx *u, const void **blob, size_t *len) {
   *len = u->info_len;
 }
 
-const char *kvds_ucx_tls(const struct kvds_ucx *u) { return u->tls; }
+const char *kvds_ucx_tls(const struct kvds_ucx *u) {
+  return u->tls;
+}
 
 static void ep_failed(void *arg, ucp_ep_h ep, ucs_status_t st) {
   struct kvds_ucx_ep *e = arg;
@@ -385,7 +402,9 @@ int kvds_ucx_ep_open(struct kvds_ucx *u, const void *blob, size_t len,
   return 0;
 }
 
-void kvds_ucx_ep_ref(struct kvds_ucx_ep *e) { atomic_fetch_add(&e->refs, 1); }
+void kvds_ucx_ep_ref(struct kvds_ucx_ep *e) {
+  atomic_fetch_add(&e->refs, 1);
+}
 
 int kvds_ucx_ep_ok(const struct kvds_ucx_ep *e) {
   return atomic_load(&((struct kvds_ucx_ep *)e)->ok);
@@ -421,8 +440,7 @@ void kvds_ucx_ep_lanes(struct kvds_ucx_ep *e, char *buf, size_t cap) {
       if (dot && dot > strchr(name, '/'))
         *dot = 0; /* "lo.0": the device's index */
       if (!strstr(buf, name) && at + strlen(name) + 2 < cap)
-        at += (size_t)snprintf(buf + at, cap - at, "%s%s", at ? "," : "",
-                               name);
+        at += (size_t)snprintf(buf + at, cap - at, "%s%s", at ? "," : "", name);
     }
     l = nl ? nl + 1 : NULL;
   }
@@ -526,7 +544,8 @@ int kvds_ucx_read(struct kvds_ucx_ep *e, const struct kvds_ucx_read *rd,
     err = UCS_ERR_CONNECTION_RESET;
   for (size_t i = 0; i < n && err == UCS_OK; i++) {
     ucp_request_param_t p = {
-        .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA,
+        .op_attr_mask =
+            UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA,
         .cb.send = get_done,
         .user_data = c,
     };
@@ -540,8 +559,8 @@ int kvds_ucx_read(struct kvds_ucx_ep *e, const struct kvds_ucx_read *rd,
     c->pending++;
     pthread_mutex_unlock(&c->lock);
     atomic_fetch_add(&e->inflight, 1);
-    ucs_status_ptr_t r = ucp_get_nbx(e->ep, d, rd[i].len, e->rbase + rd[i].roff,
-                                     e->rkey, &p);
+    ucs_status_ptr_t r =
+        ucp_get_nbx(e->ep, d, rd[i].len, e->rbase + rd[i].roff, e->rkey, &p);
     if (!UCS_PTR_IS_PTR(r)) { /* done now, or failed now: no callback */
       atomic_fetch_sub(&e->inflight, 1);
       pthread_mutex_lock(&c->lock);

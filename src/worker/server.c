@@ -312,8 +312,9 @@ static int op_hello(struct conn *c, const struct req_items *ri) {
   kvds__reply_item(&r, 0, s->pool.total_size, s->pool.data_offset,
                    (uint64_t)getpid(), s->nonce, s->socket_path,
                    (uint32_t)strlen(s->socket_path));
-  kvds__reply_item(&r, 0, KVDS_HELLO_FEATURES | (s->ucx ? KVDS_HELLO_FEAT_UCX : 0),
-                   0, 0, 0, NULL, 0);
+  kvds__reply_item(&r, 0,
+                   KVDS_HELLO_FEATURES | (s->ucx ? KVDS_HELLO_FEAT_UCX : 0), 0,
+                   0, 0, NULL, 0);
   kvds__reply_send(c, &r, KVDS_OP_HELLO, c->h.req_id, fd >= 0 ? KVDS_PF_SHM : 0,
                    0, 0, fd);
   return 0;
@@ -1162,8 +1163,8 @@ static int op_ucx_info(struct conn *c) {
   kvds__reply_init(&r);
   for (size_t off = 0; off < len; off += KVDS_PROTO_KEY_MAX) {
     size_t n = len - off < KVDS_PROTO_KEY_MAX ? len - off : KVDS_PROTO_KEY_MAX;
-    kvds__reply_item(&r, 0, off ? 0 : len, 0, 0, 0,
-                     (const uint8_t *)blob + off, (uint32_t)n);
+    kvds__reply_item(&r, 0, off ? 0 : len, 0, 0, 0, (const uint8_t *)blob + off,
+                     (uint32_t)n);
   }
   kvds__reply_send(c, &r, KVDS_OP_UCX_INFO, c->h.req_id, 0, 0, 0, -1);
   return 0;

@@ -726,15 +726,16 @@ static int transport_start(struct kvds_server *s) {
     }
   }
   char err[256] = "";
-  int rc = kvds_ucx_open(s->pool.base, s->pool.total_size, &s->ucx, err,
-                         sizeof err);
+  int rc =
+      kvds_ucx_open(s->pool.base, s->pool.total_size, &s->ucx, err, sizeof err);
   if (rc) {
     if (want == KVDS_TRANSPORT_UCX) {
       logf_(0, "--transport ucx: %s", err);
       return rc;
     }
-    logf_(1, "--transport auto: RDMA device %s, but UCX did not start (%s): "
-             "peers are read over TCP",
+    logf_(1,
+          "--transport auto: RDMA device %s, but UCX did not start (%s): "
+          "peers are read over TCP",
           dev, err);
     snprintf(s->transport_why, cap, "auto: UCX did not start: %s", err);
     return 0;

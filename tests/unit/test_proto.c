@@ -104,11 +104,10 @@ static int decode_hdr(const struct kvds_proto_hdr *h,
 
 static void test_op_names(void **state) {
   static const char *const names[] = {
-      "HELLO",    "PING",          "CREATE",  "WRITE",    "SEAL",
-      "ABORT",    "PUT",           "GET",     "RELEASE",  "DELETE",
-      "EXISTS",   "LOOKUP_PREFIX", "LIST",    "STAT",     "STATS",
-      "SHUTDOWN", "AUTH",          "CLUSTER", "ANNOUNCE", "LOCATE",
-      "UCX_INFO"};
+      "HELLO",    "PING",   "CREATE",  "WRITE",    "SEAL",   "ABORT",
+      "PUT",      "GET",    "RELEASE", "DELETE",   "EXISTS", "LOOKUP_PREFIX",
+      "LIST",     "STAT",   "STATS",   "SHUTDOWN", "AUTH",   "CLUSTER",
+      "ANNOUNCE", "LOCATE", "UCX_INFO"};
 
   assert_int_equal(sizeof(names) / sizeof(names[0]), KVDS_OP__MAX);
   for (unsigned op = 1; op <= KVDS_OP__MAX; op++)

@@ -227,8 +227,7 @@ static void pull_tcp(struct kvds_cluster *cl, struct kvds_peer *p,
 /* p's UCX endpoint for the incarnation c talks to (one reference, the
  * caller's), opened with what UCX_INFO over c gives when there is none;
  * NULL: read p over TCP (UCX off here or there, or failed lately). */
-static struct kvds_ucx_ep *ucx_ep(struct kvds_cluster *cl,
-                                  struct kvds_peer *p,
+static struct kvds_ucx_ep *ucx_ep(struct kvds_cluster *cl, struct kvds_peer *p,
                                   struct kvds_peerconn *c) {
   struct kvds_server *s = cl->s;
   if (!s->ucx || !kvds_peerconn_can_ucx(c))
@@ -257,8 +256,8 @@ static struct kvds_ucx_ep *ucx_ep(struct kvds_cluster *cl,
     p->ucx_off_until_us = now + UCX_RETRY_MS * 1000;
     pthread_mutex_unlock(&cl->lock);
     atomic_fetch_add(&p->ucx_errors, 1);
-    kvds__logf(1, "cluster: no UCX endpoint to %s (%s): read over TCP",
-               p->id, kvds_strerror(rc));
+    kvds__logf(1, "cluster: no UCX endpoint to %s (%s): read over TCP", p->id,
+               kvds_strerror(rc));
     return NULL;
   }
   old = p->uep; /* another thread's, or a broken one */
@@ -333,8 +332,8 @@ static int pull_ucx(struct kvds_cluster *cl, struct kvds_peer *p,
       continue;
     }
     pthread_mutex_lock(&s->store.lock);
-    int crc = kvds_store_create(&s->store, k[i]->key, k[i]->klen,
-                                vals[i].len, &obj[i]);
+    int crc = kvds_store_create(&s->store, k[i]->key, k[i]->klen, vals[i].len,
+                                &obj[i]);
     pthread_mutex_unlock(&s->store.lock);
     if (crc == KVDS_E_EXISTS) {
       k[i]->state = K_DONE; /* its seal wakes the request */
@@ -359,16 +358,18 @@ static int pull_ucx(struct kvds_cluster *cl, struct kvds_peer *p,
     uint64_t sum = rc ? 0 : kvds_checksum(rd[j].dst, rd[j].len);
     int st = rc ? rc : sum == vals[i].checksum ? 0 : KVDS_E_CHECKSUM;
     if (st == KVDS_E_CHECKSUM)
-      kvds__logf(1, "cluster: a value read from %s over UCX has the wrong "
-                    "checksum: dropped",
+      kvds__logf(1,
+                 "cluster: a value read from %s over UCX has the wrong "
+                 "checksum: dropped",
                  p->id);
     pull_end(&pc, i, st, sum);
     if (!st)
       atomic_fetch_add(&p->ucx_in, 1);
   }
   if (rc == KVDS_E_STATE)
-    kvds__logf(0, "cluster: UCX kept reads from %s after their endpoint was "
-                  "closed: %zu objects are left unused",
+    kvds__logf(0,
+               "cluster: UCX kept reads from %s after their endpoint was "
+               "closed: %zu objects are left unused",
                p->id, m);
   if (kvds_peerconn_is_connected(c))
     kvds_peerconn_release(c, n, vals);

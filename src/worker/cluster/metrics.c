@@ -65,12 +65,12 @@ void kvds__cluster_annotate(struct kvds_server *s, json_t *cluster) {
                         json_integer((json_int_t)atomic_load(&p->ucx_errors)));
   }
   pthread_mutex_unlock(&cl->lock);
-  json_object_set_new(
-      cluster, "transport",
-      json_pack("{s:s,s:s,s:s,s:s}", "mode",
-                kvds_worker_transport_name(s->cfg.transport), "reads",
-                s->ucx ? "ucx" : "tcp", "ucx_tls",
-                s->ucx ? kvds_ucx_tls(s->ucx) : "", "why", s->transport_why));
+  json_object_set_new(cluster, "transport",
+                      json_pack("{s:s,s:s,s:s,s:s}", "mode",
+                                kvds_worker_transport_name(s->cfg.transport),
+                                "reads", s->ucx ? "ucx" : "tcp", "ucx_tls",
+                                s->ucx ? kvds_ucx_tls(s->ucx) : "", "why",
+                                s->transport_why));
   struct kvds_dir_stats ds;
   kvds_dir_stats(cl->dir, &ds);
   json_object_set_new(
@@ -189,10 +189,10 @@ void kvds__cluster_metrics(struct kvds_server *s, FILE *f) {
   for (size_t i = 0; i < cl->npeers; i++) {
     struct kvds_peer *p = cl->peers[i];
     int ucx = p->uep && kvds_ucx_ep_ok(p->uep);
-    fprintf(f, "kvds_peer_transport{peer=\"%s\",transport=\"tcp\"} %d\n",
-            p->id, !ucx);
-    fprintf(f, "kvds_peer_transport{peer=\"%s\",transport=\"ucx\"} %d\n",
-            p->id, ucx);
+    fprintf(f, "kvds_peer_transport{peer=\"%s\",transport=\"tcp\"} %d\n", p->id,
+            !ucx);
+    fprintf(f, "kvds_peer_transport{peer=\"%s\",transport=\"ucx\"} %d\n", p->id,
+            ucx);
   }
   fprintf(f, "# HELP kvds_peer_connections Open connections to the peer.\n"
              "# TYPE kvds_peer_connections gauge\n");
