@@ -52,6 +52,15 @@ kvds_integration_test(test_auth LIBS kvds_proto)
 # namespaces.
 kvds_integration_test(test_cluster LIBS kvds_proto PkgConfig::JANSSON
                       TIMEOUT 300)
+# The same etcd scenarios (spread, prefix, hints, an owner killed mid-pull,
+# etcd outage, a home restarted, garbage) with every worker reading its
+# peers over UCX (--transport ucx, UCX's tcp transport on loopback).
+if(UCX_FOUND)
+  add_test(NAME test_cluster_ucx COMMAND test_cluster $<TARGET_FILE:kvds_bin>)
+  set_tests_properties(test_cluster_ucx PROPERTIES LABELS integration
+                       TIMEOUT 300 ENVIRONMENT
+                       "KVDS_TEST_TRANSPORT=ucx;UCX_TLS=tcp;UCX_NET_DEVICES=lo")
+endif()
 # Healing: a worker stalled past its lease, forged ANNOUNCEs, etcd rebuilt
 # from an empty data directory, a pull past its deadline.
 kvds_integration_test(test_heal LIBS kvds_proto PkgConfig::JANSSON

@@ -1918,8 +1918,34 @@ static void test_partition(void) {
   fprintf(stderr, "9. network partition: ok\n");
 }
 
+/* With KVDS_TEST_TRANSPORT=ucx (ctest's test_cluster_ucx, UCX_TLS=tcp):
+ * the etcd scenarios with every pull read over UCX; B and C must have read
+ * objects over UCX (A was restarted in between: its counts are new). */
+static void check_ucx_used(void) {
+  struct kvh_worker *all[] = {&A, &B, &C};
+  for (int i = 0; i < 3; i++) {
+    json_t *cl = kvh_cluster_of(all[i]->addr);
+    KVH_CHECK(cl, "%s: no cluster status", all[i]->addr);
+    const char *reads = json_string_value(
+        json_object_get(json_object_get(cl, "transport"), "reads"));
+    KVH_CHECK(reads && !strcmp(reads, "ucx"), "%s reads over %s",
+              all[i]->addr, reads ? reads : "?");
+    long long in = 0;
+    size_t k;
+    json_t *m;
+    json_array_foreach(json_object_get(cl, "members"), k, m) {
+      in += json_integer_value(json_object_get(m, "ucx_in"));
+    }
+    fprintf(stderr, "%s read %lld objects over UCX\n", all[i]->addr, in);
+    KVH_CHECK(in > 0 || all[i] == &A, "%s read nothing over UCX",
+              all[i]->addr);
+    json_decref(cl);
+  }
+}
+
 int main(int argc, char **argv) {
   kvh_init(argc, argv, "test_cluster");
+  const char *transport = getenv("KVDS_TEST_TRANSPORT");
   kvh_etcd_start(&etcd);
   const char *e[] = {"--etcd_address",
                      etcd.addr,
@@ -1933,6 +1959,8 @@ int main(int argc, char **argv) {
                      "2",
                      "--log-level",
                      "debug",
+                     transport ? "--transport" : NULL,
+                     transport,
                      NULL};
   memcpy(ext_etcd, e, sizeof e);
   kvh_worker_start(&A, "1GiB", ext_etcd);
@@ -1947,11 +1975,15 @@ int main(int argc, char **argv) {
   test_etcd_outage();
   test_home_restart();
   test_garbage();
+  if (transport && !strcmp(transport, "ucx"))
+    check_ucx_used();
 
   kvh_worker_stop(&C);
   kvh_worker_stop(&B);
   kvh_worker_stop(&A);
   kvh_etcd_stop(&etcd);
+  if (transport) /* the rest is about TCP peers: run once, by test_cluster */
+    return kvh_finish();
 
   test_static();
   test_evict_replica();

@@ -12,6 +12,7 @@ here, seeded random weights; not vLLM's dummy weights, whose ~0 logits give
 every prompt the same answer).
 """
 import json
+import os
 import sys
 
 from kvds.testmodel import make_model
@@ -22,8 +23,14 @@ def run(model, kvt, prompt_file, params_json=None):
     from vllm.inputs import TokensPrompt
     with open(prompt_file) as f:
         prompt = json.load(f)
+    with open(os.path.join(model, "config.json")) as f:
+        mla = "kv_lora_rank" in json.load(f)
+    # On a CPU with AMX, vLLM picks its AMX_MLA backend for MLA models,
+    # which takes bfloat16/float16 weights only: this float32 model runs on
+    # the reference CPU_MLA backend (what vLLM picks without AMX) everywhere.
+    extra_args = {"attention_backend": "CPU_MLA"} if mla else {}
     llm = LLM(model=model, load_format="safetensors", dtype="float32", max_model_len=1024,
-              enforce_eager=True, seed=0, kv_transfer_config=json.loads(kvt))
+              enforce_eager=True, seed=0, kv_transfer_config=json.loads(kvt), **extra_args)
     extra = {"kv_transfer_params": json.loads(params_json)} if params_json else None
     sp = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True, extra_args=extra)
     out = llm.generate([TokensPrompt(prompt_token_ids=prompt)], sp)
