@@ -17,7 +17,9 @@
  *    reaped it;
  *  - kvds bench local and kvds bench remote produce well-formed reports
  *    (remote starts and stops its own pair of workers and leaves its
- *    $TMPDIR empty, also when a worker fails to start); kvds bench disk
+ *    $TMPDIR empty, also when a worker fails to start; with --transport
+ *    ucx every row counts values read over UCX and carries ucx_perftest's
+ *    ceiling or why there is none); kvds bench disk
  *    --quick prints every row (spill and read-back next to fio when fio is
  *    installed, DRAM-hit and disk-hit latency, per size) and leaves its
  *    --dir empty, also when its worker fails to start.
@@ -809,6 +811,138 @@ static const char *find_row(const char *text, const char *start,
   return NULL;
 }
 
+/* `kvds bench remote --transport ucx`, with UCX_TLS=tcp (on a host
+ * without RDMA, the one UCX transport that reports a dead peer, which the
+ * workers ask of every endpoint): the JSON report says ucx, B's UCX_TLS
+ * and the lanes of its endpoint to A; every row counts values that came
+ * over UCX (0 < ucx_in <= calls x batch) and B pulled the bytes it read;
+ * its ceiling is either ucx_perftest's bandwidth (> 0, ratio = gbps
+ * over it) or the reason there is none (ratio null). With ucx_perftest out of
+ * $PATH the text report says so above the table and still prints every row, its
+ * ceiling and ratio '-', and its viaUCX count. $TMPDIR is empty afterwards. No
+ * speed is asserted. A kvds built without UCX: the bench refuses with the
+ * reason (checked), the rest is skipped. */
+static void bench_remote_ucx_smoke(void) {
+  static struct res r;
+  char tmp[1200], *path = getenv("PATH");
+  char saved_path[4096];
+  snprintf(saved_path, sizeof saved_path, "%s", path ? path : "/usr/bin:/bin");
+  const char *tls = getenv("UCX_TLS");
+  char saved_tls[256] = "";
+  if (tls)
+    snprintf(saved_tls, sizeof saved_tls, "%s", tls);
+  setenv("UCX_TLS", "tcp", 1);
+  fresh_dir(tmp, sizeof tmp, "bench-remote-ucx");
+  setenv("TMPDIR", tmp, 1);
+  KVDS(&r, NULL, 0, "bench", "remote", "--quick", "--json", "--transport",
+       "ucx", "--sizes", "256KiB", "--batch", "1,8", "--dir-size", "64KiB",
+       "--memory", "128MiB");
+  unsetenv("TMPDIR");
+  expect_empty_dir(tmp, "bench remote --transport ucx");
+  if (r.code != 0 && strstr(r.err, "built without UCX")) {
+    fprintf(stderr, "test_cli: kvds built without UCX: bench remote "
+                    "--transport ucx refused as it should; rest skipped\n");
+    goto out;
+  }
+  KVH_CHECK(r.code == 0, "bench remote --transport ucx exited %d: %s", r.code,
+            r.err);
+  json_error_t je;
+  json_t *j = json_loads(r.out, 0, &je);
+  KVH_CHECK(j, "bench remote --transport ucx --json is not JSON: %s", je.text);
+  const char *tr = json_string_value(json_object_get(j, "transport"));
+  const char *jt = json_string_value(json_object_get(j, "ucx_tls"));
+  const char *lanes = json_string_value(json_object_get(j, "ucx_lanes"));
+  KVH_CHECK(tr && strcmp(tr, "ucx") == 0 && jt && strcmp(jt, "tcp") == 0,
+            "--transport ucx report: transport %s, ucx_tls %s", tr ? tr : "-",
+            jt ? jt : "-");
+  KVH_CHECK(lanes && strstr(lanes, "tcp"), "B's UCX lanes: '%s'",
+            lanes ? lanes : "(none)");
+  json_t *reads = json_object_get(j, "reads");
+  /* 1 size x 2 batches with a hint, 2 batches through the directory */
+  KVH_CHECK(json_array_size(reads) == 4, "--transport ucx rows: %zu",
+            json_array_size(reads));
+  size_t i;
+  json_t *row;
+  json_array_foreach(reads, i, row) {
+    KVH_CHECK(!json_object_get(row, "skipped"), "ucx row %zu skipped", i);
+    json_int_t calls = json_integer_value(json_object_get(row, "calls"));
+    json_int_t batch = json_integer_value(json_object_get(row, "batch"));
+    json_int_t bytes = json_integer_value(json_object_get(row, "bytes"));
+    json_int_t values = json_integer_value(json_object_get(row, "values"));
+    json_int_t ucx_in = json_integer_value(json_object_get(row, "ucx_in"));
+    KVH_CHECK(calls >= 3 && values == calls * batch,
+              "ucx row %zu: %lld calls x %lld but %lld values", i,
+              (long long)calls, (long long)batch, (long long)values);
+    KVH_CHECK(ucx_in > 0 && ucx_in <= values,
+              "ucx row %zu: %lld of %lld values came over UCX", i,
+              (long long)ucx_in, (long long)values);
+    KVH_CHECK(
+        json_integer_value(json_object_get(row, "pulled_bytes")) == bytes,
+        "ucx row %zu: B pulled %lld bytes for %lld read", i,
+        (long long)json_integer_value(json_object_get(row, "pulled_bytes")),
+        (long long)bytes);
+    double gbps = json_real_value(json_object_get(row, "gbps"));
+    json_t *perf = json_object_get(row, "ucx_perftest_gbps");
+    json_t *ratio = json_object_get(row, "ratio");
+    const char *skip =
+        json_string_value(json_object_get(row, "ucx_perftest_skipped"));
+    KVH_CHECK(!perf != !skip, "ucx row %zu: ceiling %s, skip reason %s", i,
+              perf ? "present" : "absent", skip ? skip : "absent");
+    if (perf) {
+      double pg = json_real_value(perf), q = gbps / pg;
+      double rv = json_real_value(ratio);
+      KVH_CHECK(pg > 0 && json_is_real(ratio) && rv >= q * (1 - 1e-4) &&
+                    rv <= q * (1 + 1e-4),
+                "ucx row %zu: ratio %g is not %g / %g", i, rv, gbps, pg);
+    } else {
+      KVH_CHECK(*skip && json_is_null(ratio),
+                "ucx row %zu: skipped ceiling without a reason, or a ratio", i);
+    }
+  }
+  json_decref(j);
+
+  /* ucx_perftest not in $PATH: kvds figures and viaUCX still, '-' else */
+  fresh_dir(tmp, sizeof tmp, "bench-remote-ucx-noperf");
+  setenv("TMPDIR", tmp, 1);
+  setenv("PATH", "/nonexistent", 1);
+  KVDS(&r, NULL, 0, "bench", "remote", "--quick", "--transport", "ucx",
+       "--sizes", "256KiB", "--batch", "4", "--dir-size", "64KiB", "--memory",
+       "128MiB");
+  setenv("PATH", saved_path, 1);
+  unsetenv("TMPDIR");
+  KVH_CHECK(r.code == 0,
+            "bench remote --transport ucx, no ucx_perftest: "
+            "exited %d: %s",
+            r.code, r.err);
+  expect_empty_dir(tmp, "bench remote --transport ucx, no ucx_perftest");
+  KVH_CHECK(strstr(r.out, "ucxperf: skipped: ucx_perftest not found in $PATH"),
+            "no skip line for a missing ucx_perftest: %s", r.out);
+  KVH_CHECK(strstr(r.out, "UCX_TLS=tcp") && !strstr(r.out, "!! "),
+            "no UCX_TLS, or a warning, in: %s", r.out);
+  const char *vias[] = {"hint ", "directory "};
+  for (i = 0; i < 2; i++) {
+    const char *l = find_row(r.out, vias[i], "KiB");
+    KVH_CHECK(l, "bench remote --transport ucx: no %srow: %s", vias[i], r.out);
+    char via[16], num[16], unit[16], g[16], tg[16], perf[16], q[16], p50[16],
+        p99[16];
+    unsigned long long batch, calls, over;
+    int streams;
+    int n = sscanf(l,
+                   "%15s %15s %15s %llu %d %15s %15s %15s %15s %15s %15s "
+                   "%llu %llu",
+                   via, num, unit, &batch, &streams, g, tg, perf, q, p50, p99,
+                   &calls, &over);
+    KVH_CHECK(n == 13 && strtod(g, NULL) > 0 && strcmp(perf, "-") == 0 &&
+                  strcmp(q, "-") == 0 && over > 0 && over <= calls * batch,
+              "bench remote --transport ucx row: %.160s", l);
+  }
+out:
+  if (saved_tls[0])
+    setenv("UCX_TLS", saved_tls, 1);
+  else
+    unsetenv("UCX_TLS");
+}
+
 /* 1 when `path` is an executable in $PATH. */
 static int in_path(const char *name) {
   char buf[1024];
@@ -907,6 +1041,7 @@ int main(int argc, char **argv) {
   stop_zombie();
   bench_smoke();
   bench_remote_smoke();
+  bench_remote_ucx_smoke();
   bench_disk_smoke();
   return kvh_finish();
 }

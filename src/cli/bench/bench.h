@@ -21,6 +21,8 @@
  *              commands), a pair of peered workers, and its temporary
  *              directories
  *   tcp.c      raw loopback TCP streams: the ceiling of remote reads
+ *   ucxperf.c  ucx_perftest's ucp_get: the ceiling of remote reads over
+ *              UCX (`kvds bench remote --transport ucx`)
  *   opts.c     ranged option values, --sizes / --batch lists, and the
  *              options every mode has
  *   samples.c  per-call latency samples and their percentiles
@@ -156,11 +158,13 @@ int bench_worker_wait_ready(struct bench_worker *w, uint64_t deadline_ns);
 void bench_worker_stop(struct bench_worker *w);
 
 /* Starts two workers on free loopback ports in dir, w[0] (A) and w[1] (B),
- * each with --peers naming the other, --memory, --pull-threads and
- * --threads, and waits until both answer. CLI_OK, or CLI_FAIL after
- * printing one line (the caller stops what was started). */
+ * each with --peers naming the other, --memory, --pull-threads, --threads
+ * and --transport transport (NULL: none, the worker's default), and waits
+ * until both answer. CLI_OK, or CLI_FAIL after printing one line (the
+ * caller stops what was started). */
 int bench_pair_start(struct bench_worker w[2], const char *dir, uint64_t memory,
-                     uint64_t pull_threads, uint64_t threads);
+                     uint64_t pull_threads, uint64_t threads,
+                     const char *transport);
 
 /* Waits until each of the two workers (clients cs, addresses addrs for
  * messages) sees the other with connections open. CLI_OK, or CLI_FAIL
@@ -234,6 +238,22 @@ int bench_tcp_run(struct bench_tcp *t, int streams, size_t per_call,
 
 /* Stops the threads and closes the streams. */
 void bench_tcp_teardown(struct bench_tcp *t);
+
+/* ---- UCX ceiling (ucxperf.c) ------------------------------------------- */
+
+/* One ucp_get run of ucx_perftest (the executable exe) on loopback: a
+ * server (`exe -p PORT -e`) and a client (`exe 127.0.0.1 -p PORT -t
+ * ucp_get -s size -n iters -w max(iters / 10, outstanding) -O outstanding
+ * -e`), children of the bench (bench_spawn) in its environment, their
+ * output in dir (removed after). -e gives their endpoints error handling,
+ * as the workers' have, so that UCX offers them the same transports.
+ * CLI_OK with *gbps (the client's overall bandwidth, 10^9 B/s) and the
+ * lanes its endpoint used into lanes[lcap] ("" when UCX did not say);
+ * else CLI_FAIL with the reason in why[cap] ("" when the bench was
+ * stopped). Prints nothing; both processes are gone when it returns. */
+int bench_ucxperf_get(const char *exe, const char *dir, size_t size,
+                      uint64_t outstanding, uint64_t iters, double *gbps,
+                      char *lanes, size_t lcap, char *why, size_t cap);
 
 /* ---- a timed case over client threads (peers.c) ----------------------- */
 

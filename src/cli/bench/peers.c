@@ -1085,7 +1085,8 @@ int bench_peers(int argc, char **argv) {
   char mem[32];
   bench_progress("peers", "starting workers A and B (%s pools)...",
                  kvds_fmt_bytes(p.memory, mem, sizeof mem));
-  if (bench_pair_start(p.w, p.dir, p.memory, 4, 1) || connect_all(&p, threads))
+  if (bench_pair_start(p.w, p.dir, p.memory, 4, 1, NULL) ||
+      connect_all(&p, threads))
     goto out;
   if ((rc = bench_tcp_setup(&p.tcp, threads, p.src, p.dst, p.region))) {
     cli_err("bench", "raw TCP streams: %s", kvds_strerror(rc));

@@ -3,7 +3,9 @@
  * (or uses running ones) and measures reads on one of values that live on
  * the other (pulled over the peer connections during the call) against raw
  * loopback TCP moving the same bytes over as many streams, plus remote
- * lookup latency.
+ * lookup latency. With --transport ucx the workers read each other over
+ * UCX, each case's ceiling is ucx_perftest's ucp_get of the same size
+ * (ucxperf.c), and every row says how many values came over UCX.
  *
  * Throughput is computed from the time spent inside the timed calls; the
  * untimed work between them (putting the values on A, deleting B's copies
@@ -43,6 +45,7 @@ struct remote_opts {
   uint64_t pull_threads, threads, clients;
   double seconds;
   int json;
+  int ucx; /* --transport ucx */
 };
 
 struct rpoint {
@@ -51,6 +54,11 @@ struct rpoint {
   int streams, skipped;
   uint64_t calls, bytes, pulled;
   double gbps, tcp_gbps, p50_us, p99_us;
+  /* --transport ucx: values B read over UCX in this case, and
+   * ucx_perftest's bandwidth (or why there is none: ucx_why) */
+  uint64_t ucx_in;
+  double ucx_gbps;
+  char ucx_why[200];
 };
 
 struct rlat {
@@ -75,6 +83,12 @@ struct remote {
   struct rpoint pts[BENCH_LIST_MAX * BENCH_LIST_MAX + BENCH_LIST_MAX];
   int npts;
   struct rlat ex_remote, ex_local, pre_remote, pre_local;
+  /* --transport ucx */
+  char ucxperf[PATH_MAX]; /* ucx_perftest's path; "" when not found */
+  char ucx_tls[128];      /* UCX_TLS as worker B reports it */
+  char ucx_lanes[160];    /* the lanes of B's endpoint to A */
+  char perf_lanes[160];   /* the lanes of ucx_perftest's client */
+  int no_ucx_rows;        /* measured rows with no value over UCX */
 };
 
 static int remote_parse(int argc, char **argv, struct remote_opts *o) {
@@ -88,7 +102,8 @@ static int remote_parse(int argc, char **argv, struct remote_opts *o) {
     O_BATCH,
     O_MAX,
     O_DIR,
-    O_SECONDS
+    O_SECONDS,
+    O_TRANSPORT
   };
   static const struct option lo[] = {
       {"worker-a", required_argument, NULL, O_A},
@@ -102,6 +117,7 @@ static int remote_parse(int argc, char **argv, struct remote_opts *o) {
       {"max-bytes", required_argument, NULL, O_MAX},
       {"dir-size", required_argument, NULL, O_DIR},
       {"seconds", required_argument, NULL, O_SECONDS},
+      {"transport", required_argument, NULL, O_TRANSPORT},
       BENCH_OPTS_COMMON,
       {NULL, 0, NULL, 0}};
   int c, first = 1, quick = 0, have_mem = 0, have_max = 0, have_secs = 0,
@@ -159,6 +175,13 @@ static int remote_parse(int argc, char **argv, struct remote_opts *o) {
     case O_SECONDS:
       rc = bench_parse_double_in("--seconds", optarg, 0.001, 3600, &o->seconds);
       have_secs = 1;
+      break;
+    case O_TRANSPORT:
+      if (strcmp(optarg, "tcp") && strcmp(optarg, "ucx")) {
+        cli_err("bench", "--transport must be tcp or ucx, not '%s'", optarg);
+        rc = CLI_USAGE;
+      }
+      o->ucx = strcmp(optarg, "ucx") == 0;
       break;
     default:
       rc = bench_parse_common(c, &quick, &o->json);
@@ -232,29 +255,85 @@ static int wait_visible(kvds_client *c, const struct bench_keyset *ks) {
 
 /* ---- workers ---- */
 
-/* Bytes c's worker has pulled from its peers since it started: 0, the
- * request's error or KVDS_E_PROTO (a bytes_in that is not a count). */
-static int pulled_bytes(kvds_client *c, uint64_t *out) {
+/* What c's worker has pulled from its peers since it started. */
+struct pulled {
+  uint64_t bytes;  /* all bytes (bytes_in) */
+  uint64_t ucx_in; /* values read over UCX (ucx_in) */
+};
+
+/* Adds member m's counter `name` to *sum: 0, or KVDS_E_PROTO when it is
+ * not a count. An absent counter (itself, a member it has no connection
+ * state for, a worker older than the counter) adds nothing. */
+static int add_count(json_t *m, const char *name, uint64_t *sum) {
+  json_t *v = json_object_get(m, name);
+  if (!v)
+    return 0;
+  if (!json_is_integer(v) || json_integer_value(v) < 0)
+    return KVDS_E_PROTO;
+  *sum += (uint64_t)json_integer_value(v);
+  return 0;
+}
+
+/* c's worker's pulled counts: 0, the request's error or KVDS_E_PROTO. */
+static int pulled_counts(kvds_client *c, struct pulled *out) {
   json_t *j, *ms, *m;
   int rc = bench_cluster_members(c, &j, &ms);
   if (rc)
     return rc;
-  uint64_t sum = 0;
+  struct pulled sum = {0};
   size_t i;
   json_array_foreach(ms, i, m) {
-    json_t *in = json_object_get(m, "bytes_in");
-    if (!in) /* itself, or a member it has no connection state for */
-      continue;
-    if (!json_is_integer(in) || json_integer_value(in) < 0) {
-      rc = KVDS_E_PROTO;
+    if ((rc = add_count(m, "bytes_in", &sum.bytes)) ||
+        (rc = add_count(m, "ucx_in", &sum.ucx_in)))
       break;
-    }
-    sum += (uint64_t)json_integer_value(in);
   }
   json_decref(j);
   if (rc == 0)
     *out = sum;
   return rc;
+}
+
+/* --transport ucx, before the first case: B must read its peers over UCX
+ * (its cluster status: transport.reads), else the bench would time TCP.
+ * Notes B's UCX_TLS. CLI_OK, or CLI_FAIL after printing one line. */
+static int ucx_check(struct remote *r) {
+  json_t *j, *ms;
+  int rc = bench_cluster_members(r->cb, &j, &ms);
+  if (rc) {
+    cli_err("bench", "cluster status of %s: %s", r->addr_b, kvds_strerror(rc));
+    return CLI_FAIL;
+  }
+  json_t *t = json_object_get(j, "transport");
+  const char *reads = json_string_value(json_object_get(t, "reads"));
+  const char *why = json_string_value(json_object_get(t, "why"));
+  const char *tls = json_string_value(json_object_get(t, "ucx_tls"));
+  int ok = reads && strcmp(reads, "ucx") == 0;
+  if (!ok)
+    cli_err("bench",
+            "--transport ucx: worker %s reads its peers over %s (%s); "
+            "start it with --transport ucx",
+            r->addr_b, reads ? reads : "TCP (it reports no transport)",
+            why ? why : "an older worker");
+  snprintf(r->ucx_tls, sizeof r->ucx_tls, "%s", tls ? tls : "");
+  json_decref(j);
+  return ok ? CLI_OK : CLI_FAIL;
+}
+
+/* The lanes of B's UCX endpoint to its peer, into r->ucx_lanes (left as
+ * it was when B reports none). */
+static void ucx_lanes(struct remote *r) {
+  json_t *j, *ms, *m;
+  if (bench_cluster_members(r->cb, &j, &ms))
+    return;
+  size_t i;
+  json_array_foreach(ms, i, m) {
+    const char *l = json_string_value(json_object_get(m, "ucx_lanes"));
+    if (l && *l) {
+      snprintf(r->ucx_lanes, sizeof r->ucx_lanes, "%s", l);
+      break;
+    }
+  }
+  json_decref(j);
 }
 
 /* ---- the streams of the raw TCP ceiling ---- */
@@ -282,6 +361,29 @@ static void print_rpoint(const struct rpoint *p, const struct remote *r) {
            p->via, kvds_fmt_bytes(p->size, sz, sizeof sz),
            (unsigned long long)p->batch,
            kvds_fmt_bytes(r->o->max_bytes, cap, sizeof cap));
+  } else if (r->o->ucx) {
+    char uc[16];
+    int perf = !p->ucx_why[0];
+    printf("%-9s %9s %6llu %8d %8s %8s %8s %6s %9s %9s %7llu %8llu\n", p->via,
+           kvds_fmt_bytes(p->size, sz, sizeof sz), (unsigned long long)p->batch,
+           p->streams, bench_fmt3(p->gbps, g, sizeof g),
+           bench_fmt3(p->tcp_gbps, tg, sizeof tg),
+           perf ? bench_fmt3(p->ucx_gbps, uc, sizeof uc) : "-",
+           perf ? bench_fmt3(p->gbps / p->ucx_gbps, q, sizeof q) : "-",
+           bench_fmt3(p->p50_us, p50, sizeof p50),
+           bench_fmt3(p->p99_us, p99, sizeof p99), (unsigned long long)p->calls,
+           (unsigned long long)p->ucx_in);
+    /* not found at all: said once, above the table */
+    if (!perf && r->ucxperf[0])
+      printf("          ucx_perftest skipped: %s\n", p->ucx_why);
+    if (p->ucx_in == 0)
+      printf("          !! NO value came over UCX (B's ucx_in did not grow): "
+             "this row measured TCP\n");
+    else if (p->ucx_in < p->calls * p->batch)
+      printf("          !! only %llu of %llu values came over UCX, the rest "
+             "over TCP (after a UCX error: see B's log)\n",
+             (unsigned long long)p->ucx_in,
+             (unsigned long long)(p->calls * p->batch));
   } else {
     printf("%-9s %9s %6llu %8d %8s %8s %6s %9s %9s %7llu\n", p->via,
            kvds_fmt_bytes(p->size, sz, sizeof sz), (unsigned long long)p->batch,
@@ -373,9 +475,43 @@ static int run_readers(struct reader *rd, size_t n) {
   return rc;
 }
 
+/* --transport ucx: ucx_perftest's ucp_get of p's size with as many gets in
+ * flight as a call of all clients reads values (B posts one get per value
+ * and waits for all of them), for as many values as the case read (at
+ * least 4 windows, 32 gets), after the case's reads. p->ucx_gbps, or the
+ * reason in p->ucx_why. */
+static void ucx_ceiling(struct remote *r, struct rpoint *p) {
+  if (!r->ucxperf[0]) {
+    snprintf(p->ucx_why, sizeof p->ucx_why,
+             "ucx_perftest not found in $PATH (Debian: ucx-utils)");
+    return;
+  }
+  uint64_t window = p->batch * r->o->clients, iters = p->calls * p->batch;
+  if (iters < 4 * window)
+    iters = 4 * window;
+  if (iters < 32)
+    iters = 32;
+  if (iters > 1000000)
+    iters = 1000000;
+  char sz[32];
+  if (r->o->json)
+    bench_progress("remote", "ucx_perftest ucp_get %s, %llu in flight",
+                   kvds_fmt_bytes(p->size, sz, sizeof sz),
+                   (unsigned long long)window);
+  char lanes[sizeof r->perf_lanes];
+  if (bench_ucxperf_get(r->ucxperf, r->dir, (size_t)p->size, window, iters,
+                        &p->ucx_gbps, lanes, sizeof lanes, p->ucx_why,
+                        sizeof p->ucx_why) != CLI_OK) {
+    if (!p->ucx_why[0])
+      snprintf(p->ucx_why, sizeof p->ucx_why, "interrupted");
+  } else if (lanes[0]) {
+    snprintf(r->perf_lanes, sizeof r->perf_lanes, "%s", lanes);
+  }
+}
+
 /* Puts a fresh set of values on A, times reads of them on B (hint = A, or
  * none: through the directory), deleting B's copies between passes, then
- * raw TCP moving the same bytes. */
+ * raw TCP moving the same bytes (and with --transport ucx, ucx_perftest). */
 static int run_rpoint(struct remote *r, const char *via, size_t size,
                       size_t batch) {
   struct rpoint *p = &r->pts[r->npts++];
@@ -412,8 +548,8 @@ static int run_rpoint(struct remote *r, const char *via, size_t size,
     goto out;
   struct kvds_get_opts go = {
       .wait_ms = 0, .hint = strcmp(via, "hint") == 0 ? r->addr_a : NULL};
-  uint64_t pulled0, pulled1;
-  if ((rc = pulled_bytes(r->cb, &pulled0))) {
+  struct pulled pulled0, pulled1;
+  if ((rc = pulled_counts(r->cb, &pulled0))) {
     what = "pulled-bytes count of B: ";
     goto out;
   }
@@ -470,21 +606,29 @@ static int run_rpoint(struct remote *r, const char *via, size_t size,
     goto out;
   /* B counts a pull's bytes before the seal that answers the call, so the
    * count is complete once the last call has returned. */
-  if ((rc = pulled_bytes(r->cb, &pulled1))) {
+  if ((rc = pulled_counts(r->cb, &pulled1))) {
     what = "pulled-bytes count of B: ";
     goto out;
   }
-  if (pulled1 < pulled0) {
+  if (pulled1.bytes < pulled0.bytes || pulled1.ucx_in < pulled0.ucx_in) {
     rc = KVDS_E_PROTO;
-    what = "B's pulled-bytes count went backwards: ";
+    what = "B's pulled counts went backwards: ";
     goto out;
   }
-  p->pulled = pulled1 - pulled0;
+  p->pulled = pulled1.bytes - pulled0.bytes;
+  p->ucx_in = pulled1.ucx_in - pulled0.ucx_in;
   p->calls = s.n;
   p->bytes = s.n * batch * size;
   bench_samples_p50_p99(&s, &p->p50_us, &p->p99_us);
   p->tcp_gbps =
       tcp_ns ? (double)(tcp_calls * nc * batch * size) / (double)tcp_ns : 0;
+  if (r->o->ucx) {
+    if (p->ucx_in == 0)
+      r->no_ucx_rows++;
+    ucx_ceiling(r, p);
+    if (bench_stopped())
+      goto out;
+  }
   if (!r->o->json)
     print_rpoint(p, r);
 out:
@@ -604,9 +748,33 @@ static void print_remote_header(const struct remote *r) {
                                      : "TCP (not zero-copy)",
          kvds_fmt_bytes(r->o->max_bytes, cap, sizeof cap),
          (double)r->phase_ns / 1e9);
-  printf(
-      "via            size  batch  streams     GB/s  rawTCP  ratio    p50 us "
-      "   p99 us   calls\n");
+  if (!r->o->ucx) {
+    printf("via            size  batch  streams     GB/s  rawTCP  ratio    "
+           "p50 us    p99 us   calls\n");
+    return;
+  }
+  const char *env = getenv("UCX_TLS");
+  printf("transport: UCX, B reads A one-sided (ucp_get)%s.\nUCX_TLS=%s (%s)."
+         "\n",
+         r->started ? "; both workers started with\n--transport ucx" : "",
+         r->ucx_tls[0] ? r->ucx_tls : "?",
+         env && *env ? "from the environment"
+                     : "unset: UCX's own choice, as the workers'");
+  if (r->ucxperf[0])
+    printf("ucxperf: %s, ucp_get of the same size; server and\n"
+           "client are children of the bench on loopback, in its environment, "
+           "run after\neach case's reads with as many gets in flight as a "
+           "call reads values (-O\nbatch x clients) and error handling as "
+           "the workers' endpoints (-e).\n"
+           "ratio = GB/s / ucxperf.\n",
+           r->ucxperf);
+  else
+    printf("ucxperf: skipped: ucx_perftest not found in $PATH (Debian: "
+           "ucx-utils); kvds\nfigures only, ratio -.\n");
+  printf("viaUCX: values B read from A over UCX in the case (its ucx_in), of "
+         "calls x\nbatch.\n\n");
+  printf("via            size  batch  streams     GB/s  rawTCP  ucxperf  ratio "
+         "   p50 us    p99 us   calls   viaUCX\n");
 }
 
 static void print_remote_footer(const struct remote *r) {
@@ -626,6 +794,12 @@ static void print_remote_footer(const struct remote *r) {
   printf("lookup_prefix, %d keys, on A      %9s %9s\n", R_CHAIN,
          bench_fmt3(r->pre_local.p50_us, c, sizeof c),
          bench_fmt3(r->pre_local.p99_us, d, sizeof d));
+  if (r->o->ucx) {
+    printf("\nUCX lanes: B's endpoint to A: %s\n",
+           r->ucx_lanes[0] ? r->ucx_lanes : "(B reports none)");
+    if (r->perf_lanes[0])
+      printf("           ucx_perftest's client: %s\n", r->perf_lanes);
+  }
 }
 
 static json_t *rlat_json(const struct rlat *l) {
@@ -652,6 +826,18 @@ static int print_remote_json(const struct remote *r) {
                       json_integer((json_int_t)r->o->max_bytes));
   json_object_set_new(root, "seconds_per_case",
                       json_real((double)r->phase_ns / 1e9));
+  json_object_set_new(root, "transport",
+                      json_string(r->o->ucx ? "ucx" : "tcp"));
+  if (r->o->ucx) {
+    const char *env = getenv("UCX_TLS");
+    json_object_set_new(root, "ucx_tls", json_string(r->ucx_tls));
+    json_object_set_new(root, "ucx_tls_env",
+                        env ? json_string(env) : json_null());
+    json_object_set_new(root, "ucx_lanes", json_string(r->ucx_lanes));
+    json_object_set_new(root, "ucx_perftest",
+                        r->ucxperf[0] ? json_string(r->ucxperf) : json_null());
+    json_object_set_new(root, "ucx_perftest_lanes", json_string(r->perf_lanes));
+  }
   for (int i = 0; i < r->npts; i++) {
     const struct rpoint *p = &r->pts[i];
     json_t *o = json_pack("{s:s, s:I, s:I, s:i}", "via", p->via, "size",
@@ -660,10 +846,26 @@ static int print_remote_json(const struct remote *r) {
     if (p->skipped) {
       json_object_set_new(o, "skipped", json_string("exceeds max_bytes"));
     } else {
+      double tcp_ratio = p->tcp_gbps > 0 ? p->gbps / p->tcp_gbps : 0;
       json_object_set_new(o, "gbps", json_real(p->gbps));
       json_object_set_new(o, "tcp_gbps", json_real(p->tcp_gbps));
-      json_object_set_new(
-          o, "ratio", json_real(p->tcp_gbps > 0 ? p->gbps / p->tcp_gbps : 0));
+      if (!r->o->ucx) {
+        json_object_set_new(o, "ratio", json_real(tcp_ratio));
+      } else {
+        /* ratio is kvds over ucx_perftest: null without it */
+        if (p->ucx_why[0])
+          json_object_set_new(o, "ucx_perftest_skipped",
+                              json_string(p->ucx_why));
+        else
+          json_object_set_new(o, "ucx_perftest_gbps", json_real(p->ucx_gbps));
+        json_object_set_new(o, "ratio",
+                            p->ucx_why[0] ? json_null()
+                                          : json_real(p->gbps / p->ucx_gbps));
+        json_object_set_new(o, "tcp_ratio", json_real(tcp_ratio));
+        json_object_set_new(o, "values",
+                            json_integer((json_int_t)(p->calls * p->batch)));
+        json_object_set_new(o, "ucx_in", json_integer((json_int_t)p->ucx_in));
+      }
       json_object_set_new(o, "p50_us", json_real(p->p50_us));
       json_object_set_new(o, "p99_us", json_real(p->p99_us));
       json_object_set_new(o, "calls", json_integer((json_int_t)p->calls));
@@ -686,16 +888,12 @@ static int print_remote_json(const struct remote *r) {
 /* ---- setup and teardown ---- */
 
 static int remote_start_workers(struct remote *r) {
-  const char *tmp = getenv("TMPDIR");
-  if (bench_make_dir(tmp && *tmp ? tmp : "/tmp", "kvds-bench-remote", r->dir,
-                     sizeof r->dir))
-    return CLI_FAIL;
   char mem[32];
   bench_progress("remote", "starting two workers (%s pools)...",
                  kvds_fmt_bytes(r->o->memory, mem, sizeof mem));
   r->started = 1;
   if (bench_pair_start(r->w, r->dir, r->o->memory, r->o->pull_threads,
-                       r->o->threads))
+                       r->o->threads, r->o->ucx ? "ucx" : "tcp"))
     return CLI_FAIL;
   r->addr_a = r->w[0].addr;
   r->addr_b = r->w[1].addr;
@@ -764,6 +962,12 @@ int bench_remote(int argc, char **argv) {
   }
 
   uint64_t t0 = kvds_now_ns();
+  /* the started workers' sockets and logs, ucx_perftest's output */
+  const char *tmp = getenv("TMPDIR");
+  if ((!o.addr_a || o.ucx) &&
+      bench_make_dir(tmp && *tmp ? tmp : "/tmp", "kvds-bench-remote", r.dir,
+                     sizeof r.dir))
+    goto out;
   if (!o.addr_a && remote_start_workers(&r))
     goto out;
   if (cli_connect("bench", r.addr_a, 0, &r.ca, NULL, 0) ||
@@ -780,6 +984,13 @@ int bench_remote(int argc, char **argv) {
   if (r.started)
     bench_progress("remote", "workers %s and %s up in %.1f s", r.addr_a,
                    r.addr_b, (double)(kvds_now_ns() - t0) / 1e9);
+  if (o.ucx) {
+    char path[PATH_MAX];
+    if (ucx_check(&r))
+      goto out;
+    if (bench_find_in_path("ucx_perftest", path, sizeof path))
+      snprintf(r.ucxperf, sizeof r.ucxperf, "%s", path);
+  }
   if ((rc = bench_tcp_setup(&r.tcp, (int)o.pull_threads, r.src, r.dst,
                             r.region))) {
     cli_err("bench", "raw TCP streams: %s", kvds_strerror(rc));
@@ -798,7 +1009,17 @@ int bench_remote(int argc, char **argv) {
                       : "; the bench's keys were removed");
     ret = 128 + bench_stopped();
   } else if (rc == 0) {
+    if (o.ucx)
+      ucx_lanes(&r);
     ret = o.json ? print_remote_json(&r) : (print_remote_footer(&r), CLI_OK);
+    if (r.no_ucx_rows) {
+      fflush(stdout);
+      cli_err("bench",
+              "--transport ucx: in %d row%s no value came over UCX (B's "
+              "ucx_in did not grow): those figures are TCP's",
+              r.no_ucx_rows, r.no_ucx_rows == 1 ? "" : "s");
+      ret = CLI_FAIL;
+    }
   }
 out:
   if (bench_stopped() && ret == CLI_FAIL)

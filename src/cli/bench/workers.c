@@ -188,7 +188,8 @@ int bench_worker_wait_ready(struct bench_worker *w, uint64_t deadline_ns) {
 /* ---- a pair of peered workers ---- */
 
 int bench_pair_start(struct bench_worker w[2], const char *dir, uint64_t memory,
-                     uint64_t pull_threads, uint64_t threads) {
+                     uint64_t pull_threads, uint64_t threads,
+                     const char *transport) {
   w[0].port = bench_free_port();
   w[1].port = bench_free_port();
   if (w[0].port <= 0 || w[1].port <= 0 || w[0].port == w[1].port) {
@@ -202,9 +203,17 @@ int bench_pair_start(struct bench_worker w[2], const char *dir, uint64_t memory,
   for (int i = 0; i < 2; i++) {
     char peers[64];
     snprintf(peers, sizeof peers, "127.0.0.1:%d", w[1 - i].port);
-    const char *args[] = {
-        "--peers", peers,       "--memory", mem, "--pull-threads",
-        pulls,     "--threads", thr,        NULL};
+    const char *args[] = {"--peers",
+                          peers,
+                          "--memory",
+                          mem,
+                          "--pull-threads",
+                          pulls,
+                          "--threads",
+                          thr,
+                          transport ? "--transport" : NULL,
+                          transport,
+                          NULL};
     int rc = bench_worker_spawn(&w[i], dir, args);
     if (rc) {
       cli_err("bench", "cannot start a worker: %s", kvds_strerror(rc));
