@@ -1928,8 +1928,8 @@ static void check_ucx_used(void) {
     KVH_CHECK(cl, "%s: no cluster status", all[i]->addr);
     const char *reads = json_string_value(
         json_object_get(json_object_get(cl, "transport"), "reads"));
-    KVH_CHECK(reads && !strcmp(reads, "ucx"), "%s reads over %s",
-              all[i]->addr, reads ? reads : "?");
+    KVH_CHECK(reads && !strcmp(reads, "ucx"), "%s reads over %s", all[i]->addr,
+              reads ? reads : "?");
     long long in = 0;
     size_t k;
     json_t *m;
@@ -1937,8 +1937,7 @@ static void check_ucx_used(void) {
       in += json_integer_value(json_object_get(m, "ucx_in"));
     }
     fprintf(stderr, "%s read %lld objects over UCX\n", all[i]->addr, in);
-    KVH_CHECK(in > 0 || all[i] == &A, "%s read nothing over UCX",
-              all[i]->addr);
+    KVH_CHECK(in > 0 || all[i] == &A, "%s read nothing over UCX", all[i]->addr);
     json_decref(cl);
   }
 }
