@@ -59,7 +59,7 @@ if(UCX_FOUND)
   add_test(NAME test_cluster_ucx COMMAND test_cluster $<TARGET_FILE:kvds_bin>)
   set_tests_properties(test_cluster_ucx PROPERTIES LABELS integration
                        TIMEOUT 300 ENVIRONMENT
-                       "KVDS_TEST_TRANSPORT=ucx;UCX_TLS=tcp;UCX_NET_DEVICES=lo")
+                       "KVDS_TEST_TRANSPORT=ucx;UCX_TLS=tcp;UCX_NET_DEVICES=lo;UCX_TCP_PORT_RANGE=20000-29999")
 endif()
 # Healing: a worker stalled past its lease, forged ANNOUNCEs, etcd rebuilt
 # from an empty data directory, a pull past its deadline.

@@ -832,6 +832,9 @@ static void bench_remote_ucx_smoke(void) {
   if (tls)
     snprintf(saved_tls, sizeof saved_tls, "%s", tls);
   setenv("UCX_TLS", "tcp", 1);
+  /* loopback, and listeners out of the ephemeral ports other tests take */
+  setenv("UCX_NET_DEVICES", "lo", 1);
+  setenv("UCX_TCP_PORT_RANGE", "20000-29999", 1);
   fresh_dir(tmp, sizeof tmp, "bench-remote-ucx");
   setenv("TMPDIR", tmp, 1);
   KVDS(&r, NULL, 0, "bench", "remote", "--quick", "--json", "--transport",
@@ -937,6 +940,8 @@ static void bench_remote_ucx_smoke(void) {
               "bench remote --transport ucx row: %.160s", l);
   }
 out:
+  unsetenv("UCX_NET_DEVICES");
+  unsetenv("UCX_TCP_PORT_RANGE");
   if (saved_tls[0])
     setenv("UCX_TLS", saved_tls, 1);
   else

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 
 import pytest
@@ -161,6 +162,40 @@ def wait_for(pred, what, timeout=10.0, poll=0.01):
     while not pred():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(poll)
+
+
+def stop_owner_mid_read(reader, b, owner, key, val, tries=200):
+    """Reads `key` with `reader` (a client of worker b), hinted at `owner`
+    (a Worker), in a thread until one read is caught with b's object half
+    written; then the owner is stopped (SIGSTOP) there. Returns (thread,
+    outcome): outcome gets "value" or "error" when the read ends. A read
+    that finished first is checked against `val` and undone (b's copy
+    deleted)."""
+    outcome = {}
+
+    def read():
+        try:
+            outcome["value"] = reader.get(key, hint=owner.addr)
+        except kvds.KvdsError as e:
+            outcome["error"] = e
+
+    with kvds.Client(b.addr) as watch:
+        for _ in range(tries):
+            outcome.clear()
+            t = threading.Thread(target=read)
+            t.start()
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and t.is_alive():
+                if watch.stats()["objects_writing"] > 0:
+                    os.kill(owner.proc.pid, signal.SIGSTOP)
+                    time.sleep(0.05)
+                    if watch.stats()["objects_writing"] > 0:
+                        return t, outcome
+                    os.kill(owner.proc.pid, signal.SIGCONT)
+            t.join(30)
+            assert outcome.get("value") == val, outcome
+            watch.delete(key)  # B's copy: read it again
+    pytest.fail("never caught a read in the middle of the value")
 
 
 @pytest.fixture(params=["shm", "tcp"])

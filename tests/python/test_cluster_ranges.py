@@ -5,14 +5,11 @@ the whole value's xxh3 before anyone sees it; a value whose owner dies in
 the middle of such a pull is never visible on B."""
 import json
 import os
-import signal
-import threading
-import time
 
 import pytest
 
 import kvds
-from conftest import free_port, wait_for
+from conftest import free_port, stop_owner_mid_read, wait_for
 
 MiB = 1 << 20
 # around the split's thresholds: whole (<= 2 MiB), a head and one chunk,
@@ -86,34 +83,7 @@ def test_owner_killed_mid_ranged_pull_never_visible(make_worker):
         ca.put(key, val)
     cb = kvds.Client(b.addr, timeout_ms=20000)
     watch = kvds.Client(b.addr)
-    outcome = {}
-
-    def read():
-        try:
-            outcome["value"] = cb.get(key, hint=a.addr)
-        except kvds.KvdsError as e:
-            outcome["error"] = e
-
-    caught = False
-    for _ in range(200):
-        outcome.clear()
-        t = threading.Thread(target=read)
-        t.start()
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and t.is_alive():
-            if watch.stats()["objects_writing"] > 0:
-                os.kill(a.proc.pid, signal.SIGSTOP)
-                time.sleep(0.05)
-                if watch.stats()["objects_writing"] > 0:
-                    caught = True
-                    break
-                os.kill(a.proc.pid, signal.SIGCONT)
-        if caught:
-            break
-        t.join(30)
-        assert outcome.get("value") == val
-        watch.delete(key)  # B's copy: read it again
-    assert caught, "never caught a pull in the middle of the value"
+    t, outcome = stop_owner_mid_read(cb, b, a, key, val)
     a.proc.kill()
     a.proc.wait()
     t.join(30)

@@ -22,14 +22,13 @@ default lo) replace the transports of this machine.
 import json
 import os
 import signal
-import threading
 import time
 import urllib.request
 
 import pytest
 
 import kvds
-from conftest import free_port, wait_for
+from conftest import free_port, stop_owner_mid_read, wait_for
 
 MiB = 1 << 20
 SIZES = [1, 4097, MiB, 9 * MiB + 11]
@@ -40,8 +39,10 @@ ONE_TLS = TLS[0]  # the failure tests run over the first
 @pytest.fixture(autouse=True)
 def ucx_devices(monkeypatch):
     """Loopback only here: UCX's tcp transport listens on every interface
-    unless told which."""
+    unless told which, on ports of the kernel's ephemeral range, where
+    free_port() finds the ports of the workers started next."""
     monkeypatch.setenv("UCX_NET_DEVICES", os.environ.get("KVDS_TEST_UCX_DEVICES", "lo"))
+    monkeypatch.setenv("UCX_TCP_PORT_RANGE", "20000-29999")
 
 
 def start(make_worker, port, peers, extra=(), memory="128MiB", transport="ucx"):
@@ -182,29 +183,6 @@ def test_owner_restart_new_endpoint(make_worker, monkeypatch):
     b.stop()
 
 
-def catch_mid_read(b, key, val, a, read, outcome):
-    """Starts read() in a thread until one is caught with B's object half
-    written; then stops A (SIGSTOP) and returns the thread. A read that
-    finished first is checked and undone (B's copy deleted)."""
-    with kvds.Client(b.addr) as watch:
-        for _ in range(200):
-            outcome.clear()
-            t = threading.Thread(target=read)
-            t.start()
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline and t.is_alive():
-                if watch.stats()["objects_writing"] > 0:
-                    os.kill(a.proc.pid, signal.SIGSTOP)
-                    time.sleep(0.05)
-                    if watch.stats()["objects_writing"] > 0:
-                        return t
-                    os.kill(a.proc.pid, signal.SIGCONT)
-            t.join(30)
-            assert outcome.get("value") == val, outcome
-            watch.delete(key)  # B's copy: read it again
-    pytest.fail("never caught a read in the middle of the value")
-
-
 def test_owner_killed_mid_read_next_owner(make_worker, monkeypatch):
     monkeypatch.setenv("UCX_TLS", ONE_TLS)
     pa, pb, pc = free_port(), free_port(), free_port()
@@ -213,21 +191,29 @@ def test_owner_killed_mid_read_next_owner(make_worker, monkeypatch):
               memory="160MiB")
     c = start(make_worker, pc, [pa, pb], memory="160MiB")
     val = os.urandom(64 * MiB + 5)
-    key = b"ucx-kill"
+
+    def homed_keys():
+        return [status(w)["cluster"]["directory"]["keys"] for w in (a, b, c)]
+
+    # a key whose home (directory shard) is not A: with A dead, B finds C
+    # through it (a key homed on A has no directory left, in any design
+    # without a copy of the shard)
     with kvds.Client(a.addr) as ca:
-        ca.put(key, val)
+        for i in range(30):
+            key = f"ucx-kill-{i}".encode()
+            before = homed_keys()
+            ca.put(key, val)
+            wait_for(lambda: sum(homed_keys()) > sum(before), "the announcement")
+            if homed_keys()[0] == before[0]:
+                break
+            ca.delete(key)
+            wait_for(lambda: homed_keys() == before, "the deletion's announcement")
+        else:
+            pytest.fail("30 keys all homed on A")
     with kvds.Client(c.addr, timeout_ms=20000) as cc:
         assert cc.get(key, hint=a.addr) == val  # C holds a copy now
     cb = kvds.Client(b.addr, timeout_ms=30000)
-    outcome = {}
-
-    def read():
-        try:
-            outcome["value"] = cb.get(key, hint=a.addr)
-        except kvds.KvdsError as e:
-            outcome["error"] = e
-
-    t = catch_mid_read(b, key, val, a, read, outcome)
+    t, outcome = stop_owner_mid_read(cb, b, a, key, val)
     from_c = member(b, c)["bytes_in"]
     a.proc.kill()
     a.proc.wait()
@@ -257,16 +243,8 @@ def test_endpoint_error_falls_back_to_tcp(make_worker, monkeypatch):
         ca.put(key, val)
         ca.put(b"ucx-after", b"after" * 1000)
     cb = kvds.Client(b.addr, timeout_ms=30000)
-    outcome = {}
-
-    def read():
-        try:
-            outcome["value"] = cb.get(key, hint=a.addr)
-        except kvds.KvdsError as e:
-            outcome["error"] = e
-
     t0 = time.monotonic()
-    t = catch_mid_read(b, key, val, a, read, outcome)
+    t, outcome = stop_owner_mid_read(cb, b, a, key, val)
     t.join(30)  # A stays stopped: B's deadline passes
     assert not t.is_alive()
     assert "value" not in outcome

@@ -219,8 +219,10 @@ static void owner_killed(void **state) {
 }
 
 int main(int argc, char **argv) {
-  /* loopback only: UCX's tcp transport would listen on every interface */
+  /* loopback only: UCX's tcp transport would listen on every interface,
+   * on ports of the ephemeral range, where other tests pick theirs */
   setenv("UCX_NET_DEVICES", "lo", 1);
+  setenv("UCX_TCP_PORT_RANGE", "20000-29999", 1);
   if (argc == 3 && !strcmp(argv[1], "--owner"))
     return owner_main(argv[2]);
   ssize_t n = readlink("/proc/self/exe", self_exe, sizeof self_exe - 1);
