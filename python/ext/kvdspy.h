@@ -91,6 +91,7 @@ extern PyTypeObject KvdsClient_Type;
 extern PyTypeObject KvdsPinned_Type;
 extern PyTypeObject KvdsPinnedView_Type;
 extern PyTypeObject KvdsWriteBuffer_Type;
+extern PyTypeObject KvdsCopyGate_Type;
 
 /* ---- errors (py_errors.c) ---- */
 int kvdspy_errors_init(PyObject *module);
@@ -166,5 +167,7 @@ PyObject *kvdspy_wbuf_new(ClientObject *cl, const void *key, size_t klen,
 PyObject *kvdspy_wbuf_mseal(ClientObject *cl, PyObject *seq);
 /* Client.mgather: WriteBuffer.gather over many buffers of `cl` at once. */
 PyObject *kvdspy_wbuf_mgather(ClientObject *cl, PyObject *args, PyObject *kw);
+/* Client.msave: create, gather + checksum and seal many objects (py_save.c). */
+PyObject *kvdspy_msave(ClientObject *cl, PyObject *args, PyObject *kw);
 
 #endif

@@ -948,6 +948,10 @@ static PyObject *client_mseal(ClientObject *cl, PyObject *seq) {
   return kvdspy_wbuf_mseal(cl, seq);
 }
 
+static PyObject *client_msave(ClientObject *cl, PyObject *args, PyObject *kw) {
+  return kvdspy_msave(cl, args, kw);
+}
+
 /* ---- index operations --------------------------------------------------- */
 
 static PyObject *client_exists(ClientObject *cl, PyObject *ko) {
@@ -1406,6 +1410,25 @@ static PyMethodDef client_methods[] = {
      "and returns their checksums. If an item fails, the first error is "
      "raised with .index set; the other items are sealed, the failed ones "
      "stay open (abort them)."},
+    {"msave", (PyCFunction)(void (*)(void))client_msave, KW,
+     "msave(keys, size, segments, prefix=None, *, round_bytes=0, "
+     "chunk_bytes=0, gate=None) -> (statuses, error)\n\nStores one object "
+     "of `size` bytes per key, filled as mgather() fills a buffer (prefix, "
+     "then the key's own segments: (address, length) uint64 pairs, the same "
+     "number per key, e.g. a numpy array of shape (n, s, 2)), checksummed "
+     "while copying, in one call without the GIL: rounds of at most "
+     "round_bytes of objects (0: all) are created at once (as mcreate "
+     "partial=True: a key stored already is skipped; NoSpace items go to "
+     "the next round when others of the round were created, else are "
+     "skipped), filled chunk_bytes at a time (0: a round) and sealed in one "
+     "call. The segments' memory must stay valid and unchanged for the "
+     "call, except items cancelled through gate (a CopyGate(len(keys))): "
+     "those are neither copied nor sealed once gate.cancel() returns. "
+     "statuses[i] is 0 for a sealed object, else the item's error code "
+     "(kvds.E_EXISTS, E_NOSPACE, ..., -errno.ECANCELED when cancelled); "
+     "error is None, or the KvdsError that ended the call (a lost "
+     "connection), after which the items not sealed carry its code and "
+     "nothing of them is left open on the worker."},
     {"exists", (PyCFunction)client_exists, METH_O,
      "exists(keys) -> list of bool\n\nTrue for each key that is sealed."},
     {"lookup_prefix", (PyCFunction)client_lookup_prefix, METH_O,

@@ -112,8 +112,10 @@ PyMODINIT_FUNC PyInit__kvds(void) {
   if (!m)
     return NULL;
   PyTypeObject *types[] = {&KvdsClient_Type, &KvdsPinned_Type,
-                           &KvdsPinnedView_Type, &KvdsWriteBuffer_Type};
-  const char *names[] = {"Client", "Pinned", "_PinnedView", "WriteBuffer"};
+                           &KvdsPinnedView_Type, &KvdsWriteBuffer_Type,
+                           &KvdsCopyGate_Type};
+  const char *names[] = {"Client", "Pinned", "_PinnedView", "WriteBuffer",
+                         "CopyGate"};
   for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
     if (PyType_Ready(types[i]) ||
         PyModule_AddObjectRef(m, names[i], (PyObject *)types[i]))

@@ -18,6 +18,7 @@ from ._kvds import (  # noqa: F401
     ChecksumError,
     Client,
     ConnectionClosed,
+    CopyGate,
     Exists,
     InvalidArgument,
     KeyLength,
@@ -46,7 +47,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BATCH_MAX", "KEY_MAX", "LIBKVDS_VERSION", "AuthError", "ChecksumError", "Client",
-    "ConnectionClosed", "Exists", "InvalidArgument", "KeyLength", "KvdsError",
+    "ConnectionClosed", "CopyGate", "Exists", "InvalidArgument", "KeyLength", "KvdsError",
     "KvdsOSError", "NoSpace", "NotFound", "PeerError", "Pinned", "ProtocolError", "Timeout",
     "TooBig", "WriteBuffer", "checksum", "err_name", "error_class", "scatter", "strerror",
 ] + sorted(k for k in vars(_kvds) if k.startswith("E_"))

@@ -403,6 +403,127 @@ def test_mgather_checksum_not_trusted_under_a_live_view(client, key, worker):
         assert t.get(key("mv")) == want
 
 
+def _msave_inputs(n, size, seed):
+    """n sources of size - 8 bytes in two segments each (with a gap), as
+    msave takes them, and the objects they make with the prefix b"P" * 8."""
+    rng = np.random.default_rng(seed)
+    half = (size - 8) // 2
+    rest = size - 8 - half
+    srcs = [rng.integers(0, 256, 2 * half + 100, dtype=np.uint8) for _ in range(n)]
+    segs = np.array([[[s.ctypes.data, half], [s.ctypes.data + half + 100, rest]]
+                     for s in srcs], dtype=np.uint64)
+    want = [b"P" * 8 + s[:half].tobytes() + s[half + 100:half + 100 + rest].tobytes()
+            for s in srcs]
+    return srcs, segs, want
+
+
+@pytest.mark.parametrize("size", [100, 300 << 10])
+def test_msave_stores_each_object(client, key, worker, size):
+    """msave() creates, fills (prefix + own segments) and seals every object
+    in rounds; a key stored already is skipped with its status; a TCP reader,
+    which verifies checksums, gets the bytes."""
+    srcs, segs, want = _msave_inputs(5, size, size)
+    keys = [key(f"ms{i}") for i in range(5)]
+    client.put(keys[3], b"there")
+    st, err = client.msave(keys, size, segs, b"P" * 8, round_bytes=2 * size,
+                           chunk_bytes=1)
+    assert err is None and st == [0, 0, 0, kvds.E_EXISTS, 0]
+    with kvds.Client(worker.tcp) as t:
+        assert t.mget(keys) == want[:3] + [b"there"] + want[4:]
+    assert client.msave([], size, np.zeros((0, 2), dtype=np.uint64)) == ([], None)
+
+
+def test_msave_retries_nospace_in_the_next_round(make_worker):
+    """Over the connection's cap of unsealed bytes (--max-writing-per-conn)
+    the items the worker refused go to the next round: all are stored."""
+    size = 256 << 10
+    w = make_worker("16MiB", ["--max-writing-per-conn", str(3 * size)])
+    srcs, segs, want = _msave_inputs(8, size, 7)
+    keys = [f"msr/{i}".encode() for i in range(8)]
+    with kvds.Client(w.addr) as c:
+        assert c.msave(keys, size, segs, b"P" * 8) == ([0] * 8, None)
+        assert c.mget(keys) == want
+    w.stop()
+
+
+def test_msave_cancelled_items(client, key, worker):
+    """Items cancelled through the CopyGate are neither copied nor sealed;
+    once cancel() returns from another thread, their sources may change (and
+    no stored object holds the new bytes), while msave goes on."""
+    import errno
+    n, size = 48, 256 << 10
+    srcs, segs, want = _msave_inputs(n, size, 3)
+    keys = [key(f"mc{i}") for i in range(n)]
+    gate = kvds.CopyGate(n)
+    assert len(gate) == n and not gate.is_cancelled(0)
+    gate.cancel([0])
+    late = list(range(n // 2, n))
+    out = {}
+
+    def save():
+        out["r"] = client.msave(keys, size, segs, b"P" * 8, round_bytes=16 * size,
+                                chunk_bytes=size, gate=gate)
+
+    t = threading.Thread(target=save)
+    t.start()
+    gate.cancel(late)
+    for i in late:
+        srcs[i][:] = 0xEE                 # what a reused block would hold
+    t.join()
+    st, err = out["r"]
+    assert err is None and st[0] == -errno.ECANCELED
+    assert all(st[i] == 0 for i in range(1, n // 2))
+    assert all(st[i] in (0, -errno.ECANCELED) for i in late)
+    with kvds.Client(worker.tcp) as c:
+        got = c.mget(keys)
+    for i in range(n):
+        assert got[i] == (want[i] if st[i] == 0 else None), i
+    with pytest.raises(IndexError):
+        gate.cancel([n])
+
+
+def test_msave_ends_with_the_connection(make_worker):
+    """A worker that stops answering ends the call with the error, every
+    key carrying its code; once the worker is back nothing of them was
+    stored or left open."""
+    import os
+    import signal
+
+    from conftest import wait_for
+    w = make_worker("16MiB")
+    srcs, segs, want = _msave_inputs(4, 4096, 9)
+    keys = [f"mse/{i}".encode() for i in range(4)]
+    with kvds.Client(w.addr, timeout_ms=300) as c:
+        os.kill(w.proc.pid, signal.SIGSTOP)
+        try:
+            st, err = c.msave(keys, 4096, segs, b"P" * 8)
+        finally:
+            os.kill(w.proc.pid, signal.SIGCONT)
+    assert isinstance(err, kvds.KvdsError) and st == [err.code] * 4
+    with kvds.Client(w.addr) as c:
+        # the worker may read the lost connection's CREATE before its end
+        wait_for(lambda: c.list(b"mse/") == [], "the objects aborted")
+        assert c.exists(keys) == [False] * 4
+    w.stop()
+
+
+def test_msave_checks_before_creating(client, key):
+    a = np.arange(64, dtype=np.uint8)
+    keys = [key("mk0"), key("mk1")]
+    with pytest.raises(kvds.KvdsError, match="filled whole") as ei:
+        client.msave(keys, 72, np.array([[[a.ctypes.data, 64]], [[a.ctypes.data, 63]]],
+                                        dtype=np.uint64), b"P" * 8)
+    assert ei.value.index == 1
+    with pytest.raises(ValueError, match="split evenly"):
+        client.msave(keys, 64, _segments([a, a, a]))
+    with pytest.raises(ValueError, match="CopyGate"):
+        client.msave(keys, 64, _segments([a, a]), gate=kvds.CopyGate(3))
+    with pytest.raises(TypeError, match="CopyGate"):
+        client.msave(keys, 64, _segments([a, a]), gate=object())
+    assert client.exists(keys) == [False, False]
+    assert client.msave(keys, 64, _segments([a, a])) == ([0, 0], None)
+
+
 def test_pinned_scatter(client, key):
     """Pinned.scatter() copies each value past offset into its own segments,
     skipping (and naming) the missing ones and those of another size or

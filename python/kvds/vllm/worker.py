@@ -18,6 +18,7 @@ each have their own connection and deadline.
 import collections
 import contextlib
 import ctypes
+import errno
 import logging
 import threading
 import time
@@ -64,6 +65,8 @@ class _SaveJob:
         self.closed = not layerwise                      # no more layers will come
         self.cancelled = set()                           # preempted requests
         self.lock = threading.Lock()                     # held while a block is copied
+        self.gate = None             # Client.msave's CopyGate, over gate_rids' items
+        self.gate_rids = ()
         self.t0 = time.monotonic()
 
 
@@ -128,6 +131,8 @@ class Saver(threading.Thread):
         for j in jobs:
             with j.lock:
                 j.cancelled |= rids
+                if j.gate is not None:      # waits for the chunk being copied
+                    j.gate.cancel([i for i, r in enumerate(j.gate_rids) if r in rids])
         if jobs and self._stream is not None:
             # copies already issued on the side stream end before the next
             # forward may write the blocks
@@ -175,6 +180,7 @@ class Saver(threading.Thread):
                             if self._pending[rid] <= 0:
                                 del self._pending[rid]
                         self._cv.notify_all()
+                    self.side._changed()
         finally:
             self.link.close()
 
@@ -273,48 +279,44 @@ class Saver(threading.Thread):
         return out
 
     def _save_gather(self, c, job, items, bufs):
-        """Host blocks of fixed segments: rounds of at most SAVE_ROUND_BYTES
-        created at once (a worker caps what one connection writes unsealed,
-        --max-writing-per-conn), each filled by GIL-free C calls that also
-        checksum (COPY_CHUNK_BYTES each, the job's lock held: a fence waits
-        for one chunk at most) and sealed in one round trip."""
+        """Host blocks of fixed segments: the whole save in one GIL-free
+        Client.msave call — rounds of at most SAVE_ROUND_BYTES created at
+        once (a worker caps what one connection writes unsealed,
+        --max-writing-per-conn; a round's NoSpace items go to the next),
+        filled COPY_CHUNK_BYTES at a time while checksumming, each round
+        sealed in one round trip. The job's CopyGate lets a fence cancel
+        the copies of preempted requests (it waits for one chunk at most)."""
         side = self.side
-        per_round = max(1, SAVE_ROUND_BYTES // side.block_nbytes)
-        per_copy = max(1, COPY_CHUNK_BYTES // side.block_nbytes)
-        all_segs = side._segments([b for _, _, b in items])
-        queue = collections.deque((rid, key, b, i) for i, (rid, key, b) in enumerate(items))
-        while queue:
-            chunk = [queue.popleft() for _ in range(min(per_round, len(queue)))]
-            made = c.mcreate([it[1] for it in chunk], [side.block_nbytes] * len(chunk),
-                             partial=True)
-            todo, at, nospace = [], [], []
-            for item, w in zip(chunk, made):
-                if isinstance(w, kvds.NoSpace):
-                    nospace.append(item)
-                elif isinstance(w, kvds.KvdsError):     # stored already, or too big
-                    log.debug("kvds: not saving %s: %s", item[1], w)
-                    side.rec.add(save_skipped=1)
-                else:
-                    todo.append((w, item[2], item[0]))
-                    at.append(item[3])
-                    bufs.append(w)
-            if todo and nospace:
-                # over the connection's cap, not out of space: next round
-                queue.extendleft(reversed(nospace))
-            elif nospace:
-                log.debug("kvds: not saving %d blocks: no space in the pool", len(nospace))
-                side.rec.add(save_skipped=len(nospace))
-            if not todo:
-                continue
-            for i in range(0, len(todo), per_copy):
-                with job.lock:
-                    part = [j for j in range(i, min(i + per_copy, len(todo)))
-                            if todo[j][2] not in job.cancelled]
-                    if part:
-                        c.mgather([todo[j][0] for j in part], all_segs[[at[j] for j in part]],
-                                  prefix=side._hdr)
-            self._seal(c, job, todo)
-            bufs.clear()
+        gate = kvds.CopyGate(len(items))
+        with job.lock:
+            job.gate, job.gate_rids = gate, [rid for rid, _, _ in items]
+            gone = [i for i, (rid, _, _) in enumerate(items) if rid in job.cancelled]
+            if gone:
+                gate.cancel(gone)
+        statuses, err = c.msave([key for _, key, _ in items], side.block_nbytes,
+                                side._segments([b for _, _, b in items]), side._hdr,
+                                round_bytes=SAVE_ROUND_BYTES, chunk_bytes=COPY_CHUNK_BYTES,
+                                gate=gate)
+        n = failed = nospace = 0
+        for (_, key, _), st in zip(items, statuses):
+            if st == 0:
+                n += 1
+            elif err is not None and st == err.code:
+                failed += 1
+            elif st == kvds.E_NOSPACE:
+                nospace += 1
+            elif st != -errno.ECANCELED:            # stored already, or too big
+                log.debug("kvds: not saving %s: %s", key, kvds.strerror(st))
+        if nospace:
+            log.debug("kvds: not saving %d blocks: no space in the pool", nospace)
+        side.rec.add(blocks_saved=n, bytes_saved=n * side.block_nbytes,
+                     save_skipped=len(items) - n - failed)
+        side.stats["blocks_saved"] += n
+        log.debug("kvds: saved %d blocks of %s", n, ", ".join(sorted(job.rids)))
+        if err is not None:
+            log.warning("kvds: save of %d blocks failed: %s", failed, err)
+            side.rec.add(save_failures=failed)
+            self.link.failed()
 
     def _seal(self, c, job, todo):
         """Seals the blocks of requests not cancelled meanwhile, aborts the
@@ -406,6 +408,8 @@ class WorkerSide:
         self._pinned_pools: dict[int, int] = {}
         self._streams = threading.local()
         self._lock = threading.Lock()
+        self._changes = threading.Condition()
+        self._change_gen = 0              # save jobs and async loads ended
         self._done_recv: dict[str, set[int]] = {}
         self._load_errors: set[int] = set()
         self._awaiting: set[str] = set()
@@ -689,6 +693,24 @@ class WorkerSide:
     def _finish_async(self, rid, failed):
         with self._lock:
             self._done_recv[rid] = failed
+        self._changed()
+
+    def _changed(self):
+        with self._changes:
+            self._change_gen += 1
+            self._changes.notify_all()
+
+    def changes(self):
+        """A counter of the save jobs and async loads that have ended, for
+        wait_changed."""
+        return self._change_gen
+
+    def wait_changed(self, gen, timeout):
+        """Waits until a save job or an async load has ended since changes()
+        returned gen, or for timeout seconds; True if one has. For a driver
+        that would otherwise poll get_finished (kvds bench connector)."""
+        with self._changes:
+            return self._changes.wait_for(lambda: self._change_gen != gen, timeout)
 
     # ---- the step ---------------------------------------------------------
 
