@@ -479,11 +479,10 @@ static int ep_close(struct kvds_ucx_ep *e, int force) {
 void kvds_ucx_ep_unref(struct kvds_ucx_ep *e) {
   if (!e || atomic_fetch_sub(&e->refs, 1) != 1)
     return;
-  int stuck = ep_close(e, !atomic_load(&e->ok));
+  if (ep_close(e, !atomic_load(&e->ok)))
+    return; /* a request UCX never gave back uses e and its rkey: leaked */
   if (e->rkey)
     ucp_rkey_destroy(e->rkey);
-  if (stuck)
-    return; /* a request UCX never gave back points at e: leaked */
   pthread_mutex_destroy(&e->post);
   free(e);
 }

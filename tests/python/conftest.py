@@ -164,6 +164,18 @@ def wait_for(pred, what, timeout=10.0, poll=0.01):
         time.sleep(poll)
 
 
+def put_seen(a, b, vals):
+    """Puts vals ({key: bytes}) on worker a and waits until worker b finds
+    every key through the directory; returns the keys."""
+    keys = list(vals)
+    with kvds.Client(a.addr) as ca:
+        for k, v in vals.items():
+            ca.put(k, v)
+    with kvds.Client(b.addr) as cb:
+        wait_for(lambda: cb.exists(keys) == [True] * len(keys), "the directory")
+    return keys
+
+
 def stop_owner_mid_read(reader, b, owner, key, val, tries=200):
     """Reads `key` with `reader` (a client of worker b), hinted at `owner`
     (a Worker), in a thread until one read is caught with b's object half

@@ -9,7 +9,7 @@ import os
 import pytest
 
 import kvds
-from conftest import free_port, stop_owner_mid_read, wait_for
+from conftest import free_port, put_seen, stop_owner_mid_read, wait_for
 
 MiB = 1 << 20
 # around the split's thresholds: whole (<= 2 MiB), a head and one chunk,
@@ -45,12 +45,8 @@ def ranged_in(cb):
 def test_ranges_reassembled(pair, via):
     a, b = pair
     vals = {f"rng-{via}-{i}".encode(): os.urandom(n) for i, n in enumerate(SIZES)}
-    keys = list(vals)
-    with kvds.Client(a.addr) as ca:
-        for k, v in vals.items():
-            ca.put(k, v)
+    keys = put_seen(a, b, vals)
     with kvds.Client(b.addr, timeout_ms=20000) as cb:
-        wait_for(lambda: cb.exists(keys) == [True] * len(keys), "the directory")
         before, ranged = pulled_in(cb), ranged_in(cb)
         if via == "batch":
             assert cb.mget(keys) == [vals[k] for k in keys]

@@ -22,13 +22,14 @@ default lo) replace the transports of this machine.
 import json
 import os
 import signal
+import subprocess
 import time
 import urllib.request
 
 import pytest
 
 import kvds
-from conftest import free_port, stop_owner_mid_read, wait_for
+from conftest import KVDS_BIN, free_port, put_seen, stop_owner_mid_read, wait_for
 
 MiB = 1 << 20
 SIZES = [1, 4097, MiB, 9 * MiB + 11]
@@ -90,12 +91,8 @@ def test_ucx_reads_land(ucx_pair, via):
         "mode": "ucx", "reads": "ucx", "ucx_tls": tls,
         "why": f"--transport ucx (UCX_TLS={tls})"}
     vals = {f"ucx-{via}-{i}".encode(): os.urandom(n) for i, n in enumerate(SIZES)}
-    keys = list(vals)
-    with kvds.Client(a.addr) as ca:
-        for k, v in vals.items():
-            ca.put(k, v)
+    keys = put_seen(a, b, vals)
     with kvds.Client(b.addr, timeout_ms=20000) as cb:
-        wait_for(lambda: cb.exists(keys) == [True] * len(keys), "the directory")
         before = member(b, a)
         if via == "batch":
             assert cb.mget(keys) == [vals[k] for k in keys]
@@ -125,6 +122,49 @@ def test_ucx_reads_land(ucx_pair, via):
     assert f'kvds_peer_transport{{peer="{a.addr}",transport="tcp"}} 0' in text
     assert "kvds_ucx_enabled 1" in text
     assert f'kvds_peer_ucx_objects_received_total{{peer="{a.addr}"}}' in text
+    # `kvds status` says the same on A's line and in its transport line
+    out = subprocess.run([KVDS_BIN, "status", "--worker", b.addr], capture_output=True,
+                         text=True, timeout=30, check=True).stdout
+    line = next(x for x in out.splitlines() if x.strip().startswith("peer") and a.addr in x)
+    assert "read over ucx (tcp/" in line or not tls.endswith("tcp"), line
+    assert f"{m['ucx_in']} objects over UCX (0 endpoint errors)" in line, line
+    assert f"peers' pools read over ucx (--transport ucx (UCX_TLS={tls}))" in out, out
+
+
+@pytest.mark.skipif(os.listdir("/sys/class/infiniband") if os.path.isdir(
+    "/sys/class/infiniband") else False, reason="this machine has an RDMA device")
+def test_auto_without_rdma_reads_over_tcp(make_worker):
+    """--transport auto (the default) on a machine with no RDMA device: the
+    pool is not opened to UCX, peers are read over TCP, and /status says
+    why."""
+    pa, pb = free_port(), free_port()
+    a = start(make_worker, pa, [pb], transport="auto")
+    b = start(make_worker, pb, [pa], transport="auto")
+    tr = status(b)["cluster"]["transport"]
+    assert tr["mode"] == "auto" and tr["reads"] == "tcp", tr
+    assert tr["why"].startswith("auto: no RDMA device"), tr
+    v = os.urandom(MiB + 1)
+    with kvds.Client(a.addr) as ca, kvds.Client(b.addr, timeout_ms=20000) as cb:
+        ca.put(b"auto-1", v)
+        assert cb.get(b"auto-1", hint=a.addr) == v
+    m = member(b, a)
+    assert m["transport"] == "tcp" and m["ucx_in"] == 0 and m["bytes_in"] == len(v), m
+    assert "kvds_ucx_enabled 0" in metrics(b)
+    a.stop()
+    b.stop()
+
+
+def test_ucx_that_cannot_start_stops_the_worker(tmp_path, monkeypatch):
+    """--transport ucx with no usable UCX transport: the worker does not
+    start, and says why (UCX's reason)."""
+    monkeypatch.setenv("UCX_TLS", "nosuch")
+    pa, pb = free_port(), free_port()
+    r = subprocess.run([KVDS_BIN, "worker", "--listen", f"127.0.0.1:{pa}", "--memory",
+                        "32MiB", "--peers", f"127.0.0.1:{pb}", "--transport", "ucx"],
+                       capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, KVDS_RUN_DIR=str(tmp_path)))
+    assert r.returncode != 0
+    assert "--transport ucx: UCX: ucp_init" in r.stdout + r.stderr, r
 
 
 def test_mixed_fleet_reads_over_tcp(make_worker, monkeypatch):

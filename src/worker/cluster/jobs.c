@@ -50,12 +50,11 @@ struct pull_ctx {
   uint64_t deadline_us;
 };
 
-static void *pull_dst(void *ud, size_t i, uint64_t size, uint64_t off,
-                      uint64_t len, uint64_t checksum) {
-  struct pull_ctx *pc = ud;
+/* Creates the object value i of `size` bytes lands in (pc->obj[i]): its
+ * memory, or NULL when there is nothing to receive (the key settled). */
+static uint8_t *pull_create(struct pull_ctx *pc, size_t i, uint64_t size) {
   struct kvds_server *s = pc->s;
   struct jkey *k = pc->k[i];
-  (void)off; /* 0: the pull asked for heads */
   pthread_mutex_lock(&s->store.lock);
   int rc = kvds_store_create(&s->store, k->key, k->klen, size, &pc->obj[i]);
   pthread_mutex_unlock(&s->store.lock);
@@ -72,7 +71,18 @@ static void *pull_dst(void *ud, size_t i, uint64_t size, uint64_t off,
     pc->obj[i] = NULL;
     return NULL;
   }
-  uint8_t *base = kvds_store_data(&s->store, pc->obj[i]);
+  return kvds_store_data(&s->store, pc->obj[i]);
+}
+
+static void *pull_dst(void *ud, size_t i, uint64_t size, uint64_t off,
+                      uint64_t len, uint64_t checksum) {
+  struct pull_ctx *pc = ud;
+  struct kvds_server *s = pc->s;
+  struct jkey *k = pc->k[i];
+  (void)off; /* 0: the pull asked for heads */
+  uint8_t *base = pull_create(pc, i, size);
+  if (!base)
+    return NULL;
   if (len < size &&
       !(pc->sp[i] = kvds__split_new(pc->cl, pc->peer, k->key, k->klen, base,
                                     size, checksum, pc->deadline_us))) {
@@ -325,29 +335,18 @@ static int pull_ucx(struct kvds_cluster *cl, struct kvds_peer *p,
       k[i]->err = rc == KVDS_E_TIMEOUT ? KVDS_E_TIMEOUT : KVDS_E_PEER;
     goto out;
   }
+  struct pull_ctx pc = {s, cl, p, k, obj, NULL, deadline_us};
   size_t m = 0;
   for (size_t i = 0; i < n; i++) {
-    if (res[i]) {
-      k[i]->err = res[i];
-      continue;
-    }
-    pthread_mutex_lock(&s->store.lock);
-    int crc = kvds_store_create(&s->store, k[i]->key, k[i]->klen, vals[i].len,
-                                &obj[i]);
-    pthread_mutex_unlock(&s->store.lock);
-    if (crc == KVDS_E_EXISTS) {
-      k[i]->state = K_DONE; /* its seal wakes the request */
-    } else if (crc) {
-      k[i]->err = crc;
-      k[i]->state = K_FAILED; /* no room here: no other owner helps */
-    } else {
-      rd[m] = (struct kvds_ucx_read){offs[i], vals[i].len,
-                                     kvds_store_data(&s->store, obj[i])};
+    uint8_t *dst;
+    if (res[i])
+      k[i]->err = res[i]; /* the owner's answer: not retried over TCP */
+    else if ((dst = pull_create(&pc, i, vals[i].len))) {
+      rd[m] = (struct kvds_ucx_read){offs[i], vals[i].len, dst};
       idx[m++] = i;
     }
   }
   rc = m ? kvds_ucx_read(ep, rd, m, deadline_us) : 0;
-  struct pull_ctx pc = {s, cl, p, k, obj, NULL, deadline_us};
   for (size_t j = 0; j < m; j++) {
     size_t i = idx[j];
     if (rc == KVDS_E_STATE) { /* UCX may still write there: never reused */
@@ -412,12 +411,13 @@ static void pull_from(struct kvds_cluster *cl, struct kvds_peer *p,
   if (ep) {
     int rc = pull_ucx(cl, p, c, ep, k, n, wait_ms, deadline_us);
     kvds_ucx_ep_unref(ep);
-    /* the endpoint failed (not the connection): the rest over TCP */
+    /* the endpoint failed (not the connection): what it failed to read
+     * (each such key's err is the endpoint's) over TCP */
     size_t m = 0;
     if (rc && rc != KVDS_E_STATE && kvds_peerconn_is_connected(c) &&
         kvds_now_us() < deadline_us)
       for (size_t i = 0; i < n; i++)
-        if (k[i]->state == K_PENDING)
+        if (k[i]->state == K_PENDING && k[i]->err == rc)
           k[m++] = k[i];
     n = m;
   }
