@@ -86,11 +86,11 @@ struct kvds_ucx_read {
 
 /*
  * Reads rd[0..n) and waits until every byte landed or the deadline passed.
- * 0: all landed. KVDS_E_RANGE: a range lies outside the peer's pool;
- * nothing was read and the endpoint is as it was. Else the endpoint is
- * broken (later reads fail at once) and the error is KVDS_E_TIMEOUT (the
- * deadline passed), KVDS_E_PEER (the peer or the network failed) or
- * -ENOMEM. Whatever it returns, no transfer into any dst is
+ * 0: all landed. KVDS_E_RANGE (a range lies outside the peer's pool) or
+ * -ENOMEM: nothing was read and the endpoint is as it was. Else the
+ * endpoint is broken (later reads fail at once) and the error is
+ * KVDS_E_TIMEOUT (the deadline passed) or KVDS_E_PEER (the peer or the
+ * network failed). Whatever it returns, no transfer into any dst is
  * under way any more when it returns — except with KVDS_E_STATE: UCX did
  * not give the requests back in time after the endpoint was closed, and
  * the dst memory must not be reused (the caller leaks it).
